@@ -1,0 +1,253 @@
+"""The guest backend Protocol, its value types and the backend registry.
+
+Everything agent_guest needs from the OS goes through :class:`GuestBackend`; the
+real implementation is ``agent_guest.linux_backend`` (perf_event_open(2),
+move_pages(2), /proc, /sys) and the emulated one is ``emu.guest``.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from agent_guest.errors import ConfigError
+
+__all__ = [
+    "BACKENDS",
+    "PAGE_SIZE",
+    "AccessSamples",
+    "Capability",
+    "GuestBackend",
+    "MoveResult",
+    "NumaNode",
+    "ProcessInfo",
+    "SampleSource",
+    "SamplerSettings",
+    "Tier",
+    "Vma",
+    "make_backend",
+]
+
+PAGE_SIZE = 4096
+
+
+class Tier(enum.Enum):
+    """A memory tier: FAST (DRAM) or SLOW (CXL.mem, PMEM)."""
+
+    FAST = "fast"
+    SLOW = "slow"
+
+
+class SampleSource(enum.Enum):
+    """Where access samples come from, best first.
+
+    PEBS: Intel load-latency loads + retired stores with data addresses.
+    IBS: AMD IBS op sampling with data addresses.
+    PAGE_FAULT: perf software page-fault events with addresses (hinting faults).
+    A_BIT: PTE accessed/referenced-bit scanning (page_idle or equivalent); costs TLB
+        flushes when bits are cleared.
+    """
+
+    PEBS = "pebs"
+    IBS = "ibs"
+    PAGE_FAULT = "page-fault"
+    A_BIT = "a-bit"
+
+
+class Capability(enum.Enum):
+    """Optional features a guest backend may offer (see ``capabilities()``)."""
+
+    PEBS = "pebs"
+    IBS = "ibs"
+    PAGE_FAULT_SAMPLING = "page-fault-sampling"
+    A_BIT_SCAN = "a-bit-scan"
+    TRACEPOINTS = "tracepoints"
+    MOVE_PAGES = "move-pages"
+    HOST_CHANNEL = "host-channel"
+
+
+SOURCE_CAPABILITY: Mapping[SampleSource, Capability] = {
+    SampleSource.PEBS: Capability.PEBS,
+    SampleSource.IBS: Capability.IBS,
+    SampleSource.PAGE_FAULT: Capability.PAGE_FAULT_SAMPLING,
+    SampleSource.A_BIT: Capability.A_BIT_SCAN,
+}
+
+
+@dataclass(frozen=True)
+class NumaNode:
+    """One guest NUMA node as the guest sees it (sizes follow host resizes)."""
+
+    node: int
+    tier: Tier
+    total_bytes: int
+    free_bytes: int
+    has_cpus: bool
+
+    @property
+    def used_bytes(self) -> int:
+        return self.total_bytes - self.free_bytes
+
+
+@dataclass(frozen=True)
+class Vma:
+    """One mapping of a process: [start, end) in bytes, page aligned."""
+
+    start: int
+    end: int
+    perms: str
+    path: str = ""
+
+    @property
+    def size_bytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A candidate target process."""
+
+    pid: int
+    comm: str
+    rss_bytes: int
+    cmdline: str = ""
+    cgroup: str = ""
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to sample: the source, its period and, for PEBS, the load-latency floor."""
+
+    source: SampleSource
+    period: int = 1000
+    ldlat_cycles: int = 64
+    ring_pages: int = 64
+
+
+@dataclass(frozen=True, eq=False)
+class AccessSamples:
+    """A batch of access samples, as parallel numpy arrays (one entry per sample).
+
+    ``addr`` is the sampled data virtual address; ``weight`` a latency in cycles
+    (0 when the source has none); ``lost`` counts records the kernel dropped and
+    ``throttled`` the throttle events since the previous batch.
+    """
+
+    source: SampleSource
+    pid: npt.NDArray[np.int32]
+    addr: npt.NDArray[np.uint64]
+    time_ns: npt.NDArray[np.uint64]
+    weight: npt.NDArray[np.uint32]
+    lost: int = 0
+    throttled: int = 0
+
+    def __len__(self) -> int:
+        return int(self.addr.shape[0])
+
+    @classmethod
+    def empty(cls, source: SampleSource) -> AccessSamples:
+        return cls(
+            source,
+            np.empty(0, np.int32),
+            np.empty(0, np.uint64),
+            np.empty(0, np.uint64),
+            np.empty(0, np.uint32),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class MoveResult:
+    """What move_pages(2) did to one batch.
+
+    ``status`` has one entry per requested page: the node it is on now, or a
+    negative errno (-ENOMEM full node, -EFAULT not mapped, -ENOENT not present,
+    -EBUSY pinned or under I/O, -EACCES shared and not ours).
+    """
+
+    requested: int
+    moved: int
+    status: npt.NDArray[np.int32]
+    failures: Mapping[int, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class GuestBackend(Protocol):
+    """Everything agent_guest needs from the OS. Nothing else touches the kernel."""
+
+    def capabilities(self) -> frozenset[Capability]:
+        """The optional features this machine offers."""
+        ...
+
+    def numa_nodes(self) -> Sequence[NumaNode]:
+        """Guest NUMA nodes with current sizes (virtio-mem plugs change them)."""
+        ...
+
+    def processes(self) -> Sequence[ProcessInfo]:
+        """Live user processes that could be managed."""
+        ...
+
+    def vmas(self, pid: int) -> Sequence[Vma]:
+        """Private anonymous/file mappings of ``pid``. Raises NoSuchProcess."""
+        ...
+
+    def start_sampling(self, pids: Sequence[int], settings: SamplerSettings) -> None:
+        """Start (or restart) sampling ``pids`` (empty: system-wide).
+
+        Raises Unsupported if the source is not in ``capabilities()``.
+        """
+        ...
+
+    def read_samples(self) -> AccessSamples:
+        """Drain the samples gathered since the last call (never blocks)."""
+        ...
+
+    def stop_sampling(self) -> None: ...
+
+    def page_nodes(self, pid: int, addrs: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
+        """The node of each page (move_pages with nodes=NULL); -errno where unknown."""
+        ...
+
+    def move_pages(
+        self, pid: int, addrs: npt.NDArray[np.uint64], node: int
+    ) -> MoveResult:
+        """Move the pages at ``addrs`` of ``pid`` to ``node``. Raises NoSuchProcess."""
+        ...
+
+    def channel_send(self, line: bytes) -> None:
+        """Send one wire-format line to the host agent (HOST_CHANNEL capability)."""
+        ...
+
+    def channel_recv(self) -> bytes:
+        """Bytes received from the host since the last call (may hold partial lines)."""
+        ...
+
+    def cpu_time_s(self) -> float:
+        """CPU seconds this agent has used (user + system), for its own budget."""
+        ...
+
+    def counters(self) -> Mapping[str, int]:
+        """Kernel counters (vmstat names: nr_tlb_remote_flush, ...)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+BACKENDS: Mapping[str, str] = {
+    "linux": "agent_guest.linux_backend:LinuxGuestBackend",
+    "emu": "emu.guest:EmuGuestBackend",
+}
+
+
+def make_backend(name: str, **options: object) -> GuestBackend:
+    """Instantiate the backend registered under ``name`` (see BACKENDS)."""
+    if name not in BACKENDS:
+        raise ConfigError(f"backend {name!r} unknown; choose from {sorted(BACKENDS)}")
+    module, _, cls = BACKENDS[name].partition(":")
+    backend: GuestBackend = getattr(importlib.import_module(module), cls)(**options)
+    return backend
