@@ -209,7 +209,9 @@ class GuestBackend(Protocol):
 
     def stop_sampling(self) -> None: ...
 
-    def page_nodes(self, pid: int, addrs: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
+    def page_nodes(
+        self, pid: int, addrs: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.int32]:
         """The node of each page (move_pages with nodes=NULL); -errno where unknown."""
         ...
 
