@@ -1,0 +1,329 @@
+"""The host agent's TOML configuration: one frozen dataclass per table (tomllib).
+
+``load(path)`` is strict (unknown keys and wrong types name the full key);
+``dumps(cfg)`` writes the effective configuration back as TOML ``load`` accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_host.errors import ConfigError
+
+__all__ = [
+    "BACKEND_NAMES",
+    "ChannelConfig",
+    "ClassConfig",
+    "Config",
+    "HostConfig",
+    "MetricsConfig",
+    "PolicyConfig",
+    "dumps",
+    "load",
+    "loads",
+]
+
+MiB = 1 << 20
+GiB = 1 << 30
+BACKEND_NAMES = ("libvirt", "emu")
+
+
+def _positive(where: str, value: float) -> None:
+    if not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"{where} must be > 0, got {value}")
+
+
+def _non_negative(where: str, value: float) -> None:
+    if not value >= 0 or not math.isfinite(value):
+        raise ConfigError(f"{where} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """``[host]``: backend, libvirt URI, control socket and host tier nodes.
+
+    Empty ``fast_nodes``/``slow_nodes`` mean "discover from sysfs": nodes with
+    CPUs are fast, CPU-less nodes (CXL.mem, PMEM via dax/kmem) slow. Without a
+    CPU-less node and with ``emulate_slow_tier``, the fast nodes back the slow
+    tier too (a separate guest node with fast-memory latency), and we say so.
+    ``fast_capacity_bytes`` = 0 means total of the fast nodes minus
+    ``policy.host_reserved_bytes``.
+    """
+
+    backend: str = "libvirt"
+    uri: str = "qemu:///system"
+    control_socket: str = "/run/hypertier/host.sock"
+    fast_nodes: tuple[int, ...] = ()
+    slow_nodes: tuple[int, ...] = ()
+    emulate_slow_tier: bool = True
+    sysfs_root: str = "/"
+    fast_capacity_bytes: int = 0
+    channel_dir: str = "/run/hypertier/channels"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKEND_NAMES:
+            raise ConfigError(
+                f"host.backend: {self.backend!r} unknown; choose from {BACKEND_NAMES}"
+            )
+        for key in ("fast_nodes", "slow_nodes"):
+            nodes = getattr(self, key)
+            if any(n < 0 for n in nodes) or len(set(nodes)) != len(nodes):
+                raise ConfigError(f"host.{key}: distinct node ids >= 0, got {nodes}")
+        if set(self.fast_nodes) & set(self.slow_nodes) and not self.emulate_slow_tier:
+            raise ConfigError(
+                "host.fast_nodes and host.slow_nodes overlap; "
+                "set host.emulate_slow_tier = true to share nodes"
+            )
+        _non_negative("host.fast_capacity_bytes", self.fast_capacity_bytes)
+        if not self.control_socket:
+            raise ConfigError("host.control_socket must not be empty")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """``[policy]``: tick interval, safety margin, rate limit and hysteresis."""
+
+    interval_s: float = 1.0
+    slow_overcommit_ratio: float = 1.0
+    safety_margin_bytes: int = 128 * MiB
+    safety_margin_ratio: float = 0.05
+    host_reserved_bytes: int = 1 * GiB
+    hot_headroom_ratio: float = 0.1
+    pressure_growth_ratio: float = 0.25
+    max_step_bytes: int = 1 * GiB
+    min_resize_interval_s: float = 5.0
+    hysteresis_bytes: int = 64 * MiB
+    hysteresis_ratio: float = 0.02
+    report_timeout_s: float = 10.0
+    default_class: str = "standard"
+
+    def __post_init__(self) -> None:
+        _positive("policy.interval_s", self.interval_s)
+        if not 1.0 <= self.slow_overcommit_ratio <= 16.0:
+            raise ConfigError(
+                "policy.slow_overcommit_ratio must be in [1, 16], "
+                f"got {self.slow_overcommit_ratio}"
+            )
+        for key in (
+            "safety_margin_bytes",
+            "host_reserved_bytes",
+            "hysteresis_bytes",
+            "min_resize_interval_s",
+        ):
+            _non_negative(f"policy.{key}", getattr(self, key))
+        for key in ("safety_margin_ratio", "hysteresis_ratio", "hot_headroom_ratio"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"policy.{key} must be in [0, 1], got {value}")
+        if not 0.0 <= self.pressure_growth_ratio <= 4.0:
+            raise ConfigError(
+                "policy.pressure_growth_ratio must be in [0, 4], "
+                f"got {self.pressure_growth_ratio}"
+            )
+        _positive("policy.max_step_bytes", self.max_step_bytes)
+        _positive("policy.report_timeout_s", self.report_timeout_s)
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """``[channel]``: what a guest may send before it is throttled."""
+
+    max_msgs_per_s: float = 10.0
+    burst_msgs: int = 20
+    max_invalid: int = 5
+    throttle_s: float = 60.0
+    max_read_bytes: int = 65536
+
+    def __post_init__(self) -> None:
+        _positive("channel.max_msgs_per_s", self.max_msgs_per_s)
+        _positive("channel.burst_msgs", self.burst_msgs)
+        _positive("channel.max_invalid", self.max_invalid)
+        _non_negative("channel.throttle_s", self.throttle_s)
+        if not 4096 <= self.max_read_bytes <= 1 << 24:
+            raise ConfigError(
+                "channel.max_read_bytes must be in [4096, 16777216], "
+                f"got {self.max_read_bytes}"
+            )
+
+
+@dataclass(frozen=True)
+class ClassConfig:
+    """``[classes.<name>]``: a QoS class; ``weight`` scales its fast-tier share."""
+
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.weight <= 1000 or not math.isfinite(self.weight):
+            raise ConfigError(f"weight must be in (0, 1000], got {self.weight}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus text exposition; ``listen = ""`` turns it off."""
+
+    listen: str = ""
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(
+                    f"metrics.listen must be 'address:port', got {self.listen!r}"
+                )
+
+
+def _default_classes() -> dict[str, ClassConfig]:
+    return {
+        "gold": ClassConfig(4.0),
+        "silver": ClassConfig(2.0),
+        "bronze": ClassConfig(1.0),
+        "standard": ClassConfig(1.0),
+    }
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``classes`` given in a file replace the defaults."""
+
+    host: HostConfig = field(default_factory=HostConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    classes: Mapping[str, ClassConfig] = field(default_factory=_default_classes)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ConfigError("classes: at least one class is needed")
+        for name in self.classes:
+            if not name.isidentifier():
+                raise ConfigError(f"classes.{name}: class names are identifiers")
+        if self.policy.default_class not in self.classes:
+            raise ConfigError(
+                f"policy.default_class: {self.policy.default_class!r} is not one of "
+                f"the classes {sorted(self.classes)}"
+            )
+
+    def weight(self, qos_class: str) -> float:
+        """Weight of ``qos_class``, or of the default class if it is unknown."""
+        found = self.classes.get(qos_class)
+        if found is None:
+            found = self.classes[self.policy.default_class]
+        return found.weight
+
+
+_TABLES: dict[str, type[Any]] = {
+    "host": HostConfig,
+    "policy": PolicyConfig,
+    "channel": ChannelConfig,
+    "metrics": MetricsConfig,
+}
+
+
+def _convert(where: str, value: object, hint: object) -> object:
+    """Check ``value`` against the field type ``hint``; ints are accepted as floats."""
+    if hint is bool:
+        if type(value) is not bool:
+            raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+        return value
+    if hint is int:
+        if type(value) is not int:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if type(value) not in (int, float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)  # type: ignore[arg-type]
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list) or any(type(v) is not int for v in value):
+            raise ConfigError(f"{where}: expected a list of integers, got {value!r}")
+        return tuple(value)
+    raise AssertionError(f"{where}: unsupported field type {hint!r}")
+
+
+def _table(name: str, cls: type[Any], raw: object) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{name}.{key}: unknown key")
+    kwargs = {k: _convert(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        if str(err).startswith(name):
+            raise
+        raise ConfigError(f"{name}: {err}") from err
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    """Parse and validate TOML text. Raises ConfigError naming the bad key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML: {err}") from err
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _TABLES:
+            kwargs[key] = _table(key, _TABLES[key], value)
+        elif key == "classes":
+            if not isinstance(value, dict):
+                raise ConfigError("classes: expected a table of tables")
+            kwargs["classes"] = types.MappingProxyType(
+                {n: _table(f"classes.{n}", ClassConfig, v) for n, v in value.items()}
+            )
+        else:
+            raise ConfigError(f"{key}: unknown table")
+    return Config(**kwargs)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML file. Raises ConfigError (also if unreadable)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+    return loads(text, str(path))
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise AssertionError(f"cannot write {value!r} as TOML")
+
+
+def _dump_table(header: str, obj: object) -> list[str]:
+    lines = [f"[{header}]"]
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+    return [*lines, ""]
+
+
+def dumps(cfg: Config) -> str:
+    """The effective configuration, defaults included, as TOML ``loads`` accepts."""
+    lines: list[str] = []
+    for name in _TABLES:
+        lines += _dump_table(name, getattr(cfg, name))
+    for cls_name, cls_cfg in sorted(cfg.classes.items()):
+        lines += _dump_table(f"classes.{cls_name}", cls_cfg)
+    return "\n".join(lines)

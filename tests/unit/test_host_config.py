@@ -1,0 +1,126 @@
+"""Unit tests of agent_host.config: strict loading, validation, dumps round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent_host.config import ClassConfig, Config, dumps, load, loads
+from agent_host.errors import ConfigError
+
+FULL = """
+[host]
+backend = "emu"
+uri = "test:///default"
+control_socket = "/tmp/h.sock"
+fast_nodes = [0]
+slow_nodes = [1]
+emulate_slow_tier = false
+sysfs_root = "/tmp/sys"
+fast_capacity_bytes = 1073741824
+channel_dir = "/tmp/ch"
+
+[policy]
+interval_s = 0.5
+slow_overcommit_ratio = 2
+safety_margin_bytes = 1048576
+default_class = "gold"
+
+[channel]
+max_msgs_per_s = 4
+
+[metrics]
+listen = "127.0.0.1:9464"
+
+[classes.gold]
+weight = 8
+
+[classes.bronze]
+weight = 1
+"""
+
+
+def test_defaults_are_valid() -> None:
+    cfg = loads("")
+    assert cfg.host.backend == "libvirt"
+    assert cfg.weight("gold") > cfg.weight("bronze")
+
+
+def test_full_file_loads() -> None:
+    cfg = loads(FULL)
+    assert cfg.host.fast_nodes == (0,)
+    assert cfg.policy.slow_overcommit_ratio == 2.0
+    assert dict(cfg.classes) == {"gold": ClassConfig(8.0), "bronze": ClassConfig(1.0)}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [pytest.param("", id="defaults"), pytest.param(FULL, id="full")],
+)
+def test_dumps_round_trips(text: str) -> None:
+    cfg = loads(text)
+    assert loads(dumps(cfg)) == cfg
+
+
+def test_load_reads_file(tmp_path: Path) -> None:
+    path = tmp_path / "host.toml"
+    path.write_text(FULL)
+    assert load(path) == loads(FULL)
+
+
+def test_missing_file_is_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("[polcy]\n", "polcy: unknown table", id="unknown-table"),
+        pytest.param(
+            "[policy]\ninterval_ms = 5\n", "policy.interval_ms: unknown key", id="key"
+        ),
+        pytest.param(
+            "[classes.gold]\nwieght = 2\n", "classes.gold.wieght: unknown key", id="cls"
+        ),
+        pytest.param(
+            '[policy]\ninterval_s = "1s"\n',
+            "policy.interval_s: expected a number",
+            id="type",
+        ),
+        pytest.param(
+            "[host]\nemulate_slow_tier = 1\n", "expected a boolean", id="bool"
+        ),
+        pytest.param("[host]\nfast_nodes = [0.5]\n", "list of integers", id="list"),
+        pytest.param(
+            "[policy]\nsafety_margin_bytes = 1.5\n", "expected an integer", id="int"
+        ),
+        pytest.param('[host]\nbackend = "xen"\n', "host.backend", id="backend"),
+        pytest.param("[policy]\ninterval_s = 0\n", "policy.interval_s", id="zero"),
+        pytest.param(
+            "[policy]\nslow_overcommit_ratio = 0.5\n", "slow_overcommit", id="ratio"
+        ),
+        pytest.param("[classes.gold]\nweight = -1\n", "classes.gold", id="weight"),
+        pytest.param(
+            '[policy]\ndefault_class = "platinum"\n', "default_class", id="default"
+        ),
+        pytest.param('[metrics]\nlisten = "9464"\n', "metrics.listen", id="listen"),
+        pytest.param(
+            "[host]\nfast_nodes = [0]\nslow_nodes = [0]\nemulate_slow_tier = false\n",
+            "overlap",
+            id="overlap",
+        ),
+        pytest.param("[host\n", "not valid TOML", id="syntax"),
+        pytest.param("classes = 1\n", "classes", id="classes-not-table"),
+        pytest.param("[channel]\nmax_read_bytes = 1\n", "max_read_bytes", id="read"),
+    ],
+)
+def test_invalid_config_names_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        loads(text)
+
+
+def test_unknown_class_uses_default_weight() -> None:
+    cfg = Config()
+    assert cfg.weight("nonexistent") == cfg.weight(cfg.policy.default_class)
