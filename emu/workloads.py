@@ -1,0 +1,281 @@
+"""Synthetic workloads with known hot sets, generated vectorised.
+
+A workload is a distribution over the pages of one anonymous mapping: a random
+part (drawn from a stratified inverse-CDF table, so one access costs a table
+gather) and a streaming part (sequential scans, 64 cache-line misses per page).
+Each emits LLC-miss streams of page indices (vpn, 0-based in its mapping).
+``hot_set(n)`` names the n pages with the highest expected access rate, which is
+what scenario tests assert placement against. ``phase_change()`` moves the hot
+set, keeping the footprint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["WORKLOADS", "Workload", "make_workload"]
+
+_TABLE_BITS = 20
+_LINES_PER_PAGE = 64
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+def _zipf_weights(n: int, s: float) -> FloatArray:
+    w: FloatArray = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** s
+    w /= w.sum()
+    return w
+
+
+def _clustered_placement(
+    rng: np.random.Generator, n: int, block: int = 512, jitter: float = 0.2
+) -> IntArray:
+    """Map page-rank -> page: ranks fill random 2 MiB blocks, some pages swapped.
+
+    Models allocators that place objects of similar age (and popularity) together
+    without making the hot set one contiguous range.
+    """
+    nblocks = -(-n // block)
+    order = rng.permutation(nblocks)
+    pages = (order[:, None] * block + np.arange(block)[None, :]).ravel()
+    pages = pages[pages < n]
+    k = int(len(pages) * jitter)
+    if k > 1:
+        idx = rng.choice(len(pages), size=k, replace=False)
+        pages[idx] = pages[rng.permutation(idx)]
+    return pages.astype(np.int64)
+
+
+@dataclass
+class _Stream:
+    start: int
+    length: int
+    cursor: int = 0
+
+
+class Workload:
+    """A page-access generator. Subclasses build ``weights`` in ``_build``."""
+
+    name = "workload"
+    mlp = 4.0  # memory-level parallelism: independent misses in flight
+    write_fraction = 0.1
+
+    def __init__(self, npages: int, seed: int = 0, stream_share: float = 0.0) -> None:
+        if npages < 1024:
+            raise ValueError(f"{self.name}: footprint of {npages} pages is too small")
+        self.npages = npages
+        self.rng = np.random.default_rng(seed)
+        self.stream_share = stream_share
+        self.streams: list[_Stream] = []
+        self.phase = 0
+        self.weights: FloatArray = np.zeros(npages)
+        self._build()
+        self._make_table()
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def _make_table(self) -> None:
+        cdf = np.cumsum(self.weights)
+        cdf /= cdf[-1]
+        grid = (np.arange(1 << _TABLE_BITS, dtype=np.float64) + 0.5) / (
+            1 << _TABLE_BITS
+        )
+        self._table = np.minimum(np.searchsorted(cdf, grid), self.npages - 1).astype(
+            np.int32
+        )
+
+    def generate(self, n: int) -> npt.NDArray[np.int32]:
+        """``n`` page indices in access order."""
+        m = int(n * self.stream_share) if self.streams else 0
+        raw = np.frombuffer(self.rng.bytes(4 * (n - m)), dtype=np.uint32)
+        rand: npt.NDArray[np.int32] = self._table[raw & ((1 << _TABLE_BITS) - 1)]
+        if m == 0:
+            return rand
+        parts = [rand]
+        per = -(-m // len(self.streams))
+        for st in self.streams:
+            seq = (st.cursor + np.arange(per, dtype=np.int64)) // _LINES_PER_PAGE
+            parts.append((st.start + seq % st.length).astype(np.int32))
+            st.cursor = (st.cursor + per) % (st.length * _LINES_PER_PAGE)
+        return np.concatenate(parts)[:n]
+
+    def rates(self) -> FloatArray:
+        """Expected share of accesses per page (random and streaming parts)."""
+        r = self.weights * (1.0 - self.stream_share if self.streams else 1.0)
+        for st in self.streams:
+            r[st.start : st.start + st.length] += (
+                self.stream_share / len(self.streams) / st.length
+            )
+        return r
+
+    def hot_set(self, n: int) -> IntArray:
+        """The ``n`` pages with the highest expected access rate."""
+        n = min(n, self.npages)
+        return np.argsort(-self.rates(), kind="stable")[:n].astype(np.int64)
+
+    def phase_change(self) -> None:
+        """Move the hot set elsewhere in the footprint."""
+        self.phase += 1
+        self._build()
+        self._make_table()
+
+
+class Gups(Workload):
+    """GUPS with a hot set: a contiguous hot region taking ``hot_prob`` of updates."""
+
+    name = "gups"
+    mlp = 8.0
+    write_fraction = 0.5
+
+    def __init__(
+        self,
+        npages: int,
+        seed: int = 0,
+        hot_fraction: float = 0.1,
+        hot_prob: float = 0.9,
+    ) -> None:
+        self.hot_fraction = hot_fraction
+        self.hot_prob = hot_prob
+        super().__init__(npages, seed)
+
+    def _build(self) -> None:
+        h = max(1, int(self.npages * self.hot_fraction))
+        start = int(self.rng.integers(0, self.npages - h))
+        w = np.full(self.npages, (1 - self.hot_prob) / self.npages)
+        w[start : start + h] += self.hot_prob / h
+        self.weights = w / w.sum()
+        self.hot_start = start
+
+
+class KvZipf(Workload):
+    """Key-value store (silo/memcached-like): zipf(0.99) keys, items clustered."""
+
+    name = "kv-zipf"
+    mlp = 2.0
+    write_fraction = 0.1
+
+    def _build(self) -> None:
+        ranked = _zipf_weights(self.npages, 0.99)
+        w = np.empty(self.npages)
+        w[_clustered_placement(self.rng, self.npages)] = ranked
+        self.weights = w
+
+
+class Btree(Workload):
+    """B-tree lookups: inner levels hot, leaves zipf(0.6) over clustered keys."""
+
+    name = "btree"
+    mlp = 1.5
+    write_fraction = 0.05
+
+    def _build(self) -> None:
+        fanout, n = 64, self.npages
+        inner = max(1, n // fanout)
+        w = np.zeros(n)
+        # one root-to-leaf path per lookup: each inner level shares one access
+        levels, size = [], inner
+        while size > 1:
+            levels.append(size)
+            size = max(1, size // fanout)
+        levels.append(1)
+        base = int(self.rng.integers(0, n - inner)) if self.phase else 0
+        off = base
+        for size in levels[::-1]:
+            w[off : off + size] += 1.0 / size
+            off += size
+        leaves = np.setdiff1d(np.arange(n), np.arange(base, off))
+        leaf_w = _zipf_weights(len(leaves), 0.6)
+        w[leaves[_clustered_placement(self.rng, len(leaves))]] += leaf_w
+        self.weights = w / w.sum()
+
+
+class Bfs(Workload):
+    """Graph500-style BFS: power-law vertex reads (scattered), edge list scans."""
+
+    name = "bfs"
+    mlp = 3.0
+    write_fraction = 0.1
+
+    def __init__(self, npages: int, seed: int = 0) -> None:
+        super().__init__(npages, seed, stream_share=0.4)
+
+    def _build(self) -> None:
+        nv = self.npages // 4
+        w = np.zeros(self.npages)
+        w[self.rng.permutation(nv)] = _zipf_weights(nv, 0.8)
+        self.weights = w
+        self.streams = [_Stream(nv, self.npages - nv)]
+
+
+class Pagerank(Workload):
+    """PageRank: edges streamed, rank arrays read by in-degree (power law)."""
+
+    name = "pagerank"
+    mlp = 4.0
+    write_fraction = 0.3
+
+    def __init__(self, npages: int, seed: int = 0) -> None:
+        super().__init__(npages, seed, stream_share=0.3)
+
+    def _build(self) -> None:
+        nr = self.npages // 5
+        w = np.zeros(self.npages)
+        w[_clustered_placement(self.rng, nr, jitter=0.5)] = _zipf_weights(nr, 0.9)
+        self.weights = w
+        self.streams = [_Stream(nr, self.npages - nr)]
+
+
+class XsBench(Workload):
+    """XSBench-like: binary search over a small grid (hot), nuclide grids uniform."""
+
+    name = "xsbench"
+    mlp = 2.0
+    write_fraction = 0.01
+
+    def _build(self) -> None:
+        n = self.npages
+        grid = max(64, n // 10)
+        start = int(self.rng.integers(0, n - grid)) if self.phase else 0
+        w = np.full(n, 0.5 / n)
+        depth = np.arange(grid)
+        w[start : start + grid] += (
+            0.5 * _zipf_weights(grid, 0.7)[self.rng.permutation(depth)]
+        )
+        self.weights = w / w.sum()
+
+
+class Liblinear(Workload):
+    """liblinear-like training: streaming over samples, hot model weights."""
+
+    name = "liblinear"
+    mlp = 6.0
+    write_fraction = 0.2
+
+    def __init__(self, npages: int, seed: int = 0) -> None:
+        super().__init__(npages, seed, stream_share=0.5)
+
+    def _build(self) -> None:
+        n = self.npages
+        nw = max(64, n // 20)
+        start = int(self.rng.integers(0, n - nw)) if self.phase else 0
+        w = np.zeros(n)
+        w[start : start + nw] = 1.0 / nw
+        self.weights = w
+        rest = [(0, start), (start + nw, n - start - nw)]
+        self.streams = [_Stream(s, ln) for s, ln in rest if ln > 0]
+
+
+WORKLOADS: dict[str, Callable[..., Workload]] = {
+    w.name: w for w in (Gups, KvZipf, Btree, Bfs, Pagerank, XsBench, Liblinear)
+}
+
+
+def make_workload(name: str, npages: int, seed: int = 0) -> Workload:
+    if name not in WORKLOADS:
+        raise ValueError(f"workload {name!r} unknown; choose from {sorted(WORKLOADS)}")
+    return WORKLOADS[name](npages, seed=seed)
