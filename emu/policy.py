@@ -1,0 +1,65 @@
+"""The interface every placement policy compared on the emulator implements.
+
+A policy is attached to a World with the VMs it manages, then ticked once per
+epoch after the world has run for ``epoch_s`` of virtual time. Policies act only
+through World operations (and the emu backends), so tracking and migration
+costs are charged where the real system would pay them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from emu.world import World
+
+__all__ = ["POLICY_NAMES", "Policy", "VmSpec"]
+
+# Policy names, used everywhere (CLI, report.json's "policy", plots).
+POLICY_NAMES = (
+    "none",
+    "all-fast",
+    "tpp-host",
+    "tpp-guest",
+    "vtmm",
+    "memtis",
+    "hemem",
+    "hypertier",
+)
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """One VM of a scenario: its workload and memory split."""
+
+    name: str
+    workload: str
+    npages: int  # workload footprint in 4 KiB pages
+    fast_bytes: int  # fast-tier allotment at start
+    slow_bytes: int  # slow-tier allotment at start
+    vcpus: int = 2
+    total_accesses: int = 50_000_000
+    qos_class: str = "silver"
+    seed: int = 0
+    phase_change_at_s: float | None = None
+
+
+class Policy(Protocol):
+    """A tiered-memory management design running on the emulator."""
+
+    name: str
+
+    def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
+        """Change the VM set-up before the world is built (all-fast gives all DRAM)."""
+        ...
+
+    def attach(self, world: World, pids: Mapping[str, int]) -> None:
+        """Start managing; ``pids`` maps each VM to its workload's pid."""
+        ...
+
+    def tick(self, world: World, epoch_s: float) -> None:
+        """One management epoch, after the world ran ``epoch_s`` virtual seconds."""
+        ...
+
+    def close(self) -> None: ...
