@@ -1,0 +1,155 @@
+"""Per-VM guest channel state: line splitting, validation, rate limit, throttling.
+
+Bytes come from ``HostBackend.channel_recv`` (virtio-serial port
+``org.hypertier.0``); lines are decoded with :mod:`hypertier_wire`. The host
+trusts no guest: a guest that sends too fast or too much garbage is throttled
+(its input ignored for ``throttle_s``) and reported; a report that contradicts
+what the host provisioned is invalid.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import hypertier_wire as wire
+from agent_host.config import ChannelConfig
+
+__all__ = ["GuestChannel", "GuestReport"]
+
+log = logging.getLogger(__name__)
+
+# Guest node memory may exceed the plugged allotment by its boot memory; no
+# plausible boot memory is larger than this.
+_MAX_BOOT_SLACK_BYTES = 1 << 40
+
+
+@dataclass(frozen=True)
+class GuestReport:
+    """A validated guest report, with the time it arrived."""
+
+    received_s: float
+    report: wire.Report
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(n.total_bytes - n.used_bytes for n in self.report.nodes)
+
+    def node_total_bytes(self, tier: str) -> int:
+        return sum(n.total_bytes for n in self.report.nodes if n.tier == tier)
+
+
+class GuestChannel:
+    """What the host knows about one VM's guest agent.
+
+    ``feed`` takes raw bytes and the time; the latest valid report, counters
+    and the throttle state are attributes read by the daemon and ``status``.
+    """
+
+    def __init__(self, vm: str, cfg: ChannelConfig) -> None:
+        self.vm = vm
+        self._cfg = cfg
+        self._reader = wire.LineReader()
+        self._tokens = float(cfg.burst_msgs)
+        self._last_s: float | None = None
+        self.latest: GuestReport | None = None
+        self.hello: wire.Hello | None = None
+        self.messages = 0
+        self.invalid = 0
+        self.rate_limited = 0
+        self.throttled_until_s = float("-inf")
+        self.throttle_count = 0
+        self.last_error = ""
+        self._strikes = 0
+        self._last_seq = -1
+
+    @property
+    def dropped_lines(self) -> int:
+        return self._reader.dropped
+
+    def throttled(self, now_s: float) -> bool:
+        return now_s < self.throttled_until_s
+
+    def reconfigure(self, cfg: ChannelConfig) -> None:
+        self._cfg = cfg
+        self._tokens = min(self._tokens, float(cfg.burst_msgs))
+
+    def feed(self, data: bytes, now_s: float, max_bytes: dict[str, int]) -> bool:
+        """Consume ``data``; True if a new hello arrived (the host answers it).
+
+        ``max_bytes`` maps tier name to the most memory the guest can have on
+        that tier (boot memory excluded); a report claiming more is invalid.
+        """
+        self._refill(now_s)
+        got_hello = False
+        dropped_before = self._reader.dropped
+        for line in self._reader.feed(data):
+            if self.throttled(now_s):
+                continue
+            if self._tokens < 1.0:
+                self.rate_limited += 1
+                self._strike(now_s, "message rate above channel.max_msgs_per_s")
+                continue
+            self._tokens -= 1.0
+            try:
+                msg = wire.decode(line)
+                self._check(msg, max_bytes)
+            except wire.WireError as err:
+                self.invalid += 1
+                self.last_error = str(err)[:200]
+                self._strike(now_s, self.last_error)
+                continue
+            self.messages += 1
+            if isinstance(msg, wire.Hello):
+                self.hello = msg
+                got_hello = True
+            elif isinstance(msg, wire.Report):
+                self._last_seq = msg.seq
+                self.latest = GuestReport(now_s, msg)
+        over_long = self._reader.dropped - dropped_before
+        if over_long:
+            self.invalid += over_long
+            self._strike(now_s, f"{over_long} line(s) over {wire.MAX_LINE_BYTES} bytes")
+        return got_hello
+
+    def _check(self, msg: wire.Message, max_bytes: dict[str, int]) -> None:
+        if isinstance(msg, wire.Allot):
+            raise wire.WireError("type: allot is host -> guest only")
+        if not isinstance(msg, wire.Report):
+            return
+        if msg.seq <= self._last_seq:
+            raise wire.WireError(f"seq: {msg.seq} not after {self._last_seq}")
+        seen: set[int] = set()
+        for usage in msg.nodes:
+            if usage.node in seen:
+                raise wire.WireError(f"nodes: node {usage.node} reported twice")
+            seen.add(usage.node)
+        for tier, limit in max_bytes.items():
+            total = sum(n.total_bytes for n in msg.nodes if n.tier == tier)
+            if total > limit + _MAX_BOOT_SLACK_BYTES:
+                raise wire.WireError(f"nodes: {tier} total {total} beyond provisioned")
+        total_all = sum(n.total_bytes for n in msg.nodes)
+        if msg.hot_bytes > total_all:
+            raise wire.WireError(f"hot_bytes: {msg.hot_bytes} > guest memory")
+
+    def _refill(self, now_s: float) -> None:
+        if self._last_s is not None and now_s > self._last_s:
+            self._tokens = min(
+                float(self._cfg.burst_msgs),
+                self._tokens + (now_s - self._last_s) * self._cfg.max_msgs_per_s,
+            )
+        self._last_s = now_s
+
+    def _strike(self, now_s: float, why: str) -> None:
+        self._strikes += 1
+        if self._strikes >= self._cfg.max_invalid:
+            self._strikes = 0
+            self.throttled_until_s = now_s + self._cfg.throttle_s
+            self.throttle_count += 1
+            self.latest = None  # a misbehaving guest's reports are not trusted
+            log.warning(
+                "guest of %s misbehaves (%s); ignoring it for %.0f s",
+                self.vm,
+                why,
+                self._cfg.throttle_s,
+            )
