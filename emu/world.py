@@ -48,6 +48,7 @@ __all__ = [
 PAGE_SIZE = 4096
 FAST, SLOW = 0, 1  # guest node ids and host tier codes
 _CHUNK = 1 << 20
+_MIN_CHUNK = 1 << 14
 _VMA_BASE = 0x7F00_0000_0000
 _CYCLES_PER_NS = 2.5
 
@@ -169,6 +170,7 @@ class EmuVm:
     procs: dict[int, EmuProcess] = field(default_factory=dict)
     vtime_s: float = 0.0
     budget_s: float = 0.0
+    ns_per_access: float = 20.0  # virtual time per access, from the last chunk
     pending_ns: float = 0.0  # management time owed by the vCPUs
     pending_full_flushes: float = 0.0  # vCPU-TLB full flushes not yet costed
     pending_one_flushes: int = 0
@@ -408,6 +410,10 @@ class World:
         for p in vm.procs.values():
             p._tier_cache = None
 
+    def page_tiers(self, vm_name: str, pid: int) -> npt.NDArray[np.int8]:
+        """Host tier (FAST/SLOW) backing each page of a process; -1 not present."""
+        return self._page_tiers(self.vm(vm_name), self.process(vm_name, pid)).copy()
+
     def _page_tiers(self, vm: EmuVm, proc: EmuProcess) -> npt.NDArray[np.int8]:
         if proc._tier_cache is None:
             hosts = vm.f.host[np.maximum(proc.pt, 0)]
@@ -483,7 +489,10 @@ class World:
         wl = proc.workload
         if wl is None:
             return 0.0
-        n = min(_CHUNK, proc.target_accesses - proc.done_accesses)
+        # size the chunk to the remaining time budget so policies see the
+        # effect of each epoch (estimate from the previous chunk's cost)
+        fit = int(vm.budget_s * 1e9 / max(vm.ns_per_access, 1e-3)) + 1
+        n = min(max(fit, _MIN_CHUNK), _CHUNK, proc.target_accesses - proc.done_accesses)
         vpn = wl.generate(n)
         counts = np.bincount(vpn, minlength=proc.npages)
         touched = counts > 0
@@ -531,6 +540,7 @@ class World:
             self._track(vm, proc, vpn, counts, tiers)
         if vm.track_ept_a or vm.track_pml:
             self._track_host(vm, proc, vpn, touched, wl.write_fraction)
+        vm.ns_per_access = (mem_ns + walk_ns) / cpus / n
         t_s = t_ns * 1e-9
         if proc.done_accesses >= proc.target_accesses:
             proc.finished_at_s = vm.vtime_s + t_s

@@ -1,0 +1,139 @@
+"""Run the embedded default evaluation (or a chosen policy set) on the emulator."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from emu.evaluate import RunResult, default_scenario, run_scenario
+from emu.params import PROFILES, Params
+from emu.report import format_table, write_json, write_plots
+
+__all__ = ["add_arguments", "main"]
+
+DEFAULT_POLICIES = "none,all-fast,hypertier"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("hypertier-out"),
+        help="output directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help="comma-separated policy names (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="cxl",
+        help="slow-tier memory profile (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="footprint and work scale factor (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epoch-s",
+        type=float,
+        default=0.05,
+        help="policy epoch in virtual seconds (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print report.json's rows to stdout instead of the table",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+class _Progress:
+    """One status line on stderr: \\r-updated on a terminal, sparse lines otherwise."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._last = -1.0
+
+    def __call__(self, policy: str, t_s: float, frac: float) -> None:
+        if self._tty:
+            sys.stderr.write(f"\r  {policy:<10} t={t_s:6.2f}s  {frac:6.1%} done ")
+            sys.stderr.flush()
+        elif frac - self._last >= 0.25 or frac >= 1.0:
+            sys.stderr.write(f"  {policy:<10} t={t_s:6.2f}s  {frac:6.1%} done\n")
+            self._last = frac
+
+    def end(self) -> None:
+        if self._tty:
+            sys.stderr.write("\n")
+        self._last = -1.0
+
+
+def main(args: argparse.Namespace) -> int:
+    from emu.baselines import make_policy
+
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    try:
+        policies = [make_policy(n) for n in names]
+    except (ValueError, ImportError) as err:
+        print(f"hypertier: {err}", file=sys.stderr)
+        return 2
+    if args.scale <= 0 or args.epoch_s <= 0:
+        print("hypertier: --scale and --epoch-s must be > 0", file=sys.stderr)
+        return 2
+    specs = default_scenario(args.scale)
+    params = Params().with_profile(args.profile)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"hypertier: {len(specs)} VMs ({', '.join(s.workload for s in specs)}), "
+        f"profile {args.profile}, policies {', '.join(names)}",
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    progress = _Progress()
+    results: list[RunResult] = []
+    for pol in policies:
+        results.append(
+            run_scenario(
+                specs,
+                pol,
+                epoch_s=args.epoch_s,
+                params=params,
+                seed=args.seed,
+                progress=progress,
+            )
+        )
+        progress.end()
+    wall = time.perf_counter() - t0
+    meta = {
+        "profile": args.profile,
+        "scale": args.scale,
+        "seed": args.seed,
+        "epoch_s": args.epoch_s,
+        "policies": names,
+        "wall_s": round(wall, 3),
+    }
+    write_json(out / "report.json", results, meta)
+    rows = [row for r in results for row in r.rows]
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=1))
+    else:
+        print(format_table(rows))
+    if not args.no_plots:
+        try:
+            for path in write_plots(out, results):
+                print(f"hypertier: wrote {path}", file=sys.stderr)
+        except ImportError as err:
+            print(f"hypertier: no plots: {err}", file=sys.stderr)
+    print(f"hypertier: wrote {out / 'report.json'} in {wall:.1f} s", file=sys.stderr)
+    return 0

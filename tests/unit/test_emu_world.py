@@ -1,0 +1,219 @@
+"""Semantics of the emulated machine: what move_pages, resize and tracking do."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+
+from emu.params import Params
+from emu.workloads import WORKLOADS, make_workload
+from emu.world import FAST, PAGE_SIZE, SLOW, NoSuchProcessError, World
+
+MIB = 1 << 20
+
+
+def _world(fast_mib: int = 64, slow_mib: int = 256, seed: int = 1) -> World:
+    w = World(1 << 30, 4 << 30, seed=seed)
+    w.add_vm("vm", 2, fast_mib * MIB, slow_mib * MIB)
+    return w
+
+
+def _spawn(
+    w: World, npages: int = 32768, accesses: int = 10**7, name: str = "gups"
+) -> int:
+    return w.spawn("vm", make_workload(name, npages, seed=3), accesses)
+
+
+def _addrs(w: World, pid: int, vpns: np.ndarray) -> np.ndarray:
+    return w.process("vm", pid).addr_of(np.asarray(vpns))
+
+
+def test_first_touch_fills_fast_node_then_slow() -> None:
+    w = _world(fast_mib=64)
+    pid = _spawn(w, npages=32768)
+    nodes = w.page_nodes("vm", pid, _addrs(w, pid, np.arange(32768)))
+    assert np.all(nodes[:16384] == FAST)
+    assert np.all(nodes[16384:] == SLOW)
+
+
+def test_move_to_full_node_reports_enomem() -> None:
+    w = _world(fast_mib=64)
+    pid = _spawn(w, npages=32768)
+    status = w.move_pages("vm", pid, _addrs(w, pid, np.arange(16384, 16400)), FAST)
+    assert np.all(status == -errno.ENOMEM)
+
+
+def test_move_outside_mapping_reports_efault() -> None:
+    w = _world()
+    pid = _spawn(w)
+    status = w.move_pages("vm", pid, np.array([4096], np.uint64), SLOW)
+    assert status.tolist() == [-errno.EFAULT]
+
+
+def test_move_of_untouched_page_reports_enoent() -> None:
+    w = _world()
+    pid = w.spawn("vm", None, npages=4096, prefault=False)
+    status = w.move_pages("vm", pid, _addrs(w, pid, np.arange(3)), SLOW)
+    assert status.tolist() == [-errno.ENOENT] * 3
+
+
+def test_move_of_pinned_page_reports_ebusy() -> None:
+    w = _world()
+    pid = _spawn(w)
+    pinned = np.flatnonzero(w.process("vm", pid).pinned)
+    assert len(pinned) > 0
+    status = w.move_pages("vm", pid, _addrs(w, pid, pinned[:5]), SLOW)
+    assert np.all(status == -errno.EBUSY)
+
+
+def test_move_pages_moves_and_counts_guest_flushes() -> None:
+    w = _world()
+    pid = _spawn(w)
+    vpns = np.arange(100)
+    vpns = vpns[~w.process("vm", pid).pinned[vpns]]
+    status = w.move_pages("vm", pid, _addrs(w, pid, vpns), SLOW)
+    assert np.all(status == SLOW)
+    c = w.vm("vm").counters
+    assert c.guest_pages_moved == len(vpns)
+    assert c.tlb_local_flush_one == len(vpns)
+    assert c.tlb_remote_flush == len(vpns)  # two threads on two vCPUs
+    w.check_invariants()
+
+
+def test_move_of_exited_process_raises() -> None:
+    w = _world()
+    pid = _spawn(w)
+    w.kill("vm", pid)
+    with pytest.raises(NoSuchProcessError):
+        w.move_pages("vm", pid, np.array([0], np.uint64), SLOW)
+
+
+def test_shrink_falls_short_when_guest_cannot_free_memory() -> None:
+    w = _world(fast_mib=64, slow_mib=64)
+    _spawn(w, npages=32768)  # fills both nodes exactly
+    plugged = w.resize("vm", FAST, 32 * MIB)
+    assert plugged == 64 * MIB
+    assert w.vm("vm").requested[FAST] * PAGE_SIZE == 32 * MIB
+    w.check_invariants()
+
+
+def test_shrink_migrates_pages_out_of_unplugged_blocks() -> None:
+    w = _world(fast_mib=64, slow_mib=256)
+    pid = _spawn(w, npages=16384)  # fills the fast node
+    plugged = w.resize("vm", FAST, 32 * MIB)
+    assert plugged == 32 * MIB
+    nodes = w.page_nodes("vm", pid, _addrs(w, pid, np.arange(16384)))
+    assert np.count_nonzero(nodes == FAST) == 8192
+    assert w.vm("vm").counters.remote_tlb_flush > 0
+    w.check_invariants()
+
+
+def test_pebs_samples_fall_inside_the_mapping_and_favour_the_hot_set() -> None:
+    w = _world()
+    pid = _spawn(w, npages=32768, accesses=10**8)
+    w.start_sampling("vm", "pebs", [pid], period=97, ring_pages=4096)
+    w.clock.advance(0.01)
+    _, addr, _, lost = w.drain_samples("vm")
+    proc = w.process("vm", pid)
+    assert len(addr) > 1000
+    assert lost == 0
+    vpn = (addr - np.uint64(proc.base_addr)) // np.uint64(PAGE_SIZE)
+    assert np.all(vpn < proc.npages)
+    hot = set(proc.workload.hot_set(3276).tolist())  # type: ignore[union-attr]
+    share = np.mean([int(v) in hot for v in vpn[:2000]])
+    assert share > 0.8
+
+
+def test_small_ring_loses_records_and_counts_them() -> None:
+    w = _world()
+    pid = _spawn(w, accesses=10**8)
+    w.start_sampling("vm", "pebs", [pid], period=10, ring_pages=1)
+    w.clock.advance(0.01)
+    _, addr, _, lost = w.drain_samples("vm")
+    assert len(addr) == 4096 // 48 * 2
+    assert lost > 0
+
+
+def test_host_ept_scan_forces_remote_flushes_in_proportion() -> None:
+    w = _world()
+    _spawn(w, accesses=10**8)
+    w.clock.advance(0.01)
+    w.host_scan_ept("vm")  # arms A-bit tracking
+    before = w.vm("vm").counters.remote_tlb_flush
+    w.clock.advance(0.05)
+    acc = w.host_scan_ept("vm")
+    c = w.vm("vm").counters
+    regions = len(np.unique(acc // w.params.cost.scan_flush_pages))
+    assert c.remote_tlb_flush - before == regions > 0
+    assert c.invept == c.remote_tlb_flush * 2
+
+
+def test_host_migrate_costs_one_remote_flush_per_page() -> None:
+    w = _world()
+    _spawn(w, npages=32768)
+    gfns = np.arange(10, dtype=np.int64)
+    moved = w.host_migrate("vm", gfns, 1)
+    assert moved == 10
+    assert w.vm("vm").counters.remote_tlb_flush == 10
+    assert np.all(w.host_tier_of_frames("vm")[:10] == SLOW)
+    w.check_invariants()
+
+
+def test_flushes_slow_the_vm_down() -> None:
+    def elapsed(flush: bool) -> float:
+        w = _world()
+        pid = _spawn(w, accesses=4 * 10**6)
+        while w.process("vm", pid).finished_at_s is None:
+            w.clock.advance(0.001)
+            if flush:
+                w._host_remote_flush(w.vm("vm"), 20)
+        return float(w.process("vm", pid).finished_at_s or 0.0)
+
+    assert elapsed(True) > elapsed(False) * 1.05
+
+
+def test_fast_placement_finishes_sooner() -> None:
+    def elapsed(fast_mib: int) -> float:
+        w = World(1 << 30, 4 << 30, seed=1)
+        w.add_vm("vm", 2, fast_mib * MIB, 256 * MIB)
+        pid = w.spawn("vm", make_workload("kv-zipf", 32768, seed=3), 4 * 10**6)
+        while w.process("vm", pid).finished_at_s is None:
+            w.clock.advance(0.01)
+        return float(w.process("vm", pid).finished_at_s or 0.0)
+
+    assert elapsed(130) < elapsed(16) * 0.8
+
+
+def test_same_seed_same_result() -> None:
+    def run() -> tuple[int, int, float]:
+        w = _world(seed=5)
+        pid = _spawn(w, accesses=3 * 10**6)
+        w.start_sampling("vm", "pebs", [pid], period=101)
+        w.clock.advance(0.05)
+        c = w.vm("vm").counters
+        return c.accesses, c.fast_accesses, w.vm("vm").vtime_s
+
+    assert run() == run()
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_hot_set_takes_more_than_its_share_of_accesses(name: str) -> None:
+    wl = make_workload(name, 16384, seed=2)
+    hot = wl.hot_set(16384 // 10)
+    counts = np.bincount(wl.generate(1 << 20), minlength=16384)
+    assert counts[hot].sum() / (1 << 20) > 0.2
+
+
+def test_phase_change_moves_the_hot_set() -> None:
+    wl = make_workload("gups", 16384, seed=2)
+    before = set(wl.hot_set(1638).tolist())
+    wl.phase_change()
+    after = set(wl.hot_set(1638).tolist())
+    assert len(before & after) < len(before) // 2
+
+
+def test_unknown_profile_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="memory profile 'dram2' unknown"):
+        Params().with_profile("dram2")
