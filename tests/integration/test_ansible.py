@@ -1,0 +1,453 @@
+"""Ansible deployment (ansible/): lint, syntax, and both roles applied for real to
+Debian 12 root filesystems built with debootstrap, over the chroot connection.
+
+In a chroot nothing runs: the roles detect it (``ansible_is_chroot``) and skip
+starting services, reloading systemd/udev/sysctl and mounting tracefs (fstab only),
+because those would act on this machine's init and kernel. Unit enabling works
+offline and is checked. The chroot has no /sys, so the host role's tier check reads
+a fake node directory (``hypertier_host_node_sysfs``) written by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+try:  # tests/integration is a rootdir of its own (no __init__.py) ...
+    from ansible_support import rootfs
+    from ansible_support.playbook import ANSIBLE_DIR, PlaybookRun, run_playbook
+except ModuleNotFoundError:  # ... or a package under tests/
+    from tests.integration.ansible_support import rootfs
+    from tests.integration.ansible_support.playbook import (
+        ANSIBLE_DIR,
+        PlaybookRun,
+        run_playbook,
+    )
+
+pytestmark = pytest.mark.integration
+
+REPO = ANSIBLE_DIR.parent
+GUEST_CLI_MISSING = "guest CLI is not in the tree yet (agent_guest/cli.py missing)"
+HOST_CLI_MISSING = "host CLI is not in the tree yet (agent_host/cli.py missing)"
+GUEST_CLI_IN_TREE = (REPO / "agent_guest" / "cli.py").exists()
+HOST_CLI_IN_TREE = (REPO / "agent_host" / "cli.py").exists()
+
+
+def _need(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not installed (apt-get install {package})")
+    return path
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip(
+            "chroot and debootstrap need root: run the integration tests as root"
+        )
+
+
+def _role_variables(role: str) -> set[str]:
+    defaults = ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml"
+    return set(yaml.safe_load(defaults.read_text()))
+
+
+# --- static checks ---------------------------------------------------------------
+
+
+def test_ansible_lint_production_profile_passes() -> None:
+    lint = _need("ansible-lint", "ansible-lint")
+    proc = subprocess.run(
+        [lint, "--offline", "--profile", "production", "--nocolor", "-p"],
+        cwd=ANSIBLE_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_playbook_syntax_check_passes() -> None:
+    playbook = _need("ansible-playbook", "ansible")
+    proc = subprocess.run(
+        [playbook, "-i", "inventory/example/hosts.yml", "site.yml", "--syntax-check"],
+        cwd=ANSIBLE_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("role", "group"),
+    [
+        pytest.param("hypertier_guest", "hypertier_guests", id="guest"),
+        pytest.param("hypertier_host", "hypertier_hosts", id="host"),
+    ],
+)
+def test_example_group_vars_document_every_role_variable(role: str, group: str) -> None:
+    group_vars = ANSIBLE_DIR / "inventory" / "example" / "group_vars" / f"{group}.yml"
+    assert set(yaml.safe_load(group_vars.read_text())) == _role_variables(role)
+
+
+# --- fixtures for real runs --------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def base_tarball() -> Path:
+    _need_root()
+    _need("ansible-playbook", "ansible")
+    _need("chroot", "coreutils")
+    try:
+        return rootfs.base_tarball()
+    except rootfs.RootfsUnavailable as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built from a copy of the tree (others edit it meanwhile)."""
+    src = tmp_path_factory.mktemp("src") / "hypertier"
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "tests",
+            "ansible",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+        ),
+    )
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (found,) = out.glob("hypertier-*.whl")
+    return found
+
+
+@pytest.fixture
+def fresh_rootfs(base_tarball: Path, tmp_path: Path) -> Iterator[Path]:
+    root = rootfs.unpack(base_tarball, tmp_path / "rootfs")
+    yield root
+    shutil.rmtree(root)
+
+
+class Applied:
+    """A role applied twice to one rootfs."""
+
+    def __init__(self, root: Path, first: PlaybookRun, second: PlaybookRun) -> None:
+        self.root = root
+        self.host = str(root)
+        self.first = first
+        self.second = second
+
+    def file(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+
+def _apply_twice(
+    base_tarball: Path,
+    workdir: Path,
+    group: str,
+    extra_vars: dict[str, Any],
+    prepare: Any = None,
+) -> Iterator[Applied]:
+    root = rootfs.unpack(base_tarball, workdir / "rootfs")
+    if prepare is not None:
+        prepare(root)
+    first = run_playbook(root, group, extra_vars, workdir)
+    assert first.returncode == 0, first.failure_messages() or first.stderr
+    second = run_playbook(root, group, extra_vars, workdir)
+    yield Applied(root, first, second)
+    shutil.rmtree(root)
+
+
+GUEST_VARS: dict[str, Any] = {
+    "hypertier_guest_validate_config": GUEST_CLI_IN_TREE,
+    "hypertier_guest_disable_kernel_tiering": True,
+    "hypertier_guest_sampler_rate_hz": 1000,
+}
+
+
+@pytest.fixture(scope="module")
+def guest(
+    base_tarball: Path, wheel: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Applied]:
+    yield from _apply_twice(
+        base_tarball,
+        tmp_path_factory.mktemp("guest"),
+        "hypertier_guests",
+        {**GUEST_VARS, "hypertier_guest_wheel": str(wheel)},
+    )
+
+
+def _fake_node_sysfs(root: Path, has_cpu: str, has_memory: str) -> None:
+    nodes = root / "srv" / "fake-sys" / "node"
+    nodes.mkdir(parents=True)
+    (nodes / "has_cpu").write_text(has_cpu + "\n")
+    (nodes / "has_memory").write_text(has_memory + "\n")
+
+
+HOST_VARS: dict[str, Any] = {
+    "hypertier_host_validate_config": HOST_CLI_IN_TREE,
+    "hypertier_host_node_sysfs": "/srv/fake-sys/node",
+    "hypertier_host_policy_interval_s": 2,
+    "hypertier_host_vms": [
+        {
+            "name": "vm-gold-01",
+            "vcpus": 2,
+            "qos_class": "gold",
+            "fast_bytes": 1 << 30,
+            "slow_bytes": 1 << 30,
+            "fast_max_bytes": 2 << 30,
+            "slow_max_bytes": 4 << 30,
+            "disk_path": "/var/lib/libvirt/images/vm-gold-01.qcow2",
+        }
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def host(
+    base_tarball: Path, wheel: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Applied]:
+    # Node 1 has memory and no CPUs: a slow tier (CXL-like).
+    yield from _apply_twice(
+        base_tarball,
+        tmp_path_factory.mktemp("host"),
+        "hypertier_hosts",
+        {**HOST_VARS, "hypertier_host_wheel": str(wheel)},
+        prepare=lambda root: _fake_node_sysfs(root, has_cpu="0", has_memory="0-1"),
+    )
+
+
+# --- guest role --------------------------------------------------------------------
+
+
+def test_guest_role_installs_agent_into_venv(guest: Applied) -> None:
+    venv = guest.file("/opt/hypertier")
+    assert (venv / "bin" / "hypertier-guest").exists()
+    assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
+    assert os.readlink(guest.file("/usr/local/bin/hypertier-guest")) == (
+        "/opt/hypertier/bin/hypertier-guest"
+    )
+
+
+def test_guest_config_maps_role_variables_to_keys(guest: Applied) -> None:
+    config = tomllib.loads(guest.file("/etc/hypertier/guest.toml").read_text())
+    assert config == {
+        "guest": {
+            "backend": "linux",
+            "control_socket": "/run/hypertier/guest.sock",
+            "channel_path": "/dev/virtio-ports/org.hypertier.0",
+        },
+        "sampler": {"source": "auto", "window_s": 1.0, "rate_hz": 1000},
+        "mover": {"max_bandwidth_mib_s": 200, "batch_pages": 512},
+        "targets": {"min_rss_bytes": 67108864},
+    }
+
+
+def test_guest_config_check_passes_inside_chroot(guest: Applied) -> None:
+    if not GUEST_CLI_IN_TREE:
+        pytest.skip(GUEST_CLI_MISSING)
+    proc = subprocess.run(
+        [
+            "chroot",
+            guest.host,
+            "/opt/hypertier/bin/hypertier-guest",
+            "config",
+            "check",
+            "/etc/hypertier/guest.toml",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_guest_unit_has_only_the_needed_capabilities(guest: Applied) -> None:
+    unit = guest.file("/etc/systemd/system/hypertier-guest.service").read_text()
+    caps = "CAP_PERFMON CAP_SYS_NICE CAP_SYS_PTRACE"
+    assert f"\nAmbientCapabilities={caps}\n" in unit
+    assert f"\nCapabilityBoundingSet={caps}\n" in unit
+    assert "\nProtectSystem=strict\n" in unit
+    assert "\nRuntimeDirectory=hypertier\n" in unit
+    assert "\nUser=hypertier\n" in unit
+
+
+def test_guest_unit_enabled_offline(guest: Applied) -> None:
+    wants = guest.file("/etc/systemd/system/multi-user.target.wants")
+    assert os.readlink(wants / "hypertier-guest.service") == (
+        "/etc/systemd/system/hypertier-guest.service"
+    )
+
+
+def test_guest_service_start_skipped_in_chroot(guest: Applied) -> None:
+    # Nothing runs in a chroot (and systemctl there would talk to this machine).
+    result = guest.first.task(
+        "Set the agent's run state (not in a chroot, where nothing runs)", guest.host
+    )
+    assert result.get("skipped") is True
+
+
+def test_guest_kernel_settings_written(guest: Applied) -> None:
+    sysctl = guest.file("/etc/sysctl.d/60-hypertier-guest.conf").read_text().split()
+    assert sysctl == ["kernel.perf_event_paranoid=2", "kernel.numa_balancing=0"]
+    tmpfiles = guest.file("/etc/tmpfiles.d/hypertier-guest.conf").read_text()
+    assert "w /sys/kernel/mm/numa/demotion_enabled - - - - false" in tmpfiles
+
+
+def test_guest_tracefs_in_fstab(guest: Applied) -> None:
+    fstab = guest.file("/etc/fstab").read_text().splitlines()
+    (entry,) = [line.split() for line in fstab if "tracefs" in line]
+    assert entry[:3] == ["tracefs", "/sys/kernel/tracing", "tracefs"]
+    assert "mode=0750" in entry[3]
+
+
+def test_guest_second_run_changes_nothing(guest: Applied) -> None:
+    stats = guest.second.stats(guest.host)
+    assert (stats["changed"], stats["failures"]) == (0, 0)
+
+
+# --- host role ---------------------------------------------------------------------
+
+
+def test_host_role_installs_agent_and_libvirt(host: Applied) -> None:
+    assert host.file("/opt/hypertier/bin/hypertier-host").exists()
+    assert host.file("/usr/sbin/libvirtd").exists()
+    assert host.file("/usr/bin/qemu-system-x86_64").exists()
+
+
+def test_host_config_maps_role_variables_to_keys(host: Applied) -> None:
+    config = tomllib.loads(host.file("/etc/hypertier/host.toml").read_text())
+    assert config["host"] == {
+        "backend": "libvirt",
+        "uri": "qemu:///system",
+        "control_socket": "/run/hypertier/host.sock",
+        "fast_nodes": [],
+        "slow_nodes": [],
+        "emulate_slow_tier": False,
+    }
+    assert config["policy"] == {"interval_s": 2.0, "slow_overcommit_ratio": 1.0}
+    assert set(config["classes"]) == {"gold", "silver", "bronze"}
+
+
+def test_host_config_check_passes_inside_chroot(host: Applied) -> None:
+    if not HOST_CLI_IN_TREE:
+        pytest.skip(HOST_CLI_MISSING)
+    proc = subprocess.run(
+        [
+            "chroot",
+            host.host,
+            "/opt/hypertier/bin/hypertier-host",
+            "config",
+            "check",
+            "/etc/hypertier/host.toml",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_host_units_enabled_offline(host: Applied) -> None:
+    wants = host.file("/etc/systemd/system/multi-user.target.wants")
+    assert (wants / "hypertier-host.service").is_symlink()
+    assert (wants / "libvirtd.service").is_symlink()
+
+
+def test_host_agent_in_libvirt_group(host: Applied) -> None:
+    groups = host.file("/etc/group").read_text().splitlines()
+    (libvirt,) = [line for line in groups if line.startswith("libvirt:")]
+    assert "hypertier" in libvirt.rsplit(":", 1)[1].split(",")
+
+
+def test_host_vm_xml_rendered_by_agent_and_define_skipped_in_chroot(
+    host: Applied,
+) -> None:
+    rendered = host.first.task("Render the tiered domain XML with the agent", host.host)
+    xml = rendered["results"][0]["stdout"]
+    assert "<name>vm-gold-01</name>" in xml
+    assert "nodeset='1'" in xml or 'nodeset="1"' in xml
+    define = host.first.task(
+        "Define the tiered VMs in libvirt (not in a chroot, where libvirtd is not "
+        "running)",
+        host.host,
+    )
+    assert define.get("skipped") is True
+
+
+def test_host_second_run_changes_nothing(host: Applied) -> None:
+    stats = host.second.stats(host.host)
+    assert (stats["changed"], stats["failures"]) == (0, 0)
+
+
+def test_host_role_stops_when_no_slow_tier_and_no_emulation(
+    fresh_rootfs: Path, wheel: Path, tmp_path: Path
+) -> None:
+    _fake_node_sysfs(fresh_rootfs, has_cpu="0", has_memory="0")
+    run = run_playbook(
+        fresh_rootfs,
+        "hypertier_hosts",
+        {**HOST_VARS, "hypertier_host_wheel": str(wheel), "hypertier_host_vms": []},
+        tmp_path,
+    )
+    assert run.returncode != 0
+    (message,) = run.failure_messages()
+    assert message.startswith("No slow memory tier on ")
+    assert "hypertier_host_emulate_slow_tier=true" in message
+    # It stopped before installing anything.
+    assert not (fresh_rootfs / "opt" / "hypertier").exists()
+
+
+def test_host_role_accepts_single_node_with_emulation(
+    fresh_rootfs: Path, wheel: Path, tmp_path: Path
+) -> None:
+    _fake_node_sysfs(fresh_rootfs, has_cpu="0", has_memory="0")
+    run = run_playbook(
+        fresh_rootfs,
+        "hypertier_hosts",
+        {
+            **HOST_VARS,
+            "hypertier_host_wheel": str(wheel),
+            "hypertier_host_emulate_slow_tier": True,
+        },
+        tmp_path,
+        check=True,
+    )
+    report = run.task("Report the tiers", fresh_rootfs.as_posix())
+    assert "slow tier emulated" in report["msg"]
