@@ -92,8 +92,8 @@ class Workload:
     def generate(self, n: int) -> npt.NDArray[np.int32]:
         """``n`` page indices in access order."""
         m = int(n * self.stream_share) if self.streams else 0
-        raw = np.frombuffer(self.rng.bytes(4 * (n - m)), dtype=np.uint32)
-        rand: npt.NDArray[np.int32] = self._table[raw & ((1 << _TABLE_BITS) - 1)]
+        idx = self.rng.integers(0, 1 << _TABLE_BITS, n - m, dtype=np.uint32)
+        rand: npt.NDArray[np.int32] = self._table[idx]
         if m == 0:
             return rand
         parts = [rand]
