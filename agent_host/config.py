@@ -100,7 +100,7 @@ class PolicyConfig:
     pressure_growth_ratio: float = 0.25
     max_step_bytes: int = 1 * GiB
     min_resize_interval_s: float = 5.0
-    hysteresis_bytes: int = 64 * MiB
+    hysteresis_bytes: int = 32 * MiB
     hysteresis_ratio: float = 0.02
     report_timeout_s: float = 10.0
     default_class: str = "standard"

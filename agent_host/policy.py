@@ -188,9 +188,13 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     f_floor = np.minimum(_align_up(f_floor_f, fast.block), fast.limit)
     hot = np.nan_to_num(inputs.hot_bytes, nan=0.0)
     pressure = np.clip(np.nan_to_num(inputs.pressure, nan=0.0), 0.0, 1.0)
+    # Under pressure, ask for at least twice the hysteresis band, or small VMs
+    # would never get past it.
+    band = np.maximum(float(cfg.hysteresis_bytes), cfg.hysteresis_ratio * f_req)
+    growth = np.maximum(cfg.pressure_growth_ratio * f_req, 2.0 * band) * pressure
     f_want_f = np.maximum(
         hot * (1.0 + cfg.hot_headroom_ratio) - inputs.fast_boot_bytes,
-        np.where(pressure > 0, f_req * (1.0 + cfg.pressure_growth_ratio * pressure), 0),
+        np.where(pressure > 0, f_req + growth, 0.0),
     )
     f_want_f = np.where(known, f_want_f, f_req)
     f_want = np.clip(f_want_f, f_floor, f_limit)

@@ -1,0 +1,571 @@
+"""The real host backend: libvirt-python, the guest channel socket, and sysfs.
+
+Wraps `libvirt's domain API <https://libvirt.org/html/libvirt-libvirt-domain.html>`_
+(virtio-mem resize through ``virDomainUpdateDeviceFlags``, ``virDomainSetMetadata``,
+``virConnectGetAllDomainStats``, lifecycle events) and reads host NUMA nodes from
+``/sys/devices/system/node`` (`sysfs-devices-node
+<https://docs.kernel.org/admin-guide/mm/numaperf.html>`_). The only module that
+imports libvirt.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+import socket
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from agent_host import domxml
+from agent_host.backend import (
+    DomainEvent,
+    DomainInfo,
+    DomainStats,
+    EventKind,
+    HostCapability,
+    HostNode,
+    Tier,
+)
+from agent_host.errors import (
+    AccessDenied,
+    BackendError,
+    HostError,
+    NoSuchDomain,
+    Unsupported,
+)
+
+__all__ = [
+    "LibvirtHostBackend",
+    "channel_path",
+    "parse_cpulist",
+    "read_host_nodes",
+    "stats_from_record",
+]
+
+log = logging.getLogger(__name__)
+
+_MAX_EVENTS = 10000
+_NS = "{" + domxml.METADATA_NS + "}"
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _start_event_loop() -> None:
+    """Register libvirt's default event loop and run it in a daemon thread, once.
+
+    libvirt keeps one event implementation per process, so this guard is
+    process-wide by necessity; it must run before the first ``virConnectOpen``
+    for lifecycle events and keepalive to work.
+    """
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        # libvirt prints every error to stderr by default; we map and log them.
+        libvirt.registerErrorHandler(_ignore_error, None)
+        thread = threading.Thread(
+            target=_run_event_loop, name="libvirt-events", daemon=True
+        )
+        thread.start()
+        _event_loop_started = True
+
+
+def _ignore_error(_ctx: object, _err: object) -> None:
+    return None
+
+
+def _run_event_loop() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
+def parse_cpulist(text: str) -> tuple[int, ...]:
+    """Parse a kernel cpulist such as ``0-3,8,10-11`` (empty: no CPUs)."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return tuple(out)
+
+
+_MEMINFO_RE = re.compile(r"^Node\s+\d+\s+(\w+):\s+(\d+)\s*kB", re.MULTILINE)
+
+
+def read_host_nodes(
+    root: Path,
+    fast_nodes: Sequence[int] = (),
+    slow_nodes: Sequence[int] = (),
+) -> tuple[HostNode, ...]:
+    """Host NUMA nodes from ``root``/sys/devices/system/node and their tiers.
+
+    Nodes listed in ``fast_nodes``/``slow_nodes`` get that tier (a node in both
+    is reported as fast; the slow tier is then emulated on it); other nodes are
+    fast if they have CPUs and slow if CPU-less (CXL.mem, PMEM via dax/kmem).
+
+    Raises:
+        BackendError: the sysfs tree is missing or malformed.
+    """
+    base = root / "sys/devices/system/node"
+    try:
+        dirs = sorted(
+            (p for p in base.iterdir() if re.fullmatch(r"node\d+", p.name)),
+            key=lambda p: int(p.name[4:]),
+        )
+    except OSError as err:
+        raise BackendError(f"cannot list NUMA nodes under {base}: {err}") from err
+    if not dirs:
+        raise BackendError(f"no NUMA nodes under {base}")
+    nodes: list[HostNode] = []
+    for path in dirs:
+        node = int(path.name[4:])
+        try:
+            cpus = parse_cpulist((path / "cpulist").read_text())
+            meminfo = dict(_MEMINFO_RE.findall((path / "meminfo").read_text()))
+        except (OSError, ValueError) as err:
+            raise BackendError(f"cannot read {path}: {err}") from err
+        if node in fast_nodes:
+            tier = Tier.FAST
+        elif node in slow_nodes:
+            tier = Tier.SLOW
+        else:
+            tier = Tier.FAST if cpus else Tier.SLOW
+        nodes.append(
+            HostNode(
+                node=node,
+                tier=tier,
+                total_bytes=int(meminfo.get("MemTotal", 0)) * 1024,
+                free_bytes=int(meminfo.get("MemFree", 0)) * 1024,
+                has_cpus=bool(cpus),
+            )
+        )
+    return tuple(nodes)
+
+
+def _map_error(err: libvirt.libvirtError, vm: str, what: str) -> HostError:
+    """The HostError for a libvirtError, by its error code (not its text)."""
+    code = err.get_error_code()
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return NoSuchDomain(vm)
+    if code in (
+        libvirt.VIR_ERR_NO_SUPPORT,
+        libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+        libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+        libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+    ):
+        return Unsupported(what, err.get_error_message() or str(err))
+    if code in (
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_ERR_OPERATION_DENIED,
+        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+    ):
+        return AccessDenied(what, "run as root or in group libvirt")
+    return BackendError(f"{what} failed for {vm or 'the connection'}: {err}")
+
+
+_LIFECYCLE: dict[int, EventKind] = {
+    libvirt.VIR_DOMAIN_EVENT_STARTED: EventKind.STARTED,
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: EventKind.STOPPED,
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: EventKind.DEFINED,
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: EventKind.UNDEFINED,
+}
+
+# Domain stats group for QEMU query-stats (KVM binary stats); libvirt 8.9.0.
+_STATS_VM: int = getattr(libvirt, "VIR_DOMAIN_STATS_VM", 0)
+
+
+class LibvirtHostBackend:
+    """HostBackend over one libvirt connection (keepalive, reconnect, events).
+
+    ``uri`` is the libvirt URI (``qemu:///system``; ``test:///default`` for
+    tests). ``root`` is where sysfs is found (tests pass captured trees).
+    """
+
+    def __init__(
+        self,
+        uri: str = "qemu:///system",
+        root: Path | str = Path("/"),
+        fast_nodes: Sequence[int] = (),
+        slow_nodes: Sequence[int] = (),
+        max_read_bytes: int = 65536,
+        keepalive_interval_s: int = 5,
+        keepalive_count: int = 3,
+    ) -> None:
+        self._uri = uri
+        self._root = Path(root)
+        self._fast_nodes = tuple(fast_nodes)
+        self._slow_nodes = tuple(slow_nodes)
+        self._max_read = max_read_bytes
+        self._keepalive = (keepalive_interval_s, keepalive_count)
+        self._lock = threading.Lock()
+        self._events: collections.deque[DomainEvent] = collections.deque(
+            maxlen=_MAX_EVENTS
+        )
+        self._channels: dict[str, socket.socket] = {}
+        self._conn: Any = None
+        self._callback_id: int | None = None
+        self._closed_by_peer = False
+        self.reconnects = 0
+        _start_event_loop()
+        self._connect()
+
+    # -- connection ---------------------------------------------------------
+
+    def _connect(self) -> Any:
+        try:
+            conn = libvirt.open(self._uri)
+        except libvirt.libvirtError as err:
+            raise _map_error(err, "", f"connecting to {self._uri}") from err
+        try:
+            conn.setKeepAlive(*self._keepalive)
+        except libvirt.libvirtError as err:
+            # Local drivers such as test:/// have no keepalive (VIR_ERR_NO_SUPPORT).
+            log.debug("no keepalive on %s: %s", self._uri, err)
+        try:
+            conn.registerCloseCallback(self._on_close, None)
+        except libvirt.libvirtError as err:
+            log.debug("no close callback on %s: %s", self._uri, err)
+        try:
+            self._callback_id = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            )
+        except libvirt.libvirtError as err:
+            log.warning("no lifecycle events from %s: %s", self._uri, err)
+            self._callback_id = None
+        self._conn = conn
+        self._closed_by_peer = False
+        return conn
+
+    def _on_close(self, _conn: object, reason: int, _opaque: object) -> None:
+        log.warning("libvirt connection to %s closed (reason %d)", self._uri, reason)
+        self._closed_by_peer = True
+
+    def _on_lifecycle(
+        self, _conn: object, dom: Any, event: int, detail: int, _opaque: object
+    ) -> None:
+        kind = _LIFECYCLE.get(event)
+        if kind is None:
+            return
+        if (
+            event == libvirt.VIR_DOMAIN_EVENT_STOPPED
+            and detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED
+        ):
+            kind = EventKind.MIGRATED
+        with self._lock:
+            self._events.append(DomainEvent(dom.name(), kind))
+
+    def _connection(self) -> Any:
+        """The live connection, reopened if the peer closed it."""
+        alive = False
+        if self._conn is not None and not self._closed_by_peer:
+            try:
+                alive = self._conn.isAlive() == 1
+            except libvirt.libvirtError:
+                alive = False
+        if not alive:
+            if self._conn is not None:
+                log.info("reconnecting to %s", self._uri)
+                self.reconnects += 1
+                self._drop_connection()
+            self._connect()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if self._callback_id is not None:
+                conn.domainEventDeregisterAny(self._callback_id)
+            conn.unregisterCloseCallback()
+        except libvirt.libvirtError as err:
+            log.debug("cleanup of old connection failed: %s", err)
+        try:
+            conn.close()
+        except libvirt.libvirtError as err:
+            log.debug("closing old connection failed: %s", err)
+
+    def _domain(self, vm: str) -> Any:
+        try:
+            return self._connection().lookupByName(vm)
+        except libvirt.libvirtError as err:
+            raise _map_error(err, vm, "domain lookup") from err
+
+    # -- HostBackend --------------------------------------------------------
+
+    def capabilities(self) -> frozenset[HostCapability]:
+        caps = {
+            HostCapability.METADATA,
+            HostCapability.GUEST_CHANNEL,
+            HostCapability.BALLOON,
+        }
+        if self._callback_id is not None:
+            caps.add(HostCapability.EVENTS)
+        # The test driver has no virDomainUpdateDeviceFlags and no query-stats.
+        if not self._uri.startswith("test:"):
+            caps.add(HostCapability.VIRTIO_MEM_RESIZE)
+            if _STATS_VM:
+                caps.add(HostCapability.KVM_STATS)
+        return frozenset(caps)
+
+    def host_nodes(self) -> Sequence[HostNode]:
+        return read_host_nodes(self._root, self._fast_nodes, self._slow_nodes)
+
+    def domains(self) -> Sequence[DomainInfo]:
+        try:
+            doms = self._connection().listAllDomains(
+                libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
+            )
+        except libvirt.libvirtError as err:
+            raise _map_error(err, "", "listing domains") from err
+        out: list[DomainInfo] = []
+        for dom in doms:
+            try:
+                name = dom.name()
+                xml = dom.XMLDesc(0)
+                info = dom.info()
+                uuid = dom.UUIDString()
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # stopped between list and lookup
+                raise _map_error(err, "", "reading a domain") from err
+            allotments = domxml.parse_allotments(xml)
+            if allotments:
+                out.append(DomainInfo(name, uuid, int(info[3]), True, allotments))
+        return out
+
+    def resize(self, vm: str, tier: Tier, size_bytes: int) -> None:
+        dom = self._domain(vm)
+        try:
+            xml = dom.XMLDesc(0)
+            dev = domxml.resize_device_xml(xml, tier, size_bytes)
+            dom.updateDeviceFlags(dev, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as err:
+            raise _map_error(err, vm, f"resizing the {tier.value} tier") from err
+
+    def domain_stats(self, vm: str) -> DomainStats:
+        dom = self._domain(vm)
+        groups = (
+            libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+        ) | (_STATS_VM if HostCapability.KVM_STATS in self.capabilities() else 0)
+        try:
+            records = self._connection().domainListGetStats([dom], groups, 0)
+        except libvirt.libvirtError as err:
+            raise _map_error(err, vm, "reading domain stats") from err
+        stats: dict[str, Any] = records[0][1] if records else {}
+        return stats_from_record(vm, stats)
+
+    def get_metadata(self, vm: str) -> str | None:
+        dom = self._domain(vm)
+        try:
+            raw = dom.metadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, domxml.METADATA_NS, 0
+            )
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None
+            raise _map_error(err, vm, "reading metadata") from err
+        return _qualify(raw)
+
+    def set_metadata(self, vm: str, xml: str) -> None:
+        dom = self._domain(vm)
+        try:
+            flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
+            if dom.isPersistent():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                _unqualify(xml),
+                domxml.METADATA_PREFIX,
+                domxml.METADATA_NS,
+                flags,
+            )
+        except libvirt.libvirtError as err:
+            raise _map_error(err, vm, "writing metadata") from err
+
+    def channel_send(self, vm: str, line: bytes) -> None:
+        sock = self._channel(vm)
+        try:
+            sent = sock.send(line)
+        except BlockingIOError as err:
+            raise BackendError(f"channel of {vm} is full; message dropped") from err
+        except OSError as err:
+            self._close_channel(vm)
+            raise BackendError(f"channel of {vm}: {err}") from err
+        if sent != len(line):
+            raise BackendError(f"channel of {vm} took {sent} of {len(line)} bytes")
+
+    def channel_recv(self, vm: str) -> bytes:
+        try:
+            sock = self._channel(vm)
+        except BackendError as err:
+            log.debug("%s", err)
+            return b""
+        chunks: list[bytes] = []
+        left = self._max_read
+        while left > 0:
+            try:
+                data = sock.recv(min(left, 65536))
+            except BlockingIOError:
+                break
+            except OSError as err:
+                log.debug("channel of %s: %s", vm, err)
+                self._close_channel(vm)
+                break
+            if not data:  # QEMU closed the chardev: reconnect next time
+                self._close_channel(vm)
+                break
+            chunks.append(data)
+            left -= len(data)
+        return b"".join(chunks)
+
+    def events(self) -> Sequence[DomainEvent]:
+        with self._lock:
+            out = list(self._events)
+            self._events.clear()
+        return out
+
+    def close(self) -> None:
+        for vm in list(self._channels):
+            self._close_channel(vm)
+        self._drop_connection()
+
+    # -- libvirt-only helpers (used by ``vm define`` and the tests) ----------
+
+    def define_xml(self, xml: str) -> str:
+        """Define (or redefine) a persistent domain; returns its name."""
+        try:
+            dom = self._connection().defineXML(xml)
+        except libvirt.libvirtError as err:
+            raise _map_error(err, "", "defining a domain") from err
+        name: str = dom.name()
+        return name
+
+    def domain_xml(self, vm: str, inactive: bool = False) -> str:
+        """The domain XML (the persistent definition if ``inactive``)."""
+        dom = self._domain(vm)
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        try:
+            xml: str = dom.XMLDesc(flags)
+        except libvirt.libvirtError as err:
+            raise _map_error(err, vm, "reading the domain XML") from err
+        return xml
+
+    def start(self, vm: str) -> None:
+        try:
+            self._domain(vm).create()
+        except libvirt.libvirtError as err:
+            raise _map_error(err, vm, "starting the domain") from err
+
+    def destroy_and_undefine(self, vm: str) -> None:
+        """Stop (if running) and undefine ``vm``; for tests and conversions."""
+        dom = self._domain(vm)
+        try:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError as err:
+            raise _map_error(err, vm, "removing the domain") from err
+
+    # -- channel sockets ----------------------------------------------------
+
+    def _channel(self, vm: str) -> socket.socket:
+        sock = self._channels.get(vm)
+        if sock is not None:
+            return sock
+        path = channel_path(self.domain_xml(vm))
+        if path is None:
+            raise BackendError(f"{vm} has no {domxml.CHANNEL_NAME} unix channel")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError as err:
+            sock.close()
+            raise BackendError(f"channel of {vm} at {path}: {err}") from err
+        sock.setblocking(False)
+        self._channels[vm] = sock
+        return sock
+
+    def _close_channel(self, vm: str) -> None:
+        sock = self._channels.pop(vm, None)
+        if sock is not None:
+            sock.close()
+
+
+def channel_path(xml: str) -> str | None:
+    """The host-side socket path of the HyperTier virtio-serial channel, or None."""
+    root = ET.fromstring(xml)
+    for chan in root.iterfind("devices/channel"):
+        target = chan.find("target")
+        source = chan.find("source")
+        if (
+            chan.get("type") == "unix"
+            and target is not None
+            and target.get("name") == domxml.CHANNEL_NAME
+            and source is not None
+        ):
+            return source.get("path")
+    return None
+
+
+def _sum(stats: dict[str, Any], pattern: re.Pattern[str]) -> int | None:
+    values = [int(v) for k, v in stats.items() if pattern.fullmatch(k)]
+    return sum(values) if values else None
+
+
+_REMOTE_TLB_RE = re.compile(r"vm\.remote_tlb_flush\.(sum|cur)")
+_TLB_RE = re.compile(r"vcpu\.\d+\.tlb_flush\.(sum|cur)")
+_EXITS_RE = re.compile(r"vcpu\.\d+\.exits\.(sum|cur)")
+
+
+def stats_from_record(vm: str, stats: dict[str, Any]) -> DomainStats:
+    """DomainStats from one ``virConnectGetAllDomainStats`` record.
+
+    KVM statistics come from QEMU's query-stats as ``vm.<name>.<type>`` and
+    ``vcpu.<n>.<name>.<type>`` (libvirt 8.9.0); absent keys stay None.
+    """
+    cpu_ns = stats.get("cpu.time")
+    balloon_kib = stats.get("balloon.current")
+    return DomainStats(
+        vm=vm,
+        remote_tlb_flush=_sum(stats, _REMOTE_TLB_RE),
+        tlb_flush=_sum(stats, _TLB_RE),
+        exits=_sum(stats, _EXITS_RE),
+        cpu_time_s=int(cpu_ns) / 1e9 if cpu_ns is not None else None,
+        balloon_current_bytes=int(balloon_kib) * 1024
+        if balloon_kib is not None
+        else None,
+    )
+
+
+def _retag(elem: ET.Element, fn: Callable[[str], str]) -> None:
+    for e in elem.iter():
+        if isinstance(e.tag, str):
+            e.tag = fn(e.tag)
+
+
+def _qualify(raw: str) -> str:
+    """libvirt returns our metadata element without its namespace; restore it."""
+    elem = ET.fromstring(raw)
+    _retag(elem, lambda t: t if t.startswith("{") else _NS + t)
+    ET.register_namespace(domxml.METADATA_PREFIX, domxml.METADATA_NS)
+    return ET.tostring(elem, encoding="unicode")
+
+
+def _unqualify(xml: str) -> str:
+    """setMetadata applies the namespace itself; pass it plain tags."""
+    try:
+        elem = ET.fromstring(xml)
+    except ET.ParseError as err:
+        raise BackendError(f"metadata XML does not parse: {err}") from err
+    _retag(elem, lambda t: t.removeprefix(_NS))
+    return ET.tostring(elem, encoding="unicode")

@@ -1,0 +1,236 @@
+"""The host daemon on the emulator: discovery, metadata, channel, elastic tiers."""
+
+from __future__ import annotations
+
+import pytest
+
+import hypertier_wire as wire
+from agent_host.backend import Tier
+from agent_host.config import Config, loads
+from agent_host.daemon import Daemon
+from agent_host.domxml import parse_metadata
+from agent_host.errors import ConfigError, NoSuchDomain
+from emu.clock import FakeClock
+from emu.host import EmuHostBackend
+from emu.world import PAGE_SIZE, World
+
+MiB = 1 << 20
+CLASSES = {"gold": 4.0, "silver": 2.0, "bronze": 1.0}
+CFG = loads(
+    """
+[policy]
+host_reserved_bytes = 0
+min_resize_interval_s = 0
+max_step_bytes = 134217728
+"""
+)
+
+
+def _world(clock: FakeClock, fast_mib: int = 1024, vms: int = 3) -> World:
+    world = World(
+        host_fast_bytes=fast_mib * MiB, host_slow_bytes=4096 * MiB, clock=clock
+    )
+    for i in range(vms):
+        name = f"vm{i}"
+        world.add_vm(name, 2, 128 * MiB, 128 * MiB, 768 * MiB, 1024 * MiB)
+        world.spawn(name, None, npages=200 * MiB // PAGE_SIZE)
+    return world
+
+
+def _report(world: World, vm: str, seq: int, hot_ratio: float, pressure: float) -> None:
+    """What a guest agent would send: its nodes, a hot set and a pressure."""
+    v = world.vm(vm)
+    nodes = tuple(
+        wire.NodeUsage(i, t, v.plugged[i] * PAGE_SIZE, v.used_pages(i) * PAGE_SIZE)
+        for i, t in ((0, "fast"), (1, "slow"))
+    )
+    hot = int(hot_ratio * v.used_pages(0) * PAGE_SIZE + v.used_pages(1) * PAGE_SIZE)
+    v.to_host += wire.encode(wire.Report(seq, nodes, hot, pressure))
+
+
+def _fast_mib(world: World, vm: str) -> int:
+    return world.vm(vm).requested[0] * PAGE_SIZE // MiB
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _daemon(world: World, clock: FakeClock, cfg: Config = CFG) -> Daemon:
+    return Daemon(cfg, EmuHostBackend(world), clock)
+
+
+def test_new_vm_gets_metadata_from_its_allotments(clock: FakeClock) -> None:
+    world = _world(clock, vms=1)
+    _daemon(world, clock).tick()
+    meta = parse_metadata(world.metadata["vm0"])
+    assert meta is not None
+    fast = meta.tier(Tier.FAST)
+    assert fast is not None
+    assert (fast.reservation_bytes, fast.limit_bytes) == (128 * MiB, 768 * MiB)
+
+
+def test_metadata_survives_a_daemon_restart(clock: FakeClock) -> None:
+    world = _world(clock, vms=1)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    daemon.vm_set("vm0", qos_class="gold", reservations={Tier.FAST: 256 * MiB})
+    restarted = _daemon(world, clock)
+    restarted.tick()
+    vm = restarted.status()["vms"]["vm0"]
+    assert vm["class"] == "gold"
+    assert vm["tiers"]["fast"]["reservation_bytes"] == 256 * MiB
+
+
+def test_raised_reservation_is_provisioned_next_tick(clock: FakeClock) -> None:
+    world = _world(clock, vms=1)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    daemon.vm_set("vm0", reservations={Tier.FAST: 300 * MiB})
+    daemon.tick()
+    assert _fast_mib(world, "vm0") >= 300
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"qos_class": "platinum"}, "unknown", id="class"),
+        pytest.param({"reservations": {Tier.FAST: 800 * MiB}}, "reservation", id="res"),
+        pytest.param({"limits": {Tier.SLOW: 2048 * MiB}}, "device size", id="limit"),
+    ],
+)
+def test_vm_set_rejects_invalid_settings(
+    clock: FakeClock, kwargs: dict[str, object], message: str
+) -> None:
+    world = _world(clock, vms=1)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    with pytest.raises(ConfigError, match=message):
+        daemon.vm_set("vm0", **kwargs)  # type: ignore[arg-type]
+
+
+def test_vm_set_of_unknown_vm_raises(clock: FakeClock) -> None:
+    daemon = _daemon(_world(clock, vms=0), clock)
+    with pytest.raises(NoSuchDomain):
+        daemon.vm_set("ghost", qos_class="gold")
+
+
+def test_stopped_vm_is_forgotten(clock: FakeClock) -> None:
+    world = _world(clock, vms=2)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    world.remove_vm("vm1")
+    daemon.tick()
+    assert list(daemon.status()["vms"]) == ["vm0"]
+
+
+def test_guest_hello_is_answered_and_allotment_sent(clock: FakeClock) -> None:
+    world = _world(clock, vms=1)
+    daemon = _daemon(world, clock)
+    world.vm("vm0").to_host += wire.encode(wire.Hello("hypertier-guest", "0.1.0"))
+    daemon.tick()
+    lines = [wire.decode(x) for x in bytes(world.vm("vm0").to_guest).splitlines()]
+    assert isinstance(lines[0], wire.Hello)
+    assert lines[1] == wire.Allot(1, 128 * MiB, 128 * MiB)
+
+
+def test_garbage_guest_is_throttled_without_affecting_others(clock: FakeClock) -> None:
+    world = _world(clock, vms=2)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    world.vm("vm0").to_host += b"{bad\n" * 50
+    before = _fast_mib(world, "vm1")
+    for seq in range(1, 4):
+        _report(world, "vm1", seq, 1.0, 1.0)
+        clock.advance(1.0)
+        daemon.tick()
+    status = daemon.status()["vms"]
+    assert status["vm0"]["guest"]["throttled"]
+    assert status["vm0"]["tiers"]["fast"]["requested_bytes"] == 128 * MiB
+    assert _fast_mib(world, "vm1") > before
+
+
+def test_guest_cannot_exceed_its_limit(clock: FakeClock) -> None:
+    world = _world(clock, fast_mib=8192, vms=1)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    daemon.vm_set("vm0", limits={Tier.FAST: 256 * MiB})
+    for seq in range(1, 10):
+        _report(world, "vm0", seq, 1.0, 1.0)
+        clock.advance(1.0)
+        daemon.tick()
+    assert _fast_mib(world, "vm0") == 256
+
+
+def test_run_ticks_every_interval_until_stopped(clock: FakeClock) -> None:
+    world = _world(clock, vms=1)
+    daemon = _daemon(world, clock)
+    clock.on_advance(lambda _dt: daemon.stop() if clock.monotonic() >= 5.0 else None)
+    daemon.run()
+    assert daemon.ticks == 5
+
+
+def test_reload_applies_new_weights_at_next_tick(clock: FakeClock) -> None:
+    daemon = _daemon(_world(clock, vms=1), clock)
+    daemon.tick()
+    daemon.reload(loads("[classes.standard]\nweight = 7\n"))
+    daemon.tick()
+    assert daemon.status()["vms"]["vm0"]["weight"] == 7.0
+
+
+def test_reload_refuses_backend_change(clock: FakeClock) -> None:
+    daemon = _daemon(_world(clock, vms=1), clock)
+    with pytest.raises(ConfigError, match="restart"):
+        daemon.reload(loads('[host]\nbackend = "emu"\n'))
+
+
+def test_status_reports_host_capacity(clock: FakeClock) -> None:
+    daemon = _daemon(_world(clock, vms=1), clock)
+    host = daemon.status()["host"]
+    assert host["fast_capacity_bytes"] == 1024 * MiB
+    assert not host["slow_tier_emulated"]
+
+
+def test_domain_stats_come_from_the_backend(clock: FakeClock) -> None:
+    world = _world(clock, vms=1)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    assert daemon.domain_stats()["vm0"].remote_tlb_flush is not None
+
+
+def test_fast_tier_follows_shifting_demand_by_class_weight(clock: FakeClock) -> None:
+    """Three classes under load, then gold goes idle; pages are never lost."""
+    world = _world(clock, fast_mib=1024, vms=3)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    names = {"gold": "vm0", "silver": "vm1", "bronze": "vm2"}
+    for cls, vm in names.items():
+        daemon.vm_set(vm, qos_class=cls)
+    seq = 0
+
+    def run(ticks: int, load: dict[str, tuple[float, float]]) -> None:
+        nonlocal seq
+        for _ in range(ticks):
+            seq += 1
+            for vm, (hot, pressure) in load.items():
+                _report(world, vm, seq, hot, pressure)
+            clock.advance(1.0)
+            daemon.tick()
+            world.check_invariants()
+            for vm in names.values():
+                assert _fast_mib(world, vm) >= 128  # the reservation
+                assert world.vm(vm).plugged[0] * PAGE_SIZE // MiB >= 128
+            total = sum(world.vm(vm).plugged[0] for vm in names.values())
+            assert total * PAGE_SIZE <= 1024 * MiB
+
+    busy = (1.0, 1.0)
+    run(30, {vm: busy for vm in names.values()})
+    extra = {c: _fast_mib(world, vm) - 128 for c, vm in names.items()}
+    assert extra["gold"] > extra["silver"] > extra["bronze"] > 0
+    assert extra["gold"] / extra["bronze"] == pytest.approx(4.0, rel=0.25)
+    silver_before = _fast_mib(world, names["silver"])
+
+    run(30, {names["gold"]: (0.0, 0.0), names["silver"]: busy, names["bronze"]: busy})
+    assert _fast_mib(world, names["gold"]) < 128 + extra["gold"] // 2
+    assert _fast_mib(world, names["silver"]) > silver_before
