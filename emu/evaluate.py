@@ -70,7 +70,18 @@ def default_scenario(scale: float = 1.0) -> list[VmSpec]:
         ("vm4", "pagerank", "bronze"),
     ]
     return [
-        VmSpec(name, wl, npages, fast, slow, 2, accesses, cls, seed=i + 1)
+        VmSpec(
+            name,
+            wl,
+            npages,
+            fast,
+            slow,
+            2,
+            accesses,
+            cls,
+            seed=i + 1,
+            fast_max_bytes=2 * fast,
+        )
         for i, (name, wl, cls) in enumerate(mix)
     ]
 
@@ -86,7 +97,14 @@ def build_world(
     world = World(host_fast, host_slow, params=params, seed=seed)
     pids: dict[str, int] = {}
     for s in specs:
-        world.add_vm(s.name, s.vcpus, s.fast_bytes, s.slow_bytes)
+        world.add_vm(
+            s.name,
+            s.vcpus,
+            s.fast_bytes,
+            s.slow_bytes,
+            s.fast_max_bytes,
+            s.slow_max_bytes,
+        )
         wl = make_workload(s.workload, s.npages, seed=seed * 1000 + s.seed)
         pids[s.name] = world.spawn(s.name, wl, s.total_accesses)
     return world, pids
@@ -109,11 +127,11 @@ def run_scenario(
     by_name = {s.name: s for s in specs}
     policy.attach(world, pids)
     series: dict[str, dict[str, list[float]]] = {
-        s.name: {"t_s": [], "fast_hit_ratio": [], "hot_fast_fraction": []}
-        for s in specs
+        s.name: {"t_s": [], "fast_hit_ratio": [], "placement": []} for s in specs
     }
     last = {s.name: (0, 0) for s in specs}
-    hot_cache: dict[tuple[str, int], np.ndarray] = {}
+    # per (vm, phase): expected access share per page, and its sorted cumsum
+    rate_cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     changed: set[str] = set()
     total = sum(s.total_accesses for s in specs)
     t = 0.0
@@ -147,15 +165,19 @@ def run_scenario(
                 wl = proc.workload
                 assert wl is not None
                 key = (name, wl.phase)
-                if key not in hot_cache:
-                    fit = max(1, vm.node_max[FAST] - vm.node_max[FAST] // 16)
-                    hot_cache[key] = wl.hot_set(min(fit, wl.npages // 4))
-                tiers = world.page_tiers(name, pid)
-                hot = hot_cache[key]
+                if key not in rate_cache:
+                    rates = wl.rates()
+                    rate_cache[key] = (rates, np.cumsum(np.sort(rates)[::-1]))
+                rates, best = rate_cache[key]
+                on_fast = world.page_tiers(name, pid) == FAST
+                k = int(np.count_nonzero(on_fast))
                 ser = series[name]
                 ser["t_s"].append(round(t, 6))
                 ser["fast_hit_ratio"].append(df / da if da else 0.0)
-                ser["hot_fast_fraction"].append(float(np.mean(tiers[hot] == FAST)))
+                # share of the best achievable fast-tier hit ratio with k pages
+                optimum = float(best[k - 1]) if k else 0.0
+                got = float(rates[on_fast].sum())
+                ser["placement"].append(got / optimum if optimum > 0 else 1.0)
             if progress is not None:
                 progress(policy.name, t, done / total if total else 1.0)
             if all(

@@ -43,6 +43,8 @@ class VmSpec:
     qos_class: str = "silver"
     seed: int = 0
     phase_change_at_s: float | None = None
+    fast_max_bytes: int | None = None  # virtio-mem device size (default: fast_bytes)
+    slow_max_bytes: int | None = None
 
 
 class Policy(Protocol):

@@ -88,7 +88,7 @@ def write_plots(out: Path, results: Sequence[RunResult]) -> list[Path]:
     written = []
     vms = sorted({vm for r in results for vm in r.series})
     for key, fname, ylabel in (
-        ("hot_fast_fraction", "placement.png", "hot set on fast tier"),
+        ("placement", "placement.png", "placement vs. optimal"),
         ("fast_hit_ratio", "hit_ratio.png", "fast-tier hit ratio"),
     ):
         fig, axes = plt.subplots(

@@ -1,0 +1,114 @@
+"""HyperTier on the emulator: the real guest and host agents on the emu backends.
+
+Nothing here re-implements HyperTier: each VM gets an ``agent_guest.daemon.Daemon``
+over ``EmuGuestBackend`` and the host gets one ``agent_host.daemon.Daemon`` over
+``EmuHostBackend``, all on the world's FakeClock, talking over the emulated
+virtio-serial channel. Only the time constants are scaled, because an emulated
+run lasts seconds of virtual time where a real one lasts hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from agent_guest import config as guest_config
+from agent_guest.daemon import Daemon as GuestDaemon
+from agent_host import config as host_config
+from agent_host.backend import Tier
+from agent_host.daemon import Daemon as HostDaemon
+from agent_host.domxml import TieringMetadata, TierMetadata
+from agent_host.metadata import metadata_xml
+from emu.guest import EmuGuestBackend
+from emu.host import EmuHostBackend
+from emu.policy import VmSpec
+from emu.world import World
+
+__all__ = ["GUEST_TOML", "HOST_TOML", "HyperTierPolicy"]
+
+# Time constants scaled to emulated runs of a few virtual seconds.
+GUEST_TOML = """
+[guest]
+backend = "emu"
+report_interval_s = 0.1
+[sampler]
+source = "auto"
+[targets]
+refresh_s = 0.5
+"""
+
+HOST_TOML = """
+[host]
+backend = "emu"
+[policy]
+interval_s = 0.1
+min_resize_interval_s = 0.3
+host_reserved_bytes = 0
+report_timeout_s = 1.0
+"""
+
+
+class HyperTierPolicy:
+    """The ``hypertier`` column: guest agents in every VM plus the host agent."""
+
+    name = "hypertier"
+
+    def __init__(
+        self,
+        guest_toml: str = GUEST_TOML,
+        host_toml: str = HOST_TOML,
+        pmu: str = "pebs",
+        epoch_s: float | None = None,
+    ) -> None:
+        self._guest_cfg = guest_config.loads(guest_toml, "<emu guest>")
+        self._host_cfg = host_config.loads(host_toml, "<emu host>")
+        self._pmu = pmu
+        self._guests: dict[str, GuestDaemon] = {}
+        self._host: HostDaemon | None = None
+        self._next_host_s = 0.0
+        self._specs: dict[str, VmSpec] = {}
+
+    def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
+        self._specs = {s.name: s for s in specs}
+        return specs
+
+    def attach(self, world: World, pids: Mapping[str, int]) -> None:
+        host_backend = EmuHostBackend(world)
+        for vm in pids:
+            spec = self._specs.get(vm)
+            if spec is not None:
+                # what `hypertier-host vm define` records for a new VM
+                world.metadata.setdefault(vm, metadata_xml(_metadata(spec)))
+        self._host = HostDaemon(self._host_cfg, host_backend, world.clock)
+        for vm in pids:
+            backend = EmuGuestBackend(world, vm, pmu=self._pmu)
+            self._guests[vm] = GuestDaemon(self._guest_cfg, backend, world.clock)
+        self._next_host_s = world.clock.monotonic()
+
+    def tick(self, world: World, epoch_s: float) -> None:
+        for daemon in self._guests.values():
+            daemon.tick()
+        now = world.clock.monotonic()
+        if self._host is not None and now >= self._next_host_s:
+            self._host.tick()
+            self._next_host_s = now + self._host_cfg.policy.interval_s
+
+    def status(self) -> dict[str, object]:
+        return {vm: dict(d.status()) for vm, d in self._guests.items()}
+
+    def close(self) -> None:
+        for daemon in self._guests.values():
+            daemon.shutdown()
+        self._guests.clear()
+
+
+def _metadata(spec: VmSpec) -> TieringMetadata:
+    """Class, reservations (half the initial sizes) and limits (device sizes)."""
+    fast_max = spec.fast_max_bytes or spec.fast_bytes
+    slow_max = spec.slow_max_bytes or spec.slow_bytes
+    return TieringMetadata(
+        spec.qos_class,
+        (
+            TierMetadata(Tier.FAST, spec.fast_bytes // 2, fast_max, (0,)),
+            TierMetadata(Tier.SLOW, spec.slow_bytes // 2, slow_max, (1,)),
+        ),
+    )
