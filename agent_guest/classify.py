@@ -1,0 +1,272 @@
+"""Hotness classification over ranges of a process's virtual address space (pure).
+
+Each target process has a :class:`RangeTable`: numpy arrays of range starts/ends
+and decayed sample counts. Samples are binned with ``searchsorted``; ranges split
+where one half is clearly hotter and merge where neighbours agree; selection ranks
+ranges by access density and keeps the hot set within the fast allotment, with
+hysteresis. Work is O(ranges + samples), independent of memory size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from agent_guest.backend import PAGE_SIZE, Vma
+
+__all__ = ["ClassifyParams", "RangeTable", "Selection", "select_hot"]
+
+
+@dataclass(frozen=True)
+class ClassifyParams:
+    """Knobs of the range model (mirrors ``config.ClassifyConfig``)."""
+
+    max_ranges: int = 2048
+    min_range_bytes: int = 2 << 20
+    decay: float = 0.5
+    split_min_samples: float = 8.0
+    split_z: float = 3.0
+    merge_tolerance: float = 0.25
+    hysteresis: float = 0.25
+
+
+def _empty_u64() -> npt.NDArray[np.uint64]:
+    return np.empty(0, np.uint64)
+
+
+class RangeTable:
+    """The ranges of one process: ``start``/``end`` (bytes, page aligned, sorted,
+    non-overlapping), decayed ``count``, per-half counts of the current epoch, and
+    ``hot`` (selected last epoch, for hysteresis)."""
+
+    def __init__(self, params: ClassifyParams) -> None:
+        self.params = params
+        self.start = _empty_u64()
+        self.end = _empty_u64()
+        self.count = np.empty(0, np.float64)
+        self.left = np.empty(0, np.float64)
+        self.right = np.empty(0, np.float64)
+        self.hot = np.empty(0, bool)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return int(self.start.shape[0])
+
+    @property
+    def size_bytes(self) -> npt.NDArray[np.float64]:
+        return (self.end - self.start).astype(np.float64)
+
+    @property
+    def density(self) -> npt.NDArray[np.float64]:
+        """Decayed samples per MiB."""
+        return self.count / np.maximum(self.size_bytes, 1.0) * float(1 << 20)
+
+    @property
+    def density_std(self) -> npt.NDArray[np.float64]:
+        """Poisson standard error of ``density`` (same unit)."""
+        return (
+            np.sqrt(self.count + 1.0)
+            / np.maximum(self.size_bytes, 1.0)
+            * float(1 << 20)
+        )
+
+    def set_vmas(self, vmas: Sequence[Vma], max_ranges: int | None = None) -> None:
+        """Rebuild the ranges from ``vmas``, keeping counts where ranges survive.
+
+        A VMA larger than its fair share of ``max_ranges`` starts as several ranges
+        so a split has somewhere to begin.
+        """
+        budget = max_ranges or self.params.max_ranges
+        vs = sorted((v for v in vmas if v.end > v.start), key=lambda v: v.start)
+        if not vs:
+            self._assign(_empty_u64(), _empty_u64(), np.empty(0), np.empty(0, bool))
+            return
+        starts = np.array([v.start for v in vs], np.uint64)
+        ends = np.array([v.end for v in vs], np.uint64)
+        sizes = (ends - starts).astype(np.float64)
+        share = np.maximum(1, np.floor(sizes / sizes.sum() * budget / 2)).astype(
+            np.int64
+        )
+        min_pages = max(1, self.params.min_range_bytes // PAGE_SIZE)
+        pages = ((ends - starts) // PAGE_SIZE).astype(np.int64)
+        pieces = np.clip(np.minimum(share, pages // min_pages), 1, None)
+        idx = np.repeat(np.arange(len(vs)), pieces)
+        first = np.cumsum(pieces) - pieces
+        k = np.arange(idx.shape[0]) - np.repeat(first, pieces)
+        step = pages[idx] // pieces[idx]
+        new_start = starts[idx] + (k * step * PAGE_SIZE).astype(np.uint64)
+        last = k == pieces[idx] - 1
+        new_end = np.where(
+            last, ends[idx], new_start + (step * PAGE_SIZE).astype(np.uint64)
+        )
+        # Carry counts over: each new range inherits the density of the old range
+        # holding its start (a cheap O(ranges log ranges) approximation).
+        count = np.zeros(new_start.shape[0])
+        hot = np.zeros(new_start.shape[0], bool)
+        if len(self):
+            j = np.searchsorted(self.start, new_start, "right") - 1
+            inside = (j >= 0) & (new_start < self.end[np.maximum(j, 0)])
+            jj = np.maximum(j, 0)
+            dens = self.count[jj] / np.maximum(self.size_bytes[jj], 1.0)
+            size = (new_end - new_start).astype(np.float64)
+            count = np.where(inside, dens * size, 0.0)
+            hot = inside & self.hot[jj]
+        self._assign(new_start, new_end.astype(np.uint64), count, hot)
+
+    def _assign(
+        self,
+        start: npt.NDArray[np.uint64],
+        end: npt.NDArray[np.uint64],
+        count: npt.NDArray[np.float64],
+        hot: npt.NDArray[np.bool_],
+    ) -> None:
+        self.start, self.end = start, end
+        self.count = count.astype(np.float64)
+        self.hot = hot.astype(bool)
+        self.left = np.zeros(start.shape[0])
+        self.right = np.zeros(start.shape[0])
+
+    def add_samples(self, addr: npt.NDArray[np.uint64]) -> int:
+        """Bin sample addresses into ranges; return how many fell in a range."""
+        n = len(self)
+        if n == 0 or addr.shape[0] == 0:
+            return 0
+        j = np.searchsorted(self.start, addr, "right") - 1
+        jj = np.maximum(j, 0)
+        inside = (j >= 0) & (addr < self.end[jj])
+        j = jj[inside]
+        a = addr[inside]
+        mid = self.start[j] + (self.end[j] - self.start[j]) // np.uint64(2)
+        is_left = a < mid
+        self.left += np.bincount(j[is_left], minlength=n)
+        self.right += np.bincount(j[~is_left], minlength=n)
+        return int(j.shape[0])
+
+    def end_epoch(self) -> None:
+        """Fold this epoch's samples into the decayed counts, then split and merge."""
+        p = self.params
+        self.count = self.count * p.decay + self.left + self.right
+        self._split()
+        self._merge()
+        self.left = np.zeros(len(self))
+        self.right = np.zeros(len(self))
+        self.epoch += 1
+
+    def _split(self) -> None:
+        p = self.params
+        total = self.left + self.right
+        diff = np.abs(self.left - self.right)
+        size = self.end - self.start
+        can = (
+            (total >= p.split_min_samples)
+            & (diff > p.split_z * np.sqrt(np.maximum(total, 1.0)))
+            & (size >= np.uint64(2 * p.min_range_bytes))
+        )
+        room = p.max_ranges - len(self)
+        if room <= 0 or not can.any():
+            return
+        cand = np.flatnonzero(can)
+        if cand.shape[0] > room:  # split the most lopsided first
+            cand = cand[np.argsort(-diff[cand], kind="stable")[:room]]
+            cand.sort()
+        mid = self.start[cand] + (size[cand] // np.uint64(2 * PAGE_SIZE)) * np.uint64(
+            PAGE_SIZE
+        )
+        frac = self.left[cand] / np.maximum(total[cand], 1.0)
+        gained = np.zeros(len(self), np.int64)
+        gained[cand] = 1
+        # Old range i lands after every second half created before it.
+        pos = np.arange(len(self)) + np.cumsum(gained) - gained
+        n_new = len(self) + cand.shape[0]
+        start = np.empty(n_new, np.uint64)
+        end = np.empty(n_new, np.uint64)
+        count = np.empty(n_new)
+        hot = np.empty(n_new, bool)
+        lt = np.empty(n_new)
+        rt = np.empty(n_new)
+        start[pos], end[pos], count[pos] = self.start, self.end, self.count
+        hot[pos], lt[pos], rt[pos] = self.hot, self.left, self.right
+        # The first half keeps slot pos[c]; the second half goes to pos[c] + 1.
+        first = pos[cand]
+        second = first + 1
+        start[second], end[second] = mid, self.end[cand]
+        end[first] = mid
+        count[second] = self.count[cand] * (1.0 - frac)
+        count[first] = self.count[cand] * frac
+        hot[second] = self.hot[cand]
+        lt[second] = rt[second] = self.right[cand] / 2
+        lt[first] = rt[first] = self.left[cand] / 2
+        self.start, self.end, self.count, self.hot = start, end, count, hot
+        self.left, self.right = lt, rt
+
+    def _merge(self) -> None:
+        p = self.params
+        n = len(self)
+        if n < 2:
+            return
+        dens = self.density
+        a, b = dens[:-1], dens[1:]
+        agree = np.abs(a - b) <= p.merge_tolerance * np.maximum(np.maximum(a, b), 1e-9)
+        agree |= (a < 1e-3) & (b < 1e-3)
+        agree &= self.end[:-1] == self.start[1:]
+        agree &= self.hot[:-1] == self.hot[1:]
+        # Pair (i, i+1) only where i has the parity of this epoch, so pairs never
+        # overlap; the other parity gets its turn next epoch.
+        agree &= (np.arange(n - 1) % 2) == (self.epoch % 2)
+        if not agree.any():
+            return
+        i = np.flatnonzero(agree)
+        keep = np.ones(n, bool)
+        keep[i + 1] = False
+        self.end[i] = self.end[i + 1]
+        self.count[i] += self.count[i + 1]
+        self.left[i] += self.left[i + 1]
+        self.right[i] += self.right[i + 1]
+        self.start, self.end = self.start[keep], self.end[keep]
+        self.count, self.hot = self.count[keep], self.hot[keep]
+        self.left, self.right = self.left[keep], self.right[keep]
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """Hot ranges chosen this epoch: per pid a bool mask over its table, ordered
+    lists for the exchange, and the hot-set size estimate."""
+
+    hot: Mapping[int, npt.NDArray[np.bool_]]
+    hot_bytes: int
+    demand_bytes: int
+
+
+def select_hot(
+    tables: Mapping[int, RangeTable], capacity_bytes: int, hysteresis: float
+) -> Selection:
+    """Pick the densest ranges over all processes that fit ``capacity_bytes``.
+
+    Ranges hot last epoch rank with density x (1 + hysteresis), so a newcomer must
+    be clearly hotter to displace them (no ping-pong). Ranges with no samples are
+    never hot. Updates each table's ``hot`` mask. ``demand_bytes`` is the size of
+    every range with samples (the hot-set estimate reported to the host).
+    """
+    pids = list(tables)
+    if not pids:
+        return Selection({}, 0, 0)
+    dens = np.concatenate([tables[p].density for p in pids])
+    prev = np.concatenate([tables[p].hot for p in pids])
+    size = np.concatenate([tables[p].size_bytes for p in pids])
+    owner = np.repeat(np.arange(len(pids)), [len(tables[p]) for p in pids])
+    score = dens * np.where(prev, 1.0 + hysteresis, 1.0)
+    active = dens > 1e-3
+    order = np.argsort(-score, kind="stable")
+    order = order[active[order]]
+    fits = np.cumsum(size[order]) <= capacity_bytes
+    chosen = np.zeros(dens.shape[0], bool)
+    chosen[order[fits]] = True
+    hot: dict[int, npt.NDArray[np.bool_]] = {}
+    for k, p in enumerate(pids):
+        mask = chosen[owner == k]
+        tables[p].hot = mask
+        hot[p] = mask
+    return Selection(hot, int(size[chosen].sum()), int(size[active].sum()))

@@ -1,0 +1,32 @@
+"""The clock the daemon and the mover run on: real time, or the emulator's virtual time.
+
+``emu.clock.FakeClock`` satisfies :class:`Clock` too, so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Protocol
+
+__all__ = ["Clock", "SystemClock"]
+
+
+class Clock(Protocol):
+    """Monotonic seconds and an interruptible wait."""
+
+    def monotonic(self) -> float: ...
+
+    def wait(self, event: threading.Event, timeout_s: float) -> bool:
+        """Wait until ``event`` is set or ``timeout_s`` passes; True if it was set."""
+        ...
+
+
+class SystemClock:
+    """Wall-clock implementation over ``time.monotonic`` and ``Event.wait``."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, timeout_s: float) -> bool:
+        return event.wait(max(0.0, timeout_s))

@@ -1,0 +1,418 @@
+"""The guest daemon: one epoch per ``tick()`` (targets, samples, classify, exchange,
+host report), an interruptible ``run()`` loop, reload and shutdown.
+
+Everything it changes in the system is page placement (which stays: it is the
+point) and perf sessions (closed on shutdown through ``backend.close()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+import hypertier_wire as wire
+from agent_guest.backend import (
+    PAGE_SIZE,
+    Capability,
+    GuestBackend,
+    NumaNode,
+    ProcessInfo,
+    Tier,
+)
+from agent_guest.classify import ClassifyParams, RangeTable, Selection, select_hot
+from agent_guest.clock import Clock
+from agent_guest.config import Config
+from agent_guest.errors import GuestError, NoSuchProcess
+from agent_guest.exchange import Exchanger
+from agent_guest.sampler import Sampler
+
+__all__ = ["VERSION", "Daemon", "NodeRoles", "node_roles", "pick_targets"]
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+_VMA_REFRESH_EPOCHS = 8
+
+
+@dataclass(frozen=True)
+class NodeRoles:
+    fast: tuple[int, ...]
+    slow: tuple[int, ...]
+
+
+def node_roles(
+    nodes: Sequence[NumaNode],
+    fast_override: Sequence[int],
+    slow_override: Sequence[int],
+) -> NodeRoles:
+    """Fast and slow node ids: the backend's tiers unless the config names them."""
+    fast = [n.node for n in nodes if n.tier is Tier.FAST]
+    slow = [n.node for n in nodes if n.tier is Tier.SLOW]
+    if fast_override or slow_override:
+        present = {n.node for n in nodes}
+        fast = [n for n in fast_override if n in present] or [
+            n for n in fast if n not in slow_override
+        ]
+        slow = [n for n in slow_override if n in present] or [
+            n for n in slow if n not in fast
+        ]
+    return NodeRoles(tuple(fast), tuple(slow))
+
+
+def pick_targets(cfg: Config, backend: GuestBackend, self_pid: int) -> list[int]:
+    """Pids to manage: explicit pids, else every process over ``min_rss_bytes``
+    that matches the cgroup prefix and command pattern (if set)."""
+    t = cfg.targets
+    pattern = re.compile(t.comm_pattern) if t.comm_pattern else None
+    out = []
+    for p in backend.processes():
+        if p.pid == self_pid:
+            continue
+        if t.pids and p.pid not in t.pids:
+            continue
+        if not t.pids and p.rss_bytes < t.min_rss_bytes:
+            continue
+        if t.cgroup and not p.cgroup.startswith(t.cgroup):
+            continue
+        if pattern and not (pattern.search(p.comm) or pattern.search(p.cmdline)):
+            continue
+        out.append(p.pid)
+    return sorted(out)
+
+
+@dataclass
+class _Counters:
+    epochs: int = 0
+    tick_failures: int = 0
+    reports_sent: int = 0
+    allots_received: int = 0
+    wire_errors: int = 0
+    last_tick_ms: float = 0.0
+    hot_bytes: int = 0
+    demand_bytes: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Daemon:
+    """The agent. ``tick()`` is one epoch; the emulator harness calls it directly."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        backend: GuestBackend,
+        clock: Clock,
+        load_config: Callable[[], Config] | None = None,
+    ) -> None:
+        self._backend = backend
+        self._clock = clock
+        self._load_config = load_config
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._tables: dict[int, RangeTable] = {}
+        self._target_infos: list[ProcessInfo] = []
+        self._targets: list[int] = []
+        self._next_refresh = clock.monotonic()
+        self._next_report = clock.monotonic()
+        self._last_cpu = backend.cpu_time_s()
+        self._last_t = clock.monotonic()
+        self._reader = wire.LineReader()
+        self._allot_fast: int | None = None
+        self._seq = 0
+        self._hello_sent = False
+        self.counters = _Counters()
+        self._cfg = cfg
+        self._sampler, self._exchanger, self._params = self._build(cfg)
+
+    def _build(self, cfg: Config) -> tuple[Sampler, Exchanger, ClassifyParams]:
+        """The config-dependent parts; raises (GuestError) before anything changes."""
+        sampler = Sampler(self._backend, cfg.sampler)
+        exchanger = Exchanger(
+            self._backend, cfg.mover, self._clock, self._stop, cfg.classify.hysteresis
+        )
+        c = cfg.classify
+        params = ClassifyParams(
+            c.max_ranges,
+            c.min_range_bytes,
+            c.decay,
+            c.split_min_samples,
+            c.split_z,
+            c.merge_tolerance,
+            c.hysteresis,
+        )
+        return sampler, exchanger, params
+
+    # ------------------------------------------------------------------ control
+    @property
+    def config(self) -> Config:
+        return self._cfg
+
+    def stop(self) -> None:
+        """Ask ``run()`` to finish its current tick and shut down."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def reload(self, cfg: Config) -> None:
+        """Swap in ``cfg``; on failure keep the old config (and raise)."""
+        sampler, exchanger, params = self._build(cfg)
+        old = self._sampler
+        old.stop()
+        sampler.samples, sampler.lost, sampler.throttled = (
+            old.samples,
+            old.lost,
+            old.throttled,
+        )
+        exchanger.stats = self._exchanger.stats
+        self._cfg, self._sampler, self._exchanger, self._params = (
+            cfg,
+            sampler,
+            exchanger,
+            params,
+        )
+        for t in self._tables.values():
+            t.params = params
+        self._next_refresh = self._clock.monotonic()
+        log.info("configuration reloaded")
+
+    # --------------------------------------------------------------------- loop
+    def run(self) -> None:
+        log.info(
+            "hypertier-guest %s started, source %s", VERSION, self._sampler.source.value
+        )
+        deadline = self._clock.monotonic()
+        while not self._stop.is_set():
+            if self._reload.is_set():
+                self._reload.clear()
+                self._do_reload()
+            try:
+                self.tick()
+            except GuestError as err:
+                self.counters.tick_failures += 1
+                log.warning("tick failed, continuing: %s", err)
+            deadline += self._cfg.sampler.window_s
+            self._clock.wait(self._stop, max(0.0, deadline - self._clock.monotonic()))
+        self.shutdown()
+
+    def _do_reload(self) -> None:
+        if self._load_config is None:
+            log.warning("reload requested but the daemon has no config file")
+            return
+        try:
+            self.reload(self._load_config())
+        except GuestError as err:
+            log.error("reload failed, keeping the old configuration: %s", err)
+
+    def shutdown(self) -> None:
+        """Stop sampling and release the backend (page placement stays)."""
+        self._sampler.stop()
+        self._backend.close()
+        log.info("hypertier-guest stopped")
+
+    # -------------------------------------------------------------------- epoch
+    def tick(self) -> None:
+        """One epoch: host messages, targets, samples, classification, exchange."""
+        t0 = self._clock.monotonic()
+        self._handle_channel()
+        if t0 >= self._next_refresh:
+            self._refresh_targets()
+            self._next_refresh = t0 + self._cfg.targets.refresh_s
+        batch = self._sampler.read()
+        self._bin(batch.pid, batch.addr)
+        for table in self._tables.values():
+            table.end_epoch()
+        nodes = self._backend.numa_nodes()
+        roles = node_roles(
+            nodes, self._cfg.guest.fast_nodes, self._cfg.guest.slow_nodes
+        )
+        by_id = {n.node: n for n in nodes}
+        fast_total = sum(by_id[n].total_bytes for n in roles.fast)
+        fast_used = sum(by_id[n].used_bytes for n in roles.fast)
+        limit = (
+            fast_total
+            if self._allot_fast is None
+            else min(fast_total, self._allot_fast)
+        )
+        limit = max(0, limit - self._cfg.mover.fast_reserve_bytes)
+        managed = sum(p.rss_bytes for p in self._target_infos)
+        unmanaged = max(0, fast_used - managed)
+        sel = select_hot(
+            self._tables, max(0, limit - unmanaged), self._params.hysteresis
+        )
+        self.counters.hot_bytes = sel.hot_bytes
+        self.counters.demand_bytes = sel.demand_bytes
+        promoted = demoted = 0
+        if roles.fast and roles.slow and self._tables:
+            fast_node = max(roles.fast, key=lambda n: by_id[n].free_bytes)
+            slow_node = max(roles.slow, key=lambda n: by_id[n].free_bytes)
+            cpu_before = self._backend.cpu_time_s()
+            promoted, demoted = self._exchanger.run(
+                self._tables,
+                roles.fast,
+                roles.slow,
+                fast_node,
+                slow_node,
+                (limit - fast_used) // PAGE_SIZE,
+            )
+            # Migration CPU is bounded by the MiB/s limit, not by the sample rate.
+            self._last_cpu += self._backend.cpu_time_s() - cpu_before
+            for pid in self._exchanger.gone:
+                self._forget(pid)
+        self._report(nodes, roles, sel, fast_total)
+        now = self._clock.monotonic()
+        cpu = self._backend.cpu_time_s()
+        if self._sampler.source.value != "a-bit":
+            self._sampler.adapt(len(batch), cpu - self._last_cpu, now - self._last_t)
+        self._last_cpu, self._last_t = cpu, now
+        self.counters.epochs += 1
+        self.counters.last_tick_ms = (now - t0) * 1e3
+        log.info(
+            "epoch %d: %d samples (%d lost), %d pids, hot %d MiB, +%d/-%d pages",
+            self.counters.epochs,
+            len(batch),
+            batch.lost,
+            len(self._tables),
+            sel.hot_bytes >> 20,
+            promoted,
+            demoted,
+        )
+
+    def _bin(self, pid: npt.NDArray[np.int32], addr: npt.NDArray[np.uint64]) -> None:
+        if pid.shape[0] == 0:
+            return
+        order = np.argsort(pid, kind="stable")
+        spid = pid[order]
+        uniq, first = np.unique(spid, return_index=True)
+        bounds = [*first.tolist(), int(spid.shape[0])]
+        for k, p in enumerate(uniq.tolist()):
+            table = self._tables.get(p)
+            if table is not None:
+                table.add_samples(addr[order[bounds[k] : bounds[k + 1]]])
+
+    def _refresh_targets(self) -> None:
+        self._target_infos = []
+        pids = pick_targets(self._cfg, self._backend, os.getpid())
+        infos = {p.pid: p for p in self._backend.processes()}
+        for pid in set(self._tables) - set(pids):
+            self._forget(pid)
+        for pid in pids:
+            try:
+                vmas = self._backend.vmas(pid)
+            except NoSuchProcess:
+                continue
+            table = self._tables.get(pid)
+            if table is None:
+                table = self._tables[pid] = RangeTable(self._params)
+                log.info(
+                    "managing pid %d (%s)",
+                    pid,
+                    infos[pid].comm if pid in infos else "?",
+                )
+            if table.epoch % _VMA_REFRESH_EPOCHS == 0 or len(table) == 0:
+                table.set_vmas(vmas, self._params.max_ranges // max(1, len(pids)))
+        self._target_infos = [infos[p] for p in self._tables if p in infos]
+        self._targets = sorted(self._tables)
+        self._sampler.start(self._targets)
+
+    def _forget(self, pid: int) -> None:
+        if self._tables.pop(pid, None) is not None:
+            log.info("stopped managing pid %d", pid)
+        self._target_infos = [p for p in self._target_infos if p.pid != pid]
+
+    # ------------------------------------------------------------------ channel
+    def _handle_channel(self) -> None:
+        if Capability.HOST_CHANNEL not in self._backend.capabilities():
+            return
+        if not self._hello_sent:
+            self._backend.channel_send(
+                wire.encode(wire.Hello("hypertier-guest", VERSION))
+            )
+            self._hello_sent = True
+        data = self._backend.channel_recv()
+        for line in self._reader.feed(data):
+            try:
+                msg = wire.decode(line)
+            except wire.WireError as err:
+                self.counters.wire_errors += 1
+                log.warning("bad message from host: %s", err)
+                continue
+            if isinstance(msg, wire.Allot):
+                self.counters.allots_received += 1
+                if msg.fast_bytes != self._allot_fast:
+                    log.info(
+                        "host allots %d MiB fast, %d MiB slow",
+                        msg.fast_bytes >> 20,
+                        msg.slow_bytes >> 20,
+                    )
+                self._allot_fast = msg.fast_bytes
+
+    def _report(
+        self,
+        nodes: Sequence[NumaNode],
+        roles: NodeRoles,
+        sel: Selection,
+        fast_total: int,
+    ) -> None:
+        if Capability.HOST_CHANNEL not in self._backend.capabilities():
+            return
+        now = self._clock.monotonic()
+        if now < self._next_report:
+            return
+        self._next_report = now + self._cfg.guest.report_interval_s
+        usage = tuple(
+            wire.NodeUsage(
+                n.node,
+                "fast" if n.node in roles.fast else "slow",
+                n.total_bytes,
+                min(n.used_bytes, n.total_bytes),
+            )
+            for n in nodes[: wire.MAX_NODES]
+        )
+        pressure = min(1.0, sel.demand_bytes / fast_total) if fast_total else 1.0
+        self._seq += 1
+        stats = self._exchanger.stats
+        msg = wire.Report(
+            self._seq,
+            usage,
+            min(sel.demand_bytes, wire.MAX_BYTES),
+            pressure,
+            stats.promoted + stats.demoted,
+        )
+        self._backend.channel_send(wire.encode(msg))
+        self.counters.reports_sent += 1
+
+    # ------------------------------------------------------------------- status
+    def status(self) -> Mapping[str, object]:
+        """Counters for ``hypertier-guest status`` (JSON-serialisable)."""
+        stats = self._exchanger.stats
+        return {
+            "version": VERSION,
+            "source": self._sampler.source.value,
+            "sample_period": self._sampler.control.period,
+            "epochs": self.counters.epochs,
+            "targets": list(self._targets),
+            "ranges": sum(len(t) for t in self._tables.values()),
+            "samples": self._sampler.samples,
+            "lost": self._sampler.lost,
+            "throttled": self._sampler.throttled,
+            "pages_promoted": stats.promoted,
+            "pages_demoted": stats.demoted,
+            "pages_scanned": stats.scanned,
+            "failures": dict(stats.failures),
+            "dropped_pids": stats.dropped_pids,
+            "cpu_s": self._backend.cpu_time_s(),
+            "hot_bytes": self.counters.hot_bytes,
+            "demand_bytes": self.counters.demand_bytes,
+            "allot_fast_bytes": self._allot_fast,
+            "reports_sent": self.counters.reports_sent,
+            "allots_received": self.counters.allots_received,
+            "wire_errors": self.counters.wire_errors,
+            "tick_failures": self.counters.tick_failures,
+            "last_tick_ms": round(self.counters.last_tick_ms, 3),
+        }

@@ -1,0 +1,170 @@
+"""Sample-source selection by capability and sample-rate control to a CPU budget.
+
+Pure policy over the backend Protocol: the backend says which sources exist
+(``capabilities()``, detected from sysfs on Linux); this module picks the best one
+and retunes its period so samples arrive near ``rate_hz`` and the agent's own CPU
+(``cpu_time_s()``) stays within ``cpu_budget_pct`` of one core.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent_guest.backend import (
+    SOURCE_CAPABILITY,
+    AccessSamples,
+    Capability,
+    GuestBackend,
+    SamplerSettings,
+    SampleSource,
+)
+from agent_guest.config import SamplerConfig
+from agent_guest.errors import Unsupported
+
+__all__ = ["PREFERENCE", "RateControl", "Sampler", "select_source"]
+
+log = logging.getLogger(__name__)
+
+PREFERENCE = (
+    SampleSource.PEBS,
+    SampleSource.IBS,
+    SampleSource.PAGE_FAULT,
+    SampleSource.A_BIT,
+)
+
+
+def select_source(wanted: str, caps: frozenset[Capability]) -> SampleSource:
+    """The configured source, or for "auto" the best one ``caps`` offers.
+
+    Raises Unsupported naming what is missing.
+    """
+    if wanted != "auto":
+        source = SampleSource(wanted)
+        if SOURCE_CAPABILITY[source] not in caps:
+            raise Unsupported(
+                f"sample source {wanted!r}",
+                f"capability {SOURCE_CAPABILITY[source].value} missing; this machine "
+                f"offers {sorted(c.value for c in caps)}",
+            )
+        return source
+    for source in PREFERENCE:
+        if SOURCE_CAPABILITY[source] in caps:
+            return source
+    raise Unsupported(
+        "access sampling",
+        "no PEBS, IBS, page-fault or A-bit source; need perf_event_open "
+        "(perf_event_paranoid <= 1 or CAP_PERFMON) or /sys/kernel/mm/page_idle",
+    )
+
+
+@dataclass
+class RateControl:
+    """Multiplicative period control: toward ``rate_hz``, and away from the CPU cap.
+
+    ``update`` returns the new period; it moves at most 4x per step so one noisy
+    window cannot swing it far.
+    """
+
+    rate_hz: float
+    cpu_budget_frac: float
+    min_period: int
+    max_period: int
+    period: int
+
+    def update(self, samples: int, cpu_s: float, wall_s: float) -> int:
+        if wall_s <= 0:
+            return self.period
+        factor = 1.0
+        rate = samples / wall_s
+        if rate > 0:
+            factor = rate / self.rate_hz
+        elif samples == 0:
+            factor = 0.5  # nothing seen: sample more often
+        cpu_frac = cpu_s / wall_s
+        if cpu_frac > self.cpu_budget_frac:
+            factor = max(factor, cpu_frac / self.cpu_budget_frac)
+        factor = min(4.0, max(0.25, factor))
+        new = round(self.period * factor)
+        self.period = min(self.max_period, max(self.min_period, new))
+        return self.period
+
+
+class Sampler:
+    """Owns the backend's sampling session for the current target pids."""
+
+    def __init__(self, backend: GuestBackend, cfg: SamplerConfig) -> None:
+        self._backend = backend
+        self._cfg = cfg
+        self.source = select_source(cfg.source, backend.capabilities())
+        self.control = RateControl(
+            float(cfg.rate_hz),
+            cfg.cpu_budget_pct / 100.0,
+            cfg.min_period,
+            cfg.max_period,
+            cfg.period,
+        )
+        self._pids: tuple[int, ...] | None = None
+        self.samples = 0
+        self.lost = 0
+        self.throttled = 0
+
+    def settings(self) -> SamplerSettings:
+        return SamplerSettings(
+            source=self.source,
+            period=self.control.period,
+            ldlat_cycles=self._cfg.ldlat_cycles,
+            ring_pages=self._cfg.ring_pages,
+        )
+
+    def start(self, pids: Sequence[int]) -> None:
+        """(Re)start sampling ``pids`` if they or the period changed."""
+        key = tuple(sorted(pids))
+        if key == self._pids:
+            return
+        self._backend.start_sampling(list(key), self.settings())
+        self._pids = key
+        log.info(
+            "sampling %d pids with %s, period %d",
+            len(key),
+            self.source.value,
+            self.control.period,
+        )
+
+    def read(self) -> AccessSamples:
+        """Drain samples, keeping those of the target pids; count lost/throttled."""
+        batch = self._backend.read_samples()
+        self.lost += batch.lost
+        self.throttled += batch.throttled
+        if self._pids:
+            keep = np.isin(batch.pid, np.asarray(self._pids, np.int32))
+            if not keep.all():
+                batch = AccessSamples(
+                    batch.source,
+                    batch.pid[keep],
+                    batch.addr[keep],
+                    batch.time_ns[keep],
+                    batch.weight[keep],
+                    batch.lost,
+                    batch.throttled,
+                )
+        self.samples += len(batch)
+        return batch
+
+    def adapt(self, samples: int, cpu_s: float, wall_s: float) -> None:
+        """Retune the period after a window; restart sampling if it changed."""
+        old = self.control.period
+        new = self.control.update(samples, cpu_s, wall_s)
+        if new != old and self._pids is not None:
+            log.debug("sample period %d -> %d", old, new)
+            pids = self._pids
+            self._pids = None
+            self.start(pids)
+
+    def stop(self) -> None:
+        if self._pids is not None:
+            self._backend.stop_sampling()
+            self._pids = None
