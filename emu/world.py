@@ -260,8 +260,9 @@ class World:
         if name in self.vms:
             raise ValueError(f"VM {name!r} already exists")
         blk = self.params.block_bytes // PAGE_SIZE
-        fmax = _round_up((fast_max_bytes or fast_bytes) // PAGE_SIZE, blk)
-        smax = _round_up((slow_max_bytes or slow_bytes) // PAGE_SIZE, blk)
+        # a virtio-mem device is at least as large as what is plugged at start
+        fmax = _round_up(max(fast_max_bytes or 0, fast_bytes) // PAGE_SIZE, blk)
+        smax = _round_up(max(slow_max_bytes or 0, slow_bytes) // PAGE_SIZE, blk)
         fast = min(_round_up(fast_bytes // PAGE_SIZE, blk), fmax)
         slow = min(_round_up(slow_bytes // PAGE_SIZE, blk), smax)
         vm = EmuVm(
