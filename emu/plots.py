@@ -1,0 +1,106 @@
+"""PNG plots of a ``hypertier compare`` run (matplotlib, Agg backend).
+
+Bars per workload (mean elapsed time relative to all-fast memory, one bar per
+policy) for each memory set-up, and time series of the fast-tier hit ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_plots"]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError(
+            "matplotlib is needed for the PNG plots: pip install 'hypertier[eval]'"
+        ) from err
+    return plt
+
+
+def write_plots(
+    out: Path,
+    cells: Sequence[dict[str, object]],
+    results: Sequence[dict[str, object]],
+) -> list[Path]:
+    """Write bars_<profile>_1-<k>_<n>vm.png and hit_<workload>_<setup>.png.
+
+    ``cells`` are :func:`emu.compare.summarize` rows, ``results`` the
+    :func:`emu.compare.run_cell` outputs. Returns the files written.
+
+    Raises ImportError (with the install hint) when matplotlib is missing.
+    """
+    plt = _pyplot()
+    written: list[Path] = []
+    setups = sorted(
+        {(str(c["profile"]), str(c["ratio"]), int(str(c["vms"]))) for c in cells}
+    )
+    policies = list(dict.fromkeys(str(c["policy"]) for c in cells))
+    workloads = list(dict.fromkeys(str(c["workload"]) for c in cells))
+    for profile, ratio, vms in setups:
+        mine = {
+            (str(c["workload"]), str(c["policy"])): c["elapsed_s"]
+            for c in cells
+            if (c["profile"], c["ratio"], c["vms"]) == (profile, ratio, vms)
+        }
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(workloads)), 3.4))
+        width = 0.8 / max(1, len(policies))
+        for j, pol in enumerate(policies):
+            ys = []
+            for wl in workloads:
+                e, base = mine.get((wl, pol)), mine.get((wl, "all-fast"))
+                ok = isinstance(e, int | float) and isinstance(base, int | float)
+                ys.append(float(str(e)) / float(str(base)) if ok and base else 0.0)
+            xs = [
+                i + (j - (len(policies) - 1) / 2) * width for i in range(len(workloads))
+            ]
+            ax.bar(xs, ys, width, label=pol)
+        ax.set_xticks(range(len(workloads)), workloads, rotation=20)
+        ax.set_ylabel("elapsed / all-fast")
+        ax.set_title(f"{profile}, fast:slow {ratio}, {vms} VM(s)")
+        ax.axhline(1.0, color="k", lw=0.5)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out / f"bars_{profile}_{ratio.replace(':', '-')}_{vms}vm.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    groups: dict[tuple[str, str, str, int], list[dict[str, object]]] = {}
+    for r in results:
+        cell = r["cell"]
+        assert isinstance(cell, dict)
+        key = (cell["workload"], cell["profile"], f"1-{cell['ratio']}", cell["vms"])
+        groups.setdefault(key, []).append(r)
+    for (wl, profile, ratio, vms), rs in groups.items():
+        fig, ax = plt.subplots(figsize=(5.5, 3.2))
+        for r in rs:
+            series = r["series"]
+            assert isinstance(series, dict)
+            s = series.get("vm1")
+            cell = r["cell"]
+            assert isinstance(cell, dict)
+            if s and s["t_s"]:
+                ax.plot(s["t_s"], s["fast_hit_ratio"], label=cell["policy"], lw=1)
+        ax.set_title(
+            f"{wl}: vm1, {profile}, fast:slow {ratio.replace('-', ':')}, {vms} VM(s)"
+        )
+        ax.set_xlabel("virtual time (s)")
+        ax.set_ylabel("fast-tier hit ratio")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out / f"hit_{wl}_{profile}_{ratio}_{vms}vm.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
