@@ -198,6 +198,10 @@ GUEST_VARS: dict[str, Any] = {
     "hypertier_guest_validate_config": GUEST_CLI_IN_TREE,
     "hypertier_guest_disable_kernel_tiering": True,
     "hypertier_guest_sampler_rate_hz": 1000,
+    "hypertier_guest_config_extra": {
+        "targets": {"comm_pattern": "^stress"},
+        "classify": {"max_ranges": 4096},
+    },
 }
 
 
@@ -275,7 +279,8 @@ def test_guest_config_maps_role_variables_to_keys(guest: Applied) -> None:
         },
         "sampler": {"source": "auto", "window_s": 1.0, "rate_hz": 1000},
         "mover": {"max_bandwidth_mib_s": 200, "batch_pages": 512},
-        "targets": {"min_rss_bytes": 67108864},
+        "targets": {"min_rss_bytes": 67108864, "comm_pattern": "^stress"},
+        "classify": {"max_ranges": 4096},
     }
 
 
@@ -357,12 +362,18 @@ def test_host_config_maps_role_variables_to_keys(host: Applied) -> None:
         "backend": "libvirt",
         "uri": "qemu:///system",
         "control_socket": "/run/hypertier/host.sock",
+        "channel_dir": "/run/hypertier/channels",
         "fast_nodes": [],
         "slow_nodes": [],
         "emulate_slow_tier": False,
     }
     assert config["policy"] == {"interval_s": 2.0, "slow_overcommit_ratio": 1.0}
-    assert set(config["classes"]) == {"gold", "silver", "bronze"}
+    assert config["classes"] == {
+        "gold": {"weight": 4.0},
+        "silver": {"weight": 2.0},
+        "bronze": {"weight": 1.0},
+        "standard": {"weight": 1.0},
+    }
 
 
 def test_host_config_check_passes_inside_chroot(host: Applied) -> None:
