@@ -199,6 +199,7 @@ def test_domain_stats_come_from_the_backend(clock: FakeClock) -> None:
     assert daemon.domain_stats()["vm0"].remote_tlb_flush is not None
 
 
+@pytest.mark.slow
 def test_fast_tier_follows_shifting_demand_by_class_weight(clock: FakeClock) -> None:
     """Three classes under load, then gold goes idle; pages are never lost."""
     world = _world(clock, fast_mib=1024, vms=3)

@@ -1,0 +1,130 @@
+"""Run the host daemon in the foreground (systemd supervises it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent_host import config
+from agent_host.backend import HostBackend, make_backend
+from agent_host.clock import Clock, SystemClock
+from agent_host.cmd_common import add_config_flag, load_config
+from agent_host.control import Controller, ControlServer
+from agent_host.daemon import Daemon
+from agent_host.errors import HostError
+from agent_host.metrics import MetricsServer, render
+
+EPILOG = """examples:
+  hypertier-host run -c /etc/hypertier/host.toml
+  hypertier-host run --backend libvirt --once -v
+"""
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_flag(parser)
+    parser.add_argument(
+        "--backend",
+        choices=config.BACKEND_NAMES,
+        help="override host.backend of the configuration",
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="run one tick, print status, and exit"
+    )
+
+
+def backend_options(cfg: config.Config) -> dict[str, Any]:
+    """Constructor arguments of the configured backend."""
+    if cfg.host.backend == "libvirt":
+        return {
+            "uri": cfg.host.uri,
+            "root": Path(cfg.host.sysfs_root),
+            "fast_nodes": cfg.host.fast_nodes,
+            "slow_nodes": cfg.host.slow_nodes,
+            "max_read_bytes": cfg.channel.max_read_bytes,
+        }
+    return {}
+
+
+def serve(
+    cfg: config.Config,
+    backend: HostBackend,
+    clock: Clock,
+    config_path: Path | None,
+    on_ready: Callable[[Daemon], None] | None = None,
+) -> int:
+    """Run the daemon with its control socket and metrics until stopped."""
+    daemon = Daemon(cfg, backend, clock)
+    reload_requested = threading.Event()
+
+    def reload_config() -> None:
+        if config_path is None:
+            log.warning("reload: no configuration file; keeping the defaults")
+            return
+        daemon.reload(config.load(config_path))
+
+    def reload_watcher() -> None:  # SIGHUP
+        while True:
+            reload_requested.wait()
+            reload_requested.clear()
+            try:
+                reload_config()
+            except HostError as err:
+                log.error("reload failed, keeping the old configuration: %s", err)
+
+    controller = Controller(daemon, reload_config)
+    server = ControlServer(controller, cfg.host.control_socket)
+    metrics: MetricsServer | None = None
+    if cfg.metrics.listen:
+        metrics = MetricsServer(
+            cfg.metrics.listen, lambda: render(daemon.status(), daemon.domain_stats())
+        )
+    if threading.current_thread() is threading.main_thread():
+        # Handlers only set events; the loop and the watcher do the work.
+        signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+        signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+        signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
+    threading.Thread(target=reload_watcher, name="reload", daemon=True).start()
+    server.start()
+    if metrics:
+        metrics.start()
+    try:
+        if on_ready:
+            on_ready(daemon)
+        daemon.run()
+    finally:
+        server.close()
+        if metrics:
+            metrics.close()
+        backend.close()
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    if args.backend:
+        cfg = config.Config(
+            host=config.HostConfig(**{**cfg.host.__dict__, "backend": args.backend}),
+            policy=cfg.policy,
+            channel=cfg.channel,
+            classes=cfg.classes,
+            metrics=cfg.metrics,
+        )
+    backend = make_backend(cfg.host.backend, **backend_options(cfg))
+    if args.once:
+        try:
+            daemon = Daemon(cfg, backend, SystemClock())
+            daemon.tick()
+            from agent_host.cmd_status import format_status
+
+            print(format_status(daemon.status()))
+        finally:
+            backend.close()
+        return 0
+    return serve(cfg, backend, SystemClock(), args.config)

@@ -1,0 +1,133 @@
+"""Write the domain XML of a tiered VM (or convert an existing domain) and define it.
+
+Host tier nodes come from sysfs (``host.fast_nodes``/``host.slow_nodes`` override):
+CPU-less nodes are the slow tier; without one the slow tier is emulated on the
+fast nodes, and the command says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from agent_host import domxml
+from agent_host.backend import Tier
+from agent_host.cmd_common import add_config_flag, load_config
+from agent_host.config import Config
+from agent_host.errors import ConfigError
+from agent_host.libvirt_backend import LibvirtHostBackend, read_host_nodes
+
+EPILOG = """examples:
+  hypertier-host vm define web1 --fast-mib 2048 --slow-mib 4096 \\
+      --disk /var/lib/libvirt/images/web1.qcow2 -o web1.xml
+  hypertier-host vm define web1 --convert --class gold --define
+"""
+
+log = logging.getLogger(__name__)
+MiB = 1 << 20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_flag(parser)
+    parser.add_argument("vm", help="domain name")
+    parser.add_argument("--vcpus", type=int, default=2, help="vCPUs (default 2)")
+    parser.add_argument(
+        "--fast-mib", type=int, default=1024, help="fast tier reservation (MiB)"
+    )
+    parser.add_argument(
+        "--slow-mib", type=int, default=1024, help="slow tier reservation (MiB)"
+    )
+    parser.add_argument(
+        "--fast-max-mib", type=int, help="fast tier limit (MiB; default 4x reservation)"
+    )
+    parser.add_argument(
+        "--slow-max-mib", type=int, help="slow tier limit (MiB; default 4x reservation)"
+    )
+    parser.add_argument("--disk", default="", help="disk image (new domains)")
+    parser.add_argument("--class", dest="qos_class", default=None, help="QoS class")
+    parser.add_argument(
+        "--domain-type",
+        choices=("kvm", "qemu"),
+        default="kvm",
+        help="kvm (hardware) or qemu (TCG emulation)",
+    )
+    parser.add_argument(
+        "--convert",
+        action="store_true",
+        help="convert the existing libvirt domain VM instead of writing a new one",
+    )
+    parser.add_argument(
+        "--define", action="store_true", help="define the domain in libvirt"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, help="write the XML here (default stdout)"
+    )
+
+
+def _tier_nodes(cfg: Config) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    nodes = read_host_nodes(
+        Path(cfg.host.sysfs_root), cfg.host.fast_nodes, cfg.host.slow_nodes
+    )
+    fast = tuple(n.node for n in nodes if n.tier is Tier.FAST)
+    slow = tuple(n.node for n in nodes if n.tier is Tier.SLOW)
+    if not fast:
+        raise ConfigError("no fast-tier host node found; set host.fast_nodes")
+    if not slow:
+        if not cfg.host.emulate_slow_tier:
+            raise ConfigError(
+                "no CPU-less host node for the slow tier; set host.slow_nodes or "
+                "host.emulate_slow_tier = true"
+            )
+        slow = fast
+    return fast, slow
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    fast_nodes, slow_nodes = _tier_nodes(cfg)
+    qos = args.qos_class or cfg.policy.default_class
+    if qos not in cfg.classes:
+        raise ConfigError(f"class {qos!r} unknown; choose from {sorted(cfg.classes)}")
+    if not args.convert and not args.disk:
+        raise ConfigError("--disk is needed for a new domain (or use --convert)")
+    spec = domxml.TieredVmSpec(
+        name=args.vm,
+        vcpus=args.vcpus,
+        fast_bytes=args.fast_mib * MiB,
+        slow_bytes=args.slow_mib * MiB,
+        fast_max_bytes=(args.fast_max_mib or 4 * args.fast_mib) * MiB,
+        slow_max_bytes=(args.slow_max_mib or 4 * args.slow_mib) * MiB,
+        host_fast_nodes=fast_nodes,
+        host_slow_nodes=slow_nodes,
+        disk_path=args.disk,
+        channel_path=f"{cfg.host.channel_dir}/{args.vm}.sock",
+        qos_class=qos,
+        domain_type=args.domain_type,
+    )
+    backend = (
+        LibvirtHostBackend(cfg.host.uri, root=Path(cfg.host.sysfs_root))
+        if args.convert or args.define
+        else None
+    )
+    try:
+        if backend is not None and args.convert:
+            result = domxml.convert_domain_xml(
+                backend.domain_xml(args.vm, inactive=True), spec
+            )
+        else:
+            result = domxml.new_domain_xml(spec)
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        if args.output:
+            args.output.write_text(result.xml)
+        elif not args.define:
+            print(result.xml, end="")
+        if backend is not None and args.define:
+            backend.define_xml(result.xml)
+            print(f"defined {args.vm} on {cfg.host.uri}", file=sys.stderr)
+    finally:
+        if backend is not None:
+            backend.close()
+    return 0

@@ -1,0 +1,389 @@
+"""The hypertier-host CLI, control socket and metrics, end to end on the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent_host import cli, cmd_run, config
+from agent_host.backend import Tier
+from agent_host.clock import SystemClock
+from agent_host.control import ControlClient
+from agent_host.daemon import Daemon
+from agent_host.domxml import parse_allotments, parse_metadata
+from agent_host.errors import BackendError, ConfigError, NoSuchDomain
+from agent_host.libvirt_backend import LibvirtHostBackend
+from agent_host.metrics import MetricsServer, render
+from emu.host import EmuHostBackend
+from emu.world import World
+
+MiB = 1 << 20
+DATA = Path(__file__).parents[1] / "data"
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: Unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="ht", dir="/tmp"))
+    yield path
+    shutil.rmtree(path)
+
+
+def _config_file(directory: Path, extra: str = "") -> Path:
+    path = directory / "host.toml"
+    path.write_text(
+        f"""
+[host]
+backend = "emu"
+uri = "test:///default"
+control_socket = "{directory}/host.sock"
+sysfs_root = "{DATA / "host-sysfs-1node"}"
+channel_dir = "/run/hypertier/channels"
+
+[policy]
+interval_s = 3600
+host_reserved_bytes = 0
+{extra}
+"""
+    )
+    return path
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    world: World
+    config_path: Path
+    thread: threading.Thread
+
+
+@pytest.fixture
+def running(short_dir: Path) -> Iterator[Running]:
+    """A daemon serving its control socket; stopped (via the socket) at the end."""
+    path = _config_file(short_dir)
+    cfg = config.load(path)
+    world = World(host_fast_bytes=2048 * MiB, host_slow_bytes=4096 * MiB)
+    world.add_vm("vm0", 2, 128 * MiB, 128 * MiB, 512 * MiB, 512 * MiB)
+    ready = threading.Event()
+    holder: list[Daemon] = []
+
+    def on_ready(daemon: Daemon) -> None:
+        holder.append(daemon)
+        ready.set()
+
+    thread = threading.Thread(
+        target=cmd_run.serve,
+        args=(cfg, EmuHostBackend(world), SystemClock(), path, on_ready),
+    )
+    thread.start()
+    assert ready.wait(10.0)
+    holder[0].tick()
+    yield Running(holder[0], world, path, thread)
+    if thread.is_alive():
+        ControlClient(cfg.host.control_socket).call("stop")
+    thread.join(10.0)
+    assert not thread.is_alive()
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "examples:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["run", "--help"], id="run"),
+        pytest.param(["vm", "define", "--help"], id="vm-define"),
+        pytest.param(["config", "check", "--help"], id="config-check"),
+    ],
+)
+def test_subcommand_help_has_examples(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 0
+    assert "examples:" in capsys.readouterr().out
+
+
+def test_unknown_command_is_usage_error() -> None:
+    assert cli.main(["frobnicate"]) == 2
+
+
+def test_config_check_accepts_valid_file(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config_file(short_dir)
+    assert cli.main(["config", "check", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: ok"
+
+
+def test_config_check_rejects_typo_with_exit_2(short_dir: Path) -> None:
+    path = _config_file(short_dir, "interval_ms = 3\n")
+    assert cli.main(["config", "check", str(path)]) == 2
+
+
+def test_config_show_prints_loadable_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["config", "show"]) == 0
+    assert config.loads(capsys.readouterr().out) == config.Config()
+
+
+def test_config_show_with_file_round_trips(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config_file(short_dir)
+    assert cli.main(["-v", "config", "show", "-c", str(path)]) == 0
+    assert config.loads(capsys.readouterr().out) == config.load(path)
+
+
+def test_status_through_socket(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", "-c", str(running.config_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vm0" in out
+    assert "fast capacity 2048 MiB" in out
+
+
+def test_status_json(running: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status", "--json", "-c", str(running.config_path)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["vms"]["vm0"]["tiers"]["fast"]["requested_bytes"] == 128 * MiB
+
+
+def test_status_without_daemon_fails_with_exit_1(short_dir: Path) -> None:
+    assert cli.main(["status", "-c", str(_config_file(short_dir))]) == 1
+
+
+def test_vm_set_every_flag(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["vm", "set", "vm0", "-c", str(running.config_path), "--class", "gold"]
+    argv += ["--fast-reservation-mib", "200", "--slow-reservation-mib", "100"]
+    argv += ["--fast-limit-mib", "400", "--slow-limit-mib", "300"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["class"] == "gold"
+    assert result["tiers"]["fast"] == {
+        "reservation_bytes": 200 * MiB,
+        "limit_bytes": 400 * MiB,
+    }
+    assert result["tiers"]["slow"]["limit_bytes"] == 300 * MiB
+
+
+def test_vm_set_unknown_vm_is_runtime_error(running: Running) -> None:
+    argv = ["vm", "set", "ghost", "--class", "gold", "-c", str(running.config_path)]
+    assert cli.main(argv) == 1
+
+
+def test_vm_set_bad_value_is_usage_error(running: Running) -> None:
+    argv = ["vm", "set", "vm0", "--fast-limit-mib", "99999"]
+    assert cli.main([*argv, "-c", str(running.config_path)]) == 2
+
+
+def test_client_maps_errors(running: Running) -> None:
+    client = ControlClient(config.load(running.config_path).host.control_socket)
+    with pytest.raises(NoSuchDomain):
+        client.call("vm_set", vm="ghost")
+    with pytest.raises(ConfigError, match="unknown method"):
+        client.call("format_disk")
+    with pytest.raises(ConfigError, match="bad params"):
+        client.call("status", verbose=True)
+
+
+def test_control_socket_mode_is_0660(running: Running) -> None:
+    sock = config.load(running.config_path).host.control_socket
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+
+
+def test_reload_applies_changed_file(running: Running) -> None:
+    text = running.config_path.read_text() + "\n[classes.standard]\nweight = 9\n"
+    running.config_path.write_text(text)
+    assert cli.main(["reload", "-c", str(running.config_path)]) == 0
+    running.daemon.tick()
+    assert running.daemon.status()["vms"]["vm0"]["weight"] == 9.0
+
+
+def test_reload_keeps_old_config_on_error(running: Running) -> None:
+    client = ControlClient(config.load(running.config_path).host.control_socket)
+    running.config_path.write_text(running.config_path.read_text() + "[bogus]\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        client.call("reload")
+    running.daemon.tick()
+    assert running.daemon.status()["vms"]["vm0"]["weight"] == 1.0
+
+
+def test_stop_ends_run(running: Running) -> None:
+    assert cli.main(["stop", "-c", str(running.config_path)]) == 0
+    running.thread.join(10.0)
+    assert not running.thread.is_alive()
+
+
+def test_run_once_on_libvirt_test_driver(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config_file(short_dir)
+    assert cli.main(["run", "-c", str(path), "--backend", "libvirt", "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "backend libvirt" in out
+    assert "slow tier EMULATED" in out
+
+
+def test_run_with_bad_config_is_usage_error(short_dir: Path) -> None:
+    path = _config_file(short_dir, "slow_overcommit_ratio = 0\n")
+    assert cli.main(["run", "-c", str(path), "--once"]) == 2
+
+
+def test_metrics_render_has_tiers_and_stats(running: Running) -> None:
+    text = render(running.daemon.status(), running.daemon.domain_stats())
+    assert 'hypertier_vm_allotment_requested_bytes{vm="vm0",tier="fast"}' in text
+    assert 'hypertier_vm_remote_tlb_flush_total{vm="vm0"}' in text
+    assert "hypertier_vm_guest_hot_bytes" not in text  # no report yet: omitted
+
+
+def test_metrics_server_serves_text() -> None:
+    server = MetricsServer("127.0.0.1:0", lambda: "up 1\n")
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.read() == b"up 1\n"
+            assert resp.headers["Content-Type"].startswith("text/plain")
+    finally:
+        server.close()
+
+
+def test_serve_starts_metrics_when_configured(short_dir: Path) -> None:
+    path = _config_file(short_dir)
+    path.write_text(path.read_text() + '\n[metrics]\nlisten = "127.0.0.1:19464"\n')
+    cfg = config.load(path)
+    world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=1024 * MiB)
+    ready = threading.Event()
+    thread = threading.Thread(
+        target=cmd_run.serve,
+        args=(cfg, EmuHostBackend(world), SystemClock(), path, lambda _d: ready.set()),
+    )
+    thread.start()
+    assert ready.wait(10.0)
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:19464/metrics", timeout=10) as r:
+            assert b"hypertier_host_ticks_total" in r.read()
+    finally:
+        ControlClient(cfg.host.control_socket).call("stop")
+        thread.join(10.0)
+
+
+def _sysfs_two_nodes(root: Path) -> Path:
+    for node, cpus in ((0, "0-3"), (1, "")):
+        d = root / f"sys/devices/system/node/node{node}"
+        d.mkdir(parents=True)
+        (d / "cpulist").write_text(cpus + "\n")
+        (d / "meminfo").write_text(f"Node {node} MemTotal: 8388608 kB\n")
+    return root
+
+
+def _define_argv(path: Path, *extra: str) -> list[str]:
+    return [
+        "vm",
+        "define",
+        "web1",
+        "-c",
+        str(path),
+        "--disk",
+        "/img/web1.qcow2",
+        *extra,
+    ]
+
+
+def test_vm_define_prints_xml_with_emulated_slow_tier_note(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(_define_argv(_config_file(short_dir))) == 0
+    out, err = capsys.readouterr()
+    assert "ua-hypertier-fast" in out
+    assert "slow tier is emulated" in err
+
+
+def test_vm_define_every_size_flag_to_file(short_dir: Path) -> None:
+    path = _config_file(short_dir)
+    path.write_text(
+        path.read_text().replace(
+            str(DATA / "host-sysfs-1node"), str(_sysfs_two_nodes(short_dir / "s"))
+        )
+    )
+    out = short_dir / "web1.xml"
+    argv = _define_argv(path, "--vcpus", "4", "--fast-mib", "512", "--slow-mib")
+    argv += ["256", "--fast-max-mib", "2048", "--slow-max-mib", "1024", "--class"]
+    argv += ["gold", "--domain-type", "qemu", "-o", str(out)]
+    assert cli.main(argv) == 0
+    xml = out.read_text()
+    fast, slow = parse_allotments(xml)
+    assert (fast.requested_bytes, fast.max_bytes) == (512 * MiB, 2048 * MiB)
+    assert (slow.requested_bytes, slow.max_bytes, slow.host_nodes) == (
+        256 * MiB,
+        1024 * MiB,
+        (1,),
+    )
+    meta = parse_metadata(xml)
+    assert meta is not None
+    assert meta.qos_class == "gold"
+    domain = ET.fromstring(xml)
+    assert domain.get("type") == "qemu"
+    assert domain.findtext("vcpu") == "4"
+
+
+def test_vm_define_unknown_class_is_usage_error(short_dir: Path) -> None:
+    argv = _define_argv(_config_file(short_dir), "--class", "platinum")
+    assert cli.main(argv) == 2
+
+
+def test_vm_define_without_disk_is_usage_error(short_dir: Path) -> None:
+    argv = ["vm", "define", "web1", "-c", str(_config_file(short_dir))]
+    assert cli.main(argv) == 2
+
+
+def test_vm_define_defines_in_libvirt(short_dir: Path) -> None:
+    keep = LibvirtHostBackend("test:///default", root=DATA / "host-sysfs-1node")
+    try:
+        argv = _define_argv(_config_file(short_dir), "--domain-type", "qemu")
+        assert cli.main([*argv, "--define"]) == 0
+        assert "ua-hypertier-slow" in keep.domain_xml("web1", inactive=True)
+    finally:
+        keep.destroy_and_undefine("web1")
+        keep.close()
+
+
+def test_vm_define_converts_existing_domain(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config_file(short_dir)
+    argv = ["vm", "define", "test", "-c", str(path), "--convert"]
+    assert cli.main([*argv, "--domain-type", "qemu"]) == 0
+    out = capsys.readouterr().out
+    assert "/guest/diskimage1" in out  # kept from the test driver's domain
+    assert "ua-hypertier-fast" in out
+
+
+def test_client_without_daemon_raises_backend_error(short_dir: Path) -> None:
+    with pytest.raises(BackendError, match="no daemon"):
+        ControlClient(short_dir / "none.sock").call("status")
+
+
+def test_vm_set_tier_mapping_reaches_daemon(running: Running) -> None:
+    client = ControlClient(config.load(running.config_path).host.control_socket)
+    client.call("vm_set", vm="vm0", slow_limit_bytes=256 * MiB)
+    running.daemon.tick()
+    vm = running.daemon.status()["vms"]["vm0"]
+    assert vm["tiers"][Tier.SLOW.value]["limit_bytes"] == 256 * MiB
