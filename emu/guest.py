@@ -110,6 +110,9 @@ class EmuGuestBackend:
             pids,
             period=settings.period,
             ring_pages=settings.ring_pages,
+            ldlat_cycles=settings.ldlat_cycles
+            if settings.source is SampleSource.PEBS
+            else 0,
         )
         self._source = settings.source
         self._last_drain_s = self._world.clock.monotonic()

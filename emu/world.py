@@ -177,6 +177,7 @@ class EmuVm:
     # tracking state
     sampling: str | None = None  # "pebs" | "ibs" | "page-fault" | "a-bit"
     sample_period: int = 1000
+    sample_ldlat_cycles: int = 0
     sample_pids: frozenset[int] = frozenset()
     ring_capacity: int = 0
     ring: list[tuple[I32, npt.NDArray[np.uint64], npt.NDArray[np.uint32]]] = field(
@@ -564,6 +565,10 @@ class World:
                 tiers[sv] == FAST, self.mem.fast_latency_ns, self.mem.slow_latency_ns
             )
             weight = (lat * _CYCLES_PER_NS).astype(np.uint32)
+            if vm.sampling == "pebs" and vm.sample_ldlat_cycles:
+                # load-latency facility: only loads slower than the threshold
+                keep = weight >= vm.sample_ldlat_cycles
+                sv, weight = sv[keep], weight[keep]
             offs = self.rng.integers(0, PAGE_SIZE // 64, len(sv)) * 64
             addr = proc.addr_of(sv) + offs.astype(np.uint64)
             self._ring_push(vm, proc.pid, addr, weight)
@@ -629,12 +634,20 @@ class World:
         pids: Iterable[int] = (),
         period: int = 1000,
         ring_pages: int = 64,
+        ldlat_cycles: int = 0,
     ) -> None:
+        """Arm a sample source for ``pids`` (empty: every process of the VM).
+
+        PEBS keeps only accesses of at least ``ldlat_cycles`` latency (the
+        load-latency threshold), so a threshold above the fast tier's latency
+        samples slow-tier accesses only.
+        """
         vm = self.vm(vm_name)
         if source not in ("pebs", "ibs", "page-fault", "a-bit"):
             raise ValueError(f"unknown sample source {source!r}")
         vm.sampling = source
         vm.sample_period = max(1, period)
+        vm.sample_ldlat_cycles = max(0, ldlat_cycles)
         vm.sample_pids = frozenset(pids)
         # a perf record with TID|ADDR|TIME|WEIGHT is 48 bytes; one ring per vCPU
         vm.ring_capacity = ring_pages * PAGE_SIZE // 48 * vm.vcpus

@@ -217,3 +217,18 @@ def test_phase_change_moves_the_hot_set() -> None:
 def test_unknown_profile_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="memory profile 'dram2' unknown"):
         Params().with_profile("dram2")
+
+
+def test_pebs_load_latency_threshold_samples_only_slow_accesses() -> None:
+    w = _world()
+    pid = _spawn(w, npages=32768, accesses=10**8)
+    slow_cycles = int(w.params.memory.slow_latency_ns * 2.5)
+    w.start_sampling(
+        "vm", "pebs", [pid], period=50, ring_pages=4096, ldlat_cycles=slow_cycles
+    )
+    w.clock.advance(0.01)
+    _, addr, weight, _ = w.drain_samples("vm")
+    assert len(addr) > 100
+    assert np.all(weight >= slow_cycles)
+    nodes = w.page_nodes("vm", pid, addr & ~np.uint64(PAGE_SIZE - 1))
+    assert np.all(nodes == SLOW)
