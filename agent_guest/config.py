@@ -19,6 +19,8 @@ from agent_guest.backend import BACKENDS
 from agent_guest.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_CONFIG",
+    "FAULT_EVENTS",
     "SOURCES",
     "ClassifyConfig",
     "Config",
@@ -31,7 +33,9 @@ __all__ = [
     "loads",
 ]
 
+DEFAULT_CONFIG = "/etc/hypertier/guest.toml"
 SOURCES = ("auto", "pebs", "ibs", "page-fault", "a-bit")
+FAULT_EVENTS = ("software", "tracepoint")
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -74,8 +78,14 @@ class SamplerConfig:
     max_period: int = 1_000_000
     ldlat_cycles: int = 64
     ring_pages: int = 64
+    fault_event: str = "software"
+    induce_write_faults: bool = True
 
     def __post_init__(self) -> None:
+        _need(
+            self.fault_event in FAULT_EVENTS,
+            f"sampler.fault_event: {self.fault_event!r} not in {list(FAULT_EVENTS)}",
+        )
         _need(
             self.source in SOURCES,
             f"sampler.source: {self.source!r} not one of {list(SOURCES)}",

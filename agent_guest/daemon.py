@@ -108,12 +108,15 @@ class Daemon:
         backend: GuestBackend,
         clock: Clock,
         load_config: Callable[[], Config] | None = None,
+        stop_event: threading.Event | None = None,
+        reload_event: threading.Event | None = None,
     ) -> None:
         self._backend = backend
         self._clock = clock
         self._load_config = load_config
-        self._stop = threading.Event()
-        self._reload = threading.Event()
+        self._stop = stop_event or threading.Event()
+        self._reload = reload_event or threading.Event()
+        self._lock = threading.Lock()
         self._tables: dict[int, RangeTable] = {}
         self._target_infos: list[ProcessInfo] = []
         self._targets: list[int] = []
@@ -148,6 +151,10 @@ class Daemon:
         return sampler, exchanger, params
 
     # ------------------------------------------------------------------ control
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     @property
     def config(self) -> Config:
         return self._cfg
@@ -218,6 +225,10 @@ class Daemon:
     # -------------------------------------------------------------------- epoch
     def tick(self) -> None:
         """One epoch: host messages, targets, samples, classification, exchange."""
+        with self._lock:
+            self._tick()
+
+    def _tick(self) -> None:
         t0 = self._clock.monotonic()
         self._handle_channel()
         if t0 >= self._next_refresh:
@@ -390,6 +401,10 @@ class Daemon:
     # ------------------------------------------------------------------- status
     def status(self) -> Mapping[str, object]:
         """Counters for ``hypertier-guest status`` (JSON-serialisable)."""
+        with self._lock:
+            return self._status()
+
+    def _status(self) -> Mapping[str, object]:
         stats = self._exchanger.stats
         return {
             "version": VERSION,

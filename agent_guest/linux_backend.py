@@ -38,6 +38,7 @@ from agent_guest.backend import (
     Tier,
     Vma,
 )
+from agent_guest.config import FAULT_EVENTS
 from agent_guest.errors import (
     AccessDenied,
     BackendError,
@@ -56,7 +57,6 @@ _SYSCALLS = {
     "aarch64": {"perf_event_open": 241, "move_pages": 239},
 }
 MPOL_MF_MOVE = 1 << 1
-FAULT_EVENTS = ("software", "tracepoint")
 _UNSET = np.iinfo(np.int32).min
 _PM_PRESENT = np.uint64(1 << 63)
 _PM_SOFT_DIRTY = np.uint64(1 << 55)

@@ -125,6 +125,9 @@ class Sampler:
         key = tuple(sorted(pids))
         if key == self._pids:
             return
+        if not key:  # no targets: sample nothing rather than the whole system
+            self.stop()
+            return
         self._backend.start_sampling(list(key), self.settings())
         self._pids = key
         log.info(
@@ -136,6 +139,8 @@ class Sampler:
 
     def read(self) -> AccessSamples:
         """Drain samples, keeping those of the target pids; count lost/throttled."""
+        if not self._pids:
+            return AccessSamples.empty(self.source)
         batch = self._backend.read_samples()
         self.lost += batch.lost
         self.throttled += batch.throttled
@@ -156,6 +161,8 @@ class Sampler:
 
     def adapt(self, samples: int, cpu_s: float, wall_s: float) -> None:
         """Retune the period after a window; restart sampling if it changed."""
+        if not self._pids:
+            return
         old = self.control.period
         new = self.control.update(samples, cpu_s, wall_s)
         if new != old and self._pids is not None:
