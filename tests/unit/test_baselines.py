@@ -1,0 +1,242 @@
+"""The baseline policies do what their source designs do, through World operations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from emu import baselines
+from emu.baselines import (
+    BASELINES,
+    HememPolicy,
+    HostTppPolicy,
+    MemtisPolicy,
+    PolicyUnavailable,
+    VtmmPolicy,
+    make_policy,
+)
+from emu.evaluate import build_world, run_scenario
+from emu.params import Params
+from emu.policy import POLICY_NAMES, Policy, VmSpec
+from emu.workloads import make_workload
+from emu.world import FAST, PAGE_SIZE, SLOW, World
+
+NPAGES = 16_384
+EPOCH_S = 0.01
+
+
+def _specs(
+    n: int = 1, accesses: int = 4_000_000, workload: str = "gups"
+) -> list[VmSpec]:
+    return [
+        VmSpec(
+            f"vm{i + 1}",
+            workload,
+            NPAGES,
+            NPAGES * PAGE_SIZE // 4,
+            NPAGES * PAGE_SIZE,
+            2,
+            accesses,
+            seed=i + 1,
+        )
+        for i in range(n)
+    ]
+
+
+def _attach(policy: Policy, specs: Sequence[VmSpec]) -> tuple[World, dict[str, int]]:
+    world, pids = build_world(list(policy.adjust(specs)), Params(), seed=1)
+    policy.attach(world, pids)
+    return world, pids
+
+
+def _run(world: World, policy: Policy, ticks: int) -> None:
+    for _ in range(ticks):
+        world.clock.advance(EPOCH_S)
+        policy.tick(world, EPOCH_S)
+    world.check_invariants()
+
+
+def _hot_on_fast(world: World, vm: str, pid: int) -> float:
+    proc = world.process(vm, pid)
+    assert proc.workload is not None
+    hot = proc.workload.hot_set(NPAGES // 10)
+    return float(np.mean(world.page_tiers(vm, pid)[hot] == FAST))
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_registry_builds_each_baseline_under_its_name(name: str) -> None:
+    assert make_policy(name).name == name
+
+
+def test_unknown_policy_name_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        make_policy("tpp")
+
+
+def test_missing_hypertier_module_is_reported_not_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(
+        baselines._EXTERNAL, "hypertier", "emu.no_such_module:HyperTierPolicy"
+    )
+    with pytest.raises(PolicyUnavailable, match=r"emu\.no_such_module"):
+        make_policy("hypertier")
+
+
+def test_all_fast_gives_each_vm_its_footprint_in_dram() -> None:
+    (spec,) = make_policy("all-fast").adjust(_specs())
+    assert spec.fast_bytes >= spec.npages * PAGE_SIZE
+
+
+@pytest.mark.slow
+def test_all_fast_is_never_slower_than_any_policy() -> None:
+    specs = _specs(accesses=3_000_000)
+    elapsed = {}
+    for name in POLICY_NAMES:
+        try:
+            policy = make_policy(name)
+        except PolicyUnavailable:
+            continue
+        row = run_scenario(specs, policy, epoch_s=EPOCH_S, seed=1).rows[0]
+        elapsed[name] = row["elapsed_s"]
+    assert all(elapsed["all-fast"] <= e for e in elapsed.values()), elapsed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_same_seed_gives_the_same_rows(name: str) -> None:
+    specs = _specs(n=2, accesses=1_500_000)
+    a = run_scenario(specs, make_policy(name), epoch_s=EPOCH_S, seed=3)
+    b = run_scenario(specs, make_policy(name), epoch_s=EPOCH_S, seed=3)
+    assert a.rows == b.rows
+    assert a.series == b.series
+
+
+def test_host_tpp_scanning_alone_raises_remote_flushes_per_scan() -> None:
+    per_scan = []
+    for every in (1, 3):
+        pol = HostTppPolicy(scan_period_s=every * EPOCH_S, migrate_pages_per_s=0)
+        world, _ = _attach(pol, _specs())
+        _run(world, pol, 12)
+        c = world.vm("vm1").counters
+        assert c.host_pages_moved == 0
+        per_scan.append((c.remote_tlb_flush, pol.scans))
+    (f1, s1), (f3, s3) = per_scan
+    assert s1 == 3 * s3
+    # every scan clears A bits over the whole working set: same flushes per scan
+    assert f1 / s1 == pytest.approx(f3 / s3, rel=0.2)
+    assert f1 > 2 * f3
+
+
+def test_host_tpp_pays_a_remote_flush_per_migrated_page() -> None:
+    pol = HostTppPolicy(scan_period_s=EPOCH_S)
+    world, _ = _attach(pol, _specs())
+    _run(world, pol, 6)
+    c = world.vm("vm1").counters
+    assert c.host_pages_moved > 0
+    assert c.guest_pages_moved == 0
+    assert c.remote_tlb_flush >= c.host_pages_moved
+    assert c.invept == c.remote_tlb_flush * 2  # INVEPT on each of the 2 vCPUs
+
+
+def test_host_tpp_keeps_host_fast_node_within_capacity() -> None:
+    pol = HostTppPolicy(scan_period_s=EPOCH_S)
+    world, _ = _attach(pol, _specs(n=2))
+    _run(world, pol, 6)
+    fast = world.host_nodes[FAST]
+    assert fast.used_pages <= fast.capacity_pages
+
+
+def test_guest_tpp_tracks_with_hinting_faults_and_moves_in_the_guest() -> None:
+    pol = make_policy("tpp-guest")
+    world, _ = _attach(pol, _specs())
+    _run(world, pol, 20)
+    c = world.vm("vm1").counters
+    assert world.vm("vm1").sampling == "page-fault"
+    assert c.tlb_local_flush_all > 0  # change_prot_numa range flushes
+    assert c.guest_pages_moved > 0
+    assert c.host_pages_moved == 0
+
+
+def test_memtis_hot_threshold_is_the_lowest_bin_that_fits() -> None:
+    # 10 pages with 40 samples (bin 6), 100 with 5 (bin 3), 1000 with 2 (bin 2),
+    # 2000 with 1 (bin 1), the rest unsampled (bin 0)
+    counts = np.zeros(5000)
+    counts[:10], counts[10:110], counts[110:1110], counts[1110:3110] = 40, 5, 2, 1
+    assert MemtisPolicy.hot_threshold_bin(counts, capacity=120) == 3
+    assert MemtisPolicy.hot_threshold_bin(counts, capacity=50) == 4
+    assert MemtisPolicy.hot_threshold_bin(counts, capacity=5000) == 1
+
+
+def test_memtis_brings_the_hot_set_to_the_fast_node() -> None:
+    pol = make_policy("memtis")
+    world, pids = _attach(pol, _specs(accesses=20_000_000))
+    before = _hot_on_fast(world, "vm1", pids["vm1"])
+    _run(world, pol, 30)
+    assert _hot_on_fast(world, "vm1", pids["vm1"]) > max(0.8, before)
+    assert world.vm("vm1").counters.host_pages_moved == 0
+
+
+def test_memtis_lengthens_its_sample_period_over_its_cpu_limit() -> None:
+    pol = MemtisPolicy(period=10, cpu_limit=0.01)
+    world, _ = _attach(pol, _specs())
+    _run(world, pol, 3)
+    assert world.vm("vm1").sample_period > 10
+
+
+def _hemem_on_slow_page() -> tuple[HememPolicy, World, int, int]:
+    pol = HememPolicy()
+    world, pids = _attach(pol, _specs(accesses=1))
+    pid = pids["vm1"]
+    proc = world.process("vm1", pid)
+    slow = np.flatnonzero(world.vm("vm1").node_of_frame(proc.pt) == SLOW)
+    return pol, world, pid, int(slow[0])
+
+
+@pytest.mark.parametrize(("samples", "moved"), [(7, False), (8, True)], ids=["7", "8"])
+def test_hemem_promotes_at_its_fixed_threshold(samples: int, moved: bool) -> None:
+    pol, world, pid, vpn = _hemem_on_slow_page()
+    vm = world.vm("vm1")
+    pol._account("vm1", vm, np.full(samples, vpn, np.int64), NPAGES, EPOCH_S)
+    pol._place(world, vm, world.process("vm1", pid), pol._counts["vm1"], 1000)
+    node = world.page_nodes(
+        "vm1", pid, world.process("vm1", pid).addr_of(np.array([vpn]))
+    )
+    assert (node[0] == FAST) == moved
+
+
+def test_hemem_halves_every_count_when_a_page_reaches_cooling() -> None:
+    pol, world, _, vpn = _hemem_on_slow_page()
+    pol._counts["vm1"][vpn + 1] = 6
+    pol._account("vm1", world.vm("vm1"), np.full(18, vpn, np.int64), NPAGES, EPOCH_S)
+    assert pol.coolings == 1
+    assert pol._counts["vm1"][vpn] == 9
+    assert pol._counts["vm1"][vpn + 1] == 3
+
+
+def test_vtmm_tracks_with_pml_and_migrates_in_the_guest() -> None:
+    pol = make_policy("vtmm")
+    world, pids = _attach(pol, _specs(accesses=20_000_000))
+    _run(world, pol, 20)
+    c = world.vm("vm1").counters
+    assert world.vm("vm1").track_pml
+    assert c.vm_exits > 0  # PML-full exits
+    assert c.guest_pages_moved > 0
+    assert c.host_pages_moved == 0
+    assert _hot_on_fast(world, "vm1", pids["vm1"]) > 0.5
+
+
+def test_vtmm_pool_gives_fast_memory_to_the_vm_with_the_larger_warm_set() -> None:
+    world = World(64 << 20, 1 << 30, seed=1)
+    for name, wl in (("busy", "gups"), ("idle", "gups")):
+        world.add_vm(name, 2, 16 << 20, 96 << 20, fast_max_bytes=48 << 20)
+        workload = make_workload(wl, NPAGES, seed=1)
+        world.spawn(name, workload, 50_000_000 if name == "busy" else 1)
+    pids = {n: next(iter(world.vm(n).procs)) for n in ("busy", "idle")}
+    pol = VtmmPolicy(pool_period_s=2 * EPOCH_S)
+    pol.attach(world, pids)
+    _run(world, pol, 4)
+    assert world.vm("busy").plugged[FAST] > world.vm("idle").plugged[FAST]
+    assert world.host_nodes[FAST].used_pages <= world.host_nodes[FAST].capacity_pages
