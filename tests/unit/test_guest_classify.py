@@ -1,0 +1,141 @@
+"""classify: range binning, decay, split/merge, hot-set selection with hysteresis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent_guest.backend import Vma
+from agent_guest.classify import ClassifyParams, RangeTable, select_hot
+
+MiB = 1 << 20
+BASE = 0x7F0000000000
+
+
+def _table(size: int = 64 * MiB, **kw: float) -> RangeTable:
+    params = ClassifyParams(**kw)  # type: ignore[arg-type]
+    t = RangeTable(params)
+    t.set_vmas([Vma(BASE, BASE + size, "rw-p")], max_ranges=1)
+    return t
+
+
+def _addrs(lo: int, hi: int, n: int, seed: int = 0) -> np.ndarray:  # type: ignore[type-arg]
+    rng = np.random.default_rng(seed)
+    return (BASE + rng.integers(lo, hi, n)).astype(np.uint64)
+
+
+def test_samples_outside_every_range_are_ignored() -> None:
+    t = _table()
+    addr = np.array([BASE - 1, BASE + 64 * MiB, BASE], np.uint64)
+    assert t.add_samples(addr) == 1
+
+
+def test_counts_decay_each_epoch() -> None:
+    t = _table(decay=0.5, split_min_samples=1e9)
+    t.add_samples(_addrs(0, 64 * MiB, 100))
+    t.end_epoch()
+    t.end_epoch()
+    assert t.count.sum() == pytest.approx(50.0)
+
+
+def test_range_splits_where_one_half_is_clearly_hotter() -> None:
+    t = _table()
+    t.add_samples(_addrs(0, 32 * MiB, 400))
+    t.add_samples(_addrs(32 * MiB, 64 * MiB, 10, seed=1))
+    t.end_epoch()
+    assert len(t) == 2
+    assert t.density[0] > 10 * t.density[1]
+    assert t.end[0] == t.start[1]
+
+
+def test_range_with_balanced_halves_does_not_split() -> None:
+    t = _table()
+    t.add_samples(_addrs(0, 64 * MiB, 400))
+    t.end_epoch()
+    assert len(t) == 1
+
+
+def test_repeated_epochs_isolate_a_small_hot_region() -> None:
+    t = _table(size=1024 * MiB)
+    for e in range(12):
+        t.add_samples(_addrs(512 * MiB, 520 * MiB, 2000, seed=e))
+        t.add_samples(_addrs(0, 1024 * MiB, 200, seed=100 + e))
+        t.end_epoch()
+    hottest = int(np.argmax(t.density))
+    assert BASE + 500 * MiB <= int(t.start[hottest])
+    assert int(t.end[hottest]) <= BASE + 532 * MiB
+
+
+def test_neighbours_that_agree_merge() -> None:
+    t = RangeTable(ClassifyParams(split_min_samples=1e9))
+    t.set_vmas([Vma(BASE, BASE + 64 * MiB, "rw-p")], max_ranges=16)
+    assert len(t) == 8  # half the budget: the rest is room for splits
+    for _ in range(6):
+        t.end_epoch()  # no samples: every neighbour agrees (cold)
+    assert len(t) == 1
+    assert (int(t.start[0]), int(t.end[0])) == (BASE, BASE + 64 * MiB)
+
+
+def test_ranges_never_exceed_max_ranges() -> None:
+    t = _table(size=1024 * MiB, max_ranges=16)
+    for e in range(20):
+        t.add_samples(_addrs(0, 1024 * MiB, 5000, seed=e) & ~np.uint64(0xFFFFF))
+        t.add_samples(_addrs(0, 4 * MiB, 5000, seed=50 + e))
+        t.end_epoch()
+        assert len(t) <= 16
+
+
+def test_a_1tib_address_space_is_covered_by_at_most_max_ranges() -> None:
+    t = RangeTable(ClassifyParams(max_ranges=2048))
+    vmas = [Vma(BASE + i * (1 << 36), BASE + (i + 1) * (1 << 36), "rw-p") for i in range(16)]
+    t.set_vmas(vmas)
+    assert len(t) <= 2048
+    assert int((t.end - t.start).sum()) == 1 << 40
+
+
+def test_selection_fills_capacity_with_the_densest_ranges() -> None:
+    t = RangeTable(ClassifyParams())
+    t.set_vmas([Vma(BASE, BASE + 8 * MiB * 4, "rw-p")], max_ranges=8)
+    t.count = np.array([10.0, 40.0, 20.0, 30.0])
+    sel = select_hot({1: t}, capacity_bytes=16 * MiB, hysteresis=0.0)
+    assert sel.hot[1].tolist() == [False, True, False, True]
+    assert sel.hot_bytes == 16 * MiB
+    assert sel.demand_bytes == 32 * MiB
+
+
+def test_ranges_without_samples_are_never_hot() -> None:
+    t = RangeTable(ClassifyParams())
+    t.set_vmas([Vma(BASE, BASE + 16 * MiB, "rw-p")], max_ranges=2)
+    sel = select_hot({1: t}, capacity_bytes=1 << 40, hysteresis=0.0)
+    assert not sel.hot[1].any()
+
+
+def test_hysteresis_keeps_the_incumbent_against_a_slightly_hotter_range() -> None:
+    t = RangeTable(ClassifyParams())
+    t.set_vmas([Vma(BASE, BASE + 16 * MiB, "rw-p")], max_ranges=4)
+    t.count = np.array([100.0, 110.0])
+    t.hot = np.array([True, False])
+    sel = select_hot({1: t}, capacity_bytes=8 * MiB, hysteresis=0.25)
+    assert sel.hot[1].tolist() == [True, False]
+    t.count = np.array([100.0, 200.0])
+    sel = select_hot({1: t}, capacity_bytes=8 * MiB, hysteresis=0.25)
+    assert sel.hot[1].tolist() == [False, True]
+
+
+def test_selection_ranks_across_processes() -> None:
+    a, b = RangeTable(ClassifyParams()), RangeTable(ClassifyParams())
+    a.set_vmas([Vma(BASE, BASE + 8 * MiB, "rw-p")], max_ranges=1)
+    b.set_vmas([Vma(BASE, BASE + 8 * MiB, "rw-p")], max_ranges=1)
+    a.count, b.count = np.array([5.0]), np.array([50.0])
+    sel = select_hot({1: a, 2: b}, capacity_bytes=8 * MiB, hysteresis=0.0)
+    assert (sel.hot[1].tolist(), sel.hot[2].tolist()) == ([False], [True])
+
+
+def test_new_vmas_keep_the_density_of_surviving_ranges() -> None:
+    t = _table(size=16 * MiB)
+    t.count = np.array([160.0])
+    t.set_vmas(
+        [Vma(BASE, BASE + 16 * MiB, "rw-p"), Vma(BASE + 32 * MiB, BASE + 48 * MiB, "rw-p")],
+        max_ranges=2,
+    )
+    assert t.count.tolist() == pytest.approx([160.0, 0.0])

@@ -1,0 +1,250 @@
+"""exchange: batch planning, rate limiter, page enumeration, errno rules."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from agent_guest.backend import (
+    AccessSamples,
+    Capability,
+    MoveResult,
+    NumaNode,
+    ProcessInfo,
+    SamplerSettings,
+    Vma,
+)
+from agent_guest.classify import ClassifyParams, RangeTable
+from agent_guest.config import MoverConfig
+from agent_guest.errors import NoSuchProcess
+from agent_guest.exchange import (
+    Candidates,
+    Exchanger,
+    RateLimiter,
+    errno_name,
+    pages_of_ranges,
+    plan_exchange,
+)
+
+BASE = 0x7F0000000000
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, event: threading.Event, timeout_s: float) -> bool:
+        self.now += timeout_s
+        return event.is_set()
+
+
+def _cands(n: int, density: float, pid: int = 1, base: int = BASE) -> Candidates:
+    return Candidates(
+        np.full(n, pid, np.int32),
+        (base + np.arange(n, dtype=np.uint64) * 4096).astype(np.uint64),
+        np.full(n, density),
+        np.full(n, 0.1),
+    )
+
+
+def _sizes(batches: list) -> list[tuple[str, int]]:  # type: ignore[type-arg]
+    return [(b.to, len(b.pages)) for b in batches]
+
+
+def test_over_allotment_demotes_the_excess_before_any_promotion() -> None:
+    plan = plan_exchange(_cands(10, 100.0), _cands(50, 1.0), -30, 1000, 16)
+    assert _sizes(plan)[:2] == [("slow", 16), ("slow", 14)]
+    assert _sizes(plan)[2:] == [("slow", 10), ("fast", 10)]  # then pairs
+
+
+def test_free_room_is_used_before_any_demotion() -> None:
+    plan = plan_exchange(_cands(10, 100.0), _cands(50, 1.0), 4, 1000, 16)
+    assert _sizes(plan)[0] == ("fast", 4)
+
+
+def test_exchange_pairs_are_symmetric_and_demote_goes_first() -> None:
+    plan = plan_exchange(_cands(40, 100.0), _cands(40, 1.0), 0, 1000, 16)
+    assert _sizes(plan) == [
+        ("slow", 16),
+        ("fast", 16),
+        ("slow", 16),
+        ("fast", 16),
+        ("slow", 8),
+        ("fast", 8),
+    ]
+
+
+def test_budget_bounds_pages_moved_in_both_directions() -> None:
+    plan = plan_exchange(_cands(40, 100.0), _cands(40, 1.0), 0, 20, 16)
+    assert sum(len(b.pages) for b in plan) == 20
+
+
+def test_near_equal_densities_never_swap() -> None:
+    plan = plan_exchange(_cands(40, 10.0), _cands(40, 9.0), 0, 1000, 16, min_gain=0.25)
+    assert plan == []
+
+
+def test_noisy_densities_never_swap() -> None:
+    hot = _cands(4, 10.0)
+    cold = _cands(4, 2.0)
+    noisy = Candidates(hot.pid, hot.addr, hot.density, np.full(4, 5.0))
+    assert plan_exchange(noisy, cold, 0, 100, 16, z=2.0) == []
+
+
+def test_rate_limiter_grants_at_most_rate_times_time() -> None:
+    clock = _Clock()
+    lim = RateLimiter(1.0, clock, burst_s=1.0)
+    assert lim.take(10 << 20) == 1 << 20
+    assert lim.take(1) == 0
+    clock.now += 0.5
+    assert lim.take(10 << 20) == 1 << 19
+
+
+def test_rate_limiter_burst_is_capped() -> None:
+    clock = _Clock()
+    lim = RateLimiter(1.0, clock, burst_s=1.0)
+    clock.now += 100.0
+    assert lim.available() == 1 << 20
+
+
+def test_pages_of_ranges_enumerates_in_range_order_up_to_limit() -> None:
+    start = np.array([BASE + 8192, BASE], np.uint64)
+    end = np.array([BASE + 16384, BASE + 8192], np.uint64)
+    addr, idx = pages_of_ranges(start, end, 3)
+    assert (addr - BASE).tolist() == [8192, 12288, 0]
+    assert idx.tolist() == [0, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [pytest.param(16, "EBUSY", id="ebusy"), pytest.param(-14, "EFAULT", id="neg")],
+)
+def test_errno_name(code: int, name: str) -> None:
+    assert errno_name(code) == name
+
+
+class _Backend:
+    """Two nodes; every page of pid 1 is on ``node``; moves give ``statuses``."""
+
+    def __init__(self, statuses: npt.NDArray[np.int32] | None, dead: set[int]) -> None:
+        self.statuses = statuses
+        self.dead = dead
+        self.moves: list[tuple[int, int, int]] = []
+
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.MOVE_PAGES})
+
+    def numa_nodes(self) -> Sequence[NumaNode]:
+        return []
+
+    def processes(self) -> Sequence[ProcessInfo]:
+        return []
+
+    def vmas(self, pid: int) -> Sequence[Vma]:
+        return []
+
+    def start_sampling(self, pids: Sequence[int], settings: SamplerSettings) -> None:
+        pass
+
+    def read_samples(self) -> AccessSamples:
+        raise NotImplementedError
+
+    def stop_sampling(self) -> None:
+        pass
+
+    def page_nodes(self, pid: int, addrs: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
+        if pid in self.dead:
+            raise NoSuchProcess(pid)
+        # pid 1: hot pages on slow (1); pid 2: cold pages on fast (0)
+        return np.full(addrs.shape[0], 1 if pid == 1 else 0, np.int32)
+
+    def move_pages(self, pid: int, addrs: npt.NDArray[np.uint64], node: int) -> MoveResult:
+        if pid in self.dead:
+            raise NoSuchProcess(pid)
+        self.moves.append((pid, node, int(addrs.shape[0])))
+        st = np.full(addrs.shape[0], node, np.int32)
+        if self.statuses is not None and node == 0:
+            # page i of the range gets statuses[i]
+            i = ((addrs - BASE) // 4096).astype(np.int64)
+            has = i < self.statuses.shape[0]
+            st[has] = self.statuses[i[has]]
+        return MoveResult(st.shape[0], int((st == node).sum()), st)
+
+    def channel_send(self, line: bytes) -> None:
+        pass
+
+    def channel_recv(self) -> bytes:
+        return b""
+
+    def cpu_time_s(self) -> float:
+        return 0.0
+
+    def counters(self) -> Mapping[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def _tables() -> dict[int, RangeTable]:
+    hot, cold = RangeTable(ClassifyParams()), RangeTable(ClassifyParams())
+    hot.set_vmas([Vma(BASE, BASE + (64 << 12), "rw-p")], max_ranges=1)
+    cold.set_vmas([Vma(BASE, BASE + (64 << 12), "rw-p")], max_ranges=1)
+    hot.count, hot.hot = np.array([1000.0]), np.array([True])
+    cold.count, cold.hot = np.array([0.0]), np.array([False])
+    return {1: hot, 2: cold}
+
+
+def test_partial_failures_are_counted_by_errno() -> None:
+    st = np.array([-errno.EBUSY, -errno.EFAULT, -errno.ENOENT, -errno.ENOMEM], np.int32)
+    be = _Backend(st, set())
+    ex = Exchanger(be, MoverConfig(batch_pages=64, scan_pages=64), _Clock())
+    promoted, demoted = ex.run(_tables(), [0], [1], 0, 1, 0)
+    assert demoted == 64
+    assert promoted == 60
+    assert dict(ex.stats.failures) == {"EBUSY": 1, "EFAULT": 1, "ENOENT": 1, "ENOMEM": 1}
+
+
+def test_a_page_busy_too_often_is_dropped_from_candidates() -> None:
+    st = np.array([-errno.EBUSY], np.int32)
+    be = _Backend(st, set())
+    ex = Exchanger(be, MoverConfig(batch_pages=64, scan_pages=64, max_busy_retries=1), _Clock())
+    clock_tables = _tables()
+    for _ in range(3):
+        ex.run(clock_tables, [0], [1], 0, 1, 64)
+    assert ex.stats.failures["EBUSY"] == 2  # tried twice, then dropped
+
+
+def test_a_process_that_exits_is_dropped_cleanly() -> None:
+    be = _Backend(None, {1})
+    ex = Exchanger(be, MoverConfig(batch_pages=64, scan_pages=64), _Clock())
+    promoted, demoted = ex.run(_tables(), [0], [1], 0, 1, 0)
+    assert (promoted, demoted) == (0, 0)
+    assert ex.gone == {1}
+    assert ex.stats.dropped_pids == 1
+
+
+def test_promotions_never_exceed_the_room_demotions_made() -> None:
+    be = _Backend(None, set())
+    ex = Exchanger(be, MoverConfig(batch_pages=16, scan_pages=64), _Clock())
+    promoted, demoted = ex.run(_tables(), [0], [1], 0, 1, 0)
+    assert promoted == demoted == 64
+    to_fast = [n for _, node, n in be.moves if node == 0]
+    to_slow = [n for _, node, n in be.moves if node == 1]
+    assert to_fast == to_slow == [16, 16, 16, 16]
+
+
+def test_the_mover_respects_its_bandwidth_limit() -> None:
+    be = _Backend(None, set())
+    # 1 MiB/s = 256 pages/s; one second's burst.
+    ex = Exchanger(be, MoverConfig(max_bandwidth_mib_s=1, batch_pages=16, scan_pages=64), _Clock())
+    ex.run(_tables(), [0], [1], 0, 1, 1000)
+    assert sum(n for _, _, n in be.moves) <= 256
