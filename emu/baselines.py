@@ -296,7 +296,8 @@ class TppGuestPolicy:
     whose PTE scan and range flushes the World charges), and the first access
     afterwards takes a hinting fault (charged per fault). A slow page is promoted
     with ``move_pages`` when it faults while on the active LRU, i.e. it faulted
-    before within ``active_window_s``; otherwise the fault only activates it.
+    before within ``active_window_s`` (default: two rounds of the scanner over
+    the footprint); otherwise the fault only activates it.
     Demotion keeps ``headroom_fraction`` of the fast node free and makes room for
     promotions, taking the pages whose last reference is oldest (the inactive
     LRU tail).
@@ -307,7 +308,7 @@ class TppGuestPolicy:
     def __init__(
         self,
         scan_pages_per_s: int = 65_536,
-        active_window_s: float = 0.5,
+        active_window_s: float | None = None,
         migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
         headroom_fraction: float = 0.02,
     ) -> None:
@@ -317,6 +318,7 @@ class TppGuestPolicy:
         self.headroom_fraction = headroom_fraction
         self._pids: dict[str, int] = {}
         self._lru: dict[str, _LruState] = {}
+        self._window_s: dict[str, float] = {}
         self._now_s = 0.0
 
     def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
@@ -328,6 +330,9 @@ class TppGuestPolicy:
             vm = world.vm(name)
             proc = world.process(name, pid)
             vm.hint_scan_pages_per_s = self.scan_pages_per_s
+            self._window_s[name] = self.active_window_s or (
+                2 * proc.npages / self.scan_pages_per_s
+            )
             world.start_sampling(name, "page-fault", [pid])
             self._lru[name] = _LruState(
                 np.full(proc.npages, -np.inf), np.full(proc.npages, -np.inf)
@@ -347,7 +352,7 @@ class TppGuestPolicy:
             lru.prev_ref[vpn] = lru.last_ref[vpn]
             lru.last_ref[vpn] = now
             nodes = _guest_nodes(vm, proc)
-            active = lru.prev_ref[vpn] >= now - self.active_window_s
+            active = lru.prev_ref[vpn] >= now - self._window_s[name]
             promote = vpn[(nodes[vpn] == SLOW) & active]
             cold = np.flatnonzero((nodes == FAST) & (lru.last_ref < now))
             cold = cold[np.argsort(lru.last_ref[cold], kind="stable")]
@@ -375,12 +380,13 @@ class VtmmPolicy:
     epoch (``pml_drain``: PML-full exits and the drain's remote flush are charged
     by the World). A multi-level queue gives each guest frame a temperature: seen
     in a drain, it climbs one level; unseen, it decays one. Frames are bucket-
-    sorted by level; the hottest that fit the VM's fast node form its target
-    set, and the guest side moves the difference with ``move_pages`` (hotter in,
-    colder out). Every ``pool_period_s`` the fast memory of all VMs is
-    repartitioned in proportion to each VM's warm-set size (virtio-mem
-    ``resize``), shrinking donors before growing receivers, within each VM's
-    maximum.
+    sorted by level; the hottest at ``hot_level`` or above (default: the upper
+    half of the queues) that fit the VM's fast node form its target set, and the
+    guest side moves the difference with ``move_pages``, exchanging a fast page
+    only for a strictly hotter one. Every ``pool_period_s`` the fast memory of
+    all VMs is repartitioned in proportion to each VM's warm-set size
+    (virtio-mem ``resize``), shrinking donors before growing receivers, within
+    each VM's maximum.
     """
 
     name = "vtmm"
@@ -388,11 +394,13 @@ class VtmmPolicy:
     def __init__(
         self,
         levels: int = 8,
+        hot_level: int | None = None,
         migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
         pool_period_s: float = 0.1,
         min_share: float = 0.25,
     ) -> None:
         self.levels = levels
+        self.hot_level = hot_level if hot_level is not None else levels // 2
         self.migrate_pages_per_s = migrate_pages_per_s
         self.pool_period_s = pool_period_s
         self.min_share = min_share
@@ -447,14 +455,20 @@ class VtmmPolicy:
         nodes = _guest_nodes(vm, proc)
         # bucket sort: hottest level first, then by address (stable)
         order = np.argsort(-temp, kind="stable")
-        order = order[temp[order] > 0]
+        order = order[temp[order] >= self.hot_level]
         target = order[: vm.plugged[FAST]]
         in_target = np.zeros(proc.npages, bool)
         in_target[target] = True
         promote = target[nodes[target] == SLOW]
         demote = np.flatnonzero((nodes == FAST) & ~in_target)
         demote = demote[np.argsort(temp[demote], kind="stable")]
-        _exchange(world, vm, proc, promote, demote, budget, 0)
+        # exchange only strictly hotter for colder (no churn among equals)
+        free = max(0, _free_fast(vm))
+        rest = promote[free:]
+        m = min(len(rest), len(demote))
+        hotter = temp[rest[:m]] > temp[demote[:m]]
+        swaps = int(np.argmin(hotter)) if not hotter.all() else m
+        _exchange(world, vm, proc, promote[: free + swaps], demote[:swaps], budget, 0)
 
     def _repartition(self, world: World) -> None:
         names = [n for n in self._pids if n in world.vms]
