@@ -87,7 +87,9 @@ def test_ranges_never_exceed_max_ranges() -> None:
 
 def test_a_1tib_address_space_is_covered_by_at_most_max_ranges() -> None:
     t = RangeTable(ClassifyParams(max_ranges=2048))
-    vmas = [Vma(BASE + i * (1 << 36), BASE + (i + 1) * (1 << 36), "rw-p") for i in range(16)]
+    vmas = [
+        Vma(BASE + i * (1 << 36), BASE + (i + 1) * (1 << 36), "rw-p") for i in range(16)
+    ]
     t.set_vmas(vmas)
     assert len(t) <= 2048
     assert int((t.end - t.start).sum()) == 1 << 40
@@ -135,7 +137,10 @@ def test_new_vmas_keep_the_density_of_surviving_ranges() -> None:
     t = _table(size=16 * MiB)
     t.count = np.array([160.0])
     t.set_vmas(
-        [Vma(BASE, BASE + 16 * MiB, "rw-p"), Vma(BASE + 32 * MiB, BASE + 48 * MiB, "rw-p")],
+        [
+            Vma(BASE, BASE + 16 * MiB, "rw-p"),
+            Vma(BASE + 32 * MiB, BASE + 48 * MiB, "rw-p"),
+        ],
         max_ranges=2,
     )
     assert t.count.tolist() == pytest.approx([160.0, 0.0])

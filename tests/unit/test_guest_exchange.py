@@ -160,13 +160,17 @@ class _Backend:
     def stop_sampling(self) -> None:
         pass
 
-    def page_nodes(self, pid: int, addrs: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
+    def page_nodes(
+        self, pid: int, addrs: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.int32]:
         if pid in self.dead:
             raise NoSuchProcess(pid)
         # pid 1: hot pages on slow (1); pid 2: cold pages on fast (0)
         return np.full(addrs.shape[0], 1 if pid == 1 else 0, np.int32)
 
-    def move_pages(self, pid: int, addrs: npt.NDArray[np.uint64], node: int) -> MoveResult:
+    def move_pages(
+        self, pid: int, addrs: npt.NDArray[np.uint64], node: int
+    ) -> MoveResult:
         if pid in self.dead:
             raise NoSuchProcess(pid)
         self.moves.append((pid, node, int(addrs.shape[0])))
@@ -210,13 +214,20 @@ def test_partial_failures_are_counted_by_errno() -> None:
     promoted, demoted = ex.run(_tables(), [0], [1], 0, 1, 0)
     assert demoted == 64
     assert promoted == 60
-    assert dict(ex.stats.failures) == {"EBUSY": 1, "EFAULT": 1, "ENOENT": 1, "ENOMEM": 1}
+    assert dict(ex.stats.failures) == {
+        "EBUSY": 1,
+        "EFAULT": 1,
+        "ENOENT": 1,
+        "ENOMEM": 1,
+    }
 
 
 def test_a_page_busy_too_often_is_dropped_from_candidates() -> None:
     st = np.array([-errno.EBUSY], np.int32)
     be = _Backend(st, set())
-    ex = Exchanger(be, MoverConfig(batch_pages=64, scan_pages=64, max_busy_retries=1), _Clock())
+    ex = Exchanger(
+        be, MoverConfig(batch_pages=64, scan_pages=64, max_busy_retries=1), _Clock()
+    )
     clock_tables = _tables()
     for _ in range(3):
         ex.run(clock_tables, [0], [1], 0, 1, 64)
@@ -245,6 +256,8 @@ def test_promotions_never_exceed_the_room_demotions_made() -> None:
 def test_the_mover_respects_its_bandwidth_limit() -> None:
     be = _Backend(None, set())
     # 1 MiB/s = 256 pages/s; one second's burst.
-    ex = Exchanger(be, MoverConfig(max_bandwidth_mib_s=1, batch_pages=16, scan_pages=64), _Clock())
+    ex = Exchanger(
+        be, MoverConfig(max_bandwidth_mib_s=1, batch_pages=16, scan_pages=64), _Clock()
+    )
     ex.run(_tables(), [0], [1], 0, 1, 1000)
     assert sum(n for _, _, n in be.moves) <= 256

@@ -86,7 +86,11 @@ def test_decode_counts_lost_and_throttle_records_between_samples() -> None:
 
 
 def test_decode_stops_at_a_corrupt_header() -> None:
-    raw = abi.synthetic_ring(4, BASIC).tobytes() + struct.pack("<IHH", 9, 0, 3) + b"\0" * 8
+    raw = (
+        abi.synthetic_ring(4, BASIC).tobytes()
+        + struct.pack("<IHH", 9, 0, 3)
+        + b"\0" * 8
+    )
     d = abi.decode(np.frombuffer(raw, np.uint8), BASIC)
     assert d.addr.shape == (4,)
     assert d.bad_bytes == 16

@@ -1,0 +1,118 @@
+"""config: strict loading, validation messages, dumps/load round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent_guest import config
+from agent_guest.errors import ConfigError
+
+ANSIBLE_LIKE = """
+[guest]
+backend = "linux"
+control_socket = "/run/hypertier/guest.sock"
+channel_path = "/dev/virtio-ports/org.hypertier.0"
+
+[sampler]
+source = "auto"
+window_s = 1.0
+rate_hz = 4000
+
+[mover]
+max_bandwidth_mib_s = 200
+batch_pages = 512
+
+[targets]
+min_rss_bytes = 67108864
+"""
+
+
+def test_empty_file_gives_defaults() -> None:
+    assert config.loads("") == config.Config()
+
+
+def test_the_ansible_template_keys_load() -> None:
+    cfg = config.loads(ANSIBLE_LIKE)
+    assert cfg.targets.min_rss_bytes == 64 << 20
+    assert cfg.sampler.rate_hz == 4000
+
+
+def test_defaults_round_trip_through_dumps() -> None:
+    cfg = config.Config()
+    assert config.loads(config.dumps(cfg)) == cfg
+
+
+def test_non_default_values_round_trip_through_dumps() -> None:
+    cfg = config.loads(
+        "[guest]\nfast_nodes = [0]\nslow_nodes = [1, 2]\n"
+        'control_socket = "/tmp/a \\"b\\""\n'
+        '[sampler]\nsource = "page-fault"\nfault_event = "tracepoint"\n'
+        "induce_write_faults = false\nwindow_s = 0.25\n"
+        '[targets]\npids = [10, 20]\ncomm_pattern = "^redis"\n'
+        'cgroup = "/system.slice"\n'
+    )
+    assert config.loads(config.dumps(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "[mover]\nbatch_pgaes = 1\n", "mover.batch_pgaes: unknown key", id="typo"
+        ),
+        pytest.param("[movers]\n", "movers: unknown key", id="table"),
+        pytest.param(
+            '[mover]\nbatch_pages = "512"\n',
+            "mover.batch_pages: expected int",
+            id="str",
+        ),
+        pytest.param(
+            "[sampler]\nrate_hz = true\n", "sampler.rate_hz: expected int", id="bool"
+        ),
+        pytest.param(
+            '[sampler]\nwindow_s = "1"\n',
+            "sampler.window_s: expected float",
+            id="float",
+        ),
+        pytest.param(
+            '[guest]\nfast_nodes = ["0"]\n',
+            "guest.fast_nodes[0]: expected int",
+            id="list",
+        ),
+        pytest.param('[guest]\nbackend = "xen"\n', "guest.backend", id="backend"),
+        pytest.param('[sampler]\nsource = "pmu"\n', "sampler.source", id="source"),
+        pytest.param("[sampler]\nring_pages = 3\n", "power of two", id="ring"),
+        pytest.param("[mover]\nbatch_pages = 0\n", "mover.batch_pages", id="batch"),
+        pytest.param("[classify]\ndecay = 1.5\n", "classify.decay", id="decay"),
+        pytest.param(
+            '[targets]\ncomm_pattern = "("\n', "targets.comm_pattern", id="regex"
+        ),
+        pytest.param(
+            "[guest]\nfast_nodes = [1]\nslow_nodes = [1]\n", "share [1]", id="roles"
+        ),
+        pytest.param("[guest\n", "invalid TOML", id="syntax"),
+        pytest.param("guest = 1\n", "guest: expected a table", id="not-table"),
+    ],
+)
+def test_invalid_config_names_the_key(text: str, message: str) -> None:
+    with pytest.raises(
+        ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
+    ):
+        config.loads(text)
+
+
+def test_ints_are_accepted_for_float_settings() -> None:
+    assert config.loads("[sampler]\nwindow_s = 2\n").sampler.window_s == 2.0
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_load_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "guest.toml"
+    path.write_text(ANSIBLE_LIKE)
+    assert config.load(path) == config.loads(ANSIBLE_LIKE)

@@ -1,0 +1,249 @@
+"""daemon on the emulator: targets, host channel (wire), status, reload, loop, exits."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import hypertier_wire as wire
+from agent_guest import config
+from agent_guest.backend import GuestBackend, NumaNode, Tier
+from agent_guest.daemon import Daemon, node_roles, pick_targets
+from emu.guest import EmuGuestBackend
+from emu.workloads import Gups
+from emu.world import World
+
+MiB = 1 << 20
+CFG = config.loads(
+    '[guest]\nbackend = "emu"\nreport_interval_s = 0.1\n'
+    "[sampler]\nwindow_s = 0.1\n"
+    "[mover]\nfast_reserve_bytes = 0\n"
+    "[targets]\nmin_rss_bytes = 0\nrefresh_s = 0.1\n"
+)
+
+
+def _world(procs: int = 1, npages: int = 4096) -> tuple[World, list[int]]:
+    w = World(1 << 30, 4 << 30, seed=1)
+    w.add_vm("vm", 2, 16 * MiB, 64 * MiB)
+    pids = [
+        w.spawn("vm", Gups(npages, seed=i), 10**12, comm=f"app{i}")
+        for i in range(procs)
+    ]
+    return w, pids
+
+
+def _daemon(w: World, cfg: config.Config = CFG) -> tuple[Daemon, EmuGuestBackend]:
+    be = EmuGuestBackend(w, "vm")
+    return Daemon(cfg, be, w.clock), be
+
+
+def _run(w: World, d: Daemon, ticks: int, dt: float = 0.1) -> None:
+    for _ in range(ticks):
+        w.clock.advance(dt)
+        d.tick()
+
+
+def _host_lines(w: World) -> list[wire.Message]:
+    vm = w.vm("vm")
+    lines = bytes(vm.to_host).splitlines()
+    return [wire.decode(line) for line in lines]
+
+
+def test_emu_backend_satisfies_the_protocol() -> None:
+    w, _ = _world()
+    backend: GuestBackend = EmuGuestBackend(w, "vm")
+    assert isinstance(backend, GuestBackend)
+
+
+def test_first_message_to_the_host_is_hello() -> None:
+    w, _ = _world()
+    d, _ = _daemon(w)
+    _run(w, d, 1)
+    msgs = _host_lines(w)
+    assert isinstance(msgs[0], wire.Hello)
+    assert msgs[0].agent == "hypertier-guest"
+
+
+def test_reports_carry_per_node_usage_and_hot_set() -> None:
+    w, _ = _world()
+    d, _ = _daemon(w)
+    _run(w, d, 5)
+    reports = [m for m in _host_lines(w) if isinstance(m, wire.Report)]
+    assert reports
+    last = reports[-1]
+    assert [(n.node, n.tier) for n in last.nodes] == [(0, "fast"), (1, "slow")]
+    assert last.hot_bytes > 0
+    assert 0.0 <= last.pressure <= 1.0
+
+
+def test_allotment_from_the_host_is_applied() -> None:
+    w, _ = _world()
+    d, _ = _daemon(w)
+    w.vm("vm").to_guest += wire.encode(wire.Allot(1, 8 * MiB, 64 * MiB))
+    _run(w, d, 1)
+    assert d.status()["allot_fast_bytes"] == 8 * MiB
+
+
+def test_a_bad_line_from_the_host_is_counted_and_skipped() -> None:
+    w, _ = _world()
+    d, _ = _daemon(w)
+    vm = w.vm("vm")
+    vm.to_guest += b'{"v":1,"type":"allot","seq":-1}\n'
+    vm.to_guest += wire.encode(wire.Allot(2, 8 * MiB, 64 * MiB))
+    _run(w, d, 1)
+    assert d.status()["wire_errors"] == 1
+    assert d.status()["allot_fast_bytes"] == 8 * MiB
+
+
+def test_targets_filter_by_pid_pattern_cgroup_and_size() -> None:
+    w, pids = _world(procs=3)
+    be = EmuGuestBackend(w, "vm")
+    cfg = config.loads(f"[targets]\npids = [{pids[1]}]\n")
+    assert pick_targets(cfg, be, 0) == [pids[1]]
+    cfg = config.loads('[targets]\nmin_rss_bytes = 0\ncomm_pattern = "app[02]"\n')
+    assert pick_targets(cfg, be, 0) == [pids[0], pids[2]]
+    cfg = config.loads('[targets]\nmin_rss_bytes = 0\ncgroup = "/machine/vm/app1"\n')
+    assert pick_targets(cfg, be, 0) == [pids[1]]
+    cfg = config.loads("[targets]\nmin_rss_bytes = 1099511627776\n")
+    assert pick_targets(cfg, be, 0) == []
+    assert (
+        pick_targets(config.loads("[targets]\nmin_rss_bytes = 0\n"), be, pids[0])
+        == pids[1:]
+    )
+
+
+def _node(n: int, tier: Tier) -> NumaNode:
+    return NumaNode(n, tier, 1 << 30, 1 << 29, tier is Tier.FAST)
+
+
+def test_node_roles_follow_the_backend_unless_configured() -> None:
+    nodes = [_node(0, Tier.FAST), _node(1, Tier.SLOW), _node(2, Tier.SLOW)]
+    roles = node_roles(nodes, [], [])
+    assert (roles.fast, roles.slow) == ((0,), (1, 2))
+    roles = node_roles(nodes, [0, 2], [1])
+    assert (roles.fast, roles.slow) == ((0, 2), (1,))
+
+
+def test_a_process_that_exits_is_forgotten_without_a_tick_failure() -> None:
+    w, pids = _world(procs=2)
+    d, _ = _daemon(w)
+    _run(w, d, 2)
+    w.kill("vm", pids[0])
+    _run(w, d, 3)
+    st = d.status()
+    assert st["targets"] == [pids[1]]
+    assert st["tick_failures"] == 0
+
+
+def test_status_reports_every_counter_the_issue_names() -> None:
+    w, _ = _world()
+    d, _ = _daemon(w)
+    _run(w, d, 3)
+    st = d.status()
+    for key in (
+        "source",
+        "samples",
+        "lost",
+        "throttled",
+        "pages_promoted",
+        "pages_demoted",
+        "failures",
+        "cpu_s",
+        "hot_bytes",
+    ):
+        assert key in st
+    assert st["source"] == "pebs"
+    assert isinstance(st["samples"], int)
+    assert st["samples"] > 0
+
+
+def test_reload_swaps_the_config_and_keeps_counters() -> None:
+    w, _ = _world()
+    d, _ = _daemon(w)
+    _run(w, d, 2)
+    before = d.status()["samples"]
+    new = config.loads(config.dumps(CFG).replace('source = "auto"', 'source = "a-bit"'))
+    d.reload(new)
+    _run(w, d, 2)
+    assert d.status()["source"] == "a-bit"
+    assert d.status()["samples"] >= before
+
+
+def test_failed_reload_keeps_the_old_config() -> None:
+    w, _ = _world()
+    calls: list[int] = []
+
+    def bad() -> config.Config:
+        calls.append(1)
+        return config.loads("[mover]\nbatch_pages = 0\n")
+
+    be = EmuGuestBackend(w, "vm")
+    d = Daemon(CFG, be, w.clock, load_config=bad)
+    d.request_reload()
+    stopper = _StopAfter(w, d, 2)
+    d.run()
+    assert calls == [1]
+    assert d.config == CFG
+    assert stopper.ticks >= 2
+
+
+class _StopAfter:
+    """Stops the daemon after ``n`` waits (the loop's clock is the world's)."""
+
+    def __init__(self, w: World, d: Daemon, n: int) -> None:
+        self.ticks = 0
+
+        def on_advance(dt: float) -> None:
+            self.ticks += 1
+            if self.ticks >= n:
+                d.stop()
+
+        w.clock.on_advance(on_advance)
+
+
+def test_run_loops_until_stopped_then_stops_sampling() -> None:
+    w, _ = _world()
+    d, _ = _daemon(w)
+    _StopAfter(w, d, 3)
+    d.run()
+    assert d.status()["epochs"] == 3
+    assert w.vm("vm").sampling is None
+
+
+def test_no_source_is_a_clear_error_not_a_crash() -> None:
+    from agent_guest.errors import Unsupported
+
+    w, _ = _world()
+    be = EmuGuestBackend(w, "vm", pmu="none")
+    cfg = config.loads('[sampler]\nsource = "pebs"\n')
+    with pytest.raises(Unsupported, match="pebs"):
+        Daemon(cfg, be, w.clock)
+
+
+def test_sampling_without_a_pmu_falls_back_to_page_faults() -> None:
+    w, _ = _world()
+    be = EmuGuestBackend(w, "vm", pmu="none")
+    d = Daemon(CFG, be, w.clock)
+    _run(w, d, 3)
+    assert d.status()["source"] == "page-fault"
+    assert d.status()["samples"] > 0
+
+
+def test_the_stop_event_interrupts_the_wait() -> None:
+    w, _ = _world()
+    stop = threading.Event()
+    stop.set()
+    d = Daemon(CFG, EmuGuestBackend(w, "vm"), w.clock, stop_event=stop)
+    d.run()
+    assert d.status()["epochs"] == 0
+
+
+def test_samples_are_binned_only_for_targets() -> None:
+    w, pids = _world(procs=2)
+    cfg = config.loads(config.dumps(CFG).replace("pids = []", f"pids = [{pids[0]}]"))
+    d, _ = _daemon(w, cfg)
+    _run(w, d, 3)
+    assert d.status()["targets"] == [pids[0]]
+    assert np.isfinite(float(d.status()["cpu_s"]))  # type: ignore[arg-type]

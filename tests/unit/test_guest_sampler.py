@@ -1,0 +1,72 @@
+"""sampler: source selection by capability and period control to a CPU budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_guest.backend import Capability, SampleSource
+from agent_guest.errors import Unsupported
+from agent_guest.sampler import RateControl, select_source
+
+NO_PMU = frozenset({Capability.PAGE_FAULT_SAMPLING, Capability.MOVE_PAGES})
+
+
+@pytest.mark.parametrize(
+    ("caps", "expected"),
+    [
+        pytest.param(
+            frozenset({Capability.PEBS, Capability.PAGE_FAULT_SAMPLING}),
+            SampleSource.PEBS,
+            id="intel",
+        ),
+        pytest.param(
+            frozenset({Capability.IBS, Capability.A_BIT_SCAN}),
+            SampleSource.IBS,
+            id="amd",
+        ),
+        pytest.param(NO_PMU, SampleSource.PAGE_FAULT, id="no-pmu"),
+        pytest.param(frozenset({Capability.A_BIT_SCAN}), SampleSource.A_BIT, id="abit"),
+    ],
+)
+def test_auto_picks_the_best_source_offered(
+    caps: frozenset[Capability], expected: SampleSource
+) -> None:
+    assert select_source("auto", caps) is expected
+
+
+def test_an_explicit_source_that_is_missing_names_the_capability() -> None:
+    with pytest.raises(Unsupported, match="capability pebs missing"):
+        select_source("pebs", NO_PMU)
+
+
+def test_no_source_at_all_says_what_to_provide() -> None:
+    with pytest.raises(Unsupported, match="perf_event_paranoid"):
+        select_source("auto", frozenset({Capability.MOVE_PAGES}))
+
+
+def _rc(period: int = 1000) -> RateControl:
+    return RateControl(4000.0, 0.005, 1, 1_000_000, period)
+
+
+def test_too_many_samples_lengthen_the_period() -> None:
+    assert _rc().update(samples=8000, cpu_s=0.0, wall_s=1.0) == 2000
+
+
+def test_too_few_samples_shorten_the_period() -> None:
+    assert _rc().update(samples=2000, cpu_s=0.0, wall_s=1.0) == 500
+
+
+def test_cpu_over_budget_lengthens_the_period_even_when_samples_are_few() -> None:
+    assert _rc().update(samples=1000, cpu_s=0.01, wall_s=1.0) == 2000
+
+
+def test_one_step_changes_the_period_at_most_fourfold() -> None:
+    assert _rc().update(samples=10**9, cpu_s=0.0, wall_s=1.0) == 4000
+
+
+def test_period_stays_within_bounds() -> None:
+    rc = RateControl(4000.0, 0.005, 100, 2000, 1000)
+    assert rc.update(samples=0, cpu_s=0.0, wall_s=1.0) == 500
+    for _ in range(5):
+        rc.update(samples=0, cpu_s=0.0, wall_s=1.0)
+    assert rc.period == 100

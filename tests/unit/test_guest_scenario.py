@@ -1,0 +1,118 @@
+"""Scenarios on the emulator: a workload with a known hot set and the real daemon.
+
+The same definitions run on a real Linux guest with two NUMA nodes in
+tests/integration/test_guest_linux.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import hypertier_wire as wire
+from agent_guest import config
+from agent_guest.daemon import Daemon
+from emu.guest import EmuGuestBackend
+from emu.workloads import Gups
+from emu.world import FAST, SLOW, World
+
+pytestmark = pytest.mark.slow
+
+MiB = 1 << 20
+EPOCH_S = 0.25
+HOT_PAGES = 5000  # 20 MiB: fits the 128 MiB fast node
+CFG = config.loads(
+    f'[guest]\nbackend = "emu"\nreport_interval_s = {EPOCH_S}\n'
+    f"[sampler]\nwindow_s = {EPOCH_S}\n"
+    "[mover]\nfast_reserve_bytes = 4194304\n"
+    "[targets]\nmin_rss_bytes = 0\n"
+)
+
+
+class Scenario:
+    """A VM (128 MiB fast, 512 MiB slow) running GUPS over 200 MiB, 10% hot."""
+
+    def __init__(self, seed: int, pmu: str = "pebs") -> None:
+        self.world = World(8 << 30, 32 << 30, seed=seed)
+        self.world.add_vm("vm", 2, 128 * MiB, 512 * MiB)
+        self.workload = Gups(50_000, seed=seed, hot_fraction=0.1)
+        self.pid = self.world.spawn("vm", self.workload, total_accesses=10**13)
+        self.backend = EmuGuestBackend(self.world, "vm", pmu=pmu)
+        self.daemon = Daemon(CFG, self.backend, self.world.clock)
+
+    def hot_on_fast(self) -> float:
+        proc = self.world.process("vm", self.pid)
+        hot = proc.addr_of(self.workload.hot_set(HOT_PAGES))
+        return float(np.mean(self.backend.page_nodes(self.pid, hot) == FAST))
+
+    def epoch(self) -> None:
+        self.world.clock.advance(EPOCH_S)
+        self.daemon.tick()
+
+    def fast_used_bytes(self) -> int:
+        return self.backend.numa_nodes()[FAST].used_bytes
+
+    def move_ops(self) -> list[tuple[object, ...]]:
+        return [op for op in self.world.oplog if op[0] == "move_pages"]
+
+
+def _move_hot_set_off_fast(s: Scenario) -> None:
+    """Start from the worst case: the phase change moves the hot set to slow."""
+    for _ in range(10):
+        if s.hot_on_fast() < 0.5:
+            return
+        s.workload.phase_change()
+
+
+@pytest.mark.parametrize("pmu", ["pebs", "ibs"])
+def test_hot_set_reaches_the_fast_node_within_three_epochs(pmu: str) -> None:
+    s = Scenario(seed=2, pmu=pmu)
+    _move_hot_set_off_fast(s)
+    assert s.hot_on_fast() < 0.5
+    for _ in range(3):
+        s.epoch()
+    assert s.hot_on_fast() >= 0.95
+
+
+def test_placement_reconverges_after_a_phase_change() -> None:
+    s = Scenario(seed=3)
+    for _ in range(4):
+        s.epoch()
+    assert s.hot_on_fast() >= 0.95
+    _move_hot_set_off_fast(s)
+    assert s.hot_on_fast() < 0.5
+    for _ in range(4):
+        s.epoch()
+    assert s.hot_on_fast() >= 0.95
+
+
+def test_converged_placement_does_not_ping_pong() -> None:
+    s = Scenario(seed=2)
+    for _ in range(6):
+        s.epoch()
+    moved = sum(int(op[4]) for op in s.move_ops())  # type: ignore[call-overload]
+    for _ in range(6):
+        s.epoch()
+    later = sum(int(op[4]) for op in s.move_ops()) - moved  # type: ignore[call-overload]
+    assert later <= 0.02 * 50_000
+
+
+def test_fast_allotment_shrink_demotes_first_and_never_overflows() -> None:
+    s = Scenario(seed=2)
+    for _ in range(4):
+        s.epoch()
+    before = len(s.move_ops())
+    allot = 64 * MiB
+    s.world.vm("vm").to_guest += wire.encode(wire.Allot(1, allot, 1024 * MiB))
+    used = [s.fast_used_bytes()]
+    for _ in range(4):
+        s.epoch()
+        used.append(s.fast_used_bytes())
+    after = s.move_ops()[before:]
+    assert after, "the shrink caused no migration"
+    assert after[0][3] == SLOW  # demotion comes first
+    assert used[-1] <= allot
+    assert all(b <= a for a, b in itertools.pairwise(used))  # only goes down
+    assert s.hot_on_fast() >= 0.95  # the hot set still fits and stays
