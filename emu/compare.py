@@ -70,8 +70,8 @@ class Matrix:
     profiles: tuple[str, ...] = ("cxl", "pmem")
     ratios: tuple[int, ...] = (2, 5)  # 1:k fast:slow
     vms: tuple[int, ...] = (1, 4)
-    npages: int = 16_384  # footprint per VM, 4 KiB pages
-    accesses: int = 12_000_000  # LLC misses per VM
+    npages: int = 65_536  # footprint per VM, 4 KiB pages (256 MiB)
+    accesses: int = 16_000_000  # LLC misses per VM
     epoch_s: float = 0.01
     max_s: float = 30.0
     seed: int = 1

@@ -27,16 +27,14 @@ NPAGES = 16_384
 EPOCH_S = 0.01
 
 
-def _specs(
-    n: int = 1, accesses: int = 4_000_000, workload: str = "gups"
-) -> list[VmSpec]:
+def _specs(n: int = 1, accesses: int = 4_000_000, npages: int = NPAGES) -> list[VmSpec]:
     return [
         VmSpec(
             f"vm{i + 1}",
-            workload,
-            NPAGES,
-            NPAGES * PAGE_SIZE // 4,
-            NPAGES * PAGE_SIZE,
+            "gups",
+            npages,
+            npages * PAGE_SIZE // 4,
+            npages * PAGE_SIZE,
             2,
             accesses,
             seed=i + 1,
@@ -61,7 +59,7 @@ def _run(world: World, policy: Policy, ticks: int) -> None:
 def _hot_on_fast(world: World, vm: str, pid: int) -> float:
     proc = world.process(vm, pid)
     assert proc.workload is not None
-    hot = proc.workload.hot_set(NPAGES // 10)
+    hot = proc.workload.hot_set(proc.npages // 10)
     return float(np.mean(world.page_tiers(vm, pid)[hot] == FAST))
 
 
@@ -218,8 +216,10 @@ def test_hemem_halves_every_count_when_a_page_reaches_cooling() -> None:
 
 def test_vtmm_tracks_with_pml_and_migrates_in_the_guest() -> None:
     pol = make_policy("vtmm")
-    world, pids = _attach(pol, _specs(accesses=20_000_000))
-    _run(world, pol, 20)
+    # a footprint large enough that not every page is dirtied every epoch (with
+    # 16k pages PML saturates and every frame looks equally hot)
+    world, pids = _attach(pol, _specs(accesses=20_000_000, npages=65_536))
+    _run(world, pol, 30)
     c = world.vm("vm1").counters
     assert world.vm("vm1").track_pml
     assert c.vm_exits > 0  # PML-full exits

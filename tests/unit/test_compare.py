@@ -110,6 +110,7 @@ def test_summary_means_elapsed_and_sums_counters_over_vms() -> None:
     assert memtis["speedup_vs_none"] == 2.0
 
 
+@pytest.mark.slow
 def test_cli_runs_a_matrix_and_writes_json_csv_table_and_plots(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
