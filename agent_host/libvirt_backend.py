@@ -215,6 +215,8 @@ class LibvirtHostBackend:
         self._callback_id: int | None = None
         self._closed_by_peer = False
         self.reconnects = 0
+        # Set on every lifecycle event: lets callers wait instead of polling.
+        self.event_arrived = threading.Event()
         _start_event_loop()
         self._connect()
 
@@ -262,6 +264,7 @@ class LibvirtHostBackend:
             kind = EventKind.MIGRATED
         with self._lock:
             self._events.append(DomainEvent(dom.name(), kind))
+        self.event_arrived.set()
 
     def _connection(self) -> Any:
         """The live connection, reopened if the peer closed it."""
