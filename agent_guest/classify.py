@@ -37,6 +37,18 @@ def _empty_u64() -> npt.NDArray[np.uint64]:
     return np.empty(0, np.uint64)
 
 
+class _Scratch:
+    """Work arrays for ``size`` samples."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.u1 = np.empty(size, np.uint64)
+        self.u2 = np.empty(size, np.uint64)
+        self.i1 = np.empty(size, np.int64)
+        self.b1 = np.empty(size, bool)
+        self.b2 = np.empty(size, bool)
+
+
 class RangeTable:
     """The ranges of one process: ``start``/``end`` (bytes, page aligned, sorted,
     non-overlapping), decayed ``count``, per-half counts of the current epoch, and
@@ -51,6 +63,13 @@ class RangeTable:
         self.right = np.empty(0, np.float64)
         self.hot = np.empty(0, bool)
         self.epoch = 0
+        self._grid: (
+            tuple[int, int, npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None
+        ) = None
+        self._mid = _empty_u64()
+        self._next_start = _empty_u64()
+        self._any_multi = False
+        self._ws: _Scratch | None = None
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
@@ -123,27 +142,98 @@ class RangeTable:
         count: npt.NDArray[np.float64],
         hot: npt.NDArray[np.bool_],
     ) -> None:
+        self._grid = None
         self.start, self.end = start, end
         self.count = count.astype(np.float64)
         self.hot = hot.astype(bool)
         self.left = np.zeros(start.shape[0])
         self.right = np.zeros(start.shape[0])
 
+    def _build_grid(self) -> None:
+        """A bucket table over [start[0], end[-1]) with ~16 buckets per range, so a
+        sample finds its range by one gather (plus one compare) instead of a
+        binary search. Its size follows the number of ranges, not of bytes."""
+        n = len(self)
+        lo, hi = int(self.start[0]), int(self.end[-1])
+        want = max(1024, 16 * n)
+        shift = max(12, ((hi - lo) // want).bit_length())
+        g = ((hi - lo) >> shift) + 1
+        bstart = np.uint64(lo) + (np.arange(g, dtype=np.uint64) << np.uint64(shift))
+        first = np.searchsorted(self.start, bstart, "right").astype(np.int64) - 1
+        after = np.searchsorted(
+            self.start, bstart + np.uint64(1 << shift), "left"
+        ).astype(np.int64)
+        # buckets holding more than one range start fall back to searchsorted
+        multi = (after - first) > 2
+        self._grid = (lo, shift, np.maximum(first, 0), multi)
+        self._any_multi = bool(multi.any())
+        self._mid = self.start + (self.end - self.start) // np.uint64(2)
+        self._next_start = np.append(self.start[1:], np.uint64(2**64 - 1))
+
+    def locate(self, addr: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        """Index of the range holding each address, or -1."""
+        if len(self) == 0:
+            return np.full(addr.shape[0], -1, np.int64)
+        j, ok = self._locate(addr)
+        return np.where(ok, j, -1)
+
+    def _scratch(self, n: int) -> _Scratch:
+        # Reused across epochs: fresh multi-MiB arrays cost a page fault and a
+        # zeroing per page, more than the arithmetic done in them.
+        if self._ws is None or self._ws.size < n:
+            self._ws = _Scratch(max(n, 1 << 16))
+        return self._ws
+
+    def _locate(
+        self, addr: npt.NDArray[np.uint64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """(range index, whether the address is inside that range) as views into
+        the scratch buffers. By construction start[j] <= addr for addr >= lo."""
+        if self._grid is None:
+            self._build_grid()
+        assert self._grid is not None
+        lo, shift, first, multi = self._grid
+        n = int(addr.shape[0])
+        ws = self._scratch(n)
+        b, tmp, j, ok, ok2 = ws.u1[:n], ws.u2[:n], ws.i1[:n], ws.b1[:n], ws.b2[:n]
+        np.subtract(addr, np.uint64(lo), out=b)  # wraps below lo: checked below
+        np.right_shift(b, np.uint64(shift), out=b)
+        np.minimum(b, np.uint64(first.shape[0] - 1), out=b)
+        np.take(first, b.view(np.int64), out=j, mode="clip")
+        np.take(self._next_start, j, out=tmp, mode="clip")
+        np.greater_equal(addr, tmp, out=ok)
+        np.add(j, ok, out=j)
+        if self._any_multi:
+            slow = multi[b.view(np.int64)]
+            if slow.any():
+                j[slow] = np.maximum(
+                    np.searchsorted(self.start, addr[slow], "right") - 1, 0
+                )
+        np.take(self.end, j, out=tmp, mode="clip")
+        np.less(addr, tmp, out=ok)
+        np.greater_equal(addr, np.uint64(lo), out=ok2)
+        np.logical_and(ok, ok2, out=ok)
+        return j, ok
+
     def add_samples(self, addr: npt.NDArray[np.uint64]) -> int:
-        """Bin sample addresses into ranges; return how many fell in a range."""
+        """Bin sample addresses into ranges (and their halves); return how many
+        fell in a range. O(samples), vectorised."""
         n = len(self)
         if n == 0 or addr.shape[0] == 0:
             return 0
-        j = np.searchsorted(self.start, addr, "right") - 1
-        jj = np.maximum(j, 0)
-        inside = (j >= 0) & (addr < self.end[jj])
-        j = jj[inside]
-        a = addr[inside]
-        mid = self.start[j] + (self.end[j] - self.start[j]) // np.uint64(2)
-        is_left = a < mid
-        self.left += np.bincount(j[is_left], minlength=n)
-        self.right += np.bincount(j[~is_left], minlength=n)
-        return int(j.shape[0])
+        j, ok = self._locate(addr)
+        ws = self._scratch(0)
+        mid, right = ws.u1[: j.shape[0]], ws.b2[: j.shape[0]]
+        np.take(self._mid, j, out=mid, mode="clip")
+        np.greater_equal(addr, mid, out=right)
+        np.multiply(j, 2, out=j)
+        np.add(j, right, out=j)
+        np.logical_not(ok, out=right)
+        np.putmask(j, right, 2 * n)
+        both = np.bincount(j, minlength=2 * n + 1)[: 2 * n].reshape(n, 2)
+        self.left += both[:, 0]
+        self.right += both[:, 1]
+        return int(both.sum())
 
     def end_epoch(self) -> None:
         """Fold this epoch's samples into the decayed counts, then split and merge."""
@@ -201,6 +291,7 @@ class RangeTable:
         lt[first] = rt[first] = self.left[cand] / 2
         self.start, self.end, self.count, self.hot = start, end, count, hot
         self.left, self.right = lt, rt
+        self._grid = None
 
     def _merge(self) -> None:
         p = self.params
@@ -228,6 +319,7 @@ class RangeTable:
         self.start, self.end = self.start[keep], self.end[keep]
         self.count, self.hot = self.count[keep], self.hot[keep]
         self.left, self.right = self.left[keep], self.right[keep]
+        self._grid = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -155,7 +155,9 @@ def parse_event_spec(spec: str, formats: Mapping[str, str]) -> tuple[int, int, i
 
 @dataclass(frozen=True, eq=False)
 class Decoded:
-    """Samples decoded from ring bytes, as parallel arrays, plus record counters."""
+    """Samples decoded from ring bytes, as parallel arrays, plus record counters.
+
+    The arrays may be strided views into the decoded bytes (zero copy)."""
 
     pid: npt.NDArray[np.int32]
     tid: npt.NDArray[np.int32]
@@ -232,12 +234,13 @@ def decode(
         block = buf[pos : pos + k * size]
         _take(block, k, size, front, back, raw_addr_offset, cols, pids, tids)
         pos += k * size
+    n_samples = sum(int(p.shape[0]) for p in cols.get("addr", []))
     return Decoded(
         pid=_cat32(pids),
         tid=_cat32(tids),
         time_ns=_cat64(cols.get("time", [])),
         addr=_cat64(cols.get("addr", [])),
-        weight=_cat64(cols.get("weight", [])).astype(np.uint32),
+        weight=_cat_u32(cols.get("weight32", []), n_samples),
         phys_addr=_cat64(cols.get("phys_addr", [])),
         lost=lost,
         throttled=throttled,
@@ -257,19 +260,26 @@ def _take(
     pids: list[npt.NDArray[np.int32]],
     tids: list[npt.NDArray[np.int32]],
 ) -> None:
+    """Append strided column views of ``k`` records (no copy: they alias
+    ``block``, which the caller owns; ring bytes are copied out before decode)."""
     if k == 0:
         return
     words32 = block.view("<i4").reshape(k, size // 4)
     if "tid" in front:
-        pids.append(words32[:, front["tid"] // 4].copy())
-        tids.append(words32[:, front["tid"] // 4 + 1].copy())
+        pids.append(words32[:, front["tid"] // 4])
+        tids.append(words32[:, front["tid"] // 4 + 1])
     words = block.view("<u8").reshape(k, size // 8)
     for name in ("time", "addr"):
         if name in front:
-            cols.setdefault(name, []).append(words[:, front[name] // 8].copy())
-    for name in ("weight", "phys_addr"):
-        if name in back:
-            cols.setdefault(name, []).append(words[:, (size + back[name]) // 8].copy())
+            cols.setdefault(name, []).append(words[:, front[name] // 8])
+    if "phys_addr" in back:
+        cols.setdefault("phys_addr", []).append(
+            words[:, (size + back["phys_addr"]) // 8]
+        )
+    if "weight" in back:
+        # the low 32 bits (little endian) of the u64 weight: the latency in cycles
+        w = words32[:, (size + back["weight"]) // 4].view(np.uint32)
+        cols.setdefault("weight32", []).append(w)  # type: ignore[arg-type]
     if "addr" not in front and "raw" in front and raw_addr_offset >= 0:
         # raw = u32 size, then the tracepoint entry; unaligned, so gather bytes.
         start = front["raw"] + 4 + raw_addr_offset
@@ -282,13 +292,25 @@ def _take(
 def _cat64(parts: list[npt.NDArray[np.uint64]]) -> npt.NDArray[np.uint64]:
     if not parts:
         return np.empty(0, np.uint64)
+    if len(parts) == 1:  # the common case: one run of samples, a zero-copy view
+        return parts[0]
     return np.concatenate(parts).astype(np.uint64, copy=False)
 
 
 def _cat32(parts: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.int32]:
     if not parts:
         return np.empty(0, np.int32)
+    if len(parts) == 1:
+        return parts[0]
     return np.concatenate(parts).astype(np.int32, copy=False)
+
+
+def _cat_u32(parts: list[npt.NDArray[np.uint64]], n: int) -> npt.NDArray[np.uint32]:
+    if not parts:
+        return np.zeros(n, np.uint32)
+    if len(parts) == 1:
+        return parts[0].view(np.uint32)
+    return np.concatenate(parts).view(np.uint32)
 
 
 @dataclass
