@@ -1,0 +1,76 @@
+"""Make sure a libvirtd answers on qemu:///system, starting one when nothing runs it.
+
+With systemd as PID 1 the service manager starts it (``systemctl start``); without
+one (containers, CI sandboxes) the harness starts ``virtlogd -d`` and ``libvirtd -d``
+itself and leaves them running for later runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+URI = "qemu:///system"
+
+
+@dataclass(frozen=True)
+class LibvirtdStatus:
+    started_by_harness: bool
+    how: str
+    version: str
+
+
+def _answers() -> str | None:
+    proc = subprocess.run(
+        ["virsh", "-c", URI, "version"], capture_output=True, text=True, check=False
+    )
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _systemd_is_pid1() -> bool:
+    try:
+        return Path("/proc/1/comm").read_text().strip() == "systemd"
+    except OSError:
+        return False
+
+
+def ensure_libvirtd(timeout_s: float = 30.0) -> LibvirtdStatus:
+    """Return once ``virsh -c qemu:///system version`` works.
+
+    Raises:
+        RuntimeError: virsh/libvirtd are not installed, or the daemon does not
+            answer within ``timeout_s`` (the message says what was tried).
+    """
+    version = _answers()
+    if version is not None:
+        return LibvirtdStatus(False, "already running", _version_line(version))
+    for tool in ("virsh", "libvirtd", "virtlogd"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(
+                f"{tool} not found: install libvirt-daemon-system and libvirt-clients"
+            )
+    if _systemd_is_pid1():
+        how = "systemctl start libvirtd"
+        subprocess.run(["systemctl", "start", "virtlogd", "libvirtd"], check=False)
+    else:
+        how = "virtlogd -d; libvirtd -d (no service manager)"
+        if not Path("/run/libvirt/virtlogd-sock").exists():
+            subprocess.run(["virtlogd", "-d"], check=False)
+        subprocess.run(["libvirtd", "-d"], check=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        version = _answers()
+        if version is not None:
+            return LibvirtdStatus(True, how, _version_line(version))
+        time.sleep(0.2)
+    raise RuntimeError(
+        f"libvirtd did not answer on {URI} {timeout_s:.0f} s after: {how}"
+    )
+
+
+def _version_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(ln for ln in lines if ln.startswith(("Using library", "Running")))

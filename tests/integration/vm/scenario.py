@@ -1,0 +1,488 @@
+"""The end-to-end scenario on a real VM, producing one JSON report (issue 6).
+
+Steps: libvirtd, cached image, accelerator probe, define through agent_host.domxml,
+boot, topology and virtio-mem checks, a workload with a known hot set (checksummed),
+the guest agent if the tree has one, live resizes of both tiers from the host (through
+``agent_host.libvirt_backend`` when present), convergence of placement, telemetry
+(guest tlb:tlb_flush counts from tracefs, host domstats and QEMU query-stats).
+Each step records its result or the exact reason it could not run; later steps go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_host.backend import Tier
+
+from . import accel as accel_mod
+from . import image, libvirtd
+from .guestlink import GuestLink
+from .machine import MiB, TestVm, VmShape
+
+log = logging.getLogger(__name__)
+
+WORKLOAD_STATUS = "/tmp/workload.json"
+GUEST_CONFIG = "/tmp/guest.toml"
+TRACE = "/sys/kernel/tracing/events/tlb/tlb_flush"
+# x86 enum tlb_flush_reason (arch/x86/include/asm/tlbflush.h, v6.1)
+TLB_REASONS = {
+    0: "task_switch",
+    1: "remote_shootdown",
+    2: "local_shootdown",
+    3: "local_mm_shootdown",
+    4: "remote_send_ipi",
+}
+REQUIRED_TOOLS = {
+    "debootstrap": "debootstrap",
+    "mkfs.ext4": "e2fsprogs",
+    "qemu-img": "qemu-utils",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "virsh": "libvirt-clients",
+    "libvirtd": "libvirt-daemon-system",
+}
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    shape: VmShape = field(default_factory=VmShape)
+    hot_mib: int = 32
+    cold_mib: int = 128
+    boot_timeout_s: float = 300.0
+    resize_timeout_s: float = 120.0
+    convergence_timeout_s: float = 240.0
+    # (tier, requested MiB) in order; the last two return each tier to its start.
+    resizes: tuple[tuple[str, int], ...] = (
+        ("fast", 768),
+        ("fast", 256),
+        ("slow", 640),
+        ("slow", 384),
+    )
+    keep_vm: bool = False
+
+
+def missing_prerequisites() -> list[str]:
+    """What this machine lacks for the real-VM run, each with how to provide it."""
+    missing: list[str] = []
+    if os.geteuid() != 0:
+        missing.append("root (debootstrap, qemu:///system): run as root")
+    for tool, package in REQUIRED_TOOLS.items():
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+            missing.append(f"{tool}: apt-get install {package}")
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        missing.append(
+            "python libvirt: apt-get install python3-libvirt (scripts/setup)"
+        )
+    try:
+        image.debian_mirror()
+    except RuntimeError as err:
+        missing.append(str(err))
+    return missing
+
+
+def report_dir() -> Path:
+    return Path(os.environ.get("HYPERTIER_REPORT_DIR") or image.cache_dir() / "reports")
+
+
+class Scenario:
+    """Runs the steps in order; :attr:`report` collects results and skip reasons."""
+
+    def __init__(
+        self, cfg: ScenarioConfig = ScenarioConfig(), say: Callable[[str], None] = print
+    ) -> None:
+        self.cfg = cfg
+        self.say = say
+        self.report: dict[str, Any] = {"steps": {}, "skipped": {}, "errors": {}}
+        self.vm: TestVm | None = None
+        self.workload_pid: int | None = None
+        self.agent_pid: int | None = None
+        self._start = time.monotonic()
+
+    # -- helpers -----------------------------------------------------------------
+
+    @property
+    def link(self) -> GuestLink:
+        assert self.vm is not None
+        return self.vm.link
+
+    def _step(self, name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.monotonic()
+        try:
+            result = fn()
+        except Exception as err:  # a harness: record, go on with the other steps
+            self.report["errors"][name] = f"{type(err).__name__}: {err}"
+            log.error("step %s failed:\n%s", name, traceback.format_exc())
+            self.say(f"[vm] {name}: FAILED {type(err).__name__}: {err}")
+            return None
+        took = time.monotonic() - t0
+        self.report["steps"][name] = round(took, 2)
+        return result
+
+    def skip(self, what: str, reason: str) -> None:
+        self.report["skipped"][what] = reason
+        self.say(f"[vm] {what}: not run: {reason}")
+
+    def node_info(self) -> dict[str, dict[str, Any]]:
+        out = self.link.sh(
+            "for n in /sys/devices/system/node/node[0-9]*; do "
+            'echo "${n##*/}|$(cat $n/cpulist)|'
+            "$(awk '/MemTotal/{print $4}' $n/meminfo)\"; done"
+        )
+        nodes: dict[str, dict[str, Any]] = {}
+        for line in out.splitlines():
+            name, cpus, kib = line.split("|")
+            nodes[name[4:]] = {"cpulist": cpus, "memtotal_kib": int(kib)}
+        return nodes
+
+    # -- steps -------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        r = self.report
+        r["libvirtd"] = self._step(
+            "libvirtd", lambda: asdict(libvirtd.ensure_libvirtd())
+        )
+        base = self._step("image", image.build_base_image)
+        if base is None or r["libvirtd"] is None:
+            return self.finish()
+        r["image"] = {
+            "key": base.key,
+            "cached": base.built_s is None,
+            "built_s": base.built_s,
+        }
+        acc = accel_mod.choose(base.kernel)
+        r["accel"] = asdict(acc)
+        self.say(f"[vm] accelerator: {acc.name} ({acc.reason})")
+        run_dir = image.cache_dir() / "runs" / self.cfg.shape.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        payload = self._step("payload", lambda: image.build_payload(run_dir))
+        overlay = self._step("overlay", lambda: image.make_overlay(base, run_dir))
+        if payload is None or overlay is None:
+            return self.finish()
+        self.vm = TestVm(base, acc, run_dir, self.cfg.shape)
+        vm = self.vm
+        if self._step("define", lambda: vm.define(overlay, payload) or True) is None:
+            return self.finish()
+        r["notes"] = list(vm.notes)
+        boot = self._step("boot", lambda: vm.start(self.cfg.boot_timeout_s))
+        if boot is None:
+            r["console_tail"] = _tail(vm.console_log)
+            return self.finish()
+        r["boot"] = boot
+        self.say(
+            f"[vm] boot: {boot['wall_s']:.1f} s wall to test driver "
+            f"(guest uptime {boot['guest_uptime_s']:.1f} s, "
+            f"QEMU CPU {boot['qemu_cpu_s']:.1f} s)"
+        )
+        self._step("topology", self.check_topology)
+        self._step("tlb_trace_on", self.tlb_trace_on)
+        self._step("workload_start", self.start_workload)
+        self._step("guest_agent_start", self.start_guest_agent)
+        self._step("resizes", self.resizes)
+        self._step("convergence", self.convergence)
+        self._step("workload_stop", self.stop_workload)
+        r["tlb_flush"] = self._step("tlb_trace_read", self.tlb_trace_read)
+        self._step("host_stats", self.host_stats)
+        return self.finish()
+
+    def check_topology(self) -> None:
+        assert self.vm is not None
+        deadline = time.monotonic() + self.cfg.resize_timeout_s
+        allot = self.vm.allotments()
+        while any(a.current_bytes != a.requested_bytes for a in allot.values()):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+            allot = self.vm.allotments()
+        self.report["topology"] = {
+            "nodes": self.node_info(),
+            "virtio_mem_loaded": "virtio_mem" in self.link.sh("cat /proc/modules"),
+            "kernel": self.link.sh("uname -r").strip(),
+            "allotments": {
+                t.value: {
+                    "requested_bytes": a.requested_bytes,
+                    "current_bytes": a.current_bytes,
+                    "max_bytes": a.max_bytes,
+                    "guest_node": a.guest_node,
+                }
+                for t, a in allot.items()
+            },
+            "online_memory_blocks": self.link.sh(
+                "grep -l online /sys/devices/system/memory/memory*/state | wc -l"
+            ).strip(),
+        }
+        nodes = self.report["topology"]["nodes"]
+        self.say(
+            "[vm] guest nodes: "
+            + ", ".join(
+                f"node{n} cpus=[{v['cpulist']}] {v['memtotal_kib'] // 1024} MiB"
+                for n, v in sorted(nodes.items())
+            )
+        )
+
+    def tlb_trace_on(self) -> None:
+        self.link.sh(f"echo 'hist:keys=reason' > {TRACE}/trigger")
+
+    def tlb_trace_read(self) -> dict[str, int]:
+        out = self.link.sh(f"cat {TRACE}/hist")
+        counts: dict[str, int] = {}
+        for m in re.finditer(r"reason:\s*(\d+)\s*\}\s*hitcount:\s*(\d+)", out):
+            counts[TLB_REASONS.get(int(m.group(1)), m.group(1))] = int(m.group(2))
+        self.link.sh(f"echo '!hist:keys=reason' > {TRACE}/trigger", check=False)
+        self.say(f"[vm] guest tlb:tlb_flush counts: {counts}")
+        return counts
+
+    def start_workload(self) -> None:
+        # Kernel NUMA balancing would promote the hot pages itself; turn it off so
+        # placement is the agent's doing.
+        self.link.sh("echo 0 > /proc/sys/kernel/numa_balancing")
+        self.workload_pid = self.link.spawn(
+            f"exec python3 /opt/hypertier/workload.py --hot-mib {self.cfg.hot_mib} "
+            f"--cold-mib {self.cfg.cold_mib} --hot-node 1 --cold-node 0 "
+            f"--status {WORKLOAD_STATUS}",
+            "/tmp/workload.log",
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            out = self.link.sh(f"cat {WORKLOAD_STATUS} 2>/dev/null", check=False)
+            if out.strip():
+                status = json.loads(out)
+                break
+            if (
+                self.link.wait(self.workload_pid, 0) is not None
+                or time.monotonic() > deadline
+            ):
+                raise RuntimeError(
+                    "workload did not start: "
+                    + self.link.sh("cat /tmp/workload.log", check=False)
+                )
+            time.sleep(0.5)
+        self.report["workload_initial"] = {
+            "hot_nodes": status["hot_nodes"],
+            "cold_nodes": status["cold_nodes"],
+            "hot_pages": status["hot_pages"],
+            "cold_pages": status["cold_pages"],
+        }
+        self.say(
+            f"[vm] workload placed: hot {status['hot_nodes']} "
+            f"cold {status['cold_nodes']}"
+        )
+
+    def start_guest_agent(self) -> None:
+        probe = self.link.call(
+            {"op": "sh", "cmd": "hypertier-guest run --help", "timeout_s": 60}, 70
+        )
+        if probe.get("rc") != 0:
+            why = (probe.get("err") or "").strip().splitlines()[-1:] or ["?"]
+            self.skip(
+                "guest_agent",
+                "`hypertier-guest run` fails in the guest with this tree's wheel "
+                f"(agent_guest/cli.py missing or broken: {why[0]})",
+            )
+            return
+        assert self.workload_pid is not None
+        self.link.sh(f"cat > {GUEST_CONFIG} <<'EOF'\n{self.guest_config()}EOF\n")
+        self.link.sh(f"hypertier-guest config check {GUEST_CONFIG}")
+        self.agent_pid = self.link.spawn(
+            f"exec hypertier-guest -v run -c {GUEST_CONFIG}", "/tmp/agent.log"
+        )
+        self.report["guest_agent"] = {"pid": self.agent_pid}
+
+    def guest_config(self) -> str:
+        """The guest agent's TOML: linux backend, node roles, the workload as target."""
+        return (
+            "[guest]\n"
+            'backend = "linux"\n'
+            'control_socket = "/run/hypertier/guest.sock"\n'
+            'channel_path = "/dev/virtio-ports/org.hypertier.0"\n'
+            "fast_nodes = [0]\n"
+            "slow_nodes = [1]\n"
+            "[targets]\n"
+            f"pids = [{self.workload_pid}]\n"
+        )
+
+    def _resize(self, tier: Tier, requested: int) -> str:
+        assert self.vm is not None
+        try:
+            from agent_host.libvirt_backend import LibvirtHostBackend
+        except ImportError as err:
+            self.vm.resize_raw(tier, requested)
+            return f"raw virDomainUpdateDeviceFlags (agent_host.libvirt_backend: {err})"
+        backend = LibvirtHostBackend(uri="qemu:///system")
+        try:
+            backend.resize(self.cfg.shape.name, tier, requested)
+        finally:
+            backend.close()
+        return "agent_host.libvirt_backend.LibvirtHostBackend.resize"
+
+    def resizes(self) -> None:
+        assert self.vm is not None
+        results = []
+        for tier_name, mib in self.cfg.resizes:
+            tier = Tier(tier_name)
+            node = str(self.vm.allotments()[tier].guest_node)
+            before = self.node_info()[node]["memtotal_kib"]
+            old = self.vm.allotments()[tier].requested_bytes
+            new = mib * MiB
+            t0 = time.monotonic()
+            path = self._resize(tier, new)
+            deadline = t0 + self.cfg.resize_timeout_s
+            host_s = guest_s = None
+            after = before
+            want_kib = before + (new - old) // 1024
+            while time.monotonic() < deadline and (host_s is None or guest_s is None):
+                if host_s is None and self.vm.allotments()[tier].current_bytes == new:
+                    host_s = time.monotonic() - t0
+                if guest_s is None:
+                    after = self.node_info()[node]["memtotal_kib"]
+                    if after == want_kib:
+                        guest_s = time.monotonic() - t0
+            entry = {
+                "tier": tier.value,
+                "guest_node": int(node),
+                "from_bytes": old,
+                "to_bytes": new,
+                "host_current_s": None if host_s is None else round(host_s, 3),
+                "guest_seen_s": None if guest_s is None else round(guest_s, 3),
+                "node_memtotal_kib_before": before,
+                "node_memtotal_kib_after": after,
+                "path": path,
+            }
+            results.append(entry)
+            self.say(
+                f"[vm] resize {tier.value} {old // MiB}->{mib} MiB: "
+                "host <current> after "
+                f"{entry['host_current_s']} s, guest node{node} "
+                f"{before // 1024}->{after // 1024} MiB after {entry['guest_seen_s']} s"
+            )
+        self.report["resizes"] = results
+        if self.agent_pid is None:
+            self.skip(
+                "demote_before_shrink",
+                "needs the guest agent running in the guest (see guest_agent)",
+            )
+
+    def convergence(self) -> None:
+        if self.agent_pid is None:
+            self.skip(
+                "placement",
+                "needs the guest agent running in the guest (see guest_agent)",
+            )
+            return
+        deadline = time.monotonic() + self.cfg.convergence_timeout_s
+        t0 = time.monotonic()
+        status = self.link.read_json(WORKLOAD_STATUS)
+        while time.monotonic() < deadline:
+            status = self.link.read_json(WORKLOAD_STATUS)
+            if _converged(status):
+                break
+            time.sleep(1.0)
+        took = time.monotonic() - t0
+        ok = _converged(status)
+        self.report["placement"] = {
+            "converged": ok,
+            "time_s": round(took, 1) if ok else None,
+            "hot_nodes": status["hot_nodes"],
+            "cold_nodes": status["cold_nodes"],
+            "agent_log_tail": self.link.sh("tail -n 20 /tmp/agent.log", check=False),
+        }
+        self.say(
+            f"[vm] placement converged={ok} after {took:.1f} s: "
+            f"hot {status['hot_nodes']} cold {status['cold_nodes']}"
+        )
+
+    def stop_workload(self) -> None:
+        if self.workload_pid is None:
+            return
+        self.link.sh(f"kill -TERM {self.workload_pid}", check=False)
+        rc = self.link.wait(self.workload_pid, 180)
+        status = self.link.read_json(WORKLOAD_STATUS)
+        initial = self.report.get("workload_initial", {})
+        self.report["workload"] = {
+            "rc": rc,
+            "done": status.get("done"),
+            "iterations": status.get("iterations"),
+            "errors": status.get("errors"),
+            "final_bad_hot_pages": status.get("final_bad_hot_pages"),
+            "final_bad_cold_pages": status.get("final_bad_cold_pages"),
+            "hot_nodes": status.get("hot_nodes"),
+            "cold_nodes": status.get("cold_nodes"),
+            "pages_moved_observed": _moved(initial, status),
+            "history": status.get("history", [])[-60:],
+        }
+        self.say(
+            f"[vm] workload: rc={rc} iterations={status.get('iterations')} "
+            f"checksum errors={status.get('errors')}"
+        )
+
+    def host_stats(self) -> None:
+        assert self.vm is not None
+        domstats = self.vm.domstats()
+        query = self.vm.qemu_query_stats()
+        kvm_present = any(k.startswith("kvm.") or k.startswith("vm.") for k in domstats)
+        self.report["host_stats"] = {
+            "domstats": domstats,
+            "qemu_query_stats": query,
+            "kvm_stats_available": bool(query.get("vm")) or kvm_present,
+        }
+        if not self.report["host_stats"]["kvm_stats_available"]:
+            why = (
+                f"accelerator is {self.report['accel']['name']}: "
+                "QEMU query-stats returns "
+                f"no KVM providers (vm: {json.dumps(query.get('vm'))[:120]}); "
+                "per-VM KVM counters (exits, remote_tlb_flush) exist only under KVM"
+            )
+            self.skip("kvm_stats", why)
+
+    def finish(self) -> dict[str, Any]:
+        r = self.report
+        r["total_s"] = round(time.monotonic() - self._start, 1)
+        if self.vm is not None:
+            r.setdefault("console_tail", _tail(self.vm.console_log, 15))
+            if not self.cfg.keep_vm:
+                self.vm.destroy()
+        out = report_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"real-vm-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        path.write_text(json.dumps(r, indent=2, default=str) + "\n")
+        (out / "real-vm-latest.json").write_text(path.read_text())
+        r["report_path"] = str(path)
+        self.say(f"[vm] total {r['total_s']} s; report: {path}")
+        return r
+
+
+def _converged(status: dict[str, Any], share: float = 0.9) -> bool:
+    hot = status["hot_nodes"]
+    cold = status["cold_nodes"]
+    return (
+        hot.get("0", 0) >= share * status["hot_pages"]
+        and cold.get("1", 0) >= share * status["cold_pages"]
+    )
+
+
+def _moved(initial: dict[str, Any], final: dict[str, Any]) -> int | None:
+    """Lower bound of pages moved: net change of the per-node counts."""
+    if not initial or "hot_nodes" not in final:
+        return None
+    total = 0
+    for key in ("hot_nodes", "cold_nodes"):
+        before, after = initial[key], final[key]
+        total += sum(max(0, after.get(n, 0) - before.get(n, 0)) for n in after)
+    return total
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"<no console log: {err}>"
