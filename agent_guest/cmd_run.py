@@ -50,6 +50,7 @@ def backend_options(cfg: config.Config) -> dict[str, object]:
             "channel_path": cfg.guest.channel_path,
             "fault_event": cfg.sampler.fault_event,
             "induce_write_faults": cfg.sampler.induce_write_faults,
+            "move_shared_pages": cfg.mover.move_shared_pages,
         }
     return {}
 

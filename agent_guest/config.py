@@ -139,6 +139,7 @@ class MoverConfig:
     scan_pages: int = 65536
     fast_reserve_bytes: int = 64 << 20
     max_busy_retries: int = 3
+    move_shared_pages: bool = True
 
     def __post_init__(self) -> None:
         _need(self.max_bandwidth_mib_s > 0, "mover.max_bandwidth_mib_s must be > 0")

@@ -56,7 +56,8 @@ _SYSCALLS = {
     "x86_64": {"perf_event_open": 298, "move_pages": 279},
     "aarch64": {"perf_event_open": 241, "move_pages": 239},
 }
-MPOL_MF_MOVE = 1 << 1
+MPOL_MF_MOVE = 1 << 1  # pages mapped only by the target
+MPOL_MF_MOVE_ALL = 1 << 2  # shared pages too; needs CAP_SYS_NICE
 _UNSET = np.iinfo(np.int32).min
 _PM_PRESENT = np.uint64(1 << 63)
 _PM_SOFT_DIRTY = np.uint64(1 << 55)
@@ -109,7 +110,9 @@ class LinuxGuestBackend:
     ``induce_write_faults`` re-arms soft-dirty (clear_refs 4) on the targets at
     every drain, so steady-state writes fault once per page per window and are
     sampled (cost: one minor fault per written page per window plus a TLB flush
-    per target; reads are seen only through NUMA-balancing hinting faults).
+    per target; reads are seen only through NUMA-balancing hinting faults);
+    ``move_shared_pages`` uses MPOL_MF_MOVE_ALL (CAP_SYS_NICE) so pages shared
+    with other processes (fork, shmem) move too, instead of failing -EACCES.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class LinuxGuestBackend:
         induce_write_faults: bool = True,
         tracefs: str = "sys/kernel/tracing",
         max_scan_pages: int = 1 << 20,
+        move_shared_pages: bool = True,
     ) -> None:
         if fault_event not in FAULT_EVENTS:
             raise ConfigError(f"fault_event {fault_event!r} not one of {FAULT_EVENTS}")
@@ -129,6 +133,7 @@ class LinuxGuestBackend:
         self._induce = induce_write_faults
         self._tracefs = self._root / tracefs
         self._max_scan_pages = max_scan_pages
+        self._move_flags = MPOL_MF_MOVE_ALL if move_shared_pages else MPOL_MF_MOVE
         self._channel_fd: int | None = None
         self._session: _Session | None = None
         self._caps: frozenset[Capability] | None = None
@@ -617,7 +622,7 @@ class LinuxGuestBackend:
                 ctypes.c_void_p(pages.ctypes.data),
                 ctypes.c_void_p(None if node is None else nodes.ctypes.data),
                 ctypes.c_void_p(status.ctypes.data),
-                ctypes.c_int(MPOL_MF_MOVE),
+                ctypes.c_int(self._move_flags),
             )
         )
         if rc < 0:
