@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from vm import scenario
+
+from tests.integration.vm import scenario
 
 pytestmark = pytest.mark.integration
 
