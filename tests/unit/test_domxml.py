@@ -229,6 +229,12 @@ def test_parse_live_xml_before_guest_driver_has_zero_current() -> None:
     )
 
 
+def test_parse_live_xml_of_booted_guest_reads_plugged_current() -> None:
+    fast, slow = parse_allotments(_read("tiered-live-plugged.xml"))
+    assert (fast.requested_bytes, fast.current_bytes) == (256 * MiB, 256 * MiB)
+    assert (slow.requested_bytes, slow.current_bytes) == (384 * MiB, 384 * MiB)
+
+
 def test_parse_inactive_xml_has_zero_current() -> None:
     allotments = parse_allotments(_read("tiered-inactive.xml"))
     assert [a.current_bytes for a in allotments] == [0, 0]
