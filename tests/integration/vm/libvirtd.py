@@ -7,6 +7,8 @@ itself and leaves them running for later runs.
 
 from __future__ import annotations
 
+import grp
+import os
 import shutil
 import subprocess
 import time
@@ -37,6 +39,30 @@ def _systemd_is_pid1() -> bool:
         return False
 
 
+def _fix_kvm_node_access() -> str:
+    """Give /dev/kvm the group and mode Debian's udev rules give it (kvm, 0660).
+
+    Without udev /dev/kvm stays root-only 0600. libvirt 9.0 probes QEMU's
+    capabilities as root (KVM found), then checks /dev/kvm as the QEMU user
+    (libvirt-qemu, group kvm), finds it inaccessible, declares the cache outdated
+    ("KVM was enabled when probing ..., but it is not available now") and re-probes
+    QEMU on every define/start: one to two minutes each on two busy cores.
+    """
+    kvm = Path("/dev/kvm")
+    if not kvm.exists():
+        return ""
+    try:
+        gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return ""
+    st = kvm.stat()
+    if st.st_gid == gid and st.st_mode & 0o060 == 0o060:
+        return ""
+    os.chown(kvm, -1, gid)
+    kvm.chmod(st.st_mode | 0o060)
+    return "; /dev/kvm set to group kvm mode 0660 as udev would"
+
+
 def ensure_libvirtd(timeout_s: float = 30.0) -> LibvirtdStatus:
     """Return once ``virsh -c qemu:///system version`` works.
 
@@ -44,9 +70,10 @@ def ensure_libvirtd(timeout_s: float = 30.0) -> LibvirtdStatus:
         RuntimeError: virsh/libvirtd are not installed, or the daemon does not
             answer within ``timeout_s`` (the message says what was tried).
     """
+    fixed = "" if _systemd_is_pid1() else _fix_kvm_node_access()
     version = _answers()
     if version is not None:
-        return LibvirtdStatus(False, "already running", _version_line(version))
+        return LibvirtdStatus(False, "already running" + fixed, _version_line(version))
     for tool in ("virsh", "libvirtd", "virtlogd"):
         if shutil.which(tool) is None:
             raise RuntimeError(
@@ -64,7 +91,7 @@ def ensure_libvirtd(timeout_s: float = 30.0) -> LibvirtdStatus:
     while time.monotonic() < deadline:
         version = _answers()
         if version is not None:
-            return LibvirtdStatus(True, how, _version_line(version))
+            return LibvirtdStatus(True, how + fixed, _version_line(version))
         time.sleep(0.2)
     raise RuntimeError(
         f"libvirtd did not answer on {URI} {timeout_s:.0f} s after: {how}"

@@ -89,7 +89,7 @@ class TestVm:
             host_slow_nodes=host_nodes[1],
             disk_path=str(root_disk),
             channel_path=str(self.agent_socket),
-            qos_class="test",
+            qos_class="standard",
             fast_boot_bytes=s.fast_boot_mib * MiB,
             slow_boot_bytes=s.slow_boot_mib * MiB,
             kernel=str(self.base.kernel),

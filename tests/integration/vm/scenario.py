@@ -15,6 +15,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -27,7 +29,7 @@ from agent_host.backend import Tier
 from . import accel as accel_mod
 from . import image, libvirtd
 from .guestlink import GuestLink
-from .machine import MiB, TestVm, VmShape
+from .machine import URI, MiB, TestVm, VmShape
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class ScenarioConfig:
         ("slow", 640),
         ("slow", 384),
     )
+    # Fast-tier sizes asked through the host agent after convergence (grow, shrink).
+    host_agent_fast_mib: tuple[int, ...] = (512, 256)
     keep_vm: bool = False
 
 
@@ -107,6 +111,7 @@ class Scenario:
         self.vm: TestVm | None = None
         self.workload_pid: int | None = None
         self.agent_pid: int | None = None
+        self.host_agent: subprocess.Popen[bytes] | None = None
         self._start = time.monotonic()
 
     # -- helpers -----------------------------------------------------------------
@@ -189,8 +194,11 @@ class Scenario:
         self._step("workload_start", self.start_workload)
         self._step("guest_agent_start", self.start_guest_agent)
         self._step("resizes", self.resizes)
+        self._step("host_agent_start", self.start_host_agent)
         self._step("convergence", self.convergence)
+        self._step("host_agent_resizes", self.host_agent_resizes)
         self._step("workload_stop", self.stop_workload)
+        self._step("agents_stop", self.stop_agents)
         r["tlb_flush"] = self._step("tlb_trace_read", self.tlb_trace_read)
         self._step("host_stats", self.host_stats)
         return self.finish()
@@ -298,6 +306,149 @@ class Scenario:
         )
         self.report["guest_agent"] = {"pid": self.agent_pid}
 
+    def host_config(self) -> Path:
+        """The host agent's TOML: libvirt backend, control socket in the run dir."""
+        assert self.vm is not None
+        path = self.vm.run_dir / "host.toml"
+        path.write_text(
+            "[host]\n"
+            'backend = "libvirt"\n'
+            f'uri = "{URI}"\n'
+            f'control_socket = "{self.vm.run_dir / "host.sock"}"\n'
+            "[policy]\n"
+            "interval_s = 1.0\n"
+            "min_resize_interval_s = 2.0\n"
+        )
+        return path
+
+    def _host_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent_host", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def start_host_agent(self) -> None:
+        """`hypertier-host run` on this host: reads the guest channel, sizes tiers."""
+        assert self.vm is not None
+        if self.agent_pid is None:
+            self.skip("host_agent", "runs only with the guest agent (see guest_agent)")
+            return
+        cfg = self.host_config()
+        check = self._host_cli("config", "check", str(cfg))
+        if check.returncode != 0:
+            self.skip(
+                "host_agent", f"hypertier-host config check failed: {check.stderr}"
+            )
+            return
+        log_path = self.vm.run_dir / "host-agent.log"
+        with log_path.open("wb") as out:
+            self.host_agent = subprocess.Popen(
+                [sys.executable, "-m", "agent_host", "-v", "run", "-c", str(cfg)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.host_agent.poll() is not None:
+                raise RuntimeError(
+                    "hypertier-host run exited rc="
+                    f"{self.host_agent.returncode}: {_tail(log_path, 20)}"
+                )
+            status = self._host_cli("status", "-c", str(cfg), "--json")
+            if status.returncode == 0 and self.cfg.shape.name in status.stdout:
+                self.report["host_agent"] = {"started": True, "log": str(log_path)}
+                return
+            time.sleep(0.5)
+        raise RuntimeError(
+            f"hypertier-host did not adopt {self.cfg.shape.name} within 30 s: "
+            + _tail(log_path, 20)
+        )
+
+    def host_agent_resizes(self) -> None:
+        """Resize the fast tier through `hypertier-host vm set` (reservation=limit)."""
+        assert self.vm is not None
+        if self.host_agent is None:
+            self.skip(
+                "host_agent_resizes", "needs the host agent running (see host_agent)"
+            )
+            return
+        cfg = str(self.vm.run_dir / "host.toml")
+        results = []
+        for mib in self.cfg.host_agent_fast_mib:
+            node = "0"
+            before = self.node_info()[node]["memtotal_kib"]
+            old = self.vm.allotments()[Tier.FAST].requested_bytes
+            t0 = time.monotonic()
+            # Order matters: a limit below the reservation is rejected.
+            args = (
+                ["--fast-limit-mib", str(mib), "--fast-reservation-mib", str(mib)]
+                if mib * MiB >= old
+                else ["--fast-reservation-mib", str(mib), "--fast-limit-mib", str(mib)]
+            )
+            done = self._host_cli("vm", "set", "-c", cfg, self.cfg.shape.name, *args)
+            if done.returncode != 0:
+                raise RuntimeError(f"hypertier-host vm set failed: {done.stderr}")
+            want = mib * MiB
+            want_kib = before + (want - old) // 1024
+            host_s = guest_s = None
+            after = before
+            deadline = t0 + self.cfg.resize_timeout_s
+            while time.monotonic() < deadline and (host_s is None or guest_s is None):
+                if (
+                    host_s is None
+                    and self.vm.allotments()[Tier.FAST].current_bytes == want
+                ):
+                    host_s = time.monotonic() - t0
+                if guest_s is None:
+                    after = self.node_info()[node]["memtotal_kib"]
+                    if after == want_kib:
+                        guest_s = time.monotonic() - t0
+                time.sleep(0.2)
+            entry = {
+                "tier": "fast",
+                "from_bytes": old,
+                "to_bytes": want,
+                "host_current_s": None if host_s is None else round(host_s, 3),
+                "guest_seen_s": None if guest_s is None else round(guest_s, 3),
+                "node_memtotal_kib_before": before,
+                "node_memtotal_kib_after": after,
+                "path": "hypertier-host vm set (daemon: Allot to guest, then resize)",
+            }
+            results.append(entry)
+            self.say(
+                f"[vm] host-agent resize fast {old // MiB}->{mib} MiB: host <current> "
+                f"after {entry['host_current_s']} s, guest node0 {before // 1024}->"
+                f"{after // 1024} MiB after {entry['guest_seen_s']} s"
+            )
+        self.report["host_agent_resizes"] = results
+        self.report["guest_agent_log_allots"] = self.link.sh(
+            "grep -E 'allots|demot|promot' /tmp/agent.log | tail -n 20", check=False
+        )
+
+    def stop_agents(self) -> None:
+        if self.agent_pid is not None:
+            status = self.link.call(
+                {
+                    "op": "sh",
+                    "cmd": f"hypertier-guest status --json -c {GUEST_CONFIG}",
+                    "timeout_s": 30,
+                },
+                40,
+            )
+            self.report["guest_agent_status"] = status.get("out") or status.get("err")
+            self.link.sh(f"kill -TERM {self.agent_pid}", check=False)
+            self.report["guest_agent_rc"] = self.link.wait(self.agent_pid, 30)
+        if self.host_agent is not None:
+            self.host_agent.terminate()
+            try:
+                self.report["host_agent_rc"] = self.host_agent.wait(30)
+            except subprocess.TimeoutExpired:
+                self.host_agent.kill()
+                self.report["host_agent_rc"] = "killed after 30 s"
+
     def guest_config(self) -> str:
         """The guest agent's TOML: linux backend, node roles, the workload as target."""
         return (
@@ -370,6 +521,13 @@ class Scenario:
             self.skip(
                 "demote_before_shrink",
                 "needs the guest agent running in the guest (see guest_agent)",
+            )
+        else:
+            self.skip(
+                "demote_before_shrink",
+                "no ordering evidence is exported: the guest agent logs 'host allots' "
+                "but counts no demotions per allotment, and the host agent logs no "
+                "'guest demoted' before its resize; see guest_agent_log_allots",
             )
 
     def convergence(self) -> None:
