@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 try:  # tests/integration is a rootdir of its own (no __init__.py) ...
     from ansible_support import rootfs
@@ -34,6 +33,8 @@ except ModuleNotFoundError:  # ... or a package under tests/
     )
 
 pytestmark = pytest.mark.integration
+# PyYAML comes with Debian's ansible (python3-yaml), seen through the venv.
+yaml = pytest.importorskip("yaml", reason="PyYAML missing (apt-get install ansible)")
 
 REPO = ANSIBLE_DIR.parent
 GUEST_CLI_MISSING = "guest CLI is not in the tree yet (agent_guest/cli.py missing)"
@@ -159,15 +160,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def fresh_rootfs(base_tarball: Path, tmp_path: Path) -> Iterator[Path]:
-    root = rootfs.unpack(base_tarball, tmp_path / "rootfs")
-    yield root
-    _remove(root)
-
-
-def _remove(root: Path) -> None:
-    # rm(1) is several times faster than shutil.rmtree on a rootfs, and
-    # --one-file-system keeps it out of anything mounted there by mistake.
-    subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=True)
+    scratch = rootfs.scratch_dir(tmp_path)
+    yield rootfs.unpack(base_tarball, scratch / "rootfs")
+    rootfs.remove(scratch)
 
 
 class Applied:
@@ -190,14 +185,17 @@ def _apply_twice(
     extra_vars: dict[str, Any],
     prepare: Any = None,
 ) -> Iterator[Applied]:
-    root = rootfs.unpack(base_tarball, workdir / "rootfs")
-    if prepare is not None:
-        prepare(root)
-    first = run_playbook(root, group, extra_vars, workdir)
-    assert first.returncode == 0, first.failure_messages() or first.stderr
-    second = run_playbook(root, group, extra_vars, workdir)
-    yield Applied(root, first, second)
-    _remove(root)
+    scratch = rootfs.scratch_dir(workdir)
+    try:
+        root = rootfs.unpack(base_tarball, scratch / "rootfs")
+        if prepare is not None:
+            prepare(root)
+        first = run_playbook(root, group, extra_vars, workdir)
+        assert first.returncode == 0, first.failure_messages() or first.stderr
+        second = run_playbook(root, group, extra_vars, workdir)
+        yield Applied(root, first, second)
+    finally:
+        rootfs.remove(scratch)
 
 
 GUEST_VARS: dict[str, Any] = {
