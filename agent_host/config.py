@@ -104,6 +104,8 @@ class PolicyConfig:
     hysteresis_ratio: float = 0.02
     report_timeout_s: float = 10.0
     default_class: str = "standard"
+    discover_every_ticks: int = 5
+    max_resizes_per_tick: int = 64
 
     def __post_init__(self) -> None:
         _positive("policy.interval_s", self.interval_s)
@@ -130,6 +132,8 @@ class PolicyConfig:
             )
         _positive("policy.max_step_bytes", self.max_step_bytes)
         _positive("policy.report_timeout_s", self.report_timeout_s)
+        _positive("policy.discover_every_ticks", self.discover_every_ticks)
+        _positive("policy.max_resizes_per_tick", self.max_resizes_per_tick)
 
 
 @dataclass(frozen=True)

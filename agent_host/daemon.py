@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,14 +21,16 @@ import numpy as np
 import hypertier_wire as wire
 from agent_host import domxml
 from agent_host.backend import (
+    Allotment,
     DomainInfo,
     DomainStats,
     EventKind,
     HostBackend,
+    HostCapability,
     HostNode,
     Tier,
 )
-from agent_host.channel import GuestChannel
+from agent_host.channel import GuestChannel, GuestReport
 from agent_host.clock import Clock
 from agent_host.config import Config
 from agent_host.errors import ConfigError, HostError, NoSuchDomain
@@ -55,21 +57,78 @@ class VmState:
     last_resize_s: dict[Tier, float] = field(
         default_factory=lambda: {t: -math.inf for t in Tier}
     )
-    target: dict[Tier, int] = field(default_factory=dict)
     sent_allot: tuple[int, int] | None = None
     allot_seq: int = 0
     resizes: int = 0
     resize_errors: int = 0
+    row: int = 0
+    seen_report: GuestReport | None = None
+    # Derived from info and meta by update(), indexed by _IDX[tier]; cached
+    # because tick() reads them for every VM (Enum-keyed dicts are slow).
+    allot: list[Allotment] = field(default_factory=list)
+    _meta_limits: list[int] = field(default_factory=list)
+    limits: list[int] = field(default_factory=list)
+    reservations: list[int] = field(default_factory=list)
+    limits_by_name: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.update(self.info, self.meta)
+
+    def update(self, info: DomainInfo, meta: domxml.TieringMetadata) -> None:
+        """Take a new DomainInfo and/or metadata; refresh the derived values."""
+        if meta is not self.meta or not self.limits:
+            self.meta = meta
+            self.reservations = [0, 0]
+            self.limits = [-1, -1]
+            for t in meta.tiers:
+                self.reservations[_IDX[t.tier]] = t.reservation_bytes
+                self.limits[_IDX[t.tier]] = t.limit_bytes
+            self._meta_limits = list(self.limits)
+        self.info = info
+        allot = list(info.allotments)
+        if allot[0].tier is not Tier.FAST:
+            allot.reverse()
+        self.allot = allot
+        self.limits = [
+            a.max_bytes if lim < 0 else min(lim, a.max_bytes)
+            for a, lim in zip(allot, self._meta_limits, strict=True)
+        ]
+        self.limits_by_name = {"fast": self.limits[0], "slow": self.limits[1]}
 
     def reservation(self, tier: Tier) -> int:
-        t = self.meta.tier(tier)
-        return t.reservation_bytes if t else 0
+        return self.reservations[_IDX[tier]]
 
     def limit(self, tier: Tier) -> int:
-        allot = self.info.allotment(tier)
-        dev_max = allot.max_bytes if allot else 0
-        t = self.meta.tier(tier)
-        return min(t.limit_bytes, dev_max) if t else dev_max
+        return self.limits[_IDX[tier]]
+
+
+_IDX = {Tier.FAST: 0, Tier.SLOW: 1}
+_TIERS = (Tier.FAST, Tier.SLOW)
+# _ORDER[k][grow]: slow growth, fast shrink, slow shrink, fast growth.
+_ORDER = ((1, 3), (2, 0))
+
+
+class _Table:
+    """Per-VM numbers as arrays (row = VmState.row; axis 0 of 2-D = tier)."""
+
+    def __init__(self, n: int) -> None:
+        self.weight = np.ones(n)
+        self.req = np.zeros((2, n), np.int64)
+        self.cur = np.zeros((2, n), np.int64)
+        self.block = np.ones((2, n), np.int64)
+        self.limit = np.zeros((2, n), np.int64)
+        self.res = np.zeros((2, n), np.int64)
+        self.last_resize = np.full((2, n), -math.inf)
+        self.received = np.full(n, -math.inf)
+        self.hot = np.full(n, np.nan)
+        self.pressure = np.full(n, np.nan)
+        self.free = np.full(n, np.nan)
+        self.boot = np.zeros(n)
+
+
+def _tiered(info: DomainInfo) -> bool:
+    a = info.allotments
+    return len(a) == 2 and a[0].tier is not a[1].tier
 
 
 def _capacity(nodes: tuple[HostNode, ...], cfg: Config) -> tuple[int, int, bool]:
@@ -112,6 +171,12 @@ class Daemon:
                 "no CPU-less host node: the slow tier is emulated on node(s) %s",
                 ",".join(str(n.node) for n in self._nodes),
             )
+        self._caps = backend.capabilities()
+        self._states: list[VmState] = []
+        self._table = _Table(0)
+        self._target = np.zeros((2, 0), np.int64)
+        self._since_discover = 0
+        self._never_discovered = True
         self._last: PolicyResult | None = None
         self.ticks = 0
         self.tick_failures = 0
@@ -162,6 +227,12 @@ class Daemon:
     def tick(self) -> None:
         """One round: events, discovery, channels, policy, resizes.
 
+        Domains are re-read from the backend on lifecycle events, on the first
+        tick and every ``policy.discover_every_ticks`` ticks (a libvirt domain
+        listing costs one XML RPC per VM); in between the daemon's own record of
+        the requests stands in, and a shrinking VM counts with its last known
+        (larger) ``current``, so capacity is never over-promised.
+
         Raises:
             HostError: the backend failed as a whole (per-VM failures are logged).
         """
@@ -171,22 +242,28 @@ class Daemon:
                 self._apply_config(self._pending)
                 self._pending = None
             now = self._clock.monotonic()
-            self._handle_events()
-            self._discover(self._backend.domains())
+            changed = self._handle_events()
+            self._since_discover += 1
+            if (
+                changed
+                or self._since_discover >= self._cfg.policy.discover_every_ticks
+                or self._never_discovered
+                or HostCapability.EVENTS not in self._caps
+            ):
+                self._discover(self._backend.domains())
             self._read_channels(now)
             resizes = 0
-            if self._vms:
-                states = list(self._vms.values())
-                result = plan(self._inputs(states, now), self._cfg.policy)
-                resizes = self._apply(states, result, now)
-                self._send_allotments(states)
+            if self._states:
+                result = plan(self._inputs(now), self._cfg.policy)
+                resizes = self._apply(result, now)
+                self._send_allotments()
                 self._last = result
             self.ticks += 1
             self.last_tick_ms = (time.perf_counter() - start) * 1000.0
         log.info(
             "tick %d: %d VM(s), %d resize(s), %.2f ms",
             self.ticks,
-            len(self._vms),
+            len(self._states),
             resizes,
             self.last_tick_ms,
         )
@@ -194,30 +271,37 @@ class Daemon:
     def _apply_config(self, cfg: Config) -> None:
         self._cfg = cfg
         self._fast_cap, self._slow_cap, self._emulated = _capacity(self._nodes, cfg)
-        for st in self._vms.values():
+        for st in self._states:
             st.channel.reconfigure(cfg.channel)
+            self._table.weight[st.row] = cfg.weight(st.meta.qos_class)
 
-    def _handle_events(self) -> None:
-        for event in self._backend.events():
+    def _handle_events(self) -> bool:
+        """Forget VMs that stopped or left; True if any lifecycle event came."""
+        events = self._backend.events()
+        gone = False
+        for event in events:
             if event.kind in _GONE and event.vm in self._vms:
                 del self._vms[event.vm]
+                gone = True
                 log.info("VM %s removed (%s)", event.vm, event.kind.value)
             else:
                 log.debug("VM %s: %s", event.vm, event.kind.value)
+        if gone:
+            self._rebuild()
+        return bool(events)
 
-    def _discover(self, domains: Any) -> None:
-        live: dict[str, DomainInfo] = {
-            d.vm: d
-            for d in domains
-            if d.allotment(Tier.FAST) is not None and d.allotment(Tier.SLOW) is not None
-        }
+    def _discover(self, domains: Sequence[DomainInfo]) -> None:
+        self._since_discover = 0
+        self._never_discovered = False
+        live: dict[str, DomainInfo] = {d.vm: d for d in domains if _tiered(d)}
+        before = set(self._vms)
         for vm in [vm for vm in self._vms if vm not in live]:
             del self._vms[vm]
             log.info("VM %s removed (no longer running)", vm)
         for vm, info in live.items():
             st = self._vms.get(vm)
             if st is not None:
-                st.info = info
+                st.update(info, st.meta)
                 continue
             try:
                 meta = self._adopt(info)
@@ -228,6 +312,59 @@ class Daemon:
                 continue
             self._vms[vm] = VmState(vm, meta, GuestChannel(vm, self._cfg.channel), info)
             log.info("VM %s added (class %s)", vm, meta.qos_class)
+        if set(self._vms) != before or len(self._states) != len(self._vms):
+            self._rebuild()
+        else:
+            self._load_allotments()
+
+    def _load_allotments(self) -> None:
+        """Copy every VM's freshly discovered allotments into the table at once."""
+        t = self._table
+        rows = np.array(
+            [
+                (a.requested_bytes, a.current_bytes, a.block_bytes)
+                for st in self._states
+                for a in st.allot
+            ],
+            dtype=np.int64,
+        ).reshape(len(self._states), 2, 3)
+        t.req[:] = rows[:, :, 0].T
+        t.cur[:] = rows[:, :, 1].T
+        t.block[:] = rows[:, :, 2].T
+
+    def _rebuild(self) -> None:
+        """New arrays after the set of VMs changed (rows follow self._states)."""
+        self._states = list(self._vms.values())
+        self._table = _Table(len(self._states))
+        self._target = np.zeros((2, 0), np.int64)
+        for row, st in enumerate(self._states):
+            st.row = row
+            self._load_settings(st)
+            self._store_report(st)
+            for k in (0, 1):
+                self._table.last_resize[k, row] = st.last_resize_s[_TIERS[k]]
+        if self._states:
+            self._load_allotments()
+
+    def _load_settings(self, st: VmState) -> None:
+        t, r = self._table, st.row
+        for k in (0, 1):
+            t.limit[k, r] = st.limits[k]
+            t.res[k, r] = st.reservations[k]
+        t.weight[r] = self._cfg.weight(st.meta.qos_class)
+
+    def _store_report(self, st: VmState) -> None:
+        t, r = self._table, st.row
+        rep = st.channel.latest
+        st.seen_report = rep
+        if rep is None:
+            t.received[r] = -math.inf
+            return
+        t.received[r] = rep.received_s
+        t.hot[r] = rep.report.hot_bytes
+        t.pressure[r] = rep.report.pressure
+        t.free[r] = rep.free_bytes
+        t.boot[r] = max(0, rep.node_total_bytes("fast") - int(t.cur[0, r]))
 
     def _adopt(self, info: DomainInfo) -> domxml.TieringMetadata:
         """The VM's metadata; written from its current allotments if absent."""
@@ -244,29 +381,26 @@ class Daemon:
                     tier, allot.requested_bytes, allot.max_bytes, allot.host_nodes
                 )
             )
-        qos = (
-            meta.qos_class
-            if meta and meta.qos_class
-            else self._cfg.policy.default_class
-        )
+        default = self._cfg.policy.default_class
+        qos = meta.qos_class if meta and meta.qos_class else default
         meta = domxml.TieringMetadata(qos, tuple(tiers))
         # Recorded before anything is changed, so a restart sees the same floors.
         self._backend.set_metadata(info.vm, metadata_xml(meta))
         return meta
 
     def _read_channels(self, now: float) -> None:
-        for st in list(self._vms.values()):
+        recv = self._backend.channel_recv
+        for st in self._states:
             try:
-                data = self._backend.channel_recv(st.vm)
+                data = recv(st.vm)
             except HostError as err:
                 log.debug("channel of %s: %s", st.vm, err)
                 continue
-            if not data:
-                continue
-            limits = {t.value: st.limit(t) for t in Tier}
-            if st.channel.feed(data, now, limits):
+            if data and st.channel.feed(data, now, st.limits_by_name):
                 self._send(st, wire.Hello(HOST_AGENT, VERSION))
-                st.sent_allot = None  # a restarted guest gets its allotment again
+                st.sent_allot = None  # a restarted guest gets its allotment
+            if st.channel.latest is not st.seen_report:
+                self._store_report(st)
 
     def _send(self, st: VmState, msg: wire.Message) -> None:
         try:
@@ -274,94 +408,93 @@ class Daemon:
         except HostError as err:
             log.debug("cannot send to %s: %s", st.vm, err)
 
-    def _inputs(self, states: list[VmState], now: float) -> PolicyInputs:
-        fresh_after = now - self._cfg.policy.report_timeout_s
-        n = len(states)
-        hot = np.full(n, np.nan)
-        pressure = np.full(n, np.nan)
-        free = np.full(n, np.nan)
-        boot = np.zeros(n)
-        for i, st in enumerate(states):
-            rep = st.channel.latest
-            if rep is None or rep.received_s < fresh_after:
-                continue
-            hot[i] = rep.report.hot_bytes
-            pressure[i] = rep.report.pressure
-            free[i] = rep.free_bytes
-            fast = st.info.allotment(Tier.FAST)
-            plugged = fast.current_bytes if fast else 0
-            boot[i] = max(0, rep.node_total_bytes("fast") - plugged)
+    def _inputs(self, now: float) -> PolicyInputs:
+        t = self._table
+        fresh = t.received >= now - self._cfg.policy.report_timeout_s
+        nan = np.full(len(self._states), np.nan)
+
+        def tier(k: int) -> TierInputs:
+            block = t.block[k]
+            limit = t.limit[k] // block * block
+            res = np.minimum(-(-t.res[k] // block) * block, limit)
+            return TierInputs(
+                requested=t.req[k].copy(),
+                current=t.cur[k].copy(),
+                reservation=res,
+                limit=limit,
+                block=block.copy(),
+                last_resize_s=t.last_resize[k].copy(),
+            )
+
         return PolicyInputs(
             now_s=now,
-            weight=np.array([self._cfg.weight(st.meta.qos_class) for st in states]),
-            hot_bytes=hot,
-            pressure=pressure,
-            free_bytes=free,
-            fast_boot_bytes=boot,
-            fast=self._tier_inputs(states, Tier.FAST),
-            slow=self._tier_inputs(states, Tier.SLOW),
+            weight=t.weight.copy(),
+            hot_bytes=np.where(fresh, t.hot, nan),
+            pressure=np.where(fresh, t.pressure, nan),
+            free_bytes=np.where(fresh, t.free, nan),
+            fast_boot_bytes=np.where(fresh, t.boot, 0.0),
+            fast=tier(0),
+            slow=tier(1),
             fast_capacity_bytes=self._fast_cap,
             slow_capacity_bytes=self._slow_cap,
         )
 
-    @staticmethod
-    def _tier_inputs(states: list[VmState], tier: Tier) -> TierInputs:
-        allots = [st.info.allotment(tier) for st in states]
-        block = np.array([a.block_bytes if a else 1 for a in allots], np.int64)
-        limit = np.array([st.limit(tier) for st in states], np.int64)
-        limit = limit // block * block
-        res = np.array([st.reservation(tier) for st in states], np.int64)
-        res = np.minimum(-(-res // block) * block, limit)
-        return TierInputs(
-            requested=np.array(
-                [a.requested_bytes if a else 0 for a in allots], np.int64
-            ),
-            current=np.array([a.current_bytes if a else 0 for a in allots], np.int64),
-            reservation=res,
-            limit=limit,
-            block=block,
-            last_resize_s=np.array([st.last_resize_s[tier] for st in states]),
-        )
-
-    def _apply(self, states: list[VmState], result: PolicyResult, now: float) -> int:
+    def _apply(self, result: PolicyResult, now: float) -> int:
         """Issue the resizes: slow growth, fast shrink, slow shrink, fast growth.
 
         Slow growth first so pages the fast tier gives up have somewhere to go;
-        fast growth last so it uses memory other VMs have released.
+        fast growth last so it uses memory other VMs have released. At most
+        ``policy.max_resizes_per_tick`` calls: VMs below a floor first, then by
+        the size of their change; the rest wait for the next tick.
         """
-        ops: list[tuple[int, VmState, Tier, int]] = []
-        for tier, res in ((Tier.FAST, result.fast), (Tier.SLOW, result.slow)):
-            for i, st in enumerate(states):
-                new = int(res.target[i])
-                st.target[tier] = new
-                allot = st.info.allotment(tier)
-                if allot is None or new == allot.requested_bytes:
-                    continue
-                grow = new > allot.requested_bytes
-                order = {
-                    (Tier.SLOW, True): 0,
-                    (Tier.FAST, False): 1,
-                    (Tier.SLOW, False): 2,
-                    (Tier.FAST, True): 3,
-                }[(tier, grow)]
-                ops.append((order, st, tier, new))
+        t = self._table
+        target = np.stack([result.fast.target, result.slow.target])
+        self._target = target
+        floor = np.stack([result.fast.floor, result.slow.floor])
+        delta = np.abs(target - t.req)
+        forced = ((t.req < floor) & (delta > 0)).any(axis=0)
+        score = delta.max(axis=0).astype(np.float64) + forced * float(1 << 62)
+        rows = np.flatnonzero(score > 0)
+        rows = rows[np.argsort(-score[rows], kind="stable")]
+        ops: list[tuple[int, int, int, int]] = []  # (order, row, k, new)
+        budget = self._cfg.policy.max_resizes_per_tick
+        for r in rows:
+            mine = [
+                (
+                    _ORDER[k][bool(target[k, r] > t.req[k, r])],
+                    int(r),
+                    k,
+                    int(target[k, r]),
+                )
+                for k in (0, 1)
+                if target[k, r] != t.req[k, r]
+            ]
+            if len(ops) + len(mine) > budget:
+                break
+            ops += mine
+        if len(ops) < int((delta > 0).sum()):
+            log.debug("resizes over budget: %d deferred", (delta > 0).sum() - len(ops))
         ops.sort(key=lambda op: op[0])
         done = 0
-        for _, st, tier, new in ops:
+        for _, row, k, new in ops:
+            st = self._states[row]
             if st.vm not in self._vms:
                 continue
-            allot = st.info.allotment(tier)
-            old = allot.requested_bytes if allot else 0
+            tier = _TIERS[k]
+            old = int(t.req[k, row])
             try:
                 self._backend.resize(st.vm, tier, new)
             except NoSuchDomain:
                 self._vms.pop(st.vm, None)
+                self._since_discover = self._cfg.policy.discover_every_ticks
                 log.info("VM %s removed (gone during resize)", st.vm)
                 continue
             except HostError as err:
                 st.resize_errors += 1
                 log.error("resize of %s %s tier failed: %s", st.vm, tier.value, err)
                 continue
+            t.req[k, row] = new
+            t.last_resize[k, row] = now
             st.last_resize_s[tier] = now
             st.resizes += 1
             done += 1
@@ -372,18 +505,18 @@ class Daemon:
                 old >> 20,
                 new >> 20,
             )
+        if len(self._vms) != len(self._states):
+            self._rebuild()
         return done
 
-    def _send_allotments(self, states: list[VmState]) -> None:
-        for st in states:
-            if st.vm not in self._vms or st.channel.hello is None:
-                continue
-            allot = (st.target.get(Tier.FAST, 0), st.target.get(Tier.SLOW, 0))
-            if allot == st.sent_allot:
+    def _send_allotments(self) -> None:
+        fast, slow = self._target[0].tolist(), self._target[1].tolist()
+        for st, f, s in zip(self._states, fast, slow, strict=True):
+            if st.channel.hello is None or (f, s) == st.sent_allot:
                 continue
             st.allot_seq += 1
-            self._send(st, wire.Allot(st.allot_seq, *allot))
-            st.sent_allot = allot
+            self._send(st, wire.Allot(st.allot_seq, f, s))
+            st.sent_allot = (f, s)
 
     # -- control API (called from the control server thread) -----------------
 
@@ -427,7 +560,8 @@ class Daemon:
                 st.meta, qos_class=qos_class or st.meta.qos_class, tiers=tuple(tiers)
             )
             self._backend.set_metadata(vm, metadata_xml(meta))
-            st.meta = meta
+            st.update(st.info, meta)
+            self._load_settings(st)
             log.info("VM %s settings changed: class %s", vm, meta.qos_class)
             return meta
 
@@ -471,20 +605,22 @@ class Daemon:
                         self._last and self._last.fast.overcommitted
                     ),
                 },
-                "vms": {vm: self._vm_status(st, now) for vm, st in self._vms.items()},
+                "vms": {st.vm: self._vm_status(st, now) for st in self._states},
             }
 
     def _vm_status(self, st: VmState, now: float) -> dict[str, Any]:
         tiers: dict[str, Any] = {}
-        for tier in Tier:
-            allot = st.info.allotment(tier)
+        t, r = self._table, st.row
+        has_target = r < self._target.shape[1]
+        for k, tier in enumerate(_TIERS):
+            allot = st.allot[k]
             tiers[tier.value] = {
-                "requested_bytes": allot.requested_bytes if allot else 0,
-                "current_bytes": allot.current_bytes if allot else 0,
-                "target_bytes": st.target.get(tier),
+                "requested_bytes": int(t.req[k, r]),
+                "current_bytes": int(t.cur[k, r]),
+                "target_bytes": int(self._target[k, r]) if has_target else None,
                 "reservation_bytes": st.reservation(tier),
                 "limit_bytes": st.limit(tier),
-                "host_nodes": list(allot.host_nodes) if allot else [],
+                "host_nodes": list(allot.host_nodes),
             }
         chan = st.channel
         rep = chan.latest
