@@ -235,3 +235,31 @@ def test_fast_tier_follows_shifting_demand_by_class_weight(clock: FakeClock) -> 
     run(30, {names["gold"]: (0.0, 0.0), names["silver"]: busy, names["bronze"]: busy})
     assert _fast_mib(world, names["gold"]) < 128 + extra["gold"] // 2
     assert _fast_mib(world, names["silver"]) > silver_before
+
+
+def test_resizes_per_tick_are_capped(clock: FakeClock) -> None:
+    world = _world(clock, fast_mib=8192, vms=6)
+    cfg = loads(
+        "[policy]\nhost_reserved_bytes = 0\nmin_resize_interval_s = 0\n"
+        "max_resizes_per_tick = 3\n"
+    )
+    daemon = _daemon(world, clock, cfg)
+    daemon.tick()
+    for vm in world.vms:
+        _report(world, vm, 1, 1.0, 1.0)
+    clock.advance(1.0)
+    before = len(world.oplog)
+    daemon.tick()
+    assert sum(op[0] == "resize" for op in world.oplog[before:]) == 3
+
+
+def test_vm_started_between_discoveries_is_found_by_its_event(
+    clock: FakeClock,
+) -> None:
+    world = _world(clock, vms=1)
+    cfg = loads("[policy]\nhost_reserved_bytes = 0\ndiscover_every_ticks = 1000\n")
+    daemon = _daemon(world, clock, cfg)
+    daemon.tick()
+    world.add_vm("late", 1, 128 * MiB, 128 * MiB, 256 * MiB, 256 * MiB)
+    daemon.tick()
+    assert "late" in daemon.status()["vms"]
