@@ -29,8 +29,8 @@ BATCH = 100
 _SCALE = float(os.environ.get("HYPERTIER_FUZZ_SCALE", "1.0"))
 _EXAMPLES_FULL = {
     "bytes": 4_000,  # 1 input each
-    "mutants": 710,  # BATCH inputs each
-    "json": 800,  # 1 input each
+    "mutants": 714,  # BATCH inputs each
+    "json": 400,  # 1 input each
     "valid": 500,  # 1 input each
     "streams": 250,  # BATCH streams each
     "channel": 600,  # up to 20 chunks each
