@@ -10,6 +10,7 @@ a fake node directory (``hypertier_host_node_sysfs``) written by the test.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -101,6 +102,95 @@ def test_playbook_syntax_check_passes() -> None:
 def test_example_group_vars_document_every_role_variable(role: str, group: str) -> None:
     group_vars = ANSIBLE_DIR / "inventory" / "example" / "group_vars" / f"{group}.yml"
     assert set(yaml.safe_load(group_vars.read_text())) == _role_variables(role)
+
+
+@pytest.mark.parametrize(
+    ("text", "nodes"),
+    [
+        pytest.param("0", [0], id="one"),
+        pytest.param("0-2,4", [0, 1, 2, 4], id="range-and-single"),
+        pytest.param("", [], id="empty"),
+    ],
+)
+def test_nodelist_filter_expands_kernel_node_lists(text: str, nodes: list[int]) -> None:
+    assert _nodelist_filter()(text) == nodes
+
+
+def test_nodelist_filter_rejects_garbage() -> None:
+    errors = pytest.importorskip("ansible.errors", reason="ansible not installed")
+    with pytest.raises(errors.AnsibleFilterError, match="not a node list"):
+        _nodelist_filter()("0-x")
+
+
+def _nodelist_filter() -> Any:
+    pytest.importorskip(
+        "ansible", reason="ansible not installed (apt-get install ansible)"
+    )
+    path = ANSIBLE_DIR / "roles/hypertier_host/filter_plugins/nodelist.py"
+    spec = importlib.util.spec_from_file_location("hypertier_nodelist", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.hypertier_nodelist
+
+
+@pytest.mark.parametrize(
+    ("source", "caps"),
+    [
+        pytest.param("auto", "CAP_PERFMON CAP_SYS_NICE CAP_SYS_PTRACE", id="auto"),
+        pytest.param(
+            "a-bit",
+            "CAP_PERFMON CAP_SYS_NICE CAP_SYS_PTRACE CAP_DAC_OVERRIDE",
+            id="a-bit",
+        ),
+    ],
+)
+def test_guest_unit_capabilities_follow_sample_source(
+    source: str, caps: str, tmp_path: Path
+) -> None:
+    playbook = _need("ansible-playbook", "ansible")
+    role = ANSIBLE_DIR / "roles" / "hypertier_guest"
+    unit = tmp_path / "hypertier-guest.service"
+    play = [
+        {
+            "name": "Render the guest unit",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars_files": [
+                str(role / "defaults/main.yml"),
+                str(role / "vars/main.yml"),
+            ],
+            "tasks": [
+                {
+                    "name": "Render",
+                    "ansible.builtin.template": {
+                        "src": str(role / "templates/hypertier-guest.service.j2"),
+                        "dest": str(unit),
+                        "mode": "0644",
+                    },
+                }
+            ],
+        }
+    ]
+    (tmp_path / "render.yml").write_text(yaml.safe_dump(play))
+    proc = subprocess.run(
+        [
+            playbook,
+            "-i",
+            "localhost,",
+            "-e",
+            f"hypertier_guest_sampler_source={source}",
+            str(tmp_path / "render.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"\nAmbientCapabilities={caps}\n" in unit.read_text()
 
 
 # --- fixtures for real runs --------------------------------------------------------
