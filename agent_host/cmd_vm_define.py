@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
         host_fast_nodes=fast_nodes,
         host_slow_nodes=slow_nodes,
         disk_path=args.disk,
-        channel_path=f"{cfg.host.channel_dir}/{args.vm}.sock",
+        channel_path=f"{cfg.host.channel_dir}/{args.vm}.{domxml.CHANNEL_NAME}",
         qos_class=qos,
         domain_type=args.domain_type,
     )

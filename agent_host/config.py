@@ -66,7 +66,9 @@ class HostConfig:
     emulate_slow_tier: bool = True
     sysfs_root: str = "/"
     fast_capacity_bytes: int = 0
-    channel_dir: str = "/run/hypertier/channels"
+    # Where QEMU creates the channel sockets: must be writable by the QEMU user,
+    # as libvirt's own directory for guest-agent channels is.
+    channel_dir: str = "/var/lib/libvirt/qemu/channel/target"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_NAMES:

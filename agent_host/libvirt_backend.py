@@ -357,9 +357,10 @@ class LibvirtHostBackend:
 
     def domain_stats(self, vm: str) -> DomainStats:
         dom = self._domain(vm)
-        groups = (
-            libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
-        ) | (_STATS_VM if HostCapability.KVM_STATS in self.capabilities() else 0)
+        groups = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+        if HostCapability.KVM_STATS in self.capabilities():
+            # vm.* and the per-vCPU query-stats counters (vcpu.N.exits, ...).
+            groups |= _STATS_VM | libvirt.VIR_DOMAIN_STATS_VCPU
         try:
             records = self._connection().domainListGetStats([dom], groups, 0)
         except libvirt.libvirtError as err:

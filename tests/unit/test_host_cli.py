@@ -49,7 +49,7 @@ backend = "emu"
 uri = "test:///default"
 control_socket = "{directory}/host.sock"
 sysfs_root = "{DATA / "host-sysfs-1node"}"
-channel_dir = "/run/hypertier/channels"
+channel_dir = "/tmp"
 
 [policy]
 interval_s = 3600
