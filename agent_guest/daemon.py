@@ -65,13 +65,18 @@ def node_roles(
     return NodeRoles(tuple(fast), tuple(slow))
 
 
-def pick_targets(cfg: Config, backend: GuestBackend, self_pid: int) -> list[int]:
+def pick_targets(
+    cfg: Config,
+    backend: GuestBackend,
+    self_pid: int,
+    procs: Sequence[ProcessInfo] | None = None,
+) -> list[int]:
     """Pids to manage: explicit pids, else every process over ``min_rss_bytes``
     that matches the cgroup prefix and command pattern (if set)."""
     t = cfg.targets
     pattern = re.compile(t.comm_pattern) if t.comm_pattern else None
     out = []
-    for p in backend.processes():
+    for p in backend.processes() if procs is None else procs:
         if p.pid == self_pid:
             continue
         if t.pids and p.pid not in t.pids:
@@ -308,8 +313,9 @@ class Daemon:
 
     def _refresh_targets(self) -> None:
         self._target_infos = []
-        pids = pick_targets(self._cfg, self._backend, os.getpid())
-        infos = {p.pid: p for p in self._backend.processes()}
+        procs = self._backend.processes()
+        pids = pick_targets(self._cfg, self._backend, os.getpid(), procs)
+        infos = {p.pid: p for p in procs}
         for pid in set(self._tables) - set(pids):
             self._forget(pid)
         for pid in pids:
@@ -409,6 +415,7 @@ class Daemon:
         return {
             "version": VERSION,
             "source": self._sampler.source.value,
+            "capabilities": sorted(c.value for c in self._backend.capabilities()),
             "sample_period": self._sampler.control.period,
             "epochs": self.counters.epochs,
             "targets": list(self._targets),
