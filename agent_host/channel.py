@@ -26,17 +26,27 @@ _MAX_BOOT_SLACK_BYTES = 1 << 40
 
 @dataclass(frozen=True)
 class GuestReport:
-    """A validated guest report, with the time it arrived."""
+    """A validated guest report, with the time it arrived and derived sums."""
 
     received_s: float
     report: wire.Report
+    free_bytes: int = 0
+    fast_total_bytes: int = 0
+    slow_total_bytes: int = 0
 
-    @property
-    def free_bytes(self) -> int:
-        return sum(n.total_bytes - n.used_bytes for n in self.report.nodes)
+    @classmethod
+    def of(cls, received_s: float, report: wire.Report) -> GuestReport:
+        free = fast = slow = 0
+        for n in report.nodes:
+            free += n.total_bytes - n.used_bytes
+            if n.tier == "fast":
+                fast += n.total_bytes
+            else:
+                slow += n.total_bytes
+        return cls(received_s, report, free, fast, slow)
 
     def node_total_bytes(self, tier: str) -> int:
-        return sum(n.total_bytes for n in self.report.nodes if n.tier == tier)
+        return self.fast_total_bytes if tier == "fast" else self.slow_total_bytes
 
 
 class GuestChannel:
@@ -105,7 +115,7 @@ class GuestChannel:
                 got_hello = True
             elif isinstance(msg, wire.Report):
                 self._last_seq = msg.seq
-                self.latest = GuestReport(now_s, msg)
+                self.latest = GuestReport.of(now_s, msg)
         over_long = self._reader.dropped - dropped_before
         if over_long:
             self.invalid += over_long
@@ -120,16 +130,16 @@ class GuestChannel:
         if msg.seq <= self._last_seq:
             raise wire.WireError(f"seq: {msg.seq} not after {self._last_seq}")
         seen: set[int] = set()
+        totals = {"fast": 0, "slow": 0}
         for usage in msg.nodes:
             if usage.node in seen:
                 raise wire.WireError(f"nodes: node {usage.node} reported twice")
             seen.add(usage.node)
-        for tier, limit in max_bytes.items():
-            total = sum(n.total_bytes for n in msg.nodes if n.tier == tier)
-            if total > limit + _MAX_BOOT_SLACK_BYTES:
+            totals[usage.tier] += usage.total_bytes
+        for tier, total in totals.items():
+            if total > max_bytes.get(tier, 0) + _MAX_BOOT_SLACK_BYTES:
                 raise wire.WireError(f"nodes: {tier} total {total} beyond provisioned")
-        total_all = sum(n.total_bytes for n in msg.nodes)
-        if msg.hot_bytes > total_all:
+        if msg.hot_bytes > totals["fast"] + totals["slow"]:
             raise wire.WireError(f"hot_bytes: {msg.hot_bytes} > guest memory")
 
     def _refill(self, now_s: float) -> None:
