@@ -16,7 +16,7 @@ from agent_host.clock import Clock, SystemClock
 from agent_host.cmd_common import add_config_flag, load_config
 from agent_host.control import Controller, ControlServer
 from agent_host.daemon import Daemon
-from agent_host.errors import HostError
+from agent_host.errors import ConfigError, HostError
 from agent_host.metrics import MetricsServer, render
 
 EPILOG = """examples:
@@ -115,6 +115,13 @@ def main(args: argparse.Namespace) -> int:
             channel=cfg.channel,
             classes=cfg.classes,
             metrics=cfg.metrics,
+        )
+    if cfg.host.backend == "emu":
+        # emu.host.EmuHostBackend needs a World; emu's own front end (`hypertier`)
+        # and tests build one and call serve() or Daemon directly.
+        raise ConfigError(
+            "backend 'emu' runs inside the emulator (`hypertier run`), "
+            "not as a standalone daemon"
         )
     backend = make_backend(cfg.host.backend, **backend_options(cfg))
     if args.once:

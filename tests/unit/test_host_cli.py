@@ -241,6 +241,11 @@ def test_run_once_on_libvirt_test_driver(
     assert "slow tier EMULATED" in out
 
 
+def test_run_with_emu_backend_is_usage_error(short_dir: Path) -> None:
+    path = _config_file(short_dir)
+    assert cli.main(["run", "-c", str(path), "--backend", "emu", "--once"]) == 2
+
+
 def test_run_with_bad_config_is_usage_error(short_dir: Path) -> None:
     path = _config_file(short_dir, "slow_overcommit_ratio = 0\n")
     assert cli.main(["run", "-c", str(path), "--once"]) == 2
