@@ -137,7 +137,8 @@ class MoverConfig:
     max_bandwidth_mib_s: int = 200
     batch_pages: int = 512
     scan_pages: int = 65536
-    fast_reserve_bytes: int = 64 << 20
+    fast_reserve_bytes: int = 0
+    fast_reserve_pct: float = 2.0
     max_busy_retries: int = 3
     move_shared_pages: bool = True
 
@@ -149,6 +150,10 @@ class MoverConfig:
         )
         _need(self.scan_pages >= self.batch_pages, "mover.scan_pages < batch_pages")
         _need(self.fast_reserve_bytes >= 0, "mover.fast_reserve_bytes must be >= 0")
+        _need(
+            0 <= self.fast_reserve_pct < 100,
+            f"mover.fast_reserve_pct must be in [0, 100), got {self.fast_reserve_pct}",
+        )
         _need(self.max_busy_retries >= 0, "mover.max_busy_retries must be >= 0")
 
 

@@ -255,7 +255,9 @@ class Daemon:
             if self._allot_fast is None
             else min(fast_total, self._allot_fast)
         )
-        limit = max(0, limit - self._cfg.mover.fast_reserve_bytes)
+        mv = self._cfg.mover
+        reserve = max(mv.fast_reserve_bytes, int(limit * mv.fast_reserve_pct / 100))
+        limit = max(0, limit - reserve)
         managed = sum(p.rss_bytes for p in self._target_infos)
         unmanaged = max(0, fast_used - managed)
         sel = select_hot(
