@@ -18,14 +18,14 @@ import subprocess
 import tempfile
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent_host import cli, config, domxml
-from agent_host.backend import HostCapability, Tier
+from agent_host.backend import DomainInfo, HostCapability, Tier
 from agent_host.daemon import Daemon
 from agent_host.domxml import TieredVmSpec
 from agent_host.errors import HostError
@@ -168,9 +168,21 @@ def test_daemon_adopts_and_ticks_a_real_domain(
     vm = _define(backend, _spec(workdir, _name()))
     backend.start(vm)
     cfg = config.loads('[host]\nuri = "qemu:///system"\n')
-    daemon = Daemon(cfg, backend, FakeClock())
-    daemon.tick()
-    status = daemon.status()
+
+    class OnlyThisVm(LibvirtHostBackend):
+        """Keeps the daemon away from other tiered VMs on this shared host."""
+
+        def domains(self) -> Sequence[DomainInfo]:
+            return [d for d in super().domains() if d.vm == vm]
+
+    mine = OnlyThisVm(URI)
+    try:
+        daemon = Daemon(cfg, mine, FakeClock())
+        daemon.tick()
+        status = daemon.status()
+    finally:
+        mine.close()
+    assert list(status["vms"]) == [vm]
     assert status["vms"][vm]["class"] == "silver"
     assert status["host"]["slow_tier_emulated"]
 
