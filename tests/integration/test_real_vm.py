@@ -109,12 +109,25 @@ def test_workload_never_loses_data(report: dict[str, Any]) -> None:
     assert work["iterations"] > 0
 
 
-def test_hot_pages_end_on_fast_node_and_cold_on_slow(report: dict[str, Any]) -> None:
+def test_hot_pages_end_on_fast_node(report: dict[str, Any]) -> None:
     placement = _need(report, "placement")
-    assert placement["converged"], (
-        f"hot {placement['hot_nodes']} cold {placement['cold_nodes']}\n"
-        + placement["agent_log_tail"]
+    assert placement["hot_share_on_fast"] >= scenario.CONVERGED_SHARE, (
+        f"hot {placement['hot_nodes']}\n" + placement["agent_log_tail"]
     )
+
+
+def test_cold_pages_end_on_slow_node(report: dict[str, Any]) -> None:
+    placement = _need(report, "placement")
+    assert placement["cold_share_on_slow"] >= scenario.CONVERGED_SHARE, (
+        f"cold {placement['cold_nodes']}\n" + placement["agent_log_tail"]
+    )
+
+
+def test_host_agent_resizes_fast_tier_live(report: dict[str, Any]) -> None:
+    steps = _need(report, "host_agent_resizes")
+    for step in steps:
+        assert step["host_current_s"] is not None, step
+        assert step["guest_seen_s"] is not None, step
 
 
 def test_guest_tlb_flush_counts_reported(report: dict[str, Any]) -> None:
