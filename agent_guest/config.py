@@ -141,6 +141,7 @@ class MoverConfig:
     fast_reserve_pct: float = 2.0
     max_busy_retries: int = 3
     move_shared_pages: bool = True
+    cooldown_epochs: int = 4
 
     def __post_init__(self) -> None:
         _need(self.max_bandwidth_mib_s > 0, "mover.max_bandwidth_mib_s must be > 0")
@@ -155,6 +156,7 @@ class MoverConfig:
             f"mover.fast_reserve_pct must be in [0, 100), got {self.fast_reserve_pct}",
         )
         _need(self.max_busy_retries >= 0, "mover.max_busy_retries must be >= 0")
+        _need(self.cooldown_epochs >= 0, "mover.cooldown_epochs must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,12 @@ class Exchanger:
         self._limiter = RateLimiter(cfg.max_bandwidth_mib_s, clock)
         self._stop = stop or threading.Event()
         self._busy: dict[int, _Busy] = {}
+        # Pages moved in the last ``cooldown_epochs`` epochs, per pid: they may not
+        # move again until then (no ping-pong, whatever the sample source says).
+        self._recent: dict[
+            int, tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]
+        ] = {}
+        self._epoch = 0
         self.stats = ExchangeStats()
         self.gone: set[int] = set()
 
@@ -232,6 +238,7 @@ class Exchanger:
         want_hot: bool,
         on_nodes: Sequence[int],
         limit: int,
+        cooldown: bool = True,
     ) -> Candidates:
         """Pages of hot (or cold) ranges, densest (or coldest) first, that are on
         ``on_nodes`` now; at most ``limit`` pages are examined."""
@@ -277,6 +284,9 @@ class Exchanger:
                 continue
             keep = np.isin(nodes, np.asarray(on_nodes, np.int32))
             keep &= ~self._banned(pid, addr)
+            recent = self._recent.get(pid) if cooldown else None
+            if recent is not None and recent[0].shape[0]:
+                keep &= ~np.isin(addr, recent[0])
             out = out.then(
                 Candidates(
                     np.full(int(keep.sum()), pid, np.int32),
@@ -305,12 +315,33 @@ class Exchanger:
         b.addr = uniq
         b.tries = np.bincount(inv, weights=tries).astype(np.int64)
 
+    def _note_moved(self, pid: int, addr: npt.NDArray[np.uint64]) -> None:
+        if self._cfg.cooldown_epochs == 0 or addr.shape[0] == 0:
+            return
+        old_a, old_e = self._recent.get(
+            pid, (np.empty(0, np.uint64), np.empty(0, np.int64))
+        )
+        self._recent[pid] = (
+            np.concatenate((old_a, addr)),
+            np.concatenate((old_e, np.full(addr.shape[0], self._epoch, np.int64))),
+        )
+
+    def _expire_recent(self) -> None:
+        horizon = self._epoch - self._cfg.cooldown_epochs
+        for pid, (a, e) in list(self._recent.items()):
+            keep = e > horizon
+            if not keep.any():
+                del self._recent[pid]
+            elif not keep.all():
+                self._recent[pid] = (a[keep], e[keep])
+
     def _drop(self, pid: int) -> None:
         if pid not in self.gone:
             log.info("pid %d exited; dropping it", pid)
             self.gone.add(pid)
             self.stats.dropped_pids += 1
             self._busy.pop(pid, None)
+            self._recent.pop(pid, None)
 
     def run(
         self,
@@ -326,6 +357,8 @@ class Exchanger:
         ``free_pages`` is the fast tier's room under its limit (negative: over it).
         """
         self.gone.clear()
+        self._epoch += 1
+        self._expire_recent()
         budget = self._limiter.take(self._limiter.available()) // PAGE_SIZE
         if budget == 0:
             return 0, 0
@@ -336,11 +369,13 @@ class Exchanger:
         need_demote = max(0, -free_pages) + max(0, len(promote) - max(0, free_pages))
         demote = Candidates.empty()
         if need_demote:
-            demote = self._find(tables, False, fast_nodes, scan)
-            if len(demote) < need_demote and free_pages < 0:
+            # Over the allotment, demotion is not optional: no cool-down.
+            must = free_pages < 0
+            demote = self._find(tables, False, fast_nodes, scan, cooldown=not must)
+            if len(demote) < need_demote and must:
                 # Over the allotment with no cold pages left: hot ones must go too,
                 # coldest ranges first.
-                hot_fast = self._find(tables, True, fast_nodes, scan)
+                hot_fast = self._find(tables, True, fast_nodes, scan, cooldown=False)
                 demote = demote.then(hot_fast.pick(slice(None, None, -1)))
         batches = plan_exchange(
             promote, demote, free_pages, budget, self._cfg.batch_pages, self._min_gain
@@ -377,6 +412,7 @@ class Exchanger:
                 self._drop(pid)
                 continue
             moved += res.moved
+            self._note_moved(pid, addr[res.status == node])
             bad = res.status < 0
             if bad.any():
                 codes, counts = np.unique(-res.status[bad], return_counts=True)

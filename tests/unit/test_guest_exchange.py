@@ -261,3 +261,25 @@ def test_the_mover_respects_its_bandwidth_limit() -> None:
     )
     ex.run(_tables(), [0], [1], 0, 1, 1000)
     assert sum(n for _, _, n in be.moves) <= 256
+
+
+def test_a_moved_page_does_not_move_again_during_the_cooldown() -> None:
+    be = _Backend(None, set())
+    ex = Exchanger(
+        be, MoverConfig(batch_pages=64, scan_pages=64, cooldown_epochs=2), _Clock()
+    )
+    tables = _tables()
+    assert ex.run(tables, [0], [1], 0, 1, 64) == (64, 0)  # free room: promote
+    assert ex.run(tables, [0], [1], 0, 1, 64) == (0, 0)  # same pages: cooling down
+    assert ex.run(tables, [0], [1], 0, 1, 64) == (64, 0)  # cooled down
+
+
+def test_the_cooldown_never_blocks_getting_under_the_allotment() -> None:
+    be = _Backend(None, set())
+    ex = Exchanger(
+        be, MoverConfig(batch_pages=64, scan_pages=64, cooldown_epochs=8), _Clock()
+    )
+    tables = _tables()
+    ex.run(tables, [0], [1], 0, 1, 0)  # swaps: pid 2's pages demoted
+    _, demoted = ex.run(tables, [0], [1], 0, 1, -64)
+    assert demoted == 64
