@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -100,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    signals = getattr(args, "signals", None)
+    if signals is not None and threading.current_thread() is threading.main_thread():
+        # Handlers only set events; the daemon's signal thread acts on them.
+        signal.signal(signal.SIGTERM, lambda *_: signals.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: signals.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: signals.request_reload())
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--once", action="store_true", help="run one tick, print status, and exit"
     )
+    parser.set_defaults(signals=Signals())  # cli.main installs the handlers
 
 
 def backend_options(cfg: config.Config) -> dict[str, Any]:
@@ -52,16 +53,38 @@ def backend_options(cfg: config.Config) -> dict[str, Any]:
     return {}
 
 
+@dataclass
+class Signals:
+    """Events the CLI's signal handlers set (TERM/INT: stop, HUP: reload).
+
+    Each handler sets its event and then ``wake``, which the daemon's signal
+    thread waits on.
+    """
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    reload: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    def request_reload(self) -> None:
+        self.reload.set()
+        self.wake.set()
+
+
 def serve(
     cfg: config.Config,
     backend: HostBackend,
     clock: Clock,
     config_path: Path | None,
     on_ready: Callable[[Daemon], None] | None = None,
+    signals: Signals | None = None,
 ) -> int:
     """Run the daemon with its control socket and metrics until stopped."""
     daemon = Daemon(cfg, backend, clock)
-    reload_requested = threading.Event()
+    signals = signals or Signals()
 
     def reload_config() -> None:
         if config_path is None:
@@ -69,14 +92,19 @@ def serve(
             return
         daemon.reload(config.load(config_path))
 
-    def reload_watcher() -> None:  # SIGHUP
+    def on_signals() -> None:
         while True:
-            reload_requested.wait()
-            reload_requested.clear()
-            try:
-                reload_config()
-            except HostError as err:
-                log.error("reload failed, keeping the old configuration: %s", err)
+            signals.wake.wait()
+            signals.wake.clear()
+            if signals.reload.is_set():
+                signals.reload.clear()
+                try:
+                    reload_config()
+                except HostError as err:
+                    log.error("reload failed, keeping the old configuration: %s", err)
+            if signals.stop.is_set():
+                daemon.stop()
+                return
 
     controller = Controller(daemon, reload_config)
     server = ControlServer(controller, cfg.host.control_socket)
@@ -85,12 +113,7 @@ def serve(
         metrics = MetricsServer(
             cfg.metrics.listen, lambda: render(daemon.status(), daemon.domain_stats())
         )
-    if threading.current_thread() is threading.main_thread():
-        # Handlers only set events; the loop and the watcher do the work.
-        signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
-        signal.signal(signal.SIGINT, lambda *_: daemon.stop())
-        signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
-    threading.Thread(target=reload_watcher, name="reload", daemon=True).start()
+    threading.Thread(target=on_signals, name="signals", daemon=True).start()
     server.start()
     if metrics:
         metrics.start()
@@ -134,4 +157,4 @@ def main(args: argparse.Namespace) -> int:
         finally:
             backend.close()
         return 0
-    return serve(cfg, backend, SystemClock(), args.config)
+    return serve(cfg, backend, SystemClock(), args.config, signals=args.signals)

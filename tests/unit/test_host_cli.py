@@ -225,6 +225,34 @@ def test_reload_keeps_old_config_on_error(running: Running) -> None:
     assert running.daemon.status()["vms"]["vm0"]["weight"] == 1.0
 
 
+def test_hup_and_term_events_reload_and_stop(short_dir: Path) -> None:
+    path = _config_file(short_dir)
+    world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=1024 * MiB)
+    world.add_vm("vm0", 1, 128 * MiB, 128 * MiB, 256 * MiB, 256 * MiB)
+    signals = cmd_run.Signals()
+    ready = threading.Event()
+    holder: list[Daemon] = []
+
+    def on_ready(daemon: Daemon) -> None:
+        holder.append(daemon)
+        ready.set()
+
+    thread = threading.Thread(
+        target=cmd_run.serve,
+        args=(config.load(path), EmuHostBackend(world), SystemClock(), path),
+        kwargs={"on_ready": on_ready, "signals": signals},
+    )
+    thread.start()
+    assert ready.wait(10.0)
+    path.write_text(path.read_text() + "\n[classes.standard]\nweight = 5\n")
+    signals.request_reload()  # what SIGHUP does
+    signals.request_stop()  # what SIGTERM does
+    thread.join(10.0)
+    assert not thread.is_alive()
+    holder[0].tick()
+    assert holder[0].status()["vms"]["vm0"]["weight"] == 5.0
+
+
 def test_stop_ends_run(running: Running) -> None:
     assert cli.main(["stop", "-c", str(running.config_path)]) == 0
     running.thread.join(10.0)
