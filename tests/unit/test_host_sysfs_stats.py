@@ -10,6 +10,7 @@ import pytest
 from agent_host.backend import Tier
 from agent_host.errors import AccessDenied, BackendError, NoSuchDomain, Unsupported
 from agent_host.libvirt_backend import (
+    LibvirtHostBackend,
     _map_error,
     channel_path,
     parse_cpulist,
@@ -122,3 +123,13 @@ def test_channel_path_found_by_name() -> None:
     </devices></domain>"""
     assert channel_path(xml) == "/run/h.sock"
     assert channel_path("<domain><devices/></domain>") is None
+
+
+def test_libvirt_backend_reconnects_after_connection_loss() -> None:
+    backend = LibvirtHostBackend("test:///default", root=DATA / "host-sysfs-1node")
+    try:
+        backend._conn.close()  # what a libvirtd restart does to the connection
+        assert isinstance(backend.domains(), list)
+        assert backend.reconnects == 1
+    finally:
+        backend.close()
