@@ -29,7 +29,7 @@ from agent_guest.backend import (
 from agent_guest.classify import ClassifyParams, RangeTable, Selection, select_hot
 from agent_guest.clock import Clock
 from agent_guest.config import Config
-from agent_guest.errors import GuestError, NoSuchProcess
+from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.sampler import Sampler
 
@@ -182,6 +182,7 @@ class Daemon:
             old.throttled,
         )
         exchanger.stats = self._exchanger.stats
+        exchanger.denied = self._exchanger.denied
         self._cfg, self._sampler, self._exchanger, self._params = (
             cfg,
             sampler,
@@ -316,7 +317,11 @@ class Daemon:
     def _refresh_targets(self) -> None:
         self._target_infos = []
         procs = self._backend.processes()
-        pids = pick_targets(self._cfg, self._backend, os.getpid(), procs)
+        pids = [
+            p
+            for p in pick_targets(self._cfg, self._backend, os.getpid(), procs)
+            if p not in self._exchanger.denied
+        ]
         infos = {p.pid: p for p in procs}
         for pid in set(self._tables) - set(pids):
             self._forget(pid)
@@ -324,6 +329,11 @@ class Daemon:
             try:
                 vmas = self._backend.vmas(pid)
             except NoSuchProcess:
+                continue
+            except AccessDenied as err:
+                log.warning("pid %d: %s; skipping it", pid, err)
+                self._exchanger.denied.add(pid)
+                self._forget(pid)
                 continue
             table = self._tables.get(pid)
             if table is None:

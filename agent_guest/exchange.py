@@ -19,7 +19,7 @@ from agent_guest.backend import PAGE_SIZE, GuestBackend
 from agent_guest.classify import RangeTable
 from agent_guest.clock import Clock
 from agent_guest.config import MoverConfig
-from agent_guest.errors import NoSuchProcess
+from agent_guest.errors import AccessDenied, NoSuchProcess
 
 __all__ = [
     "Batch",
@@ -231,6 +231,7 @@ class Exchanger:
         self._epoch = 0
         self.stats = ExchangeStats()
         self.gone: set[int] = set()
+        self.denied: set[int] = set()
 
     def _find(
         self,
@@ -281,6 +282,9 @@ class Exchanger:
                 nodes = self._backend.page_nodes(pid, addr)
             except NoSuchProcess:
                 self._drop(pid)
+                continue
+            except AccessDenied as err:
+                self._deny(pid, err)
                 continue
             keep = np.isin(nodes, np.asarray(on_nodes, np.int32))
             keep &= ~self._banned(pid, addr)
@@ -334,6 +338,12 @@ class Exchanger:
                 del self._recent[pid]
             elif not keep.all():
                 self._recent[pid] = (a[keep], e[keep])
+
+    def _deny(self, pid: int, err: AccessDenied) -> None:
+        log.warning("pid %d: %s; no longer managing it", pid, err)
+        self.denied.add(pid)
+        self.gone.add(pid)
+        self.stats.failures["EPERM"] += 1
 
     def _drop(self, pid: int) -> None:
         if pid not in self.gone:
@@ -410,6 +420,9 @@ class Exchanger:
                 res = self._backend.move_pages(pid, addr, node)
             except NoSuchProcess:
                 self._drop(pid)
+                continue
+            except AccessDenied as err:
+                self._deny(pid, err)
                 continue
             moved += res.moved
             self._note_moved(pid, addr[res.status == node])

@@ -138,6 +138,7 @@ class LinuxGuestBackend:
         self._session: _Session | None = None
         self._caps: frozenset[Capability] | None = None
         self._soft_dirty = False
+        self._no_rearm: set[int] = set()
         self._reasons: dict[Capability, str] = {}
         self._nr = _SYSCALLS.get(platform.machine())
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -493,14 +494,21 @@ class LinuxGuestBackend:
     def _rearm(self, pids: Sequence[int]) -> None:
         """Clear soft-dirty (and write-protect) the targets' pages: clear_refs 4."""
         for pid in pids:
+            if pid in self._no_rearm:
+                continue
             try:
                 self._p(f"proc/{pid}/clear_refs").write_text("4")
             except (FileNotFoundError, ProcessLookupError):
                 continue  # exited; the daemon drops it at its next refresh
-            except PermissionError as err:
-                raise AccessDenied(
-                    f"/proc/{pid}/clear_refs", "needs ptrace access"
-                ) from err
+            except PermissionError:
+                # Another user's process without CAP_DAC_OVERRIDE: sample it
+                # without induced faults rather than fail the whole drain.
+                self._no_rearm.add(pid)
+                log.warning(
+                    "cannot write /proc/%d/clear_refs (needs CAP_DAC_OVERRIDE for "
+                    "other users' processes); no soft-dirty tracking for it",
+                    pid,
+                )
 
     def read_samples(self) -> AccessSamples:
         s = self._session

@@ -21,7 +21,7 @@ from agent_guest.backend import (
 )
 from agent_guest.classify import ClassifyParams, RangeTable
 from agent_guest.config import MoverConfig
-from agent_guest.errors import NoSuchProcess
+from agent_guest.errors import AccessDenied, NoSuchProcess
 from agent_guest.exchange import (
     Candidates,
     Exchanger,
@@ -137,6 +137,7 @@ class _Backend:
     def __init__(self, statuses: npt.NDArray[np.int32] | None, dead: set[int]) -> None:
         self.statuses = statuses
         self.dead = dead
+        self.forbidden: set[int] = set()
         self.moves: list[tuple[int, int, int]] = []
 
     def capabilities(self) -> frozenset[Capability]:
@@ -165,6 +166,8 @@ class _Backend:
     ) -> npt.NDArray[np.int32]:
         if pid in self.dead:
             raise NoSuchProcess(pid)
+        if pid in self.forbidden:
+            raise AccessDenied(f"move_pages(pid={pid})")
         # pid 1: hot pages on slow (1); pid 2: cold pages on fast (0)
         return np.full(addrs.shape[0], 1 if pid == 1 else 0, np.int32)
 
@@ -283,3 +286,12 @@ def test_the_cooldown_never_blocks_getting_under_the_allotment() -> None:
     ex.run(tables, [0], [1], 0, 1, 0)  # swaps: pid 2's pages demoted
     _, demoted = ex.run(tables, [0], [1], 0, 1, -64)
     assert demoted == 64
+
+
+def test_a_process_we_may_not_touch_is_given_up_not_fatal() -> None:
+    be = _Backend(None, set())
+    be.forbidden.add(1)
+    ex = Exchanger(be, MoverConfig(batch_pages=64, scan_pages=64), _Clock())
+    assert ex.run(_tables(), [0], [1], 0, 1, 64) == (0, 0)
+    assert ex.denied == {1}
+    assert ex.stats.failures["EPERM"] == 1
