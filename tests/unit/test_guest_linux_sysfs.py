@@ -1,0 +1,186 @@
+"""LinuxGuestBackend over synthetic /sys and /proc trees (injected root): source
+detection from sysfs, perf attrs from PMU event specs, /proc and node parsers.
+
+The trees mirror real files: Intel `cpu` PMU events/format as in Linux 6.1
+arch/x86/events/intel/core.c (mem-loads "event=0xcd,umask=0x1,ldlat=3"),
+node meminfo as drivers/base/node.c prints it.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from agent_guest import perf_abi as abi
+from agent_guest.backend import Capability, SamplerSettings, SampleSource, Tier
+from agent_guest.errors import NoSuchProcess
+from agent_guest.linux_backend import LinuxGuestBackend
+
+MAPS = """\
+55d0c0a00000-55d0c0a21000 r--p 00000000 fe:00 1234   /usr/bin/app
+55d0c0a21000-55d0c0b00000 r-xp 00021000 fe:00 1234   /usr/bin/app
+55d0c0c00000-55d0c0c10000 rw-p 00100000 fe:00 1234   /usr/bin/app
+55d0c1000000-55d0c2000000 rw-p 00000000 00:00 0      [heap]
+7f0000000000-7f0040000000 rw-p 00000000 00:00 0
+7f0040000000-7f0041000000 rw-s 00000000 00:01 99     /dev/shm/x
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0      [stack]
+7ffd000f0000-7ffd000f4000 r--p 00000000 00:00 0      [vvar]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]
+"""
+
+
+def _put(root: Path, rel: str, text: str = "") -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _tree(root: Path, pmu: str = "intel") -> Path:
+    dev = "sys/bus/event_source/devices"
+    for name in ("software", "tracepoint", "breakpoint"):
+        _put(root, f"{dev}/{name}/type", "1\n")
+    if pmu == "intel":
+        _put(root, f"{dev}/cpu/type", "4\n")
+        _put(root, f"{dev}/cpu/events/mem-loads", "event=0xcd,umask=0x1,ldlat=3\n")
+        _put(root, f"{dev}/cpu/events/mem-stores", "event=0xd0,umask=0x82\n")
+        _put(root, f"{dev}/cpu/format/event", "config:0-7\n")
+        _put(root, f"{dev}/cpu/format/umask", "config:8-15\n")
+        _put(root, f"{dev}/cpu/format/ldlat", "config1:0-15\n")
+    elif pmu == "amd":
+        _put(root, f"{dev}/ibs_op/type", "11\n")
+    node = "sys/devices/system/node"
+    _put(
+        root,
+        f"{node}/node0/meminfo",
+        "Node 0 MemTotal:        8388608 kB\nNode 0 MemFree:         4194304 kB\n",
+    )
+    _put(root, f"{node}/node0/cpulist", "0-3\n")
+    _put(
+        root,
+        f"{node}/node1/meminfo",
+        "Node 1 MemTotal:       16777216 kB\nNode 1 MemFree:        16000000 kB\n",
+    )
+    _put(root, f"{node}/node1/cpulist", "\n")
+    _put(root, "sys/devices/system/cpu/online", "0-3\n")
+    _put(root, "proc/self/pagemap")
+    _put(root, "proc/4242/maps", MAPS)
+    _put(root, "proc/4242/statm", "100000 25600 100 10 0 20000 0\n")
+    _put(root, "proc/4242/comm", "app\n")
+    _put(root, "proc/4242/cmdline", "app\0--serve\0")
+    _put(root, "proc/4242/cgroup", "0::/system.slice/app.service\n")
+    _put(root, "proc/7/statm", "0 0 0 0 0 0 0\n")  # a kernel thread
+    _put(
+        root,
+        "proc/vmstat",
+        "nr_free_pages 100\nnr_tlb_remote_flush 5\nnr_tlb_local_flush_all 7\n"
+        "pgmigrate_success 9\nnuma_hint_faults 11\n",
+    )
+    _put(
+        root,
+        "sys/kernel/tracing/events/exceptions/page_fault_user/format",
+        "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+        "\tfield:unsigned long address;\toffset:8;\tsize:8;\tsigned:0;\n",
+    )
+    _put(root, "sys/kernel/tracing/events/exceptions/page_fault_user/id", "190\n")
+    return root
+
+
+def _backend(tmp_path: Path, pmu: str = "intel") -> LinuxGuestBackend:
+    return LinuxGuestBackend(
+        root=_tree(tmp_path, pmu), channel_path=str(tmp_path / "no")
+    )
+
+
+def test_intel_pmu_with_mem_loads_offers_pebs(tmp_path: Path) -> None:
+    caps = _backend(tmp_path).capabilities()
+    assert Capability.PEBS in caps
+    assert Capability.IBS not in caps
+
+
+def test_amd_ibs_op_pmu_offers_ibs(tmp_path: Path) -> None:
+    b = _backend(tmp_path, "amd")
+    assert Capability.IBS in b.capabilities()
+    assert "mem-loads" in b.unavailable()[Capability.PEBS]
+
+
+def test_no_pmu_offers_the_fallbacks_and_says_why_not_pebs(tmp_path: Path) -> None:
+    b = _backend(tmp_path, "none")
+    caps = b.capabilities()
+    assert {Capability.PAGE_FAULT_SAMPLING, Capability.TRACEPOINTS} <= caps
+    assert Capability.PEBS not in caps
+    assert "breakpoint" in b.unavailable()[Capability.PEBS]  # lists what exists
+    assert Capability.HOST_CHANNEL not in caps
+    assert "does not exist" in b.unavailable()[Capability.HOST_CHANNEL]
+
+
+def test_pebs_events_come_from_the_sysfs_specs_with_our_ldlat(tmp_path: Path) -> None:
+    b = _backend(tmp_path)
+    attrs = b._event_attrs(SamplerSettings(SampleSource.PEBS, 997, ldlat_cycles=64))
+    assert len(attrs) == 2  # loads and stores
+    fields = [struct.unpack_from("<IIQQQQQIIQ", a) for a, _, _ in attrs]
+    loads, stores = fields
+    assert (loads[0], loads[2], loads[3], loads[9]) == (4, 0x1CD, 997, 64)
+    assert (stores[2], stores[9]) == (0x82D0, 0)
+    assert (loads[6] >> abi.PRECISE_IP_SHIFT) & 3 == 2
+    assert attrs[0][1] & abi.SAMPLE_WEIGHT
+
+
+def test_ibs_period_is_a_multiple_of_16(tmp_path: Path) -> None:
+    b = _backend(tmp_path, "amd")
+    ((attr, st, _),) = b._event_attrs(SamplerSettings(SampleSource.IBS, 1000))
+    type_, _, _, period = struct.unpack_from("<IIQQ", attr)
+    assert (type_, period % 16, st & abi.SAMPLE_ADDR) == (11, 0, abi.SAMPLE_ADDR)
+
+
+def test_tracepoint_fault_event_reads_the_address_offset_from_format(
+    tmp_path: Path,
+) -> None:
+    root = _tree(tmp_path, "none")
+    b = LinuxGuestBackend(root=root, fault_event="tracepoint")
+    ((attr, st, off),) = b._event_attrs(SamplerSettings(SampleSource.PAGE_FAULT, 1))
+    type_, _, config = struct.unpack_from("<IIQ", attr)
+    assert (type_, config, off) == (abi.TYPE_TRACEPOINT, 190, 8)
+    assert st & abi.SAMPLE_RAW
+
+
+def test_nodes_with_cpus_are_fast_and_cpuless_nodes_slow(tmp_path: Path) -> None:
+    nodes = _backend(tmp_path).numa_nodes()
+    assert [(n.node, n.tier, n.has_cpus) for n in nodes] == [
+        (0, Tier.FAST, True),
+        (1, Tier.SLOW, False),
+    ]
+    assert nodes[0].total_bytes == 8 << 30
+    assert nodes[0].free_bytes == 4 << 30
+
+
+def test_vmas_are_the_private_writable_mappings(tmp_path: Path) -> None:
+    vmas = _backend(tmp_path).vmas(4242)
+    assert [(hex(v.start), v.path) for v in vmas] == [
+        ("0x55d0c0c00000", "/usr/bin/app"),
+        ("0x55d0c1000000", "[heap]"),
+        ("0x7f0000000000", ""),
+        ("0x7ffd00000000", "[stack]"),
+    ]
+
+
+def test_vmas_of_a_vanished_process_raise_no_such_process(tmp_path: Path) -> None:
+    with pytest.raises(NoSuchProcess):
+        _backend(tmp_path).vmas(999)
+
+
+def test_processes_skip_kernel_threads(tmp_path: Path) -> None:
+    (p,) = _backend(tmp_path).processes()
+    assert (p.pid, p.comm, p.rss_bytes) == (4242, "app", 25600 * 4096)
+    assert p.cmdline == "app --serve"
+    assert p.cgroup == "/system.slice/app.service"
+
+
+def test_counters_keep_tlb_migration_and_numa_counters(tmp_path: Path) -> None:
+    assert _backend(tmp_path).counters() == {
+        "nr_tlb_remote_flush": 5,
+        "nr_tlb_local_flush_all": 7,
+        "pgmigrate_success": 9,
+        "numa_hint_faults": 11,
+    }
