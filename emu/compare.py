@@ -71,7 +71,7 @@ class Matrix:
     ratios: tuple[int, ...] = (2, 5)  # 1:k fast:slow
     vms: tuple[int, ...] = (1, 4)
     npages: int = 65_536  # footprint per VM, 4 KiB pages (256 MiB)
-    accesses: int = 12_000_000  # LLC misses per VM
+    accesses: int = 8_000_000  # LLC misses per VM
     epoch_s: float = 0.01
     max_s: float = 30.0
     seed: int = 1
