@@ -19,9 +19,19 @@ EPILOG = """examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
-    check = sub.add_parser("check", help="validate FILE; exit 2 naming the bad key")
+    check = sub.add_parser(
+        "check",
+        help="validate FILE; exit 2 naming the bad key",
+        epilog="examples:\n  hypertier-guest config check /etc/hypertier/guest.toml\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument("file", help="TOML config file")
-    show = sub.add_parser("show", help="print the effective config as TOML")
+    show = sub.add_parser(
+        "show",
+        help="print the effective config as TOML",
+        epilog="examples:\n  hypertier-guest config show -c /etc/hypertier/guest.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     show.add_argument(
         "-c", "--config", default=None, help="config file (default: built-in defaults)"
     )

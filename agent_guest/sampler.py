@@ -108,6 +108,7 @@ class Sampler:
             cfg.period,
         )
         self._pids: tuple[int, ...] | None = None
+        self._fresh = False
         self.samples = 0
         self.lost = 0
         self.throttled = 0
@@ -130,6 +131,7 @@ class Sampler:
             return
         self._backend.start_sampling(list(key), self.settings())
         self._pids = key
+        self._fresh = True  # the start-up window says nothing about the rate
         log.info(
             "sampling %d pids with %s, period %d",
             len(key),
@@ -162,6 +164,9 @@ class Sampler:
     def adapt(self, samples: int, cpu_s: float, wall_s: float) -> None:
         """Retune the period after a window; restart sampling if it changed."""
         if not self._pids:
+            return
+        if self._fresh:
+            self._fresh = False
             return
         old = self.control.period
         new = self.control.update(samples, cpu_s, wall_s)

@@ -229,3 +229,11 @@ def test_signals_only_set_events() -> None:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@pytest.mark.parametrize("action", ["check", "show"])
+def test_config_actions_have_help_with_examples(
+    action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["config", action, "--help"]) == 0
+    assert "examples:" in capsys.readouterr().out

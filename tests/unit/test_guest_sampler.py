@@ -70,3 +70,19 @@ def test_period_stays_within_bounds() -> None:
     for _ in range(5):
         rc.update(samples=0, cpu_s=0.0, wall_s=1.0)
     assert rc.period == 100
+
+
+def test_the_start_up_window_does_not_retune_the_period() -> None:
+    from agent_guest.config import SamplerConfig
+    from agent_guest.sampler import Sampler
+    from emu.guest import EmuGuestBackend
+    from emu.world import World
+
+    w = World(1 << 30, 1 << 31, seed=1)
+    w.add_vm("vm", 1, 16 << 20, 64 << 20)
+    s = Sampler(EmuGuestBackend(w, "vm"), SamplerConfig(period=1000))
+    s.start([1])
+    s.adapt(samples=0, cpu_s=10.0, wall_s=1.0)  # start-up cost: ignored
+    assert s.control.period == 1000
+    s.adapt(samples=0, cpu_s=0.0, wall_s=1.0)
+    assert s.control.period == 500
