@@ -229,9 +229,10 @@ class Scenario:
                 }
                 for t, a in allot.items()
             },
-            "online_memory_blocks": self.link.sh(
-                "grep -l online /sys/devices/system/memory/memory*/state | wc -l"
-            ).strip(),
+            "memory_block_bytes": int(
+                self.link.sh("cat /sys/devices/system/memory/block_size_bytes"), 16
+            ),
+            "online_blocks_per_node": self.online_blocks_per_node(),
         }
         nodes = self.report["topology"]["nodes"]
         self.say(
@@ -241,6 +242,14 @@ class Scenario:
                 for n, v in sorted(nodes.items())
             )
         )
+
+    def online_blocks_per_node(self) -> dict[str, int]:
+        """Online memory blocks (sysfs memory hotplug) linked from each node."""
+        out = self.link.sh(
+            "for n in /sys/devices/system/node/node[0-9]*; do "
+            'echo "${n##*/} $(cat $n/memory[0-9]*/state | grep -c online)"; done'
+        )
+        return {line.split()[0][4:]: int(line.split()[1]) for line in out.splitlines()}
 
     def tlb_trace_on(self) -> None:
         self.link.sh(f"echo 'hist:keys=reason' > {TRACE}/trigger")
