@@ -37,7 +37,6 @@ __all__ = ["VERSION", "Daemon", "NodeRoles", "node_roles", "pick_targets"]
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
-_VMA_REFRESH_EPOCHS = 8
 
 
 @dataclass(frozen=True)
@@ -124,6 +123,7 @@ class Daemon:
         self._lock = threading.Lock()
         self._tables: dict[int, RangeTable] = {}
         self._target_infos: list[ProcessInfo] = []
+        self._vma_keys: dict[int, int] = {}
         self._targets: list[int] = []
         self._next_refresh = clock.monotonic()
         self._next_report = clock.monotonic()
@@ -343,13 +343,17 @@ class Daemon:
                     pid,
                     infos[pid].comm if pid in infos else "?",
                 )
-            if table.epoch % _VMA_REFRESH_EPOCHS == 0 or len(table) == 0:
+            key = hash(tuple((v.start, v.end) for v in vmas))
+            if self._vma_keys.get(pid) != key:
+                # Mappings changed (or are new): rebuild, carrying densities over.
                 table.set_vmas(vmas, self._params.max_ranges // max(1, len(pids)))
+                self._vma_keys[pid] = key
         self._target_infos = [infos[p] for p in self._tables if p in infos]
         self._targets = sorted(self._tables)
         self._sampler.start(self._targets)
 
     def _forget(self, pid: int) -> None:
+        self._vma_keys.pop(pid, None)
         if self._tables.pop(pid, None) is not None:
             log.info("stopped managing pid %d", pid)
         self._target_infos = [p for p in self._target_infos if p.pid != pid]

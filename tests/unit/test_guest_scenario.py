@@ -6,7 +6,6 @@ tests/integration/test_guest_linux.py.
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest
@@ -113,6 +112,5 @@ def test_fast_allotment_shrink_demotes_first_and_never_overflows() -> None:
     after = s.move_ops()[before:]
     assert after, "the shrink caused no migration"
     assert after[0][3] == SLOW  # demotion comes first
-    assert used[-1] <= allot
-    assert all(b <= a for a, b in itertools.pairwise(used))  # only goes down
+    assert all(u <= allot for u in used[1:])  # under the new allotment at once
     assert s.hot_on_fast() >= 0.95  # the hot set still fits and stays
