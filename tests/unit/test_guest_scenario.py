@@ -6,7 +6,6 @@ tests/integration/test_guest_linux.py.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
