@@ -457,6 +457,21 @@ def test_guest_tracefs_in_fstab(guest: Applied) -> None:
     assert "mode=0750" in entry[3]
 
 
+def test_guest_role_check_mode_on_fresh_system_succeeds(
+    fresh_rootfs: Path, wheel: Path, tmp_path: Path
+) -> None:
+    # What an operator runs first (README): --check on a machine without HyperTier.
+    run = run_playbook(
+        fresh_rootfs,
+        "hypertier_guests",
+        {**GUEST_VARS, "hypertier_guest_wheel": str(wheel)},
+        tmp_path,
+        check=True,
+    )
+    assert run.returncode == 0, run.failure_messages() or run.stderr
+    assert not (fresh_rootfs / "etc" / "hypertier").exists()
+
+
 def test_guest_second_run_changes_nothing(guest: Applied) -> None:
     stats = guest.second.stats(guest.host)
     assert (stats["changed"], stats["failures"]) == (0, 0)
@@ -580,5 +595,6 @@ def test_host_role_accepts_single_node_with_emulation(
         tmp_path,
         check=True,
     )
+    assert run.returncode == 0, run.failure_messages() or run.stderr
     report = run.task("Report the tiers", fresh_rootfs.as_posix())
     assert "slow tier emulated" in report["msg"]
