@@ -31,6 +31,9 @@ class ClassifyParams:
     split_z: float = 3.0
     merge_tolerance: float = 0.25
     hysteresis: float = 0.25
+    hot_page_min_samples: float = 4.0
+    max_tracked_pages: int = 16384
+    page_track_samples: int = 32768
 
 
 def _empty_u64() -> npt.NDArray[np.uint64]:
@@ -70,6 +73,11 @@ class RangeTable:
         self._next_start = _empty_u64()
         self._any_multi = False
         self._ws: _Scratch | None = None
+        # Individually hot pages (decayed counts), so hot pages scattered in cold
+        # ranges are not missed: bounded by max_tracked_pages.
+        self.page_addr = _empty_u64()
+        self.page_count = np.empty(0, np.float64)
+        self._pending: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]] = []
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
@@ -233,12 +241,45 @@ class RangeTable:
         both = np.bincount(j, minlength=2 * n + 1)[: 2 * n].reshape(n, 2)
         self.left += both[:, 0]
         self.right += both[:, 1]
+        self._track_pages(addr)
         return int(both.sum())
+
+    def _track_pages(self, addr: npt.NDArray[np.uint64]) -> None:
+        # A strided subsample bounds the sort; each kept sample stands for ``step``.
+        step = max(1, addr.shape[0] // self.params.page_track_samples)
+        pages = addr[::step] & ~np.uint64(PAGE_SIZE - 1)
+        u, c = np.unique(pages, return_counts=True)
+        self._pending.append((u, c.astype(np.float64) * step))
+
+    def hot_pages(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
+        """Tracked pages with at least ``hot_page_min_samples`` decayed samples."""
+        keep = self.page_count >= self.params.hot_page_min_samples
+        return self.page_addr[keep], self.page_count[keep]
+
+    def _end_pages(self) -> None:
+        p = self.params
+        parts_a = [self.page_addr, *(u for u, _ in self._pending)]
+        parts_c = [self.page_count * p.decay, *(c for _, c in self._pending)]
+        self._pending = []
+        u, inv = np.unique(np.concatenate(parts_a), return_inverse=True)
+        cnt = np.bincount(inv.reshape(-1), weights=np.concatenate(parts_c)).astype(
+            np.float64
+        )
+        keep = cnt >= 0.5
+        u, cnt = u[keep], cnt[keep]
+        if p.max_tracked_pages == 0:
+            u, cnt = u[:0], cnt[:0]
+        elif u.shape[0] > p.max_tracked_pages:
+            top = np.argpartition(-cnt, p.max_tracked_pages - 1)[: p.max_tracked_pages]
+            top.sort()
+            u, cnt = u[top], cnt[top]
+        self.page_addr, self.page_count = u, cnt
 
     def end_epoch(self) -> None:
         """Fold this epoch's samples into the decayed counts, then split and merge."""
         p = self.params
         self.count = self.count * p.decay + self.left + self.right
+        self._end_pages()
         self._split()
         self._merge()
         self.left = np.zeros(len(self))

@@ -116,6 +116,8 @@ class ClassifyConfig:
     split_z: float = 3.0
     merge_tolerance: float = 0.25
     hysteresis: float = 0.25
+    hot_page_min_samples: float = 4.0
+    max_tracked_pages: int = 16384
 
     def __post_init__(self) -> None:
         _need(self.max_ranges >= 1, "classify.max_ranges must be >= 1")
@@ -130,6 +132,10 @@ class ClassifyConfig:
         _need(self.split_z >= 0, "classify.split_z must be >= 0")
         _need(self.merge_tolerance >= 0, "classify.merge_tolerance must be >= 0")
         _need(self.hysteresis >= 0, "classify.hysteresis must be >= 0")
+        _need(
+            self.hot_page_min_samples > 0, "classify.hot_page_min_samples must be > 0"
+        )
+        _need(self.max_tracked_pages >= 0, "classify.max_tracked_pages must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,8 @@ class Daemon:
             c.split_z,
             c.merge_tolerance,
             c.hysteresis,
+            c.hot_page_min_samples,
+            c.max_tracked_pages,
         )
         return sampler, exchanger, params
 

@@ -241,29 +241,35 @@ class Exchanger:
         limit: int,
         cooldown: bool = True,
     ) -> Candidates:
-        """Pages of hot (or cold) ranges, densest (or coldest) first, that are on
-        ``on_nodes`` now; at most ``limit`` pages are examined."""
+        """Candidate pages that are on ``on_nodes`` now; at most ``limit`` pages are
+        examined. Promotion (``want_hot``): individually hot pages outside hot
+        ranges, then pages of hot ranges, densest first. Demotion: pages of cold
+        ranges, then of hot ranges, least dense first, never an individually hot
+        page."""
         pids: list[npt.NDArray[np.int64]] = []
         idx: list[npt.NDArray[np.intp]] = []
         dens: list[npt.NDArray[np.float64]] = []
         noise: list[npt.NDArray[np.float64]] = []
+        hotflag: list[npt.NDArray[np.bool_]] = []
         for pid, t in tables.items():
-            sel = np.flatnonzero(t.hot == want_hot)
-            if want_hot is False:
-                sel = sel[t.count[sel] >= 0]
+            sel = np.flatnonzero(t.hot) if want_hot else np.arange(len(t))
             pids.append(np.full(sel.shape[0], pid, np.int64))
             idx.append(sel)
             dens.append(t.density[sel])
             noise.append(t.density_std[sel])
+            hotflag.append(t.hot[sel])
+        out = self._hot_pages(tables, on_nodes) if want_hot else Candidates.empty()
         if not pids:
-            return Candidates.empty()
+            return out
         all_pid = np.concatenate(pids)
         all_idx = np.concatenate(idx)
         d = np.concatenate(dens)
         sd = np.concatenate(noise)
-        order = np.argsort(-d if want_hot else d, kind="stable")
-        out = Candidates.empty()
-        budget = limit
+        if want_hot:
+            order = np.argsort(-d, kind="stable")
+        else:
+            order = np.lexsort((d, np.concatenate(hotflag)))
+        budget = limit - len(out)
         # Group consecutive ranges of one pid so page_nodes runs once per pid.
         for pid in dict.fromkeys(all_pid[order].tolist()):
             if budget <= 0:
@@ -277,20 +283,16 @@ class Exchanger:
             if addr.shape[0] == 0:
                 continue
             budget -= int(addr.shape[0])
-            self.stats.scanned += int(addr.shape[0])
-            try:
-                nodes = self._backend.page_nodes(pid, addr)
-            except NoSuchProcess:
-                self._drop(pid)
-                continue
-            except AccessDenied as err:
-                self._deny(pid, err)
+            nodes = self._nodes(pid, addr)
+            if nodes is None:
                 continue
             keep = np.isin(nodes, np.asarray(on_nodes, np.int32))
             keep &= ~self._banned(pid, addr)
             recent = self._recent.get(pid) if cooldown else None
             if recent is not None and recent[0].shape[0]:
                 keep &= ~np.isin(addr, recent[0])
+            if not want_hot:
+                keep &= ~np.isin(addr, t.hot_pages()[0])
             out = out.then(
                 Candidates(
                     np.full(int(keep.sum()), pid, np.int32),
@@ -299,10 +301,57 @@ class Exchanger:
                     sd[sel][which][keep],
                 )
             )
-        # Pages of several pids: restore the global density order.
+        # Pages of several pids (and hot pages): one global density order.
         key = -out.density if want_hot else out.density
         order = np.argsort(key, kind="stable")
         return out.pick(order)
+
+    def _nodes(
+        self, pid: int, addr: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.int32] | None:
+        self.stats.scanned += int(addr.shape[0])
+        try:
+            return self._backend.page_nodes(pid, addr)
+        except NoSuchProcess:
+            self._drop(pid)
+        except AccessDenied as err:
+            self._deny(pid, err)
+        return None
+
+    def _hot_pages(
+        self, tables: Mapping[int, RangeTable], on_nodes: Sequence[int]
+    ) -> Candidates:
+        """Individually hot pages outside hot ranges that are on ``on_nodes``."""
+        out = Candidates.empty()
+        per_mib = float(1 << 20) / PAGE_SIZE
+        for pid, t in tables.items():
+            if pid in self.gone:
+                continue
+            addr, count = t.hot_pages()
+            if addr.shape[0] == 0:
+                continue
+            j = t.locate(addr)
+            outside = (j < 0) | ~t.hot[np.maximum(j, 0)]
+            addr, count = addr[outside], count[outside]
+            if addr.shape[0] == 0:
+                continue
+            nodes = self._nodes(pid, addr)
+            if nodes is None:
+                continue
+            keep = np.isin(nodes, np.asarray(on_nodes, np.int32))
+            keep &= ~self._banned(pid, addr)
+            recent = self._recent.get(pid)
+            if recent is not None and recent[0].shape[0]:
+                keep &= ~np.isin(addr, recent[0])
+            out = out.then(
+                Candidates(
+                    np.full(int(keep.sum()), pid, np.int32),
+                    addr[keep],
+                    count[keep] * per_mib,
+                    np.sqrt(count[keep] + 1.0) * per_mib,
+                )
+            )
+        return out
 
     def _banned(self, pid: int, addr: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
         b = self._busy.get(pid)
@@ -382,11 +431,6 @@ class Exchanger:
             # Over the allotment, demotion is not optional: no cool-down.
             must = free_pages < 0
             demote = self._find(tables, False, fast_nodes, scan, cooldown=not must)
-            if len(demote) < need_demote and must:
-                # Over the allotment with no cold pages left: hot ones must go too,
-                # coldest ranges first.
-                hot_fast = self._find(tables, True, fast_nodes, scan, cooldown=False)
-                demote = demote.then(hot_fast.pick(slice(None, None, -1)))
         batches = plan_exchange(
             promote, demote, free_pages, budget, self._cfg.batch_pages, self._min_gain
         )

@@ -144,3 +144,24 @@ def test_new_vmas_keep_the_density_of_surviving_ranges() -> None:
         max_ranges=2,
     )
     assert t.count.tolist() == pytest.approx([160.0, 0.0])
+
+
+def test_an_individually_hot_page_in_a_cold_range_is_tracked() -> None:
+    t = _table(size=64 * MiB, max_tracked_pages=4)
+    page = BASE + 40 * MiB
+    t.add_samples(np.full(20, page + 64, np.uint64))
+    t.add_samples(_addrs(0, 64 * MiB, 50))
+    t.end_epoch()
+    addr, count = t.hot_pages()
+    assert addr.tolist() == [page]
+    assert count[0] >= 20
+
+
+def test_tracked_pages_are_bounded_and_decay_away() -> None:
+    t = _table(size=64 * MiB, max_tracked_pages=8, decay=0.5)
+    t.add_samples(_addrs(0, 64 * MiB, 1000))
+    t.end_epoch()
+    assert t.page_addr.shape[0] <= 8
+    for _ in range(4):
+        t.end_epoch()
+    assert t.page_addr.shape[0] == 0
