@@ -33,7 +33,7 @@ class ClassifyParams:
     hysteresis: float = 0.25
     hot_page_min_samples: float = 4.0
     max_tracked_pages: int = 16384
-    page_track_samples: int = 32768
+    page_track_samples: int = 8192
 
 
 def _empty_u64() -> npt.NDArray[np.uint64]:
