@@ -122,10 +122,21 @@ def test_hot_pages_end_on_fast_node(report: dict[str, Any]) -> None:
     )
 
 
-def test_cold_pages_end_on_slow_node(report: dict[str, Any]) -> None:
-    placement = _need(report, "placement")
+def test_cold_pages_end_on_slow_node_when_fast_tier_is_squeezed(
+    report: dict[str, Any],
+) -> None:
+    placement = _need(report, "placement_squeezed")
     assert placement["cold_share_on_slow"] >= scenario.CONVERGED_SHARE, (
         f"cold {placement['cold_nodes']}\n" + placement["agent_log_tail"]
+    )
+
+
+def test_hot_pages_stay_on_fast_node_when_fast_tier_is_squeezed(
+    report: dict[str, Any],
+) -> None:
+    placement = _need(report, "placement_squeezed")
+    assert placement["hot_share_on_fast"] >= scenario.CONVERGED_SHARE, (
+        f"hot {placement['hot_nodes']}\n" + placement["agent_log_tail"]
     )
 
 

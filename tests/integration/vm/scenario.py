@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ class ScenarioConfig:
     boot_timeout_s: float = 300.0
     resize_timeout_s: float = 120.0
     convergence_timeout_s: float = 240.0
-    steady_s: float = 60.0  # hot set placed and no page moved for this long: stop
+    steady_s: float = 45.0  # hot set placed and no page moved for this long: stop
     # (tier, requested MiB) in order; the last two return each tier to its start.
     resizes: tuple[tuple[str, int], ...] = (
         ("fast", 768),
@@ -73,6 +73,10 @@ class ScenarioConfig:
     )
     # Fast-tier sizes asked through the host agent after convergence (grow, shrink).
     host_agent_fast_mib: tuple[int, ...] = (512, 256)
+    # Then the fast allotment shrinks until hot + cold no longer fit on node 0:
+    # the cold set has to go to the slow node, the hot set has to stay.
+    squeeze_fast_mib: int = 96
+    squeeze_timeout_s: float = 180.0
     keep_vm: bool = False
 
 
@@ -201,6 +205,7 @@ class Scenario:
         self._step("host_agent_start", self.start_host_agent)
         self._step("convergence", self.convergence)
         self._step("host_agent_resizes", self.host_agent_resizes)
+        self._step("squeeze", self.squeeze)
         self._step("workload_stop", self.stop_workload)
         self._step("agents_stop", self.stop_agents)
         r["tlb_flush"] = self._step("tlb_trace_read", self.tlb_trace_read)
@@ -449,6 +454,63 @@ class Scenario:
             "grep -E 'allots|demot|promot' /tmp/agent.log | tail -n 20", check=False
         )
 
+    def squeeze(self) -> None:
+        """Shrink the fast tier through the host agent; wait for placement again."""
+        if self.host_agent is None or "host_agent_resizes" not in self.report:
+            self.skip(
+                "placement_squeezed",
+                "needs the host agent's resizes to work (see host_agent_resizes)",
+            )
+            return
+        saved = self.cfg
+        self.cfg = replace(saved, host_agent_fast_mib=(saved.squeeze_fast_mib,))
+        try:
+            before = self.report.pop("host_agent_resizes")
+            self.host_agent_resizes()
+            squeeze = self.report.pop("host_agent_resizes")
+            self.report["host_agent_resizes"] = before
+            self.report["squeeze_resize"] = squeeze[0]
+        finally:
+            self.cfg = saved
+        t0 = time.monotonic()
+        status = self._wait_placement(t0 + self.cfg.squeeze_timeout_s)
+        hot_share, cold_share = _shares(status)
+        self.report["placement_squeezed"] = {
+            "fast_requested_mib": self.cfg.squeeze_fast_mib,
+            "waited_s": round(time.monotonic() - t0, 1),
+            "hot_share_on_fast": round(hot_share, 4),
+            "cold_share_on_slow": round(cold_share, 4),
+            "hot_nodes": status["hot_nodes"],
+            "cold_nodes": status["cold_nodes"],
+            "node_info": self.node_info(),
+            "agent_log_tail": self.link.sh("tail -n 20 /tmp/agent.log", check=False),
+        }
+        self.say(
+            f"[vm] fast tier squeezed to {self.cfg.squeeze_fast_mib} MiB allotment: "
+            f"after {time.monotonic() - t0:.1f} s hot on fast {hot_share:.1%}, "
+            f"cold on slow {cold_share:.1%}"
+        )
+
+    def _wait_placement(self, deadline: float) -> dict[str, Any]:
+        """Poll the workload until placed, or steady with the hot set placed."""
+        status = self.link.read_json(WORKLOAD_STATUS)
+        last_counts: tuple[Any, Any] | None = None
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            status = self.link.read_json(WORKLOAD_STATUS)
+            if _converged(status):
+                break
+            counts = (status["hot_nodes"], status["cold_nodes"])
+            if counts != last_counts:
+                last_counts, stable_since = counts, time.monotonic()
+            if (
+                _shares(status)[0] >= CONVERGED_SHARE
+                and time.monotonic() - stable_since >= self.cfg.steady_s
+            ):
+                break
+            time.sleep(1.0)
+        return status
+
     def stop_agents(self) -> None:
         if self.agent_pid is not None:
             status = self.link.call(
@@ -579,23 +641,7 @@ class Scenario:
             return
         deadline = time.monotonic() + self.cfg.convergence_timeout_s
         t0 = time.monotonic()
-        status = self.link.read_json(WORKLOAD_STATUS)
-        last_counts: tuple[Any, Any] | None = None
-        stable_since = time.monotonic()
-        while time.monotonic() < deadline:
-            status = self.link.read_json(WORKLOAD_STATUS)
-            if _converged(status):
-                break
-            counts = (status["hot_nodes"], status["cold_nodes"])
-            if counts != last_counts:
-                last_counts, stable_since = counts, time.monotonic()
-            # Hot set in place and nothing moved for a while: the agent's steady state.
-            if (
-                _shares(status)[0] >= CONVERGED_SHARE
-                and time.monotonic() - stable_since >= self.cfg.steady_s
-            ):
-                break
-            time.sleep(1.0)
+        status = self._wait_placement(deadline)
         took = time.monotonic() - t0
         since_agent = time.monotonic() - self.agent_started
         ok = _converged(status)
