@@ -106,7 +106,8 @@ def test_live_resize_reaches_host_and_guest(report: dict[str, Any], index: int) 
 
 
 def test_guest_agent_demotes_before_fast_tier_shrinks(report: dict[str, Any]) -> None:
-    _need(report, "demote_before_shrink")
+    order = _need(report, "demote_before_shrink")
+    assert order["demoted_first"], order
 
 
 def test_workload_never_loses_data(report: dict[str, Any]) -> None:

@@ -419,14 +419,14 @@ class Scenario:
                 raise RuntimeError(f"hypertier-host vm set failed: {done.stderr}")
             want = mib * MiB
             want_kib = before + (want - old) // 1024
-            host_s = guest_s = None
+            host_s = guest_s = first_change_s = None
             after = before
             deadline = t0 + self.cfg.resize_timeout_s
             while time.monotonic() < deadline and (host_s is None or guest_s is None):
-                if (
-                    host_s is None
-                    and self.vm.allotments()[Tier.FAST].current_bytes == want
-                ):
+                current = self.vm.allotments()[Tier.FAST].current_bytes
+                if first_change_s is None and current != old:
+                    first_change_s = round(time.monotonic() - t0, 3)
+                if host_s is None and current == want:
                     host_s = time.monotonic() - t0
                 if guest_s is None:
                     after = self.node_info()[node]["memtotal_kib"]
@@ -441,7 +441,9 @@ class Scenario:
                 "guest_seen_s": None if guest_s is None else round(guest_s, 3),
                 "node_memtotal_kib_before": before,
                 "node_memtotal_kib_after": after,
-                "path": "hypertier-host vm set (daemon: Allot to guest, then resize)",
+                "started_at_s": round(t0 - self.workload_ready, 2),
+                "current_first_change_s": first_change_s,
+                "path": "hypertier-host vm set (daemon policy, then resize)",
             }
             results.append(entry)
             self.say(
@@ -457,10 +459,9 @@ class Scenario:
     def squeeze(self) -> None:
         """Shrink the fast tier through the host agent; wait for placement again."""
         if self.host_agent is None or "host_agent_resizes" not in self.report:
-            self.skip(
-                "placement_squeezed",
-                "needs the host agent's resizes to work (see host_agent_resizes)",
-            )
+            why = "needs the host agent's resizes to work (see host_agent_resizes)"
+            self.skip("placement_squeezed", why)
+            self.report["skipped"].setdefault("demote_before_shrink", why)
             return
         saved = self.cfg
         self.cfg = replace(saved, host_agent_fast_mib=(saved.squeeze_fast_mib,))
@@ -485,10 +486,54 @@ class Scenario:
             "node_info": self.node_info(),
             "agent_log_tail": self.link.sh("tail -n 20 /tmp/agent.log", check=False),
         }
+        self._demote_order(status)
         self.say(
             f"[vm] fast tier squeezed to {self.cfg.squeeze_fast_mib} MiB allotment: "
             f"after {time.monotonic() - t0:.1f} s hot on fast {hot_share:.1%}, "
             f"cold on slow {cold_share:.1%}"
+        )
+
+    def _demote_order(self, status: dict[str, Any]) -> None:
+        """Did cold pages start moving to node 1 before the fast tier shrank?
+
+        Times are seconds on the workload's clock (its history has about one entry
+        per second); the squeeze started at ``started_at_s`` and the guest began
+        to unplug (libvirt ``<current>`` first changed, polled every ~0.3 s)
+        ``current_first_change_s`` later.
+        """
+        resize = self.report["squeeze_resize"]
+        start = resize["started_at_s"]
+        unplug = resize["current_first_change_s"]
+        history = status.get("history", [])
+        before = [h for h in history if h["t"] <= start]
+        if unplug is None or not before:
+            self.skip(
+                "demote_before_shrink",
+                "the squeeze gave no ordering data (unplug never started, or no "
+                "workload history before the squeeze)",
+            )
+            return
+        base = before[-1]["cold"].get("1", 0)
+        step = max(1, status["cold_pages"] // 20)  # 5 % of the cold set
+        moved = next(
+            (
+                h["t"]
+                for h in history
+                if h["t"] > start and h["cold"].get("1", 0) >= base + step
+            ),
+            None,
+        )
+        self.report["demote_before_shrink"] = {
+            "squeeze_started_s": start,
+            "unplug_started_s": round(start + unplug, 2),
+            "cold_demotion_seen_s": moved,
+            "demoted_first": moved is not None and moved < start + unplug,
+            "host_agent_order": "resize, then Allot (agent_host.daemon.tick calls "
+            "_apply before _send_allotments)",
+        }
+        self.say(
+            f"[vm] squeeze: cold pages moving at t={moved} s, unplug started at "
+            f"t={start + unplug:.2f} s (squeeze asked at t={start:.2f} s)"
         )
 
     def _wait_placement(self, deadline: float) -> dict[str, Any]:
@@ -621,15 +666,6 @@ class Scenario:
             self.skip(
                 "demote_before_shrink",
                 "needs the guest agent running in the guest (see guest_agent)",
-            )
-        else:
-            self.skip(
-                "demote_before_shrink",
-                "order not observable: neither agent timestamps its log lines nor "
-                "exports when it demoted for an allotment (guest status has only "
-                "total pages_demoted), so 'demoted, then the fast tier shrank' "
-                "cannot be checked from outside; the allotments the guest received "
-                "are in guest_agent_log_allots",
             )
 
     def convergence(self) -> None:
