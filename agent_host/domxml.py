@@ -119,8 +119,8 @@ class TieredVmSpec:
     slow_bytes: int
     fast_max_bytes: int
     slow_max_bytes: int
-    host_fast_nodes: tuple[int, ...]
-    host_slow_nodes: tuple[int, ...]
+    host_fast_nodes: Sequence[int]  # stored as a tuple
+    host_slow_nodes: Sequence[int]
     disk_path: str
     channel_path: str
     qos_class: str = "standard"
@@ -184,7 +184,9 @@ class TieredVmSpec:
         return self.fast_boot_bytes if tier is Tier.FAST else self.slow_boot_bytes
 
     def host_nodes(self, tier: Tier) -> tuple[int, ...]:
-        return self.host_fast_nodes if tier is Tier.FAST else self.host_slow_nodes
+        return tuple(
+            self.host_fast_nodes if tier is Tier.FAST else self.host_slow_nodes
+        )
 
     @property
     def slow_tier_emulated(self) -> bool:

@@ -39,8 +39,8 @@ def _spec(**changes: object) -> TieredVmSpec:
         slow_bytes=384 * MiB,
         fast_max_bytes=1024 * MiB,
         slow_max_bytes=2048 * MiB,
-        host_fast_nodes=[0, 1],  # type: ignore[arg-type]  # lists are accepted
-        host_slow_nodes=[2],  # type: ignore[arg-type]
+        host_fast_nodes=[0, 1],  # lists are accepted, stored as tuples
+        host_slow_nodes=[2],
         disk_path="/var/lib/libvirt/images/vm1.qcow2",
         channel_path="/run/hypertier/vm1.sock",
         qos_class="gold",

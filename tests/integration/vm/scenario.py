@@ -184,7 +184,7 @@ class Scenario:
             return self.finish()
         self.vm = TestVm(base, acc, run_dir, self.cfg.shape)
         vm = self.vm
-        if self._step("define", lambda: vm.define(overlay, payload) or True) is None:
+        if self._step("define", lambda: _defined(vm, overlay, payload)) is None:
             return self.finish()
         r["notes"] = list(vm.notes)
         boot = self._step("boot", lambda: vm.start(self.cfg.boot_timeout_s))
@@ -538,7 +538,7 @@ class Scenario:
 
     def _wait_placement(self, deadline: float) -> dict[str, Any]:
         """Poll the workload until placed, or steady with the hot set placed."""
-        status = self.link.read_json(WORKLOAD_STATUS)
+        status: dict[str, Any] = self.link.read_json(WORKLOAD_STATUS)
         last_counts: tuple[Any, Any] | None = None
         stable_since = time.monotonic()
         while time.monotonic() < deadline:
@@ -711,7 +711,7 @@ class Scenario:
         for entry in status.get("history", []):
             hot = entry["hot"]
             if hot.get("0", 0) >= CONVERGED_SHARE * status["hot_pages"]:
-                return round(max(0.0, entry["t"] - offset), 1)
+                return round(max(0.0, float(entry["t"]) - offset), 1)
         return None
 
     def stop_workload(self) -> None:
@@ -772,6 +772,11 @@ class Scenario:
         r["report_path"] = str(path)
         self.say(f"[vm] total {r['total_s']} s; report: {path}")
         return r
+
+
+def _defined(vm: TestVm, overlay: Path, payload: Path) -> bool:
+    vm.define(overlay, payload)
+    return True
 
 
 def _shares(status: dict[str, Any]) -> tuple[float, float]:
