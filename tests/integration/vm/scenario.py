@@ -73,9 +73,13 @@ class ScenarioConfig:
     )
     # Fast-tier sizes asked through the host agent after convergence (grow, shrink).
     host_agent_fast_mib: tuple[int, ...] = (512, 256)
-    # Then the fast allotment shrinks until hot + cold no longer fit on node 0:
-    # the cold set has to go to the slow node, the hot set has to stay.
-    squeeze_fast_mib: int = 96
+    # Then the fast allotment shrinks so that the hot set still fits the guest
+    # agent's fast budget (allotment - mover.fast_reserve_bytes 64 MiB = 96 MiB >
+    # hot demand ~54 MiB: the 32 MiB array plus the interpreter) but hot + cold
+    # (160 MiB) does not: the cold set has to go to the slow node, the hot set
+    # has to stay. (At 96 MiB the budget is below the hot demand and the agent
+    # rightly parks everything on the slow node.)
+    squeeze_fast_mib: int = 160
     squeeze_timeout_s: float = 180.0
     keep_vm: bool = False
 
