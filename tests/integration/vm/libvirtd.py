@@ -7,15 +7,18 @@ itself and leaves them running for later runs.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 URI = "qemu:///system"
+VIRTLOGD_SOCK = Path("/run/libvirt/virtlogd-sock")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,42 @@ def _answers() -> str | None:
         ["virsh", "-c", URI, "version"], capture_output=True, text=True, check=False
     )
     return proc.stdout if proc.returncode == 0 else None
+
+
+def _listens(path: Path) -> bool:
+    """True when something accepts connections on the unix socket ``path``.
+
+    A socket file left behind by a daemon that died refuses connections: that is
+    what domain start reports as "Failed to connect socket to virtlogd-sock".
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _ensure_virtlogd(timeout_s: float) -> str:
+    """Start virtlogd when nothing listens on its socket (QEMU logs go through it)."""
+    if _listens(VIRTLOGD_SOCK):
+        return ""
+    with contextlib.suppress(FileNotFoundError):
+        VIRTLOGD_SOCK.unlink()  # stale: virtlogd refuses to start over it
+    if _systemd_is_pid1():
+        subprocess.run(["systemctl", "restart", "virtlogd"], check=False)
+    else:
+        subprocess.run(["virtlogd", "-d"], check=False)
+    deadline = time.monotonic() + timeout_s
+    while not _listens(VIRTLOGD_SOCK):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"virtlogd does not listen on {VIRTLOGD_SOCK} {timeout_s:.0f} s after"
+                " starting it; QEMU domains cannot start without it"
+            )
+        time.sleep(0.2)
+    return "; virtlogd started"
 
 
 def _systemd_is_pid1() -> bool:
@@ -70,22 +109,21 @@ def ensure_libvirtd(timeout_s: float = 30.0) -> LibvirtdStatus:
         RuntimeError: virsh/libvirtd are not installed, or the daemon does not
             answer within ``timeout_s`` (the message says what was tried).
     """
-    fixed = "" if _systemd_is_pid1() else _fix_kvm_node_access()
-    version = _answers()
-    if version is not None:
-        return LibvirtdStatus(False, "already running" + fixed, _version_line(version))
     for tool in ("virsh", "libvirtd", "virtlogd"):
         if shutil.which(tool) is None:
             raise RuntimeError(
                 f"{tool} not found: install libvirt-daemon-system and libvirt-clients"
             )
+    fixed = "" if _systemd_is_pid1() else _fix_kvm_node_access()
+    fixed += _ensure_virtlogd(timeout_s)
+    version = _answers()
+    if version is not None:
+        return LibvirtdStatus(False, "already running" + fixed, _version_line(version))
     if _systemd_is_pid1():
         how = "systemctl start libvirtd"
-        subprocess.run(["systemctl", "start", "virtlogd", "libvirtd"], check=False)
+        subprocess.run(["systemctl", "start", "libvirtd"], check=False)
     else:
-        how = "virtlogd -d; libvirtd -d (no service manager)"
-        if not Path("/run/libvirt/virtlogd-sock").exists():
-            subprocess.run(["virtlogd", "-d"], check=False)
+        how = "libvirtd -d (no service manager)"
         subprocess.run(["libvirtd", "-d"], check=False)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
