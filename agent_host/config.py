@@ -102,6 +102,7 @@ class PolicyConfig:
     pressure_growth_ratio: float = 0.25
     max_step_bytes: int = 1 * GiB
     min_resize_interval_s: float = 5.0
+    shrink_notice_s: float = 5.0
     hysteresis_bytes: int = 32 * MiB
     hysteresis_ratio: float = 0.02
     report_timeout_s: float = 10.0
@@ -121,6 +122,7 @@ class PolicyConfig:
             "host_reserved_bytes",
             "hysteresis_bytes",
             "min_resize_interval_s",
+            "shrink_notice_s",
         ):
             _non_negative(f"policy.{key}", getattr(self, key))
         for key in ("safety_margin_ratio", "hysteresis_ratio", "hot_headroom_ratio"):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 import hypertier_wire as wire
 from agent_host import domxml
@@ -58,6 +59,8 @@ class VmState:
         default_factory=lambda: {t: -math.inf for t in Tier}
     )
     sent_allot: tuple[int, int] | None = None
+    # When the guest agent was first told of a fast-tier shrink still pending.
+    shrink_notice_s: float | None = None
     allot_seq: int = 0
     resizes: int = 0
     resize_errors: int = 0
@@ -475,6 +478,7 @@ class Daemon:
         if len(ops) < int((delta > 0).sum()):
             log.debug("resizes over budget: %d deferred", (delta > 0).sum() - len(ops))
         ops.sort(key=lambda op: op[0])
+        self._track_shrink_notices(target, now)
         done = 0
         for _, row, k, new in ops:
             st = self._states[row]
@@ -482,6 +486,8 @@ class Daemon:
                 continue
             tier = _TIERS[k]
             old = int(t.req[k, row])
+            if k == 0 and new < old and not self._shrink_due(st, new, now):
+                continue
             try:
                 self._backend.resize(st.vm, tier, new)
             except NoSuchDomain:
@@ -494,6 +500,8 @@ class Daemon:
                 log.error("resize of %s %s tier failed: %s", st.vm, tier.value, err)
                 continue
             t.req[k, row] = new
+            if k == 0:
+                st.shrink_notice_s = None
             t.last_resize[k, row] = now
             st.last_resize_s[tier] = now
             st.resizes += 1
@@ -509,7 +517,39 @@ class Daemon:
             self._rebuild()
         return done
 
+    def _track_shrink_notices(self, target: npt.NDArray[np.int64], now: float) -> None:
+        """Start the notice of each fast shrink the guest has not heard of yet."""
+        shrinking = (target[0] < self._table.req[0]).tolist()
+        for st, shrink in zip(self._states, shrinking, strict=True):
+            if not shrink:
+                st.shrink_notice_s = None
+            elif st.shrink_notice_s is None and st.channel.hello is not None:
+                st.shrink_notice_s = now  # the Allot goes out at the end of this tick
+
+    def _shrink_due(self, st: VmState, new: int, now: float) -> bool:
+        """May the fast tier of ``st`` shrink to ``new`` bytes now?
+
+        A guest with an agent is told first (the Allot), so it demotes its
+        coldest pages itself instead of leaving the choice to the unplug path.
+        The host does not wait on the guest: the shrink goes ahead once the
+        guest reports that its fast node fits, or ``policy.shrink_notice_s``
+        after the notice, whichever comes first. Guests without an agent do not
+        wait.
+        """
+        since = st.shrink_notice_s
+        if since is None:
+            return True
+        if now - since >= self._cfg.policy.shrink_notice_s:
+            return True
+        rep = st.channel.latest
+        if rep is None or rep.received_s <= since:
+            return False
+        boot = max(0, rep.fast_total_bytes - int(self._table.cur[0, st.row]))
+        return rep.fast_used_bytes <= new + boot
+
     def _send_allotments(self) -> None:
+        if self._target.shape[1] != len(self._states):
+            return  # VMs came or went during this tick; the next one sends
         fast, slow = self._target[0].tolist(), self._target[1].tolist()
         for st, f, s in zip(self._states, fast, slow, strict=True):
             if st.channel.hello is None or (f, s) == st.sent_allot:
@@ -630,6 +670,11 @@ class Daemon:
             "tiers": tiers,
             "resizes": st.resizes,
             "resize_errors": st.resize_errors,
+            "fast_shrink_noticed_s_ago": (
+                None
+                if st.shrink_notice_s is None
+                else round(now - st.shrink_notice_s, 3)
+            ),
             "guest": {
                 "connected": chan.hello is not None,
                 "report_age_s": round(now - rep.received_s, 3) if rep else None,

@@ -263,3 +263,104 @@ def test_vm_started_between_discoveries_is_found_by_its_event(
     world.add_vm("late", 1, 128 * MiB, 128 * MiB, 256 * MiB, 256 * MiB)
     daemon.tick()
     assert "late" in daemon.status()["vms"]
+
+
+def _hello(world: World, vm: str) -> None:
+    world.vm(vm).to_host += wire.encode(wire.Hello("hypertier-guest", "0.1.0"))
+
+
+def _allots(world: World, vm: str) -> list[wire.Allot]:
+    msgs = [wire.decode(x) for x in bytes(world.vm(vm).to_guest).splitlines()]
+    return [m for m in msgs if isinstance(m, wire.Allot)]
+
+
+def test_fast_shrink_waits_for_the_notice_period(clock: FakeClock) -> None:
+    """The guest agent hears of the shrink first; the unplug follows the notice."""
+    world = _world(clock, vms=1)
+    daemon = _daemon(world, clock)
+    _hello(world, "vm0")
+    daemon.tick()
+    daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
+    daemon.tick()
+    assert _allots(world, "vm0")[-1].fast_bytes == 64 * MiB
+    assert _fast_mib(world, "vm0") == 128
+    assert daemon.status()["vms"]["vm0"]["fast_shrink_noticed_s_ago"] == 0.0
+    clock.advance(4.0)
+    daemon.tick()
+    assert _fast_mib(world, "vm0") == 128
+    clock.advance(1.0)
+    daemon.tick()
+    assert _fast_mib(world, "vm0") == 64
+    assert daemon.status()["vms"]["vm0"]["fast_shrink_noticed_s_ago"] is None
+
+
+def test_fast_shrink_goes_ahead_once_the_guest_reports_it_fits(
+    clock: FakeClock,
+) -> None:
+    world = _world(clock, vms=1)
+    daemon = _daemon(world, clock)
+    _hello(world, "vm0")
+    daemon.tick()
+    daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
+    daemon.tick()
+    clock.advance(0.5)
+    world.vm("vm0").to_host += wire.encode(
+        wire.Report(
+            1,
+            (
+                wire.NodeUsage(0, "fast", 128 * MiB, 100 * MiB),
+                wire.NodeUsage(1, "slow", 128 * MiB, 10 * MiB),
+            ),
+            64 * MiB,
+            0.0,
+        )
+    )
+    daemon.tick()
+    assert _fast_mib(world, "vm0") == 128  # 100 MiB used does not fit 64
+    clock.advance(0.5)
+    world.vm("vm0").to_host += wire.encode(
+        wire.Report(
+            2,
+            (
+                wire.NodeUsage(0, "fast", 128 * MiB, 60 * MiB),
+                wire.NodeUsage(1, "slow", 128 * MiB, 50 * MiB),
+            ),
+            64 * MiB,
+            0.0,
+        )
+    )
+    daemon.tick()
+    assert _fast_mib(world, "vm0") == 64
+
+
+def test_fast_shrink_of_a_vm_without_agent_is_immediate(clock: FakeClock) -> None:
+    world = _world(clock, vms=1)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
+    daemon.tick()
+    assert _fast_mib(world, "vm0") == 64
+
+
+def test_vm_vanishing_during_resize_does_not_fail_the_tick(clock: FakeClock) -> None:
+    world = _world(clock, vms=2)
+    backend = EmuHostBackend(world)
+    daemon = Daemon(CFG, backend, clock)
+    for vm in world.vms:
+        _hello(world, vm)
+    daemon.tick()
+    real_resize = backend.resize
+
+    def resize_racing_a_shutdown(vm: str, tier: Tier, size: int) -> None:
+        if vm == "vm1" and "vm1" in world.vms:
+            world.remove_vm("vm1")
+        real_resize(vm, tier, size)
+
+    backend.resize = resize_racing_a_shutdown  # type: ignore[method-assign]
+    daemon.vm_set("vm0", reservations={Tier.FAST: 256 * MiB})
+    daemon.vm_set("vm1", reservations={Tier.FAST: 256 * MiB})
+    daemon.tick()
+    assert list(daemon.status()["vms"]) == ["vm0"]
+    assert _fast_mib(world, "vm0") == 256
+    daemon.tick()
+    assert daemon.tick_failures == 0
