@@ -30,22 +30,22 @@ class GuestReport:
 
     received_s: float
     report: wire.Report
-    free_bytes: int = 0
+    used_bytes: int = 0
     fast_total_bytes: int = 0
     slow_total_bytes: int = 0
     fast_used_bytes: int = 0
 
     @classmethod
     def of(cls, received_s: float, report: wire.Report) -> GuestReport:
-        free = fast = slow = fast_used = 0
+        used = fast = slow = fast_used = 0
         for n in report.nodes:
-            free += n.total_bytes - n.used_bytes
+            used += n.used_bytes
             if n.tier == "fast":
                 fast += n.total_bytes
                 fast_used += n.used_bytes
             else:
                 slow += n.total_bytes
-        return cls(received_s, report, free, fast, slow, fast_used)
+        return cls(received_s, report, used, fast, slow, fast_used)
 
     def node_total_bytes(self, tier: str) -> int:
         return self.fast_total_bytes if tier == "fast" else self.slow_total_bytes

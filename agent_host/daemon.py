@@ -125,7 +125,7 @@ class _Table:
         self.received = np.full(n, -math.inf)
         self.hot = np.full(n, np.nan)
         self.pressure = np.full(n, np.nan)
-        self.free = np.full(n, np.nan)
+        self.used = np.full(n, np.nan)
         self.boot = np.zeros(n)
 
 
@@ -343,11 +343,12 @@ class Daemon:
         for row, st in enumerate(self._states):
             st.row = row
             self._load_settings(st)
-            self._store_report(st)
             for k in (0, 1):
                 self._table.last_resize[k, row] = st.last_resize_s[_TIERS[k]]
         if self._states:
             self._load_allotments()
+        for st in self._states:
+            self._store_report(st)  # after the allotments: boot memory needs them
 
     def _load_settings(self, st: VmState) -> None:
         t, r = self._table, st.row
@@ -366,8 +367,11 @@ class Daemon:
         t.received[r] = rep.received_s
         t.hot[r] = rep.report.hot_bytes
         t.pressure[r] = rep.report.pressure
-        t.free[r] = rep.free_bytes
-        t.boot[r] = max(0, rep.node_total_bytes("fast") - int(t.cur[0, r]))
+        t.used[r] = rep.used_bytes
+        # Boot memory is fixed; read it only while no resize is under way, when
+        # the guest's node size and the host's <current> describe the same state.
+        if t.req[0, r] == t.cur[0, r]:
+            t.boot[r] = max(0, rep.node_total_bytes("fast") - int(t.cur[0, r]))
 
     def _adopt(self, info: DomainInfo) -> domxml.TieringMetadata:
         """The VM's metadata; written from its current allotments if absent."""
@@ -434,7 +438,7 @@ class Daemon:
             weight=t.weight.copy(),
             hot_bytes=np.where(fresh, t.hot, nan),
             pressure=np.where(fresh, t.pressure, nan),
-            free_bytes=np.where(fresh, t.free, nan),
+            used_bytes=np.where(fresh, t.used, nan),
             fast_boot_bytes=np.where(fresh, t.boot, 0.0),
             fast=tier(0),
             slow=tier(1),

@@ -14,8 +14,9 @@ millisecond. The rules, in order of precedence (docs/host.md explains them):
    = hot set x (1 + headroom), or more under pressure;
 4. changes smaller than the hysteresis band, sooner than ``min_resize_interval_s``
    after the last one, or larger than ``max_step_bytes`` are held back or cut,
-   except to restore a floor; growth never exceeds memory that is actually free
-   (a shrinking VM's ``current`` counts until the guest has unplugged it).
+   except to restore a floor; growth, even to a floor, never exceeds memory that
+   is actually free (a shrinking VM's ``current`` counts until the guest has
+   unplugged it); floors are served before other growth.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ class PolicyInputs:
     """Everything the policy knows about ``n`` VMs at time ``now_s``.
 
     Guest-report arrays hold NaN where a VM has no fresh validated report.
-    ``free_bytes`` is the guest's free memory over all its nodes and
+    ``used_bytes`` is the guest's used memory over all its nodes (as the guest
+    counts it, so it never mixes with the host's possibly older view of what is
+    plugged) and
     ``fast_boot_bytes`` the fixed (non-virtio-mem) memory of its fast node.
     """
 
@@ -58,7 +61,7 @@ class PolicyInputs:
     weight: FloatArray
     hot_bytes: FloatArray
     pressure: FloatArray
-    free_bytes: FloatArray
+    used_bytes: FloatArray
     fast_boot_bytes: FloatArray
     fast: TierInputs
     slow: TierInputs
@@ -139,19 +142,29 @@ def _limit_changes(
     new = np.where(forced, target, np.where(move, req + step, req))
     # Growth only into memory that is free now: a shrinking VM still holds
     # ``current`` until its guest has unplugged the blocks.
+    # Floors to restore come first, then the rest; neither past the capacity
+    # (memory that is not there cannot be plugged: the host would fall back to
+    # other nodes or fail the allocation).
     base = np.maximum(req, cur)
     growth = np.maximum(new - base, 0.0)
     growing = growth > 0
     committed = np.where(growing, base, np.maximum(new, cur))
-    budget = capacity - float(committed.sum()) - float(growth[forced].sum())
+    budget = max(capacity - float(committed.sum()), 0.0)
+    must = float(growth[forced].sum())
     optional = float(growth[~forced].sum())
-    if optional > 0 and optional > budget:
-        scale = max(budget, 0.0) / optional
-        cut = np.where(forced, growth, growth * scale)
+    f_scale = min(1.0, budget / must) if must > 0 else 1.0
+    o_scale = min(1.0, max(budget - must, 0.0) / optional) if optional > 0 else 1.0
+    if f_scale < 1.0 or o_scale < 1.0:
+        cut = growth * np.where(forced, f_scale, o_scale)
         new = np.where(growing, base + cut, new)
     block = tier.block.astype(np.float64)
     aligned = np.floor(new / block) * block
-    aligned = np.maximum(aligned, floor.astype(np.float64))
+    # Raised to the floor unless that growth was cut for want of memory.
+    aligned = np.where(
+        growing,
+        np.maximum(aligned, base),
+        np.maximum(aligned, floor.astype(np.float64)),
+    )
     result: IntArray = np.minimum(aligned, tier.limit).astype(np.int64)
     return result
 
@@ -165,22 +178,21 @@ def _align_up(value: FloatArray, block: IntArray) -> IntArray:
 def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     """Target allotments of every VM (see the module docstring for the rules)."""
     fast, slow = inputs.fast, inputs.slow
-    known = ~np.isnan(inputs.free_bytes)
+    known = ~np.isnan(inputs.used_bytes)
     f_limit = fast.limit.astype(np.float64)
     s_limit = slow.limit.astype(np.float64)
     f_req = fast.requested.astype(np.float64)
     s_req = slow.requested.astype(np.float64)
-    f_cur = fast.current.astype(np.float64)
-    s_cur = slow.current.astype(np.float64)
 
-    # Allotment bytes the guest needs: what is plugged minus what is free, plus
-    # the margin. Unknown (no report): everything requested is needed.
-    free = np.nan_to_num(inputs.free_bytes, nan=0.0)
-    plugged = f_cur + s_cur
-    margin = np.maximum(
-        float(cfg.safety_margin_bytes), cfg.safety_margin_ratio * (plugged - free)
+    # Allotment bytes the guest needs: what it uses (less its boot memory, which
+    # is no allotment) plus the margin. Unknown
+    # (no report): everything requested is needed.
+    # The fast node's boot memory is not an allotment: take it off.
+    used = np.maximum(
+        np.nan_to_num(inputs.used_bytes, nan=0.0) - inputs.fast_boot_bytes, 0.0
     )
-    need = np.where(known, np.maximum(plugged - free, 0.0) + margin, np.inf)
+    margin = np.maximum(float(cfg.safety_margin_bytes), cfg.safety_margin_ratio * used)
+    need = np.where(known, used + margin, np.inf)
 
     # Fast tier: floor, demand, weighted share, then change limits.
     f_floor_f = np.maximum(fast.reservation, np.minimum(need - s_limit, f_limit))

@@ -34,7 +34,7 @@ def test_valid_report_becomes_latest() -> None:
     chan.feed(_report(1), 10.0, LIMITS)
     assert chan.latest is not None
     assert chan.latest.report.seq == 1
-    assert chan.latest.free_bytes == 7 * GiB
+    assert chan.latest.used_bytes == 1 * GiB
     assert chan.latest.received_s == 10.0
 
 

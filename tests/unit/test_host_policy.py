@@ -63,7 +63,8 @@ def _inputs(vms: list[Vm], fast_cap: int, slow_cap: int = 1 << 50) -> PolicyInpu
         weight=np.array([v.weight for v in vms]),
         hot_bytes=np.array([v.hot for v in vms]),
         pressure=np.array([v.pressure for v in vms]),
-        free_bytes=np.array([v.free for v in vms]),
+        # the guest's used memory: what is plugged less what it has free
+        used_bytes=np.array([v.fast + v.slow - v.free for v in vms]),
         fast_boot_bytes=np.zeros(len(vms)),
         fast=_tier(vms, "fast"),
         slow=_tier(vms, "slow"),
@@ -209,6 +210,24 @@ def test_floors_above_capacity_report_overcommit() -> None:
     result = plan(_inputs(vms, fast_cap=8 * GiB), CFG)
     assert result.fast.overcommitted
     assert (result.fast.target >= 4 * GiB).all()
+
+
+def test_floors_are_not_plugged_past_the_capacity() -> None:
+    # Both are below a raised reservation; only 3 GiB are free: floors get it
+    # in proportion, nothing beyond.
+    vms = [Vm(fast=2 * GiB, fast_res=4 * GiB) for _ in range(2)]
+    result = plan(_inputs(vms, fast_cap=7 * GiB), CFG)
+    assert result.fast.overcommitted
+    assert result.fast.target.sum() <= 7 * GiB
+    assert (result.fast.target > 2 * GiB).all()
+
+
+def test_floor_growth_comes_before_optional_growth() -> None:
+    below = Vm(fast=1 * GiB, fast_res=2 * GiB, hot=0.0, free=4 * GiB)
+    hungry = _busy(4.0, 30)
+    result = plan(_inputs([below, hungry], fast_cap=4 * GiB), CFG)
+    assert result.fast.target[0] == 2 * GiB
+    assert result.fast.target.sum() <= 4 * GiB
 
 
 def test_shifting_load_moves_fast_tier_to_the_new_hot_vm() -> None:

@@ -532,8 +532,9 @@ class Scenario:
             "unplug_started_s": round(start + unplug, 2),
             "cold_demotion_seen_s": moved,
             "demoted_first": moved is not None and moved < start + unplug,
-            "host_agent_order": "resize, then Allot (agent_host.daemon.tick calls "
-            "_apply before _send_allotments)",
+            "host_agent_order": "Allot first; the unplug once the guest reports "
+            "its fast node fits, or policy.shrink_notice_s after the Allot "
+            "(agent_host.daemon.Daemon._shrink_due)",
         }
         self.say(
             f"[vm] squeeze: cold pages moving at t={moved} s, unplug started at "
