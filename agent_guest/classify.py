@@ -34,10 +34,35 @@ class ClassifyParams:
     hot_page_min_samples: float = 4.0
     max_tracked_pages: int = 16384
     page_track_samples: int = 8192
+    reuse_epochs: int = 3
+    reuse_window: int = 4
+
+    @property
+    def window_mask(self) -> int:
+        return (1 << self.reuse_window) - 1
 
 
 def _empty_u64() -> npt.NDArray[np.uint64]:
     return np.empty(0, np.uint64)
+
+
+# Bits set in each byte value: epochs with samples, out of an 8-epoch history.
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _reused(
+    seen: npt.NDArray[np.uint8], params: ClassifyParams
+) -> npt.NDArray[np.bool_]:
+    """Sampled in at least ``reuse_epochs`` of the last ``reuse_window`` epochs.
+
+    One pass of a sequential scan touches a range (or page) in one epoch, two if
+    it straddles a boundary: a burst of samples, then nothing. Real reuse shows
+    up epoch after epoch. Requiring it keeps streams from displacing the
+    working set, the failure LRU-like and count-only policies share.
+    """
+    bits = _POPCOUNT[np.bitwise_and(seen, params.window_mask)]
+    ok: npt.NDArray[np.bool_] = bits >= params.reuse_epochs
+    return ok
 
 
 class _Scratch:
@@ -65,6 +90,8 @@ class RangeTable:
         self.left = np.empty(0, np.float64)
         self.right = np.empty(0, np.float64)
         self.hot = np.empty(0, bool)
+        # Sample history: bit i set = samples in the epoch i epochs ago.
+        self.seen = np.empty(0, np.uint8)
         self.epoch = 0
         self._grid: (
             tuple[int, int, npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None
@@ -77,6 +104,7 @@ class RangeTable:
         # ranges are not missed: bounded by max_tracked_pages.
         self.page_addr = _empty_u64()
         self.page_count = np.empty(0, np.float64)
+        self.page_seen = np.empty(0, np.uint8)
         self._pending: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]] = []
 
     def __len__(self) -> int:
@@ -90,6 +118,11 @@ class RangeTable:
     def density(self) -> npt.NDArray[np.float64]:
         """Decayed samples per MiB."""
         return self.count / np.maximum(self.size_bytes, 1.0) * float(1 << 20)
+
+    @property
+    def reused(self) -> npt.NDArray[np.bool_]:
+        """Ranges with samples in enough recent epochs (see ``_reused``)."""
+        return _reused(self.seen, self.params)
 
     @property
     def density_std(self) -> npt.NDArray[np.float64]:
@@ -109,7 +142,13 @@ class RangeTable:
         budget = max_ranges or self.params.max_ranges
         vs = sorted((v for v in vmas if v.end > v.start), key=lambda v: v.start)
         if not vs:
-            self._assign(_empty_u64(), _empty_u64(), np.empty(0), np.empty(0, bool))
+            self._assign(
+                _empty_u64(),
+                _empty_u64(),
+                np.empty(0),
+                np.empty(0, bool),
+                np.empty(0, np.uint8),
+            )
             return
         starts = np.array([v.start for v in vs], np.uint64)
         ends = np.array([v.end for v in vs], np.uint64)
@@ -133,6 +172,7 @@ class RangeTable:
         # holding its start (a cheap O(ranges log ranges) approximation).
         count = np.zeros(new_start.shape[0])
         hot = np.zeros(new_start.shape[0], bool)
+        seen = np.zeros(new_start.shape[0], np.uint8)
         if len(self):
             j = np.searchsorted(self.start, new_start, "right") - 1
             inside = (j >= 0) & (new_start < self.end[np.maximum(j, 0)])
@@ -141,7 +181,8 @@ class RangeTable:
             size = (new_end - new_start).astype(np.float64)
             count = np.where(inside, dens * size, 0.0)
             hot = inside & self.hot[jj]
-        self._assign(new_start, new_end.astype(np.uint64), count, hot)
+            seen = np.where(inside, self.seen[jj], 0).astype(np.uint8)
+        self._assign(new_start, new_end.astype(np.uint64), count, hot, seen)
 
     def _assign(
         self,
@@ -149,11 +190,13 @@ class RangeTable:
         end: npt.NDArray[np.uint64],
         count: npt.NDArray[np.float64],
         hot: npt.NDArray[np.bool_],
+        seen: npt.NDArray[np.uint8],
     ) -> None:
         self._grid = None
         self.start, self.end = start, end
         self.count = count.astype(np.float64)
         self.hot = hot.astype(bool)
+        self.seen = seen.astype(np.uint8)
         self.left = np.zeros(start.shape[0])
         self.right = np.zeros(start.shape[0])
 
@@ -252,8 +295,11 @@ class RangeTable:
         self._pending.append((u, c.astype(np.float64) * step))
 
     def hot_pages(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
-        """Tracked pages with at least ``hot_page_min_samples`` decayed samples."""
-        keep = self.page_count >= self.params.hot_page_min_samples
+        """Tracked pages with at least ``hot_page_min_samples`` decayed samples,
+        sampled in enough recent epochs (one pass of a scan does not count)."""
+        keep = (self.page_count >= self.params.hot_page_min_samples) & _reused(
+            self.page_seen, self.params
+        )
         return self.page_addr[keep], self.page_count[keep]
 
     def _end_pages(self) -> None:
@@ -262,23 +308,29 @@ class RangeTable:
         parts_c = [self.page_count * p.decay, *(c for _, c in self._pending)]
         self._pending = []
         u, inv = np.unique(np.concatenate(parts_a), return_inverse=True)
-        cnt = np.bincount(inv.reshape(-1), weights=np.concatenate(parts_c)).astype(
-            np.float64
-        )
+        inv = inv.reshape(-1)
+        cnt = np.bincount(inv, weights=np.concatenate(parts_c)).astype(np.float64)
+        n_old = self.page_addr.shape[0]
+        seen = np.zeros(u.shape[0], np.uint8)
+        seen[inv[:n_old]] = np.left_shift(self.page_seen, 1)
+        new = inv[n_old:]
+        seen[new] = np.bitwise_or(seen[new], 1)
         keep = cnt >= 0.5
-        u, cnt = u[keep], cnt[keep]
+        u, cnt, seen = u[keep], cnt[keep], seen[keep]
         if p.max_tracked_pages == 0:
-            u, cnt = u[:0], cnt[:0]
+            u, cnt, seen = u[:0], cnt[:0], seen[:0]
         elif u.shape[0] > p.max_tracked_pages:
             top = np.argpartition(-cnt, p.max_tracked_pages - 1)[: p.max_tracked_pages]
             top.sort()
-            u, cnt = u[top], cnt[top]
-        self.page_addr, self.page_count = u, cnt
+            u, cnt, seen = u[top], cnt[top], seen[top]
+        self.page_addr, self.page_count, self.page_seen = u, cnt, seen
 
     def end_epoch(self) -> None:
         """Fold this epoch's samples into the decayed counts, then split and merge."""
         p = self.params
         self.count = self.count * p.decay + self.left + self.right
+        sampled = ((self.left + self.right) > 0).astype(np.uint8)
+        self.seen = np.left_shift(self.seen, 1) | sampled
         self._end_pages()
         self._split()
         self._merge()
@@ -316,10 +368,12 @@ class RangeTable:
         end = np.empty(n_new, np.uint64)
         count = np.empty(n_new)
         hot = np.empty(n_new, bool)
+        seen = np.empty(n_new, np.uint8)
         lt = np.empty(n_new)
         rt = np.empty(n_new)
         start[pos], end[pos], count[pos] = self.start, self.end, self.count
         hot[pos], lt[pos], rt[pos] = self.hot, self.left, self.right
+        seen[pos] = self.seen
         # The first half keeps slot pos[c]; the second half goes to pos[c] + 1.
         first = pos[cand]
         second = first + 1
@@ -328,9 +382,14 @@ class RangeTable:
         count[second] = self.count[cand] * (1.0 - frac)
         count[first] = self.count[cand] * frac
         hot[second] = self.hot[cand]
+        # Each half keeps the history and has samples this epoch only if it had.
+        older = self.seen[cand] & np.uint8(0xFE)
+        seen[first] = older | (self.left[cand] > 0)
+        seen[second] = older | (self.right[cand] > 0)
         lt[second] = rt[second] = self.right[cand] / 2
         lt[first] = rt[first] = self.left[cand] / 2
         self.start, self.end, self.count, self.hot = start, end, count, hot
+        self.seen = seen
         self.left, self.right = lt, rt
         self._grid = None
 
@@ -355,10 +414,12 @@ class RangeTable:
         keep[i + 1] = False
         self.end[i] = self.end[i + 1]
         self.count[i] += self.count[i + 1]
+        self.seen[i] &= self.seen[i + 1]  # reused only where both halves were
         self.left[i] += self.left[i + 1]
         self.right[i] += self.right[i + 1]
         self.start, self.end = self.start[keep], self.end[keep]
         self.count, self.hot = self.count[keep], self.hot[keep]
+        self.seen = self.seen[keep]
         self.left, self.right = self.left[keep], self.right[keep]
         self._grid = None
 
@@ -380,8 +441,10 @@ def select_hot(
 
     Ranges hot last epoch rank with density x (1 + hysteresis), so a newcomer must
     be clearly hotter to displace them (no ping-pong). Ranges with no samples are
-    never hot. Updates each table's ``hot`` mask. ``demand_bytes`` is the size of
-    every range with samples (the hot-set estimate reported to the host).
+    never hot, and a range not hot yet must show reuse (samples in
+    ``reuse_epochs`` of the last ``reuse_window`` epochs) first. Updates each
+    table's ``hot`` mask. ``demand_bytes`` is the size of every range with
+    samples (the hot-set estimate reported to the host).
     """
     pids = list(tables)
     if not pids:
@@ -389,9 +452,18 @@ def select_hot(
     dens = np.concatenate([tables[p].density for p in pids])
     prev = np.concatenate([tables[p].hot for p in pids])
     size = np.concatenate([tables[p].size_bytes for p in pids])
-    owner = np.repeat(np.arange(len(pids)), [len(tables[p]) for p in pids])
+    reused = np.concatenate([tables[p].reused for p in pids])
+    lens = [len(tables[p]) for p in pids]
+    # A table younger than its reuse window has no history yet: its sampled
+    # ranges count as demand (so the host does not shrink a VM that just
+    # started), but are not promoted on one epoch's evidence.
+    young = np.repeat(
+        [tables[p].epoch < tables[p].params.reuse_window for p in pids], lens
+    )
+    owner = np.repeat(np.arange(len(pids)), lens)
     score = dens * np.where(prev, 1.0 + hysteresis, 1.0)
-    active = dens > 1e-3
+    sampled = dens > 1e-3
+    active = sampled & (prev | reused)
     order = np.argsort(-score, kind="stable")
     order = order[active[order]]
     fits = np.cumsum(size[order]) <= capacity_bytes
@@ -402,4 +474,5 @@ def select_hot(
         mask = chosen[owner == k]
         tables[p].hot = mask
         hot[p] = mask
-    return Selection(hot, int(size[chosen].sum()), int(size[active].sum()))
+    demand = active | (sampled & young)
+    return Selection(hot, int(size[chosen].sum()), int(size[demand].sum()))

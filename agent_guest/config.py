@@ -118,6 +118,8 @@ class ClassifyConfig:
     hysteresis: float = 0.25
     hot_page_min_samples: float = 4.0
     max_tracked_pages: int = 16384
+    reuse_epochs: int = 3
+    reuse_window: int = 4
 
     def __post_init__(self) -> None:
         _need(self.max_ranges >= 1, "classify.max_ranges must be >= 1")
@@ -136,6 +138,15 @@ class ClassifyConfig:
             self.hot_page_min_samples > 0, "classify.hot_page_min_samples must be > 0"
         )
         _need(self.max_tracked_pages >= 0, "classify.max_tracked_pages must be >= 0")
+        _need(
+            1 <= self.reuse_window <= 8,
+            f"classify.reuse_window must be in [1, 8], got {self.reuse_window}",
+        )
+        _need(
+            1 <= self.reuse_epochs <= self.reuse_window,
+            "classify.reuse_epochs must be in [1, classify.reuse_window], "
+            f"got {self.reuse_epochs}",
+        )
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from agent_guest.backend import (
     GuestBackend,
     NumaNode,
     ProcessInfo,
+    SampleSource,
     Tier,
 )
 from agent_guest.classify import ClassifyParams, RangeTable, Selection, select_hot
@@ -144,6 +145,12 @@ class Daemon:
             self._backend, cfg.mover, self._clock, self._stop, cfg.classify.hysteresis
         )
         c = cfg.classify
+        reuse = c.reuse_epochs
+        if sampler.source is SampleSource.PAGE_FAULT and reuse > 1:
+            # A hinting fault fires once per page per NUMA-balancing scan, so a
+            # page cannot show up epoch after epoch: reuse is not observable.
+            log.info("page-fault samples: classify.reuse_epochs %d -> 1", reuse)
+            reuse = 1
         params = ClassifyParams(
             c.max_ranges,
             c.min_range_bytes,
@@ -154,6 +161,8 @@ class Daemon:
             c.hysteresis,
             c.hot_page_min_samples,
             c.max_tracked_pages,
+            reuse_epochs=reuse,
+            reuse_window=c.reuse_window,
         )
         return sampler, exchanger, params
 
@@ -397,7 +406,9 @@ class Daemon:
         if Capability.HOST_CHANNEL not in self._backend.capabilities():
             return
         now = self._clock.monotonic()
-        if now < self._next_report:
+        if now < self._next_report or self.counters.epochs < self._params.reuse_window:
+            # Nothing before a full history window: a first report of "no hot
+            # set" would have the host shrink a VM whose agent just started.
             return
         self._next_report = now + self._cfg.guest.report_interval_s
         usage = tuple(

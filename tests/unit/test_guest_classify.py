@@ -24,6 +24,12 @@ def _addrs(lo: int, hi: int, n: int, seed: int = 0) -> np.ndarray:  # type: igno
     return (BASE + rng.integers(lo, hi, n)).astype(np.uint64)
 
 
+def _reused(t: RangeTable) -> RangeTable:
+    """Give every range samples in each of the last 8 epochs."""
+    t.seen = np.full(len(t), 0xFF, np.uint8)
+    return t
+
+
 def test_samples_outside_every_range_are_ignored() -> None:
     t = _table()
     addr = np.array([BASE - 1, BASE + 64 * MiB, BASE], np.uint64)
@@ -99,6 +105,7 @@ def test_selection_fills_capacity_with_the_densest_ranges() -> None:
     t = RangeTable(ClassifyParams())
     t.set_vmas([Vma(BASE, BASE + 8 * MiB * 4, "rw-p")], max_ranges=8)
     t.count = np.array([10.0, 40.0, 20.0, 30.0])
+    _reused(t)
     sel = select_hot({1: t}, capacity_bytes=16 * MiB, hysteresis=0.0)
     assert sel.hot[1].tolist() == [False, True, False, True]
     assert sel.hot_bytes == 16 * MiB
@@ -117,6 +124,7 @@ def test_hysteresis_keeps_the_incumbent_against_a_slightly_hotter_range() -> Non
     t.set_vmas([Vma(BASE, BASE + 16 * MiB, "rw-p")], max_ranges=4)
     t.count = np.array([100.0, 110.0])
     t.hot = np.array([True, False])
+    _reused(t)
     sel = select_hot({1: t}, capacity_bytes=8 * MiB, hysteresis=0.25)
     assert sel.hot[1].tolist() == [True, False]
     t.count = np.array([100.0, 200.0])
@@ -129,6 +137,7 @@ def test_selection_ranks_across_processes() -> None:
     a.set_vmas([Vma(BASE, BASE + 8 * MiB, "rw-p")], max_ranges=1)
     b.set_vmas([Vma(BASE, BASE + 8 * MiB, "rw-p")], max_ranges=1)
     a.count, b.count = np.array([5.0]), np.array([50.0])
+    _reused(a), _reused(b)
     sel = select_hot({1: a, 2: b}, capacity_bytes=8 * MiB, hysteresis=0.0)
     assert (sel.hot[1].tolist(), sel.hot[2].tolist()) == ([False], [True])
 
@@ -149,12 +158,32 @@ def test_new_vmas_keep_the_density_of_surviving_ranges() -> None:
 def test_an_individually_hot_page_in_a_cold_range_is_tracked() -> None:
     t = _table(size=64 * MiB, max_tracked_pages=4)
     page = BASE + 40 * MiB
-    t.add_samples(np.full(20, page + 64, np.uint64))
-    t.add_samples(_addrs(0, 64 * MiB, 50))
-    t.end_epoch()
+    for epoch in range(3):
+        t.add_samples(np.full(20, page + 64, np.uint64))
+        t.add_samples(_addrs(0, 64 * MiB, 50, seed=epoch))
+        t.end_epoch()
     addr, count = t.hot_pages()
     assert addr.tolist() == [page]
     assert count[0] >= 20
+
+
+def test_one_pass_of_a_scan_is_not_hot() -> None:
+    """A sequential scan samples each page (and 2 MiB range) in one epoch only."""
+    t = _table(size=64 * MiB, max_tracked_pages=4096)
+    t.set_vmas([Vma(BASE, BASE + 64 * MiB, "rw-p")], max_ranges=32)
+    hot = BASE + np.arange(0, 4 * MiB, 4096, dtype=np.uint64)
+    for epoch in range(8):
+        lo = 8 * MiB + epoch * 6 * MiB  # the scan moves 6 MiB an epoch
+        scan = BASE + np.arange(lo, lo + 6 * MiB, 4096 // 8, dtype=np.uint64)
+        t.add_samples(np.concatenate([scan, np.repeat(hot, 4)]))
+        t.end_epoch()
+    sel = select_hot({1: t}, capacity_bytes=64 * MiB, hysteresis=0.0)
+    ends = (t.end[sel.hot[1]] - np.uint64(BASE)).tolist()
+    assert ends
+    assert max(ends) <= 8 * MiB, ends
+    pages, _ = t.hot_pages()
+    assert ((pages >= BASE) & (pages < BASE + 4 * MiB)).all()
+    assert pages.shape[0] == 1024
 
 
 def test_tracked_pages_are_bounded_and_decay_away() -> None:

@@ -302,14 +302,16 @@ def test_a_hot_page_in_a_cold_range_is_promoted_and_never_demoted() -> None:
     tables = _tables()
     hot_page = BASE + 8 * 4096
     cold = tables[2]
-    cold.add_samples(np.full(50, hot_page, np.uint64))
-    cold.end_epoch()
+    for _ in range(3):  # hot: sampled epoch after epoch
+        cold.add_samples(np.full(50, hot_page, np.uint64))
+        cold.end_epoch()
     cold.hot = np.zeros(len(cold), bool)
     ex = Exchanger(be, MoverConfig(batch_pages=64, scan_pages=64), _Clock())
     demote = ex._find(tables, False, [0], 64)
     assert hot_page not in demote.addr[demote.pid == 2].tolist()
     tables[1].hot = np.zeros(len(tables[1]), bool)  # pid 1 has no hot range
-    tables[1].add_samples(np.full(50, hot_page, np.uint64))
-    tables[1].end_epoch()
+    for _ in range(3):
+        tables[1].add_samples(np.full(50, hot_page, np.uint64))
+        tables[1].end_epoch()
     promote = ex._find(tables, True, [1], 64)
     assert promote.addr.tolist() == [hot_page]
