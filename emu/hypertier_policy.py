@@ -25,13 +25,17 @@ from emu.world import World
 
 __all__ = ["GUEST_TOML", "HOST_TOML", "HyperTierPolicy"]
 
-# Time constants scaled to emulated runs of a few virtual seconds.
+# Time constants scaled to emulated runs of a few virtual seconds, and sizes to
+# VMs of a few hundred MiB (a real guest keeps 64 MiB of its fast node free, a
+# real host 128 MiB of margin over what a guest uses).
 GUEST_TOML = """
 [guest]
 backend = "emu"
 report_interval_s = 0.1
 [sampler]
 source = "auto"
+[mover]
+fast_reserve_bytes = 4194304
 [targets]
 refresh_s = 0.5
 """
@@ -42,7 +46,9 @@ backend = "emu"
 [policy]
 interval_s = 0.1
 min_resize_interval_s = 0.3
+shrink_notice_s = 0.3
 host_reserved_bytes = 0
+safety_margin_bytes = 8388608
 report_timeout_s = 1.0
 """
 
