@@ -97,6 +97,7 @@ class _Counters:
     tick_failures: int = 0
     reports_sent: int = 0
     allots_received: int = 0
+    channel_errors: int = 0
     wire_errors: int = 0
     last_tick_ms: float = 0.0
     hot_bytes: int = 0
@@ -134,6 +135,7 @@ class Daemon:
         self._allot_fast: int | None = None
         self._seq = 0
         self._hello_sent = False
+        self._channel_down = False
         self.counters = _Counters()
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
@@ -374,11 +376,12 @@ class Daemon:
         if Capability.HOST_CHANNEL not in self._backend.capabilities():
             return
         if not self._hello_sent:
-            self._backend.channel_send(
-                wire.encode(wire.Hello("hypertier-guest", VERSION))
-            )
-            self._hello_sent = True
-        data = self._backend.channel_recv()
+            self._hello_sent = self._send(wire.Hello("hypertier-guest", VERSION))
+        try:
+            data = self._backend.channel_recv()
+        except GuestError as err:
+            self._channel_failed(err)
+            return
         for line in self._reader.feed(data):
             try:
                 msg = wire.decode(line)
@@ -430,8 +433,26 @@ class Daemon:
             pressure,
             stats.promoted + stats.demoted,
         )
-        self._backend.channel_send(wire.encode(msg))
-        self.counters.reports_sent += 1
+        if self._send(msg):
+            self.counters.reports_sent += 1
+
+    def _send(self, msg: wire.Message) -> bool:
+        """Send to the host agent; placement goes on without it if that fails."""
+        try:
+            self._backend.channel_send(wire.encode(msg))
+        except GuestError as err:
+            self._channel_failed(err)
+            return False
+        if self._channel_down:
+            log.info("host channel works again")
+            self._channel_down = False
+        return True
+
+    def _channel_failed(self, err: GuestError) -> None:
+        self.counters.channel_errors += 1
+        if not self._channel_down:  # log the transition, not every tick
+            log.warning("host channel: %s; placing pages without the host", err)
+            self._channel_down = True
 
     # ------------------------------------------------------------------- status
     def status(self) -> Mapping[str, object]:
@@ -463,6 +484,7 @@ class Daemon:
             "allot_fast_bytes": self._allot_fast,
             "reports_sent": self.counters.reports_sent,
             "allots_received": self.counters.allots_received,
+            "channel_errors": self.counters.channel_errors,
             "wire_errors": self.counters.wire_errors,
             "tick_failures": self.counters.tick_failures,
             "last_tick_ms": round(self.counters.last_tick_ms, 3),

@@ -60,6 +60,7 @@ _SYSCALLS = {
 MPOL_MF_MOVE = 1 << 1  # pages mapped only by the target
 MPOL_MF_MOVE_ALL = 1 << 2  # shared pages too; needs CAP_SYS_NICE
 _UNSET = np.iinfo(np.int32).min
+_MAX_UNSENT = 1 << 16  # bytes queued for a host channel nobody reads
 _PM_PRESENT = np.uint64(1 << 63)
 _PM_SOFT_DIRTY = np.uint64(1 << 55)
 _PM_PFN_MASK = np.uint64((1 << 55) - 1)
@@ -136,6 +137,7 @@ class LinuxGuestBackend:
         self._max_scan_pages = max_scan_pages
         self._move_flags = MPOL_MF_MOVE_ALL if move_shared_pages else MPOL_MF_MOVE
         self._channel_fd: int | None = None
+        self._unsent = bytearray()
         self._session: _Session | None = None
         self._caps: frozenset[Capability] | None = None
         self._soft_dirty = False
@@ -683,13 +685,25 @@ class LinuxGuestBackend:
         return self._channel_fd
 
     def channel_send(self, line: bytes) -> None:
+        """Queue ``line`` and write what the port takes now.
+
+        A virtio-serial port whose host end is not read fills up; the rest of a
+        partly written line goes out with the next call, so the host never sees
+        a torn line. Raises BackendError (line dropped) once ``_MAX_UNSENT``
+        bytes wait, or on a write error.
+        """
         fd = self._channel()
-        view = memoryview(line)
+        if len(self._unsent) + len(line) > _MAX_UNSENT:
+            raise BackendError(
+                f"host channel full ({len(self._unsent)} bytes unsent); "
+                "host agent not reading; message dropped"
+            )
+        self._unsent += line
         try:
-            while view:
-                view = view[os.write(fd, view) :]
-        except BlockingIOError as err:
-            raise BackendError("host channel full; host agent not reading") from err
+            while self._unsent:
+                del self._unsent[: os.write(fd, self._unsent)]
+        except BlockingIOError:
+            return
         except OSError as err:
             raise BackendError(f"host channel write: {err}") from err
 

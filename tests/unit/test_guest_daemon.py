@@ -247,3 +247,36 @@ def test_samples_are_binned_only_for_targets() -> None:
     _run(w, d, 3)
     assert d.status()["targets"] == [pids[0]]
     assert np.isfinite(float(d.status()["cpu_s"]))  # type: ignore[arg-type]
+
+
+def test_a_dead_host_channel_does_not_stop_placement() -> None:
+    """Channel errors are counted and logged once; pages still move."""
+    from agent_guest.errors import BackendError
+
+    w, _ = _world(npages=16384)  # 64 MiB: does not fit the 16 MiB fast node
+    d, be = _daemon(w)
+    broken = True
+
+    def send(line: bytes) -> None:
+        if broken:
+            raise BackendError("host channel full; host agent not reading")
+        w.vm("vm").to_host += line
+
+    def recv() -> bytes:
+        if broken:
+            raise BackendError("host channel read: EIO")
+        return b""
+
+    be.channel_send = send  # type: ignore[method-assign]
+    be.channel_recv = recv  # type: ignore[method-assign]
+    _run(w, d, 8)
+    st = d.status()
+    assert st["tick_failures"] == 0
+    assert st["channel_errors"] >= 8
+    assert st["pages_promoted"] > 0
+    assert st["reports_sent"] == 0
+    broken = False
+    _run(w, d, 2)
+    msgs = _host_lines(w)
+    assert isinstance(msgs[0], wire.Hello)  # retried once the channel works
+    assert any(isinstance(m, wire.Report) for m in msgs)

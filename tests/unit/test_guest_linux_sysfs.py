@@ -184,3 +184,46 @@ def test_counters_keep_tlb_migration_and_numa_counters(tmp_path: Path) -> None:
         "pgmigrate_success": 9,
         "numa_hint_faults": 11,
     }
+
+
+def test_a_full_host_channel_never_tears_a_line(tmp_path: Path) -> None:
+    """A FIFO stands in for the virtio-serial port: fill it, drain it, compare."""
+    import os
+
+    from agent_guest.errors import BackendError
+
+    fifo = tmp_path / "port"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    b = LinuxGuestBackend(root=_tree(tmp_path), channel_path=str(fifo))
+    lines = [(b"%05d" % i) * 200 + b"\n" for i in range(200)]  # 1001 bytes each
+    sent = []
+    try:
+        for line in lines[:120]:  # 64 KiB fill the pipe, 56 KiB wait
+            b.channel_send(line)
+            sent.append(line)
+
+        def send_all(more: list[bytes]) -> None:
+            for line in more:
+                b.channel_send(line)
+                sent.append(line)
+
+        with pytest.raises(BackendError, match="message dropped"):
+            send_all(lines[120:])
+        assert len(sent) < 200
+        got = bytearray()
+        while True:
+            try:
+                chunk = os.read(reader, 1 << 16)
+            except BlockingIOError:
+                chunk = b""
+            if not chunk:
+                if not b._unsent:
+                    break
+                b.channel_send(b"")  # flush what waits
+                continue
+            got += chunk
+        assert bytes(got) == b"".join(sent)
+    finally:
+        b.close()
+        os.close(reader)
