@@ -303,33 +303,19 @@ def test_fast_shrink_goes_ahead_once_the_guest_reports_it_fits(
     daemon.tick()
     daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
     daemon.tick()
-    clock.advance(0.5)
-    world.vm("vm0").to_host += wire.encode(
-        wire.Report(
-            1,
-            (
-                wire.NodeUsage(0, "fast", 128 * MiB, 100 * MiB),
-                wire.NodeUsage(1, "slow", 128 * MiB, 10 * MiB),
-            ),
-            64 * MiB,
-            0.0,
+
+    def report(seq: int, fast_used_mib: int) -> None:
+        clock.advance(0.5)
+        nodes = (
+            wire.NodeUsage(0, "fast", 128 * MiB, fast_used_mib * MiB),
+            wire.NodeUsage(1, "slow", 128 * MiB, (110 - fast_used_mib) * MiB),
         )
-    )
-    daemon.tick()
+        world.vm("vm0").to_host += wire.encode(wire.Report(seq, nodes, 64 * MiB, 0.0))
+        daemon.tick()
+
+    report(1, 100)
     assert _fast_mib(world, "vm0") == 128  # 100 MiB used does not fit 64
-    clock.advance(0.5)
-    world.vm("vm0").to_host += wire.encode(
-        wire.Report(
-            2,
-            (
-                wire.NodeUsage(0, "fast", 128 * MiB, 60 * MiB),
-                wire.NodeUsage(1, "slow", 128 * MiB, 50 * MiB),
-            ),
-            64 * MiB,
-            0.0,
-        )
-    )
-    daemon.tick()
+    report(2, 60)
     assert _fast_mib(world, "vm0") == 64
 
 
