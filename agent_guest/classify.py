@@ -394,9 +394,13 @@ class RangeTable:
         self._grid = None
 
     def _merge(self) -> None:
+        """Merge agreeing neighbours, only while at least half the range budget
+        is used: merging is there to make room for splits, and large ranges hide
+        scans (a scan crossing a 64 MiB range over several epochs looks reused;
+        crossing 2 MiB ranges, it does not)."""
         p = self.params
         n = len(self)
-        if n < 2:
+        if n < 2 or n < p.max_ranges // 2:
             return
         dens = self.density
         a, b = dens[:-1], dens[1:]

@@ -270,8 +270,11 @@ class Daemon:
             else min(fast_total, self._allot_fast)
         )
         mv = self._cfg.mover
-        reserve = max(mv.fast_reserve_bytes, int(limit * mv.fast_reserve_pct / 100))
-        limit = max(0, limit - reserve)
+        if self.counters.epochs >= self._params.reuse_window:
+            # The reserve is kept from the first full history window on; before
+            # it the coldest pages are not known and demotions would be blind.
+            reserve = max(mv.fast_reserve_bytes, int(limit * mv.fast_reserve_pct / 100))
+            limit = max(0, limit - reserve)
         managed = sum(p.rss_bytes for p in self._target_infos)
         unmanaged = max(0, fast_used - managed)
         sel = select_hot(

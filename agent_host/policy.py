@@ -11,7 +11,9 @@ millisecond. The rules, in order of precedence (docs/host.md explains them):
    without a (fresh) guest report, usage is unknown and nothing shrinks;
 3. the fast tier's spare capacity (above all floors) goes to VMs that want more,
    by weighted water-filling: weight = class weight x (1 + pressure), demand
-   = hot set x (1 + headroom), or more under pressure;
+   = hot set x (1 + headroom), or more under pressure; what nobody wants stays
+   with the VMs that hold it (a shrink costs demotions and frees memory for no
+   one);
 4. changes smaller than the hysteresis band, sooner than ``min_resize_interval_s``
    after the last one, or larger than ``max_step_bytes`` are held back or cut,
    except to restore a floor; growth, even to a floor, never exceeds memory that
@@ -214,6 +216,12 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     f_share = waterfill(
         f_floor.astype(np.float64), f_want, weight, float(inputs.fast_capacity_bytes)
     )
+    # Fast memory nobody wants stays where it is: a shrink costs the guest
+    # demotions and only pays when another VM takes the memory.
+    spare = float(inputs.fast_capacity_bytes) - float(f_share.sum())
+    give = np.maximum(np.minimum(f_req, f_limit) - f_share, 0.0)
+    if spare > 0.0 and float(give.sum()) > 0.0:
+        f_share = f_share + give * min(1.0, spare / float(give.sum()))
     f_target = _limit_changes(
         fast, f_floor, f_share, inputs.fast_capacity_bytes, inputs.now_s, cfg
     )

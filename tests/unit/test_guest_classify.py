@@ -72,14 +72,25 @@ def test_repeated_epochs_isolate_a_small_hot_region() -> None:
     assert int(t.end[hottest]) <= BASE + 532 * MiB
 
 
-def test_neighbours_that_agree_merge() -> None:
-    t = RangeTable(ClassifyParams(split_min_samples=1e9))
-    t.set_vmas([Vma(BASE, BASE + 64 * MiB, "rw-p")], max_ranges=16)
+def test_neighbours_that_agree_merge_while_half_the_budget_is_used() -> None:
+    t = RangeTable(ClassifyParams(max_ranges=16, split_min_samples=1e9))
+    t.set_vmas([Vma(BASE, BASE + 64 * MiB, "rw-p")])
     assert len(t) == 8  # half the budget: the rest is room for splits
     for _ in range(6):
         t.end_epoch()  # no samples: every neighbour agrees (cold)
-    assert len(t) == 1
-    assert (int(t.start[0]), int(t.end[0])) == (BASE, BASE + 64 * MiB)
+    assert len(t) == 4  # one round of pairs, then below half the budget
+    assert (int(t.start[0]), int(t.end[-1])) == (BASE, BASE + 64 * MiB)
+    assert (t.start[1:] == t.end[:-1]).all()
+
+
+def test_ranges_stay_small_while_the_budget_allows() -> None:
+    """Large merged ranges would hide scans from the reuse test."""
+    t = RangeTable(ClassifyParams(max_ranges=2048, split_min_samples=1e9))
+    t.set_vmas([Vma(BASE, BASE + 64 * MiB, "rw-p")])
+    assert len(t) == 32  # 2 MiB each (min_range_bytes)
+    for _ in range(6):
+        t.end_epoch()
+    assert len(t) == 32
 
 
 def test_ranges_never_exceed_max_ranges() -> None:

@@ -135,8 +135,9 @@ def test_without_report_nothing_shrinks() -> None:
 
 def test_total_never_below_used_plus_margin() -> None:
     # 8 GiB plugged (6 fast + 2 slow), 1 GiB free: the guest uses 7 GiB.
+    # A hungry neighbour claims the fast memory this VM does not use.
     vm = Vm(fast=6 * GiB, slow=2 * GiB, hot=0.0, free=1.0 * GiB, slow_limit=5 * GiB)
-    result = plan(_inputs([vm], fast_cap=64 * GiB), CFG)
+    result = plan(_inputs([vm, _busy(1.0, 100)], fast_cap=16 * GiB), CFG)
     total = int(result.fast.target[0] + result.slow.target[0])
     assert total >= 7 * GiB + CFG.safety_margin_bytes
     assert result.slow.target[0] == 5 * GiB  # slow absorbs what fast gives up
@@ -228,6 +229,16 @@ def test_floor_growth_comes_before_optional_growth() -> None:
     result = plan(_inputs([below, hungry], fast_cap=4 * GiB), CFG)
     assert result.fast.target[0] == 2 * GiB
     assert result.fast.target.sum() <= 4 * GiB
+
+
+def test_fast_memory_nobody_claims_is_not_taken_back() -> None:
+    idle = Vm(fast=8 * GiB, hot=1.0 * GiB, free=4.0 * GiB)
+    modest = _busy(1.0, 2)
+    result = plan(_inputs([idle, modest], fast_cap=16 * GiB), CFG)
+    assert result.fast.target[0] == 8 * GiB
+    hungry = _busy(1.0, 100)
+    result = plan(_inputs([idle, hungry], fast_cap=16 * GiB), CFG)
+    assert result.fast.target[0] < 8 * GiB
 
 
 def test_shifting_load_moves_fast_tier_to_the_new_hot_vm() -> None:
