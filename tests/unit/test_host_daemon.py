@@ -274,14 +274,20 @@ def _allots(world: World, vm: str) -> list[wire.Allot]:
     return [m for m in msgs if isinstance(m, wire.Allot)]
 
 
-def test_fast_shrink_waits_for_the_notice_period(clock: FakeClock) -> None:
-    """The guest agent hears of the shrink first; the unplug follows the notice."""
+def _shrink_announced(clock: FakeClock) -> tuple[World, Daemon]:
+    """A VM with a guest agent whose fast limit was just cut from 128 to 64 MiB."""
     world = _world(clock, vms=1)
     daemon = _daemon(world, clock)
     _hello(world, "vm0")
     daemon.tick()
     daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
     daemon.tick()
+    return world, daemon
+
+
+def test_fast_shrink_waits_for_the_notice_period(clock: FakeClock) -> None:
+    """The guest agent hears of the shrink first; the unplug follows the notice."""
+    world, daemon = _shrink_announced(clock)
     assert _allots(world, "vm0")[-1].fast_bytes == 64 * MiB
     assert _fast_mib(world, "vm0") == 128
     assert daemon.status()["vms"]["vm0"]["fast_shrink_noticed_s_ago"] == 0.0
@@ -297,12 +303,7 @@ def test_fast_shrink_waits_for_the_notice_period(clock: FakeClock) -> None:
 def test_fast_shrink_goes_ahead_once_the_guest_reports_it_fits(
     clock: FakeClock,
 ) -> None:
-    world = _world(clock, vms=1)
-    daemon = _daemon(world, clock)
-    _hello(world, "vm0")
-    daemon.tick()
-    daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
-    daemon.tick()
+    world, daemon = _shrink_announced(clock)
 
     def report(seq: int, fast_used_mib: int) -> None:
         clock.advance(0.5)
