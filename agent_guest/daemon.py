@@ -136,6 +136,7 @@ class Daemon:
         self._seq = 0
         self._hello_sent = False
         self._channel_down = False
+        self._informed_epochs = 0  # epochs in which samples arrived
         self.counters = _Counters()
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
@@ -254,6 +255,8 @@ class Daemon:
             self._refresh_targets()
             self._next_refresh = t0 + self._cfg.targets.refresh_s
         batch = self._sampler.read()
+        if len(batch):
+            self._informed_epochs += 1
         self._bin(batch.pid, batch.addr)
         for table in self._tables.values():
             table.end_epoch()
@@ -270,9 +273,10 @@ class Daemon:
             else min(fast_total, self._allot_fast)
         )
         mv = self._cfg.mover
-        if self.counters.epochs >= self._params.reuse_window:
-            # The reserve is kept from the first full history window on; before
-            # it the coldest pages are not known and demotions would be blind.
+        if self._informed_epochs >= self._params.reuse_window:
+            # The reserve is kept once a full history window of samples exists;
+            # before, the coldest pages are not known and demotions would be
+            # blind (in address order, which may well be the hottest pages).
             reserve = max(mv.fast_reserve_bytes, int(limit * mv.fast_reserve_pct / 100))
             limit = max(0, limit - reserve)
         managed = sum(p.rss_bytes for p in self._target_infos)

@@ -92,8 +92,10 @@ def build_world(
     """A World sized for ``specs`` (host fast = sum of fast allotments)."""
     from emu.workloads import make_workload
 
-    host_fast = sum(s.fast_bytes for s in specs)
-    host_slow = 2 * sum(s.slow_bytes for s in specs)
+    # VM nodes are whole virtio-mem blocks; the host holds exactly what they plug.
+    blk = params.block_bytes
+    host_fast = sum(-(-s.fast_bytes // blk) * blk for s in specs)
+    host_slow = 2 * sum(-(-s.slow_bytes // blk) * blk for s in specs)
     world = World(host_fast, host_slow, params=params, seed=seed)
     pids: dict[str, int] = {}
     for s in specs:

@@ -83,7 +83,8 @@ class HyperTierPolicy:
             spec = self._specs.get(vm)
             if spec is not None:
                 # what `hypertier-host vm define` records for a new VM
-                world.metadata.setdefault(vm, metadata_xml(_metadata(spec)))
+                meta = _metadata(spec, world.params.block_bytes)
+                world.metadata.setdefault(vm, metadata_xml(meta))
         self._host = HostDaemon(self._host_cfg, host_backend, world.clock)
         for vm in pids:
             backend = EmuGuestBackend(world, vm, pmu=self._pmu)
@@ -107,10 +108,15 @@ class HyperTierPolicy:
         self._guests.clear()
 
 
-def _metadata(spec: VmSpec) -> TieringMetadata:
-    """Class, reservations (half the initial sizes) and limits (device sizes)."""
-    fast_max = spec.fast_max_bytes or spec.fast_bytes
-    slow_max = spec.slow_max_bytes or spec.slow_bytes
+def _metadata(spec: VmSpec, block: int) -> TieringMetadata:
+    """Class, reservations (half the initial sizes) and limits (the device sizes,
+    whole virtio-mem blocks as the world plugs them)."""
+
+    def up(n: int) -> int:
+        return -(-n // block) * block
+
+    fast_max = up(max(spec.fast_max_bytes or 0, spec.fast_bytes))
+    slow_max = up(max(spec.slow_max_bytes or 0, spec.slow_bytes))
     return TieringMetadata(
         spec.qos_class,
         (
