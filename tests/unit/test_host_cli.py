@@ -68,13 +68,10 @@ class Running:
     thread: threading.Thread
 
 
-@pytest.fixture
-def running(short_dir: Path) -> Iterator[Running]:
-    """A daemon serving its control socket; stopped (via the socket) at the end."""
-    path = _config_file(short_dir)
-    cfg = config.load(path)
-    world = World(host_fast_bytes=2048 * MiB, host_slow_bytes=4096 * MiB)
-    world.add_vm("vm0", 2, 128 * MiB, 128 * MiB, 512 * MiB, 512 * MiB)
+def _serve(
+    path: Path, world: World, signals: cmd_run.Signals | None = None
+) -> tuple[threading.Thread, Daemon]:
+    """``cmd_run.serve`` on the emulator in a thread; returns once it is ready."""
     ready = threading.Event()
     holder: list[Daemon] = []
 
@@ -84,12 +81,24 @@ def running(short_dir: Path) -> Iterator[Running]:
 
     thread = threading.Thread(
         target=cmd_run.serve,
-        args=(cfg, EmuHostBackend(world), SystemClock(), path, on_ready),
+        args=(config.load(path), EmuHostBackend(world), SystemClock(), path),
+        kwargs={"on_ready": on_ready, "signals": signals},
     )
     thread.start()
     assert ready.wait(10.0)
-    holder[0].tick()
-    yield Running(holder[0], world, path, thread)
+    return thread, holder[0]
+
+
+@pytest.fixture
+def running(short_dir: Path) -> Iterator[Running]:
+    """A daemon serving its control socket; stopped (via the socket) at the end."""
+    path = _config_file(short_dir)
+    cfg = config.load(path)
+    world = World(host_fast_bytes=2048 * MiB, host_slow_bytes=4096 * MiB)
+    world.add_vm("vm0", 2, 128 * MiB, 128 * MiB, 512 * MiB, 512 * MiB)
+    thread, daemon = _serve(path, world)
+    daemon.tick()
+    yield Running(daemon, world, path, thread)
     if thread.is_alive():
         ControlClient(cfg.host.control_socket).call("stop")
     thread.join(10.0)
@@ -230,27 +239,14 @@ def test_hup_and_term_events_reload_and_stop(short_dir: Path) -> None:
     world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=1024 * MiB)
     world.add_vm("vm0", 1, 128 * MiB, 128 * MiB, 256 * MiB, 256 * MiB)
     signals = cmd_run.Signals()
-    ready = threading.Event()
-    holder: list[Daemon] = []
-
-    def on_ready(daemon: Daemon) -> None:
-        holder.append(daemon)
-        ready.set()
-
-    thread = threading.Thread(
-        target=cmd_run.serve,
-        args=(config.load(path), EmuHostBackend(world), SystemClock(), path),
-        kwargs={"on_ready": on_ready, "signals": signals},
-    )
-    thread.start()
-    assert ready.wait(10.0)
+    thread, daemon = _serve(path, world, signals)
     path.write_text(path.read_text() + "\n[classes.standard]\nweight = 5\n")
     signals.request_reload()  # what SIGHUP does
     signals.request_stop()  # what SIGTERM does
     thread.join(10.0)
     assert not thread.is_alive()
-    holder[0].tick()
-    assert holder[0].status()["vms"]["vm0"]["weight"] == 5.0
+    daemon.tick()
+    assert daemon.status()["vms"]["vm0"]["weight"] == 5.0
 
 
 def test_stop_ends_run(running: Running) -> None:
