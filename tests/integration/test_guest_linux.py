@@ -20,6 +20,7 @@ import pytest
 from agent_guest import cli, config
 from agent_guest.backend import (
     PAGE_SIZE,
+    AccessSamples,
     Capability,
     GuestBackend,
     SamplerSettings,
@@ -119,14 +120,21 @@ def test_missing_pmus_are_named_with_the_sysfs_path(backend: LinuxGuestBackend) 
     assert "/sys/bus/event_source/devices" in backend.unavailable()[Capability.PEBS]
 
 
-def test_page_fault_samples_carry_the_faulting_address(
-    backend: LinuxGuestBackend, child: Child
-) -> None:
+def _touch_and_sample(
+    backend: LinuxGuestBackend, child: Child, lo: int, hi: int
+) -> AccessSamples:
+    """Sample every page fault of ``child`` while it touches MiB [lo, hi)."""
     backend.start_sampling(
         [child.pid], SamplerSettings(SampleSource.PAGE_FAULT, 1, ring_pages=256)
     )
-    child.send("touch 0 4")
-    batch = backend.read_samples()
+    child.send(f"touch {lo} {hi}")
+    return backend.read_samples()
+
+
+def test_page_fault_samples_carry_the_faulting_address(
+    backend: LinuxGuestBackend, child: Child
+) -> None:
+    batch = _touch_and_sample(backend, child, 0, 4)
     assert len(batch) >= 1000  # 1024 pages touched, one fault each
     assert _inside(batch.addr, child, 0, 4) >= 0.99
     assert (batch.time_ns > 0).all()
@@ -139,11 +147,7 @@ def test_tracepoint_page_faults_carry_the_faulting_address(child: Child) -> None
     try:
         if Capability.TRACEPOINTS not in b.capabilities():
             pytest.skip(b.unavailable()[Capability.TRACEPOINTS])
-        b.start_sampling(
-            [child.pid], SamplerSettings(SampleSource.PAGE_FAULT, 1, ring_pages=256)
-        )
-        child.send("touch 4 8")
-        batch = b.read_samples()
+        batch = _touch_and_sample(b, child, 4, 8)
     finally:
         b.close()
     assert len(batch) >= 1000
