@@ -422,38 +422,18 @@ class Scenario:
             if done.returncode != 0:
                 raise RuntimeError(f"hypertier-host vm set failed: {done.stderr}")
             want = mib * MiB
-            want_kib = before + (want - old) // 1024
-            host_s = guest_s = first_change_s = None
-            after = before
-            deadline = t0 + self.cfg.resize_timeout_s
-            while time.monotonic() < deadline and (host_s is None or guest_s is None):
-                current = self.vm.allotments()[Tier.FAST].current_bytes
-                if first_change_s is None and current != old:
-                    first_change_s = round(time.monotonic() - t0, 3)
-                if host_s is None and current == want:
-                    host_s = time.monotonic() - t0
-                if guest_s is None:
-                    after = self.node_info()[node]["memtotal_kib"]
-                    if after == want_kib:
-                        guest_s = time.monotonic() - t0
-                time.sleep(0.2)
             entry = {
                 "tier": "fast",
-                "from_bytes": old,
-                "to_bytes": want,
-                "host_current_s": None if host_s is None else round(host_s, 3),
-                "guest_seen_s": None if guest_s is None else round(guest_s, 3),
-                "node_memtotal_kib_before": before,
-                "node_memtotal_kib_after": after,
+                **self._await_resize(Tier.FAST, node, old, want, before, t0, 0.2),
                 "started_at_s": round(t0 - self.workload_ready, 2),
-                "current_first_change_s": first_change_s,
                 "path": "hypertier-host vm set (daemon policy, then resize)",
             }
             results.append(entry)
             self.say(
                 f"[vm] host-agent resize fast {old // MiB}->{mib} MiB: host <current> "
                 f"after {entry['host_current_s']} s, guest node0 {before // 1024}->"
-                f"{after // 1024} MiB after {entry['guest_seen_s']} s"
+                f"{entry['node_memtotal_kib_after'] // 1024} MiB after "
+                f"{entry['guest_seen_s']} s"
             )
         self.report["host_agent_resizes"] = results
         self.report["guest_agent_log_allots"] = self.link.sh(
@@ -626,6 +606,44 @@ class Scenario:
             backend.close()
         return "agent_host.libvirt_backend.LibvirtHostBackend.resize"
 
+    def _await_resize(
+        self,
+        tier: Tier,
+        node: str,
+        old: int,
+        new: int,
+        before_kib: int,
+        t0: float,
+        poll_s: float,
+    ) -> dict[str, Any]:
+        """Wait until libvirt's <current> and the guest node's MemTotal show the
+        resize of ``tier`` from ``old`` to ``new`` bytes asked at ``t0``."""
+        assert self.vm is not None
+        want_kib = before_kib + (new - old) // 1024
+        host_s = guest_s = first_change_s = None
+        after = before_kib
+        deadline = t0 + self.cfg.resize_timeout_s
+        while time.monotonic() < deadline and (host_s is None or guest_s is None):
+            current = self.vm.allotments()[tier].current_bytes
+            if first_change_s is None and current != old:
+                first_change_s = round(time.monotonic() - t0, 3)
+            if host_s is None and current == new:
+                host_s = time.monotonic() - t0
+            if guest_s is None:
+                after = self.node_info()[node]["memtotal_kib"]
+                if after == want_kib:
+                    guest_s = time.monotonic() - t0
+            time.sleep(poll_s)
+        return {
+            "from_bytes": old,
+            "to_bytes": new,
+            "host_current_s": None if host_s is None else round(host_s, 3),
+            "guest_seen_s": None if guest_s is None else round(guest_s, 3),
+            "node_memtotal_kib_before": before_kib,
+            "node_memtotal_kib_after": after,
+            "current_first_change_s": first_change_s,
+        }
+
     def resizes(self) -> None:
         assert self.vm is not None
         results = []
@@ -637,26 +655,10 @@ class Scenario:
             new = mib * MiB
             t0 = time.monotonic()
             path = self._resize(tier, new)
-            deadline = t0 + self.cfg.resize_timeout_s
-            host_s = guest_s = None
-            after = before
-            want_kib = before + (new - old) // 1024
-            while time.monotonic() < deadline and (host_s is None or guest_s is None):
-                if host_s is None and self.vm.allotments()[tier].current_bytes == new:
-                    host_s = time.monotonic() - t0
-                if guest_s is None:
-                    after = self.node_info()[node]["memtotal_kib"]
-                    if after == want_kib:
-                        guest_s = time.monotonic() - t0
             entry = {
                 "tier": tier.value,
                 "guest_node": int(node),
-                "from_bytes": old,
-                "to_bytes": new,
-                "host_current_s": None if host_s is None else round(host_s, 3),
-                "guest_seen_s": None if guest_s is None else round(guest_s, 3),
-                "node_memtotal_kib_before": before,
-                "node_memtotal_kib_after": after,
+                **self._await_resize(tier, node, old, new, before, t0, 0.0),
                 "path": path,
             }
             results.append(entry)
@@ -664,7 +666,8 @@ class Scenario:
                 f"[vm] resize {tier.value} {old // MiB}->{mib} MiB: "
                 "host <current> after "
                 f"{entry['host_current_s']} s, guest node{node} "
-                f"{before // 1024}->{after // 1024} MiB after {entry['guest_seen_s']} s"
+                f"{before // 1024}->{entry['node_memtotal_kib_after'] // 1024} MiB "
+                f"after {entry['guest_seen_s']} s"
             )
         self.report["resizes"] = results
         if self.agent_pid is None:
