@@ -87,14 +87,23 @@ def default_scenario(scale: float = 1.0) -> list[VmSpec]:
 
 
 def build_world(
-    specs: Sequence[VmSpec], params: Params, seed: int
+    specs: Sequence[VmSpec],
+    params: Params,
+    seed: int,
+    host_fast_bytes: int | None = None,
 ) -> tuple[World, dict[str, int]]:
-    """A World sized for ``specs`` (host fast = sum of fast allotments)."""
+    """A World sized for ``specs``; VMs start and touch their memory in order.
+
+    The host's fast node holds ``host_fast_bytes`` (default: the sum of the fast
+    allotments, so every VM's fast node is backed by fast memory).
+    """
     from emu.workloads import make_workload
 
     # VM nodes are whole virtio-mem blocks; the host holds exactly what they plug.
     blk = params.block_bytes
     host_fast = sum(-(-s.fast_bytes // blk) * blk for s in specs)
+    if host_fast_bytes is not None:
+        host_fast = host_fast_bytes
     host_slow = 2 * sum(-(-s.slow_bytes // blk) * blk for s in specs)
     world = World(host_fast, host_slow, params=params, seed=seed)
     pids: dict[str, int] = {}
@@ -107,7 +116,9 @@ def build_world(
             s.fast_max_bytes,
             s.slow_max_bytes,
         )
-        wl = make_workload(s.workload, s.npages, seed=seed * 1000 + s.seed)
+        wl = make_workload(
+            s.workload, s.npages, seed=seed * 1000 + s.seed, **dict(s.workload_options)
+        )
         pids[s.name] = world.spawn(s.name, wl, s.total_accesses)
     return world, pids
 
@@ -121,16 +132,31 @@ def run_scenario(
     params: Params | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    host_fast_bytes: int | None = None,
 ) -> RunResult:
-    """Run ``specs`` under ``policy``; see the module docstring."""
+    """Run ``specs`` under ``policy``; see the module docstring.
+
+    ``host_fast_bytes`` fixes the host's fast memory (see :func:`build_world`).
+    Series per VM and epoch: ``fast_hit_ratio``, ``placement``,
+    ``fast_plugged_bytes`` (its fast node's plugged size: the host's allotment)
+    and ``fast_host_bytes`` (host fast memory backing its frames).
+    """
     wall0 = time.perf_counter()
     specs = list(policy.adjust(specs))
-    world, pids = build_world(specs, params or Params(), seed)
+    world, pids = build_world(specs, params or Params(), seed, host_fast_bytes)
     by_name = {s.name: s for s in specs}
     policy.attach(world, pids)
     series: dict[str, dict[str, list[float]]] = {
-        s.name: {"t_s": [], "fast_hit_ratio": [], "placement": []} for s in specs
+        s.name: {
+            "t_s": [],
+            "fast_hit_ratio": [],
+            "placement": [],
+            "fast_plugged_bytes": [],
+            "fast_host_bytes": [],
+        }
+        for s in specs
     }
+    host_fast_node = next(n.node for n in world.host_nodes if n.tier == FAST)
     last = {s.name: (0, 0) for s in specs}
     # per (vm, phase): expected access share per page, and its sorted cumsum
     rate_cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -180,6 +206,10 @@ def run_scenario(
                 optimum = float(best[k - 1]) if k else 0.0
                 got = float(rates[on_fast].sum())
                 ser["placement"].append(got / optimum if optimum > 0 else 1.0)
+                ser["fast_plugged_bytes"].append(vm.plugged[FAST] * PAGE_SIZE)
+                ser["fast_host_bytes"].append(
+                    int(np.count_nonzero(vm.f.host == host_fast_node)) * PAGE_SIZE
+                )
             if progress is not None:
                 progress(policy.name, t, done / total if total else 1.0)
             if all(

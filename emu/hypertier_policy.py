@@ -9,7 +9,7 @@ run lasts seconds of virtual time where a real one lasts hours.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from agent_guest import config as guest_config
 from agent_guest.daemon import Daemon as GuestDaemon
@@ -23,7 +23,10 @@ from emu.host import EmuHostBackend
 from emu.policy import VmSpec
 from emu.world import World
 
-__all__ = ["GUEST_TOML", "HOST_TOML", "HyperTierPolicy"]
+__all__ = ["GUEST_TOML", "HOST_TOML", "GuestBackendFactory", "HyperTierPolicy"]
+
+# (world, vm, pmu) -> the backend the VM's guest agent runs on
+GuestBackendFactory = Callable[[World, str, str], EmuGuestBackend]
 
 # Time constants scaled to emulated runs of a few virtual seconds, and sizes to
 # VMs of a few hundred MiB (a real guest keeps 64 MiB of its fast node free, a
@@ -54,7 +57,13 @@ report_timeout_s = 1.0
 
 
 class HyperTierPolicy:
-    """The ``hypertier`` column: guest agents in every VM plus the host agent."""
+    """The ``hypertier`` column: guest agents in every VM plus the host agent.
+
+    ``guest_backend`` builds each guest agent's backend (default: the plain
+    ``EmuGuestBackend``; the multi-tenant preset wraps one VM's channel to lie).
+    With ``host_agent=False`` only the guest agents run: nothing sizes the tiers.
+    ``name`` is the column the runs are reported under.
+    """
 
     name = "hypertier"
 
@@ -64,10 +73,17 @@ class HyperTierPolicy:
         host_toml: str = HOST_TOML,
         pmu: str = "pebs",
         epoch_s: float | None = None,
+        *,
+        name: str = "hypertier",
+        guest_backend: GuestBackendFactory | None = None,
+        host_agent: bool = True,
     ) -> None:
+        self.name = name
         self._guest_cfg = guest_config.loads(guest_toml, "<emu guest>")
         self._host_cfg = host_config.loads(host_toml, "<emu host>")
         self._pmu = pmu
+        self._guest_backend: GuestBackendFactory = guest_backend or EmuGuestBackend
+        self._host_agent = host_agent
         self._guests: dict[str, GuestDaemon] = {}
         self._host: HostDaemon | None = None
         self._next_host_s = 0.0
@@ -85,9 +101,10 @@ class HyperTierPolicy:
                 # what `hypertier-host vm define` records for a new VM
                 meta = _metadata(spec, world.params.block_bytes)
                 world.metadata.setdefault(vm, metadata_xml(meta))
-        self._host = HostDaemon(self._host_cfg, host_backend, world.clock)
+        if self._host_agent:
+            self._host = HostDaemon(self._host_cfg, host_backend, world.clock)
         for vm in pids:
-            backend = EmuGuestBackend(world, vm, pmu=self._pmu)
+            backend = self._guest_backend(world, vm, self._pmu)
             self._guests[vm] = GuestDaemon(self._guest_cfg, backend, world.clock)
         self._next_host_s = world.clock.monotonic()
 
@@ -99,8 +116,17 @@ class HyperTierPolicy:
             self._host.tick()
             self._next_host_s = now + self._host_cfg.policy.interval_s
 
+    @property
+    def host_cfg(self) -> host_config.Config:
+        """The host agent's configuration (class weights, policy ratios)."""
+        return self._host_cfg
+
     def status(self) -> dict[str, object]:
         return {vm: dict(d.status()) for vm, d in self._guests.items()}
+
+    def host_status(self) -> dict[str, object]:
+        """The host daemon's ``status()`` (empty without a host agent)."""
+        return dict(self._host.status()) if self._host is not None else {}
 
     def close(self) -> None:
         for daemon in self._guests.values():
@@ -109,8 +135,9 @@ class HyperTierPolicy:
 
 
 def _metadata(spec: VmSpec, block: int) -> TieringMetadata:
-    """Class, reservations (half the initial sizes) and limits (the device sizes,
-    whole virtio-mem blocks as the world plugs them)."""
+    """Class, reservations (the spec's fast reservation, else half the initial
+    sizes) and limits (the device sizes, whole virtio-mem blocks as the world
+    plugs them)."""
 
     def up(n: int) -> int:
         return -(-n // block) * block
@@ -120,7 +147,14 @@ def _metadata(spec: VmSpec, block: int) -> TieringMetadata:
     return TieringMetadata(
         spec.qos_class,
         (
-            TierMetadata(Tier.FAST, spec.fast_bytes // 2, fast_max, (0,)),
+            TierMetadata(
+                Tier.FAST,
+                spec.fast_bytes // 2
+                if spec.fast_reservation_bytes is None
+                else spec.fast_reservation_bytes,
+                fast_max,
+                (0,),
+            ),
             TierMetadata(Tier.SLOW, spec.slow_bytes // 2, slow_max, (1,)),
         ),
     )

@@ -45,6 +45,10 @@ class VmSpec:
     phase_change_at_s: float | None = None
     fast_max_bytes: int | None = None  # virtio-mem device size (default: fast_bytes)
     slow_max_bytes: int | None = None
+    # host-agent reservation of the fast tier (default: half of fast_bytes)
+    fast_reservation_bytes: int | None = None
+    # keyword arguments of the workload's constructor, e.g. (("hot_fraction", 0.5),)
+    workload_options: tuple[tuple[str, float], ...] = ()
 
 
 class Policy(Protocol):

@@ -275,7 +275,8 @@ WORKLOADS: dict[str, Callable[..., Workload]] = {
 }
 
 
-def make_workload(name: str, npages: int, seed: int = 0) -> Workload:
+def make_workload(name: str, npages: int, seed: int = 0, **options: float) -> Workload:
+    """A workload by name; ``options`` go to its constructor (gups: hot_fraction)."""
     if name not in WORKLOADS:
         raise ValueError(f"workload {name!r} unknown; choose from {sorted(WORKLOADS)}")
-    return WORKLOADS[name](npages, seed=seed)
+    return WORKLOADS[name](npages, seed=seed, **options)
