@@ -8,7 +8,7 @@ from pathlib import Path
 from agent_host import config
 from agent_host.control import ControlClient
 
-__all__ = ["DEFAULT_CONFIG", "add_config_flag", "client", "load_config"]
+__all__ = ["DEFAULT_CONFIG", "add_config_flag", "client", "load_config", "mib"]
 
 DEFAULT_CONFIG = Path("/etc/hypertier/host.toml")
 
@@ -21,6 +21,18 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"TOML configuration (default {DEFAULT_CONFIG} if it exists)",
     )
+
+
+def mib(text: str) -> int:
+    """An argparse type: a whole, non-negative number of MiB ("24", not "24.0").
+
+    Sizes end up as integer byte counts in the domain XML and metadata.
+    """
+    if not text.strip().isdecimal():
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of MiB (e.g. 24), got {text!r}"
+        )
+    return int(text)
 
 
 def load_config(args: argparse.Namespace) -> config.Config:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent_host import domxml
 from agent_host.backend import Tier
-from agent_host.cmd_common import add_config_flag, load_config
+from agent_host.cmd_common import add_config_flag, load_config, mib
 from agent_host.config import Config
 from agent_host.errors import ConfigError
 from agent_host.libvirt_backend import LibvirtHostBackend, read_host_nodes
@@ -34,16 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vm", help="domain name")
     parser.add_argument("--vcpus", type=int, default=2, help="vCPUs (default 2)")
     parser.add_argument(
-        "--fast-mib", type=int, default=1024, help="fast tier reservation (MiB)"
+        "--fast-mib", type=mib, default=1024, help="fast tier reservation (MiB)"
     )
     parser.add_argument(
-        "--slow-mib", type=int, default=1024, help="slow tier reservation (MiB)"
+        "--slow-mib", type=mib, default=1024, help="slow tier reservation (MiB)"
     )
     parser.add_argument(
-        "--fast-max-mib", type=int, help="fast tier limit (MiB; default 4x reservation)"
+        "--fast-max-mib", type=mib, help="fast tier limit (MiB; default 4x reservation)"
     )
     parser.add_argument(
-        "--slow-max-mib", type=int, help="slow tier limit (MiB; default 4x reservation)"
+        "--slow-max-mib", type=mib, help="slow tier limit (MiB; default 4x reservation)"
     )
     parser.add_argument("--disk", default="", help="disk image (new domains)")
     parser.add_argument("--class", dest="qos_class", default=None, help="QoS class")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from agent_host.cmd_common import add_config_flag, client
+from agent_host.cmd_common import add_config_flag, client, mib
 
 EPILOG = """examples:
   hypertier-host vm set web1 --class gold
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--{key.replace('_', '-')}-mib",
             dest=key,
-            type=int,
+            type=mib,
             metavar="MIB",
             help=f"{key.replace('_', ' ')} in MiB",
         )

@@ -56,23 +56,35 @@ class Controller:
         self,
         vm: str,
         qos_class: str | None = None,
-        fast_reservation_bytes: int | None = None,
-        slow_reservation_bytes: int | None = None,
-        fast_limit_bytes: int | None = None,
-        slow_limit_bytes: int | None = None,
+        fast_reservation_bytes: float | None = None,
+        slow_reservation_bytes: float | None = None,
+        fast_limit_bytes: float | None = None,
+        slow_limit_bytes: float | None = None,
     ) -> dict[str, Any]:
-        """Change a VM's class, reservations or limits (see Daemon.vm_set)."""
+        """Change a VM's class, reservations or limits (see Daemon.vm_set).
+
+        Sizes arrive as JSON numbers, which do not tell 1024 from 1024.0: an
+        integral float is taken as that int, anything else is refused.
+
+        Raises:
+            ConfigError: a size is not a whole number of bytes, or as
+                :meth:`Daemon.vm_set`.
+            NoSuchDomain: as :meth:`Daemon.vm_set`.
+        """
         res = {
-            t: v
-            for t, v in (
-                (Tier.FAST, fast_reservation_bytes),
-                (Tier.SLOW, slow_reservation_bytes),
+            t: _whole_bytes(name, v)
+            for t, name, v in (
+                (Tier.FAST, "fast_reservation_bytes", fast_reservation_bytes),
+                (Tier.SLOW, "slow_reservation_bytes", slow_reservation_bytes),
             )
             if v is not None
         }
         lim = {
-            t: v
-            for t, v in ((Tier.FAST, fast_limit_bytes), (Tier.SLOW, slow_limit_bytes))
+            t: _whole_bytes(name, v)
+            for t, name, v in (
+                (Tier.FAST, "fast_limit_bytes", fast_limit_bytes),
+                (Tier.SLOW, "slow_limit_bytes", slow_limit_bytes),
+            )
             if v is not None
         }
         meta = self._daemon.vm_set(vm, qos_class, res, lim)
@@ -97,6 +109,15 @@ class Controller:
     def stop(self) -> dict[str, Any]:
         self._daemon.stop()
         return {"stopping": True}
+
+
+def _whole_bytes(name: str, value: object) -> int:
+    """``value`` as an int number of bytes; integral floats (1024.0) included."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ConfigError(f"{name} must be a whole number of bytes, got {value!r}")
 
 
 _ERRORS: dict[str, type[HostError]] = {

@@ -575,10 +575,19 @@ class Daemon:
 
         Raises:
             NoSuchDomain: ``vm`` is not a running tiered VM.
-            ConfigError: unknown class, or reservation > limit > device size.
+            ConfigError: unknown class, a size that is not an int, or
+                reservation > limit > device size.
         """
         reservations = reservations or {}
         limits = limits or {}
+        for kind, sizes in (("reservation", reservations), ("limit", limits)):
+            for tier, size in sizes.items():
+                # The metadata stores str(size): a float would be written "N.0".
+                if not isinstance(size, int) or isinstance(size, bool):
+                    raise ConfigError(
+                        f"{vm} {tier.value} {kind}_bytes must be a whole number of "
+                        f"bytes (int), got {size!r}"
+                    )
         with self._lock:
             st = self._vms.get(vm)
             if st is None:

@@ -34,6 +34,7 @@ libvirt reports the progress as ``<current>`` (:func:`parse_allotments`).
 from __future__ import annotations
 
 import copy
+import decimal
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -649,11 +650,35 @@ def resize_device_xml(xml: str, tier: Tier, requested_bytes: int) -> str:
     raise BackendError(f"domain has no virtio-mem allotment for tier {tier.value}")
 
 
+def _parse_bytes(tier: str, attr: str, text: str) -> int:
+    # Versions before the vm_set type check stored JSON floats as str(float)
+    # ("25165824.0"); an integral value in any numeric spelling is read as that
+    # int so those VMs stay adoptable, and the next metadata write is canonical.
+    try:
+        value = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        value = decimal.Decimal("NaN")
+    # adjusted() is the decimal exponent: 10**30 bytes is far beyond any memory
+    # and keeps int() of a crafted "1e999999999" from building a huge number.
+    if (
+        not value.is_finite()
+        or value.adjusted() > 30
+        or value != value.to_integral_value()
+    ):
+        raise BackendError(
+            f"malformed HyperTier tier metadata: {tier} {attr} must be a whole "
+            f"number of bytes, got {text!r}"
+        )
+    return int(value)
+
+
 def parse_metadata(xml: str) -> TieringMetadata | None:
     """HyperTier's metadata from a domain XML (or the bare element), or None.
 
     Accepts a whole domain XML or the ``<hypertier:tiering>`` element alone (what
-    ``virDomainGetMetadata`` returns).
+    ``virDomainGetMetadata`` returns). Sizes are decimal integers; an integral
+    value written as a float (``"25165824.0"``, as older versions stored a float
+    limit) is accepted as that integer, a fractional one is malformed.
 
     Raises:
         BackendError: the XML does not parse or a number is malformed.
@@ -673,8 +698,14 @@ def parse_metadata(xml: str) -> TieringMetadata | None:
             tiers.append(
                 TierMetadata(
                     tier=tier,
-                    reservation_bytes=int(t.get("reservation_bytes", "0")),
-                    limit_bytes=int(t.get("limit_bytes", "0")),
+                    reservation_bytes=_parse_bytes(
+                        tier.value,
+                        "reservation_bytes",
+                        t.get("reservation_bytes", "0"),
+                    ),
+                    limit_bytes=_parse_bytes(
+                        tier.value, "limit_bytes", t.get("limit_bytes", "0")
+                    ),
                     host_nodes=_parse_nodeset(t.get("host_nodes")),
                     emulated=t.get("emulated") == "yes",
                 )

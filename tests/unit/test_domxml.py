@@ -166,6 +166,48 @@ def test_metadata_round_trips_class_reservations_and_limits() -> None:
     )
 
 
+def _tier_element(reservation: str, limit: str) -> str:
+    return (
+        f'<hypertier:tiering xmlns:hypertier="{METADATA_NS}">'
+        "<hypertier:class>gold</hypertier:class>"
+        f'<hypertier:tier name="fast" reservation_bytes="{reservation}" '
+        f'limit_bytes="{limit}" host_nodes="0"/></hypertier:tiering>'
+    )
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        pytest.param("25165824.0", id="float-repr"),
+        pytest.param("2.5165824e7", id="exponent"),
+    ],
+)
+def test_metadata_with_integral_float_sizes_parses_as_int(limit: str) -> None:
+    # Older `vm set` stored JSON floats as str(float); such a VM must stay adoptable.
+    meta = parse_metadata(_tier_element("8388608.0", limit))
+    assert meta is not None
+    fast = meta.tier(Tier.FAST)
+    assert fast is not None
+    assert (fast.reservation_bytes, fast.limit_bytes) == (8 * MiB, 24 * MiB)
+    assert type(fast.limit_bytes) is int
+    assert type(fast.reservation_bytes) is int
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        pytest.param("25165824.5", id="fraction"),
+        pytest.param("nan", id="nan"),
+        pytest.param("inf", id="inf"),
+        pytest.param("1e999999999", id="huge"),
+        pytest.param("24MiB", id="unit"),
+    ],
+)
+def test_metadata_with_non_integral_size_names_the_attribute(limit: str) -> None:
+    with pytest.raises(BackendError, match=r"fast limit_bytes.*whole number"):
+        parse_metadata(_tier_element("0", limit))
+
+
 def test_metadata_uses_hypertier_prefix() -> None:
     assert 'xmlns:hypertier="https://hypertier.dev/xmlns/domain/1"' in (
         new_domain_xml(_spec()).xml

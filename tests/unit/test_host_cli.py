@@ -202,6 +202,72 @@ def test_vm_set_bad_value_is_usage_error(running: Running) -> None:
     assert cli.main([*argv, "-c", str(running.config_path)]) == 2
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("24.0", id="float"),
+        pytest.param("1.5", id="fraction"),
+        pytest.param("-1", id="negative"),
+    ],
+)
+def test_vm_set_mib_flag_must_be_whole_number(
+    running: Running, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["vm", "set", "vm0", "--fast-limit-mib", value]
+    assert cli.main([*argv, "-c", str(running.config_path)]) == 2
+    assert "whole number of MiB" in capsys.readouterr().err
+    assert 'limit_bytes="' + value not in running.world.metadata["vm0"]
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        pytest.param("--fast-mib", id="fast"),
+        pytest.param("--slow-max-mib", id="slow-max"),
+    ],
+)
+def test_vm_define_mib_flag_must_be_whole_number(
+    short_dir: Path, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([*_define_argv(_config_file(short_dir)), flag, "24.0"]) == 2
+    assert "whole number of MiB" in capsys.readouterr().err
+
+
+def test_vm_set_integral_float_over_socket_is_stored_as_int(running: Running) -> None:
+    client = ControlClient(config.load(running.config_path).host.control_socket)
+    result = client.call("vm_set", vm="vm0", fast_limit_bytes=400.0 * MiB)
+    assert result["tiers"]["fast"]["limit_bytes"] == 400 * MiB
+    xml = running.world.metadata["vm0"]
+    assert f'limit_bytes="{400 * MiB}"' in xml
+    assert ".0" not in xml
+    restarted = Daemon(
+        config.load(running.config_path), EmuHostBackend(running.world), SystemClock()
+    )
+    restarted.tick()
+    fast = restarted.status()["vms"]["vm0"]["tiers"]["fast"]
+    assert fast["limit_bytes"] == 400 * MiB
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(400 * MiB + 0.5, id="fraction"),
+        pytest.param(float("inf"), id="inf"),
+        pytest.param(float("nan"), id="nan"),
+        pytest.param(str(400 * MiB), id="string"),
+        pytest.param(True, id="bool"),
+    ],
+)
+def test_vm_set_non_integer_bytes_over_socket_is_rejected(
+    running: Running, value: object
+) -> None:
+    client = ControlClient(config.load(running.config_path).host.control_socket)
+    before = running.world.metadata["vm0"]
+    with pytest.raises(ConfigError, match=r"fast_limit_bytes.*whole number of bytes"):
+        client.call("vm_set", vm="vm0", fast_limit_bytes=value)
+    assert running.world.metadata["vm0"] == before
+
+
 def test_client_maps_errors(running: Running) -> None:
     client = ControlClient(config.load(running.config_path).host.control_socket)
     with pytest.raises(NoSuchDomain):

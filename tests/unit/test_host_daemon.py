@@ -110,6 +110,43 @@ def test_vm_set_rejects_invalid_settings(
         daemon.vm_set("vm0", **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"limits": {Tier.FAST: 512.0 * MiB}}, id="float-limit"),
+        pytest.param({"reservations": {Tier.SLOW: MiB + 0.5}}, id="fraction"),
+        pytest.param({"limits": {Tier.FAST: True}}, id="bool"),
+    ],
+)
+def test_vm_set_rejects_sizes_that_are_not_int(
+    clock: FakeClock, kwargs: dict[str, object]
+) -> None:
+    world = _world(clock, vms=1)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    before = world.metadata["vm0"]
+    with pytest.raises(ConfigError, match="whole number of bytes"):
+        daemon.vm_set("vm0", **kwargs)  # type: ignore[arg-type]
+    assert world.metadata["vm0"] == before
+
+
+def test_vm_with_float_sizes_in_metadata_is_adopted_after_restart(
+    clock: FakeClock,
+) -> None:
+    world = _world(clock, vms=1)
+    _daemon(world, clock).tick()
+    # What an older `vm set` with a JSON float wrote: limit_bytes="536870912.0".
+    old = world.metadata["vm0"].replace(
+        f'limit_bytes="{768 * MiB}"', f'limit_bytes="{512.0 * MiB}"'
+    )
+    assert old != world.metadata["vm0"]
+    world.metadata["vm0"] = old
+    restarted = _daemon(world, clock)
+    restarted.tick()
+    vm = restarted.status()["vms"]["vm0"]
+    assert vm["tiers"]["fast"]["limit_bytes"] == 512 * MiB
+
+
 def test_vm_set_of_unknown_vm_raises(clock: FakeClock) -> None:
     daemon = _daemon(_world(clock, vms=0), clock)
     with pytest.raises(NoSuchDomain):
