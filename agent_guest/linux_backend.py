@@ -313,28 +313,39 @@ class LinuxGuestBackend:
                 rss = int(statm[1]) * PAGE_SIZE
                 if rss == 0:
                     continue  # kernel threads
-                comm = (d / "comm").read_text().strip()
+                # comm, cmdline and cgroup paths are bytes, not always UTF-8 (an
+                # executable or cgroup named in Latin-1): decode for display.
+                comm = (d / "comm").read_bytes().strip()
                 cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").strip()
-                cgroup = (d / "cgroup").read_text().strip().rpartition(":")[2]
+                cgroup = (d / "cgroup").read_bytes().strip().rpartition(b":")[2]
             except (OSError, IndexError, ValueError):
                 continue  # exited or unreadable: not a candidate
             out.append(
                 ProcessInfo(
-                    int(d.name), comm, rss, cmdline.decode(errors="replace"), cgroup
+                    int(d.name),
+                    comm.decode(errors="replace"),
+                    rss,
+                    cmdline.decode(errors="replace"),
+                    cgroup.decode(errors="replace"),
                 )
             )
         return sorted(out, key=lambda p: p.pid)
 
     def vmas(self, pid: int) -> Sequence[Vma]:
-        """Private writable mappings (heap, anonymous, data) from /proc/pid/maps."""
+        """Private writable mappings (heap, anonymous, data) from /proc/pid/maps.
+
+        A mapped file's name is bytes that need not be UTF-8; ``Vma.path`` holds
+        it as :func:`os.fsdecode` does (``os.fsencode(path)`` gives the bytes).
+        """
         try:
-            text = self._p(f"proc/{pid}/maps").read_text()
+            text = os.fsdecode(self._p(f"proc/{pid}/maps").read_bytes())
         except (FileNotFoundError, ProcessLookupError) as err:
             raise NoSuchProcess(pid) from err
         except PermissionError as err:
             raise AccessDenied(f"/proc/{pid}/maps", "needs ptrace access") from err
         out = []
-        for line in text.splitlines():
+        # Only "\n" ends a line: splitlines() would also split a name at U+2028.
+        for line in text.split("\n"):
             parts = line.split(maxsplit=5)
             if len(parts) < 5:
                 continue

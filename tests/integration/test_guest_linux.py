@@ -216,6 +216,83 @@ def test_cli_run_once_on_the_real_kernel(tmp_path: Path) -> None:
     assert not sock.exists()
 
 
+# A child that maps (private, writable) a file whose name is not UTF-8, then
+# waits: argv[1] is the directory (bytes via surrogateescape).
+NON_UTF8_CHILD = r"""
+import mmap, os, sys
+path = os.path.join(os.fsencode(sys.argv[1]), b"map-\xff\xfe.bin")
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(fd, 4 << 20)
+mm = mmap.mmap(fd, 4 << 20, flags=mmap.MAP_PRIVATE)
+for off in range(0, 4 << 20, 4096):
+    mm[off] = 1
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def non_utf8_child(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", NON_UTF8_CHILD, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    yield proc
+    proc.kill()
+    proc.wait(timeout=10)
+    for f in (proc.stdin, proc.stdout):
+        if f is not None:
+            f.close()
+
+
+def test_vmas_of_a_process_mapping_a_non_utf8_file_name(
+    backend: LinuxGuestBackend, non_utf8_child: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    name = os.fsencode(tmp_path) + b"/map-\xff\xfe.bin"
+    vmas = backend.vmas(non_utf8_child.pid)
+    (vma,) = [v for v in vmas if os.fsencode(v.path) == name]
+    assert vma.size_bytes == 4 * MiB
+
+
+def test_the_daemon_ticks_on_with_a_target_mapping_a_non_utf8_file(
+    non_utf8_child: subprocess.Popen[str],
+) -> None:
+    cfg = config.loads(
+        '[guest]\nbackend = "linux"\ncontrol_socket = "/tmp/unused.sock"\n'
+        '[sampler]\nsource = "page-fault"\n'
+        f"[targets]\npids = [{non_utf8_child.pid}]\nmin_rss_bytes = 0\n"
+    )
+    d = Daemon(cfg, LinuxGuestBackend(induce_write_faults=False), SystemClock())
+    try:
+        d.tick()
+        d.tick()
+        st = d.status()
+        assert st["tick_failures"] == 0
+        assert st["failures"] == {}
+        assert non_utf8_child.pid in st["targets"]  # type: ignore[operator]
+    finally:
+        d.shutdown()
+
+
+def test_cli_run_once_with_a_target_mapping_a_non_utf8_file(
+    non_utf8_child: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "guest.toml"
+    path.write_text(
+        '[sampler]\nsource = "page-fault"\n'
+        f"[targets]\npids = [{non_utf8_child.pid}]\nmin_rss_bytes = 0\n"
+    )
+    sock = tmp_path / "guest.sock"
+    rc = cli.main(
+        ["run", "-c", str(path), "--backend", "linux", "--socket", str(sock), "--once"]
+    )
+    assert rc == 0
+
+
 def _two_nodes() -> tuple[int, int]:
     nodes = LinuxGuestBackend().numa_nodes()
     mem = [n for n in nodes if n.total_bytes > 0]

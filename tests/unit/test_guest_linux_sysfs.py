@@ -8,6 +8,7 @@ node meminfo as drivers/base/node.c prints it.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -163,6 +164,43 @@ def test_vmas_are_the_private_writable_mappings(tmp_path: Path) -> None:
         ("0x7f0000000000", ""),
         ("0x7ffd00000000", "[stack]"),
     ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(b"/tmp/m\xff\xfe.bin", id="not-utf8"),
+        pytest.param("/tmp/m\u2028\x85.bin".encode(), id="unicode-line-breaks"),
+    ],
+)
+def test_vmas_keep_a_mapped_file_name_with_any_bytes(
+    tmp_path: Path, name: bytes
+) -> None:
+    # Linux file names are bytes; proc(5) prints them unescaped except for "\n".
+    backend = _backend(tmp_path)
+    line = b"7f1000000000-7f1000100000 rw-p 00000000 fe:00 77   " + name + b"\n"
+    (tmp_path / "proc/4242/maps").write_bytes(MAPS.encode() + line)
+    vmas = backend.vmas(4242)
+    assert len(vmas) == 5
+    assert (hex(vmas[-1].start), hex(vmas[-1].end)) == (
+        "0x7f1000000000",
+        "0x7f1000100000",
+    )
+    assert os.fsencode(vmas[-1].path) == name
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param("comm", id="comm"), pytest.param("cgroup", id="cgroup")]
+)
+def test_process_with_a_non_utf8_name_is_still_listed(
+    tmp_path: Path, name: str
+) -> None:
+    backend = _backend(tmp_path)
+    path = tmp_path / "proc/4242" / name
+    path.write_bytes(path.read_bytes().replace(b"app", b"a\xffp"))
+    (p,) = backend.processes()
+    assert p.pid == 4242
+    assert "a\ufffdp" in (p.comm if name == "comm" else p.cgroup)
 
 
 def test_vmas_of_a_vanished_process_raise_no_such_process(tmp_path: Path) -> None:
