@@ -17,7 +17,13 @@ import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE, Vma
 
-__all__ = ["ClassifyParams", "RangeTable", "Selection", "select_hot"]
+__all__ = [
+    "ClassifyParams",
+    "RangeTable",
+    "Selection",
+    "coverage_bytes",
+    "select_hot",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class ClassifyParams:
     page_track_samples: int = 8192
     reuse_epochs: int = 3
     reuse_window: int = 4
+    demand_coverage: float = 0.9
+    demand_decay: float = 0.9
 
     @property
     def window_mask(self) -> int:
@@ -90,6 +98,10 @@ class RangeTable:
         self.left = np.empty(0, np.float64)
         self.right = np.empty(0, np.float64)
         self.hot = np.empty(0, bool)
+        # Samples decayed by ``demand_decay`` per epoch: a longer memory than
+        # ``count``, for the demand estimate (sparse samples need time to cover
+        # a large hot set).
+        self.mass = np.empty(0, np.float64)
         # Sample history: bit i set = samples in the epoch i epochs ago.
         self.seen = np.empty(0, np.uint8)
         self.epoch = 0
@@ -148,6 +160,7 @@ class RangeTable:
                 np.empty(0),
                 np.empty(0, bool),
                 np.empty(0, np.uint8),
+                np.empty(0),
             )
             return
         starts = np.array([v.start for v in vs], np.uint64)
@@ -171,18 +184,20 @@ class RangeTable:
         # Carry counts over: each new range inherits the density of the old range
         # holding its start (a cheap O(ranges log ranges) approximation).
         count = np.zeros(new_start.shape[0])
+        mass = np.zeros(new_start.shape[0])
         hot = np.zeros(new_start.shape[0], bool)
         seen = np.zeros(new_start.shape[0], np.uint8)
         if len(self):
             j = np.searchsorted(self.start, new_start, "right") - 1
             inside = (j >= 0) & (new_start < self.end[np.maximum(j, 0)])
             jj = np.maximum(j, 0)
-            dens = self.count[jj] / np.maximum(self.size_bytes[jj], 1.0)
+            old_size = np.maximum(self.size_bytes[jj], 1.0)
             size = (new_end - new_start).astype(np.float64)
-            count = np.where(inside, dens * size, 0.0)
+            count = np.where(inside, self.count[jj] / old_size * size, 0.0)
+            mass = np.where(inside, self.mass[jj] / old_size * size, 0.0)
             hot = inside & self.hot[jj]
             seen = np.where(inside, self.seen[jj], 0).astype(np.uint8)
-        self._assign(new_start, new_end.astype(np.uint64), count, hot, seen)
+        self._assign(new_start, new_end.astype(np.uint64), count, hot, seen, mass)
 
     def _assign(
         self,
@@ -191,10 +206,12 @@ class RangeTable:
         count: npt.NDArray[np.float64],
         hot: npt.NDArray[np.bool_],
         seen: npt.NDArray[np.uint8],
+        mass: npt.NDArray[np.float64],
     ) -> None:
         self._grid = None
         self.start, self.end = start, end
         self.count = count.astype(np.float64)
+        self.mass = mass.astype(np.float64)
         self.hot = hot.astype(bool)
         self.seen = seen.astype(np.uint8)
         self.left = np.zeros(start.shape[0])
@@ -329,6 +346,7 @@ class RangeTable:
         """Fold this epoch's samples into the decayed counts, then split and merge."""
         p = self.params
         self.count = self.count * p.decay + self.left + self.right
+        self.mass = self.mass * p.demand_decay + self.left + self.right
         sampled = ((self.left + self.right) > 0).astype(np.uint8)
         self.seen = np.left_shift(self.seen, 1) | sampled
         self._end_pages()
@@ -367,11 +385,13 @@ class RangeTable:
         start = np.empty(n_new, np.uint64)
         end = np.empty(n_new, np.uint64)
         count = np.empty(n_new)
+        mass = np.empty(n_new)
         hot = np.empty(n_new, bool)
         seen = np.empty(n_new, np.uint8)
         lt = np.empty(n_new)
         rt = np.empty(n_new)
         start[pos], end[pos], count[pos] = self.start, self.end, self.count
+        mass[pos] = self.mass
         hot[pos], lt[pos], rt[pos] = self.hot, self.left, self.right
         seen[pos] = self.seen
         # The first half keeps slot pos[c]; the second half goes to pos[c] + 1.
@@ -381,6 +401,8 @@ class RangeTable:
         end[first] = mid
         count[second] = self.count[cand] * (1.0 - frac)
         count[first] = self.count[cand] * frac
+        mass[second] = self.mass[cand] * (1.0 - frac)
+        mass[first] = self.mass[cand] * frac
         hot[second] = self.hot[cand]
         # Each half keeps the history and has samples this epoch only if it had.
         older = self.seen[cand] & np.uint8(0xFE)
@@ -389,7 +411,7 @@ class RangeTable:
         lt[second] = rt[second] = self.right[cand] / 2
         lt[first] = rt[first] = self.left[cand] / 2
         self.start, self.end, self.count, self.hot = start, end, count, hot
-        self.seen = seen
+        self.seen, self.mass = seen, mass
         self.left, self.right = lt, rt
         self._grid = None
 
@@ -418,11 +440,13 @@ class RangeTable:
         keep[i + 1] = False
         self.end[i] = self.end[i + 1]
         self.count[i] += self.count[i + 1]
+        self.mass[i] += self.mass[i + 1]
         self.seen[i] &= self.seen[i + 1]  # reused only where both halves were
         self.left[i] += self.left[i + 1]
         self.right[i] += self.right[i + 1]
         self.start, self.end = self.start[keep], self.end[keep]
         self.count, self.hot = self.count[keep], self.hot[keep]
+        self.mass = self.mass[keep]
         self.seen = self.seen[keep]
         self.left, self.right = self.left[keep], self.right[keep]
         self._grid = None
@@ -447,8 +471,9 @@ def select_hot(
     be clearly hotter to displace them (no ping-pong). Ranges with no samples are
     never hot, and a range not hot yet must show reuse (samples in
     ``reuse_epochs`` of the last ``reuse_window`` epochs) first. Updates each
-    table's ``hot`` mask. ``demand_bytes`` is the size of every range with
-    samples (the hot-set estimate reported to the host).
+    table's ``hot`` mask. ``demand_bytes`` is what the guest would place on the
+    fast tier if it had room (:func:`coverage_bytes` of the long-window sample
+    mass), whatever it holds now: the demand reported to the host.
     """
     pids = list(tables)
     if not pids:
@@ -458,12 +483,6 @@ def select_hot(
     size = np.concatenate([tables[p].size_bytes for p in pids])
     reused = np.concatenate([tables[p].reused for p in pids])
     lens = [len(tables[p]) for p in pids]
-    # A table younger than its reuse window has no history yet: its sampled
-    # ranges count as demand (so the host does not shrink a VM that just
-    # started), but are not promoted on one epoch's evidence.
-    young = np.repeat(
-        [tables[p].epoch < tables[p].params.reuse_window for p in pids], lens
-    )
     owner = np.repeat(np.arange(len(pids)), lens)
     score = dens * np.where(prev, 1.0 + hysteresis, 1.0)
     sampled = dens > 1e-3
@@ -478,5 +497,26 @@ def select_hot(
         mask = chosen[owner == k]
         tables[p].hot = mask
         hot[p] = mask
-    demand = active | (sampled & young)
-    return Selection(hot, int(size[chosen].sum()), int(size[demand].sum()))
+    mass = np.concatenate([tables[p].mass for p in pids])
+    coverage = tables[pids[0]].params.demand_coverage
+    return Selection(hot, int(size[chosen].sum()), coverage_bytes(mass, size, coverage))
+
+
+def coverage_bytes(
+    mass: npt.NDArray[np.float64], size: npt.NDArray[np.float64], coverage: float
+) -> int:
+    """The least memory that serves ``coverage`` of the sampled accesses: ranges
+    by decreasing density until their samples reach that fraction (the last one
+    in proportion). Independent of what the fast tier holds now."""
+    total = float(mass.sum())
+    if total <= 0.0:
+        return 0
+    order = np.argsort(-(mass / np.maximum(size, 1.0)), kind="stable")
+    m, sz = mass[order], size[order]
+    cum = np.cumsum(m)
+    goal = coverage * total
+    k = int(np.searchsorted(cum, goal))  # ranges before k serve less than goal
+    k = min(k, m.shape[0] - 1)
+    before = float(cum[k - 1]) if k > 0 else 0.0
+    part = (goal - before) / float(m[k]) if m[k] > 0 else 0.0
+    return int(float(sz[:k].sum()) + min(max(part, 0.0), 1.0) * float(sz[k]))

@@ -120,9 +120,19 @@ class ClassifyConfig:
     max_tracked_pages: int = 16384
     reuse_epochs: int = 3
     reuse_window: int = 4
+    demand_coverage: float = 0.9
+    demand_decay: float = 0.9
 
     def __post_init__(self) -> None:
         _need(self.max_ranges >= 1, "classify.max_ranges must be >= 1")
+        _need(
+            0 < self.demand_coverage <= 1,
+            f"classify.demand_coverage must be in (0, 1], got {self.demand_coverage}",
+        )
+        _need(
+            0 <= self.demand_decay < 1,
+            f"classify.demand_decay must be in [0, 1), got {self.demand_decay}",
+        )
         _need(
             self.min_range_bytes >= 4096 and self.min_range_bytes % 4096 == 0,
             "classify.min_range_bytes must be a positive multiple of 4096",
@@ -262,9 +272,17 @@ def loads(text: str, source: str = "<string>") -> Config:
 def load(path: Path | str) -> Config:
     """Read and validate a config file. Raises ConfigError (also for I/O errors)."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+    try:
+        text = data.decode("utf-8")  # TOML is UTF-8, whatever the locale
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 (byte {data[err.start]:#04x} on line {line}); "
+            "TOML files must be UTF-8"
+        ) from err
     return loads(text, str(path))
 
 

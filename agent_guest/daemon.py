@@ -8,6 +8,7 @@ point) and perf sessions (closed on shutdown through ``backend.close()``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -135,6 +136,8 @@ class Daemon:
         self._allot_fast: int | None = None
         self._seq = 0
         self._hello_sent = False
+        self._hellos = 0  # hellos this process sent
+        self._hello_s = -math.inf  # when the last one went out
         self._channel_down = False
         self._informed_epochs = 0  # epochs in which samples arrived
         self.counters = _Counters()
@@ -166,6 +169,8 @@ class Daemon:
             c.max_tracked_pages,
             reuse_epochs=reuse,
             reuse_window=c.reuse_window,
+            demand_coverage=c.demand_coverage,
+            demand_decay=c.demand_decay,
         )
         return sampler, exchanger, params
 
@@ -281,9 +286,8 @@ class Daemon:
             limit = max(0, limit - reserve)
         managed = sum(p.rss_bytes for p in self._target_infos)
         unmanaged = max(0, fast_used - managed)
-        sel = select_hot(
-            self._tables, max(0, limit - unmanaged), self._params.hysteresis
-        )
+        room = max(0, limit - unmanaged)
+        sel = select_hot(self._tables, room, self._params.hysteresis)
         self.counters.hot_bytes = sel.hot_bytes
         self.counters.demand_bytes = sel.demand_bytes
         promoted = demoted = 0
@@ -303,7 +307,7 @@ class Daemon:
             self._last_cpu += self._backend.cpu_time_s() - cpu_before
             for pid in self._exchanger.gone:
                 self._forget(pid)
-        self._report(nodes, roles, sel, fast_total)
+        self._report(nodes, roles, sel, room, unmanaged)
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
         if self._sampler.source.value != "a-bit":
@@ -380,23 +384,34 @@ class Daemon:
 
     # ------------------------------------------------------------------ channel
     def _handle_channel(self) -> None:
+        """Say hello (again, if needed) and take the host's messages.
+
+        The host answers a hello with its own. A host hello that is no answer
+        (none within ``guest.report_interval_s`` of ours) means a host daemon
+        that does not know this agent (it restarted): the agent says hello
+        again, at most once per report interval, so two agents never ping-pong.
+        """
         if Capability.HOST_CHANNEL not in self._backend.capabilities():
             return
         if not self._hello_sent:
-            self._hello_sent = self._send(wire.Hello("hypertier-guest", VERSION))
+            self._say_hello()
         try:
             data = self._backend.channel_recv()
         except GuestError as err:
             self._channel_failed(err)
             return
         for line in self._reader.feed(data):
+            if not line.strip():
+                continue  # the newline a peer sends before its hello
             try:
                 msg = wire.decode(line)
             except wire.WireError as err:
                 self.counters.wire_errors += 1
                 log.warning("bad message from host: %s", err)
                 continue
-            if isinstance(msg, wire.Allot):
+            if isinstance(msg, wire.Hello):
+                self._host_hello()
+            elif isinstance(msg, wire.Allot):
                 self.counters.allots_received += 1
                 if msg.fast_bytes != self._allot_fast:
                     log.info(
@@ -411,8 +426,16 @@ class Daemon:
         nodes: Sequence[NumaNode],
         roles: NodeRoles,
         sel: Selection,
-        fast_total: int,
+        room: int,
+        unmanaged: int,
     ) -> None:
+        """Tell the host what this guest uses and demands (docs/wire-protocol.md).
+
+        ``hot_bytes`` is the fast memory the guest would fill if it had room:
+        the targets' demand (whatever the fast tier holds now) plus memory on
+        the fast node the agent does not manage; ``pressure`` the part of that
+        demand the fast node's room for the targets (``room``) leaves unmet.
+        """
         if Capability.HOST_CHANNEL not in self._backend.capabilities():
             return
         now = self._clock.monotonic()
@@ -430,23 +453,42 @@ class Daemon:
             )
             for n in nodes[: wire.MAX_NODES]
         )
-        pressure = min(1.0, sel.demand_bytes / fast_total) if fast_total else 1.0
+        demand = sel.demand_bytes
+        unmet = max(0, demand - room)
+        pressure = unmet / demand if demand else 0.0
+        used = sum(u.used_bytes for u in usage)
         self._seq += 1
         stats = self._exchanger.stats
         msg = wire.Report(
             self._seq,
             usage,
-            min(sel.demand_bytes, wire.MAX_BYTES),
+            min(demand + unmanaged, used, wire.MAX_BYTES),
             pressure,
             stats.promoted + stats.demoted,
         )
         if self._send(msg):
             self.counters.reports_sent += 1
 
-    def _send(self, msg: wire.Message) -> bool:
+    def _say_hello(self) -> None:
+        # The first hello of this process starts with a newline: it ends the
+        # line a killed agent may have left unfinished in the host's reader,
+        # which would otherwise swallow this hello.
+        if self._send(wire.Hello("hypertier-guest", VERSION), newline=not self._hellos):
+            self._hello_sent = True
+            self._hellos += 1
+            self._hello_s = self._clock.monotonic()
+
+    def _host_hello(self) -> None:
+        if self._clock.monotonic() - self._hello_s <= self._cfg.guest.report_interval_s:
+            return  # the answer to our hello
+        log.info("host agent said hello unasked (it restarted): saying hello again")
+        self._hello_sent = False  # retried every tick until it goes out
+        self._say_hello()
+
+    def _send(self, msg: wire.Message, newline: bool = False) -> bool:
         """Send to the host agent; placement goes on without it if that fails."""
         try:
-            self._backend.channel_send(wire.encode(msg))
+            self._backend.channel_send(b"\n" * newline + wire.encode(msg))
         except GuestError as err:
             self._channel_failed(err)
             return False

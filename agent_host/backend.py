@@ -63,6 +63,9 @@ class Allotment:
 
     ``requested_bytes`` is what the host asked for; ``current_bytes`` what the
     guest has plugged, which lags or falls short when the guest cannot comply.
+    ``boot_bytes`` is the guest node's fixed memory beside the device (the NUMA
+    cell's ``memory`` in the domain XML): the host knows it without asking the
+    guest, so guest reports are checked against ``boot_bytes + current_bytes``.
     """
 
     tier: Tier
@@ -72,6 +75,7 @@ class Allotment:
     max_bytes: int
     block_bytes: int
     host_nodes: tuple[int, ...] = ()
+    boot_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,14 @@ class HostBackend(Protocol):
 
     def channel_recv(self, vm: str) -> bytes:
         """Bytes from the VM's guest agent since the last call (maybe partial lines)."""
+        ...
+
+    def channel_connection(self, vm: str) -> int:
+        """Which connection to the VM's channel the backend holds (or last held).
+
+        A counter that changes whenever the backend opens a new connection: a
+        line the old connection left unfinished never continues in the new one.
+        """
         ...
 
     def events(self) -> Sequence[DomainEvent]:

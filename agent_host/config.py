@@ -99,7 +99,6 @@ class PolicyConfig:
     safety_margin_ratio: float = 0.05
     host_reserved_bytes: int = 1 * GiB
     hot_headroom_ratio: float = 0.1
-    pressure_growth_ratio: float = 0.25
     max_step_bytes: int = 1 * GiB
     min_resize_interval_s: float = 5.0
     shrink_notice_s: float = 5.0
@@ -129,11 +128,6 @@ class PolicyConfig:
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"policy.{key} must be in [0, 1], got {value}")
-        if not 0.0 <= self.pressure_growth_ratio <= 4.0:
-            raise ConfigError(
-                "policy.pressure_growth_ratio must be in [0, 4], "
-                f"got {self.pressure_growth_ratio}"
-            )
         _positive("policy.max_step_bytes", self.max_step_bytes)
         _positive("policy.report_timeout_s", self.report_timeout_s)
         _positive("policy.discover_every_ticks", self.discover_every_ticks)
@@ -149,17 +143,22 @@ class ChannelConfig:
     max_invalid: int = 5
     throttle_s: float = 60.0
     max_read_bytes: int = 65536
+    # Bytes of one guest parsed per tick (blank lines and junk included); the
+    # rest is discarded unread and is a strike. An honest guest sends a few
+    # hundred bytes per report.
+    max_bytes_per_tick: int = 16384
 
     def __post_init__(self) -> None:
         _positive("channel.max_msgs_per_s", self.max_msgs_per_s)
         _positive("channel.burst_msgs", self.burst_msgs)
         _positive("channel.max_invalid", self.max_invalid)
         _non_negative("channel.throttle_s", self.throttle_s)
-        if not 4096 <= self.max_read_bytes <= 1 << 24:
-            raise ConfigError(
-                "channel.max_read_bytes must be in [4096, 16777216], "
-                f"got {self.max_read_bytes}"
-            )
+        for key in ("max_read_bytes", "max_bytes_per_tick"):
+            val = getattr(self, key)
+            if not 4096 <= val <= 1 << 24:
+                raise ConfigError(
+                    f"channel.{key} must be in [4096, 16777216], got {val}"
+                )
 
 
 @dataclass(frozen=True)
@@ -301,9 +300,17 @@ def loads(text: str, source: str = "<string>") -> Config:
 def load(path: str | Path) -> Config:
     """Read and validate a TOML file. Raises ConfigError (also if unreadable)."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+    try:
+        text = data.decode("utf-8")  # TOML is UTF-8, whatever the locale
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 (byte {data[err.start]:#04x} on line {line}); "
+            "TOML files must be UTF-8"
+        ) from err
     return loads(text, str(path))
 
 

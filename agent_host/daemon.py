@@ -59,11 +59,17 @@ class VmState:
         default_factory=lambda: {t: -math.inf for t in Tier}
     )
     sent_allot: tuple[int, int] | None = None
+    # The channel connection the reader's partial line came from, and when
+    # the host last asked a guest that reports without a hello for one.
+    channel_connection: int = 0
+    hello_asked_s: float = -math.inf
     # When the guest agent was first told of a fast-tier shrink still pending.
     shrink_notice_s: float | None = None
     allot_seq: int = 0
     resizes: int = 0
     resize_errors: int = 0
+    implausible: int = 0  # reports that claim more than the host sees plugged
+    last_implausible: str = ""
     row: int = 0
     seen_report: GuestReport | None = None
     # Derived from info and meta by update(), indexed by _IDX[tier]; cached
@@ -126,7 +132,7 @@ class _Table:
         self.hot = np.full(n, np.nan)
         self.pressure = np.full(n, np.nan)
         self.used = np.full(n, np.nan)
-        self.boot = np.zeros(n)
+        self.boot = np.zeros((2, n), np.int64)  # host-known, from the domain
 
 
 def _tiered(info: DomainInfo) -> bool:
@@ -325,15 +331,16 @@ class Daemon:
         t = self._table
         rows = np.array(
             [
-                (a.requested_bytes, a.current_bytes, a.block_bytes)
+                (a.requested_bytes, a.current_bytes, a.block_bytes, a.boot_bytes)
                 for st in self._states
                 for a in st.allot
             ],
             dtype=np.int64,
-        ).reshape(len(self._states), 2, 3)
+        ).reshape(len(self._states), 2, 4)
         t.req[:] = rows[:, :, 0].T
         t.cur[:] = rows[:, :, 1].T
         t.block[:] = rows[:, :, 2].T
+        t.boot[:] = rows[:, :, 3].T
 
     def _rebuild(self) -> None:
         """New arrays after the set of VMs changed (rows follow self._states)."""
@@ -348,7 +355,7 @@ class Daemon:
         if self._states:
             self._load_allotments()
         for st in self._states:
-            self._store_report(st)  # after the allotments: boot memory needs them
+            self._store_report(st)  # after the allotments: checks need them
 
     def _load_settings(self, st: VmState) -> None:
         t, r = self._table, st.row
@@ -368,10 +375,39 @@ class Daemon:
         t.hot[r] = rep.report.hot_bytes
         t.pressure[r] = rep.report.pressure
         t.used[r] = rep.used_bytes
-        # Boot memory is fixed; read it only while no resize is under way, when
-        # the guest's node size and the host's <current> describe the same state.
-        if t.req[0, r] == t.cur[0, r]:
-            t.boot[r] = max(0, rep.node_total_bytes("fast") - int(t.cur[0, r]))
+        why = self._implausible(rep, r)
+        if why:
+            # Not rejected: the policy caps every claim by what the host sees,
+            # so a lie gains nothing; the operator is told who lies.
+            st.implausible += 1
+            st.last_implausible = why
+            if st.implausible == 1 or st.implausible % 100 == 0:
+                log.warning(
+                    "guest of %s reports more than the host provisioned (%s); "
+                    "its claims are capped (%d such report(s))",
+                    st.vm,
+                    why,
+                    st.implausible,
+                )
+
+    def _implausible(self, rep: GuestReport, r: int) -> str:
+        """Why a report contradicts what the host sees plugged ("" if it does not).
+
+        A guest node holds its boot memory plus what is plugged; while a resize
+        is under way it may be anywhere between the old and the new size.
+        """
+        t = self._table
+        for k, tier in enumerate(("fast", "slow")):
+            seen = int(max(t.req[k, r], t.cur[k, r]) + t.boot[k, r] + t.block[k, r])
+            total = rep.node_total_bytes(tier)
+            if total > seen:
+                return f"{tier} node total {total >> 20} MiB > {seen >> 20} MiB plugged"
+        if rep.report.hot_bytes > rep.used_bytes:
+            return (
+                f"hot set {rep.report.hot_bytes >> 20} MiB > "
+                f"used {rep.used_bytes >> 20} MiB"
+            )
+        return ""
 
     def _adopt(self, info: DomainInfo) -> domxml.TieringMetadata:
         """The VM's metadata; written from its current allotments if absent."""
@@ -396,22 +432,53 @@ class Daemon:
         return meta
 
     def _read_channels(self, now: float) -> None:
+        """Feed each guest's bytes to its channel; answer hellos, ask for them.
+
+        A guest hello starts a session: the host answers with its own hello and
+        the current allotment. A guest that reports but has not said hello to
+        this daemon (the host restarted) is asked for one with a host hello, at
+        most once per ``policy.report_timeout_s``.
+        """
         recv = self._backend.channel_recv
+        ask_every_s = self._cfg.policy.report_timeout_s
         for st in self._states:
             try:
                 data = recv(st.vm)
             except HostError as err:
                 log.debug("channel of %s: %s", st.vm, err)
                 continue
-            if data and st.channel.feed(data, now, st.limits_by_name):
+            if not data:
+                continue
+            chan = st.channel
+            conn = self._backend.channel_connection(st.vm)
+            if conn != st.channel_connection:
+                st.channel_connection = conn
+                chan.reconnected()  # no line continues across connections
+                st.sent_allot = None  # what was in flight may be lost
+            if chan.feed(data, now, st.limits_by_name):
+                if chan.sessions > 1:
+                    log.info("guest agent of %s said hello again", st.vm)
                 self._send(st, wire.Hello(HOST_AGENT, VERSION))
-                st.sent_allot = None  # a restarted guest gets its allotment
-            if st.channel.latest is not st.seen_report:
+                st.sent_allot = None  # the new session gets its allotment
+            elif (
+                chan.hello is None
+                and chan.latest is not None
+                and now - st.hello_asked_s >= ask_every_s
+            ):
+                st.hello_asked_s = now
+                log.info("guest agent of %s reports without hello: asking", st.vm)
+                self._send(st, wire.Hello(HOST_AGENT, VERSION))
+            if chan.latest is not st.seen_report:
                 self._store_report(st)
 
     def _send(self, st: VmState, msg: wire.Message) -> None:
+        line = wire.encode(msg)
+        if isinstance(msg, wire.Hello):
+            # A newline first ends whatever line an earlier host process left
+            # unfinished in the guest's reader, so this hello is read whole.
+            line = b"\n" + line
         try:
-            self._backend.channel_send(st.vm, wire.encode(msg))
+            self._backend.channel_send(st.vm, line)
         except HostError as err:
             log.debug("cannot send to %s: %s", st.vm, err)
 
@@ -431,15 +498,14 @@ class Daemon:
                 limit=limit,
                 block=block.copy(),
                 last_resize_s=t.last_resize[k].copy(),
+                boot=t.boot[k].copy(),
             )
 
         return PolicyInputs(
             now_s=now,
             weight=t.weight.copy(),
             hot_bytes=np.where(fresh, t.hot, nan),
-            pressure=np.where(fresh, t.pressure, nan),
             used_bytes=np.where(fresh, t.used, nan),
-            fast_boot_bytes=np.where(fresh, t.boot, 0.0),
             fast=tier(0),
             slow=tier(1),
             fast_capacity_bytes=self._fast_cap,
@@ -548,8 +614,7 @@ class Daemon:
         rep = st.channel.latest
         if rep is None or rep.received_s <= since:
             return False
-        boot = max(0, rep.fast_total_bytes - int(self._table.cur[0, st.row]))
-        return rep.fast_used_bytes <= new + boot
+        return rep.fast_used_bytes <= new + int(self._table.boot[0, st.row])
 
     def _send_allotments(self) -> None:
         if self._target.shape[1] != len(self._states):
@@ -665,12 +730,20 @@ class Daemon:
         tiers: dict[str, Any] = {}
         t, r = self._table, st.row
         has_target = r < self._target.shape[1]
+        last = self._last
+        shares = (
+            (last.fast.share, last.slow.share)
+            if last is not None and r < last.fast.share.shape[0]
+            else None
+        )
         for k, tier in enumerate(_TIERS):
             allot = st.allot[k]
             tiers[tier.value] = {
                 "requested_bytes": int(t.req[k, r]),
                 "current_bytes": int(t.cur[k, r]),
                 "target_bytes": int(self._target[k, r]) if has_target else None,
+                "share_bytes": int(shares[k][r]) if shares is not None else None,
+                "boot_bytes": int(t.boot[k, r]),
                 "reservation_bytes": st.reservation(tier),
                 "limit_bytes": st.limit(tier),
                 "host_nodes": list(allot.host_nodes),
@@ -699,5 +772,7 @@ class Daemon:
                 "throttled": chan.throttled(now),
                 "throttle_count": chan.throttle_count,
                 "last_error": chan.last_error,
+                "implausible_reports": st.implausible,
+                "last_implausible": st.last_implausible,
             },
         }

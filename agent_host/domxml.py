@@ -573,6 +573,7 @@ def parse_allotments(xml: str) -> tuple[Allotment, ...]:
         int(m.get("cellid", "-1")): _parse_nodeset(m.get("nodeset"))
         for m in domain.findall("numatune/memnode")
     }
+    boot = _cell_memory(domain)
     result: list[Allotment] = []
     for mem in _virtio_mem_devices(domain):
         target = mem.find("target")
@@ -602,9 +603,24 @@ def parse_allotments(xml: str) -> tuple[Allotment, ...]:
                 max_bytes=size,
                 block_bytes=block,
                 host_nodes=host_nodes,
+                boot_bytes=boot.get(node, 0),
             )
         )
     return tuple(sorted(result, key=lambda a: a.guest_node))
+
+
+def _cell_memory(domain: ET.Element) -> dict[int, int]:
+    """Fixed memory of each guest NUMA cell (``<cpu><numa><cell memory=...>``)."""
+    out: dict[int, int] = {}
+    for cell in domain.findall("cpu/numa/cell"):
+        text, unit = cell.get("memory"), (cell.get("unit") or "KiB").lower()
+        if text is None or unit not in _UNIT_BYTES:
+            raise BackendError(f"NUMA cell {cell.get('id')!r}: bad memory/unit")
+        try:
+            out[int(cell.get("id", "-1"))] = int(text) * _UNIT_BYTES[unit]
+        except ValueError as err:
+            raise BackendError(f"NUMA cell memory not an integer: {text!r}") from err
+    return out
 
 
 def resize_device_xml(xml: str, tier: Tier, requested_bytes: int) -> str:

@@ -1,24 +1,35 @@
-"""Tier sizing: elastic, class-weighted fast tier; overcommittable slow tier (pure).
+"""Tier sizing: class-weighted fair fast tier; overcommittable slow tier (pure).
 
 Input is one :class:`PolicyInputs` (numpy arrays, one entry per VM); output the
 target allotment of each VM per tier. Vectorised, so 1000 VMs take well under a
-millisecond. The rules, in order of precedence (docs/host.md explains them):
+millisecond. docs/host.md states the rules and the properties they guarantee
+(tested with hypothesis in tests/unit/test_host_policy_properties.py):
 
 1. never above the limit; never below the reservation;
-2. never below what the guest uses plus a safety margin: the *sum* of both
-   allotments covers the guest's used memory plus the margin, and a fast-tier
-   shrink is only planned when the slow tier can take the displaced pages;
-   without a (fresh) guest report, usage is unknown and nothing shrinks;
-3. the fast tier's spare capacity (above all floors) goes to VMs that want more,
-   by weighted water-filling: weight = class weight x (1 + pressure), demand
-   = hot set x (1 + headroom), or more under pressure; what nobody wants stays
-   with the VMs that hold it (a shrink costs demotions and frees memory for no
-   one);
-4. changes smaller than the hysteresis band, sooner than ``min_resize_interval_s``
-   after the last one, or larger than ``max_step_bytes`` are held back or cut,
-   except to restore a floor; growth, even to a floor, never exceeds memory that
-   is actually free (a shrinking VM's ``current`` counts until the guest has
-   unplugged it); floors are served before other growth.
+2. **share**: each VM's class-weighted share of the fast capacity is what
+   weighted max-min fairness gives it when every VM wants its whole limit
+   (:func:`fair_split` with floors = reservations, ceilings = limits). Nothing a
+   guest says can raise a VM's floor above its share;
+3. **floors**: a VM keeps what it needs to stay alive: the part of its used
+   memory (plus a margin) that its slow tier, even at its limit, could not hold,
+   capped by its share; a VM without a fresh report keeps its current allotment
+   up to its share. Guest-reported usage is first capped by what the host sees
+   plugged, so it cannot be inflated;
+4. **demand**: the guest's hot set (what it would place on the fast tier if it
+   had room) x (1 + headroom), less the fast node's boot memory; without a
+   report, what it has now. Targets are the weighted max-min fair split of the
+   capacity between floors and demands: with every VM demanding more than its
+   share, each gets exactly its share; a VM demanding less gets its demand and
+   the rest goes to the others. Capacity nobody demands stays with the VMs that
+   hold it (a shrink costs the guest demotions and frees memory for no one);
+5. **change limits**: a change is held while smaller than the VM's band
+   (max(block, min(``hysteresis_bytes``, ``hysteresis_ratio`` x the tier's
+   limit)), or sooner than ``min_resize_interval_s`` after the last one, and cut
+   to ``max_step_bytes``; but a VM below its share grows by any whole block, and
+   small shrinks go ahead whenever another VM waits for memory, so hysteresis
+   delays a rebalancing, never freezes it. Restoring a floor bypasses all of
+   this. Growth never exceeds memory that is free now (a shrinking VM's
+   ``current`` counts until its guest has unplugged); floors are served first.
 """
 
 from __future__ import annotations
@@ -30,15 +41,28 @@ import numpy.typing as npt
 
 from agent_host.config import PolicyConfig
 
-__all__ = ["PolicyInputs", "PolicyResult", "TierInputs", "TierResult", "plan"]
+__all__ = [
+    "PolicyInputs",
+    "PolicyResult",
+    "TierInputs",
+    "TierResult",
+    "band_bytes",
+    "fair_split",
+    "plan",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
 class TierInputs:
-    """One tier of every VM; arrays of bytes, shape (n,)."""
+    """One tier of every VM; arrays of bytes, shape (n,).
+
+    ``boot`` is the guest node's fixed memory beside the allotment, as the host
+    knows it (the domain's NUMA cell), never as a guest says it.
+    """
 
     requested: IntArray
     current: IntArray
@@ -46,6 +70,12 @@ class TierInputs:
     limit: IntArray
     block: IntArray
     last_resize_s: FloatArray  # -inf: never resized by us
+    boot: IntArray | None = None
+
+    def boot_bytes(self) -> FloatArray:
+        if self.boot is None:
+            return np.zeros(self.requested.shape[0])
+        return self.boot.astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -53,18 +83,15 @@ class PolicyInputs:
     """Everything the policy knows about ``n`` VMs at time ``now_s``.
 
     Guest-report arrays hold NaN where a VM has no fresh validated report.
-    ``used_bytes`` is the guest's used memory over all its nodes (as the guest
-    counts it, so it never mixes with the host's possibly older view of what is
-    plugged) and
-    ``fast_boot_bytes`` the fixed (non-virtio-mem) memory of its fast node.
+    ``used_bytes`` is the guest's used memory over all its nodes, boot memory
+    included; ``hot_bytes`` its demand for fast memory (docs/wire-protocol.md).
+    Both are claims: the policy caps them by what the host sees plugged.
     """
 
     now_s: float
     weight: FloatArray
     hot_bytes: FloatArray
-    pressure: FloatArray
     used_bytes: FloatArray
-    fast_boot_bytes: FloatArray
     fast: TierInputs
     slow: TierInputs
     fast_capacity_bytes: int
@@ -76,15 +103,16 @@ class PolicyInputs:
 
 @dataclass(frozen=True)
 class TierResult:
-    """Per-VM floor, demand and target (bytes, block-aligned) of one tier."""
+    """Per-VM share, floor, demand and target (bytes) of one tier."""
 
+    share: IntArray
     floor: IntArray
     want: IntArray
     target: IntArray
     overcommitted: bool  # the floors alone exceed the tier's capacity
 
-    def changed(self, requested: IntArray) -> npt.NDArray[np.bool_]:
-        out: npt.NDArray[np.bool_] = np.not_equal(self.target, requested)
+    def changed(self, requested: IntArray) -> BoolArray:
+        out: BoolArray = np.not_equal(self.target, requested)
         return out
 
 
@@ -94,72 +122,86 @@ class PolicyResult:
     slow: TierResult
 
 
-def waterfill(
-    floor: FloatArray, want: FloatArray, weight: FloatArray, capacity: float
+def fair_split(
+    lo: FloatArray, hi: FloatArray, weight: FloatArray, capacity: float
 ) -> FloatArray:
-    """Weighted max-min fair shares: floor + min(want - floor, weight x level).
+    """Weighted max-min fair split: ``clip(weight x level, lo, hi)`` summing to
+    ``capacity``.
 
-    ``level`` is the largest value for which the total fits ``capacity``; if even
-    the floors do not fit, the floors are returned (callers report overcommit).
+    ``level`` is found exactly (the sum is piecewise linear in it). If even the
+    ``lo`` values exceed ``capacity`` they are returned (callers report
+    overcommit); if the ``hi`` values fit, they are returned. Needs lo <= hi and
+    weight > 0. O(n log n).
     """
-    extra = np.maximum(want - floor, 0.0)
-    budget = capacity - float(floor.sum())
-    if budget <= 0.0:
-        return floor.copy()
-    if float(extra.sum()) <= budget:
-        return floor + extra
-    saturate = extra / weight
-    order = np.argsort(saturate, kind="stable")
-    sat = saturate[order]
-    cum_extra = np.cumsum(extra[order])
-    rest_weight = float(weight.sum()) - np.cumsum(weight[order])
-    # Total allotted when the level equals each VM's saturation point.
-    total_at = cum_extra + rest_weight * sat
-    k = int(np.searchsorted(total_at, budget))
-    done_extra = float(cum_extra[k - 1]) if k > 0 else 0.0
-    free_weight = float(weight.sum()) - (
-        float(np.cumsum(weight[order])[k - 1]) if k > 0 else 0.0
+    hi = np.maximum(hi, lo)
+    if float(lo.sum()) >= capacity:
+        return lo.copy()
+    if float(hi.sum()) <= capacity:
+        return hi.copy()
+    w = np.maximum(weight, 1e-12)
+    lo_at, hi_at = lo / w, hi / w  # levels where a VM leaves its floor / hits hi
+    lo_order, hi_order = np.argsort(lo_at), np.argsort(hi_at)
+    lo_sorted, hi_sorted = lo_at[lo_order], hi_at[hi_order]
+    cum_lo = np.concatenate(([0.0], np.cumsum(lo[lo_order])))
+    cum_hi = np.concatenate(([0.0], np.cumsum(hi[hi_order])))
+    cum_wlo = np.concatenate(([0.0], np.cumsum(w[lo_order])))
+    cum_whi = np.concatenate(([0.0], np.cumsum(w[hi_order])))
+    levels = np.unique(np.concatenate((lo_at, hi_at)))
+    a = np.searchsorted(lo_sorted, levels, side="right")  # left their floor
+    b = np.searchsorted(hi_sorted, levels, side="right")  # at their ceiling
+    active_w = cum_wlo[a] - cum_whi[b]
+    fixed = (cum_lo[-1] - cum_lo[a]) + cum_hi[b]
+    total = fixed + levels * active_w
+    k = int(np.searchsorted(total, capacity, side="right")) - 1
+    k = max(k, 0)
+    level = float(levels[k])
+    if active_w[k] > 0:
+        level += (capacity - float(total[k])) / float(active_w[k])
+    out: FloatArray = np.clip(w * level, lo, hi)
+    return out
+
+
+def band_bytes(tier: TierInputs, cfg: PolicyConfig) -> FloatArray:
+    """Each VM's hysteresis band on one tier: at least a block, at most
+    ``hysteresis_bytes``, else ``hysteresis_ratio`` x the tier's limit."""
+    scaled = np.minimum(
+        float(cfg.hysteresis_bytes), cfg.hysteresis_ratio * tier.limit.astype(float)
     )
-    level = (budget - done_extra) / free_weight if free_weight > 0 else 0.0
-    return floor + np.minimum(extra, weight * level)
+    out: FloatArray = np.maximum(tier.block.astype(np.float64), scaled)
+    return out
 
 
 def _limit_changes(
     tier: TierInputs,
     floor: IntArray,
+    share: FloatArray,
     target: FloatArray,
     capacity: float,
     now_s: float,
     cfg: PolicyConfig,
 ) -> IntArray:
-    """Apply hysteresis, the resize interval, the step limit and free capacity."""
+    """Hysteresis, the resize interval, the step limit and free capacity."""
     req = tier.requested.astype(np.float64)
-    cur = tier.current.astype(np.float64)
-    forced = (req < floor) | (req > tier.limit)
-    delta = target - req
-    band = np.maximum(float(cfg.hysteresis_bytes), cfg.hysteresis_ratio * req)
-    due = (now_s - tier.last_resize_s) >= cfg.min_resize_interval_s
-    move = ((np.abs(delta) >= band) & due) | forced
-    step = np.clip(delta, -float(cfg.max_step_bytes), float(cfg.max_step_bytes))
-    new = np.where(forced, target, np.where(move, req + step, req))
-    # Growth only into memory that is free now: a shrinking VM still holds
-    # ``current`` until its guest has unplugged the blocks.
-    # Floors to restore come first, then the rest; neither past the capacity
-    # (memory that is not there cannot be plugged: the host would fall back to
-    # other nodes or fail the allocation).
-    base = np.maximum(req, cur)
-    growth = np.maximum(new - base, 0.0)
-    growing = growth > 0
-    committed = np.where(growing, base, np.maximum(new, cur))
-    budget = max(capacity - float(committed.sum()), 0.0)
-    must = float(growth[forced].sum())
-    optional = float(growth[~forced].sum())
-    f_scale = min(1.0, budget / must) if must > 0 else 1.0
-    o_scale = min(1.0, max(budget - must, 0.0) / optional) if optional > 0 else 1.0
-    if f_scale < 1.0 or o_scale < 1.0:
-        cut = growth * np.where(forced, f_scale, o_scale)
-        new = np.where(growing, base + cut, new)
     block = tier.block.astype(np.float64)
+    limit = tier.limit.astype(np.float64)
+    target = np.floor(target / block) * block
+    forced = (req < floor) | (req > limit)
+    delta = target - req
+    band = band_bytes(tier, cfg)
+    due = (now_s - tier.last_resize_s) >= cfg.min_resize_interval_s
+    grow = due & ((delta >= band) | ((delta >= block) & (req < share)))
+    shrink = due & (delta <= -band)
+    new, growing, cut = _fit(
+        tier, floor, req, target, forced, grow | shrink, capacity, cfg
+    )
+    if cut:
+        # A VM waits for memory that others hold by a change below their band:
+        # they give it up now (hysteresis delays a rebalancing, never freezes it).
+        shrink |= due & (delta <= -block)
+        new, growing, _ = _fit(
+            tier, floor, req, target, forced, grow | shrink, capacity, cfg
+        )
+    base = np.maximum(req, tier.current.astype(np.float64))
     aligned = np.floor(new / block) * block
     # Raised to the floor unless that growth was cut for want of memory.
     aligned = np.where(
@@ -171,9 +213,55 @@ def _limit_changes(
     return result
 
 
+def _fit(
+    tier: TierInputs,
+    floor: IntArray,
+    req: FloatArray,
+    target: FloatArray,
+    forced: BoolArray,
+    move: BoolArray,
+    capacity: float,
+    cfg: PolicyConfig,
+) -> tuple[FloatArray, BoolArray, bool]:
+    """New requests of the VMs that move (cut to the step limit), their growth
+    cut to memory that is free now; which VMs grow; True if optional growth had
+    to be cut.
+
+    A shrinking VM still holds ``current`` until its guest has unplugged the
+    blocks. Floors to restore come first, then the rest; neither past the
+    capacity (memory that is not there cannot be plugged).
+    """
+    cur = tier.current.astype(np.float64)
+    delta = target - req
+    step = np.clip(delta, -float(cfg.max_step_bytes), float(cfg.max_step_bytes))
+    new = np.where(forced, target, np.where(move, req + step, req))
+    base = np.maximum(req, cur)
+    growth = np.maximum(new - base, 0.0)
+    growing = growth > 0
+    committed = np.where(growing, base, np.maximum(new, cur))
+    budget = max(capacity - float(committed.sum()), 0.0)
+    below = forced & (req < floor)
+    must = float(growth[below].sum())
+    optional = float(growth[~below].sum())
+    f_scale = min(1.0, budget / must) if must > 0 else 1.0
+    o_scale = min(1.0, max(budget - must, 0.0) / optional) if optional > 0 else 1.0
+    if f_scale < 1.0 or o_scale < 1.0:
+        cut = growth * np.where(below, f_scale, o_scale)
+        new = np.where(growing, base + cut, new)
+    block = tier.block.astype(np.float64)
+    short = growing & (base + growth - new >= block)
+    return new, growing, bool((short & ~below).any())
+
+
 def _align_up(value: FloatArray, block: IntArray) -> IntArray:
     b = block.astype(np.float64)
     out: IntArray = (np.ceil(value / b) * b).astype(np.int64)
+    return out
+
+
+def _align_down(value: FloatArray, block: IntArray) -> FloatArray:
+    b = block.astype(np.float64)
+    out: FloatArray = np.floor(value / b) * b
     return out
 
 
@@ -185,74 +273,73 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     s_limit = slow.limit.astype(np.float64)
     f_req = fast.requested.astype(np.float64)
     s_req = slow.requested.astype(np.float64)
+    f_boot, s_boot = fast.boot_bytes(), slow.boot_bytes()
+    weight = inputs.weight
 
-    # Allotment bytes the guest needs: what it uses (less its boot memory, which
-    # is no allotment) plus the margin. Unknown
-    # (no report): everything requested is needed.
-    # The fast node's boot memory is not an allotment: take it off.
-    used = np.maximum(
-        np.nan_to_num(inputs.used_bytes, nan=0.0) - inputs.fast_boot_bytes, 0.0
+    # What the host sees plugged bounds every claim about memory use.
+    plugged = (
+        np.maximum(fast.current, fast.requested)
+        + np.maximum(slow.current, slow.requested)
+        + f_boot
+        + s_boot
     )
-    margin = np.maximum(float(cfg.safety_margin_bytes), cfg.safety_margin_ratio * used)
-    need = np.where(known, used + margin, np.inf)
+    used = np.minimum(np.nan_to_num(inputs.used_bytes, nan=0.0), plugged)
+    hot = np.minimum(np.nan_to_num(inputs.hot_bytes, nan=0.0), used)
+    # Allotment bytes the guest needs: what it uses beyond its boot memory plus
+    # the margin; unknown (no report): everything.
+    in_allot = np.maximum(used - f_boot - s_boot, 0.0)
+    margin = np.maximum(
+        float(cfg.safety_margin_bytes), cfg.safety_margin_ratio * in_allot
+    )
+    need = np.where(known, in_allot + margin, np.inf)
 
-    # Fast tier: floor, demand, weighted share, then change limits.
-    f_floor_f = np.maximum(fast.reservation, np.minimum(need - s_limit, f_limit))
-    f_floor_f = np.where(known, f_floor_f, np.maximum(fast.reservation, f_req))
+    # Fast tier: share, floor, demand, fair split, then change limits.
+    f_res = fast.reservation.astype(np.float64)
+    f_cap = float(inputs.fast_capacity_bytes)
+    f_share = _align_down(fair_split(f_res, f_limit, weight, f_cap), fast.block)
+    f_share = np.maximum(f_share, f_res)
+    alive = np.minimum(np.maximum(need - s_limit, 0.0), f_share)
+    keep = np.minimum(f_req, f_share)
+    f_floor_f = np.maximum(f_res, np.where(known, alive, keep))
     f_floor = np.minimum(_align_up(f_floor_f, fast.block), fast.limit)
-    hot = np.nan_to_num(inputs.hot_bytes, nan=0.0)
-    pressure = np.clip(np.nan_to_num(inputs.pressure, nan=0.0), 0.0, 1.0)
-    # Under pressure, ask for at least twice the hysteresis band, or small VMs
-    # would never get past it.
-    band = np.maximum(float(cfg.hysteresis_bytes), cfg.hysteresis_ratio * f_req)
-    growth = np.maximum(cfg.pressure_growth_ratio * f_req, 2.0 * band) * pressure
-    f_want_f = np.maximum(
-        hot * (1.0 + cfg.hot_headroom_ratio) - inputs.fast_boot_bytes,
-        np.where(pressure > 0, f_req + growth, 0.0),
-    )
-    f_want_f = np.where(known, f_want_f, f_req)
+    f_want_f = np.where(known, hot * (1.0 + cfg.hot_headroom_ratio) - f_boot, f_req)
     f_want = np.clip(f_want_f, f_floor, f_limit)
-    weight = inputs.weight * (1.0 + pressure)
-    f_share = waterfill(
-        f_floor.astype(np.float64), f_want, weight, float(inputs.fast_capacity_bytes)
-    )
-    # Fast memory nobody wants stays where it is: a shrink costs the guest
-    # demotions and only pays when another VM takes the memory.
-    spare = float(inputs.fast_capacity_bytes) - float(f_share.sum())
-    give = np.maximum(np.minimum(f_req, f_limit) - f_share, 0.0)
+    f_fair = fair_split(f_floor.astype(np.float64), f_want, weight, f_cap)
+    # Fast memory nobody demands stays where it is.
+    spare = f_cap - float(f_fair.sum())
+    give = np.maximum(np.minimum(f_req, f_limit) - f_fair, 0.0)
     if spare > 0.0 and float(give.sum()) > 0.0:
-        f_share = f_share + give * min(1.0, spare / float(give.sum()))
-    f_target = _limit_changes(
-        fast, f_floor, f_share, inputs.fast_capacity_bytes, inputs.now_s, cfg
-    )
+        f_fair = f_fair + give * min(1.0, spare / float(give.sum()))
+    f_target = _limit_changes(fast, f_floor, f_share, f_fair, f_cap, inputs.now_s, cfg)
     fast_result = TierResult(
+        share=f_share.astype(np.int64),
         floor=f_floor,
         want=f_want.astype(np.int64),
         target=f_target,
         overcommitted=int(f_floor.sum()) > inputs.fast_capacity_bytes,
     )
 
-    # Slow tier: whatever the fast tier does not hold, plus headroom.
-    f_new = f_target.astype(np.float64)
-    s_floor_f = np.where(
-        known,
-        np.maximum(slow.reservation, np.minimum(need - f_new, s_limit)),
-        np.maximum(slow.reservation, s_req),
+    # Slow tier: whatever the fast tier does not hold, plus headroom; shares
+    # and floors as on the fast tier.
+    s_res = slow.reservation.astype(np.float64)
+    s_cap = float(inputs.slow_capacity_bytes) * cfg.slow_overcommit_ratio
+    s_share = _align_down(fair_split(s_res, s_limit, weight, s_cap), slow.block)
+    s_share = np.maximum(s_share, s_res)
+    rest = need - f_target.astype(np.float64)
+    s_floor_f = np.maximum(
+        s_res,
+        np.where(known, np.minimum(np.maximum(rest, 0.0), s_share), s_req),
     )
     s_floor = np.minimum(_align_up(s_floor_f, slow.block), slow.limit)
-    s_want_f = np.where(
-        known,
-        (need - f_new) * (1.0 + cfg.hot_headroom_ratio),
-        s_req,
-    )
+    s_want_f = np.where(known, rest * (1.0 + cfg.hot_headroom_ratio), s_req)
     s_want = np.clip(s_want_f, s_floor, s_limit)
-    s_capacity = float(inputs.slow_capacity_bytes) * cfg.slow_overcommit_ratio
-    s_share = waterfill(s_floor.astype(np.float64), s_want, inputs.weight, s_capacity)
-    s_target = _limit_changes(slow, s_floor, s_share, s_capacity, inputs.now_s, cfg)
+    s_fair = fair_split(s_floor.astype(np.float64), s_want, weight, s_cap)
+    s_target = _limit_changes(slow, s_floor, s_share, s_fair, s_cap, inputs.now_s, cfg)
     slow_result = TierResult(
+        share=s_share.astype(np.int64),
         floor=s_floor,
         want=s_want.astype(np.int64),
         target=s_target,
-        overcommitted=int(s_floor.sum()) > s_capacity,
+        overcommitted=int(s_floor.sum()) > s_cap,
     )
     return PolicyResult(fast_result, slow_result)

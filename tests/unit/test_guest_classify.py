@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent_guest.backend import Vma
-from agent_guest.classify import ClassifyParams, RangeTable, select_hot
+from agent_guest.classify import (
+    ClassifyParams,
+    RangeTable,
+    coverage_bytes,
+    select_hot,
+)
 
 MiB = 1 << 20
 BASE = 0x7F0000000000
@@ -116,11 +123,45 @@ def test_selection_fills_capacity_with_the_densest_ranges() -> None:
     t = RangeTable(ClassifyParams())
     t.set_vmas([Vma(BASE, BASE + 8 * MiB * 4, "rw-p")], max_ranges=8)
     t.count = np.array([10.0, 40.0, 20.0, 30.0])
+    t.mass = t.count.copy()
     _reused(t)
     sel = select_hot({1: t}, capacity_bytes=16 * MiB, hysteresis=0.0)
     assert sel.hot[1].tolist() == [False, True, False, True]
     assert sel.hot_bytes == 16 * MiB
-    assert sel.demand_bytes == 32 * MiB
+    # 90 % of the samples are in the three densest ranges.
+    assert sel.demand_bytes == 24 * MiB
+
+
+def test_demand_is_not_capped_by_the_fast_tier() -> None:
+    """A 128 MiB hot set sampled sparsely (a sample per range every other epoch,
+    so no range shows reuse) is demanded whole, with room for 16 MiB only."""
+    t = _table(size=256 * MiB, max_ranges=128)
+    for e in range(40):
+        hot = _addrs(0, 128 * MiB, 36, seed=e)
+        cold = _addrs(128 * MiB, 256 * MiB, 4, seed=100 + e)
+        t.add_samples(np.concatenate([hot, cold]))
+        t.end_epoch()
+    sel = select_hot({1: t}, capacity_bytes=16 * MiB, hysteresis=0.0)
+    assert sel.hot_bytes <= 16 * MiB
+    assert sel.demand_bytes == pytest.approx(128 * MiB, rel=0.15)
+
+
+@given(
+    mass=st.lists(st.floats(0.0, 1e6), min_size=1, max_size=50),
+    sizes=st.lists(st.integers(1, 1 << 30), min_size=50, max_size=50),
+    lo=st.floats(0.01, 1.0),
+    hi=st.floats(0.01, 1.0),
+)
+def test_coverage_bytes_is_bounded_and_monotone(
+    mass: list[float], sizes: list[int], lo: float, hi: float
+) -> None:
+    m = np.array(mass)
+    sz = np.array(sizes[: len(mass)], dtype=np.float64)
+    lo, hi = min(lo, hi), max(lo, hi)
+    a, b = coverage_bytes(m, sz, lo), coverage_bytes(m, sz, hi)
+    assert 0 <= a <= b <= sz.sum() + 1
+    if m.sum() == 0:
+        assert b == 0
 
 
 def test_ranges_without_samples_are_never_hot() -> None:

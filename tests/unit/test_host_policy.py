@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agent_host.config import PolicyConfig
-from agent_host.policy import PolicyInputs, TierInputs, plan, waterfill
+from agent_host.policy import PolicyInputs, TierInputs, fair_split, plan
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -62,10 +62,8 @@ def _inputs(vms: list[Vm], fast_cap: int, slow_cap: int = 1 << 50) -> PolicyInpu
         now_s=100.0,
         weight=np.array([v.weight for v in vms]),
         hot_bytes=np.array([v.hot for v in vms]),
-        pressure=np.array([v.pressure for v in vms]),
         # the guest's used memory: what is plugged less what it has free
         used_bytes=np.array([v.fast + v.slow - v.free for v in vms]),
-        fast_boot_bytes=np.zeros(len(vms)),
         fast=_tier(vms, "fast"),
         slow=_tier(vms, "slow"),
         fast_capacity_bytes=fast_cap,
@@ -74,35 +72,50 @@ def _inputs(vms: list[Vm], fast_cap: int, slow_cap: int = 1 << 50) -> PolicyInpu
 
 
 def _busy(weight: float, hot_gib: float) -> Vm:
-    """A VM whose hot set is ``hot_gib`` and which has 1 GiB free."""
-    return Vm(weight=weight, hot=hot_gib * GiB, free=1.0 * GiB)
+    """A VM whose hot set is ``hot_gib``, with its cold rest on the slow tier and
+    1 GiB free."""
+    slow = int(hot_gib * GiB) + 2 * GiB
+    return Vm(weight=weight, hot=hot_gib * GiB, slow=slow, slow_limit=slow, free=GiB)
 
 
-def test_waterfill_splits_spare_by_weight() -> None:
-    out = waterfill(
+def test_fair_split_splits_by_weight() -> None:
+    out = fair_split(
         np.zeros(3), np.full(3, 100.0), np.array([4.0, 2.0, 1.0]), capacity=70.0
     )
     assert out.tolist() == pytest.approx([40.0, 20.0, 10.0])
 
 
-def test_waterfill_gives_saturated_share_to_others() -> None:
-    out = waterfill(
+def test_fair_split_gives_saturated_share_to_others() -> None:
+    out = fair_split(
         np.zeros(3), np.array([5.0, 100.0, 100.0]), np.ones(3), capacity=65.0
     )
     assert out.tolist() == pytest.approx([5.0, 30.0, 30.0])
 
 
-def test_waterfill_returns_floors_when_they_exceed_capacity() -> None:
-    out = waterfill(np.full(2, 10.0), np.full(2, 50.0), np.ones(2), capacity=15.0)
+def test_fair_split_floors_count_toward_the_share() -> None:
+    # A floor below the share is part of it, not added on top.
+    out = fair_split(
+        np.array([20.0, 0.0]), np.full(2, 100.0), np.ones(2), capacity=60.0
+    )
+    assert out.tolist() == pytest.approx([30.0, 30.0])
+    out = fair_split(
+        np.array([40.0, 0.0]), np.full(2, 100.0), np.ones(2), capacity=60.0
+    )
+    assert out.tolist() == pytest.approx([40.0, 20.0])
+
+
+def test_fair_split_returns_floors_when_they_exceed_capacity() -> None:
+    out = fair_split(np.full(2, 10.0), np.full(2, 50.0), np.ones(2), capacity=15.0)
     assert out.tolist() == [10.0, 10.0]
 
 
 def test_fast_tier_follows_demand_by_class_weight() -> None:
     gold, silver, bronze = _busy(4.0, 12), _busy(2.0, 12), _busy(1.0, 12)
-    result = plan(_inputs([gold, silver, bronze], fast_cap=17 * GiB), CFG)
+    result = plan(_inputs([gold, silver, bronze], fast_cap=14 * GiB), CFG)
     target = result.fast.target / GiB
-    # 3 GiB of floors (1 GiB each) + 14 GiB shared 4:2:1.
-    assert target.tolist() == pytest.approx([9.0, 5.0, 3.0], abs=0.01)
+    # Everyone demands more than its share: 14 GiB split 4:2:1 (to the block).
+    assert target.tolist() == pytest.approx([8.0, 4.0, 2.0], abs=0.01)
+    assert result.fast.share.tolist() == result.fast.target.tolist()
 
 
 def test_demand_below_share_frees_capacity_for_others() -> None:
@@ -143,14 +156,21 @@ def test_total_never_below_used_plus_margin() -> None:
     assert result.slow.target[0] == 5 * GiB  # slow absorbs what fast gives up
 
 
-def test_pressure_grows_fast_tier() -> None:
-    vm = Vm(fast=4 * GiB, hot=1.0 * GiB, pressure=1.0, free=0.0)
+def test_unmet_demand_grows_fast_tier() -> None:
+    vm = replace(_busy(1.0, 6), fast=4 * GiB)
     result = plan(_inputs([vm], fast_cap=64 * GiB), CFG)
-    assert result.fast.target[0] == 5 * GiB  # 4 GiB x (1 + 0.25 x 1.0)
+    assert result.fast.target[0] == pytest.approx(6.6 * GiB, abs=BLOCK)
+
+
+def test_pressure_alone_grows_nothing() -> None:
+    # Pressure is the guest's view, for the operator; demand drives the policy.
+    vm = Vm(fast=4 * GiB, hot=1.0 * GiB, pressure=1.0, free=0.0)
+    result = plan(_inputs([vm, _busy(1.0, 60)], fast_cap=8 * GiB), CFG)
+    assert result.fast.target[0] < 4 * GiB
 
 
 def test_hysteresis_holds_small_changes() -> None:
-    cfg = replace(CFG, hysteresis_bytes=512 * MiB)
+    cfg = replace(CFG, hysteresis_bytes=512 * MiB, hysteresis_ratio=0.1)
     vm = Vm(fast=4 * GiB, hot=3.9 * GiB / 1.1, free=1.0 * GiB)
     result = plan(_inputs([vm], fast_cap=64 * GiB), cfg)
     assert result.fast.target[0] == 4 * GiB
