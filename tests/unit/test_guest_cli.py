@@ -75,6 +75,24 @@ def test_config_check_names_an_unknown_key_and_exits_2(
     assert "mover.batch_pgaes: unknown key" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["config", "check"], id="check"),
+        pytest.param(["run", "-c"], id="run"),
+    ],
+)
+def test_a_config_file_that_is_not_utf8_exits_2_naming_it(
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "guest.toml"
+    path.write_bytes(b'[targets]\ncomm_pattern = "caf\xe9"\n')  # Latin-1
+    assert cli.main([*argv, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: not UTF-8" in err
+    assert "Traceback" not in err
+
+
 def test_config_check_of_a_missing_file_exits_2(tmp_path: Path) -> None:
     assert cli.main(["config", "check", str(tmp_path / "none.toml")]) == 2
 

@@ -142,6 +142,23 @@ def test_config_check_rejects_typo_with_exit_2(short_dir: Path) -> None:
     assert cli.main(["config", "check", str(path)]) == 2
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["config", "check"], id="check"),
+        pytest.param(["run", "--once", "-c"], id="run"),
+    ],
+)
+def test_config_file_that_is_not_utf8_exits_2_naming_it(
+    short_dir: Path, argv: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = short_dir / "host.toml"
+    path.write_bytes(b'[policy]\ndefault_class = "caf\xe9"\n')  # Latin-1
+    assert cli.main([*argv, str(path)]) == 2
+    assert f"{path}: not UTF-8" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
 def test_config_show_prints_loadable_defaults(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
