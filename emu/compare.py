@@ -4,6 +4,8 @@ Each cell (workload, policy, memory profile, fast:slow ratio, VM count) runs
 :func:`emu.evaluate.run_scenario` in a worker process, deterministic under its
 seed. The results are one row per VM (report.json, report.csv), a table per
 cell with speedups over every other policy of the same set-up, and PNG plots.
+A preset may instead name scenarios (explicit VM sets, :mod:`emu.multitenant`):
+its cells are scenario x profile x policy and its table is per VM.
 """
 
 from __future__ import annotations
@@ -42,10 +44,16 @@ __all__ = [
 EPILOG = """examples:
   hypertier compare --out cmp                     # the default matrix, 2 jobs
   hypertier compare --preset seed-gups --out seed # the seed's motivating GUPS case
+  hypertier compare --preset multi-tenant --out mt # 8 VMs in 4 QoS classes, a
+      # lying guest, tier-unaware balloons; per-VM table and fast_allotment.png
+  hypertier compare --preset multi-tenant --scenarios tenants \
+      --policies hypertier,hypertier-liar --accesses 20000000 --out /tmp/mt
   hypertier compare --workloads gups,btree --policies none,memtis,hypertier \\
       --profiles cxl --ratios 1:2 --vms 1,4 --jobs 2 --out /tmp/cmp
 """
 
+# LLC misses per VM of the multi-tenant preset: several emulated seconds.
+MULTI_TENANT_ACCESSES = 120_000_000
 # Memory per VM is the footprint plus this much free memory, split fast:slow.
 CAPACITY_OVER_FOOTPRINT = 1.25
 # Fields that identify a set-up; rows of one set-up differ only in ``policy``.
@@ -75,6 +83,9 @@ class Matrix:
     epoch_s: float = 0.01
     max_s: float = 30.0
     seed: int = 1
+    # explicit VM sets (emu.multitenant.SCENARIOS); with any, the cells are
+    # scenario x profile x policy and workloads, ratios and vms are unused
+    scenarios: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, Matrix] = {
@@ -102,6 +113,26 @@ PRESETS: dict[str, Matrix] = {
         accesses=100_000_000,
         epoch_s=0.01,
     ),
+    # 8 VMs in 4 QoS classes whose hot sets exceed the host's fast memory, one
+    # lying guest, and one tier-unaware allotment per VM (docs/baselines.md).
+    "multi-tenant": Matrix(
+        workloads=(),
+        policies=(
+            "none",
+            "all-fast",
+            "hypertier",
+            "hypertier-liar",
+            "hypertier-liar-huge",
+            "balloon",
+        ),
+        profiles=("cxl",),
+        ratios=(),
+        vms=(),
+        npages=65_536,
+        accesses=MULTI_TENANT_ACCESSES,
+        epoch_s=0.01,
+        scenarios=("tenants", "gups"),
+    ),
     "smoke": Matrix(
         workloads=("gups",),
         policies=("none", "all-fast"),
@@ -128,16 +159,34 @@ class Cell:
     epoch_s: float
     max_s: float
     seed: int
+    scenario: str = ""  # an explicit VM set; then workload is unused
 
     @property
     def label(self) -> str:
+        if self.scenario:
+            return f"{self.scenario}/{self.policy}/{self.profile}/{self.vms}vm"
         return (
             f"{self.workload}/{self.policy}/{self.profile}/1:{self.ratio}/{self.vms}vm"
         )
 
 
 def cells_of(matrix: Matrix) -> list[Cell]:
-    """Every cell of ``matrix``, in a fixed order (set-up major, policy minor)."""
+    """Every cell of ``matrix``, in a fixed order (set-up major, policy minor).
+
+    With scenarios: scenario x profile x the policies the scenario runs.
+    """
+    if matrix.scenarios:
+        from emu.multitenant import SCENARIOS
+
+        return [
+            Cell("", p, prof, SCENARIOS[sc].ratio(), len(SCENARIOS[sc].vms),
+                 matrix.npages, matrix.accesses, matrix.epoch_s, matrix.max_s,
+                 matrix.seed, scenario=sc)
+            for sc in matrix.scenarios
+            for prof in matrix.profiles
+            for p in matrix.policies
+            if p in SCENARIOS[sc].policies
+        ]  # fmt: skip
     return [
         Cell(w, p, prof, r, n, matrix.npages, matrix.accesses, matrix.epoch_s,
              matrix.max_s, matrix.seed)
@@ -153,8 +202,13 @@ def specs_of(cell: Cell) -> list[VmSpec]:
     """The VMs of a cell: ``vms`` copies of the workload, seeds 1..vms.
 
     Each VM gets ``CAPACITY_OVER_FOOTPRINT`` x its footprint, split 1:ratio
-    between the fast and the slow node.
+    between the fast and the slow node. A scenario cell has the scenario's VMs.
     """
+    if cell.scenario:
+        from emu.multitenant import SCENARIOS
+
+        block = Params().block_bytes
+        return SCENARIOS[cell.scenario].specs(cell.npages, cell.accesses, block)
     total = cell.npages * PAGE_SIZE * CAPACITY_OVER_FOOTPRINT
     fast = int(total / (1 + cell.ratio))
     slow = int(total - fast)
@@ -180,14 +234,28 @@ def run_cell(cell: Cell) -> dict[str, object]:
     from emu.baselines import make_policy
 
     t0 = time.perf_counter()
+    params = Params().with_profile(cell.profile)
+    host_fast: int | None = None
+    if cell.scenario:
+        from emu.multitenant import SCENARIOS, make_scenario_policy
+
+        scenario = SCENARIOS[cell.scenario]
+        policy = make_scenario_policy(cell.policy, scenario)
+        # all-fast is the limit: its host has DRAM for every VM's memory
+        if cell.policy != "all-fast":
+            host_fast = scenario.host_fast_bytes(cell.npages, params.block_bytes)
+    else:
+        policy = make_policy(cell.policy)
     result = run_scenario(
         specs_of(cell),
-        make_policy(cell.policy),
+        policy,
         epoch_s=cell.epoch_s,
         max_s=cell.max_s,
-        params=Params().with_profile(cell.profile),
+        params=params,
         seed=cell.seed,
+        host_fast_bytes=host_fast,
     )
+    extra = {"scenario": cell.scenario} if cell.scenario else {}
     rows = [
         {
             **row,
@@ -195,6 +263,7 @@ def run_cell(cell: Cell) -> dict[str, object]:
             "ratio": f"1:{cell.ratio}",
             "vms": cell.vms,
             "seed": cell.seed,
+            **extra,
         }
         for row in result.rows
     ]
@@ -202,13 +271,18 @@ def run_cell(cell: Cell) -> dict[str, object]:
         vm: {k: [round(float(x), 5) for x in v] for k, v in s.items()}
         for vm, s in result.series.items()
     }
-    return {
+    out: dict[str, object] = {
         "cell": asdict(cell),
         "rows": rows,
         "series": series,
         "wall_s": time.perf_counter() - t0,
         "virtual_s": result.virtual_s,
     }
+    if cell.scenario:
+        from emu.multitenant import guest_channel_status
+
+        out["guest_channels"] = guest_channel_status(policy)
+    return out
 
 
 Progress = Callable[[int, int, Cell, dict[str, object]], None]
@@ -376,6 +450,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("hypertier-compare"))
     parser.add_argument("--workloads", type=_names, help="comma-separated workloads")
     parser.add_argument(
+        "--scenarios",
+        type=_names,
+        help="comma-separated VM sets of a scenario preset (multi-tenant: "
+        "tenants,gups)",
+    )
+    parser.add_argument(
         "--policies",
         type=_names,
         help=f"comma-separated, from {','.join(POLICY_NAMES)}",
@@ -418,13 +498,34 @@ def _matrix(args: argparse.Namespace) -> Matrix:
         "epoch_s": args.epoch_s,
         "max_s": args.max_s,
         "seed": args.seed,
+        "scenarios": args.scenarios,
     }
     return replace(m, **{k: v for k, v in over.items() if v is not None})
 
 
-def _check(m: Matrix) -> str | None:
+def _check(m: Matrix, args: argparse.Namespace) -> str | None:
+    from emu.multitenant import SCENARIOS, VARIANT_POLICIES
     from emu.workloads import WORKLOADS
 
+    if m.scenarios or args.scenarios:
+        if not PRESETS[args.preset].scenarios:
+            return f"--scenarios needs a scenario preset, not {args.preset!r}"
+        fixed = [f for f in ("workloads", "ratios", "vms") if getattr(args, f)]
+        if fixed:
+            return f"--{', --'.join(fixed)}: preset {args.preset!r} has fixed VM sets"
+        for what, given, choices in (
+            ("scenario", m.scenarios, tuple(SCENARIOS)),
+            ("policy", m.policies, (*POLICY_NAMES, *VARIANT_POLICIES)),
+            ("profile", m.profiles, tuple(PROFILES)),
+        ):
+            wrong = [n for n in given if n not in choices]
+            if wrong or not given:
+                return (
+                    f"{what} {wrong or '(none)'} unknown; choose from {sorted(choices)}"
+                )
+        if m.npages < 1024 or m.accesses < 1 or m.epoch_s <= 0 or m.max_s <= 0:
+            return "--pages >= 1024, --accesses, --epoch-s and --max-s > 0 needed"
+        return None
     for kind, names, known in (
         ("workload", m.workloads, WORKLOADS),
         ("policy", m.policies, POLICY_NAMES),
@@ -445,14 +546,19 @@ def main(args: argparse.Namespace) -> int:
     from emu.baselines import PolicyUnavailable, make_policy
 
     matrix = _matrix(args)
-    problem = _check(matrix)
+    problem = _check(matrix, args)
     if problem is not None or args.jobs < 1:
         print(f"hypertier compare: {problem or '--jobs must be >= 1'}", file=sys.stderr)
         return 2
     unavailable: dict[str, str] = {}
     for name in matrix.policies:
         try:
-            make_policy(name).close()
+            if matrix.scenarios:
+                from emu.multitenant import SCENARIOS, make_scenario_policy
+
+                make_scenario_policy(name, SCENARIOS["tenants"]).close()
+            else:
+                make_policy(name).close()
         except PolicyUnavailable as err:
             unavailable[name] = err.reason
             print(
@@ -468,11 +574,16 @@ def main(args: argparse.Namespace) -> int:
     cells = cells_of(matrix)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    shape = (
+        f"{len(matrix.scenarios)} scenarios x {len(policies)} policies (those each "
+        f"runs) x {len(matrix.profiles)} profiles"
+        if matrix.scenarios
+        else f"{len(matrix.workloads)} workloads x {len(policies)} policies x "
+        f"{len(matrix.profiles)} profiles x {len(matrix.ratios)} ratios x "
+        f"{len(matrix.vms)} VM counts"
+    )
     print(
-        f"hypertier compare: {len(cells)} cells ({len(matrix.workloads)} workloads x "
-        f"{len(policies)} policies x {len(matrix.profiles)} profiles x "
-        f"{len(matrix.ratios)} ratios x {len(matrix.vms)} VM counts), "
-        f"{args.jobs} jobs",
+        f"hypertier compare: {len(cells)} cells ({shape}), {args.jobs} jobs",
         file=sys.stderr,
     )
     t0 = time.perf_counter()
@@ -489,7 +600,14 @@ def main(args: argparse.Namespace) -> int:
     results = run_matrix(cells, jobs=args.jobs, progress=progress)
     wall = time.perf_counter() - t0
     rows = add_speedups([row for r in results for row in r["rows"]])  # type: ignore[attr-defined]
-    table = summarize(rows)
+    tenants: dict[str, object] = {}
+    if matrix.scenarios:
+        from emu.multitenant import report
+
+        table, text, tenants = report(matrix, results)
+    else:
+        table = summarize(rows)
+        text = format_cells(table, policies)
     meta = {
         "preset": args.preset,
         "matrix": asdict(matrix),
@@ -503,6 +621,7 @@ def main(args: argparse.Namespace) -> int:
         "meta": meta,
         "rows": rows,
         "cells": table,
+        **({"tenants": tenants} if matrix.scenarios else {}),
         "series": [
             {"cell": r["cell"], "wall_s": round(float(str(r["wall_s"])), 3),
              "virtual_s": r["virtual_s"], "series": r["series"]}
@@ -511,14 +630,18 @@ def main(args: argparse.Namespace) -> int:
     }  # fmt: skip
     (out / "report.json").write_text(json.dumps(doc, indent=1) + "\n")
     _write_csv(out / "report.csv", rows)
-    text = format_cells(table, policies)
     (out / "table.txt").write_text(text + "\n")
     print(json.dumps(table, indent=1) if args.json else text)
     if not args.no_plots:
         try:
-            from emu.plots import write_plots
+            if matrix.scenarios:
+                from emu.multitenant import write_plots as write_tenant_plots
 
-            paths = write_plots(out, table, results)
+                paths = write_tenant_plots(out, matrix, results)
+            else:
+                from emu.plots import write_plots
+
+                paths = write_plots(out, table, results)
             print(f"hypertier compare: {len(paths)} plots in {out}", file=sys.stderr)
         except ImportError as err:
             print(f"hypertier compare: no plots: {err}", file=sys.stderr)

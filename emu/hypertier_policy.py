@@ -62,7 +62,7 @@ class HyperTierPolicy:
     ``guest_backend`` builds each guest agent's backend (default: the plain
     ``EmuGuestBackend``; the multi-tenant preset wraps one VM's channel to lie).
     With ``host_agent=False`` only the guest agents run: nothing sizes the tiers.
-    ``name`` is the column the runs are reported under.
+    ``column`` is the name the runs are reported under.
     """
 
     name = "hypertier"
@@ -74,11 +74,11 @@ class HyperTierPolicy:
         pmu: str = "pebs",
         epoch_s: float | None = None,
         *,
-        name: str = "hypertier",
+        column: str = "hypertier",
         guest_backend: GuestBackendFactory | None = None,
         host_agent: bool = True,
     ) -> None:
-        self.name = name
+        self.name = column
         self._guest_cfg = guest_config.loads(guest_toml, "<emu guest>")
         self._host_cfg = host_config.loads(host_toml, "<emu host>")
         self._pmu = pmu

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_plots"]
+__all__ = ["write_allotment_plot", "write_plots"]
 
 
 def _pyplot() -> Any:
@@ -104,3 +104,33 @@ def write_plots(
         plt.close(fig)
         written.append(path)
     return written
+
+
+AllotmentLine = tuple[str, Sequence[float], Sequence[float], float]
+
+
+def write_allotment_plot(
+    path: Path, title: str, panels: Sequence[tuple[str, Sequence[AllotmentLine]]]
+) -> None:
+    """One panel per (policy, lines); a line is (VM, t_s, fast MiB, share MiB),
+    drawn solid over time with its share dashed in the same colour.
+
+    Raises ImportError (with the install hint) when matplotlib is missing.
+    """
+    plt = _pyplot()
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False, sharey=True)
+    for ax, (policy, lines) in zip(axes[0], panels, strict=False):
+        for i, (vm, t_s, fast_mib, share_mib) in enumerate(lines):
+            color = f"C{i % 10}"
+            ax.plot(t_s, fast_mib, color=color, lw=1, label=vm)
+            ax.axhline(share_mib, color=color, lw=0.8, ls="--")
+        ax.set_title(policy, fontsize=9)
+        ax.set_xlabel("virtual time (s)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fast memory (MiB); dashed: share")
+    axes[0][-1].legend(fontsize=6, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
