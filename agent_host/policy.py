@@ -248,8 +248,9 @@ def _fit(
     if f_scale < 1.0 or o_scale < 1.0:
         cut = growth * np.where(below, f_scale, o_scale)
         new = np.where(growing, base + cut, new)
+    # Short by a block once aligned: a VM waits for memory.
     block = tier.block.astype(np.float64)
-    short = growing & (base + growth - new >= block)
+    short = growing & (np.floor(new / block) * block < base + growth - 0.5)
     return new, growing, bool((short & ~below).any())
 
 
@@ -259,9 +260,24 @@ def _align_up(value: FloatArray, block: IntArray) -> IntArray:
     return out
 
 
-def _align_down(value: FloatArray, block: IntArray) -> FloatArray:
+def _align_split(
+    value: FloatArray, block: IntArray, limit: FloatArray, capacity: float
+) -> FloatArray:
+    """``value`` in whole blocks without losing capacity to rounding: each VM
+    rounded down, then the blocks that rounding left go to the largest
+    remainders (never past a limit), so the split is within one block of exact
+    and at most one block short of ``capacity`` in total."""
     b = block.astype(np.float64)
-    out: FloatArray = np.floor(value / b) * b
+    down = np.floor(value / b) * b
+    left = min(capacity, float(value.sum())) - float(down.sum())
+    if left < float(b.min()):
+        return down
+    order = np.argsort(-(value - down), kind="stable")
+    room = (down + b <= limit)[order] & ((value - down)[order] > 0)
+    step = np.where(room, b[order], 0.0)
+    take = room & (np.cumsum(step) <= left + 0.5)
+    out = down.copy()
+    out[order[take]] += b[order[take]]
     return out
 
 
@@ -296,7 +312,9 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     # Fast tier: share, floor, demand, fair split, then change limits.
     f_res = fast.reservation.astype(np.float64)
     f_cap = float(inputs.fast_capacity_bytes)
-    f_share = _align_down(fair_split(f_res, f_limit, weight, f_cap), fast.block)
+    f_share = _align_split(
+        fair_split(f_res, f_limit, weight, f_cap), fast.block, f_limit, f_cap
+    )
     f_share = np.maximum(f_share, f_res)
     alive = np.minimum(np.maximum(need - s_limit, 0.0), f_share)
     keep = np.minimum(f_req, f_share)
@@ -305,6 +323,7 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     f_want_f = np.where(known, hot * (1.0 + cfg.hot_headroom_ratio) - f_boot, f_req)
     f_want = np.clip(f_want_f, f_floor, f_limit)
     f_fair = fair_split(f_floor.astype(np.float64), f_want, weight, f_cap)
+    f_fair = _align_split(f_fair, fast.block, f_want, f_cap)
     # Fast memory nobody demands stays where it is.
     spare = f_cap - float(f_fair.sum())
     give = np.maximum(np.minimum(f_req, f_limit) - f_fair, 0.0)
@@ -323,7 +342,9 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     # and floors as on the fast tier.
     s_res = slow.reservation.astype(np.float64)
     s_cap = float(inputs.slow_capacity_bytes) * cfg.slow_overcommit_ratio
-    s_share = _align_down(fair_split(s_res, s_limit, weight, s_cap), slow.block)
+    s_share = _align_split(
+        fair_split(s_res, s_limit, weight, s_cap), slow.block, s_limit, s_cap
+    )
     s_share = np.maximum(s_share, s_res)
     rest = need - f_target.astype(np.float64)
     s_floor_f = np.maximum(
@@ -334,6 +355,7 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     s_want_f = np.where(known, rest * (1.0 + cfg.hot_headroom_ratio), s_req)
     s_want = np.clip(s_want_f, s_floor, s_limit)
     s_fair = fair_split(s_floor.astype(np.float64), s_want, weight, s_cap)
+    s_fair = _align_split(s_fair, slow.block, s_want, s_cap)
     s_target = _limit_changes(slow, s_floor, s_share, s_fair, s_cap, inputs.now_s, cfg)
     slow_result = TierResult(
         share=s_share.astype(np.int64),

@@ -1,0 +1,328 @@
+"""Properties of the host's fast-tier allocation (docs/host.md, "Guarantees").
+
+Random VM sets (sizes, classes, reservations, limits, demands, starting
+allotments) go through :func:`agent_host.policy.plan` tick after tick, with the
+guests complying at once (``current`` follows ``requested``), as the daemon
+would drive them. Each property is the one docs/host.md states.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from agent_host.config import PolicyConfig
+from agent_host.policy import PolicyInputs, PolicyResult, TierInputs, fair_split, plan
+
+MiB = 1 << 20
+BLOCK = 2 * MiB
+SLOW_LIMIT = 1 << 40  # the slow tier can always hold what the fast tier gives up
+CFG = PolicyConfig(min_resize_interval_s=0.0, safety_margin_bytes=8 * MiB)
+# Rounds of plan() within which allotments reach their targets when nothing
+# changes: shrinks, then growth into the freed memory, then the small shrinks a
+# waiting VM releases, then growth into those (docs/host.md, "Convergence").
+ROUNDS = 6
+
+
+@dataclass(frozen=True)
+class Host:
+    weight: np.ndarray  # type: ignore[type-arg]
+    res: np.ndarray  # type: ignore[type-arg]
+    limit: np.ndarray  # type: ignore[type-arg]
+    start: np.ndarray  # type: ignore[type-arg]
+    hot: np.ndarray  # type: ignore[type-arg]  # NaN: no report
+    used: np.ndarray  # type: ignore[type-arg]
+    capacity: int
+
+    @property
+    def n(self) -> int:
+        return int(self.weight.shape[0])
+
+
+@st.composite
+def hosts(draw: st.DrawFn, min_vms: int = 1, reports: bool = True) -> Host:
+    n = draw(st.integers(min_vms, 10))
+    blocks = st.integers(0, 512)
+    weight = np.array(draw(st.lists(st.sampled_from([1.0, 2.0, 4.0, 0.5, 3.0]),
+                                    min_size=n, max_size=n)))  # fmt: skip
+    limit = np.array(draw(st.lists(st.integers(8, 512), min_size=n, max_size=n)))
+    res = np.array([draw(st.integers(0, int(lim) // 4)) for lim in limit])
+    start = np.array(
+        [draw(st.integers(int(r), int(lim))) for r, lim in zip(res, limit, strict=True)]
+    )
+    hot = np.array(
+        [draw(st.integers(0, 600)) * BLOCK for _ in range(n)], dtype=np.float64
+    )
+    if not reports:
+        hot[:] = np.nan
+    cap_blocks = draw(st.integers(int(res.sum()), int(limit.sum()) + 64))
+    # Start within the capacity (the daemon never plugs more than there is).
+    total = int(start.sum())
+    if total > cap_blocks:
+        start = np.maximum(res, start * cap_blocks // max(total, 1))
+    assume(int(start.sum()) <= cap_blocks)
+    del blocks
+    hot_b = hot
+    # Honest usage: the hot set plus 64 MiB of colder memory.
+    used = np.where(np.isnan(hot_b), np.nan, hot_b + 64 * MiB)
+    return Host(
+        weight=weight,
+        res=res * BLOCK,
+        limit=limit * BLOCK,
+        start=start * BLOCK,
+        hot=hot_b,
+        used=used,
+        capacity=cap_blocks * BLOCK,
+    )
+
+
+def _tier(req: np.ndarray, res: np.ndarray, limit: np.ndarray) -> TierInputs:  # type: ignore[type-arg]
+    n = req.shape[0]
+    return TierInputs(
+        requested=req.astype(np.int64),
+        current=req.astype(np.int64),
+        reservation=res.astype(np.int64),
+        limit=limit.astype(np.int64),
+        block=np.full(n, BLOCK, np.int64),
+        last_resize_s=np.full(n, -math.inf),
+    )
+
+
+def _inputs(
+    h: Host,
+    fast: np.ndarray,  # type: ignore[type-arg]
+    hot: np.ndarray | None = None,  # type: ignore[type-arg]
+    used: np.ndarray | None = None,  # type: ignore[type-arg]
+    true_used: np.ndarray | None = None,  # type: ignore[type-arg]
+) -> PolicyInputs:
+    """``hot``/``used`` are what the guests claim; ``true_used`` what they use
+    (plugged memory follows it, whatever they claim)."""
+    hot = h.hot if hot is None else hot
+    used = h.used if used is None else used
+    real = used if true_used is None else true_used
+    # The slow tier holds the rest of what the guest really uses.
+    slow = np.where(np.isnan(real), 0.0, np.maximum(real - fast, 0.0))
+    slow = np.ceil(slow / BLOCK) * BLOCK + 64 * MiB
+    return PolicyInputs(
+        now_s=0.0,
+        weight=h.weight.astype(np.float64),
+        hot_bytes=hot.astype(np.float64),
+        used_bytes=used.astype(np.float64),
+        fast=_tier(fast, h.res, h.limit),
+        slow=_tier(slow, np.zeros(h.n), np.full(h.n, SLOW_LIMIT)),
+        fast_capacity_bytes=h.capacity,
+        slow_capacity_bytes=1 << 50,
+    )
+
+
+def _run(
+    h: Host,
+    rounds: int = ROUNDS,
+    hot: np.ndarray | None = None,  # type: ignore[type-arg]
+    used: np.ndarray | None = None,  # type: ignore[type-arg]
+    cfg: PolicyConfig = CFG,
+    true_used: np.ndarray | None = None,  # type: ignore[type-arg]
+) -> tuple[np.ndarray, PolicyResult, list[np.ndarray]]:  # type: ignore[type-arg]
+    """Tick ``rounds`` times with guests that comply at once; the allotments
+    after each round, the last result."""
+    fast = h.start.astype(np.int64)
+    history = []
+    result = None
+    for _ in range(rounds):
+        result = plan(_inputs(h, fast, hot, used, true_used), cfg)
+        fast = result.fast.target
+        history.append(fast)
+    assert result is not None
+    return fast, result, history
+
+
+def _demand(h: Host, hot: np.ndarray | None = None) -> np.ndarray:  # type: ignore[type-arg]
+    hot = h.hot if hot is None else hot
+    return np.asarray(hot * (1.0 + CFG.hot_headroom_ratio))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lo=st.lists(st.floats(0, 1e3), min_size=1, max_size=20),
+    extra=st.lists(st.floats(0, 1e3), min_size=20, max_size=20),
+    w=st.lists(st.floats(0.1, 10), min_size=20, max_size=20),
+    frac=st.floats(0, 1.2),
+)
+def test_fair_split_is_weighted_max_min_fair(
+    lo: list[float], extra: list[float], w: list[float], frac: float
+) -> None:
+    n = len(lo)
+    a = np.array(lo)
+    b = a + np.array(extra[:n])
+    weight = np.array(w[:n])
+    cap = float(a.sum() + frac * (b.sum() - a.sum()))
+    x = fair_split(a, b, weight, cap)
+    tol = 1e-6 * max(1.0, float(b.sum()))
+    assert (x >= a - tol).all()
+    assert (x <= b + tol).all()
+    assert float(x.sum()) <= max(cap, float(a.sum())) + tol
+    if a.sum() <= cap <= b.sum():
+        assert abs(float(x.sum()) - cap) <= tol
+    # Max-min: a VM with less per weight than another is at its ceiling, or
+    # the other is at its floor (nothing could move from the richer to it).
+    level = x / weight
+    poor = level[:, None] < level[None, :] - 1e-6
+    stuck = (x[:, None] >= b[:, None] - tol) | (x[None, :] <= a[None, :] + tol)
+    assert not (poor & ~stuck).any()
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=hosts())
+def test_bounds_hold_every_round(h: Host) -> None:
+    _, _, history = _run(h)
+    for fast in history:
+        assert (fast >= h.res).all()
+        assert (fast <= h.limit).all()
+        assert int(fast.sum()) <= h.capacity
+        assert (fast % BLOCK == 0).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=hosts(min_vms=2))
+def test_every_vm_demanding_more_than_its_share_gets_its_share(h: Host) -> None:
+    _, first, _ = _run(h, rounds=1)
+    share = first.fast.share
+    # Everybody demands more than its share (and everything up to its limit).
+    hot = (h.limit.astype(np.float64) + 64 * MiB) / (1.0 + CFG.hot_headroom_ratio)
+    fast, _, _ = _run(h, hot=hot, used=hot + 64 * MiB)
+    assert (np.abs(fast - share) <= BLOCK).all(), (fast - share) / MiB
+    # The share itself is the class-weighted split of the capacity.
+    assert int(share.sum()) <= h.capacity
+    assert (share >= h.res).all()
+    assert (share <= h.limit).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=hosts(min_vms=2))
+def test_targets_are_the_fair_split_of_demands(h: Host) -> None:
+    """From any starting allotment, within ROUNDS: a VM demanding less than it
+    could get gets its demand, the rest is split by class weight; what nobody
+    demands stays where it was, never beyond the capacity."""
+    fast, result, history = _run(h)
+    want = np.clip(_demand(h), result.fast.floor, h.limit)
+    fair = fair_split(result.fast.floor.astype(float), want, h.weight, h.capacity)
+    band = np.maximum(
+        BLOCK, np.minimum(CFG.hysteresis_bytes, CFG.hysteresis_ratio * h.limit)
+    )
+    # At least the fair split (to the block, or the band for VMs above their
+    # share that hysteresis may hold); above it only with memory nobody wants.
+    slack = np.where(fast >= result.fast.share, band, BLOCK)
+    assert (fast >= np.floor(fair / BLOCK) * BLOCK - slack).all(), (fast - fair) / MiB
+    if float(want.sum()) >= h.capacity:
+        assert (fast <= np.ceil(fair / BLOCK) * BLOCK + band).all()
+    # Converged: one more round changes nothing.
+    again = plan(_inputs(h, fast), CFG).fast.target
+    assert (again == fast).all()
+    del history
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=hosts(min_vms=2), data=st.data())
+def test_a_lying_guest_gains_nothing_an_honest_one_could_not(
+    h: Host, data: st.DataObject
+) -> None:
+    """One VM sends arbitrary valid reports (any hot set, any usage, up to the
+    wire's bounds). The honest VMs end within one block of what they get when
+    it honestly demands its whole limit, and it gets no more than the larger of
+    its share and what the others' demands leave."""
+    liar = data.draw(st.integers(0, h.n - 1))
+    big = float(1 << 50)
+    claim_hot = data.draw(st.sampled_from([0.0, big, float(h.limit[liar]) * 3]))
+    claim_used = data.draw(st.sampled_from([0.0, big, float(h.limit[liar]) * 3]))
+    hot, used = h.hot.copy(), h.used.copy()
+    hot[liar], used[liar] = claim_hot, claim_used
+    lying, result, _ = _run(h, hot=hot, used=used, true_used=h.used)
+    honest_hot = h.hot.copy()
+    honest_hot[liar] = float(h.limit[liar]) * 2
+    honest_used = h.used.copy()
+    honest_used[liar] = honest_hot[liar] + 64 * MiB
+    honest, _, _ = _run(h, hot=honest_hot, used=honest_used)
+    others = np.arange(h.n) != liar
+    band = np.maximum(
+        BLOCK, np.minimum(CFG.hysteresis_bytes, CFG.hysteresis_ratio * h.limit)
+    )
+    assert (lying[others] >= honest[others] - band[others]).all(), (
+        lying - honest
+    ) / MiB
+    want = np.clip(_demand(h), result.fast.floor, h.limit)
+    left = h.capacity - float(np.minimum(want, lying)[others].sum())
+    bound = max(float(result.fast.share[liar]), left)
+    assert lying[liar] <= bound + band[liar], (lying[liar] / MiB, bound / MiB)
+
+
+@settings(max_examples=100, deadline=None)
+@given(h=hosts(reports=False))
+def test_silent_vms_keep_their_allotment_up_to_their_share(h: Host) -> None:
+    fast, result, _ = _run(h, rounds=2)
+    keep = np.maximum(h.res, np.minimum(h.start, result.fast.share))
+    assert (fast >= keep).all()
+    assert int(fast.sum()) <= h.capacity
+
+
+def test_many_small_shrinks_make_room_for_one_grower() -> None:
+    """1 gold + 100 bronze VMs of 4 GiB on 1 GiB each: each bronze VM demands
+    20 MiB less (below its 32 MiB band), together they are 2 GiB of gold's
+    growth, which hysteresis froze (0 resizes in 10 ticks) before."""
+    n = 101
+    gib = 1 << 30
+    bronze_want = gib - 20 * MiB
+    h = Host(
+        weight=np.array([4.0] + [1.0] * (n - 1)),
+        res=np.zeros(n, np.int64),
+        limit=np.full(n, 4 * gib, np.int64),
+        start=np.full(n, 1 * gib, np.int64),
+        hot=np.array([5.0 * gib] + [bronze_want / 1.1] * (n - 1)),
+        used=np.array([5.5 * gib] + [1.5 * gib] * (n - 1)),
+        capacity=n * gib,
+    )
+    fast, _, history = _run(h, rounds=ROUNDS)
+    # Gold's share (4/104 of the capacity, ~3.9 GiB) comes first; the bronze
+    # VMs split the rest (each a little below its demand).
+    fair = fair_split(np.zeros(n), np.minimum(_demand(h), h.limit), h.weight, n * gib)
+    assert fast[0] >= 3 * gib
+    assert (np.abs(fast - fair) <= BLOCK).all()
+    assert int(fast.sum()) <= h.capacity
+    assert history[0][0] == gib  # the first round shrinks; memory is not free yet
+
+
+def test_claimed_usage_cannot_raise_a_floor_past_the_share() -> None:
+    """A bronze VM with a small slow limit claims all it has as used and the
+    whole of its memory as hot: the usage floor that protects it from OOM stops
+    at its share, and the gold VMs get theirs."""
+    gib = 1 << 30
+    n = 3
+    weight = np.array([1.0, 4.0, 4.0])
+    fast = np.array([3 * gib, 1 * gib, 1 * gib], np.int64)
+    slow = np.full(n, 256 * MiB, np.int64)
+    inputs = PolicyInputs(
+        now_s=0.0,
+        weight=weight,
+        hot_bytes=np.array([float(1 << 50), 4.0 * gib, 4.0 * gib]),
+        used_bytes=np.array([float(1 << 50), 4.2 * gib, 4.2 * gib]),
+        fast=_tier(fast, np.zeros(n), np.full(n, 4 * gib)),
+        slow=replace(
+            _tier(slow, np.zeros(n), np.full(n, 256 * MiB)),
+            current=slow,
+        ),
+        fast_capacity_bytes=5 * gib,
+        slow_capacity_bytes=1 << 40,
+    )
+    result = plan(inputs, CFG)
+    share = result.fast.share
+    assert share[0] == pytest.approx(5 * gib / 9, abs=BLOCK)
+    assert result.fast.floor[0] <= share[0]
+    for _ in range(ROUNDS):
+        fast = result.fast.target
+        t = replace(inputs.fast, requested=fast, current=fast)
+        result = plan(replace(inputs, fast=t), CFG)
+    assert (np.abs(result.fast.target - share) <= BLOCK).all()
