@@ -106,13 +106,13 @@ def serve(
                 daemon.stop()
                 return
 
-    controller = Controller(daemon, reload_config)
-    server = ControlServer(controller, cfg.host.control_socket)
     metrics: MetricsServer | None = None
-    if cfg.metrics.listen:
+    if cfg.metrics.listen:  # bound first: a busy port leaves no control socket
         metrics = MetricsServer(
             cfg.metrics.listen, lambda: render(daemon.status(), daemon.domain_stats())
         )
+    controller = Controller(daemon, reload_config)
+    server = ControlServer(controller, cfg.host.control_socket)
     threading.Thread(target=on_signals, name="signals", daemon=True).start()
     server.start()
     if metrics:

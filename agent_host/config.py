@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import tomllib
 import types
@@ -29,6 +30,7 @@ __all__ = [
     "dumps",
     "load",
     "loads",
+    "split_listen",
 ]
 
 MiB = 1 << 20
@@ -179,12 +181,36 @@ class MetricsConfig:
     listen: str = ""
 
     def __post_init__(self) -> None:
-        if self.listen:
-            host, sep, port = self.listen.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(
-                    f"metrics.listen must be 'address:port', got {self.listen!r}"
-                )
+        if self.listen and split_listen(self.listen)[1] == 0:
+            raise ConfigError(
+                f"metrics.listen needs a port from 1, got {self.listen!r}"
+            )
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"address:port"`` as (address, port); IPv6 literals go in brackets.
+
+    ``"127.0.0.1:9464"``, ``"[::1]:9464"``, ``"localhost:9464"``; port 0 means
+    any free port (for tests).
+
+    Raises:
+        ConfigError: not of that form, naming ``metrics.listen``.
+    """
+    host, sep, port = listen.rpartition(":")
+    usage = f"metrics.listen must be 'address:port', got {listen!r}"
+    if not sep or not port.isdecimal() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{usage}: port must be 0-65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError as err:
+            raise ConfigError(f"{usage}: {host} is not an IPv6 address") from err
+        return host[1:-1], int(port)
+    if ":" in host or "[" in host or "]" in host:
+        raise ConfigError(f"{usage}: write an IPv6 address in brackets, '[::1]:9464'")
+    if not host:
+        raise ConfigError(f"{usage}: the address is missing (0.0.0.0 for any)")
+    return host, int(port)
 
 
 def _default_classes() -> dict[str, ClassConfig]:

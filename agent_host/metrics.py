@@ -7,12 +7,15 @@ See https://prometheus.io/docs/instrumenting/exposition_formats/.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from agent_host.backend import DomainStats
+from agent_host.config import split_listen
+from agent_host.errors import BackendError
 
 __all__ = ["MetricsServer", "render"]
 
@@ -182,10 +185,18 @@ def render(status: Mapping[str, Any], stats: Mapping[str, DomainStats]) -> str:
 
 
 class MetricsServer:
-    """Serve ``source()`` at ``/metrics`` on ``listen`` ("address:port")."""
+    """Serve ``source()`` at ``/metrics`` on ``listen`` ("address:port").
+
+    The address is IPv4, a name, or IPv6 in brackets (``"[::1]:9464"``); the
+    socket family is the one ``getaddrinfo`` gives for it.
+
+    Raises:
+        ConfigError: ``listen`` is malformed.
+        BackendError: the address cannot be resolved or bound.
+    """
 
     def __init__(self, listen: str, source: Callable[[], str]) -> None:
-        host, _, port = listen.rpartition(":")
+        host, port = split_listen(listen)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -202,7 +213,17 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("metrics: " + format, *args)
 
-        self._server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        try:
+            family, _, _, _, addr = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+
+            class Server(ThreadingHTTPServer):
+                address_family = family
+
+            self._server = Server((str(addr[0]), port), Handler)
+        except OSError as err:
+            raise BackendError(f"metrics.listen {listen}: {err}") from err
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics", daemon=True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import threading
@@ -395,6 +396,52 @@ def test_serve_starts_metrics_when_configured(short_dir: Path) -> None:
     finally:
         ControlClient(cfg.host.control_socket).call("stop")
         thread.join(10.0)
+
+
+def test_ipv6_metrics_listen_passes_check_and_serves_on_it(short_dir: Path) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError as err:
+            pytest.skip(f"no IPv6 loopback on this machine (bind [::1]: {err})")
+        port = probe.getsockname()[1]
+    path = _config_file(short_dir)
+    path.write_text(path.read_text() + f'\n[metrics]\nlisten = "[::1]:{port}"\n')
+    assert cli.main(["config", "check", str(path)]) == 0
+    cfg = config.load(path)
+    world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=1024 * MiB)
+    ready = threading.Event()
+    thread = threading.Thread(
+        target=cmd_run.serve,
+        args=(cfg, EmuHostBackend(world), SystemClock(), path, lambda _d: ready.set()),
+    )
+    thread.start()
+    assert ready.wait(10.0)
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=10) as r:
+            assert b"hypertier_host_ticks_total" in r.read()
+    finally:
+        ControlClient(cfg.host.control_socket).call("stop")
+        thread.join(10.0)
+    assert not thread.is_alive()
+
+
+def test_serve_on_a_busy_metrics_port_fails_before_the_control_socket(
+    short_dir: Path,
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = _config_file(short_dir)
+        path.write_text(
+            path.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        )
+        cfg = config.load(path)
+        world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=1024 * MiB)
+        with pytest.raises(BackendError, match=f"metrics.listen 127.0.0.1:{port}"):
+            cmd_run.serve(cfg, EmuHostBackend(world), SystemClock(), path)
+    assert not Path(cfg.host.control_socket).exists()
 
 
 def _sysfs_two_nodes(root: Path) -> Path:
