@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 import hypertier_wire as wire
@@ -10,6 +12,7 @@ from agent_host.config import Config, loads
 from agent_host.daemon import Daemon
 from agent_host.domxml import parse_metadata
 from agent_host.errors import ConfigError, NoSuchDomain
+from agent_host.metrics import render
 from emu.clock import FakeClock
 from emu.host import EmuHostBackend
 from emu.world import PAGE_SIZE, World
@@ -408,3 +411,44 @@ def test_vm_vanishing_during_resize_does_not_fail_the_tick(clock: FakeClock) -> 
     assert _fast_mib(world, "vm0") == 256
     daemon.tick()
     assert daemon.tick_failures == 0
+
+
+def test_a_lying_guest_is_flagged_and_gains_nothing(clock: FakeClock) -> None:
+    """Four VMs demand more fast memory than there is; the bronze one claims
+    nodes far beyond what is plugged, all of it used and hot. Its claims are
+    capped and flagged; every VM ends at its class share."""
+    world = World(host_fast_bytes=512 * MiB, host_slow_bytes=4096 * MiB, clock=clock)
+    for i in range(4):
+        world.add_vm(f"vm{i}", 2, 128 * MiB, 512 * MiB, 512 * MiB, 1024 * MiB)
+        world.spawn(f"vm{i}", None, npages=500 * MiB // PAGE_SIZE)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    classes = {"vm0": "gold", "vm1": "gold", "vm2": "silver", "vm3": "bronze"}
+    for vm, cls in classes.items():
+        daemon.vm_set(vm, qos_class=cls, reservations={Tier.FAST: 16 * MiB})
+    big = 1 << 39  # within the channel's sanity bound, far beyond what is plugged
+    lie = wire.Report(
+        0,
+        (wire.NodeUsage(0, "fast", big, big), wire.NodeUsage(1, "slow", big, big)),
+        2 * big,
+        1.0,
+    )
+    for seq in range(1, 31):
+        for vm in ("vm0", "vm1", "vm2"):
+            _report(world, vm, seq, 1.0, 1.0)
+        world.vm("vm3").to_host += wire.encode(replace(lie, seq=seq))
+        clock.advance(1.0)
+        daemon.tick()
+        world.check_invariants()
+    status = daemon.status()["vms"]
+    # 512 MiB split 4:4:2:1, to the 2 MiB block.
+    for vm, weight in (("vm0", 4), ("vm1", 4), ("vm2", 2), ("vm3", 1)):
+        assert _fast_mib(world, vm) == pytest.approx(512 * weight / 11, abs=2)
+        share = status[vm]["tiers"]["fast"]["share_bytes"] // MiB
+        assert _fast_mib(world, vm) == pytest.approx(share, abs=2)
+    liar = status["vm3"]["guest"]
+    assert liar["implausible_reports"] == 30
+    assert "plugged" in liar["last_implausible"]
+    assert status["vm0"]["guest"]["implausible_reports"] == 0
+    text = render(daemon.status(), {})
+    assert 'hypertier_vm_guest_implausible_reports_total{vm="vm3"} 30' in text
