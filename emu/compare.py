@@ -53,7 +53,7 @@ EPILOG = """examples:
 """
 
 # LLC misses per VM of the multi-tenant preset: several emulated seconds.
-MULTI_TENANT_ACCESSES = 120_000_000
+MULTI_TENANT_ACCESSES = 80_000_000
 # Memory per VM is the footprint plus this much free memory, split fast:slow.
 CAPACITY_OVER_FOOTPRINT = 1.25
 # Fields that identify a set-up; rows of one set-up differ only in ``policy``.
@@ -235,7 +235,7 @@ def run_cell(cell: Cell) -> dict[str, object]:
 
     t0 = time.perf_counter()
     params = Params().with_profile(cell.profile)
-    host_fast: int | None = None
+    host_fast = host_slow = None
     if cell.scenario:
         from emu.multitenant import SCENARIOS, make_scenario_policy
 
@@ -244,6 +244,7 @@ def run_cell(cell: Cell) -> dict[str, object]:
         # all-fast is the limit: its host has DRAM for every VM's memory
         if cell.policy != "all-fast":
             host_fast = scenario.host_fast_bytes(cell.npages, params.block_bytes)
+        host_slow = scenario.host_slow_bytes(cell.npages, params.block_bytes)
     else:
         policy = make_policy(cell.policy)
     result = run_scenario(
@@ -254,6 +255,7 @@ def run_cell(cell: Cell) -> dict[str, object]:
         params=params,
         seed=cell.seed,
         host_fast_bytes=host_fast,
+        host_slow_bytes=host_slow,
     )
     extra = {"scenario": cell.scenario} if cell.scenario else {}
     rows = [

@@ -91,11 +91,13 @@ def build_world(
     params: Params,
     seed: int,
     host_fast_bytes: int | None = None,
+    host_slow_bytes: int | None = None,
 ) -> tuple[World, dict[str, int]]:
     """A World sized for ``specs``; VMs start and touch their memory in order.
 
     The host's fast node holds ``host_fast_bytes`` (default: the sum of the fast
-    allotments, so every VM's fast node is backed by fast memory).
+    allotments, so every VM's fast node is backed by fast memory), its slow node
+    ``host_slow_bytes`` (default: twice the sum of the slow allotments).
     """
     from emu.workloads import make_workload
 
@@ -105,6 +107,8 @@ def build_world(
     if host_fast_bytes is not None:
         host_fast = host_fast_bytes
     host_slow = 2 * sum(-(-s.slow_bytes // blk) * blk for s in specs)
+    if host_slow_bytes is not None:
+        host_slow = host_slow_bytes
     world = World(host_fast, host_slow, params=params, seed=seed)
     pids: dict[str, int] = {}
     for s in specs:
@@ -133,17 +137,21 @@ def run_scenario(
     seed: int = 0,
     progress: Progress | None = None,
     host_fast_bytes: int | None = None,
+    host_slow_bytes: int | None = None,
 ) -> RunResult:
     """Run ``specs`` under ``policy``; see the module docstring.
 
-    ``host_fast_bytes`` fixes the host's fast memory (see :func:`build_world`).
+    ``host_fast_bytes`` and ``host_slow_bytes`` fix the host's memory (see
+    :func:`build_world`).
     Series per VM and epoch: ``fast_hit_ratio``, ``placement``,
     ``fast_plugged_bytes`` (its fast node's plugged size: the host's allotment)
     and ``fast_host_bytes`` (host fast memory backing its frames).
     """
     wall0 = time.perf_counter()
     specs = list(policy.adjust(specs))
-    world, pids = build_world(specs, params or Params(), seed, host_fast_bytes)
+    world, pids = build_world(
+        specs, params or Params(), seed, host_fast_bytes, host_slow_bytes
+    )
     by_name = {s.name: s for s in specs}
     policy.attach(world, pids)
     series: dict[str, dict[str, list[float]]] = {

@@ -118,6 +118,11 @@ class Scenario:
         """The host's fast memory: every VM's fast allotment at start."""
         return len(self.vms) * self._blocks(self.fast_fraction, npages, block_bytes)
 
+    def host_slow_bytes(self, npages: int, block_bytes: int) -> int:
+        """The host's slow memory: twice every VM's slow allotment, whichever way
+        a policy splits the VMs' memory (as ``build_world`` sizes it by default)."""
+        return 2 * len(self.vms) * self._blocks(self.slow_fraction, npages, block_bytes)
+
     def ratio(self) -> int:
         """K of the VMs' initial fast:slow split 1:K."""
         return max(1, round(self.slow_fraction / self.fast_fraction))
@@ -329,7 +334,8 @@ class BalloonPolicy:
     while the host has any left and by slow memory after that, first come first
     served across VMs, whatever their class. The real guest agents still place
     pages inside each VM (they see a large fast node); no host agent runs.
-    Give the run the host's real fast memory (``run_scenario(host_fast_bytes=)``).
+    Give the run the host's real memory (``run_scenario(host_fast_bytes=,
+    host_slow_bytes=)``): sized from the enlarged fast nodes it would be too big.
     """
 
     def __init__(self, name: str = "balloon") -> None:

@@ -119,17 +119,25 @@ def write_allotment_plot(
     """
     plt = _pyplot()
     n = max(1, len(panels))
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False, sharey=True)
-    for ax, (policy, lines) in zip(axes[0], panels, strict=False):
+    ncols = min(3, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False, sharey=True
+    )
+    flat = [ax for row in axes for ax in row]
+    for ax, (policy, lines) in zip(flat, panels, strict=False):
         for i, (vm, t_s, fast_mib, share_mib) in enumerate(lines):
             color = f"C{i % 10}"
-            ax.plot(t_s, fast_mib, color=color, lw=1, label=vm)
+            ax.plot(t_s, fast_mib, color=color, lw=1.2, label=vm)
             ax.axhline(share_mib, color=color, lw=0.8, ls="--")
         ax.set_title(policy, fontsize=9)
         ax.set_xlabel("virtual time (s)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("fast memory (MiB); dashed: share")
-    axes[0][-1].legend(fontsize=6, loc="upper right")
+    for ax in flat[len(panels) :]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("fast memory (MiB); dashed: share")
+    flat[0].legend(fontsize=6, loc="upper right", ncol=2)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -259,8 +259,9 @@ def test_balloon_backs_fast_memory_first_come_first_served_and_conserves_pages()
     policy = BalloonPolicy()
     specs = list(policy.adjust(sc.specs(npages, 10**9, BLOCK)))
     host_fast = sc.host_fast_bytes(npages, BLOCK)
+    host_slow = sc.host_slow_bytes(npages, BLOCK)
     assert sum(s.fast_bytes for s in specs) > host_fast  # not controlled per tier
-    world, pids = build_world(specs, Params(), seed=1, host_fast_bytes=host_fast)
+    world, pids = build_world(specs, Params(), 1, host_fast, host_slow)
     policy.attach(world, pids)
     for _ in range(20):
         world.clock.advance(0.01)
@@ -268,6 +269,8 @@ def test_balloon_backs_fast_memory_first_come_first_served_and_conserves_pages()
         world.check_invariants()
     held = [int((world.vm(s.name).f.host == FAST).sum()) * PAGE_SIZE for s in specs]
     assert sum(held) == host_fast  # the host's fast node is used up ...
+    for hn in world.host_nodes:  # ... and no host node beyond its capacity
+        assert hn.used_pages <= hn.capacity_pages
     assert held[0] == npages * PAGE_SIZE  # ... the first VM booted holds all it touched
     assert held[-1] == 0  # and the last none, whatever its class
     for s in specs:  # the total each VM has is the same as with per-tier tiers
