@@ -46,7 +46,7 @@ EPILOG = """examples:
   hypertier compare --preset seed-gups --out seed # the seed's motivating GUPS case
   hypertier compare --preset multi-tenant --out mt # 8 VMs in 4 QoS classes, a
       # lying guest, tier-unaware balloons; per-VM table and fast_allotment.png
-  hypertier compare --preset multi-tenant --scenarios tenants \
+  hypertier compare --preset multi-tenant --scenarios tenants \\
       --policies hypertier,hypertier-liar --accesses 20000000 --out /tmp/mt
   hypertier compare --workloads gups,btree --policies none,memtis,hypertier \\
       --profiles cxl --ratios 1:2 --vms 1,4 --jobs 2 --out /tmp/cmp

@@ -391,15 +391,22 @@ def make_scenario_policy(name: str, scenario: Scenario) -> Policy:
 
 
 def guest_channel_status(policy: Policy) -> dict[str, object]:
-    """What the host agent's ``status()`` says of each VM's guest channel at the
-    end of a run (messages, invalid, flags), or {} without a host agent."""
+    """What the host agent's ``status()`` says of each VM at the end of a run:
+    its guest channel (messages, invalid, flags) plus ``fast_share_bytes``, the
+    share the host computed; {} without a host agent."""
     from emu.hypertier_policy import HyperTierPolicy
 
     if not isinstance(policy, HyperTierPolicy):
         return {}
     vms = policy.host_status().get("vms", {})
     assert isinstance(vms, Mapping)
-    return {vm: dict(st.get("guest", {})) for vm, st in vms.items()}
+    return {
+        vm: {
+            **st.get("guest", {}),
+            "fast_share_bytes": st.get("tiers", {}).get("fast", {}).get("share_bytes"),
+        }
+        for vm, st in vms.items()
+    }
 
 
 # ------------------------------------------------------------------- analysis
@@ -430,9 +437,10 @@ def tenant_rows(
     ``share_bytes`` (documented), ``policy``, ``fast_bytes`` (steady state: mean
     over the last half of the VM's run), ``share_pct``, ``elapsed_s``,
     ``vs_all_fast`` (elapsed / all-fast's), ``fast_hit_ratio`` (whole run) and
-    ``hit_ss`` (mean per-epoch hit ratio over the last half), and what the host
+    ``hit_ss`` (mean per-epoch hit ratio over the last half), what the host
     agent counted on the VM's channel (``channel_messages``, ``channel_invalid``,
-    ``channel_implausible``; None where it does not say).
+    ``channel_implausible``) and the fast share it computed at the end of the run
+    (``host_share_bytes``); None where it does not say.
     """
     specs = scenario.specs(npages, accesses, block_bytes)
     shares = scenario_shares(scenario, npages, block_bytes, cfg)
@@ -487,6 +495,7 @@ def tenant_rows(
                     "channel_implausible": channels.get(vm, {}).get(
                         "implausible_reports"
                     ),
+                    "host_share_bytes": channels.get(vm, {}).get("fast_share_bytes"),
                 }
             )
     order = {vm.name: i for i, vm in enumerate(scenario.vms)}
@@ -613,10 +622,15 @@ def format_report(
         f"scenario {scenario.name}: {len(vms)} VMs; fast = steady-state fast "
         "allotment in MiB (mean over the last half of each VM's run; balloon: host "
         "fast memory backing the VM) and % of the documented share; elapsed / "
-        f"all-fast; hit = fast-tier hit ratio over the run; block = {blk:g} MiB",
+        f"all-fast; hit = fast-tier hit ratio over the run; block = {blk:g} MiB; "
+        "host_share = the share the host agent computed at the end of the "
+        "hypertier run",
         "",
     ]
     heads = ["vm", "class", "hot_mib", "share_mib", "share_blk"]
+    host_share = "hypertier" in policies
+    if host_share:
+        heads.append("host_share_mib")
     for p in policies:
         if p != "all-fast":
             heads += [f"{p}:fast", "%share"]
@@ -630,6 +644,8 @@ def format_report(
             _mib(r0["share_bytes"]),
             f"{float(str(r0['share_bytes'])) / block_bytes:.1f}",
         ]
+        if host_share:
+            line.append(_mib(by.get((vm, "hypertier"), {}).get("host_share_bytes")))
         for p in policies:
             if p == "all-fast":
                 continue

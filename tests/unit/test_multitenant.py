@@ -320,7 +320,10 @@ def test_scenario_cells_run_the_variants_by_name() -> None:
     out = run_cell(_small("hypertier-liar"))
     assert {r["policy"] for r in out["rows"]} == {"hypertier-liar"}  # type: ignore[attr-defined]
     assert {r["scenario"] for r in out["rows"]} == {"tenants"}  # type: ignore[attr-defined]
-    assert out["guest_channels"]  # the host agent's view of each channel
+    channels = out["guest_channels"]  # the host agent's view of each VM
+    assert isinstance(channels, dict)
+    assert set(channels) == {v.name for v in SCENARIOS["tenants"].vms}
+    assert all("fast_share_bytes" in c and "invalid" in c for c in channels.values())
 
 
 @pytest.mark.parametrize(
