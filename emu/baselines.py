@@ -32,6 +32,7 @@ __all__ = [
     "TppGuestPolicy",
     "VtmmPolicy",
     "make_policy",
+    "split_pool",
 ]
 
 log = logging.getLogger(__name__)
@@ -372,6 +373,42 @@ class TppGuestPolicy:
 
 
 # --------------------------------------------------------------------- vTMM
+def split_pool(pool: int, floor: F64, weight: F64, cap: I64) -> I64:
+    """Split ``pool`` whole units (blocks) into shares: floors, then by weight.
+
+    Each share is its floor plus a part of what the floors leave, in proportion
+    to ``weight`` (equally if every weight is 0), never above ``cap``: what a
+    capped share cannot take goes to the others (water-filling). Fractions are
+    settled by largest remainder, so the shares sum to exactly
+    ``min(pool, cap.sum())``; floors that do not fit are scaled down together.
+    """
+    cap_f = cap.astype(np.float64)
+    total = min(pool, int(cap.sum()))
+    base = np.minimum(floor, cap_f)
+    if base.sum() > total:
+        base = base * (total / base.sum())
+    w = weight if weight.sum() > 0 else np.ones(len(weight))
+    ideal = base.copy()
+    free = np.ones(len(base), bool)
+    while free.any():
+        extra = total - ideal[~free].sum() - base[free].sum()
+        wf = w[free] if w[free].sum() > 0 else np.ones(int(free.sum()))
+        ideal[free] = base[free] + extra * wf / wf.sum()
+        over = free & (ideal > cap_f)
+        if not over.any():
+            break
+        ideal[over] = cap_f[over]
+        free &= ~over
+    shares = np.minimum(np.floor(ideal), cap_f).astype(np.int64)
+    short = total - int(shares.sum())
+    while short > 0:  # largest remainders first, among shares below their cap
+        order = np.argsort(shares - ideal, kind="stable")
+        order = order[shares[order] < cap[order]][:short]
+        shares[order] += 1
+        short -= len(order)
+    return shares
+
+
 class VtmmPolicy:
     """vTMM: PML tracking, multi-level queues, temperature sorting, a fast pool.
 
@@ -386,7 +423,9 @@ class VtmmPolicy:
     only for a strictly hotter one. Every ``pool_period_s`` the fast memory of
     all VMs is repartitioned in proportion to each VM's warm-set size
     (virtio-mem ``resize``), shrinking donors before growing receivers, within
-    each VM's maximum.
+    each VM's maximum. The pool is the fast memory the VMs started with, split in
+    whole blocks by :func:`split_pool`, so repartitions never shrink it; with no
+    warm frame anywhere the split stays as it is.
     """
 
     name = "vtmm"
@@ -475,16 +514,19 @@ class VtmmPolicy:
         if len(names) < 2:
             return
         blk = world.params.block_bytes // PAGE_SIZE
-        pool = sum(world.vm(n).plugged[FAST] for n in names)
         warm = np.array(
             [np.count_nonzero(self._level[n] > 0) for n in names], np.float64
         )
+        if not warm.any():
+            return  # nothing to go by: keep the split
+        # The VMs' own fast memory, not what is plugged now: a share that
+        # rounded down or a shrink that stopped short must not leave the pool.
+        pool = sum(self._initial_fast[n] for n in names) // blk
         floor = np.array([self._initial_fast[n] * self.min_share for n in names])
-        cap = np.array([world.vm(n).node_max[FAST] for n in names], np.float64)
-        want = floor + (pool - floor.sum()) * warm / max(1.0, warm.sum())
-        want = np.minimum(np.floor(want / blk) * blk, cap).astype(np.int64)
+        cap = np.array([world.vm(n).node_max[FAST] // blk for n in names], np.int64)
+        want = split_pool(pool, floor / blk, warm, cap) * blk
         cur = np.array([world.vm(n).plugged[FAST] for n in names], np.int64)
-        if want.sum() > pool or np.array_equal(want, cur):
+        if np.array_equal(want, cur):
             return
         for i in np.flatnonzero(want < cur):  # donors first: frees host DRAM
             world.resize(names[i], FAST, int(want[i]) * PAGE_SIZE)
