@@ -66,13 +66,20 @@ class GuestChannel:
         self._last_s: float | None = None
         self.latest: GuestReport | None = None
         self.hello: wire.Hello | None = None
+        self.sessions = 0  # hellos accepted: agent starts, restarts, re-hellos
         self.messages = 0
         self.invalid = 0
         self.rate_limited = 0
+        self.lines = 0  # complete lines, blank ones included
+        self.blank_lines = 0
+        self.bytes_received = 0
+        self.bytes_discarded = 0  # over the per-tick budget or while throttled
+        self.over_budget = 0  # feeds (ticks) that went over the byte budget
         self.throttled_until_s = float("-inf")
         self.throttle_count = 0
         self.last_error = ""
         self._strikes = 0
+        self._strikes_since_s = float("-inf")
         self._last_seq = -1
 
     @property
@@ -86,23 +93,46 @@ class GuestChannel:
         self._cfg = cfg
         self._tokens = min(self._tokens, float(cfg.burst_msgs))
 
+    def reconnected(self) -> None:
+        """The transport reconnected: a partial line of the old stream is dropped."""
+        self._reader.reset()
+
     def feed(self, data: bytes, now_s: float, max_bytes: dict[str, int]) -> bool:
-        """Consume ``data``; True if a new hello arrived (the host answers it).
+        """Consume one tick's ``data``; True if a hello arrived (the host answers).
+
+        The first ``channel.max_bytes_per_tick`` bytes are split into lines;
+        the rest is discarded unread and is one strike. Each line, blank or not,
+        takes a token of the rate limit; lines beyond the tokens are counted
+        (not decoded) and each is a strike. A hello starts a new session: the
+        sequence numbers of the agent's reports start again.
 
         ``max_bytes`` maps tier name to the most memory the guest can have on
         that tier (boot memory excluded); a report claiming more is invalid.
         """
         self._refill(now_s)
+        self.bytes_received += len(data)
+        if self.throttled(now_s):
+            self.bytes_discarded += len(data)
+            self._reader.discard(data)
+            return False
+        budget = self._cfg.max_bytes_per_tick
+        if len(data) > budget:
+            self.over_budget += 1
+            self.bytes_discarded += len(data) - budget
+            self._reader.discard(data[budget:])
+            data = data[:budget]
+            self._strike(now_s, f"more than channel.max_bytes_per_tick ({budget})")
         got_hello = False
         dropped_before = self._reader.dropped
-        for line in self._reader.feed(data):
+        lines, excess = self._reader.split(data, int(self._tokens))
+        self.lines += len(lines) + excess
+        self._tokens -= len(lines)
+        for line in lines:
             if self.throttled(now_s):
+                break  # throttled by the strikes of this very chunk
+            if not line.strip():
+                self.blank_lines += 1
                 continue
-            if self._tokens < 1.0:
-                self.rate_limited += 1
-                self._strike(now_s, "message rate above channel.max_msgs_per_s")
-                continue
-            self._tokens -= 1.0
             try:
                 msg = wire.decode(line)
                 self._check(msg, max_bytes)
@@ -114,15 +144,24 @@ class GuestChannel:
             self.messages += 1
             if isinstance(msg, wire.Hello):
                 self.hello = msg
+                self.sessions += 1
+                self._last_seq = -1  # a (re)started agent counts from 1 again
                 got_hello = True
             elif isinstance(msg, wire.Report):
                 self._last_seq = msg.seq
                 self.latest = GuestReport.of(now_s, msg)
+        if excess:
+            self.rate_limited += excess
+            self._strike(now_s, "message rate above channel.max_msgs_per_s", excess)
         over_long = self._reader.dropped - dropped_before
         if over_long:
             self.invalid += over_long
-            self._strike(now_s, f"{over_long} line(s) over {wire.MAX_LINE_BYTES} bytes")
-        return got_hello
+            self._strike(
+                now_s,
+                f"{over_long} line(s) over {wire.MAX_LINE_BYTES} bytes",
+                over_long,
+            )
+        return got_hello and not self.throttled(now_s)
 
     def _check(self, msg: wire.Message, max_bytes: dict[str, int]) -> None:
         if isinstance(msg, wire.Allot):
@@ -152,10 +191,16 @@ class GuestChannel:
             )
         self._last_s = now_s
 
-    def _strike(self, now_s: float, why: str) -> None:
-        self._strikes += 1
+    def _strike(self, now_s: float, why: str, count: int = 1) -> None:
+        # Strikes count within a window of channel.throttle_s: a guest is not
+        # throttled for one stale line after each of many restarts over a day.
+        if now_s - self._strikes_since_s > self._cfg.throttle_s:
+            self._strikes = 0
+            self._strikes_since_s = now_s
+        self._strikes += count
         if self._strikes >= self._cfg.max_invalid:
             self._strikes = 0
+            self._strikes_since_s = float("-inf")
             self.throttled_until_s = now_s + self._cfg.throttle_s
             self.throttle_count += 1
             self.latest = None  # a misbehaving guest's reports are not trusted

@@ -211,6 +211,7 @@ class LibvirtHostBackend:
             maxlen=_MAX_EVENTS
         )
         self._channels: dict[str, socket.socket] = {}
+        self._channel_opens: dict[str, int] = {}
         self._conn: Any = None
         self._callback_id: int | None = None
         self._closed_by_peer = False
@@ -408,6 +409,9 @@ class LibvirtHostBackend:
         if sent != len(line):
             raise BackendError(f"channel of {vm} took {sent} of {len(line)} bytes")
 
+    def channel_connection(self, vm: str) -> int:
+        return self._channel_opens.get(vm, 0)
+
     def channel_recv(self, vm: str) -> bytes:
         try:
             sock = self._channel(vm)
@@ -497,6 +501,7 @@ class LibvirtHostBackend:
             raise BackendError(f"channel of {vm} at {path}: {err}") from err
         sock.setblocking(False)
         self._channels[vm] = sock
+        self._channel_opens[vm] = self._channel_opens.get(vm, 0) + 1
         return sock
 
     def _close_channel(self, vm: str) -> None:

@@ -33,6 +33,7 @@ class EmuHostBackend:
     def __init__(self, world: World) -> None:
         self._world = world
         self._event_cursor = len(world.events)
+        self._channel_opens: dict[str, int] = {}
         self.closed = False
 
     def capabilities(self) -> frozenset[HostCapability]:
@@ -120,6 +121,16 @@ class EmuHostBackend:
         data = bytes(v.to_host)
         v.to_host.clear()
         return data
+
+    def channel_connection(self, vm: str) -> int:
+        self._vm(vm)
+        return self._channel_opens.get(vm, 0)
+
+    def reconnect_channel(self, vm: str) -> None:
+        """Open a new connection to the channel, as the libvirt backend does
+        after the socket broke (for tests)."""
+        self._vm(vm)
+        self._channel_opens[vm] = self._channel_opens.get(vm, 0) + 1
 
     def events(self) -> Sequence[DomainEvent]:
         new = self._world.events[self._event_cursor :]

@@ -21,7 +21,6 @@ its buffer and drops over-long lines.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 __all__ = [
@@ -183,39 +182,89 @@ def decode(line: bytes) -> Message:
 
 
 class LineReader:
-    """Split a byte stream into lines with a bounded buffer.
+    """Split a byte stream into lines with a bounded buffer, without a Python
+    loop over the lines a caller does not want.
 
-    Over-long lines are dropped whole (counted in ``dropped``), so a peer that
-    never sends a newline costs at most MAX_LINE_BYTES of memory.
+    Over-long lines (``max_line_bytes`` or more, newline included) are dropped
+    whole and counted in ``dropped``, so a peer that never sends a newline
+    costs at most ``max_line_bytes`` of memory. Blank lines are lines: they are
+    returned (as ``b""``) and counted like any other, never skipped silently.
+    Splitting uses ``bytes.find``/``count`` (C loops over the buffer): with
+    ``max_lines`` only that many lines become Python objects, the rest of the
+    chunk is counted in one call, however many tiny lines it holds.
     """
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._max = max_line_bytes
-        self._buf = bytearray()
-        self._skipping = False
+        self._buf = b""  # the partial last line, always < max_line_bytes
+        self._skipping = False  # inside a dropped line: discard up to a newline
         self.dropped = 0
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        """Yield each complete line (without its newline) found in ``data``."""
-        start = 0
-        while True:
-            nl = data.find(b"\n", start)
-            chunk = data[start:] if nl < 0 else data[start:nl]
-            if self._skipping:
-                if nl >= 0:
-                    self._skipping = False
-            elif len(self._buf) + len(chunk) >= self._max:
-                self._buf.clear()
-                self.dropped += 1
-                self._skipping = nl < 0
-            elif nl >= 0:
-                self._buf += chunk
-                line = bytes(self._buf)
-                self._buf.clear()
-                if line.strip():
-                    yield line
-            else:
-                self._buf += chunk
+    @property
+    def buffered(self) -> int:
+        """Bytes of a partial line held until its newline arrives."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Every complete line ended in ``data`` (without its newline)."""
+        return self.split(data)[0]
+
+    def split(
+        self, data: bytes, max_lines: int | None = None
+    ) -> tuple[list[bytes], int]:
+        """The first ``max_lines`` complete lines ended in ``data``, and how many
+        more complete lines it ended (counted, not split; over-long ones
+        included). Over-long lines among the first are dropped and counted in
+        ``dropped``; they do not count against ``max_lines``.
+        """
+        lines: list[bytes] = []
+        want = len(data) + 1 if max_lines is None else max_lines
+        pos = 0
+        while len(lines) < want:
+            nl = data.find(b"\n", pos)
             if nl < 0:
-                return
-            start = nl + 1
+                break
+            if self._skipping:
+                self._skipping = False  # the end of a dropped line
+            elif len(self._buf) + nl - pos >= self._max:
+                self._buf = b""
+                self.dropped += 1
+            elif self._buf:
+                lines.append(self._buf + data[pos:nl])
+                self._buf = b""
+            else:
+                lines.append(data[pos:nl])
+            pos = nl + 1
+        more = 0
+        last = data.rfind(b"\n", pos)
+        if last >= 0:
+            if self._skipping:
+                self._skipping = False
+                pos = data.find(b"\n", pos) + 1
+            more = data.count(b"\n", pos, last + 1)
+            self._buf = b""  # ended inside the counted lines
+            pos = last + 1
+        if self._skipping:
+            return lines, more
+        if len(self._buf) + len(data) - pos >= self._max:
+            self._buf = b""
+            self.dropped += 1
+            self._skipping = True
+        elif pos < len(data):
+            self._buf += data[pos:]
+        return lines, more
+
+    def discard(self, data: bytes) -> None:
+        """Bytes of the stream that are thrown away unread (over a budget).
+
+        The partial line is lost and, unless ``data`` ends with a newline, so is
+        the line it ends in: the reader skips to the next newline.
+        """
+        if data:
+            self._buf = b""
+            self._skipping = not data.endswith(b"\n")
+
+    def reset(self) -> None:
+        """Forget the partial line: the stream starts afresh (a new connection)."""
+        self._buf = b""
+        self._skipping = False
