@@ -433,7 +433,8 @@ class Daemon:
 
         ``hot_bytes`` is the fast memory the guest would fill if it had room:
         the targets' demand (whatever the fast tier holds now) plus memory on
-        the fast node the agent does not manage; ``pressure`` the part of that
+        the fast node the agent does not manage plus the mover's reserve;
+        ``pressure`` the part of that
         demand the fast node's room for the targets (``room``) leaves unmet.
         """
         if Capability.HOST_CHANNEL not in self._backend.capabilities():
@@ -457,12 +458,20 @@ class Daemon:
         unmet = max(0, demand - room)
         pressure = unmet / demand if demand else 0.0
         used = sum(u.used_bytes for u in usage)
+        # The fast node must also hold the reserve the mover keeps free there,
+        # or an allotment of exactly the demand leaves part of the hot set out.
+        mv = self._cfg.mover
+        wanted = demand + unmanaged
+        reserve = max(
+            mv.fast_reserve_bytes,
+            math.ceil(wanted * mv.fast_reserve_pct / (100.0 - mv.fast_reserve_pct)),
+        )
         self._seq += 1
         stats = self._exchanger.stats
         msg = wire.Report(
             self._seq,
             usage,
-            min(demand + unmanaged, used, wire.MAX_BYTES),
+            min(wanted + reserve, used, wire.MAX_BYTES),
             pressure,
             stats.promoted + stats.demoted,
         )

@@ -16,7 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 import hypertier_wire as wire
+from agent_guest import config as guest_config
+from agent_guest.classify import coverage_bytes
 from agent_host import config as host_config
 from emu.guest import EmuGuestBackend
 from emu.policy import Policy, VmSpec
@@ -218,27 +222,53 @@ def documented_shares(capacity_bytes: float, vms: Sequence[ShareInput]) -> list[
     return hi  # unreachable: total(max kink) = sum(hi) > capacity
 
 
-def share_inputs(
-    specs: Sequence[VmSpec], cfg: host_config.Config, block_bytes: int
-) -> list[ShareInput]:
-    """The documented split's inputs from the VM specs and the host's config.
+def guest_demand_bytes(spec: VmSpec, guest_cfg: guest_config.Config) -> float:
+    """The demand an honest guest agent reports for ``spec`` (docs/wire-protocol.md,
+    "Demand and pressure"), from the workload's true access rates: the least
+    memory serving ``classify.demand_coverage`` of its accesses, plus the
+    mover's fast reserve. The agent estimates the same from samples, by ranges."""
+    from emu.workloads import make_workload
 
-    Demand = hot set x (1 + ``policy.hot_headroom_ratio``) (the emulated fast
-    node has no boot memory); the hot set is the workload's ``hot_fraction`` of
-    its footprint; the limit is the fast device size in whole blocks, the
-    reservation the one the host records; the weight the class's.
+    wl = make_workload(
+        spec.workload, spec.npages, seed=0, **dict(spec.workload_options)
+    )
+    rates = wl.rates()
+    size = np.full(rates.shape[0], float(PAGE_SIZE))
+    hot = coverage_bytes(rates, size, guest_cfg.classify.demand_coverage)
+    mv = guest_cfg.mover
+    reserve = max(
+        mv.fast_reserve_bytes, hot * mv.fast_reserve_pct / (100.0 - mv.fast_reserve_pct)
+    )
+    return float(hot + reserve)
+
+
+def share_inputs(
+    specs: Sequence[VmSpec],
+    cfg: host_config.Config,
+    block_bytes: int,
+    guest_cfg: guest_config.Config | None = None,
+) -> list[ShareInput]:
+    """The documented split's inputs from the VM specs and the agents' configs.
+
+    Demand = the honest guest's demand (:func:`guest_demand_bytes`) x (1 +
+    ``policy.hot_headroom_ratio``) (the emulated fast node has no boot memory);
+    the limit is the fast device size in whole blocks, the reservation the one
+    the host records; the weight the class's.
     """
+    from emu.hypertier_policy import GUEST_TOML
+
+    gcfg = guest_cfg or guest_config.loads(GUEST_TOML, "<emu guest>")
 
     def up(n: int) -> int:
         return -(-n // block_bytes) * block_bytes
 
     out = []
     for s in specs:
-        hot = dict(s.workload_options).get("hot_fraction", 0.0) * s.npages * PAGE_SIZE
+        demand = guest_demand_bytes(s, gcfg)
         out.append(
             ShareInput(
                 weight=cfg.weight(s.qos_class),
-                demand_bytes=hot * (1 + cfg.policy.hot_headroom_ratio),
+                demand_bytes=demand * (1 + cfg.policy.hot_headroom_ratio),
                 limit_bytes=up(max(s.fast_max_bytes or 0, s.fast_bytes)),
                 reservation_bytes=float(
                     s.fast_bytes // 2
