@@ -116,15 +116,14 @@ class GuestChannel:
             self._reader.discard(data)
             return False
         budget = self._cfg.max_bytes_per_tick
+        dropped_before = self._reader.dropped
+        lines, excess = self._reader.split(data[:budget], int(self._tokens))
         if len(data) > budget:
             self.over_budget += 1
             self.bytes_discarded += len(data) - budget
             self._reader.discard(data[budget:])
-            data = data[:budget]
             self._strike(now_s, f"more than channel.max_bytes_per_tick ({budget})")
         got_hello = False
-        dropped_before = self._reader.dropped
-        lines, excess = self._reader.split(data, int(self._tokens))
         self.lines += len(lines) + excess
         self._tokens -= len(lines)
         for line in lines:
