@@ -377,14 +377,17 @@ class Daemon:
         t.used[r] = rep.used_bytes
         why = self._implausible(rep, r)
         if why:
-            # Not rejected: the policy caps every claim by what the host sees,
-            # so a lie gains nothing; the operator is told who lies.
+            # A provable lie forfeits the demand claim of this report: the VM
+            # keeps its floors (its used memory, capped by what is plugged) and
+            # shrinks toward them when others claim the memory. Not rejected,
+            # or it would count as silent, which keeps memory.
+            t.hot[r] = 0.0
             st.implausible += 1
             st.last_implausible = why
             if st.implausible == 1 or st.implausible % 100 == 0:
                 log.warning(
                     "guest of %s reports more than the host provisioned (%s); "
-                    "its claims are capped (%d such report(s))",
+                    "its demand is ignored (%d such report(s))",
                     st.vm,
                     why,
                     st.implausible,
@@ -769,6 +772,12 @@ class Daemon:
                 "messages": chan.messages,
                 "invalid": chan.invalid,
                 "rate_limited": chan.rate_limited,
+                "lines": chan.lines,
+                "blank_lines": chan.blank_lines,
+                "bytes_received": chan.bytes_received,
+                "bytes_discarded": chan.bytes_discarded,
+                "over_budget": chan.over_budget,
+                "sessions": chan.sessions,
                 "throttled": chan.throttled(now),
                 "throttle_count": chan.throttle_count,
                 "last_error": chan.last_error,

@@ -308,6 +308,10 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
         float(cfg.safety_margin_bytes), cfg.safety_margin_ratio * in_allot
     )
     need = np.where(known, in_allot + margin, np.inf)
+    # Floors protect what is plugged, never more: a guest claiming all of it
+    # as used cannot ratchet its floors up by the margin round after round.
+    # Growth past it (a guest short of memory) goes through the demand.
+    keep_alive = np.minimum(need, plugged - f_boot - s_boot)
 
     # Fast tier: share, floor, demand, fair split, then change limits.
     f_res = fast.reservation.astype(np.float64)
@@ -316,7 +320,7 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
         fair_split(f_res, f_limit, weight, f_cap), fast.block, f_limit, f_cap
     )
     f_share = np.maximum(f_share, f_res)
-    alive = np.minimum(np.maximum(need - s_limit, 0.0), f_share)
+    alive = np.minimum(np.maximum(keep_alive - s_limit, 0.0), f_share)
     keep = np.minimum(f_req, f_share)
     f_floor_f = np.maximum(f_res, np.where(known, alive, keep))
     f_floor = np.minimum(_align_up(f_floor_f, fast.block), fast.limit)
@@ -346,10 +350,13 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
         fair_split(s_res, s_limit, weight, s_cap), slow.block, s_limit, s_cap
     )
     s_share = np.maximum(s_share, s_res)
-    rest = need - f_target.astype(np.float64)
+    f_new = f_target.astype(np.float64)
+    rest = need - f_new
     s_floor_f = np.maximum(
         s_res,
-        np.where(known, np.minimum(np.maximum(rest, 0.0), s_share), s_req),
+        np.where(
+            known, np.minimum(np.maximum(keep_alive - f_new, 0.0), s_share), s_req
+        ),
     )
     s_floor = np.minimum(_align_up(s_floor_f, slow.block), slow.limit)
     s_want_f = np.where(known, rest * (1.0 + cfg.hot_headroom_ratio), s_req)

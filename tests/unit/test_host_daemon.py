@@ -415,8 +415,9 @@ def test_vm_vanishing_during_resize_does_not_fail_the_tick(clock: FakeClock) -> 
 
 def test_a_lying_guest_is_flagged_and_gains_nothing(clock: FakeClock) -> None:
     """Four VMs demand more fast memory than there is; the bronze one claims
-    nodes far beyond what is plugged, all of it used and hot. Its claims are
-    capped and flagged; every VM ends at its class share."""
+    nodes far beyond what is plugged, all of it used and hot. The reports are
+    flagged and their demand ignored; its usage claim, capped by what is
+    plugged, holds it at its class share and no more; the others get theirs."""
     world = World(host_fast_bytes=512 * MiB, host_slow_bytes=4096 * MiB, clock=clock)
     for i in range(4):
         world.add_vm(f"vm{i}", 2, 128 * MiB, 512 * MiB, 512 * MiB, 1024 * MiB)
