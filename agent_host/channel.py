@@ -127,7 +127,7 @@ class GuestChannel:
         self.lines += len(lines) + excess
         self._tokens -= len(lines)
         for line in lines:
-            if self.throttled(now_s):
+            if now_s < self.throttled_until_s:
                 break  # throttled by the strikes of this very chunk
             if not line.strip():
                 self.blank_lines += 1

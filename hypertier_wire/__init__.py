@@ -127,8 +127,12 @@ def decode(line: bytes) -> Message:
     """Parse and validate one line. Raises WireError on anything unexpected."""
     if len(line) > MAX_LINE_BYTES:
         raise WireError(f"line of {len(line)} bytes exceeds {MAX_LINE_BYTES}")
+    if not line.lstrip().startswith(b"{"):
+        # Most junk fails here, before the JSON parser (a flood's cost).
+        raise WireError("not a JSON object")
     try:
-        obj = json.loads(line)
+        # UTF-8 only (json.loads on bytes would also guess UTF-16 and UTF-32).
+        obj = json.loads(line.decode())
     except (ValueError, RecursionError) as err:
         raise WireError(f"not JSON: {err}") from None
     if not isinstance(obj, dict):

@@ -279,3 +279,12 @@ def test_channel_carries_bytes_both_ways(harness: Harness) -> None:
     assert harness.backend.channel_recv(vm) == b'{"v":1}\n'
     harness.backend.channel_send(vm, b'{"v":1,"type":"hello"}\n')
     assert harness.guest_read(vm) == b'{"v":1,"type":"hello"}\n'
+
+
+def test_channel_connection_number_holds_while_connected(harness: Harness) -> None:
+    vm = harness.add_vm()
+    harness.backend.channel_recv(vm)
+    first = harness.backend.channel_connection(vm)
+    harness.guest_write(vm, b"\n")
+    assert harness.backend.channel_recv(vm) == b"\n"
+    assert harness.backend.channel_connection(vm) == first
