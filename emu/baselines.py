@@ -760,7 +760,11 @@ BASELINES: dict[str, type] = {
     "memtis": MemtisPolicy,
     "hemem": HememPolicy,
 }
-_EXTERNAL = {"hypertier": "emu.hypertier_policy:HyperTierPolicy"}
+_EXTERNAL = {
+    "hypertier": "emu.hypertier_policy:HyperTierPolicy",
+    "oracle": "emu.oracle:OraclePolicy",
+    "oracle-phase": "emu.oracle:OraclePhasePolicy",
+}
 
 
 def make_policy(name: str, **options: object) -> Policy:

@@ -22,10 +22,17 @@ EPILOG_RUN = """examples:
   hypertier                          # the default evaluation into hypertier-out/
   hypertier run --out /tmp/ev --policies none,hypertier --scale 0.5
   hypertier run --profile pmem --seed 7 --json
+  hypertier run --workload trace:tests/data/traces/redis.npz --fast-fraction 0.125 \\
+      --policies none,hypertier,oracle
+  hypertier trace record -o sort.npz -- sort /tmp/words.txt
 """
 
 # subcommand name -> module with add_arguments(parser) and main(args) -> int
-SUBCOMMANDS = {"run": "emu.cmd_run", "compare": "emu.compare"}
+SUBCOMMANDS = {
+    "run": "emu.cmd_run",
+    "compare": "emu.compare",
+    "trace": "emu.cmd_trace",
+}
 
 
 def _load(name: str) -> ModuleType | None:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from emu.evaluate import RunResult, default_scenario, run_scenario
 from emu.params import PROFILES, Params
+from emu.policy import VmSpec
 from emu.report import format_table, write_json, write_plots
+from emu.workloads import make_workload
+from emu.world import PAGE_SIZE
 
 __all__ = ["add_arguments", "main"]
 
@@ -46,6 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.05,
         help="policy epoch in virtual seconds (default: %(default)s)",
     )
+    parser.add_argument(
+        "--workload",
+        help="run one VM with this workload instead of the default four: a name "
+        "or trace:FILE (a recorded trace, replayed in order)",
+    )
+    parser.add_argument(
+        "--fast-fraction",
+        type=float,
+        default=0.25,
+        help="with --workload: fast tier as a fraction of the footprint "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--accesses",
+        type=int,
+        help="with --workload: LLC misses to run (default: one pass of a trace, "
+        "60 M x scale otherwise; a trace wraps around)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed")
     parser.add_argument(
         "--json",
@@ -53,6 +74,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print report.json's rows to stdout instead of the table",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+def _one_vm(args: argparse.Namespace) -> VmSpec:
+    """The VM of ``--workload``: fast = ``--fast-fraction`` of its footprint."""
+    from emu.trace import TraceWorkload
+
+    if not 0 < args.fast_fraction <= 1:
+        raise ValueError("--fast-fraction must be in (0, 1]")
+    wl = make_workload(args.workload, int(98_304 * args.scale), seed=args.seed)
+    accesses = args.accesses
+    if accesses is None:
+        accesses = (
+            len(wl.trace.accesses)
+            if isinstance(wl, TraceWorkload)
+            else int(60_000_000 * args.scale)
+        )
+    if accesses < 1:
+        raise ValueError("--accesses must be >= 1")
+    npages = wl.npages
+    return VmSpec(
+        "vm1",
+        args.workload,
+        npages,
+        int(npages * PAGE_SIZE * args.fast_fraction),
+        npages * PAGE_SIZE,
+        2,
+        accesses,
+        seed=1,
+        fast_max_bytes=2 * int(npages * PAGE_SIZE * args.fast_fraction),
+    )
 
 
 class _Progress:
@@ -88,12 +139,19 @@ def main(args: argparse.Namespace) -> int:
     if args.scale <= 0 or args.epoch_s <= 0:
         print("hypertier: --scale and --epoch-s must be > 0", file=sys.stderr)
         return 2
-    specs = default_scenario(args.scale)
+    if args.workload is None:
+        specs = default_scenario(args.scale)
+    else:
+        try:
+            specs = [_one_vm(args)]
+        except ValueError as err:
+            print(f"hypertier: {err}", file=sys.stderr)
+            return 2
     params = Params().with_profile(args.profile)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     print(
-        f"hypertier: {len(specs)} VMs ({', '.join(s.workload for s in specs)}), "
+        f"hypertier: {len(specs)} VMs ({', '.join(str(s.workload) for s in specs)}), "
         f"profile {args.profile}, policies {', '.join(names)}",
         file=sys.stderr,
     )
@@ -119,6 +177,8 @@ def main(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "epoch_s": args.epoch_s,
         "policies": names,
+        "workload": args.workload,
+        "fast_fraction": args.fast_fraction if args.workload else None,
         "wall_s": round(wall, 3),
     }
     write_json(out / "report.json", results, meta)

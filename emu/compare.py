@@ -22,7 +22,8 @@ from pathlib import Path
 
 from emu.evaluate import ROW_FIELDS, run_scenario
 from emu.params import PROFILES, Params
-from emu.policy import POLICY_NAMES, VmSpec
+from emu.policy import ORACLE_NAMES, POLICY_NAMES, VmSpec
+from emu.workloads import TRACE_PREFIX, workload_pages
 from emu.world import PAGE_SIZE
 
 __all__ = [
@@ -58,6 +59,8 @@ MULTI_TENANT_ACCESSES = 80_000_000
 CAPACITY_OVER_FOOTPRINT = 1.25
 # Fields that identify a set-up; rows of one set-up differ only in ``policy``.
 CELL_KEYS = ("workload", "profile", "ratio", "vms")
+# Oracle yardsticks (emu.oracle), averaged over a cell's VMs.
+MEAN_FIELDS = ("oracle_hit", "hit_vs_oracle", "hit_ss", "t90_s")
 SUM_FIELDS = (
     "tlb_flush",
     "remote_tlb_flush",
@@ -209,14 +212,15 @@ def specs_of(cell: Cell) -> list[VmSpec]:
 
         block = Params().block_bytes
         return SCENARIOS[cell.scenario].specs(cell.npages, cell.accesses, block)
-    total = cell.npages * PAGE_SIZE * CAPACITY_OVER_FOOTPRINT
+    npages = workload_pages(cell.workload, cell.npages)  # a trace has its own
+    total = npages * PAGE_SIZE * CAPACITY_OVER_FOOTPRINT
     fast = int(total / (1 + cell.ratio))
     slow = int(total - fast)
     return [
         VmSpec(
             name=f"vm{i + 1}",
             workload=cell.workload,
-            npages=cell.npages,
+            npages=npages,
             fast_bytes=fast,
             slow_bytes=slow,
             total_accesses=cell.accesses,
@@ -342,7 +346,8 @@ def add_speedups(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
 
 
 def summarize(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
-    """One row per cell: mean elapsed and hit ratio over its VMs, summed counters.
+    """One row per cell: mean elapsed, hit ratio and oracle yardsticks over its
+    VMs, summed counters.
 
     Speedups compare mean elapsed times of the same set-up.
     """
@@ -362,6 +367,13 @@ def summarize(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
         row["fast_hit_ratio"] = round(
             sum(float(str(r["fast_hit_ratio"])) for r in rs) / len(rs), 4
         )
+        for f in MEAN_FIELDS:  # None where any VM has none (never converged)
+            vals = [r.get(f) for r in rs]
+            row[f] = (
+                round(sum(float(str(v)) for v in vals) / len(vals), 4)
+                if all(isinstance(v, int | float) for v in vals)
+                else None
+            )
         for f in SUM_FIELDS:
             total = sum(float(str(r[f])) for r in rs)
             row[f] = round(total, 4) if f == "mgmt_cpu_s" else int(total)
@@ -384,6 +396,10 @@ def summarize(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
 _SHORT = {
     "elapsed_s": "elapsed_s",
     "fast_hit_ratio": "fast_hit",
+    "oracle_hit": "oracle",
+    "hit_vs_oracle": "hit/oracle",
+    "hit_ss": "hit_ss",
+    "t90_s": "t90_s",
     "tlb_flush": "tlb_flush",
     "remote_tlb_flush": "remote_tlb",
     "tlb_local_flush_one": "local_one",
@@ -528,14 +544,20 @@ def _check(m: Matrix, args: argparse.Namespace) -> str | None:
         if m.npages < 1024 or m.accesses < 1 or m.epoch_s <= 0 or m.max_s <= 0:
             return "--pages >= 1024, --accesses, --epoch-s and --max-s > 0 needed"
         return None
+    traces = tuple(w for w in m.workloads if w.startswith(TRACE_PREFIX))
     for kind, names, known in (
-        ("workload", m.workloads, WORKLOADS),
-        ("policy", m.policies, POLICY_NAMES),
+        ("workload", m.workloads, (*WORKLOADS, *traces)),
+        ("policy", m.policies, (*POLICY_NAMES, *ORACLE_NAMES)),
         ("profile", m.profiles, PROFILES),
     ):
         bad = [n for n in names if n not in known]
         if bad or not names:
             return f"{kind} {bad or '(none)'} unknown; choose from {sorted(known)}"
+    for w in traces:
+        try:
+            workload_pages(w, 0)
+        except ValueError as err:
+            return str(err)
     if min(m.vms, default=0) < 1 or min(m.ratios, default=0) < 1:
         return "--vms and --ratios need values >= 1"
     if m.npages < 1024 or m.accesses < 1 or m.epoch_s <= 0 or m.max_s <= 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emu.oracle import METRIC_FIELDS, oracle_metrics, phase_oracle_hits
 from emu.params import Params
 from emu.policy import Policy, VmSpec
 from emu.world import FAST, PAGE_SIZE, World
@@ -39,6 +40,11 @@ ROW_FIELDS = (
     "tlb_remote_flush",
     "pages_moved",
     "mgmt_cpu_s",
+    "oracle_hit",
+    "hit_vs_oracle",
+    "hit_ss",
+    "t90_s",
+    "t90_phase_s",
 )
 
 Progress = Callable[[str, float, float], None]  # (policy, t_s, fraction done)
@@ -123,7 +129,7 @@ def build_world(
         wl = make_workload(
             s.workload, s.npages, seed=seed * 1000 + s.seed, **dict(s.workload_options)
         )
-        pids[s.name] = world.spawn(s.name, wl, s.total_accesses)
+        pids[s.name] = world.spawn(s.name, wl, s.total_accesses, prefault=wl.prefault)
     return world, pids
 
 
@@ -143,7 +149,10 @@ def run_scenario(
 
     ``host_fast_bytes`` and ``host_slow_bytes`` fix the host's memory (see
     :func:`build_world`).
-    Series per VM and epoch: ``fast_hit_ratio``, ``placement``,
+    Rows carry the oracle yardsticks (:func:`emu.oracle.oracle_metrics`).
+    Series per VM and epoch: ``fast_hit_ratio``, ``accesses``, ``phase``,
+    ``oracle_hit`` (its phase's best static placement, in hindsight),
+    ``placement``,
     ``fast_plugged_bytes`` (its fast node's plugged size: the host's allotment)
     and ``fast_host_bytes`` (host fast memory backing its frames).
     """
@@ -153,6 +162,7 @@ def run_scenario(
         specs, params or Params(), seed, host_fast_bytes, host_slow_bytes
     )
     by_name = {s.name: s for s in specs}
+    fast_at_start = {n: world.vm(n).plugged[FAST] for n in pids}
     policy.attach(world, pids)
     series: dict[str, dict[str, list[float]]] = {
         s.name: {
@@ -161,6 +171,8 @@ def run_scenario(
             "placement": [],
             "fast_plugged_bytes": [],
             "fast_host_bytes": [],
+            "accesses": [],
+            "phase": [],
         }
         for s in specs
     }
@@ -184,6 +196,7 @@ def run_scenario(
                 if proc is None:
                     continue
                 done += proc.done_accesses
+                phase = proc.workload.phase if proc.workload is not None else 0
                 if (
                     spec.phase_change_at_s is not None
                     and name not in changed
@@ -210,6 +223,8 @@ def run_scenario(
                 ser = series[name]
                 ser["t_s"].append(round(t, 6))
                 ser["fast_hit_ratio"].append(df / da if da else 0.0)
+                ser["accesses"].append(da)
+                ser["phase"].append(phase)
                 # share of the best achievable fast-tier hit ratio with k pages
                 optimum = float(best[k - 1]) if k else 0.0
                 got = float(rates[on_fast].sum())
@@ -237,10 +252,19 @@ def run_scenario(
         proc = vm.procs.get(pid)
         finished = proc.finished_at_s if proc is not None else None
         accesses += c.accesses
+        spec_wl = by_name[name].workload
+        yardsticks: dict[str, object] = dict.fromkeys(METRIC_FIELDS)
+        if proc is not None:
+            ser = series[name]
+            yardsticks = oracle_metrics(
+                proc, fast_at_start[name], vm.fast_hit_ratio(), ser
+            )
+            by_phase = phase_oracle_hits(proc, fast_at_start[name])
+            ser["oracle_hit"] = [by_phase.get(int(p), 0.0) for p in ser["phase"]]
         rows.append(
             {
                 "vm": name,
-                "workload": by_name[name].workload,
+                "workload": spec_wl if isinstance(spec_wl, str) else spec_wl.name,
                 "policy": policy.name,
                 "elapsed_s": round(finished, 6) if finished is not None else None,
                 "fast_hit_ratio": round(vm.fast_hit_ratio(), 6),
@@ -256,6 +280,7 @@ def run_scenario(
                 "invept": c.invept,
                 "fast_bytes_end": vm.plugged[FAST] * PAGE_SIZE,
                 "finished": finished is not None,
+                **yardsticks,
             }
         )
     return RunResult(

@@ -90,11 +90,14 @@ def write_plots(
             assert isinstance(cell, dict)
             if s and s["t_s"]:
                 ax.plot(s["t_s"], s["fast_hit_ratio"], label=cell["policy"], lw=1)
+        s0 = next((r["series"].get("vm1") for r in rs), None)  # type: ignore[attr-defined]
+        if s0 and s0.get("oracle_hit"):
+            ax.plot(s0["t_s"], s0["oracle_hit"], "k--", lw=0.8, label="oracle hit")
         ax.set_title(
             f"{wl}: vm1, {profile}, fast:slow {ratio.replace('-', ':')}, {vms} VM(s)"
         )
         ax.set_xlabel("virtual time (s)")
-        ax.set_ylabel("fast-tier hit ratio")
+        ax.set_ylabel("fast-tier hit ratio\n(dashed: oracle, best static placement)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)

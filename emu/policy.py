@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from emu.workloads import Workload
 from emu.world import World
 
-__all__ = ["POLICY_NAMES", "Policy", "VmSpec"]
+__all__ = ["ORACLE_NAMES", "POLICY_NAMES", "Policy", "VmSpec"]
 
 # Policy names, used everywhere (CLI, report.json's "policy", plots).
 POLICY_NAMES = (
@@ -27,6 +28,8 @@ POLICY_NAMES = (
     "hemem",
     "hypertier",
 )
+# The best static placement (emu.oracle): yardsticks, not in the default matrix.
+ORACLE_NAMES = ("oracle", "oracle-phase")
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,9 @@ class VmSpec:
     """One VM of a scenario: its workload and memory split."""
 
     name: str
-    workload: str
-    npages: int  # workload footprint in 4 KiB pages
+    # a workload name, "trace:FILE" or an instance (emu.workloads.make_workload)
+    workload: str | Workload
+    npages: int  # workload footprint in 4 KiB pages (a trace has its own)
     fast_bytes: int  # fast-tier allotment at start
     slow_bytes: int  # slow-tier allotment at start
     vcpus: int = 2

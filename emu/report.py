@@ -16,6 +16,9 @@ __all__ = ["format_table", "write_json", "write_plots"]
 
 _SHORT = {
     "fast_hit_ratio": "fast_hit",
+    "oracle_hit": "oracle",
+    "hit_vs_oracle": "hit/oracle",
+    "t90_phase_s": "t90_phase",
     "remote_tlb_flush": "remote_tlb",
     "tlb_local_flush_one": "local_one",
     "tlb_local_flush_all": "local_all",
@@ -71,8 +74,18 @@ def write_json(
     path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
+def _series(s: dict[str, list[float]], key: str) -> list[float]:
+    if key != "hit_vs_oracle":
+        return s[key]
+    return [
+        h / o if o > 0 else 0.0
+        for h, o in zip(s["fast_hit_ratio"], s["oracle_hit"], strict=True)
+    ]
+
+
 def write_plots(out: Path, results: Sequence[RunResult]) -> list[Path]:
-    """placement.png and hit_ratio.png over time, one panel per VM.
+    """placement.png, hit_ratio.png and hit_vs_oracle.png over time, one panel
+    per VM; hit_ratio.png shows the oracle's hit ratio dashed.
 
     Raises ImportError (with the install hint) when matplotlib is missing.
     """
@@ -88,8 +101,17 @@ def write_plots(out: Path, results: Sequence[RunResult]) -> list[Path]:
     written = []
     vms = sorted({vm for r in results for vm in r.series})
     for key, fname, ylabel in (
-        ("placement", "placement.png", "placement vs. optimal"),
-        ("fast_hit_ratio", "hit_ratio.png", "fast-tier hit ratio"),
+        (
+            "placement",
+            "placement.png",
+            "expected hit of placement / oracle's\n(workload weights, pages on fast)",
+        ),
+        ("fast_hit_ratio", "hit_ratio.png", "fast-tier hit ratio (dashed: oracle)"),
+        (
+            "hit_vs_oracle",
+            "hit_vs_oracle.png",
+            "hit / oracle hit\n(best static placement of the phase, same fast size)",
+        ),
     ):
         fig, axes = plt.subplots(
             1, len(vms), figsize=(4 * len(vms), 3.2), squeeze=False, sharey=True
@@ -98,14 +120,17 @@ def write_plots(out: Path, results: Sequence[RunResult]) -> list[Path]:
             for r in results:
                 s = r.series.get(vm)
                 if s and s["t_s"]:
-                    ax.plot(s["t_s"], s[key], label=r.policy)
+                    ax.plot(s["t_s"], _series(s, key), label=r.policy)
+            first = next((r.series[vm] for r in results if r.series.get(vm)), None)
+            if key == "fast_hit_ratio" and first and "oracle_hit" in first:
+                ax.plot(first["t_s"], first["oracle_hit"], "k--", lw=0.8)
             wl = next(
                 (row["workload"] for r in results for row in r.rows if row["vm"] == vm),
                 "",
             )
             ax.set_title(f"{vm} ({wl})")
             ax.set_xlabel("virtual time (s)")
-            ax.set_ylim(-0.02, 1.02)
+            ax.set_ylim(-0.02, 1.3 if key == "hit_vs_oracle" else 1.02)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(ylabel)
         axes[0][-1].legend(fontsize=8)

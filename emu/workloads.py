@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["WORKLOADS", "Workload", "make_workload"]
+__all__ = ["TRACE_PREFIX", "WORKLOADS", "Workload", "make_workload", "workload_pages"]
 
 _TABLE_BITS = 20
+TRACE_PREFIX = "trace:"
 _LINES_PER_PAGE = 64
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -63,6 +64,7 @@ class Workload:
     name = "workload"
     mlp = 4.0  # memory-level parallelism: independent misses in flight
     write_fraction = 0.1
+    prefault = True  # pages touched in address order at spawn (a load phase)
 
     def __init__(self, npages: int, seed: int = 0, stream_share: float = 0.0) -> None:
         if npages < 1024:
@@ -112,6 +114,15 @@ class Workload:
                 self.stream_share / len(self.streams) / st.length
             )
         return r
+
+    def last_writes(self) -> npt.NDArray[np.bool_] | None:
+        """Store flags of the last ``generate``'s accesses; None: use
+        ``write_fraction``."""
+        return None
+
+    def expected_counts(self, n: int) -> FloatArray:
+        """Expected accesses per page over the next ``n`` (the current phase)."""
+        return self.rates() * n
 
     def hot_set(self, n: int) -> IntArray:
         """The ``n`` pages with the highest expected access rate."""
@@ -275,8 +286,39 @@ WORKLOADS: dict[str, Callable[..., Workload]] = {
 }
 
 
-def make_workload(name: str, npages: int, seed: int = 0, **options: float) -> Workload:
-    """A workload by name; ``options`` go to its constructor (gups: hot_fraction)."""
+def make_workload(
+    name: str | Workload, npages: int = 0, seed: int = 0, **options: float
+) -> Workload:
+    """A workload from a spec; ``options`` go to its constructor (gups: hot_fraction).
+
+    The spec is a registered name (``npages`` is its footprint), ``trace:FILE``
+    (a recorded trace, :mod:`emu.trace`; its footprint is the trace's), or a
+    Workload instance, returned as it is.
+
+    Raises:
+        ValueError: unknown name, or a trace file that cannot be read.
+    """
+    if isinstance(name, Workload):
+        return name
+    if name.startswith(TRACE_PREFIX):
+        from emu.trace import TraceWorkload
+
+        try:
+            return TraceWorkload.from_file(name[len(TRACE_PREFIX) :], **options)
+        except OSError as err:
+            raise ValueError(f"workload {name!r}: {err}") from err
     if name not in WORKLOADS:
-        raise ValueError(f"workload {name!r} unknown; choose from {sorted(WORKLOADS)}")
+        raise ValueError(
+            f"workload {name!r} unknown; choose from {sorted(WORKLOADS)} "
+            f"or {TRACE_PREFIX}FILE"
+        )
     return WORKLOADS[name](npages, seed=seed, **options)
+
+
+def workload_pages(name: str | Workload, npages: int) -> int:
+    """The footprint of a spec: a trace's or instance's own, else ``npages``."""
+    if isinstance(name, Workload):
+        return name.npages
+    if name.startswith(TRACE_PREFIX):
+        return make_workload(name).npages
+    return npages

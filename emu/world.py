@@ -125,6 +125,11 @@ class EmuProcess:
     done_accesses: int = 0
     finished_at_s: float | None = None
     alive: bool = True
+    # accesses per page so far, per workload phase (the oracle's hindsight)
+    phase_counts: dict[int, I64] = field(default_factory=dict)
+    # node each page goes to at first touch (an mbind(2)-style policy); None:
+    # node 0 first, then node 1 (the Linux default)
+    preferred: npt.NDArray[np.int8] | None = None
     _tier_cache: npt.NDArray[np.int8] | None = None
 
     @property
@@ -389,9 +394,22 @@ class World:
         self._invalidate_tiers(vm)
 
     def _fault_in(self, vm: EmuVm, proc: EmuProcess, vpns: I64) -> None:
-        """First touch: allocate on node 0, fall back to node 1 (Linux default)."""
+        """First touch: allocate on node 0, fall back to node 1 (Linux default).
+
+        Pages with a preferred node (``proc.preferred``) go there first.
+        """
         vpns = vpns[proc.pt[vpns] < 0]
-        for node in (FAST, SLOW):
+        if proc.preferred is not None:
+            slow_first = proc.preferred[vpns] == SLOW
+            self._fault_in_order(vm, proc, vpns[~slow_first], (FAST, SLOW))
+            self._fault_in_order(vm, proc, vpns[slow_first], (SLOW, FAST))
+        else:
+            self._fault_in_order(vm, proc, vpns, (FAST, SLOW))
+
+    def _fault_in_order(
+        self, vm: EmuVm, proc: EmuProcess, vpns: I64, nodes: tuple[int, int]
+    ) -> None:
+        for node in nodes:
             if len(vpns) == 0:
                 break
             frames = self._free_frames(vm, node, len(vpns))
@@ -497,6 +515,11 @@ class World:
         n = min(max(fit, _MIN_CHUNK), _CHUNK, proc.target_accesses - proc.done_accesses)
         vpn = wl.generate(n)
         counts = np.bincount(vpn, minlength=proc.npages)
+        acc = proc.phase_counts.get(wl.phase)
+        if acc is None:
+            proc.phase_counts[wl.phase] = counts.astype(np.int64)
+        else:
+            acc += counts
         touched = counts > 0
         missing = touched & (proc.pt < 0)
         if missing.any():
@@ -541,7 +564,9 @@ class World:
         ):
             self._track(vm, proc, vpn, counts, tiers)
         if vm.track_ept_a or vm.track_pml:
-            self._track_host(vm, proc, vpn, touched, wl.write_fraction)
+            self._track_host(
+                vm, proc, vpn, touched, wl.write_fraction, wl.last_writes()
+            )
         vm.ns_per_access = (mem_ns + walk_ns) / cpus / n
         t_s = t_ns * 1e-9
         if proc.done_accesses >= proc.target_accesses:
@@ -603,15 +628,25 @@ class World:
             vm.ring_len += len(addr)
 
     def _track_host(
-        self, vm: EmuVm, proc: EmuProcess, vpn: I32, touched: BoolArray, wf: float
+        self,
+        vm: EmuVm,
+        proc: EmuProcess,
+        vpn: I32,
+        touched: BoolArray,
+        wf: float,
+        writes: BoolArray | None = None,
     ) -> None:
         gfn = proc.pt[touched]
         gfn = gfn[gfn >= 0]
         if vm.track_ept_a:
             vm.f.ept_a[gfn] = True
-        if vm.track_pml and wf > 0:
-            step = max(1, round(1 / wf))
-            w = np.unique(vpn[::step])
+        if vm.track_pml and (wf > 0 or writes is not None):
+            # recorded store flags where the workload has them, else sampled
+            w = (
+                np.unique(vpn[writes])
+                if writes is not None
+                else np.unique(vpn[:: max(1, round(1 / wf))])
+            )
             wg = proc.pt[w]
             wg = wg[wg >= 0]
             new = wg[~vm.f.ept_d[wg]]
@@ -785,6 +820,29 @@ class World:
         status[dup] = vm.node_of_frame(np.maximum(proc.pt[vpn[dup]], 0))
         self.oplog.append(("move_pages", vm_name, pid, node, len(ok)))
         return status
+
+    def place_free(self, vm_name: str, pid: int, fast: BoolArray) -> int:
+        """Oracle support: put the pages where ``fast`` is True on node 0, the rest
+        on node 1, at no cost (no migration time, no flush), now and at first touch.
+
+        Present pages on the wrong node are exchanged as far as free frames allow;
+        pages not yet present get ``fast`` as their preferred node. Returns the
+        present pages moved.
+        """
+        vm = self.vm(vm_name)
+        proc = self.process(vm_name, pid)
+        proc.preferred = np.where(fast, FAST, SLOW).astype(np.int8)
+        moved = 0
+        for node in (SLOW, FAST):  # free fast frames first
+            present = np.flatnonzero(proc.pt >= 0)
+            cur = vm.node_of_frame(proc.pt[present])
+            want = present[(cur != node) & (proc.preferred[present] == node)]
+            frames = self._free_frames(vm, node, len(want))
+            if len(frames):
+                self._remap(vm, proc, want[: len(frames)], frames)
+                moved += len(frames)
+        self.oplog.append(("place_free", vm_name, pid, moved))
+        return moved
 
     def _remap(self, vm: EmuVm, proc: EmuProcess, vpns: I64, frames: I64) -> None:
         old = proc.pt[vpns]

@@ -1,0 +1,227 @@
+"""Record a trace from a real program under valgrind's lackey (valgrind(1)).
+
+The program runs under ``valgrind --tool=lackey --trace-mem=yes
+--trace-syscalls=yes``; its log arrives on a pipe and is parsed, LLC-filtered
+and numbered block by block (:mod:`emu.trace`), so the raw stream is never held.
+Client commands (e.g. a benchmark driving a server) run one after the other,
+each starting a new phase; after the last one the program gets SIGTERM.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from emu.trace import (
+    KERNEL_WRITE_SYSCALLS,
+    LackeyParser,
+    LlcFilter,
+    PageNumbering,
+    Trace,
+    build_trace,
+)
+
+__all__ = ["RecordError", "record"]
+
+log = logging.getLogger(__name__)
+
+_BLOCK_BYTES = 1 << 20
+_POLL_S = 0.05
+
+
+class RecordError(RuntimeError):
+    """Recording failed: valgrind missing, the program or a client failed."""
+
+
+def _valgrind_version() -> str:
+    out = subprocess.run(
+        ["valgrind", "--version"], capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() or "valgrind"
+
+
+def _wait_port(port: int, timeout_s: float, stop: threading.Event) -> bool:
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout_s)
+    while not stop.is_set() and datetime.datetime.now() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return True
+        except OSError:
+            stop.wait(0.2)
+    return False
+
+
+class _Recorder:
+    def __init__(
+        self,
+        cache_bytes: int,
+        ways: int,
+        max_accesses: int | None,
+        marker_path: str | None,
+    ) -> None:
+        self.parser = LackeyParser(marker_path)
+        self.llc = LlcFilter(cache_bytes, ways)
+        self.numbering = PageNumbering()
+        self.chunks: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = []
+        self.misses = 0
+        self.marks: list[int] = []
+        self.max_accesses = max_accesses
+        self.mark_request = threading.Event()
+        self.mark_done = threading.Event()
+
+    def consume(self, data: bytes, final: bool = False) -> None:
+        blk = self.parser.feed(data) if not final else self.parser.finish()
+        if len(blk.addrs) == 0:
+            return
+        miss = self.llc.access(blk.addrs >> np.uint64(6))
+        self.marks += [self.misses + int(miss[:off].sum()) for off in blk.marks]
+        pages = self.numbering.number(blk.addrs[miss] >> np.uint64(12))
+        self.chunks.append((pages, blk.stores[miss]))
+        self.misses += len(pages)
+
+    @property
+    def full(self) -> bool:
+        return self.max_accesses is not None and (
+            self.parser.accesses >= self.max_accesses
+        )
+
+    def read_all(self, fd: int, proc: subprocess.Popen[bytes]) -> None:
+        """Read the log until EOF, taking phase marks when asked."""
+        while True:
+            ready, _, _ = select.select([fd], [], [], _POLL_S)
+            if ready:
+                data = os.read(fd, _BLOCK_BYTES)
+                if not data:
+                    break
+                self.consume(data)
+                if self.full and proc.poll() is None:
+                    log.warning("reached %d accesses, stopping", self.max_accesses)
+                    proc.kill()
+            elif self.mark_request.is_set():
+                # the pipe is empty: everything logged so far is before the mark
+                self.marks.append(self.misses)
+                self.mark_request.clear()
+                self.mark_done.set()
+        self.consume(b"", final=True)
+
+
+def record(
+    command: Sequence[str],
+    *,
+    cache_bytes: int = 8 << 20,
+    ways: int = 16,
+    clients: Sequence[str] = (),
+    wait_port: int | None = None,
+    wait_s: float = 120.0,
+    max_accesses: int | None = None,
+    marker_path: str | None = None,
+) -> Trace:
+    """Run ``command`` under lackey and return its LLC-miss trace.
+
+    ``clients`` are shell commands run in order once the program is up (after
+    ``wait_port`` accepts connections, if given); each starts a phase, and the
+    program is sent SIGTERM after the last. ``max_accesses`` stops the program
+    after that many recorded accesses. Each open(2) of ``marker_path`` by the
+    program also starts a phase (e.g. ``.read PATH`` in an sqlite3 script).
+
+    Raises:
+        RecordError: valgrind is missing, the port never opened, a client
+            failed, or the program made no accesses.
+    """
+    if shutil.which("valgrind") is None:
+        raise RecordError("valgrind not found; install it: apt-get install valgrind")
+    if not command:
+        raise RecordError("no command to record")
+    rec = _Recorder(cache_bytes, ways, max_accesses, marker_path)
+    r, w = os.pipe()
+    argv = [
+        "valgrind",
+        "--tool=lackey",
+        "--trace-mem=yes",
+        "--trace-syscalls=yes",
+        f"--log-fd={w}",
+        *command,
+    ]
+    log.info("recording: %s", shlex.join(argv))
+    try:
+        proc = subprocess.Popen(argv, pass_fds=(w,))
+    except OSError as err:
+        os.close(r)
+        os.close(w)
+        raise RecordError(f"cannot start valgrind: {err}") from err
+    os.close(w)
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def drive() -> None:
+        try:
+            if wait_port is not None and not _wait_port(wait_port, wait_s, stop):
+                failures.append(f"port {wait_port} did not open in {wait_s} s")
+                return
+            for cmd in clients:
+                rec.mark_done.clear()
+                rec.mark_request.set()
+                while not rec.mark_done.wait(_POLL_S):
+                    if stop.is_set():
+                        return
+                log.info("phase %d: %s", len(rec.marks), cmd)
+                done = subprocess.run(
+                    cmd, shell=True, stdout=subprocess.DEVNULL, check=False
+                )
+                if done.returncode != 0:
+                    failures.append(f"client {cmd!r} exited {done.returncode}")
+                    return
+        finally:
+            if clients and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    driver = threading.Thread(target=drive, name="trace-clients", daemon=True)
+    driver.start()
+    try:
+        rec.read_all(r, proc)
+    finally:
+        stop.set()
+        os.close(r)
+        status = proc.wait()
+        driver.join()
+    if failures:
+        raise RecordError("; ".join(failures))
+    if rec.misses == 0:
+        raise RecordError(
+            f"{shlex.join(command)} made no recorded accesses (exit status {status})"
+        )
+    meta: dict[str, object] = {
+        "program": command[0],
+        "argv": list(command),
+        "clients": list(clients),
+        "phase_marker_path": marker_path,
+        "exit_status": status,
+        "page_size": 4096,
+        "llc": {
+            "size_bytes": rec.llc.size_bytes,
+            "ways": rec.llc.ways,
+            "line_bytes": rec.llc.line_bytes,
+            "policy": "LRU",
+        },
+        "raw_accesses": rec.parser.accesses,
+        "kernel_write_bytes": rec.parser.kernel_bytes,
+        "kernel_writes": "buffers of "
+        + ", ".join(KERNEL_WRITE_SYSCALLS)
+        + " stored at syscall return",
+        "recorder": f"{_valgrind_version()} lackey --trace-mem=yes "
+        "--trace-syscalls=yes; instruction fetches left out",
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    return build_trace(rec.chunks, rec.numbering, rec.marks, meta)
