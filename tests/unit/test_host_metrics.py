@@ -111,8 +111,10 @@ def test_idle_connections_hold_no_thread_and_close_after_the_timeout() -> None:
     try:
         # A scrape is answered while all 200 are open, with no thread for any.
         assert _get(f"http://127.0.0.1:{srv.port}/metrics") == b"up 1\n"
-        assert srv.open_connections == 200
-        assert threading.active_count() == threads
+        # All 200 held; the scrape's own may not be dropped yet: the server
+        # closes it just after the send the client has already read.
+        assert srv.open_connections in (200, 201)
+        assert threading.active_count() <= threads  # none per connection
         assert all(_closed_by_server(s) for s in idle)
         assert timeout_s <= time.monotonic() - start < timeout_s + 5.0
         assert srv.open_connections == 0
