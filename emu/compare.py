@@ -22,7 +22,7 @@ from pathlib import Path
 
 from emu.evaluate import ROW_FIELDS, run_scenario
 from emu.params import PROFILES, Params
-from emu.policy import ORACLE_NAMES, POLICY_NAMES, VmSpec
+from emu.policy import ORACLE_NAMES, POLICY_NAMES, Policy, VmSpec
 from emu.workloads import TRACE_PREFIX, workload_pages
 from emu.world import PAGE_SIZE
 
@@ -241,10 +241,11 @@ def run_cell(cell: Cell) -> dict[str, object]:
     params = Params().with_profile(cell.profile)
     host_fast = host_slow = None
     if cell.scenario:
-        from emu.multitenant import SCENARIOS, make_scenario_policy
+        from emu.multitenant import SCENARIOS, HostShareProbe, make_scenario_policy
 
         scenario = SCENARIOS[cell.scenario]
-        policy = make_scenario_policy(cell.policy, scenario)
+        probe = HostShareProbe(make_scenario_policy(cell.policy, scenario))
+        policy: Policy = probe
         # all-fast is the limit: its host has DRAM for every VM's memory
         if cell.policy != "all-fast":
             host_fast = scenario.host_fast_bytes(cell.npages, params.block_bytes)
@@ -288,6 +289,7 @@ def run_cell(cell: Cell) -> dict[str, object]:
         from emu.multitenant import guest_channel_status
 
         out["guest_channels"] = guest_channel_status(policy)
+        out["host_shares"] = probe.series
     return out
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "SCENARIOS",
     "VARIANT_POLICIES",
     "BalloonPolicy",
+    "HostShareProbe",
     "LyingGuestBackend",
     "Scenario",
     "ShareInput",
@@ -421,22 +422,56 @@ def make_scenario_policy(name: str, scenario: Scenario) -> Policy:
 
 
 def guest_channel_status(policy: Policy) -> dict[str, object]:
-    """What the host agent's ``status()`` says of each VM at the end of a run:
-    its guest channel (messages, invalid, flags) plus ``fast_share_bytes``, the
-    share the host computed; {} without a host agent."""
+    """What the host agent's ``status()`` says of each VM's guest channel at the
+    end of a run (messages, invalid, flags); {} without a host agent."""
     from emu.hypertier_policy import HyperTierPolicy
 
+    if isinstance(policy, HostShareProbe):
+        policy = policy.inner
     if not isinstance(policy, HyperTierPolicy):
         return {}
     vms = policy.host_status().get("vms", {})
     assert isinstance(vms, Mapping)
-    return {
-        vm: {
-            **st.get("guest", {}),
-            "fast_share_bytes": st.get("tiers", {}).get("fast", {}).get("share_bytes"),
-        }
-        for vm, st in vms.items()
-    }
+    return {vm: dict(st.get("guest", {})) for vm, st in vms.items()}
+
+
+class HostShareProbe:
+    """Runs ``inner`` and, after each tick, records the fast share the host agent
+    computed for every VM (its ``status()``'s ``tiers.fast.share_bytes``).
+
+    ``series`` maps VM to ``t_s`` and ``fast_share_bytes``; empty when ``inner``
+    has no host agent or its status gives no share.
+    """
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.series: dict[str, dict[str, list[float]]] = {}
+
+    def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
+        return self.inner.adjust(specs)
+
+    def attach(self, world: World, pids: Mapping[str, int]) -> None:
+        self.inner.attach(world, pids)
+
+    def tick(self, world: World, epoch_s: float) -> None:
+        from emu.hypertier_policy import HyperTierPolicy
+
+        self.inner.tick(world, epoch_s)
+        if not isinstance(self.inner, HyperTierPolicy):
+            return
+        vms = self.inner.host_status().get("vms", {})
+        assert isinstance(vms, Mapping)
+        now = world.clock.monotonic()
+        for vm, st in vms.items():
+            share = st.get("tiers", {}).get("fast", {}).get("share_bytes")
+            if isinstance(share, int | float):
+                ser = self.series.setdefault(vm, {"t_s": [], "fast_share_bytes": []})
+                ser["t_s"].append(round(now, 6))
+                ser["fast_share_bytes"].append(float(share))
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 # ------------------------------------------------------------------- analysis
@@ -469,8 +504,9 @@ def tenant_rows(
     ``vs_all_fast`` (elapsed / all-fast's), ``fast_hit_ratio`` (whole run) and
     ``hit_ss`` (mean per-epoch hit ratio over the last half), what the host
     agent counted on the VM's channel (``channel_messages``, ``channel_invalid``,
-    ``channel_implausible``) and the fast share it computed at the end of the run
-    (``host_share_bytes``); None where it does not say.
+    ``channel_implausible``) and the mean fast share it computed over the last
+    half of the VM's run (``host_share_bytes``, from the cell's ``host_shares``);
+    None where it does not say.
     """
     specs = scenario.specs(npages, accesses, block_bytes)
     shares = scenario_shares(scenario, npages, block_bytes, cfg)
@@ -525,13 +561,30 @@ def tenant_rows(
                     "channel_implausible": channels.get(vm, {}).get(
                         "implausible_reports"
                     ),
-                    "host_share_bytes": channels.get(vm, {}).get("fast_share_bytes"),
+                    "host_share_bytes": _host_share(r, vm, ser.get("t_s", [])),
                 }
             )
     order = {vm.name: i for i, vm in enumerate(scenario.vms)}
     pols = {p: i for i, p in enumerate(scenario.policies)}
     out.sort(key=lambda x: (order[str(x["vm"])], pols.get(str(x["policy"]), 99)))
     return out
+
+
+def _host_share(
+    result: Mapping[str, object], vm: str, t_s: Sequence[float]
+) -> int | None:
+    shares = result.get("host_shares", {})
+    assert isinstance(shares, Mapping)
+    ser = shares.get(vm)
+    if not ser or not t_s:
+        return None
+    lo, hi = t_s[len(t_s) // 2], t_s[-1]
+    got = [
+        b
+        for t, b in zip(ser["t_s"], ser["fast_share_bytes"], strict=True)
+        if lo <= t <= hi
+    ]
+    return round(sum(got) / len(got)) if got else None
 
 
 def _round(v: float | None, nd: int = 4) -> float | None:
@@ -653,8 +706,8 @@ def format_report(
         "allotment in MiB (mean over the last half of each VM's run; balloon: host "
         "fast memory backing the VM) and % of the documented share; elapsed / "
         f"all-fast; hit = fast-tier hit ratio over the run; block = {blk:g} MiB; "
-        "host_share = the share the host agent computed at the end of the "
-        "hypertier run",
+        "host_share = the share the host agent computed in the hypertier run "
+        "(mean over the same last half)",
         "",
     ]
     heads = ["vm", "class", "hot_mib", "share_mib", "share_blk"]

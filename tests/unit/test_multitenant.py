@@ -311,6 +311,11 @@ def test_small_preset_writes_per_vm_rows_liar_summary_and_allotment_plot(
     }  # fmt: skip
     assert len(rows) == 4 * 8
     assert all(r["share_bytes"] > 0 for r in rows)
+    assert all(
+        isinstance(r["host_share_bytes"], int)
+        for r in rows
+        if r["policy"] == "hypertier"
+    )
     assert doc["tenants"]["tenants/cxl"]["liar"]["hypertier-liar"]["liar"] == (
         "bronze-small"
     )
@@ -327,7 +332,12 @@ def test_scenario_cells_run_the_variants_by_name() -> None:
     channels = out["guest_channels"]  # the host agent's view of each VM
     assert isinstance(channels, dict)
     assert set(channels) == {v.name for v in SCENARIOS["tenants"].vms}
-    assert all("fast_share_bytes" in c and "invalid" in c for c in channels.values())
+    assert all("invalid" in c for c in channels.values())
+    shares = out["host_shares"]  # the host agent's share of each VM, per tick
+    assert isinstance(shares, dict)
+    assert shares
+    for ser in shares.values():
+        assert len(ser["t_s"]) == len(ser["fast_share_bytes"]) > 0
 
 
 @pytest.mark.parametrize(
