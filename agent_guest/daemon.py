@@ -39,6 +39,8 @@ __all__ = ["VERSION", "Daemon", "NodeRoles", "node_roles", "pick_targets"]
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
+# A hello unanswered for this many report intervals was lost (see _host_hello).
+_HELLO_ANSWER_INTERVALS = 4
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class Daemon:
         self._hello_sent = False
         self._hellos = 0  # hellos this process sent
         self._hello_s = -math.inf  # when the last one went out
+        self._awaiting_answer = False  # a hello of ours the host has not answered
         self._channel_down = False
         self._informed_epochs = 0  # epochs in which samples arrived
         self.counters = _Counters()
@@ -386,10 +389,9 @@ class Daemon:
     def _handle_channel(self) -> None:
         """Say hello (again, if needed) and take the host's messages.
 
-        The host answers a hello with its own. A host hello that is no answer
-        (none within ``guest.report_interval_s`` of ours) means a host daemon
-        that does not know this agent (it restarted): the agent says hello
-        again, at most once per report interval, so two agents never ping-pong.
+        The host answers a hello with its own. A host hello that answers none
+        of ours means a host daemon that does not know this agent (it
+        restarted): the agent says hello again (see :meth:`_host_hello`).
         """
         if Capability.HOST_CHANNEL not in self._backend.capabilities():
             return
@@ -484,12 +486,28 @@ class Daemon:
         # which would otherwise swallow this hello.
         if self._send(wire.Hello("hypertier-guest", VERSION), newline=not self._hellos):
             self._hello_sent = True
+            self._awaiting_answer = True
             self._hellos += 1
             self._hello_s = self._clock.monotonic()
 
     def _host_hello(self) -> None:
-        if self._clock.monotonic() - self._hello_s <= self._cfg.guest.report_interval_s:
-            return  # the answer to our hello
+        """A host hello: the answer to ours, or a new host daemon asking for one.
+
+        The first host hello after ours is its answer, however late it comes
+        (a host that was not running yet, a slow guest). One that comes unasked
+        gets a hello back, at most once per ``guest.report_interval_s``. An
+        answer never gets one, so the exchange cannot loop; a hello of ours that
+        was lost (no answer within ``_HELLO_ANSWER_INTERVALS`` report
+        intervals) stops waiting for one, so the host's next request works.
+        """
+        interval = self._cfg.guest.report_interval_s
+        since = self._clock.monotonic() - self._hello_s
+        if self._awaiting_answer and since <= _HELLO_ANSWER_INTERVALS * interval:
+            self._awaiting_answer = False
+            return
+        self._awaiting_answer = False
+        if since < interval:
+            return  # said hello moments ago; the host asks again if it must
         log.info("host agent said hello unasked (it restarted): saying hello again")
         self._hello_sent = False  # retried every tick until it goes out
         self._say_hello()

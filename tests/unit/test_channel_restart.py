@@ -230,3 +230,30 @@ def test_new_channel_connection_drops_the_partial_line() -> None:
     rig.run(int(2 * REPORT_INTERVAL_S))
     assert rig.seq() > seq
     assert chan.invalid == 0
+
+
+def test_host_agent_started_late_answers_without_a_hello_round() -> None:
+    """The guest's hello waits in the channel until the host agent starts; the
+    host's hello then is its answer, not a request."""
+    rig = _Rig()
+    for _ in range(15):  # 15 s of guest agent alone (under 4 report intervals)
+        rig.clock.advance(1.0)
+        rig.guest.tick()
+    rig.run(60)
+    assert rig.host._vms[VM].channel.sessions == 1
+    assert rig.host_backend.hellos_sent() == 1
+    assert _allots(rig.guest) > 0
+
+
+def test_guest_hello_lost_long_ago_does_not_swallow_a_host_request() -> None:
+    rig = _Rig()
+    for _ in range(60):  # the guest's hello is never read: lost
+        rig.clock.advance(1.0)
+        rig.guest.tick()
+    rig.world.vm(VM).to_host.clear()
+    took = rig.run_until(
+        lambda: rig.host._vms.get(VM) is not None and _allots(rig.guest) > 0,
+        2 * REPORT_INTERVAL_S,
+    )
+    assert took <= 2 * REPORT_INTERVAL_S
+    assert rig.host._vms[VM].channel.sessions == 1
