@@ -650,7 +650,8 @@ def main(args: argparse.Namespace) -> int:
         **({"tenants": tenants} if matrix.scenarios else {}),
         "series": [
             {"cell": r["cell"], "wall_s": round(float(str(r["wall_s"])), 3),
-             "virtual_s": r["virtual_s"], "series": r["series"]}
+             "virtual_s": r["virtual_s"], "series": r["series"],
+             **{k: r[k] for k in ("guest_channels", "host_shares") if k in r}}
             for r in results
         ],
     }  # fmt: skip

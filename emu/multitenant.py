@@ -481,11 +481,21 @@ def _series_key(policy: str) -> str:
     return "fast_host_bytes" if policy == "balloon" else "fast_plugged_bytes"
 
 
-def _last_half_mean(values: Sequence[float]) -> float | None:
-    if not values:
-        return None
-    tail = values[len(values) // 2 :]
-    return sum(tail) / len(tail)
+def _steady_window(
+    series: Mapping[str, Mapping[str, Sequence[float]]],
+) -> tuple[float, float]:
+    """The steady state of a run: the second half of the time every VM ran (up
+    to the first VM's last sample; after that the contention is another one)."""
+    ends = [ser["t_s"][-1] for ser in series.values() if ser.get("t_s")]
+    end = min(ends, default=0.0)
+    return end / 2, end
+
+
+def _window_mean(
+    t_s: Sequence[float], values: Sequence[float], window: tuple[float, float]
+) -> float | None:
+    got = [v for t, v in zip(t_s, values, strict=False) if window[0] <= t <= window[1]]
+    return sum(got) / len(got) if got else None
 
 
 def tenant_rows(
@@ -499,14 +509,14 @@ def tenant_rows(
     """One row per (VM, policy) of ``scenario``'s cells (run_cell outputs).
 
     Fields: ``scenario``, ``vm``, ``class``, ``weight``, ``hot_bytes``,
-    ``share_bytes`` (documented), ``policy``, ``fast_bytes`` (steady state: mean
-    over the last half of the VM's run), ``share_pct``, ``elapsed_s``,
-    ``vs_all_fast`` (elapsed / all-fast's), ``fast_hit_ratio`` (whole run) and
-    ``hit_ss`` (mean per-epoch hit ratio over the last half), what the host
-    agent counted on the VM's channel (``channel_messages``, ``channel_invalid``,
-    ``channel_implausible``) and the mean fast share it computed over the last
-    half of the VM's run (``host_share_bytes``, from the cell's ``host_shares``);
-    None where it does not say.
+    ``share_bytes`` (documented), ``policy``, ``fast_bytes`` (steady state: the
+    mean over the second half of the time every VM of the cell ran),
+    ``share_pct``, ``elapsed_s``, ``vs_all_fast`` (elapsed / all-fast's),
+    ``fast_hit_ratio`` (whole run), ``hit_ss`` (mean per-epoch hit ratio, steady
+    state), what the host agent counted on the VM's channel
+    (``channel_messages``, ``channel_invalid``, ``channel_implausible``) and its
+    ``share_bytes`` for the VM (``host_share_bytes``, steady state, from the
+    cell's ``host_shares``); None where it does not say.
     """
     specs = scenario.specs(npages, accesses, block_bytes)
     shares = scenario_shares(scenario, npages, block_bytes, cfg)
@@ -526,11 +536,13 @@ def tenant_rows(
         channels = r.get("guest_channels", {})
         assert isinstance(series, Mapping)
         assert isinstance(channels, Mapping)
+        window = _steady_window(series)
         for row in _rows(r):
             vm = str(row["vm"])
             spec, share = by_vm[vm]
             ser = series.get(vm, {})
-            fast = _last_half_mean(ser.get(_series_key(policy), []))
+            t_s = ser.get("t_s", [])
+            fast = _window_mean(t_s, ser.get(_series_key(policy), []), window)
             e = row.get("elapsed_s")
             base = all_fast.get(vm)
             out.append(
@@ -555,13 +567,15 @@ def tenant_rows(
                     if isinstance(e, int | float) and base
                     else None,
                     "fast_hit_ratio": row.get("fast_hit_ratio"),
-                    "hit_ss": _round(_last_half_mean(ser.get("fast_hit_ratio", []))),
+                    "hit_ss": _round(
+                        _window_mean(t_s, ser.get("fast_hit_ratio", []), window)
+                    ),
                     "channel_messages": channels.get(vm, {}).get("messages"),
                     "channel_invalid": channels.get(vm, {}).get("invalid"),
                     "channel_implausible": channels.get(vm, {}).get(
                         "implausible_reports"
                     ),
-                    "host_share_bytes": _host_share(r, vm, ser.get("t_s", [])),
+                    "host_share_bytes": _host_share(r, vm, window),
                 }
             )
     order = {vm.name: i for i, vm in enumerate(scenario.vms)}
@@ -571,20 +585,13 @@ def tenant_rows(
 
 
 def _host_share(
-    result: Mapping[str, object], vm: str, t_s: Sequence[float]
+    result: Mapping[str, object], vm: str, window: tuple[float, float]
 ) -> int | None:
     shares = result.get("host_shares", {})
     assert isinstance(shares, Mapping)
     ser = shares.get(vm)
-    if not ser or not t_s:
-        return None
-    lo, hi = t_s[len(t_s) // 2], t_s[-1]
-    got = [
-        b
-        for t, b in zip(ser["t_s"], ser["fast_share_bytes"], strict=True)
-        if lo <= t <= hi
-    ]
-    return round(sum(got) / len(got)) if got else None
+    mean = _window_mean(ser["t_s"], ser["fast_share_bytes"], window) if ser else None
+    return None if mean is None else round(mean)
 
 
 def _round(v: float | None, nd: int = 4) -> float | None:
@@ -703,11 +710,12 @@ def format_report(
     blk = block_bytes / MIB
     out = [
         f"scenario {scenario.name}: {len(vms)} VMs; fast = steady-state fast "
-        "allotment in MiB (mean over the last half of each VM's run; balloon: host "
-        "fast memory backing the VM) and % of the documented share; elapsed / "
+        "allotment in MiB (mean over the second half of the time all VMs ran; "
+        "balloon: host fast memory backing the VM) and % of the documented share; "
+        "elapsed / "
         f"all-fast; hit = fast-tier hit ratio over the run; block = {blk:g} MiB; "
-        "host_share = the share the host agent computed in the hypertier run "
-        "(mean over the same last half)",
+        "host_share = the host agent's share_bytes in the hypertier run (its split "
+        "if every VM wanted its whole limit; mean over the same window)",
         "",
     ]
     heads = ["vm", "class", "hot_mib", "share_mib", "share_blk"]
