@@ -162,3 +162,11 @@ def test_host_kvm_stats_reported(report: dict[str, Any]) -> None:
 
 def test_whole_run_fits_in_fifteen_minutes(report: dict[str, Any]) -> None:
     assert report["total_s"] <= 15 * 60
+
+
+@pytest.mark.parametrize("which", ["guest_agent_kill9", "host_agent_restart"])
+def test_channel_is_back_after_a_restart(report: dict[str, Any], which: str) -> None:
+    """Reports accepted and the allotment received again after each restart."""
+    step = _need(report, "restarts")[which]
+    assert step["report_accepted_s"] is not None, step
+    assert step["allot_received_s"] is not None, step

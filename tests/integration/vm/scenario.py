@@ -81,6 +81,12 @@ class ScenarioConfig:
     # rightly parks everything on the slow node.)
     squeeze_fast_mib: int = 160
     squeeze_timeout_s: float = 180.0
+    # After `kill -9` of the guest agent (started again at once) and after a
+    # restart of `hypertier-host`: the host must accept the agent's reports and
+    # the agent receive its allotment within this. The guest agent's Python
+    # start-up under TCG and its first full history window (4 epochs of 2 s)
+    # come before its first report.
+    restart_timeout_s: float = 120.0
     keep_vm: bool = False
 
 
@@ -210,6 +216,7 @@ class Scenario:
         self._step("convergence", self.convergence)
         self._step("host_agent_resizes", self.host_agent_resizes)
         self._step("squeeze", self.squeeze)
+        self._step("restarts", self.restarts)
         self._step("workload_stop", self.stop_workload)
         self._step("agents_stop", self.stop_agents)
         r["tlb_flush"] = self._step("tlb_trace_read", self.tlb_trace_read)
@@ -367,8 +374,13 @@ class Scenario:
                 "host_agent", f"hypertier-host config check failed: {check.stderr}"
             )
             return
+        self._launch_host_agent(cfg)
+
+    def _launch_host_agent(self, cfg: Path) -> None:
+        """Start `hypertier-host run`; return once its status lists the VM."""
+        assert self.vm is not None
         log_path = self.vm.run_dir / "host-agent.log"
-        with log_path.open("wb") as out:
+        with log_path.open("ab") as out:
             self.host_agent = subprocess.Popen(
                 [sys.executable, "-m", "agent_host", "-v", "run", "-c", str(cfg)],
                 stdout=out,
@@ -540,6 +552,103 @@ class Scenario:
                 break
             time.sleep(1.0)
         return status
+
+    # -- restarts ------------------------------------------------------------
+
+    def _host_guest_view(self) -> dict[str, Any]:
+        """The ``guest`` part of the host agent's status for the VM ({} if none)."""
+        assert self.vm is not None
+        cfg = str(self.vm.run_dir / "host.toml")
+        done = self._host_cli("status", "-c", cfg, "--json")
+        if done.returncode != 0:
+            return {}
+        view: dict[str, Any] = json.loads(done.stdout)["vms"][self.cfg.shape.name]
+        return dict(view["guest"])
+
+    def _guest_allots(self) -> int | None:
+        """``allots_received`` of the running guest agent, None if it does not
+        answer yet. Asked over its control socket with the guest's bare python3:
+        `hypertier-guest status` imports numpy, tens of seconds under TCG."""
+        out = self.link.sh(
+            "python3 -c 'import json,socket; s=socket.socket(socket.AF_UNIX); "
+            's.settimeout(5); s.connect("/run/hypertier/guest.sock"); '
+            's.sendall(b"{\\"method\\": \\"status\\"}\\n"); '
+            "print(s.makefile().readline())'",
+            timeout_s=30,
+            check=False,
+        )
+        try:
+            n = json.loads(out)["result"]["allots_received"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return int(n)
+
+    def _await_channel(self, since: float, allots_before: int) -> dict[str, Any]:
+        """Poll until the host shows the guest connected with a report received
+        after ``since`` and the agent has received more than ``allots_before``
+        allotments; seconds from ``since`` (to the poll that saw it)."""
+        deadline = since + self.cfg.restart_timeout_s
+        report_s = allot_s = up_s = None
+        host: dict[str, Any] = {}
+        allots: int | None = None
+        while time.monotonic() < deadline and (report_s is None or allot_s is None):
+            asked = time.monotonic()
+            host = self._host_guest_view()
+            age = host.get("report_age_s")
+            if (
+                report_s is None
+                and host.get("connected")
+                and age is not None
+                and asked - age > since
+            ):
+                report_s = round(asked - since, 1)
+            if allot_s is None:
+                allots = self._guest_allots()
+                if up_s is None and allots is not None:
+                    up_s = round(time.monotonic() - since, 1)
+                if allots is not None and allots > allots_before:
+                    allot_s = round(time.monotonic() - since, 1)
+            time.sleep(0.5)
+        return {
+            "report_accepted_s": report_s,
+            "allot_received_s": allot_s,
+            # The guest agent's control socket answered (its start-up time).
+            "guest_agent_answering_s": up_s,
+            "host_view": host,
+            "allots_received": allots,
+        }
+
+    def restarts(self) -> None:
+        """kill -9 the guest agent and start it again; then restart the host agent.
+
+        Both times the channel must be back (the host accepts reports, the
+        agent receives its allotment) within ``restart_timeout_s``.
+        """
+        assert self.vm is not None
+        if self.host_agent is None or self.agent_pid is None:
+            self.skip("restarts", "needs both agents running (see host_agent)")
+            return
+        out: dict[str, Any] = {}
+        self.link.sh(f"kill -KILL {self.agent_pid}", check=False)
+        self.link.wait(self.agent_pid, 30)
+        t0 = time.monotonic()
+        self.agent_pid = self.link.spawn(
+            f"exec hypertier-guest -v run -c {GUEST_CONFIG}", "/tmp/agent.log"
+        )
+        out["guest_agent_kill9"] = self._await_channel(t0, 0)
+        before = self._guest_allots() or 0
+        self.host_agent.terminate()
+        self.host_agent.wait(30)
+        t0 = time.monotonic()
+        self._launch_host_agent(self.vm.run_dir / "host.toml")
+        out["host_agent_restart"] = self._await_channel(t0, before)
+        self.report["restarts"] = out
+        for name, step in out.items():
+            self.say(
+                f"[vm] {name}: reports accepted after {step['report_accepted_s']} s, "
+                f"allotment received after {step['allot_received_s']} s "
+                f"(guest agent answering after {step['guest_agent_answering_s']} s)"
+            )
 
     def stop_agents(self) -> None:
         if self.agent_pid is not None:
