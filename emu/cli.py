@@ -70,8 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in args_list if not a.startswith("-")), None)
     if not args_list or (
-        args_list[0].startswith("-") and args_list[0] not in ("-h", "--help")
+        args_list[0].startswith("-")
+        and args_list[0] not in ("-h", "--help")
+        and first not in SUBCOMMANDS  # "hypertier -v trace ..." keeps its command
     ):
         args_list.insert(0, "run")
     parser = build_parser()

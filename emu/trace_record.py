@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _BLOCK_BYTES = 1 << 20
 _POLL_S = 0.05
+_REPORT_EVERY = 10_000_000  # accesses between progress lines (INFO)
 
 
 class RecordError(RuntimeError):
@@ -105,7 +106,15 @@ class _Recorder:
                 data = os.read(fd, _BLOCK_BYTES)
                 if not data:
                     break
+                before = self.parser.accesses
                 self.consume(data)
+                if before // _REPORT_EVERY != self.parser.accesses // _REPORT_EVERY:
+                    log.info(
+                        "%d accesses, %d misses, %d pages so far",
+                        self.parser.accesses,
+                        self.misses,
+                        self.numbering.count,
+                    )
                 if self.full and proc.poll() is None:
                     log.warning("reached %d accesses, stopping", self.max_accesses)
                     proc.kill()
