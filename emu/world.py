@@ -997,6 +997,13 @@ class World:
                     f"host node {hn.node}: {hn.used_pages} pages accounted, "
                     f"{host_used[hn.node]} backed"
                 )
+            if hn.used_pages > hn.capacity_pages:
+                # A full node spills to the other; when both are full the
+                # emulated host is overcommitted (a real one would OOM).
+                raise InvariantError(
+                    f"host node {hn.node}: {hn.used_pages} pages backed, "
+                    f"capacity {hn.capacity_pages}"
+                )
 
 
 def _round_up(n: int, blk: int) -> int:
