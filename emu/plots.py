@@ -102,7 +102,8 @@ def write_plots(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        path = out / f"hit_{wl}_{profile}_{ratio}_{vms}vm.png"
+        name = str(wl).replace("trace:", "trace-").replace("/", "_")  # a file path
+        path = out / f"hit_{name}_{profile}_{ratio}_{vms}vm.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)

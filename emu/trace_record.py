@@ -9,6 +9,7 @@ each starting a new phase; after the last one the program gets SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -64,6 +65,12 @@ def _wait_port(port: int, timeout_s: float, stop: threading.Event) -> bool:
     return False
 
 
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal the program and every process it started (its own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
 class _Recorder:
     def __init__(
         self,
@@ -117,7 +124,11 @@ class _Recorder:
                     )
                 if self.full and proc.poll() is None:
                     log.warning("reached %d accesses, stopping", self.max_accesses)
-                    proc.kill()
+                    _signal_group(proc, signal.SIGKILL)
+            elif proc.poll() is not None:
+                # the program is gone; untraced children it left (valgrind does
+                # not follow them) may still hold the log pipe open
+                _signal_group(proc, signal.SIGKILL)
             elif self.mark_request.is_set():
                 # the pipe is empty: everything logged so far is before the mark
                 self.marks.append(self.misses)
@@ -165,7 +176,7 @@ def record(
     ]
     log.info("recording: %s", shlex.join(argv))
     try:
-        proc = subprocess.Popen(argv, pass_fds=(w,))
+        proc = subprocess.Popen(argv, pass_fds=(w,), start_new_session=True)
     except OSError as err:
         os.close(r)
         os.close(w)
@@ -194,12 +205,15 @@ def record(
                     return
         finally:
             if clients and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                _signal_group(proc, signal.SIGTERM)
 
     driver = threading.Thread(target=drive, name="trace-clients", daemon=True)
     driver.start()
     try:
         rec.read_all(r, proc)
+    except BaseException:
+        _signal_group(proc, signal.SIGKILL)
+        raise
     finally:
         stop.set()
         os.close(r)

@@ -1,0 +1,361 @@
+"""Recorded traces: the LLC filter, the lackey parser, the file format, replay."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emu.baselines import make_policy
+from emu.evaluate import run_scenario
+from emu.policy import VmSpec
+from emu.trace import (
+    LackeyParser,
+    LlcFilter,
+    PageNumbering,
+    Trace,
+    TraceWorkload,
+    load_trace,
+)
+from emu.workloads import make_workload
+from emu.world import FAST, PAGE_SIZE, World
+
+MIB = 1 << 20
+TRACES = Path(__file__).parents[1] / "data" / "traces"
+
+
+def _lru_misses(lines: list[int], nsets: int, ways: int) -> list[bool]:
+    """Brute force: one OrderedDict per set, most recent last."""
+    sets: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(nsets)]
+    out = []
+    for x in lines:
+        s = sets[x % nsets]
+        if x in s:
+            s.move_to_end(x)
+            out.append(False)
+        else:
+            out.append(True)
+            s[x] = None
+            if len(s) > ways:
+                s.popitem(last=False)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.integers(0, 40), min_size=1, max_size=300),
+    nsets=st.sampled_from([1, 2, 4, 3]),
+    ways=st.integers(1, 4),
+    cuts=st.lists(st.integers(0, 300), max_size=4),
+)
+def test_llc_filter_matches_brute_force_lru(
+    lines: list[int], nsets: int, ways: int, cuts: list[int]
+) -> None:
+    llc = LlcFilter(nsets * ways * 64, ways=ways)
+    bounds = sorted({0, len(lines), *[c for c in cuts if c < len(lines)]})
+    got = np.concatenate(
+        [
+            llc.access(np.array(lines[a:b], np.int64))
+            for a, b in itertools.pairwise(bounds)
+        ]
+    )
+    assert got.tolist() == _lru_misses(lines, nsets, ways)
+
+
+def test_llc_filter_keeps_a_working_set_that_fits() -> None:
+    llc = LlcFilter(MIB, ways=16)
+    lines = np.tile(np.arange(1000), 5)
+    assert int(llc.access(lines).sum()) == 1000
+
+
+def test_page_numbering_is_first_touch_order_across_chunks() -> None:
+    num = PageNumbering()
+    a = num.number(np.array([50, 7, 50, 9], np.uint64))
+    b = num.number(np.array([9, 3, 7, 100], np.uint64))
+    assert a.tolist() == [0, 1, 0, 2]
+    assert b.tolist() == [2, 3, 1, 4]
+    assert num.all_pages().tolist() == [50, 7, 9, 3, 100]
+
+
+LOG = b"""==1== Lackey, an example Valgrind tool
+I  04001000,3
+ L 1ffefff8a0,8
+ S 0000402000,4
+SYSCALL[1,1](0) sys_read ( 3, 0x405000, 4096 ) --> [async] ...
+SYSCALL[1,1](0) ... [async] --> Success(0x80)
+ M 0000402010,4
+SYSCALL[1,1](257) sys_openat ( 4294967196, 0x4034bb0(/dev/null), 0 ) --> [async] ...
+SYSCALL[1,1](17) sys_pread64 ( 4, 0x407000, 64, 0 )[sync] --> Success(0x40)
+ L 0000403000,8
+"""
+
+
+@pytest.mark.parametrize("split", [5, 37, 100, len(LOG)], ids=lambda n: f"split{n}")
+def test_lackey_parser_reads_accesses_kernel_writes_and_marks(split: int) -> None:
+    p = LackeyParser(marker_path="/dev/null")
+    blocks = [p.feed(LOG[:split]), p.feed(LOG[split:]), p.finish()]
+    addrs = np.concatenate([b.addrs for b in blocks]).tolist()
+    stores = np.concatenate([b.stores for b in blocks]).tolist()
+    assert addrs == [
+        0x1FFEFFF8A0,
+        0x402000,
+        0x405000,  # read(2) of 0x80 bytes: two lines the kernel wrote
+        0x405040,
+        0x402010,
+        0x407000,  # pread64(2) of one line
+        0x403000,
+    ]
+    assert stores == [False, True, True, True, True, True, False]
+    offsets = [sum(len(b.addrs) for b in blocks[:i]) + m for i, b in
+               enumerate(blocks) for m in b.marks]  # fmt: skip
+    assert offsets == [5]
+    assert p.kernel_bytes == 3 * 64
+
+
+def _trace(n: int = 50_000, npages: int = 2048, phases: bool = True) -> Trace:
+    rng = np.random.default_rng(3)
+    # first-touch order: page i first appears before page i + 1
+    acc = np.concatenate([np.arange(npages), rng.integers(0, npages // 4, n)])
+    return Trace(
+        pages=np.arange(npages, dtype=np.uint64) + 1000,
+        accesses=acc.astype(np.uint32),
+        writes=rng.random(len(acc)) < 0.3,
+        phases=np.array([npages], np.int64) if phases else np.empty(0, np.int64),
+        meta={"program": "synthetic"},
+    )
+
+
+def test_trace_file_round_trip(tmp_path: Path) -> None:
+    tr = _trace()
+    tr.save(tmp_path / "t.npz")
+    back = load_trace(tmp_path / "t.npz")
+    assert np.array_equal(back.pages, tr.pages)
+    assert np.array_equal(back.accesses, tr.accesses)
+    assert back.writes is not None
+    assert tr.writes is not None
+    assert np.array_equal(back.writes, tr.writes)
+    assert back.phases.tolist() == tr.phases.tolist()
+    assert back.meta["program"] == "synthetic"
+
+
+def test_trace_rejects_a_file_of_another_format(tmp_path: Path) -> None:
+    np.savez(tmp_path / "x.npz", a=np.arange(3))
+    with pytest.raises(ValueError, match="not a hypertier-trace"):
+        load_trace(tmp_path / "x.npz")
+
+
+def test_replay_follows_recorded_order_and_wraps() -> None:
+    tr = _trace(n=100)
+    wl = TraceWorkload(tr)
+    n = len(tr.accesses)
+    first = wl.generate(n - 10)
+    rest = wl.generate(20)
+    assert first.tolist() == tr.accesses[: n - 10].tolist()
+    assert rest.tolist() == [*tr.accesses[n - 10 :], *tr.accesses[:10]]
+    assert wl.phase == 0  # wrapped into the first phase again
+
+
+def test_replay_reports_the_phase_and_store_flags() -> None:
+    tr = _trace()
+    wl = TraceWorkload(tr)
+    wl.generate(100)
+    assert wl.phase == 0
+    wl.generate(tr.npages)
+    assert wl.phase == 1
+    w = wl.last_writes()
+    assert w is not None
+    assert tr.writes is not None
+    assert w.tolist() == tr.writes[100 : 100 + tr.npages].tolist()
+
+
+def test_trace_pages_are_allocated_at_first_touch_in_order() -> None:
+    tr = _trace()
+    world = World(64 * MIB, 256 * MIB)
+    world.add_vm("vm", 2, 4 * MIB, 16 * MIB)
+    wl = TraceWorkload(tr)
+    pid = world.spawn("vm", wl, 10**9, prefault=wl.prefault)
+    proc = world.process("vm", pid)
+    assert not (proc.pt >= 0).any()
+    world.clock.advance(1e-5)
+    present = np.flatnonzero(proc.pt >= 0)
+    assert present.tolist() == list(range(len(present)))
+    # first touch fills the fast node with the pages touched first
+    tiers = world.page_tiers("vm", pid)
+    fast = np.flatnonzero(tiers == FAST)
+    assert fast.tolist() == list(range(len(fast)))
+
+
+def test_recorded_store_flags_drive_dirty_logging() -> None:
+    n = 2048
+    acc = np.tile(np.arange(n), 20).astype(np.uint32)
+    writes = (acc % 2 == 0) & (acc < 100)
+    tr = Trace(np.arange(n, dtype=np.uint64), acc, writes)
+    world = World(64 * MIB, 256 * MIB)
+    world.add_vm("vm", 2, 8 * MIB, 16 * MIB)
+    pid = world.spawn("vm", TraceWorkload(tr), 10**9)
+    world.pml_drain("vm")
+    world.clock.advance(1e-3)
+    proc = world.process("vm", pid)
+    logged = set(world.pml_drain("vm").tolist())
+    assert logged == set(proc.pt[np.arange(0, 100, 2)].tolist())
+
+
+def _trace_specs(tmp_path: Path, fast_fraction: float = 0.25) -> list[VmSpec]:
+    tr = _trace(n=400_000)
+    tr.save(tmp_path / "t.npz")
+    fast = int(tr.npages * PAGE_SIZE * fast_fraction)
+    spec = f"trace:{tmp_path / 't.npz'}"
+    return [VmSpec("vm1", spec, tr.npages, fast, tr.npages * PAGE_SIZE, 2, 800_000)]
+
+
+@pytest.mark.parametrize("policy", ["none", "memtis"])
+def test_trace_replay_is_deterministic(tmp_path: Path, policy: str) -> None:
+    specs = _trace_specs(tmp_path)
+    a = run_scenario(specs, make_policy(policy), epoch_s=0.002, seed=1)
+    b = run_scenario(specs, make_policy(policy), epoch_s=0.002, seed=1)
+    assert a.rows == b.rows
+    assert a.series == b.series
+
+
+def test_workload_spec_may_be_an_instance() -> None:
+    wl = make_workload("gups", 4096, seed=1)
+    assert make_workload(wl) is wl
+    spec = VmSpec("vm1", wl, 4096, 4 * MIB, 16 * MIB, 2, 200_000)
+    (row,) = run_scenario([spec], make_policy("none"), epoch_s=0.01).rows
+    assert row["workload"] == "gups"
+
+
+def test_unknown_workload_names_the_trace_form() -> None:
+    with pytest.raises(ValueError, match="trace:FILE"):
+        make_workload("nope", 4096)
+
+
+def test_missing_trace_file_is_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"nope\.npz"):
+        make_workload(f"trace:{tmp_path / 'nope.npz'}")
+
+
+@pytest.mark.parametrize("name", ["redis-set-get", "sqlite-kv"])
+def test_shipped_trace_loads_with_its_command_line(name: str) -> None:
+    tr = load_trace(TRACES / f"{name}.npz")
+    assert tr.meta["argv"]
+    assert len(tr.phases) >= 1
+    assert tr.npages >= 1024
+    assert (TRACES / f"{name}.npz").stat().st_size < 8 * MIB
+
+
+needs_valgrind = pytest.mark.skipif(
+    shutil.which("valgrind") is None,
+    reason="valgrind is not installed (apt-get install valgrind; scripts/setup does)",
+)
+
+
+@pytest.mark.slow
+@needs_valgrind
+def test_record_a_real_program_round_trip(tmp_path: Path) -> None:
+    from emu.cli import main as cli_main
+
+    words = tmp_path / "words.txt"
+    words.write_text("".join(f"{(i * 7919) % 1000}\n" for i in range(300)))
+    out = tmp_path / "sort.npz"
+    rc = cli_main(
+        ["trace", "record", "--cache-mib", "0.25", "--ways", "8", "-o", str(out),
+         "--", "sort", "-o", str(tmp_path / "sorted.txt"), str(words)]
+    )  # fmt: skip
+    assert rc == 0
+    tr = load_trace(out)
+    assert tr.meta["argv"][0] == "sort"
+    assert tr.meta["llc"] == {
+        "size_bytes": MIB // 4,
+        "ways": 8,
+        "line_bytes": 64,
+        "policy": "LRU",
+    }
+    # sort read the file with read(2): the kernel's stores are in the trace
+    assert int(str(tr.meta["kernel_write_bytes"])) >= words.stat().st_size
+    # page indices are in first-touch order
+    first = np.unique(tr.accesses, return_index=True)[1]
+    assert np.all(np.diff(first) > 0)
+    assert (tmp_path / "sorted.txt").read_text().splitlines() == sorted(
+        words.read_text().splitlines()
+    )
+
+
+@pytest.mark.slow
+@needs_valgrind
+def test_record_stops_the_program_after_max_accesses(tmp_path: Path) -> None:
+    from emu.cli import main as cli_main
+
+    out = tmp_path / "yes.npz"
+    rc = cli_main(
+        ["trace", "record", "--max-accesses", "200000", "-o", str(out), "--",
+         "sh", "-c", "while :; do :; done"]
+    )  # fmt: skip
+    assert rc == 0
+    assert int(str(load_trace(out).meta["raw_accesses"])) >= 200_000
+
+
+@pytest.mark.slow
+@needs_valgrind
+def test_clients_start_phases_then_the_program_is_stopped(tmp_path: Path) -> None:
+    from emu.cli import main as cli_main
+
+    out = tmp_path / "sleep.npz"
+    marker = tmp_path / "marker"
+    marker.write_text("")
+    rc = cli_main(
+        ["trace", "record", "-o", str(out), "--client", "true", "--client", "true",
+         "--phase-on-open", str(marker), "--",
+         "sh", "-c", f"cat {marker}; exec sleep 600"]
+    )  # fmt: skip
+    assert rc == 0
+    tr = load_trace(out)
+    assert tr.meta["clients"] == ["true", "true"]
+    assert tr.meta["phase_marker_path"] == str(marker)
+    assert len(tr.segments) >= 2
+
+
+@needs_valgrind
+def test_record_fails_when_the_port_never_opens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from emu.cli import main as cli_main
+
+    rc = cli_main(
+        ["trace", "record", "-o", str(tmp_path / "x.npz"), "--wait-port", "1",
+         "--wait-s", "0.3", "--client", "true", "--", "sleep", "600"]
+    )  # fmt: skip
+    assert rc == 1
+    assert "port 1 did not open" in capsys.readouterr().err
+
+
+def test_trace_info_prints_the_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from emu.cli import main as cli_main
+
+    _trace().save(tmp_path / "t.npz")
+    assert cli_main(["trace", "info", "--json", str(tmp_path / "t.npz")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["pages"] == 2048
+    assert doc["phases"] == [2048, 50_000]
+    assert cli_main(["trace", "info", str(tmp_path / "t.npz")]) == 0
+    assert "program" in capsys.readouterr().out
+
+
+def test_verbose_flag_before_a_subcommand_keeps_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from emu.cli import main as cli_main
+
+    _trace().save(tmp_path / "t.npz")
+    assert cli_main(["-v", "trace", "info", str(tmp_path / "t.npz")]) == 0
+    assert "pages" in capsys.readouterr().out
