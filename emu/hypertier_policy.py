@@ -29,9 +29,10 @@ __all__ = ["GUEST_TOML", "HOST_TOML", "GuestBackendFactory", "HyperTierPolicy"]
 GuestBackendFactory = Callable[[World, str, str], EmuGuestBackend]
 
 # Time constants scaled to emulated runs of a few virtual seconds, and sizes to
-# VMs of a few hundred MiB (a real guest keeps 64 MiB of its fast node free, a
-# real host 128 MiB of margin over what a guest uses; real targets need 64 MiB of
-# RSS, emulated ones, such as the recorded traces of 60-70 MiB, 8 MiB).
+# VMs of a few hundred MiB (a real host keeps 128 MiB of margin over what a guest
+# uses; real targets need 64 MiB of RSS, emulated ones, such as the recorded
+# traces of 60-70 MiB, 8 MiB). The fast reserve is a share of the fast limit, not
+# a fixed size: a fixed 4 MiB was half of an 8 MiB fast tier.
 GUEST_TOML = """
 [guest]
 backend = "emu"
@@ -39,7 +40,7 @@ report_interval_s = 0.1
 [sampler]
 source = "auto"
 [mover]
-fast_reserve_bytes = 4194304
+fast_reserve_pct = 2.0
 [targets]
 refresh_s = 0.5
 min_rss_bytes = 8388608
