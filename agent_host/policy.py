@@ -22,12 +22,12 @@ millisecond. docs/host.md states the rules and the properties they guarantee
    share, each gets exactly its share; a VM demanding less gets its demand and
    the rest goes to the others. Capacity nobody demands stays with the VMs that
    hold it (a shrink costs the guest demotions and frees memory for no one);
-5. **change limits**: a change is held while smaller than the VM's band
+5. **change limits**: a shrink is held while smaller than the VM's band
    (max(block, min(``hysteresis_bytes``, ``hysteresis_ratio`` x the tier's
-   limit)), or sooner than ``min_resize_interval_s`` after the last one, and cut
-   to ``max_step_bytes``; but a VM below its share grows by any whole block, and
-   small shrinks go ahead whenever another VM waits for memory, so hysteresis
-   delays a rebalancing, never freezes it. Restoring a floor bypasses all of
+   limit))) unless another VM waits for the memory; growth goes by whole
+   blocks; no change comes sooner than ``min_resize_interval_s`` after the last
+   one, and each is cut to ``max_step_bytes``. So hysteresis delays a
+   rebalancing, never freezes it. Restoring a floor bypasses all of
    this. Growth never exceeds memory that is free now (a shrinking VM's
    ``current`` counts until its guest has unplugged); floors are served first.
 """
@@ -174,7 +174,6 @@ def band_bytes(tier: TierInputs, cfg: PolicyConfig) -> FloatArray:
 def _limit_changes(
     tier: TierInputs,
     floor: IntArray,
-    share: FloatArray,
     target: FloatArray,
     capacity: float,
     now_s: float,
@@ -189,7 +188,9 @@ def _limit_changes(
     delta = target - req
     band = band_bytes(tier, cfg)
     due = (now_s - tier.last_resize_s) >= cfg.min_resize_interval_s
-    grow = due & ((delta >= band) | ((delta >= block) & (req < share)))
+    # Growth is cheap (a plug, no demotions): any whole block. A shrink costs
+    # the guest demotions: it waits for the band, unless another VM waits.
+    grow = due & (delta >= block)
     shrink = due & (delta <= -band)
     new, growing, cut = _fit(
         tier, floor, req, target, forced, grow | shrink, capacity, cfg
@@ -333,7 +334,7 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     give = np.maximum(np.minimum(f_req, f_limit) - f_fair, 0.0)
     if spare > 0.0 and float(give.sum()) > 0.0:
         f_fair = f_fair + give * min(1.0, spare / float(give.sum()))
-    f_target = _limit_changes(fast, f_floor, f_share, f_fair, f_cap, inputs.now_s, cfg)
+    f_target = _limit_changes(fast, f_floor, f_fair, f_cap, inputs.now_s, cfg)
     fast_result = TierResult(
         share=f_share.astype(np.int64),
         floor=f_floor,
@@ -363,7 +364,7 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     s_want = np.clip(s_want_f, s_floor, s_limit)
     s_fair = fair_split(s_floor.astype(np.float64), s_want, weight, s_cap)
     s_fair = _align_split(s_fair, slow.block, s_want, s_cap)
-    s_target = _limit_changes(slow, s_floor, s_share, s_fair, s_cap, inputs.now_s, cfg)
+    s_target = _limit_changes(slow, s_floor, s_fair, s_cap, inputs.now_s, cfg)
     slow_result = TierResult(
         share=s_share.astype(np.int64),
         floor=s_floor,

@@ -211,15 +211,12 @@ def test_targets_are_the_fair_split_of_demands(h: Host) -> None:
     fast, result, history = _run(h)
     want = np.clip(_demand(h), result.fast.floor, h.limit)
     fair = fair_split(result.fast.floor.astype(float), want, h.weight, h.capacity)
-    band = np.maximum(
-        BLOCK, np.minimum(CFG.hysteresis_bytes, CFG.hysteresis_ratio * h.limit)
-    )
-    # At least the fair split (to the block, or the band for VMs above their
-    # share that hysteresis may hold); above it only with memory nobody wants.
-    slack = np.where(fast >= result.fast.share, band, BLOCK)
-    assert (fast >= np.floor(fair / BLOCK) * BLOCK - slack).all(), (fast - fair) / MiB
+    # The fair split to the block; above it only with memory nobody demands.
+    assert (fast >= np.floor(fair / BLOCK) * BLOCK - BLOCK).all(), (fast - fair) / MiB
     if float(want.sum()) >= h.capacity:
-        assert (fast <= np.ceil(fair / BLOCK) * BLOCK + band).all()
+        assert (fast <= np.ceil(fair / BLOCK) * BLOCK + BLOCK).all(), (
+            fast - fair
+        ) / MiB
     # Converged: one more round changes nothing.
     again = plan(_inputs(h, fast), CFG).fast.target
     assert (again == fast).all()
@@ -248,16 +245,11 @@ def test_a_lying_guest_gains_nothing_an_honest_one_could_not(
     honest_used[liar] = honest_hot[liar] + 64 * MiB
     honest, _, _ = _run(h, hot=honest_hot, used=honest_used)
     others = np.arange(h.n) != liar
-    band = np.maximum(
-        BLOCK, np.minimum(CFG.hysteresis_bytes, CFG.hysteresis_ratio * h.limit)
-    )
-    assert (lying[others] >= honest[others] - band[others]).all(), (
-        lying - honest
-    ) / MiB
+    assert (lying[others] >= honest[others] - BLOCK).all(), (lying - honest) / MiB
     want = np.clip(_demand(h), result.fast.floor, h.limit)
     left = h.capacity - float(np.minimum(want, lying)[others].sum())
     bound = max(float(result.fast.share[liar]), left)
-    assert lying[liar] <= bound + band[liar], (lying[liar] / MiB, bound / MiB)
+    assert lying[liar] <= bound + BLOCK, (lying[liar] / MiB, bound / MiB)
 
 
 @settings(max_examples=100, deadline=None)
