@@ -43,7 +43,7 @@ class ClassifyParams:
     reuse_epochs: int = 3
     reuse_window: int = 4
     demand_coverage: float = 0.9
-    demand_decay: float = 0.9
+    demand_decay: float = 0.95
 
     @property
     def window_mask(self) -> int:

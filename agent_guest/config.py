@@ -121,7 +121,7 @@ class ClassifyConfig:
     reuse_epochs: int = 3
     reuse_window: int = 4
     demand_coverage: float = 0.9
-    demand_decay: float = 0.9
+    demand_decay: float = 0.95
 
     def __post_init__(self) -> None:
         _need(self.max_ranges >= 1, "classify.max_ranges must be >= 1")
