@@ -144,6 +144,21 @@ def render(status: Mapping[str, Any], stats: Mapping[str, DomainStats]) -> str:
             guest["invalid"],
             vm=vm,
         )
+        for key, help_text in (
+            ("lines", "Lines read from the guest channel (blank lines included)."),
+            ("blank_lines", "Blank lines read from the guest channel."),
+            ("bytes_received", "Bytes read from the guest channel."),
+            ("bytes_discarded", "Bytes over channel.max_bytes_per_tick, unread."),
+            ("over_budget", "Ticks in which the guest sent more than its budget."),
+            ("sessions", "Guest agent sessions (hellos) seen by this daemon."),
+        ):
+            w.add(
+                f"hypertier_vm_guest_{key}_total",
+                "counter",
+                help_text,
+                guest.get(key),
+                vm=vm,
+            )
         w.add(
             "hypertier_vm_guest_implausible_reports_total",
             "counter",
