@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from types import FrameType, ModuleType
 
 from agent_guest import cmd_config, cmd_reload, cmd_run, cmd_status, cmd_stop
+from agent_guest.daemon import VERSION
 from agent_guest.errors import ConfigError, GuestError
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="debug logging (default: info)",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),

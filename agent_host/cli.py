@@ -23,6 +23,7 @@ from agent_host import (
     cmd_vm_define,
     cmd_vm_set,
 )
+from agent_host.daemon import VERSION
 from agent_host.errors import AccessDenied, ConfigError, HostError
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "SUBCOMMANDS", "main"]
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for path, module in SUBCOMMANDS.items():

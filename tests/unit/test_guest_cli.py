@@ -255,3 +255,10 @@ def test_config_actions_have_help_with_examples(
 ) -> None:
     assert cli.main(["config", action, "--help"]) == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_version_prints_the_agent_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent_guest.daemon import VERSION
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hypertier-guest {VERSION}"

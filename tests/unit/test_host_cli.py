@@ -546,3 +546,10 @@ def test_vm_set_tier_mapping_reaches_daemon(running: Running) -> None:
     running.daemon.tick()
     vm = running.daemon.status()["vms"]["vm0"]
     assert vm["tiers"][Tier.SLOW.value]["limit_bytes"] == 256 * MiB
+
+
+def test_version_prints_the_agent_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent_host.daemon import VERSION
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hypertier-host {VERSION}"
