@@ -185,6 +185,18 @@ class MoverConfig:
         _need(self.max_busy_retries >= 0, "mover.max_busy_retries must be >= 0")
         _need(self.cooldown_epochs >= 0, "mover.cooldown_epochs must be >= 0")
 
+    def reserve_bytes(self, limit_bytes: int) -> int:
+        """Fast memory the mover keeps free under a fast limit of ``limit_bytes``."""
+        return max(
+            self.fast_reserve_bytes, int(limit_bytes * self.fast_reserve_pct / 100)
+        )
+
+    def limit_for(self, need_bytes: int) -> int:
+        """The smallest fast limit that holds ``need_bytes`` beside the reserve."""
+        pct = self.fast_reserve_pct
+        extra = math.ceil(need_bytes * pct / (100.0 - pct))
+        return need_bytes + max(self.fast_reserve_bytes, extra)
+
 
 @dataclass(frozen=True)
 class TargetsConfig:

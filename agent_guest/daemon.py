@@ -285,8 +285,7 @@ class Daemon:
             # The reserve is kept once a full history window of samples exists;
             # before, the coldest pages are not known and demotions would be
             # blind (in address order, which may well be the hottest pages).
-            reserve = max(mv.fast_reserve_bytes, int(limit * mv.fast_reserve_pct / 100))
-            limit = max(0, limit - reserve)
+            limit = max(0, limit - mv.reserve_bytes(limit))
         managed = sum(p.rss_bytes for p in self._target_infos)
         unmanaged = max(0, fast_used - managed)
         room = max(0, limit - unmanaged)
@@ -462,18 +461,13 @@ class Daemon:
         used = sum(u.used_bytes for u in usage)
         # The fast node must also hold the reserve the mover keeps free there,
         # or an allotment of exactly the demand leaves part of the hot set out.
-        mv = self._cfg.mover
-        wanted = demand + unmanaged
-        reserve = max(
-            mv.fast_reserve_bytes,
-            math.ceil(wanted * mv.fast_reserve_pct / (100.0 - mv.fast_reserve_pct)),
-        )
+        wanted = self._cfg.mover.limit_for(demand + unmanaged)
         self._seq += 1
         stats = self._exchanger.stats
         msg = wire.Report(
             self._seq,
             usage,
-            min(wanted + reserve, used, wire.MAX_BYTES),
+            min(wanted, used, wire.MAX_BYTES),
             pressure,
             stats.promoted + stats.demoted,
         )

@@ -130,7 +130,6 @@ class _Table:
         self.last_resize = np.full((2, n), -math.inf)
         self.received = np.full(n, -math.inf)
         self.hot = np.full(n, np.nan)
-        self.pressure = np.full(n, np.nan)
         self.used = np.full(n, np.nan)
         self.boot = np.zeros((2, n), np.int64)  # host-known, from the domain
 
@@ -373,7 +372,6 @@ class Daemon:
             return
         t.received[r] = rep.received_s
         t.hot[r] = rep.report.hot_bytes
-        t.pressure[r] = rep.report.pressure
         t.used[r] = rep.used_bytes
         why = self._implausible(rep, r)
         if why:

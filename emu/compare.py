@@ -23,6 +23,7 @@ from pathlib import Path
 from emu.evaluate import ROW_FIELDS, run_scenario
 from emu.params import PROFILES, Params
 from emu.policy import ORACLE_NAMES, POLICY_NAMES, Policy, VmSpec
+from emu.report import text_table
 from emu.workloads import TRACE_PREFIX, workload_pages
 from emu.world import PAGE_SIZE
 
@@ -426,18 +427,7 @@ def format_cells(cells: Sequence[dict[str, object]], policies: Iterable[str]) ->
         return str(v)
 
     body = [[fmt(c.get(f)) for f in fields] for c in cells]
-    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(heads)]
-    nleft = len(CELL_KEYS) + 1
-    lines = [" ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
-    lines.append(" ".join("-" * w for w in widths))
-    for b in body:
-        lines.append(
-            " ".join(
-                v.ljust(w) if i < nleft else v.rjust(w)
-                for i, (v, w) in enumerate(zip(b, widths, strict=True))
-            )
-        )
-    return "\n".join(lines)
+    return text_table(heads, body, nleft=len(CELL_KEYS) + 1)
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:

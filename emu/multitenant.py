@@ -24,6 +24,7 @@ from agent_guest.classify import coverage_bytes
 from agent_host import config as host_config
 from emu.guest import EmuGuestBackend
 from emu.policy import Policy, VmSpec
+from emu.report import text_table
 from emu.world import PAGE_SIZE, World
 
 if TYPE_CHECKING:
@@ -236,11 +237,7 @@ def guest_demand_bytes(spec: VmSpec, guest_cfg: guest_config.Config) -> float:
     rates = wl.rates()
     size = np.full(rates.shape[0], float(PAGE_SIZE))
     hot = coverage_bytes(rates, size, guest_cfg.classify.demand_coverage)
-    mv = guest_cfg.mover
-    reserve = max(
-        mv.fast_reserve_bytes, hot * mv.fast_reserve_pct / (100.0 - mv.fast_reserve_pct)
-    )
-    return float(hot + reserve)
+    return float(guest_cfg.mover.limit_for(hot))
 
 
 def share_inputs(
@@ -682,20 +679,6 @@ def _mib(v: object) -> str:
     return "-" if n is None else f"{n / MIB:.1f}"
 
 
-def _table(heads: Sequence[str], body: Sequence[Sequence[str]], nleft: int) -> str:
-    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(heads)]
-    lines = [" ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
-    lines.append(" ".join("-" * w for w in widths))
-    for b in body:
-        lines.append(
-            " ".join(
-                v.ljust(w) if i < nleft else v.rjust(w)
-                for i, (v, w) in enumerate(zip(b, widths, strict=True))
-            )
-        )
-    return "\n".join(lines)
-
-
 def format_report(
     scenario: Scenario,
     rows: Sequence[Mapping[str, object]],
@@ -744,7 +727,7 @@ def format_report(
             pct = r.get("share_pct")
             line += [_mib(r.get("fast_bytes")), "-" if pct is None else f"{pct:.0f}%"]
         body.append(line)
-    out.append(_table(heads, body, 2))
+    out.append(text_table(heads, body, 2))
     out.append("")
     heads = ["vm", "all-fast_s"]
     for p in policies:
@@ -761,7 +744,7 @@ def format_report(
             x, h = _num(r.get("vs_all_fast")), _num(r.get("fast_hit_ratio"))
             line += ["-" if x is None else f"{x:.3f}", "-" if h is None else f"{h:.3f}"]
         body.append(line)
-    out.append(_table(heads, body, 1))
+    out.append(text_table(heads, body, 1))
     for variant in ("hypertier-liar", "hypertier-liar-huge"):
         eff = liar_effect(rows, scenario.liar, variant) if scenario.liar else None
         if eff is None:

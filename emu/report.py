@@ -12,7 +12,7 @@ from pathlib import Path
 
 from emu.evaluate import ROW_FIELDS, RunResult
 
-__all__ = ["format_table", "write_json", "write_plots"]
+__all__ = ["format_table", "text_table", "write_json", "write_plots"]
 
 _SHORT = {
     "fast_hit_ratio": "fast_hit",
@@ -34,23 +34,34 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def text_table(
+    heads: Sequence[str],
+    body: Sequence[Sequence[str]],
+    nleft: int,
+    sep: str = " ",
+) -> str:
+    """Fixed-width columns under a dashed rule: the first ``nleft`` columns
+    left-aligned (names), the rest right-aligned (numbers)."""
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(heads)]
+    lines = [sep.join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
+    lines.append(sep.join("-" * w for w in widths))
+    lines += [
+        sep.join(
+            v.ljust(w) if i < nleft else v.rjust(w)
+            for i, (v, w) in enumerate(zip(b, widths, strict=True))
+        )
+        for b in body
+    ]
+    return "\n".join(lines)
+
+
 def format_table(
     rows: Sequence[dict[str, object]], fields: Sequence[str] = ROW_FIELDS
 ) -> str:
     """A fixed-width text table of ``rows`` (one line per row)."""
     heads = [_SHORT.get(f, f) for f in fields]
     cells = [[_fmt(r.get(f)) for f in fields] for r in rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += [
-        "  ".join(
-            c.rjust(w) if i > 2 else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells_row, widths, strict=True))
-        )
-        for cells_row in cells
-    ]
-    return "\n".join(lines)
+    return text_table(heads, cells, nleft=3, sep="  ")
 
 
 def write_json(
