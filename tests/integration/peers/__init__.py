@@ -1,0 +1,1 @@
+"""Guest-side programs and measurements for the peer comparison (issue 12)."""
