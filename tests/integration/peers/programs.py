@@ -37,7 +37,7 @@ C_PROGRAMS: Mapping[str, str] = {
     "ht-workload": "ht-workload.c",
 }
 # Guest-side scripts that run on the guest's python3 (standard library only).
-SCRIPTS: tuple[str, ...] = ()
+SCRIPTS: tuple[str, ...] = ("ht-collect.py",)
 CFLAGS: tuple[str, ...] = ("-O2", "-Wall", "-Wextra", "-Werror", "-static")
 # Debian packages the guest image needs for these programs.
 GUEST_PACKAGES: tuple[str, ...] = ("python3",)
