@@ -2,7 +2,7 @@
 
 Everything agent_guest needs from the OS goes through :class:`GuestBackend`; the
 real implementation is ``agent_guest.linux_backend`` (perf_event_open(2),
-move_pages(2), /proc, /sys) and the emulated one is ``emu.guest``.
+move_pages(2), /proc, /sys) and the emulated one is ``emu.backends.guest``.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ class GuestBackend(Protocol):
 
 BACKENDS: Mapping[str, str] = {
     "linux": "agent_guest.linux_backend:LinuxGuestBackend",
-    "emu": "emu.guest:EmuGuestBackend",
+    "emu": "emu.backends.guest:EmuGuestBackend",
 }
 
 

@@ -2,7 +2,7 @@
 
 Everything agent_host needs from libvirt/QEMU goes through :class:`HostBackend`;
 the real implementation is ``agent_host.libvirt_backend`` (libvirt-python) and the
-emulated one is ``emu.host``.
+emulated one is ``emu.backends.host``.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class HostBackend(Protocol):
 
 BACKENDS: Mapping[str, str] = {
     "libvirt": "agent_host.libvirt_backend:LibvirtHostBackend",
-    "emu": "emu.host:EmuHostBackend",
+    "emu": "emu.backends.host:EmuHostBackend",
 }
 
 

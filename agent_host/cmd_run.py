@@ -140,8 +140,8 @@ def main(args: argparse.Namespace) -> int:
             metrics=cfg.metrics,
         )
     if cfg.host.backend == "emu":
-        # emu.host.EmuHostBackend needs a World; emu's own front end (`hypertier`)
-        # and tests build one and call serve() or Daemon directly.
+        # emu.backends.host.EmuHostBackend needs a World; emu's own front end
+        # (`hypertier`) and tests build one and call serve() or Daemon directly.
         raise ConfigError(
             "backend 'emu' runs inside the emulator (`hypertier run`), "
             "not as a standalone daemon"

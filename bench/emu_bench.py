@@ -13,10 +13,10 @@ import time
 import numpy as np
 
 from bench import emit
-from emu.params import Params
-from emu.trace import Trace, TraceWorkload
+from emu.machine import World
+from emu.machine.params import Params
 from emu.workloads import WORKLOADS, make_workload
-from emu.world import World
+from emu.workloads.trace import Trace, TraceWorkload
 
 MIB = 1 << 20
 

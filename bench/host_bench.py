@@ -32,9 +32,9 @@ import hypertier_wire as wire
 from agent_host.config import loads
 from agent_host.daemon import Daemon
 from bench import emit
+from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock
-from emu.host import EmuHostBackend
-from emu.world import PAGE_SIZE, World
+from emu.machine import PAGE_SIZE, World
 
 MiB = 1 << 20
 CONFIG = """

@@ -2,7 +2,7 @@
 
 It satisfies both agents' ``Clock`` protocols (``monotonic()`` and
 ``wait(event, timeout_s)``). Listeners registered with :meth:`on_advance` run on
-every advance, which is how a :class:`emu.world.World` executes its workloads
+every advance, which is how a :class:`emu.machine.World` executes its workloads
 while a daemon waits.
 """
 

@@ -80,9 +80,9 @@ class EmuHarness(Harness):
     """The emulator with no PMU, like this CI machine."""
 
     def __init__(self) -> None:
-        from emu.guest import EmuGuestBackend
-        from emu.workloads import Gups
-        from emu.world import World
+        from emu.backends.guest import EmuGuestBackend
+        from emu.machine import World
+        from emu.workloads.synthetic import Gups
 
         self.world = World(1 << 30, 4 << 30, seed=7)
         self.world.add_vm("vm", 2, 64 * MiB, 256 * MiB)

@@ -30,8 +30,8 @@ from agent_host.domxml import TieredVmSpec, TieringMetadata, TierMetadata
 from agent_host.errors import HostError, NoSuchDomain
 from agent_host.libvirt_backend import LibvirtHostBackend
 from agent_host.metadata import metadata_xml
-from emu.host import EmuHostBackend
-from emu.world import World
+from emu.backends.host import EmuHostBackend
+from emu.machine import World
 
 MiB = 1 << 20
 DATA = Path(__file__).parents[1] / "data"

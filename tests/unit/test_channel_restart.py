@@ -13,10 +13,10 @@ from agent_guest.daemon import Daemon as GuestDaemon
 from agent_host.backend import Tier
 from agent_host.config import loads as host_loads
 from agent_host.daemon import Daemon as HostDaemon
+from emu.backends.guest import EmuGuestBackend
+from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock
-from emu.guest import EmuGuestBackend
-from emu.host import EmuHostBackend
-from emu.world import PAGE_SIZE, World
+from emu.machine import PAGE_SIZE, World
 
 MiB = 1 << 20
 VM = "vm0"

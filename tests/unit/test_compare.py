@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from emu import baselines
-from emu.cli import main as cli_main
-from emu.compare import (
+from emu.evaluation.cli import main as cli_main
+from emu.evaluation.compare import (
     PRESETS,
     Cell,
     add_speedups,
@@ -19,8 +18,8 @@ from emu.compare import (
     specs_of,
     summarize,
 )
-from emu.evaluate import ROW_FIELDS
-from emu.world import PAGE_SIZE
+from emu.evaluation.runner import ROW_FIELDS
+from emu.machine import PAGE_SIZE
 
 
 def _cell(policy: str = "none", vms: int = 1, ratio: int = 2) -> Cell:
@@ -142,21 +141,6 @@ def test_cli_json_flag_prints_cells_and_no_plots_skips_pngs(
     cells = json.loads(capsys.readouterr().out)
     assert {c["policy"] for c in cells} == {"none", "all-fast"}
     assert not list(tmp_path.glob("*.png"))
-
-
-def test_unavailable_hypertier_is_said_plainly_and_left_out(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(
-        baselines._EXTERNAL, "hypertier", "emu.no_such_module:HyperTierPolicy"
-    )
-    argv = ["--policies", "none,hypertier", "--no-plots", "--jobs", "1"]
-    rc = cli_main(["compare", "--preset", "smoke", "--out", str(tmp_path), *argv])
-    assert rc == 0
-    assert "'hypertier' is unavailable" in capsys.readouterr().err
-    doc = json.loads((tmp_path / "report.json").read_text())
-    assert {r["policy"] for r in doc["rows"]} == {"none"}
-    assert "hypertier" in doc["meta"]["unavailable"]
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from emu.machine import PAGE_SIZE, World
 from emu.workloads import make_workload
-from emu.world import PAGE_SIZE, World
 
 MIB = 1 << 20
 

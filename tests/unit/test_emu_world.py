@@ -7,9 +7,9 @@ import errno
 import numpy as np
 import pytest
 
-from emu.params import Params
+from emu.machine import FAST, PAGE_SIZE, SLOW, NoSuchProcessError, World
+from emu.machine.params import Params
 from emu.workloads import WORKLOADS, make_workload
-from emu.world import FAST, PAGE_SIZE, SLOW, NoSuchProcessError, World
 
 MIB = 1 << 20
 

@@ -18,8 +18,8 @@ from agent_guest.clock import SystemClock
 from agent_guest.cmd_run import serve
 from agent_guest.control import Controller, ControlServer
 from agent_guest.daemon import Daemon
-from emu.guest import EmuGuestBackend
-from emu.world import World
+from emu.backends.guest import EmuGuestBackend
+from emu.machine import World
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,9 @@ import hypertier_wire as wire
 from agent_guest import config
 from agent_guest.backend import GuestBackend, NumaNode, Tier
 from agent_guest.daemon import Daemon, node_roles, pick_targets
-from emu.guest import EmuGuestBackend
-from emu.workloads import Gups
-from emu.world import World
+from emu.backends.guest import EmuGuestBackend
+from emu.machine import World
+from emu.workloads.synthetic import Gups
 
 MiB = 1 << 20
 CFG = config.loads(

@@ -75,8 +75,8 @@ def test_period_stays_within_bounds() -> None:
 def test_the_start_up_window_does_not_retune_the_period() -> None:
     from agent_guest.config import SamplerConfig
     from agent_guest.sampler import Sampler
-    from emu.guest import EmuGuestBackend
-    from emu.world import World
+    from emu.backends.guest import EmuGuestBackend
+    from emu.machine import World
 
     w = World(1 << 30, 1 << 31, seed=1)
     w.add_vm("vm", 1, 16 << 20, 64 << 20)

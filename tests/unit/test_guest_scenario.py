@@ -12,9 +12,9 @@ import pytest
 import hypertier_wire as wire
 from agent_guest import config
 from agent_guest.daemon import Daemon
-from emu.guest import EmuGuestBackend
-from emu.workloads import Gups
-from emu.world import FAST, SLOW, World
+from emu.backends.guest import EmuGuestBackend
+from emu.machine import FAST, SLOW, World
+from emu.workloads.synthetic import Gups
 
 pytestmark = pytest.mark.slow
 

@@ -26,8 +26,8 @@ from agent_host.domxml import parse_allotments, parse_metadata
 from agent_host.errors import BackendError, ConfigError, NoSuchDomain
 from agent_host.libvirt_backend import LibvirtHostBackend
 from agent_host.metrics import MetricsServer, render
-from emu.host import EmuHostBackend
-from emu.world import World
+from emu.backends.host import EmuHostBackend
+from emu.machine import World
 
 MiB = 1 << 20
 DATA = Path(__file__).parents[1] / "data"

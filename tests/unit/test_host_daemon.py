@@ -13,9 +13,9 @@ from agent_host.daemon import Daemon
 from agent_host.domxml import parse_metadata
 from agent_host.errors import ConfigError, NoSuchDomain
 from agent_host.metrics import render
+from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock
-from emu.host import EmuHostBackend
-from emu.world import PAGE_SIZE, World
+from emu.machine import PAGE_SIZE, World
 
 MiB = 1 << 20
 CLASSES = {"gold": 4.0, "silver": 2.0, "bronze": 1.0}

@@ -11,11 +11,10 @@ from hypothesis import strategies as st
 
 import hypertier_wire as wire
 from agent_host import config as host_config
-from emu.cli import main as cli_main
-from emu.compare import PRESETS, Cell, cells_of, run_cell, specs_of
-from emu.evaluate import build_world, run_scenario
-from emu.hypertier_policy import HOST_TOML, HyperTierPolicy
-from emu.multitenant import (
+from emu.evaluation.cli import main as cli_main
+from emu.evaluation.compare import PRESETS, Cell, cells_of, run_cell, specs_of
+from emu.evaluation.runner import build_world, run_scenario
+from emu.evaluation.tenants import (
     SCENARIOS,
     BalloonPolicy,
     LyingGuestBackend,
@@ -27,9 +26,10 @@ from emu.multitenant import (
     scenario_shares,
     share_inputs,
 )
-from emu.params import Params
+from emu.machine import FAST, PAGE_SIZE, World
+from emu.machine.params import Params
+from emu.policies.hypertier import HOST_TOML, HyperTierPolicy
 from emu.workloads import make_workload
-from emu.world import FAST, PAGE_SIZE, World
 
 MIB = 1 << 20
 BLOCK = Params().block_bytes

@@ -11,14 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emu.baselines import make_policy
-from emu.cli import main as cli_main
-from emu.compare import Cell, format_cells, run_cell, summarize
-from emu.evaluate import run_scenario
-from emu.oracle import oracle_metrics, top_k_share
-from emu.policy import VmSpec
-from emu.trace import Trace
-from emu.world import PAGE_SIZE
+from emu.evaluation.cli import main as cli_main
+from emu.evaluation.compare import Cell, format_cells, run_cell, summarize
+from emu.evaluation.runner import run_scenario
+from emu.machine import PAGE_SIZE
+from emu.policies import VmSpec, make_policy
+from emu.policies.oracle import oracle_metrics, top_k_share
+from emu.workloads.trace import Trace
 
 MIB = 1 << 20
 

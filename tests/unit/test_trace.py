@@ -12,19 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emu.baselines import make_policy
-from emu.evaluate import run_scenario
-from emu.policy import VmSpec
-from emu.trace import (
-    LackeyParser,
+from emu.evaluation.runner import run_scenario
+from emu.machine import FAST, PAGE_SIZE, World
+from emu.policies import VmSpec, make_policy
+from emu.workloads import make_workload
+from emu.workloads.lackey import LackeyParser
+from emu.workloads.trace import (
     LlcFilter,
     PageNumbering,
     Trace,
     TraceWorkload,
     load_trace,
 )
-from emu.workloads import make_workload
-from emu.world import FAST, PAGE_SIZE, World
 
 MIB = 1 << 20
 TRACES = Path(__file__).parents[1] / "data" / "traces"
@@ -259,7 +258,7 @@ needs_valgrind = pytest.mark.skipif(
 @pytest.mark.slow
 @needs_valgrind
 def test_record_a_real_program_round_trip(tmp_path: Path) -> None:
-    from emu.cli import main as cli_main
+    from emu.evaluation.cli import main as cli_main
 
     words = tmp_path / "words.txt"
     words.write_text("".join(f"{(i * 7919) % 1000}\n" for i in range(300)))
@@ -290,7 +289,7 @@ def test_record_a_real_program_round_trip(tmp_path: Path) -> None:
 @pytest.mark.slow
 @needs_valgrind
 def test_record_stops_the_program_after_max_accesses(tmp_path: Path) -> None:
-    from emu.cli import main as cli_main
+    from emu.evaluation.cli import main as cli_main
 
     out = tmp_path / "yes.npz"
     rc = cli_main(
@@ -304,7 +303,7 @@ def test_record_stops_the_program_after_max_accesses(tmp_path: Path) -> None:
 @pytest.mark.slow
 @needs_valgrind
 def test_opening_the_marker_path_starts_a_phase(tmp_path: Path) -> None:
-    from emu.cli import main as cli_main
+    from emu.evaluation.cli import main as cli_main
 
     words = tmp_path / "words.txt"
     words.write_text("b\na\n")
@@ -323,7 +322,7 @@ def test_opening_the_marker_path_starts_a_phase(tmp_path: Path) -> None:
 @pytest.mark.slow
 @needs_valgrind
 def test_clients_run_in_order_then_the_program_is_stopped(tmp_path: Path) -> None:
-    from emu.cli import main as cli_main
+    from emu.evaluation.cli import main as cli_main
 
     out = tmp_path / "sleep.npz"
     log = tmp_path / "clients.log"
@@ -340,7 +339,7 @@ def test_clients_run_in_order_then_the_program_is_stopped(tmp_path: Path) -> Non
 def test_record_fails_when_the_port_never_opens(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from emu.cli import main as cli_main
+    from emu.evaluation.cli import main as cli_main
 
     rc = cli_main(
         ["trace", "record", "-o", str(tmp_path / "x.npz"), "--wait-port", "1",
@@ -355,7 +354,7 @@ def test_trace_info_prints_the_metadata(
 ) -> None:
     import json
 
-    from emu.cli import main as cli_main
+    from emu.evaluation.cli import main as cli_main
 
     _trace().save(tmp_path / "t.npz")
     assert cli_main(["trace", "info", "--json", str(tmp_path / "t.npz")]) == 0
@@ -369,7 +368,7 @@ def test_trace_info_prints_the_metadata(
 def test_verbose_flag_before_a_subcommand_keeps_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from emu.cli import main as cli_main
+    from emu.evaluation.cli import main as cli_main
 
     _trace().save(tmp_path / "t.npz")
     assert cli_main(["-v", "trace", "info", str(tmp_path / "t.npz")]) == 0

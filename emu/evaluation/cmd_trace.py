@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from emu.trace import load_trace
+from emu.workloads.trace import load_trace
 
 __all__ = ["EPILOG", "add_arguments", "main"]
 
@@ -111,7 +111,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from emu.trace_record import RecordError, record
+    from emu.workloads.record import RecordError, record
 
     command = list(args.command)
     if command and command[0] == "--":

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from emu.evaluate import ROW_FIELDS, RunResult
+from emu.evaluation.runner import ROW_FIELDS, RunResult
 
 __all__ = ["format_table", "text_table", "write_json", "write_plots"]
 

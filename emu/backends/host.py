@@ -20,7 +20,7 @@ from agent_host.backend import (
     Tier,
 )
 from agent_host.errors import BackendError, NoSuchDomain
-from emu.world import FAST, PAGE_SIZE, EmuVm, NoSuchVmError, World
+from emu.machine import FAST, PAGE_SIZE, EmuVm, NoSuchVmError, World
 
 __all__ = ["EmuHostBackend"]
 

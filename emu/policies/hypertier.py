@@ -18,10 +18,10 @@ from agent_host.backend import Tier
 from agent_host.daemon import Daemon as HostDaemon
 from agent_host.domxml import TieringMetadata, TierMetadata
 from agent_host.metadata import metadata_xml
-from emu.guest import EmuGuestBackend
-from emu.host import EmuHostBackend
-from emu.policy import VmSpec
-from emu.world import World
+from emu.backends.guest import EmuGuestBackend
+from emu.backends.host import EmuHostBackend
+from emu.machine import World
+from emu.policies import VmSpec
 
 __all__ = ["GUEST_TOML", "HOST_TOML", "GuestBackendFactory", "HyperTierPolicy"]
 

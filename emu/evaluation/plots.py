@@ -33,8 +33,8 @@ def write_plots(
 ) -> list[Path]:
     """Write bars_<profile>_1-<k>_<n>vm.png and hit_<workload>_<setup>.png.
 
-    ``cells`` are :func:`emu.compare.summarize` rows, ``results`` the
-    :func:`emu.compare.run_cell` outputs. Returns the files written.
+    ``cells`` are :func:`emu.evaluation.compare.summarize` rows, ``results`` the
+    :func:`emu.evaluation.compare.run_cell` outputs. Returns the files written.
 
     Raises ImportError (with the install hint) when matplotlib is missing.
     """

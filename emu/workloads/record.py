@@ -2,7 +2,8 @@
 
 The program runs under ``valgrind --tool=lackey --trace-mem=yes
 --trace-syscalls=yes``; its log arrives on a pipe and is parsed, LLC-filtered
-and numbered block by block (:mod:`emu.trace`), so the raw stream is never held.
+and numbered block by block (:mod:`emu.workloads.lackey`), so the raw stream
+is never held.
 Client commands (e.g. a benchmark driving a server) run one after the other,
 each starting a new phase; after the last one the program gets SIGTERM.
 """
@@ -25,9 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from emu.trace import (
-    KERNEL_WRITE_SYSCALLS,
-    LackeyParser,
+from emu.workloads.lackey import KERNEL_WRITE_SYSCALLS, LackeyParser
+from emu.workloads.trace import (
     LlcFilter,
     PageNumbering,
     Trace,

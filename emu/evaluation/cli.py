@@ -12,7 +12,6 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from types import ModuleType
 
 __all__ = ["main"]
 
@@ -30,19 +29,10 @@ EPILOG_RUN = """examples:
 
 # subcommand name -> module with add_arguments(parser) and main(args) -> int
 SUBCOMMANDS = {
-    "run": "emu.cmd_run",
-    "compare": "emu.compare",
-    "trace": "emu.cmd_trace",
+    "run": "emu.evaluation.cmd_run",
+    "compare": "emu.evaluation.cmd_compare",
+    "trace": "emu.evaluation.cmd_trace",
 }
-
-
-def _load(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(SUBCOMMANDS[name])
-    except ModuleNotFoundError as err:
-        if err.name != SUBCOMMANDS[name]:
-            raise
-        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command")
     for name in SUBCOMMANDS:
-        mod = _load(name)
-        if mod is None:
-            continue
+        mod = importlib.import_module(SUBCOMMANDS[name])
         p = sub.add_parser(
             name,
             help=(mod.__doc__ or "").strip().splitlines()[0],

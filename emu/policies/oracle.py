@@ -3,7 +3,7 @@
 ``oracle`` puts the pages with the most accesses over the run on the fast node
 before the run starts (from the workload's weights, or a trace's counts);
 ``oracle-phase`` does so again at each phase change. Both move pages at no cost
-(:meth:`emu.world.World.place_free`). :func:`oracle_metrics` computes, for any
+(:meth:`emu.machine.World.place_free`). :func:`oracle_metrics` computes, for any
 run, the oracle's hit ratio in hindsight, hit/oracle, time to 90 % of the
 oracle after start and after each phase change, and the steady-state hit ratio
 (definitions: docs/emulator.md).
@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from emu.policy import VmSpec
-from emu.world import FAST, EmuProcess, EmuVm, World
+from emu.machine import FAST, EmuProcess, EmuVm, World
+from emu.policies import VmSpec
 
 __all__ = [
     "CONVERGED_FRACTION",

@@ -1,58 +1,42 @@
 """``hypertier compare``: run a matrix of workloads x policies x memory setups.
 
 Each cell (workload, policy, memory profile, fast:slow ratio, VM count) runs
-:func:`emu.evaluate.run_scenario` in a worker process, deterministic under its
+:func:`emu.evaluation.runner.run_scenario` in a worker process, deterministic under its
 seed. The results are one row per VM (report.json, report.csv), a table per
 cell with speedups over every other policy of the same set-up, and PNG plots.
-A preset may instead name scenarios (explicit VM sets, :mod:`emu.multitenant`):
+A preset may instead name scenarios (explicit VM sets, :mod:`emu.evaluation.tenants`):
 its cells are scenario x profile x policy and its table is per VM.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from emu.evaluate import ROW_FIELDS, run_scenario
-from emu.params import PROFILES, Params
-from emu.policy import ORACLE_NAMES, POLICY_NAMES, Policy, VmSpec
-from emu.report import text_table
-from emu.workloads import TRACE_PREFIX, workload_pages
-from emu.world import PAGE_SIZE
+from emu.evaluation.report import text_table
+from emu.evaluation.runner import run_scenario
+from emu.machine import PAGE_SIZE
+from emu.machine.params import Params
+from emu.policies import POLICY_NAMES, Policy, VmSpec
+from emu.workloads import workload_pages
 
 __all__ = [
     "CELL_KEYS",
     "PRESETS",
     "Cell",
     "Matrix",
-    "add_arguments",
     "add_speedups",
     "cells_of",
     "format_cells",
-    "main",
     "run_cell",
     "run_matrix",
     "specs_of",
     "summarize",
 ]
-
-EPILOG = """examples:
-  hypertier compare --out cmp                     # the default matrix, 2 jobs
-  hypertier compare --preset seed-gups --out seed # the seed's motivating GUPS case
-  hypertier compare --preset multi-tenant --out mt # 8 VMs in 4 QoS classes, a
-      # lying guest, tier-unaware balloons; per-VM table and fast_allotment.png
-  hypertier compare --preset multi-tenant --scenarios tenants \\
-      --policies hypertier,hypertier-liar --accesses 20000000 --out /tmp/mt
-  hypertier compare --workloads gups,btree --policies none,memtis,hypertier \\
-      --profiles cxl --ratios 1:2 --vms 1,4 --jobs 2 --out /tmp/cmp
-"""
 
 # LLC misses per VM of the multi-tenant preset: several emulated seconds.
 MULTI_TENANT_ACCESSES = 80_000_000
@@ -60,7 +44,7 @@ MULTI_TENANT_ACCESSES = 80_000_000
 CAPACITY_OVER_FOOTPRINT = 1.25
 # Fields that identify a set-up; rows of one set-up differ only in ``policy``.
 CELL_KEYS = ("workload", "profile", "ratio", "vms")
-# Oracle yardsticks (emu.oracle), averaged over a cell's VMs.
+# Oracle yardsticks (emu.policies.oracle), averaged over a cell's VMs.
 MEAN_FIELDS = ("oracle_hit", "hit_vs_oracle", "hit_ss", "t90_s")
 SUM_FIELDS = (
     "tlb_flush",
@@ -87,7 +71,7 @@ class Matrix:
     epoch_s: float = 0.01
     max_s: float = 30.0
     seed: int = 1
-    # explicit VM sets (emu.multitenant.SCENARIOS); with any, the cells are
+    # explicit VM sets (emu.evaluation.tenants.SCENARIOS); with any, the cells are
     # scenario x profile x policy and workloads, ratios and vms are unused
     scenarios: tuple[str, ...] = ()
 
@@ -180,7 +164,7 @@ def cells_of(matrix: Matrix) -> list[Cell]:
     With scenarios: scenario x profile x the policies the scenario runs.
     """
     if matrix.scenarios:
-        from emu.multitenant import SCENARIOS
+        from emu.evaluation.tenants import SCENARIOS
 
         return [
             Cell("", p, prof, SCENARIOS[sc].ratio(), len(SCENARIOS[sc].vms),
@@ -209,7 +193,7 @@ def specs_of(cell: Cell) -> list[VmSpec]:
     between the fast and the slow node. A scenario cell has the scenario's VMs.
     """
     if cell.scenario:
-        from emu.multitenant import SCENARIOS
+        from emu.evaluation.tenants import SCENARIOS
 
         block = Params().block_bytes
         return SCENARIOS[cell.scenario].specs(cell.npages, cell.accesses, block)
@@ -236,13 +220,17 @@ def run_cell(cell: Cell) -> dict[str, object]:
 
     Runs in a worker process: everything returned is plain data.
     """
-    from emu.baselines import make_policy
+    from emu.policies import make_policy
 
     t0 = time.perf_counter()
     params = Params().with_profile(cell.profile)
     host_fast = host_slow = None
     if cell.scenario:
-        from emu.multitenant import SCENARIOS, HostShareProbe, make_scenario_policy
+        from emu.evaluation.tenants import (
+            SCENARIOS,
+            HostShareProbe,
+            make_scenario_policy,
+        )
 
         scenario = SCENARIOS[cell.scenario]
         probe = HostShareProbe(make_scenario_policy(cell.policy, scenario))
@@ -287,7 +275,7 @@ def run_cell(cell: Cell) -> dict[str, object]:
         "virtual_s": result.virtual_s,
     }
     if cell.scenario:
-        from emu.multitenant import guest_channel_status
+        from emu.evaluation.tenants import guest_channel_status
 
         out["guest_channels"] = guest_channel_status(policy)
         out["host_shares"] = probe.series
@@ -430,7 +418,7 @@ def format_cells(cells: Sequence[dict[str, object]], policies: Iterable[str]) ->
     return text_table(heads, body, nleft=len(CELL_KEYS) + 1)
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
+def write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -438,233 +426,3 @@ def _write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-
-
-# ---------------------------------------------------------------------- CLI
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
-
-
-def _ratio(text: str) -> int:
-    fast, sep, slow = text.partition(":")
-    if not sep or fast.strip() != "1" or not slow.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"ratio {text!r} is not of the form 1:K")
-    return int(slow)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``compare`` subcommand's flags; each overrides the preset's value."""
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="default", help="base matrix"
-    )
-    parser.add_argument("--out", type=Path, default=Path("hypertier-compare"))
-    parser.add_argument("--workloads", type=_names, help="comma-separated workloads")
-    parser.add_argument(
-        "--scenarios",
-        type=_names,
-        help="comma-separated VM sets of a scenario preset (multi-tenant: "
-        "tenants,gups)",
-    )
-    parser.add_argument(
-        "--policies",
-        type=_names,
-        help=f"comma-separated, from {','.join(POLICY_NAMES)}",
-    )
-    parser.add_argument("--profiles", type=_names, help="memory profiles: cxl,pmem")
-    parser.add_argument(
-        "--ratios",
-        type=lambda s: tuple(_ratio(x) for x in _names(s)),
-        help="fast:slow ratios, e.g. 1:2,1:5",
-    )
-    parser.add_argument(
-        "--vms",
-        type=lambda s: tuple(int(x) for x in _names(s)),
-        help="VM counts, e.g. 1,4,9",
-    )
-    parser.add_argument("--pages", type=int, help="footprint per VM (4 KiB pages)")
-    parser.add_argument("--accesses", type=int, help="LLC misses per VM")
-    parser.add_argument("--epoch-s", type=float, help="policy epoch (virtual s)")
-    parser.add_argument("--max-s", type=float, help="virtual time limit per run")
-    parser.add_argument("--seed", type=int, help="random seed of every cell")
-    parser.add_argument(
-        "--jobs", type=int, default=2, help="worker processes (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print the per-cell rows as JSON"
-    )
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-
-
-def _matrix(args: argparse.Namespace) -> Matrix:
-    m = PRESETS[args.preset]
-    over = {
-        "workloads": args.workloads,
-        "policies": args.policies,
-        "profiles": args.profiles,
-        "ratios": args.ratios,
-        "vms": args.vms,
-        "npages": args.pages,
-        "accesses": args.accesses,
-        "epoch_s": args.epoch_s,
-        "max_s": args.max_s,
-        "seed": args.seed,
-        "scenarios": args.scenarios,
-    }
-    return replace(m, **{k: v for k, v in over.items() if v is not None})
-
-
-def _check(m: Matrix, args: argparse.Namespace) -> str | None:
-    from emu.multitenant import SCENARIOS, VARIANT_POLICIES
-    from emu.workloads import WORKLOADS
-
-    if m.scenarios or args.scenarios:
-        if not PRESETS[args.preset].scenarios:
-            return f"--scenarios needs a scenario preset, not {args.preset!r}"
-        fixed = [f for f in ("workloads", "ratios", "vms") if getattr(args, f)]
-        if fixed:
-            return f"--{', --'.join(fixed)}: preset {args.preset!r} has fixed VM sets"
-        for what, given, choices in (
-            ("scenario", m.scenarios, tuple(SCENARIOS)),
-            ("policy", m.policies, (*POLICY_NAMES, *VARIANT_POLICIES)),
-            ("profile", m.profiles, tuple(PROFILES)),
-        ):
-            wrong = [n for n in given if n not in choices]
-            if wrong or not given:
-                return (
-                    f"{what} {wrong or '(none)'} unknown; choose from {sorted(choices)}"
-                )
-        if m.npages < 1024 or m.accesses < 1 or m.epoch_s <= 0 or m.max_s <= 0:
-            return "--pages >= 1024, --accesses, --epoch-s and --max-s > 0 needed"
-        return None
-    traces = tuple(w for w in m.workloads if w.startswith(TRACE_PREFIX))
-    for kind, names, known in (
-        ("workload", m.workloads, (*WORKLOADS, *traces)),
-        ("policy", m.policies, (*POLICY_NAMES, *ORACLE_NAMES)),
-        ("profile", m.profiles, PROFILES),
-    ):
-        bad = [n for n in names if n not in known]
-        if bad or not names:
-            return f"{kind} {bad or '(none)'} unknown; choose from {sorted(known)}"
-    for w in traces:
-        try:
-            workload_pages(w, 0)
-        except ValueError as err:
-            return str(err)
-    if min(m.vms, default=0) < 1 or min(m.ratios, default=0) < 1:
-        return "--vms and --ratios need values >= 1"
-    if m.npages < 1024 or m.accesses < 1 or m.epoch_s <= 0 or m.max_s <= 0:
-        return "--pages >= 1024, --accesses, --epoch-s and --max-s > 0 needed"
-    return None
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the matrix, print the table, write report.json/.csv and plots."""
-    from emu.baselines import PolicyUnavailable, make_policy
-
-    matrix = _matrix(args)
-    problem = _check(matrix, args)
-    if problem is not None or args.jobs < 1:
-        print(f"hypertier compare: {problem or '--jobs must be >= 1'}", file=sys.stderr)
-        return 2
-    unavailable: dict[str, str] = {}
-    for name in matrix.policies:
-        try:
-            if matrix.scenarios:
-                from emu.multitenant import SCENARIOS, make_scenario_policy
-
-                make_scenario_policy(name, SCENARIOS["tenants"]).close()
-            else:
-                make_policy(name).close()
-        except PolicyUnavailable as err:
-            unavailable[name] = err.reason
-            print(
-                f"hypertier compare: WARNING: {err}; the {name!r} column is left out "
-                "of every table, file and plot",
-                file=sys.stderr,
-            )
-    policies = tuple(p for p in matrix.policies if p not in unavailable)
-    if not policies:
-        print("hypertier compare: no policy left to run", file=sys.stderr)
-        return 1
-    matrix = replace(matrix, policies=policies)
-    cells = cells_of(matrix)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    shape = (
-        f"{len(matrix.scenarios)} scenarios x {len(policies)} policies (those each "
-        f"runs) x {len(matrix.profiles)} profiles"
-        if matrix.scenarios
-        else f"{len(matrix.workloads)} workloads x {len(policies)} policies x "
-        f"{len(matrix.profiles)} profiles x {len(matrix.ratios)} ratios x "
-        f"{len(matrix.vms)} VM counts"
-    )
-    print(
-        f"hypertier compare: {len(cells)} cells ({shape}), {args.jobs} jobs",
-        file=sys.stderr,
-    )
-    t0 = time.perf_counter()
-
-    def progress(done: int, total: int, cell: Cell, res: dict[str, object]) -> None:
-        wall = res.get("wall_s", 0.0)
-        print(
-            f"  [{done:>4}/{total}] {cell.label:<36} {float(str(wall)):6.1f} s  "
-            f"(total {time.perf_counter() - t0:6.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    results = run_matrix(cells, jobs=args.jobs, progress=progress)
-    wall = time.perf_counter() - t0
-    rows = add_speedups([row for r in results for row in r["rows"]])  # type: ignore[attr-defined]
-    tenants: dict[str, object] = {}
-    if matrix.scenarios:
-        from emu.multitenant import report
-
-        table, text, tenants = report(matrix, results)
-    else:
-        table = summarize(rows)
-        text = format_cells(table, policies)
-    meta = {
-        "preset": args.preset,
-        "matrix": asdict(matrix),
-        "capacity_over_footprint": CAPACITY_OVER_FOOTPRINT,
-        "jobs": args.jobs,
-        "wall_s": round(wall, 2),
-        "unavailable": unavailable,
-        "row_fields": list(ROW_FIELDS),
-    }
-    doc = {
-        "meta": meta,
-        "rows": rows,
-        "cells": table,
-        **({"tenants": tenants} if matrix.scenarios else {}),
-        "series": [
-            {"cell": r["cell"], "wall_s": round(float(str(r["wall_s"])), 3),
-             "virtual_s": r["virtual_s"], "series": r["series"],
-             **{k: r[k] for k in ("guest_channels", "host_shares") if k in r}}
-            for r in results
-        ],
-    }  # fmt: skip
-    (out / "report.json").write_text(json.dumps(doc, indent=1) + "\n")
-    _write_csv(out / "report.csv", rows)
-    (out / "table.txt").write_text(text + "\n")
-    print(json.dumps(table, indent=1) if args.json else text)
-    if not args.no_plots:
-        try:
-            if matrix.scenarios:
-                from emu.multitenant import write_plots as write_tenant_plots
-
-                paths = write_tenant_plots(out, matrix, results)
-            else:
-                from emu.plots import write_plots
-
-                paths = write_plots(out, table, results)
-            print(f"hypertier compare: {len(paths)} plots in {out}", file=sys.stderr)
-        except ImportError as err:
-            print(f"hypertier compare: no plots: {err}", file=sys.stderr)
-    print(
-        f"hypertier compare: wrote {out / 'report.json'}, report.csv, table.txt "
-        f"in {wall:.1f} s",
-        file=sys.stderr,
-    )
-    return 0

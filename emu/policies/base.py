@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from emu.machine import World
 from emu.workloads import Workload
-from emu.world import World
 
 __all__ = ["ORACLE_NAMES", "POLICY_NAMES", "Policy", "VmSpec"]
 
@@ -28,7 +28,8 @@ POLICY_NAMES = (
     "hemem",
     "hypertier",
 )
-# The best static placement (emu.oracle): yardsticks, not in the default matrix.
+# The best static placement (emu.policies.oracle): yardsticks, not in the
+# default matrix.
 ORACLE_NAMES = ("oracle", "oracle-phase")
 
 

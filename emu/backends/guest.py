@@ -27,7 +27,7 @@ from agent_guest.backend import (
     Vma,
 )
 from agent_guest.errors import NoSuchProcess, Unsupported
-from emu.world import FAST, EmuProcess, NoSuchProcessError, World
+from emu.machine import FAST, EmuProcess, NoSuchProcessError, World
 
 __all__ = ["EmuGuestBackend"]
 

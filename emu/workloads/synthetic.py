@@ -292,7 +292,7 @@ def make_workload(
     """A workload from a spec; ``options`` go to its constructor (gups: hot_fraction).
 
     The spec is a registered name (``npages`` is its footprint), ``trace:FILE``
-    (a recorded trace, :mod:`emu.trace`; its footprint is the trace's), or a
+    (a recorded trace, :mod:`emu.workloads.trace`; its footprint is the trace's), or a
     Workload instance, returned as it is.
 
     Raises:
@@ -301,7 +301,7 @@ def make_workload(
     if isinstance(name, Workload):
         return name
     if name.startswith(TRACE_PREFIX):
-        from emu.trace import TraceWorkload
+        from emu.workloads.trace import TraceWorkload
 
         try:
             return TraceWorkload.from_file(name[len(TRACE_PREFIX) :], **options)

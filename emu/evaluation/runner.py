@@ -1,6 +1,6 @@
 """Run one scenario (a set of VMs with workloads) under one policy on a World.
 
-The runner builds the world from :class:`~emu.policy.VmSpec` s (after the policy's
+The runner builds the world from :class:`~emu.policies.VmSpec` s (after the policy's
 ``adjust``), spawns each workload, then alternates ``epoch_s`` of virtual time
 with one policy tick until every workload finished (or ``max_s``). It returns one
 row per VM with the seed's metrics plus per-epoch time series.
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emu.oracle import METRIC_FIELDS, oracle_metrics, phase_oracle_hits
-from emu.params import Params
-from emu.policy import Policy, VmSpec
-from emu.world import FAST, PAGE_SIZE, World
+from emu.machine import FAST, PAGE_SIZE, World
+from emu.machine.params import Params
+from emu.policies import Policy, VmSpec
+from emu.policies.oracle import METRIC_FIELDS, oracle_metrics, phase_oracle_hits
 
 __all__ = [
     "ROW_FIELDS",
@@ -149,7 +149,7 @@ def run_scenario(
 
     ``host_fast_bytes`` and ``host_slow_bytes`` fix the host's memory (see
     :func:`build_world`).
-    Rows carry the oracle yardsticks (:func:`emu.oracle.oracle_metrics`).
+    Rows carry the oracle yardsticks (:func:`emu.policies.oracle.oracle_metrics`).
     Series per VM and epoch: ``fast_hit_ratio``, ``accesses``, ``phase``,
     ``oracle_hit`` (its phase's best static placement, in hindsight),
     ``placement``,

@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from emu.evaluate import RunResult, default_scenario, run_scenario
-from emu.params import PROFILES, Params
-from emu.policy import VmSpec
-from emu.report import format_table, write_json, write_plots
+from emu.evaluation.report import format_table, write_json, write_plots
+from emu.evaluation.runner import RunResult, default_scenario, run_scenario
+from emu.machine import PAGE_SIZE
+from emu.machine.params import PROFILES, Params
+from emu.policies import VmSpec
 from emu.workloads import make_workload
-from emu.world import PAGE_SIZE
 
 __all__ = ["add_arguments", "main"]
 
@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _one_vm(args: argparse.Namespace) -> VmSpec:
     """The VM of ``--workload``: fast = ``--fast-fraction`` of its footprint."""
-    from emu.trace import TraceWorkload
+    from emu.workloads.trace import TraceWorkload
 
     if not 0 < args.fast_fraction <= 1:
         raise ValueError("--fast-fraction must be in (0, 1]")
@@ -128,7 +128,7 @@ class _Progress:
 
 
 def main(args: argparse.Namespace) -> int:
-    from emu.baselines import make_policy
+    from emu.policies import make_policy
 
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
     try:

@@ -1,0 +1,116 @@
+"""Running workloads on the emulated machine, and what each access costs.
+
+Workloads run in chunks when time advances; each chunk is costed (memory
+latency per tier, TLB misses with warm or cold 2D walks, slow-tier bandwidth
+shared by the VMs, management time owed by the vCPUs) and feeds the tracking
+sources. The parameters are in :mod:`emu.machine.params`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emu.machine.state import FAST, EmuProcess, EmuVm
+from emu.machine.tracking import Tracking
+
+__all__ = ["Execution"]
+
+_CHUNK = 1 << 20
+_MIN_CHUNK = 1 << 14
+
+
+class Execution(Tracking):
+    """The clock listener that runs every VM's processes."""
+
+    def advance(self, dt_s: float) -> None:
+        """Run every VM's workloads for ``dt_s`` of virtual time (clock listener)."""
+        for vm in self.vms.values():
+            vm.budget_s += dt_s
+            self._run_vm(vm)
+
+    def _run_vm(self, vm: EmuVm) -> None:
+        while vm.budget_s > 0:
+            running = [p for p in vm.procs.values() if p.running]
+            if not running:
+                # idle: management work still happens on idle vCPUs
+                vm.vtime_s += vm.budget_s
+                vm.counters.guest_mgmt_ns += 0.0
+                vm.pending_ns = 0.0
+                vm.pending_full_flushes = 0.0
+                vm.pending_one_flushes = 0
+                vm.budget_s = 0.0
+                return
+            for proc in running:
+                if vm.budget_s <= 0:
+                    break
+                spent = self._run_chunk(vm, proc)
+                vm.budget_s -= spent
+                vm.vtime_s += spent
+
+    def _run_chunk(self, vm: EmuVm, proc: EmuProcess) -> float:
+        wl = proc.workload
+        if wl is None:
+            return 0.0
+        # size the chunk to the remaining time budget so policies see the
+        # effect of each epoch (estimate from the previous chunk's cost)
+        fit = int(vm.budget_s * 1e9 / max(vm.ns_per_access, 1e-3)) + 1
+        n = min(max(fit, _MIN_CHUNK), _CHUNK, proc.target_accesses - proc.done_accesses)
+        vpn = wl.generate(n)
+        counts = np.bincount(vpn, minlength=proc.npages)
+        acc = proc.phase_counts.get(wl.phase)
+        if acc is None:
+            proc.phase_counts[wl.phase] = counts.astype(np.int64)
+        else:
+            acc += counts
+        touched = counts > 0
+        missing = touched & (proc.pt < 0)
+        if missing.any():
+            self._fault_in(vm, proc, np.flatnonzero(missing).astype(np.int64))
+        tiers = self._page_tiers(vm, proc)
+        fast_n = int(counts[tiers == FAST].sum())
+        slow_n = n - fast_n
+        mem = self.mem
+        tlb = self.params.tlb
+        # TLB: independent-reference estimate, top-E pages hit per vCPU
+        e = tlb.entries
+        if np.count_nonzero(touched) > e:
+            hit = float(np.partition(counts, -e)[-e:].sum()) / n
+        else:
+            hit = 1.0
+        misses = n * (1.0 - hit)
+        distinct = float(np.count_nonzero(touched)) / max(1, proc.threads)
+        cold = min(float(n), vm.pending_full_flushes * min(e, distinct))
+        cold += min(float(n), float(vm.pending_one_flushes))
+        vm.pending_full_flushes = 0.0
+        vm.pending_one_flushes = 0
+        cpus = min(proc.threads, vm.vcpus)
+        mem_ns = (fast_n * mem.fast_latency_ns + slow_n * mem.slow_latency_ns) / wl.mlp
+        walk_ns = (
+            misses * tlb.warm_walk_refs + cold * tlb.cold_walk_refs
+        ) * tlb.walk_ref_ns
+        t_ns = (mem_ns + walk_ns) / cpus
+        # the slow tier's bandwidth is shared by the VMs running on it
+        share = mem.slow_bandwidth_gib_s * (1 << 30) / max(1, len(self.vms))
+        t_ns = max(t_ns, slow_n * 64 / share * 1e9)
+        t_ns += vm.pending_ns / vm.vcpus
+        vm.pending_ns = 0.0
+        c = vm.counters
+        c.accesses += n
+        c.fast_accesses += fast_n
+        c.tlb_misses += int(misses + cold)
+        c.cold_walks += int(cold)
+        proc.done_accesses += n
+        # tracking side effects
+        if vm.sampling is not None and (
+            not vm.sample_pids or proc.pid in vm.sample_pids
+        ):
+            self._track(vm, proc, vpn, counts, tiers)
+        if vm.track_ept_a or vm.track_pml:
+            self._track_host(
+                vm, proc, vpn, touched, wl.write_fraction, wl.last_writes()
+            )
+        vm.ns_per_access = (mem_ns + walk_ns) / cpus / n
+        t_s = t_ns * 1e-9
+        if proc.done_accesses >= proc.target_accesses:
+            proc.finished_at_s = vm.vtime_s + t_s
+        return t_s
