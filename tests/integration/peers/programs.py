@@ -35,6 +35,7 @@ GUEST_DIR = Path(__file__).resolve().parent / "guest"
 # name of the binary -> its source in GUEST_DIR
 C_PROGRAMS: Mapping[str, str] = {
     "ht-workload": "ht-workload.c",
+    "ht-kvload": "ht-kvload.c",
 }
 # Guest-side scripts that run on the guest's python3 (standard library only).
 SCRIPTS: tuple[str, ...] = ("ht-collect.py",)

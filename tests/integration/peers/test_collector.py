@@ -234,3 +234,46 @@ def test_bad_interval_is_a_usage_error() -> None:
     )
     assert proc.returncode == 2
     assert "--interval-s must be > 0" in proc.stderr
+
+
+def test_numa_maps_parser_sums_nodes_in_kib() -> None:
+    text = (
+        "55d0 default file=/bin/x mapped=3 N0=3 kernelpagesize_kB=4\n"
+        "7f00 default anon=10 dirty=10 N0=4 N1=6 kernelpagesize_kB=4\n"
+        "7f80 default anon=1 N1=1 kernelpagesize_kB=2048\n"
+        "7fff default stack anon=2 dirty=2 N0=2 kernelpagesize_kB=4\n"
+    )
+    assert collect.parse_numa_maps_kib(text) == {"0": 36, "1": 24 + 2048}
+
+
+HOLD_64MIB = """
+import sys
+buf = bytearray(64 << 20)
+for i in range(0, len(buf), 4096):
+    buf[i] = 1
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_numa_maps_reports_a_process_memory_per_node() -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_64MIB],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        start, end = _collect(
+            "--interval-s", "0.3", "--duration-s", "0.3", "--no-tlb",
+            "--numa-maps", f"holder=pid:{holder.pid}",
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert start["numa_maps"] == {"holder": f"pid:{holder.pid}"}
+    per_node = end["numa_kib"]["holder"]
+    assert set(per_node) <= {str(n) for n in start["nodes"]}
+    assert sum(per_node.values()) >= 64 << 10

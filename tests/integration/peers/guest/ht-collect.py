@@ -95,6 +95,22 @@ def parse_cpulist(text: str) -> list[int]:
     return cpus
 
 
+def parse_numa_maps_kib(text: str) -> dict[str, int]:
+    """KiB per node of a /proc/PID/numa_maps (N<node>=<pages> x kernelpagesize_kB)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        page_kib = 4
+        for f in fields:
+            if f.startswith("kernelpagesize_kB="):
+                page_kib = int(f.partition("=")[2])
+        for f in fields:
+            if f.startswith("N") and "=" in f and f[1:].partition("=")[0].isdigit():
+                node, _, pages = f[1:].partition("=")
+                out[node] = out.get(node, 0) + int(pages) * page_kib
+    return out
+
+
 def parse_node_free_kib(text: str) -> int:
     match = re.search(r"MemFree:\s+(\d+)\s+kB", text)
     if match is None:
@@ -175,6 +191,24 @@ class CpuTracker:
                 if track.value in cmdline:
                     labels.append(track.label)
         return labels
+
+    def numa_kib(self) -> dict[str, dict[str, int]]:
+        """{label: {node: KiB}} of the matching processes' memory (numa_maps)."""
+        out: dict[str, dict[str, int]] = {t.label: {} for t in self.tracks}
+        for entry in self.proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                labels = self._matches(int(entry.name))
+                if not labels:
+                    continue
+                per_node = parse_numa_maps_kib((entry / "numa_maps").read_text())
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            for label in labels:
+                for node, kib in per_node.items():
+                    out[label][node] = out[label].get(node, 0) + kib
+        return out
 
     def sample(self) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
         """({label: {"user_s", "sys_s"}}, {label: live task count})."""
@@ -306,6 +340,14 @@ def main(argv: list[str] | None = None) -> int:
         help="LABEL=comm:PREFIX | LABEL=cmdline:SUBSTRING | LABEL=pid:PID "
         "(repeatable; kswapd and kdamond are always tracked)",
     )
+    parser.add_argument(
+        "--numa-maps",
+        type=Track.parse,
+        action="append",
+        default=[],
+        help="LABEL=comm:PREFIX | LABEL=cmdline:SUBSTRING | LABEL=pid:PID: report "
+        "these processes' memory per node from /proc/PID/numa_maps (repeatable)",
+    )
     parser.add_argument("--no-tlb", action="store_true", help="skip TLB counting")
     parser.add_argument("--proc", type=Path, default=Path("/proc"))
     parser.add_argument("--sys", type=Path, default=Path("/sys"))
@@ -320,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tracks = [Track.parse(s) for s in DEFAULT_TRACKS] + args.track
     cpu = CpuTracker(args.proc, tracks)
+    numa = CpuTracker(args.proc, args.numa_maps) if args.numa_maps else None
     vmstat0 = parse_vmstat((args.proc / "vmstat").read_text(), VMSTAT_PREFIXES)
     tlb: TlbCounter | None = None
     tlb_error: str | None = "disabled by --no-tlb" if args.no_tlb else None
@@ -338,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "unix_s": round(time.time(), 3),
         "interval_s": args.interval_s,
         "tracks": {t.label: f"{t.kind}:{t.value}" for t in tracks},
+        "numa_maps": {t.label: f"{t.kind}:{t.value}" for t in args.numa_maps},
         "vmstat_counters": sorted(vmstat0),
         "tlb_reasons": sorted(tlb.reasons.values()) if tlb else [],
         "tlb_error": tlb_error,
@@ -364,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 if tlb
                 else None
             ),
+            "numa_kib": numa.numa_kib() if numa else {},
             "node_free_kib": {
                 str(n): parse_node_free_kib(
                     (args.sys / f"devices/system/node/node{n}/meminfo").read_text()
