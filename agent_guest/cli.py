@@ -17,6 +17,7 @@ from types import FrameType, ModuleType
 from agent_guest import cmd_config, cmd_reload, cmd_run, cmd_status, cmd_stop
 from agent_guest.daemon import VERSION
 from agent_guest.errors import ConfigError, GuestError
+from hypertier_common.systemd import stderr_handler
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -101,11 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: int, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    formatter = (
+        _JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )
+    handler = stderr_handler(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING - 10 * min(verbose + 1, 2))

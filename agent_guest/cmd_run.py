@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import threading
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ from agent_guest.clock import Clock, SystemClock
 from agent_guest.control import Controller, ControlServer
 from agent_guest.daemon import Daemon
 from agent_guest.errors import ConfigError
+from hypertier_common.systemd import Notifier
 
 __all__ = ["EPILOG", "HELP", "add_arguments", "backend_options", "main", "serve"]
 
@@ -102,12 +104,19 @@ def serve(
         raise
     server = ControlServer(cfg.guest.control_socket, Controller(daemon))
     server.start()
+    notifier = Notifier()
     try:
         if once:
             daemon.tick()
             daemon.shutdown()
         else:
-            daemon.run()
+            # The sampling source is chosen and the control socket listens.
+            notifier.ready(daemon.summary())
+            daemon.run(
+                heartbeat=lambda: notifier.watchdog(daemon.summary()),
+                heartbeat_every_s=notifier.watchdog_interval_s or math.inf,
+            )
+            notifier.stopping()
     finally:
         server.close()
     return 0

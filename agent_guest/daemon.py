@@ -34,6 +34,7 @@ from agent_guest.config import Config
 from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.sampler import Sampler
+from hypertier_common.systemd import wait_beating
 
 __all__ = ["VERSION", "Daemon", "NodeRoles", "node_roles", "pick_targets"]
 
@@ -217,7 +218,17 @@ class Daemon:
         log.info("configuration reloaded")
 
     # --------------------------------------------------------------------- loop
-    def run(self) -> None:
+    def run(
+        self,
+        heartbeat: Callable[[], object] | None = None,
+        heartbeat_every_s: float = math.inf,
+    ) -> None:
+        """Tick every ``sampler.window_s`` until stopped, then shut down.
+
+        ``heartbeat`` (the systemd watchdog) is called from this loop after every
+        tick and at least every ``heartbeat_every_s`` while it waits, so it stops
+        being called when a tick hangs.
+        """
         log.info(
             "hypertier-guest %s started, source %s", VERSION, self._sampler.source.value
         )
@@ -232,7 +243,9 @@ class Daemon:
                 self.counters.tick_failures += 1
                 log.warning("tick failed, continuing: %s", err)
             deadline += self._cfg.sampler.window_s
-            self._clock.wait(self._stop, max(0.0, deadline - self._clock.monotonic()))
+            wait_beating(
+                self._clock, self._stop, deadline, heartbeat, heartbeat_every_s
+            )
         self.shutdown()
 
     def _do_reload(self) -> None:
@@ -317,7 +330,7 @@ class Daemon:
         self._last_cpu, self._last_t = cpu, now
         self.counters.epochs += 1
         self.counters.last_tick_ms = (now - t0) * 1e3
-        log.info(
+        log.debug(
             "epoch %d: %d samples (%d lost), %d pids, hot %d MiB, +%d/-%d pages",
             self.counters.epochs,
             len(batch),
@@ -525,6 +538,17 @@ class Daemon:
             self._channel_down = True
 
     # ------------------------------------------------------------------- status
+    def summary(self) -> str:
+        """One line for systemd's status (``systemctl status``)."""
+        with self._lock:
+            stats = self._exchanger.stats
+            return (
+                f"source {self._sampler.source.value}, {len(self._targets)} "
+                f"process(es), {self.counters.epochs} epochs, pages "
+                f"+{stats.promoted}/-{stats.demoted}, "
+                f"hot {self.counters.hot_bytes >> 20} MiB"
+            )
+
     def status(self) -> Mapping[str, object]:
         """Counters for ``hypertier-guest status`` (JSON-serialisable)."""
         with self._lock:

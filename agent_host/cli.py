@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Sequence
 from types import ModuleType
@@ -25,6 +24,7 @@ from agent_host import (
 )
 from agent_host.daemon import VERSION
 from agent_host.errors import AccessDenied, ConfigError, HostError
+from hypertier_common.systemd import stderr_handler
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "SUBCOMMANDS", "main"]
 
@@ -64,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="debug logging (default: info)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -110,9 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: signals.request_stop())
         signal.signal(signal.SIGINT, lambda *_: signals.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: signals.request_reload())
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    # INFO by default: VMs added and removed, tiers resized reach the journal.
     logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        handlers=[
+            stderr_handler(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        ],
     )
     try:
         rc: int = args.handler(args)

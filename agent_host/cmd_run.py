@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,9 +16,12 @@ from agent_host.backend import HostBackend, make_backend
 from agent_host.clock import Clock, SystemClock
 from agent_host.cmd_common import add_config_flag, load_config
 from agent_host.control import Controller, ControlServer
-from agent_host.daemon import Daemon
+from agent_host.daemon import VERSION, Daemon
 from agent_host.errors import ConfigError, HostError
-from agent_host.metrics import MetricsServer, render
+from agent_host.metrics import MetricsServer
+from agent_host.metrics import registry as metrics_registry
+from hypertier_common.prometheus import render as render_registry
+from hypertier_common.systemd import Notifier
 
 EPILOG = """examples:
   hypertier-host run -c /etc/hypertier/host.toml
@@ -108,19 +112,27 @@ def serve(
 
     metrics: MetricsServer | None = None
     if cfg.metrics.listen:  # bound first: a busy port leaves no control socket
-        metrics = MetricsServer(
-            cfg.metrics.listen, lambda: render(daemon.status(), daemon.domain_stats())
+        reg = metrics_registry(
+            daemon.status, daemon.domain_stats, daemon.tick_durations, VERSION
         )
+        metrics = MetricsServer(cfg.metrics.listen, lambda: render_registry(reg))
     controller = Controller(daemon, reload_config)
     server = ControlServer(controller, cfg.host.control_socket)
     threading.Thread(target=on_signals, name="signals", daemon=True).start()
     server.start()
     if metrics:
         metrics.start()
+    notifier = Notifier()
     try:
         if on_ready:
             on_ready(daemon)
-        daemon.run()
+        # The backend is connected (libvirt) and the control socket listens.
+        notifier.ready(daemon.summary())
+        daemon.run(
+            heartbeat=lambda: notifier.watchdog(daemon.summary()),
+            heartbeat_every_s=notifier.watchdog_interval_s or math.inf,
+        )
+        notifier.stopping()
     finally:
         server.close()
         if metrics:

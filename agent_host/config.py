@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import tomllib
 import types
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_host.errors import ConfigError
+from hypertier_common.metrics import MetricsError, parse_listen
 
 __all__ = [
     "BACKEND_NAMES",
@@ -196,21 +196,10 @@ def split_listen(listen: str) -> tuple[str, int]:
     Raises:
         ConfigError: not of that form, naming ``metrics.listen``.
     """
-    host, sep, port = listen.rpartition(":")
-    usage = f"metrics.listen must be 'address:port', got {listen!r}"
-    if not sep or not port.isdecimal() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{usage}: port must be 0-65535")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError as err:
-            raise ConfigError(f"{usage}: {host} is not an IPv6 address") from err
-        return host[1:-1], int(port)
-    if ":" in host or "[" in host or "]" in host:
-        raise ConfigError(f"{usage}: write an IPv6 address in brackets, '[::1]:9464'")
-    if not host:
-        raise ConfigError(f"{usage}: the address is missing (0.0.0.0 for any)")
-    return host, int(port)
+    try:
+        return parse_listen(listen)
+    except MetricsError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _default_classes() -> dict[str, ClassConfig]:

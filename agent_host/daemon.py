@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +37,8 @@ from agent_host.config import Config
 from agent_host.errors import ConfigError, HostError, NoSuchDomain
 from agent_host.metadata import metadata_xml
 from agent_host.policy import PolicyInputs, PolicyResult, TierInputs, plan
+from hypertier_common.metrics import DurationHistogram
+from hypertier_common.systemd import wait_beating
 
 __all__ = ["HOST_AGENT", "Daemon", "VmState"]
 
@@ -189,6 +191,7 @@ class Daemon:
         self.ticks = 0
         self.tick_failures = 0
         self.last_tick_ms = 0.0
+        self.tick_durations = DurationHistogram()
 
     @property
     def config(self) -> Config:
@@ -196,8 +199,17 @@ class Daemon:
 
     # -- loop -----------------------------------------------------------------
 
-    def run(self) -> None:
-        """Tick until :meth:`stop`; tier sizes stay as they are on exit."""
+    def run(
+        self,
+        heartbeat: Callable[[], object] | None = None,
+        heartbeat_every_s: float = math.inf,
+    ) -> None:
+        """Tick until :meth:`stop`; tier sizes stay as they are on exit.
+
+        ``heartbeat`` (the systemd watchdog) is called from this loop after every
+        tick and at least every ``heartbeat_every_s`` while it waits, so it stops
+        being called when a tick hangs.
+        """
         log.info("host daemon started, %d host node(s)", len(self._nodes))
         deadline = self._clock.monotonic()
         while not self._stop.is_set():
@@ -207,7 +219,9 @@ class Daemon:
                 self.tick_failures += 1
                 log.warning("tick failed, continuing: %s", err)
             deadline += self._cfg.policy.interval_s
-            self._clock.wait(self._stop, max(0.0, deadline - self._clock.monotonic()))
+            wait_beating(
+                self._clock, self._stop, deadline, heartbeat, heartbeat_every_s
+            )
         log.info("host daemon stopped; tier sizes stay as they are")
 
     def stop(self) -> None:
@@ -268,7 +282,8 @@ class Daemon:
                 self._last = result
             self.ticks += 1
             self.last_tick_ms = (time.perf_counter() - start) * 1000.0
-        log.info(
+            self.tick_durations.observe(self.last_tick_ms / 1000.0)
+        log.debug(
             "tick %d: %d VM(s), %d resize(s), %.2f ms",
             self.ticks,
             len(self._states),
@@ -694,6 +709,14 @@ class Daemon:
                 except HostError as err:
                     log.debug("no stats for %s: %s", vm, err)
             return out
+
+    def summary(self) -> str:
+        """One line for systemd's status (``systemctl status``)."""
+        with self._lock:
+            return (
+                f"{len(self._states)} tiered VM(s), {self.ticks} ticks "
+                f"({self.tick_failures} failed), last {self.last_tick_ms:.1f} ms"
+            )
 
     def status(self) -> dict[str, Any]:
         """A JSON-ready snapshot: host tiers, every VM's allotments and guest."""

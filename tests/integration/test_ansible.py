@@ -11,6 +11,7 @@ a fake node directory (``hypertier_host_node_sysfs``) written by the test.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -136,25 +137,72 @@ def _nodelist_filter() -> Any:
 
 
 @pytest.mark.parametrize(
-    ("source", "caps"),
+    ("extra", "caps", "network"),
     [
-        pytest.param("auto", "CAP_PERFMON CAP_SYS_NICE CAP_SYS_PTRACE", id="auto"),
         pytest.param(
-            "a-bit",
-            "CAP_PERFMON CAP_SYS_NICE CAP_SYS_PTRACE CAP_DAC_OVERRIDE",
+            {},
+            "CAP_PERFMON CAP_SYS_PTRACE CAP_SYS_NICE CAP_DAC_OVERRIDE",
+            False,
+            id="defaults",
+        ),
+        pytest.param(
+            {"sampler": {"induce_write_faults": False}},
+            "CAP_PERFMON CAP_SYS_PTRACE CAP_SYS_NICE",
+            False,
+            id="no-soft-dirty",
+        ),
+        pytest.param(
+            {"sampler": {"induce_write_faults": False, "source": "a-bit"}},
+            "CAP_PERFMON CAP_SYS_PTRACE CAP_SYS_NICE CAP_DAC_OVERRIDE",
+            False,
             id="a-bit",
+        ),
+        pytest.param(
+            {"sampler": {"induce_write_faults": False}, "metrics": {"listen": ":9465"}},
+            "CAP_PERFMON CAP_SYS_PTRACE CAP_SYS_NICE",
+            True,
+            id="metrics",
         ),
     ],
 )
-def test_guest_unit_capabilities_follow_sample_source(
-    source: str, caps: str, tmp_path: Path
+def test_guest_unit_drop_in_follows_configured_options(
+    extra: dict[str, Any], caps: str, network: bool, tmp_path: Path
 ) -> None:
+    text = _render_drop_in(
+        "hypertier_guest",
+        "hypertier-guest.options.conf.j2",
+        {"hypertier_guest_config_extra": extra},
+        tmp_path,
+    )
+    assert f"\nAmbientCapabilities={caps}\n" in text
+    assert f"\nCapabilityBoundingSet={caps}\n" in text
+    assert ("\nRestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n" in text) is network
+    assert ("\nPrivateNetwork=no\n" in text) is network
+
+
+@pytest.mark.parametrize("listen", ["", "127.0.0.1:9464"])
+def test_host_unit_drop_in_opens_the_network_only_for_metrics(
+    listen: str, tmp_path: Path
+) -> None:
+    extra = {"metrics": {"listen": listen}} if listen else {}
+    text = _render_drop_in(
+        "hypertier_host",
+        "hypertier-host.options.conf.j2",
+        {"hypertier_host_config_extra": extra},
+        tmp_path,
+    )
+    assert ("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in text) is bool(listen)
+
+
+def _render_drop_in(
+    role_name: str, template: str, extra_vars: dict[str, Any], tmp_path: Path
+) -> str:
     playbook = _need("ansible-playbook", "ansible")
-    role = ANSIBLE_DIR / "roles" / "hypertier_guest"
-    unit = tmp_path / "hypertier-guest.service"
+    role = ANSIBLE_DIR / "roles" / role_name
+    out = tmp_path / "options.conf"
     play = [
         {
-            "name": "Render the guest unit",
+            "name": "Render the drop-in",
             "hosts": "localhost",
             "connection": "local",
             "gather_facts": False,
@@ -166,8 +214,8 @@ def test_guest_unit_capabilities_follow_sample_source(
                 {
                     "name": "Render",
                     "ansible.builtin.template": {
-                        "src": str(role / "templates/hypertier-guest.service.j2"),
-                        "dest": str(unit),
+                        "src": str(role / "templates" / template),
+                        "dest": str(out),
                         "mode": "0644",
                     },
                 }
@@ -175,13 +223,14 @@ def test_guest_unit_capabilities_follow_sample_source(
         }
     ]
     (tmp_path / "render.yml").write_text(yaml.safe_dump(play))
+    (tmp_path / "vars.json").write_text(json.dumps(extra_vars))
     proc = subprocess.run(
         [
             playbook,
             "-i",
             "localhost,",
             "-e",
-            f"hypertier_guest_sampler_source={source}",
+            f"@{tmp_path / 'vars.json'}",
             str(tmp_path / "render.yml"),
         ],
         capture_output=True,
@@ -190,7 +239,7 @@ def test_guest_unit_capabilities_follow_sample_source(
         env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"\nAmbientCapabilities={caps}\n" in unit.read_text()
+    return out.read_text()
 
 
 # --- fixtures for real runs --------------------------------------------------------
@@ -397,14 +446,12 @@ def test_guest_config_check_passes_inside_chroot(guest: Applied) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_guest_unit_has_only_the_needed_capabilities(guest: Applied) -> None:
+def test_guest_unit_installed_as_packaged(guest: Applied) -> None:
     unit = guest.file("/etc/systemd/system/hypertier-guest.service").read_text()
-    caps = "CAP_PERFMON CAP_SYS_NICE CAP_SYS_PTRACE"
-    assert f"\nAmbientCapabilities={caps}\n" in unit
-    assert f"\nCapabilityBoundingSet={caps}\n" in unit
-    assert "\nProtectSystem=strict\n" in unit
-    assert "\nRuntimeDirectory=hypertier\n" in unit
-    assert "\nUser=hypertier\n" in unit
+    assert unit == (REPO / "packaging/systemd/hypertier-guest.service").read_text()
+    drop_in = guest.file("/etc/systemd/system/hypertier-guest.service.d/options.conf")
+    caps = "CAP_PERFMON CAP_SYS_PTRACE CAP_SYS_NICE CAP_DAC_OVERRIDE"
+    assert f"\nAmbientCapabilities={caps}\n" in drop_in.read_text()
 
 
 def _verify_unit(root: Path, unit: str) -> subprocess.CompletedProcess[str]:
@@ -536,10 +583,16 @@ def test_host_units_enabled_offline(host: Applied) -> None:
     assert (wants / "libvirtd.service").is_symlink()
 
 
-def test_host_agent_in_libvirt_group(host: Applied) -> None:
-    groups = host.file("/etc/group").read_text().splitlines()
-    (libvirt,) = [line for line in groups if line.startswith("libvirt:")]
-    assert "hypertier" in libvirt.rsplit(":", 1)[1].split(",")
+def test_host_unit_and_tmpfiles_installed_as_packaged(host: Applied) -> None:
+    for installed, packaged in (
+        (
+            "/etc/systemd/system/hypertier-host.service",
+            "systemd/hypertier-host.service",
+        ),
+        ("/etc/tmpfiles.d/hypertier-host.conf", "tmpfiles.d/hypertier-host.conf"),
+    ):
+        text = (REPO / "packaging" / packaged).read_text()
+        assert host.file(installed).read_text() == text
 
 
 def test_host_vm_xml_rendered_by_agent_and_define_skipped_in_chroot(

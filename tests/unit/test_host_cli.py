@@ -361,8 +361,8 @@ def test_run_with_bad_config_is_usage_error(short_dir: Path) -> None:
 
 def test_metrics_render_has_tiers_and_stats(running: Running) -> None:
     text = render(running.daemon.status(), running.daemon.domain_stats())
-    assert 'hypertier_vm_allotment_requested_bytes{vm="vm0",tier="fast"}' in text
-    assert 'hypertier_vm_remote_tlb_flush_total{vm="vm0"}' in text
+    assert 'hypertier_vm_allotment_requested_bytes{domain="vm0",tier="fast"}' in text
+    assert 'hypertier_vm_remote_tlb_flush_total{domain="vm0"}' in text
     assert "hypertier_vm_guest_hot_bytes" not in text  # no report yet: omitted
 
 

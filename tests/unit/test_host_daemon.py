@@ -452,6 +452,6 @@ def test_a_lying_guest_is_flagged_and_gains_nothing(clock: FakeClock) -> None:
     assert "plugged" in liar["last_implausible"]
     assert status["vm0"]["guest"]["implausible_reports"] == 0
     text = render(daemon.status(), {})
-    assert 'hypertier_vm_guest_implausible_reports_total{vm="vm3"} 30' in text
-    assert 'hypertier_vm_guest_sessions_total{vm="vm3"} 0' in text
-    assert 'hypertier_vm_guest_lines_total{vm="vm3"} 30' in text
+    assert 'hypertier_vm_guest_implausible_reports_total{domain="vm3"} 30' in text
+    assert 'hypertier_vm_guest_sessions_total{domain="vm3"} 0' in text
+    assert 'hypertier_vm_guest_lines_total{domain="vm3"} 30' in text

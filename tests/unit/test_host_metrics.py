@@ -78,9 +78,15 @@ def test_scrape_returns_the_source_text(server: MetricsServer) -> None:
     assert _get(f"http://127.0.0.1:{server.port}/metrics") == b"up 1\n"
 
 
+def test_the_index_page_links_the_metrics(server: MetricsServer) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/html")
+        assert b'<a href="/metrics">' in r.read()
+
+
 def test_other_paths_are_not_found(server: MetricsServer) -> None:
     with pytest.raises(urllib.error.HTTPError) as info:
-        _get(f"http://127.0.0.1:{server.port}/")
+        _get(f"http://127.0.0.1:{server.port}/other")
     assert info.value.code == 404
 
 
