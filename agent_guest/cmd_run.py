@@ -13,8 +13,9 @@ from agent_guest import config
 from agent_guest.backend import BACKENDS, GuestBackend, make_backend
 from agent_guest.clock import Clock, SystemClock
 from agent_guest.control import Controller, ControlServer
-from agent_guest.daemon import Daemon
-from agent_guest.errors import ConfigError
+from agent_guest.daemon import VERSION, Daemon
+from agent_guest.errors import BackendError, ConfigError
+from hypertier_common.metrics import MetricsError, MetricsServer
 from hypertier_common.systemd import Notifier
 
 __all__ = ["EPILOG", "HELP", "add_arguments", "backend_options", "main", "serve"]
@@ -102,8 +103,17 @@ def serve(
     except BaseException:
         backend.close()
         raise
+    metrics = None
+    if cfg.metrics.listen:  # bound first: a busy port leaves no control socket
+        try:
+            metrics = _metrics_server(cfg.metrics.listen, daemon)
+        except BaseException:
+            backend.close()
+            raise
     server = ControlServer(cfg.guest.control_socket, Controller(daemon))
     server.start()
+    if metrics is not None:
+        metrics.start()
     notifier = Notifier()
     try:
         if once:
@@ -119,4 +129,18 @@ def serve(
             notifier.stopping()
     finally:
         server.close()
+        if metrics is not None:
+            metrics.close()
     return 0
+
+
+def _metrics_server(listen: str, daemon: Daemon) -> MetricsServer:
+    """The Prometheus endpoint (prometheus_client is imported only here)."""
+    from agent_guest.metrics import registry
+    from hypertier_common.prometheus import render
+
+    reg = registry(daemon.status, daemon.epoch_durations, VERSION)
+    try:
+        return MetricsServer(listen, lambda: render(reg), title="HyperTier guest agent")
+    except MetricsError as err:
+        raise BackendError(str(err)) from err

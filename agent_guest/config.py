@@ -17,6 +17,7 @@ from typing import Any
 
 from agent_guest.backend import BACKENDS
 from agent_guest.errors import ConfigError
+from hypertier_common.metrics import MetricsError, parse_listen
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -217,12 +218,30 @@ class TargetsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the agent's Prometheus endpoint, "address:port"; off ("")
+    by default. The packaged unit runs without a network: see docs/operations.md."""
+
+    listen: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            return
+        try:
+            _, port = parse_listen(self.listen)
+        except MetricsError as err:
+            raise ConfigError(str(err)) from err
+        _need(port > 0, f"metrics.listen needs a port from 1, got {self.listen!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     guest: GuestConfig = field(default_factory=GuestConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     mover: MoverConfig = field(default_factory=MoverConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def _check(value: object, typ: object, key: str) -> object:

@@ -34,6 +34,7 @@ from agent_guest.config import Config
 from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.sampler import Sampler
+from hypertier_common.metrics import DurationHistogram
 from hypertier_common.systemd import wait_beating
 
 __all__ = ["VERSION", "Daemon", "NodeRoles", "node_roles", "pick_targets"]
@@ -145,6 +146,7 @@ class Daemon:
         self._channel_down = False
         self._informed_epochs = 0  # epochs in which samples arrived
         self.counters = _Counters()
+        self.epoch_durations = DurationHistogram()
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
 
@@ -330,6 +332,7 @@ class Daemon:
         self._last_cpu, self._last_t = cpu, now
         self.counters.epochs += 1
         self.counters.last_tick_ms = (now - t0) * 1e3
+        self.epoch_durations.observe(now - t0)
         log.debug(
             "epoch %d: %d samples (%d lost), %d pids, hot %d MiB, +%d/-%d pages",
             self.counters.epochs,

@@ -1,0 +1,188 @@
+"""Both agents' /metrics as a scraper sees it, checked by Prometheus's own
+``promtool check metrics``: prometheus_client's exposition, process and build-info
+metrics, tick histograms, the ``domain`` label, the index page."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent_guest import cmd_run as guest_run
+from agent_guest import config as guest_config
+from agent_guest.clock import SystemClock as GuestClock
+from agent_guest.daemon import VERSION as GUEST_VERSION
+from agent_host import cmd_run as host_run
+from agent_host import config as host_config
+from agent_host.clock import SystemClock
+from agent_host.daemon import VERSION as HOST_VERSION
+from agent_host.daemon import Daemon
+from emu.backends.guest import EmuGuestBackend
+from emu.backends.host import EmuHostBackend
+from emu.machine import World
+from emu.workloads.synthetic import Gups
+
+MiB = 1 << 20
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return str(r.read().decode())
+
+
+def _promtool_check(text: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool missing (apt-get install prometheus)")
+    proc = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="htm") as d:
+        yield Path(d)
+
+
+def test_host_metrics_pass_promtool(short_dir: Path) -> None:
+    port = _free_port()
+    path = short_dir / "host.toml"
+    path.write_text(
+        f"""
+[host]
+backend = "emu"
+control_socket = "{short_dir}/host.sock"
+sysfs_root = "{DATA / "host-sysfs-1node"}"
+channel_dir = "/tmp"
+
+[policy]
+interval_s = 3600
+host_reserved_bytes = 0
+
+[metrics]
+listen = "127.0.0.1:{port}"
+"""
+    )
+    world = World(host_fast_bytes=2048 * MiB, host_slow_bytes=4096 * MiB)
+    world.add_vm("vm0", 2, 128 * MiB, 128 * MiB, 512 * MiB, 512 * MiB)
+    world.add_vm("vm1", 2, 128 * MiB, 128 * MiB, 512 * MiB, 512 * MiB)
+    ready = threading.Event()
+    holder: list[Daemon] = []
+    signals = host_run.Signals()
+
+    def on_ready(daemon: Daemon) -> None:
+        holder.append(daemon)
+        ready.set()
+
+    thread = threading.Thread(
+        target=host_run.serve,
+        args=(host_config.load(path), EmuHostBackend(world), SystemClock(), path),
+        kwargs={"on_ready": on_ready, "signals": signals},
+    )
+    thread.start()
+    try:
+        assert ready.wait(10.0)
+        for _ in range(3):
+            holder[0].tick()
+        text = _scrape(port)
+        index = _scrape(port, "/")
+    finally:
+        signals.request_stop()
+        thread.join(10.0)
+    assert '<a href="/metrics">' in index
+    assert "process_cpu_seconds_total " in text
+    assert "process_resident_memory_bytes " in text
+    assert 'hypertier_host_build_info{python="' in text
+    assert f'version="{HOST_VERSION}"' in text
+    inf = re.search(
+        r'hypertier_host_tick_duration_seconds_bucket\{le="\+Inf"\} (\S+)', text
+    )
+    count = re.search(r"hypertier_host_tick_duration_seconds_count (\S+)", text)
+    assert inf
+    assert count
+    assert float(inf.group(1)) == float(count.group(1)) >= 3  # every tick observed
+    assert 'hypertier_vm_allotment_current_bytes{domain="vm1",tier="slow"}' in text
+    assert "vm=" not in text
+    _promtool_check(text)
+
+
+def test_guest_metrics_pass_promtool(short_dir: Path) -> None:
+    port = _free_port()
+    cfg = guest_config.loads(
+        f"""
+[guest]
+backend = "emu"
+control_socket = "{short_dir}/guest.sock"
+report_interval_s = 0.1
+[sampler]
+window_s = 0.05
+[mover]
+fast_reserve_bytes = 0
+[targets]
+min_rss_bytes = 0
+refresh_s = 0.1
+[metrics]
+listen = "127.0.0.1:{port}"
+"""
+    )
+    world = World(1 << 30, 4 << 30, seed=1)
+    world.add_vm("vm", 2, 16 * MiB, 64 * MiB)
+    world.spawn("vm", Gups(4096, seed=1), 10**12, comm="app")
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=guest_run.serve,
+        args=(cfg, EmuGuestBackend(world, "vm"), GuestClock()),
+        kwargs={"stop_event": stop},
+    )
+    thread.start()
+    try:
+        text = ""
+        for _ in range(100):  # until a few epochs have run
+            try:
+                text = _scrape(port)
+            except OSError:
+                text = ""
+            if "hypertier_guest_epochs_total 3.0" in text:
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        thread.join(10.0)
+    assert not thread.is_alive()
+    assert "process_cpu_seconds_total " in text
+    assert f'version="{GUEST_VERSION}"' in text
+    assert 'hypertier_guest_sampling_source{source="' in text
+    assert "hypertier_guest_epoch_duration_seconds_count " in text
+    assert "hypertier_guest_samples_total " in text
+    _promtool_check(text)
+
+
+def test_guest_metrics_are_off_by_default() -> None:
+    assert guest_config.Config().metrics.listen == ""
+
+
+@pytest.mark.parametrize("listen", ["9464", "[::1:9464", "127.0.0.1:0"])
+def test_guest_metrics_listen_is_checked(listen: str) -> None:
+    with pytest.raises(guest_config.ConfigError, match=r"metrics\.listen"):
+        guest_config.loads(f'[metrics]\nlisten = "{listen}"\n')
