@@ -272,17 +272,17 @@ class TlbCounter:
                         _NR_PERF_EVENT_OPEN, attr, -1, cpu, -1, _PERF_FLAG_FD_CLOEXEC
                     )
                     if fd < 0:
-                        err = ctypes.get_errno()
+                        code = ctypes.get_errno()
                         raise CollectError(
                             f"perf_event_open(tlb:tlb_flush, cpu {cpu}): "
-                            f"{os.strerror(err)} (needs root or "
+                            f"{os.strerror(code)} (needs root or "
                             "perf_event_paranoid <= -1)"
                         )
                     self._fds[reason].append(fd)
                     if libc.ioctl(fd, _PERF_EVENT_IOC_SET_FILTER, filt) != 0:
-                        err = ctypes.get_errno()
+                        code = ctypes.get_errno()
                         raise CollectError(
-                            f"tracepoint filter on tlb:tlb_flush: {os.strerror(err)}"
+                            f"tracepoint filter on tlb:tlb_flush: {os.strerror(code)}"
                         )
         except CollectError:
             self.close()
