@@ -493,13 +493,20 @@ class LibvirtHostBackend:
         path = channel_path(self.domain_xml(vm))
         if path is None:
             raise BackendError(f"{vm} has no {domxml.CHANNEL_NAME} unix channel")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Non-blocking from the start: a blocking connect(2) to a QEMU that does
+        # not accept (stopped, hung, backlog full) would stall the whole loop.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
             sock.connect(path)
+        except BlockingIOError as err:
+            sock.close()
+            raise BackendError(
+                f"channel of {vm} at {path}: QEMU is not accepting connections "
+                "(backlog full); retrying next tick"
+            ) from err
         except OSError as err:
             sock.close()
             raise BackendError(f"channel of {vm} at {path}: {err}") from err
-        sock.setblocking(False)
         self._channels[vm] = sock
         self._channel_opens[vm] = self._channel_opens.get(vm, 0) + 1
         return sock

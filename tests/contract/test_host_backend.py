@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from agent_host.backend import (
     Tier,
 )
 from agent_host.domxml import TieredVmSpec, TieringMetadata, TierMetadata
-from agent_host.errors import HostError, NoSuchDomain
+from agent_host.errors import BackendError, HostError, NoSuchDomain
 from agent_host.libvirt_backend import LibvirtHostBackend
 from agent_host.metadata import metadata_xml
 from emu.backends.host import EmuHostBackend
@@ -288,3 +289,31 @@ def test_channel_connection_number_holds_while_connected(harness: Harness) -> No
     harness.guest_write(vm, b"\n")
     assert harness.backend.channel_recv(vm) == b"\n"
     assert harness.backend.channel_connection(vm) == first
+
+
+def test_channel_of_a_qemu_that_does_not_accept_fails_at_once() -> None:
+    # QEMU stopped or hung with its channel's backlog full: connect(2) must not
+    # block the host loop (only the watchdog would end that).
+    h = LibvirtHarness("test:///default")
+    try:
+        vm = h.add_vm()
+        listener = h._listeners[vm]
+        path = listener.getsockname()
+        queued = []
+        while True:  # fill the backlog
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                s.close()
+                break
+            queued.append(s)
+        start = time.monotonic()
+        assert h.backend.channel_recv(vm) == b""  # nothing yet; retried next tick
+        with pytest.raises(BackendError, match="not accepting"):
+            h.backend.channel_send(vm, b"\n")
+        assert time.monotonic() - start < 1.0
+        for s in queued:
+            s.close()
+    finally:
+        h.close()
