@@ -19,6 +19,7 @@ from agent_host import (
     cmd_run,
     cmd_status,
     cmd_stop,
+    cmd_tiers,
     cmd_vm_define,
     cmd_vm_set,
 )
@@ -40,6 +41,7 @@ SUBCOMMANDS: dict[tuple[str, ...], ModuleType] = {
     ("status",): cmd_status,
     ("reload",): cmd_reload,
     ("stop",): cmd_stop,
+    ("tiers",): cmd_tiers,
     ("vm", "define"): cmd_vm_define,
     ("vm", "set"): cmd_vm_set,
     ("config", "check"): cmd_config_check,
@@ -49,6 +51,7 @@ SUBCOMMANDS: dict[tuple[str, ...], ModuleType] = {
 EPILOG = """examples:
   hypertier-host run -c /etc/hypertier/host.toml
   hypertier-host status --json
+  hypertier-host tiers --json
   hypertier-host vm define web1 --vcpus 4 --fast-mib 4096 --slow-mib 8192 \\
       --disk /var/lib/libvirt/images/web1.qcow2 --class gold --define
   hypertier-host vm set web1 --class silver --fast-reservation-mib 2048

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from agent_host import domxml
-from agent_host.backend import Tier
 from agent_host.cmd_common import add_config_flag, load_config, mib
+from agent_host.cmd_tiers import tiers
 from agent_host.config import Config
 from agent_host.errors import ConfigError
-from agent_host.libvirt_backend import LibvirtHostBackend, read_host_nodes
+from agent_host.libvirt_backend import LibvirtHostBackend
 
 EPILOG = """examples:
   hypertier-host vm define web1 --fast-mib 2048 --slow-mib 4096 \\
@@ -67,21 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _tier_nodes(cfg: Config) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    nodes = read_host_nodes(
-        Path(cfg.host.sysfs_root), cfg.host.fast_nodes, cfg.host.slow_nodes
-    )
-    fast = tuple(n.node for n in nodes if n.tier is Tier.FAST)
-    slow = tuple(n.node for n in nodes if n.tier is Tier.SLOW)
-    if not fast:
-        raise ConfigError("no fast-tier host node found; set host.fast_nodes")
-    if not slow:
-        if not cfg.host.emulate_slow_tier:
-            raise ConfigError(
-                "no CPU-less host node for the slow tier; set host.slow_nodes or "
-                "host.emulate_slow_tier = true"
-            )
-        slow = fast
-    return fast, slow
+    found = tiers(cfg)  # the slow nodes are the fast ones when emulated
+    return tuple(found["fast_nodes"]), tuple(found["slow_nodes"])
 
 
 def main(args: argparse.Namespace) -> int:

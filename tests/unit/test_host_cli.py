@@ -553,3 +553,28 @@ def test_version_prints_the_agent_version(capsys: pytest.CaptureFixture[str]) ->
 
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"hypertier-host {VERSION}"
+
+
+def test_tiers_json_names_the_cpu_less_node_slow(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _sysfs_two_nodes(short_dir / "s")
+    argv = ["tiers", "-c", str(_config_file(short_dir)), "--sysfs-root", str(root)]
+    assert cli.main([*argv, "--json", "--no-emulate-slow-tier"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["fast_nodes"], found["slow_nodes"]) == ([0], [1])
+    assert found["slow_tier_emulated"] is False
+    assert [n["has_cpus"] for n in found["nodes"]] == [True, False]
+    assert cli.main([*argv, "--slow-nodes", "0", "--fast-nodes", "1"]) == 0
+    assert "fast tier: nodes [1]\nslow tier: nodes [0]\n" in capsys.readouterr().out
+
+
+def test_tiers_without_slow_node_is_a_usage_error_unless_emulated(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["tiers", "-c", str(_config_file(short_dir)), "--json"]
+    assert cli.main([*argv, "--no-emulate-slow-tier"]) == 2
+    assert cli.main([*argv, "--emulate-slow-tier"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["slow_tier_emulated"] is True
+    assert found["slow_nodes"] == found["fast_nodes"] == [0]
