@@ -209,3 +209,10 @@ def test_parse_json_lines_rejects_non_objects() -> None:
 
 def test_parse_json_lines_skips_blank_lines() -> None:
     assert list(parse_json_lines(['{"a": 1}', "", '{"b": 2}'])) == [{"a": 1}, {"b": 2}]
+
+
+def test_all_every_queries_the_whole_mapping_every_nth_report(workload: Path) -> None:
+    records = _run(workload, "large", *SMALL, "--all-every", "2", "--duration-s", "2.2")
+    measured = [r["all_measured"] for r in records[1:]]
+    assert measured[:4] == [True, False, True, False]
+    assert measured[-1] is True  # the end line always measures

@@ -44,6 +44,7 @@ struct config {
     enum pattern pattern;
     unsigned long total_mib, hot_mib;
     double duration_s, interval_s, shift_at_s, scan_period_s, ops_per_s;
+    unsigned long all_every;
     int hot_node, cold_node, b_node;
     int cold_first;
     int thp;
@@ -188,6 +189,7 @@ static const char HELP[] =
     "  --shift-at-s S     shift: hot set moves from A to B at S (default 30)\n"
     "  --scan-period-s S  scan: full read of the cold data every S (default 10)\n"
     "  --ops-per-s N      cap on page touches per second (default 0: no cap)\n"
+    "  --all-every N      query the whole mapping every N reports (default 1)\n"
     "  --thp              leave transparent huge pages on (default: MADV_NOHUGEPAGE)\n"
     "  --seed N           random seed (default 1)\n"
     "Example: ht-workload slow-hot --total-mib 512 --hot-mib 64 --duration-s 60\n";
@@ -218,7 +220,7 @@ static double parse_num(const char *s, const char *name)
 static void parse_args(int argc, char **argv, struct config *c)
 {
     enum { O_TOTAL = 256, O_HOT, O_DUR, O_INT, O_HN, O_CN, O_BN, O_ORDER, O_SHIFT,
-           O_SCAN, O_OPS, O_THP, O_SEED, O_HELP };
+           O_SCAN, O_OPS, O_THP, O_SEED, O_HELP, O_ALL };
     static const struct option opts[] = {
         {"total-mib", 1, 0, O_TOTAL},   {"hot-mib", 1, 0, O_HOT},
         {"duration-s", 1, 0, O_DUR},    {"interval-s", 1, 0, O_INT},
@@ -227,6 +229,7 @@ static void parse_args(int argc, char **argv, struct config *c)
         {"shift-at-s", 1, 0, O_SHIFT},  {"scan-period-s", 1, 0, O_SCAN},
         {"ops-per-s", 1, 0, O_OPS},     {"thp", 0, 0, O_THP},
         {"seed", 1, 0, O_SEED},         {"help", 0, 0, O_HELP},
+        {"all-every", 1, 0, O_ALL},
         {0, 0, 0, 0}};
     int set_hot = 0, set_cold = 0, set_order = 0, o;
     int p;
@@ -253,6 +256,7 @@ static void parse_args(int argc, char **argv, struct config *c)
     c->b_node = 1;
     c->thp = 0;
     c->seed = 1;
+    c->all_every = 1;
     optind = 2;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -277,6 +281,7 @@ static void parse_args(int argc, char **argv, struct config *c)
         case O_OPS: c->ops_per_s = parse_num(optarg, "--ops-per-s"); break;
         case O_THP: c->thp = 1; break;
         case O_SEED: c->seed = (uint64_t)parse_num(optarg, "--seed"); break;
+        case O_ALL: c->all_every = (unsigned long)parse_num(optarg, "--all-every"); break;
         case O_HELP: fputs(HELP, stdout); exit(0);
         default: usage_error("unknown option");
         }
@@ -295,6 +300,8 @@ static void parse_args(int argc, char **argv, struct config *c)
         usage_error("--interval-s must be > 0");
     if (c->hot_mib == 0)
         usage_error("--hot-mib must be > 0");
+    if (c->all_every == 0)
+        usage_error("--all-every must be > 0");
     if (c->hot_mib * (c->pattern == P_SHIFT ? 2 : 1) > c->total_mib)
         usage_error("--total-mib must hold the hot set (twice for shift)");
     if (c->seed == 0)
@@ -355,6 +362,7 @@ int main(int argc, char **argv)
     uint64_t sink = 0;
     double query_s_total = 0;
     unsigned long reports = 0;
+    struct placement pa = {0, 0, 0};
     volatile uint64_t *words = (volatile uint64_t *)base;
 
     for (;;) {
@@ -378,7 +386,9 @@ int main(int argc, char **argv)
         if (t >= next_report || last) {
             double q0 = now_s();
             struct placement ph = query(base, hot_first, hot, addrs, status);
-            struct placement pa = query(base, 0, total, addrs, status);
+            int all_now = reports % c.all_every == 0 || last;
+            if (all_now)
+                pa = query(base, 0, total, addrs, status);
             struct placement pp = {0, 0, 0};
             if (shifted)
                 pp = query(base, 0, hot, addrs, status);
@@ -402,7 +412,8 @@ int main(int argc, char **argv)
             if (c.pattern == P_SCAN)
                 printf(",\"scans\":%lu,\"scan_pages_per_s\":%.1f", scans,
                        span > 0 ? (double)scan_since / span : 0.0);
-            printf(",\"node0_free_kib\":%ld,\"query_s\":%.4f", node0_free_kib(), q1 - q0);
+            printf(",\"all_measured\":%s,\"node0_free_kib\":%ld,\"query_s\":%.4f",
+                   all_now ? "true" : "false", node0_free_kib(), q1 - q0);
             if (last)
                 printf(",\"query_s_total\":%.3f,\"reports\":%lu,\"scan_pages\":%lu",
                        query_s_total, reports, scan_pages_total);
