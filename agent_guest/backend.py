@@ -50,14 +50,15 @@ class SampleSource(enum.Enum):
     PEBS: Intel load-latency loads + retired stores with data addresses.
     IBS: AMD IBS op sampling with data addresses.
     PAGE_FAULT: perf software page-fault events with addresses (hinting faults).
-    A_BIT: PTE accessed/referenced-bit scanning (page_idle or equivalent); costs TLB
-        flushes when bits are cleared.
+    SOFT_DIRTY: pages written since the last scan (Linux soft-dirty: clear_refs 4,
+        then pagemap bit 55); reads leave no trace. Each scan costs one TLB
+        flush per target and each page written after it one write fault.
     """
 
     PEBS = "pebs"
     IBS = "ibs"
     PAGE_FAULT = "page-fault"
-    A_BIT = "a-bit"
+    SOFT_DIRTY = "soft-dirty"
 
 
 class Capability(enum.Enum):
@@ -66,7 +67,7 @@ class Capability(enum.Enum):
     PEBS = "pebs"
     IBS = "ibs"
     PAGE_FAULT_SAMPLING = "page-fault-sampling"
-    A_BIT_SCAN = "a-bit-scan"
+    SOFT_DIRTY_SCAN = "soft-dirty-scan"
     TRACEPOINTS = "tracepoints"
     MOVE_PAGES = "move-pages"
     HOST_CHANNEL = "host-channel"
@@ -76,7 +77,7 @@ SOURCE_CAPABILITY: Mapping[SampleSource, Capability] = {
     SampleSource.PEBS: Capability.PEBS,
     SampleSource.IBS: Capability.IBS,
     SampleSource.PAGE_FAULT: Capability.PAGE_FAULT_SAMPLING,
-    SampleSource.A_BIT: Capability.A_BIT_SCAN,
+    SampleSource.SOFT_DIRTY: Capability.SOFT_DIRTY_SCAN,
 }
 
 

@@ -7,6 +7,7 @@ Unknown keys and wrong types stop startup naming the full key
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import tomllib
@@ -35,7 +36,11 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG = "/etc/hypertier/guest.toml"
-SOURCES = ("auto", "pebs", "ibs", "page-fault", "a-bit")
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "pebs", "ibs", "page-fault", "soft-dirty")
+# Old spellings of sampler.source still accepted, with a warning: name -> new name.
+DEPRECATED_SOURCES = {"a-bit": "soft-dirty"}
 FAULT_EVENTS = ("software", "tracepoint")
 
 
@@ -83,6 +88,15 @@ class SamplerConfig:
     induce_write_faults: bool = True
 
     def __post_init__(self) -> None:
+        if self.source in DEPRECATED_SOURCES:
+            new = DEPRECATED_SOURCES[self.source]
+            log.warning(
+                "sampler.source = %r is deprecated: it is soft-dirty tracking "
+                "(writes only); write %r",
+                self.source,
+                new,
+            )
+            object.__setattr__(self, "source", new)
         _need(
             self.fault_event in FAULT_EVENTS,
             f"sampler.fault_event: {self.fault_event!r} not in {list(FAULT_EVENTS)}",

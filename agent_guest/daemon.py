@@ -327,7 +327,7 @@ class Daemon:
         self._report(nodes, roles, sel, room, unmanaged)
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
-        if self._sampler.source.value != "a-bit":
+        if self._sampler.source is not SampleSource.SOFT_DIRTY:
             self._sampler.adapt(len(batch), cpu - self._last_cpu, now - self._last_t)
         self._last_cpu, self._last_t = cpu, now
         self.counters.epochs += 1

@@ -201,10 +201,10 @@ class LinuxGuestBackend:
         if not self._soft_dirty:
             self._induce = False  # clear_refs 4 would be a no-op
         if self._soft_dirty:
-            caps.add(Capability.A_BIT_SCAN)
+            caps.add(Capability.SOFT_DIRTY_SCAN)
         else:
             idle = self._p("sys/kernel/mm/page_idle/bitmap").exists()
-            why[Capability.A_BIT_SCAN] = (
+            why[Capability.SOFT_DIRTY_SCAN] = (
                 "no soft-dirty bit in /proc/self/pagemap (CONFIG_MEM_SOFT_DIRTY); "
                 + (
                     "page_idle exists but needs PFNs (CAP_SYS_ADMIN), not implemented"
@@ -477,7 +477,7 @@ class LinuxGuestBackend:
     # ---------------------------------------------------------------- sampling
     def start_sampling(self, pids: Sequence[int], settings: SamplerSettings) -> None:
         """One event (two for PEBS: loads and stores) per online CPU, pid=-1,
-        filtered to ``pids`` when read; A_BIT scans page tables instead."""
+        filtered to ``pids`` when read; SOFT_DIRTY scans page tables instead."""
         cap = SOURCE_CAPABILITY[settings.source]
         if cap not in self.capabilities():
             raise Unsupported(
@@ -486,7 +486,7 @@ class LinuxGuestBackend:
             )
         self.stop_sampling()
         session = _Session(settings.source, frozenset(pids))
-        if settings.source is SampleSource.A_BIT:
+        if settings.source is SampleSource.SOFT_DIRTY:
             session.scan_pids = tuple(pids)
             self._session = session
             self._rearm(session.scan_pids)
@@ -528,7 +528,7 @@ class LinuxGuestBackend:
         s = self._session
         if s is None:
             raise Unsupported("read_samples", "sampling was not started")
-        if s.source is SampleSource.A_BIT:
+        if s.source is SampleSource.SOFT_DIRTY:
             return self._scan_soft_dirty(s)
         pids, addrs, times, weights = [], [], [], []
         lost = throttled = 0

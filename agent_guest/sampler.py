@@ -33,7 +33,7 @@ PREFERENCE = (
     SampleSource.PEBS,
     SampleSource.IBS,
     SampleSource.PAGE_FAULT,
-    SampleSource.A_BIT,
+    SampleSource.SOFT_DIRTY,
 )
 
 
@@ -56,8 +56,9 @@ def select_source(wanted: str, caps: frozenset[Capability]) -> SampleSource:
             return source
     raise Unsupported(
         "access sampling",
-        "no PEBS, IBS, page-fault or A-bit source; need perf_event_open "
-        "(perf_event_paranoid <= 1 or CAP_PERFMON) or /sys/kernel/mm/page_idle",
+        "no PEBS, IBS, page-fault or soft-dirty source; need perf_event_open "
+        "(perf_event_paranoid <= 1 or CAP_PERFMON) or a kernel with "
+        "CONFIG_MEM_SOFT_DIRTY",
     )
 
 

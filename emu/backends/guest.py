@@ -53,7 +53,7 @@ class EmuGuestBackend:
         self._name = vm
         self._caps = _PMU_CAPS[pmu] | {
             Capability.PAGE_FAULT_SAMPLING,
-            Capability.A_BIT_SCAN,
+            Capability.SOFT_DIRTY_SCAN,
             Capability.MOVE_PAGES,
             Capability.HOST_CHANNEL,
         }

@@ -32,9 +32,9 @@ class Execution(Tracking):
         while vm.budget_s > 0:
             running = [p for p in vm.procs.values() if p.running]
             if not running:
-                # idle: management work still happens on idle vCPUs
+                # idle: management work runs on idle vCPUs and delays nothing
+                # (its CPU time was counted in guest_mgmt_ns when charged)
                 vm.vtime_s += vm.budget_s
-                vm.counters.guest_mgmt_ns += 0.0
                 vm.pending_ns = 0.0
                 vm.pending_full_flushes = 0.0
                 vm.pending_one_flushes = 0
@@ -104,7 +104,9 @@ class Execution(Tracking):
         if vm.sampling is not None and (
             not vm.sample_pids or proc.pid in vm.sample_pids
         ):
-            self._track(vm, proc, vpn, counts, tiers)
+            self._track(
+                vm, proc, vpn, counts, tiers, wl.write_fraction, wl.last_writes()
+            )
         if vm.track_ept_a or vm.track_pml:
             self._track_host(
                 vm, proc, vpn, touched, wl.write_fraction, wl.last_writes()

@@ -108,9 +108,8 @@ class Memory:
             self._back(vm, frames)
             vpns = vpns[got:]
         if len(vpns):
-            # guest OOM: the kernel would kill; we keep the pages unmapped and
-            # count the failure so a test sees it
-            vm.counters.vm_exits += 0
+            # guest OOM: the kernel would kill; the pages stay unmapped and the
+            # oplog records the failure so a test sees it
             self.oplog.append(("oom", vm.name, proc.pid, len(vpns)))
         proc._tier_cache = None
 

@@ -86,6 +86,9 @@ class CostModel:
 
     pebs_sample_ns: float = 250.0  # PEBS assist + PMI amortised per record
     hint_fault_ns: float = 1500.0  # a NUMA hinting fault (#PF, handler, return)
+    # a write to a page write-protected by clear_refs 4 (#PF, set soft-dirty,
+    # return): a minor fault without the NUMA-balancing bookkeeping
+    wp_fault_ns: float = 1000.0
     pte_scan_ns: float = 25.0  # test-and-clear one guest PTE.A
     ept_scan_ns: float = 35.0  # host: test-and-clear one EPT A bit (rmap walk)
     pml_entry_ns: float = 5.0  # host: drain one PML log entry
@@ -97,6 +100,10 @@ class CostModel:
     guest_remote_flush_ns: float = 1500.0  # guest flush IPI round, per event
     pml_log_entries: int = 512
     flush_ceiling_pages: int = 33  # x86 tlb_single_page_flush_ceiling
+    # pages migrate_pages() unmaps before one batched TLB flush
+    # (NR_MAX_BATCHED_MIGRATION, Linux >= 6.4); 1 models older kernels, which
+    # flush each page on its own
+    migrate_batch_pages: int = 512
     scan_flush_pages: int = 512  # pages whose A bits one host flush covers
     ebusy_fraction: float = 0.002  # pages pinned (DMA, GUP) -> -EBUSY
 

@@ -102,7 +102,7 @@ class EmuProcess:
     target_accesses: int
     pt: I64
     pinned: BoolArray
-    abit: BoolArray
+    soft_dirty: BoolArray  # written since the last soft-dirty scan
     protected: BoolArray
     done_accesses: int = 0
     finished_at_s: float | None = None
@@ -162,7 +162,7 @@ class EmuVm:
     pending_full_flushes: float = 0.0  # vCPU-TLB full flushes not yet costed
     pending_one_flushes: int = 0
     # tracking state
-    sampling: str | None = None  # "pebs" | "ibs" | "page-fault" | "a-bit"
+    sampling: str | None = None  # "pebs" | "ibs" | "page-fault" | "soft-dirty"
     sample_period: int = 1000
     sample_ldlat_cycles: int = 0
     sample_pids: frozenset[int] = frozenset()

@@ -1,8 +1,10 @@
 """The access-tracking sources of the emulated machine, guest and host side.
 
 Guest: PEBS / IBS (sampled LLC misses with latency weights, into a bounded
-ring), ``page-fault`` (NUMA hinting faults on protected pages) and ``a-bit``
-(page-table accessed bits, scanned and cleared). Host: EPT accessed bits
+ring), ``page-fault`` (NUMA hinting faults on protected pages) and
+``soft-dirty`` (pages *written* since the last scan, as Linux's soft-dirty bit:
+``clear_refs 4`` write-protects, the first write to each page faults and sets
+the bit, a pagemap read reports it; reads leave no trace). Host: EPT accessed bits
 (``host_scan_ept``) and the PML dirty log (``pml_drain``). Each source charges
 its CPU cost and its TLB flushes where the real mechanism pays them.
 """
@@ -25,9 +27,23 @@ from emu.machine.state import (
     EmuVm,
 )
 
-__all__ = ["Tracking"]
+__all__ = ["SOURCES", "Tracking"]
 
+# The guest sample sources (agent_guest.backend.SampleSource values).
+SOURCES = ("pebs", "ibs", "page-fault", "soft-dirty")
 _CYCLES_PER_NS = 2.5
+
+
+def _written_vpns(vpn: I32, write_fraction: float, writes: BoolArray | None) -> I64:
+    """The distinct pages a chunk's accesses wrote: the workload's recorded store
+    flags where it has them, else every ``1 / write_fraction``-th access."""
+    if writes is not None:
+        w = vpn[writes]
+    elif write_fraction > 0:
+        w = vpn[:: max(1, round(1 / write_fraction))]
+    else:
+        w = vpn[:0]
+    return np.unique(w).astype(np.int64)
 
 
 class Tracking(Flushes):
@@ -49,7 +65,7 @@ class Tracking(Flushes):
         samples slow-tier accesses only.
         """
         vm = self.vm(vm_name)
-        if source not in ("pebs", "ibs", "page-fault", "a-bit"):
+        if source not in SOURCES:
             raise ValueError(f"unknown sample source {source!r}")
         vm.sampling = source
         vm.sample_period = max(1, period)
@@ -72,8 +88,9 @@ class Tracking(Flushes):
     ) -> tuple[I32, npt.NDArray[np.uint64], npt.NDArray[np.uint32], int]:
         """Samples gathered since the last drain: (pid, addr, weight, lost).
 
-        For "a-bit" this is the scan itself (accessed pages, bits cleared, one
-        flush per process); for "page-fault" it also re-protects the next slice
+        For "soft-dirty" this is the scan itself (pages written since the last
+        scan, bits cleared and pages write-protected again: one flush per
+        process); for "page-fault" it also re-protects the next slice
         of each target process (NUMA-balancing-style scan of ``dt_s`` worth).
         """
         vm = self.vm(vm_name)
@@ -83,10 +100,10 @@ class Tracking(Flushes):
             for p in vm.procs.values()
             if not vm.sample_pids or p.pid in vm.sample_pids
         ]
-        if vm.sampling == "a-bit":
+        if vm.sampling == "soft-dirty":
             for p in targets:
-                pages = np.flatnonzero(p.abit)
-                p.abit[:] = False
+                pages = np.flatnonzero(p.soft_dirty)
+                p.soft_dirty[:] = False
                 addr = p.addr_of(pages)
                 vm.ring.append(
                     (
@@ -99,7 +116,7 @@ class Tracking(Flushes):
                 ns = p.npages * cost.pte_scan_ns
                 vm.counters.guest_mgmt_ns += ns
                 vm.pending_ns += ns
-                self._guest_flush_range(vm, p, 1)
+                self._guest_flush_all(vm, p, 1)  # clear_refs: flush_tlb_mm()
         elif vm.sampling == "page-fault":
             budget = int(vm.hint_scan_pages_per_s * max(dt_s, 0.0))
             for p in targets:
@@ -110,8 +127,9 @@ class Tracking(Flushes):
                 idx = idx[p.pt[idx] >= 0]
                 p.protected[idx] = True
                 vm.hint_cursor = (vm.hint_cursor + k) % p.npages
-                ranges = max(1, k // 65536)  # change_prot_numa works in 256 MiB steps
-                self._guest_flush_range(vm, p, ranges)
+                # change_prot_numa() works in 256 MiB steps, one flush each
+                ranges = max(1, k // 65536)
+                self._guest_flush_range(vm, p, -(-k // ranges), times=ranges)
                 ns = k * cost.pte_scan_ns
                 vm.counters.guest_mgmt_ns += ns
                 vm.pending_ns += ns
@@ -139,6 +157,8 @@ class Tracking(Flushes):
         vpn: I32,
         counts: I64,
         tiers: npt.NDArray[np.int8],
+        write_fraction: float,
+        writes: BoolArray | None,
     ) -> None:
         cost = self.params.cost
         if vm.sampling in ("pebs", "ibs"):
@@ -168,8 +188,14 @@ class Tracking(Flushes):
                 ns = len(pages) * cost.hint_fault_ns
                 vm.counters.guest_mgmt_ns += ns
                 vm.pending_ns += ns
-        elif vm.sampling == "a-bit":
-            proc.abit |= counts > 0
+        elif vm.sampling == "soft-dirty":
+            w = _written_vpns(vpn, write_fraction, writes)
+            new = w[~proc.soft_dirty[w]]
+            # the first write to a write-protected page faults and sets the bit
+            proc.soft_dirty[new] = True
+            ns = len(new) * cost.wp_fault_ns
+            vm.counters.guest_mgmt_ns += ns
+            vm.pending_ns += ns
 
     def _ring_push(
         self,
@@ -200,13 +226,7 @@ class Tracking(Flushes):
         if vm.track_ept_a:
             vm.f.ept_a[gfn] = True
         if vm.track_pml and (wf > 0 or writes is not None):
-            # recorded store flags where the workload has them, else sampled
-            w = (
-                np.unique(vpn[writes])
-                if writes is not None
-                else np.unique(vpn[:: max(1, round(1 / wf))])
-            )
-            wg = proc.pt[w]
+            wg = proc.pt[_written_vpns(vpn, wf, writes)]
             wg = wg[wg >= 0]
             new = wg[~vm.f.ept_d[wg]]
             vm.f.ept_d[new] = True

@@ -170,7 +170,7 @@ class World(Execution):
             target_accesses=total_accesses,
             pt=np.full(n, -1, np.int64),
             pinned=pinned,
-            abit=np.zeros(n, bool),
+            soft_dirty=np.zeros(n, bool),
             protected=np.zeros(n, bool),
         )
         vm.procs[pid] = proc
@@ -235,7 +235,7 @@ class World(Execution):
             ns = len(ok) * self.params.cost.guest_migrate_page_ns
             vm.counters.guest_mgmt_ns += ns
             vm.pending_ns += ns
-            self._guest_flush_pages(vm, proc, len(ok))
+            self._guest_flush_migration(vm, proc, len(ok))
         # pages that asked for a move we already did are reported at their node
         dup = present & (status == -errno.EFAULT)
         status[dup] = vm.node_of_frame(np.maximum(proc.pt[vpn[dup]], 0))
@@ -296,7 +296,7 @@ class World(Execution):
             d = dest[: len(moved)][vm.f.pid[moved] == pid]
             proc = vm.procs[int(pid)]
             self._remap(vm, proc, vm.f.vpn[sel].copy(), d)
-            self._guest_flush_pages(vm, proc, len(sel))
+            self._guest_flush_migration(vm, proc, len(sel))
         vm.counters.unplug_pages_moved += len(moved)
         ns = len(moved) * self.params.cost.guest_migrate_page_ns
         vm.counters.guest_mgmt_ns += ns

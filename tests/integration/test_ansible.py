@@ -152,10 +152,16 @@ def _nodelist_filter() -> Any:
             id="no-soft-dirty",
         ),
         pytest.param(
+            {"sampler": {"induce_write_faults": False, "source": "soft-dirty"}},
+            "CAP_PERFMON CAP_SYS_PTRACE CAP_SYS_NICE CAP_DAC_OVERRIDE",
+            False,
+            id="soft-dirty",
+        ),
+        pytest.param(
             {"sampler": {"induce_write_faults": False, "source": "a-bit"}},
             "CAP_PERFMON CAP_SYS_PTRACE CAP_SYS_NICE CAP_DAC_OVERRIDE",
             False,
-            id="a-bit",
+            id="deprecated-a-bit",
         ),
         pytest.param(
             {"sampler": {"induce_write_faults": False}, "metrics": {"listen": ":9465"}},

@@ -172,10 +172,10 @@ def test_an_overflowing_ring_counts_lost_records(
 def test_soft_dirty_scan_finds_written_pages(
     backend: LinuxGuestBackend, child: Child
 ) -> None:
-    if Capability.A_BIT_SCAN not in backend.capabilities():
-        pytest.skip(backend.unavailable()[Capability.A_BIT_SCAN])
+    if Capability.SOFT_DIRTY_SCAN not in backend.capabilities():
+        pytest.skip(backend.unavailable()[Capability.SOFT_DIRTY_SCAN])
     child.send("touch 0 16")
-    backend.start_sampling([child.pid], SamplerSettings(SampleSource.A_BIT))
+    backend.start_sampling([child.pid], SamplerSettings(SampleSource.SOFT_DIRTY))
     child.send("touch 2 3")
     batch = backend.read_samples()
     assert _inside(batch.addr, child, 2, 3) >= 0.99

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,18 +69,65 @@ def test_move_of_pinned_page_reports_ebusy() -> None:
     assert np.all(status == -errno.EBUSY)
 
 
-def test_move_pages_moves_and_counts_guest_flushes() -> None:
+def _movable(w: World, pid: int, n: int) -> np.ndarray:
+    vpns = np.arange(n)
+    return vpns[~w.process("vm", pid).pinned[vpns]]
+
+
+def test_move_pages_flushes_once_per_migration_batch() -> None:
     w = _world()
-    pid = _spawn(w)
-    vpns = np.arange(100)
-    vpns = vpns[~w.process("vm", pid).pinned[vpns]]
+    pid = _spawn(w)  # two threads on two vCPUs: flushes are batched
+    vpns = _movable(w, pid, 1200)
     status = w.move_pages("vm", pid, _addrs(w, pid, vpns), SLOW)
     assert np.all(status == SLOW)
     c = w.vm("vm").counters
+    batches = -(-len(vpns) // w.params.cost.migrate_batch_pages)
+    assert batches == 3
     assert c.guest_pages_moved == len(vpns)
-    assert c.tlb_local_flush_one == len(vpns)
-    assert c.tlb_remote_flush == len(vpns)  # two threads on two vCPUs
+    assert c.tlb_local_flush_all == batches
+    assert c.tlb_remote_flush == batches
+    assert c.tlb_local_flush_one == 0
     w.check_invariants()
+
+
+def test_move_pages_of_a_one_vcpu_process_flushes_each_page_locally() -> None:
+    w = _world()
+    pid = w.spawn("vm", make_workload("gups", 32768, seed=3), 10**7, threads=1)
+    vpns = _movable(w, pid, 100)
+    w.move_pages("vm", pid, _addrs(w, pid, vpns), SLOW)
+    c = w.vm("vm").counters
+    assert c.tlb_local_flush_one == len(vpns)
+    assert c.tlb_local_flush_all == 0
+    assert c.tlb_remote_flush == 0
+
+
+def test_unbatched_kernel_flushes_and_interrupts_per_page() -> None:
+    params = Params()
+    params = replace(params, cost=replace(params.cost, migrate_batch_pages=1))
+    w = World(1 << 30, 4 << 30, params=params, seed=1)
+    w.add_vm("vm", 2, 64 * MIB, 256 * MIB)
+    pid = _spawn(w)
+    vpns = _movable(w, pid, 100)
+    w.move_pages("vm", pid, _addrs(w, pid, vpns), SLOW)
+    c = w.vm("vm").counters
+    assert c.tlb_local_flush_one == c.tlb_remote_flush == len(vpns)
+
+
+@pytest.mark.parametrize(
+    ("npages", "one", "full"),
+    [(1, 1, 0), (33, 33, 0), (34, 0, 1), (65536, 0, 1)],
+    ids=["one-page", "at-ceiling", "above-ceiling", "256-mib"],
+)
+def test_range_flush_is_per_page_up_to_the_ceiling(
+    npages: int, one: int, full: int
+) -> None:
+    w = _world()
+    pid = _spawn(w)
+    vm = w.vm("vm")
+    w._guest_flush_range(vm, w.process("vm", pid), npages)
+    assert vm.counters.tlb_local_flush_one == one
+    assert vm.counters.tlb_local_flush_all == full
+    assert vm.counters.tlb_remote_flush == 1
 
 
 def test_move_of_exited_process_raises() -> None:
@@ -232,3 +280,36 @@ def test_pebs_load_latency_threshold_samples_only_slow_accesses() -> None:
     assert np.all(weight >= slow_cycles)
     nodes = w.page_nodes("vm", pid, addr & ~np.uint64(PAGE_SIZE - 1))
     assert np.all(nodes == SLOW)
+
+
+@pytest.mark.parametrize("write_fraction", [0.0, 0.5], ids=["reads-only", "writes"])
+def test_soft_dirty_scan_reports_written_pages_only(write_fraction: float) -> None:
+    w = _world()
+    wl = make_workload("gups", 32768, seed=3)
+    wl.write_fraction = write_fraction
+    pid = w.spawn("vm", wl, 10**7)
+    w.start_sampling("vm", "soft-dirty", [pid])
+    w.clock.advance(0.01)
+    _, addr, _, _ = w.drain_samples("vm")
+    proc = w.process("vm", pid)
+    accessed = int(np.count_nonzero(proc.phase_counts[0]))
+    if write_fraction == 0.0:
+        assert len(addr) == 0
+        assert w.vm("vm").counters.guest_mgmt_ns == 32768 * w.params.cost.pte_scan_ns
+    else:
+        assert 0 < len(addr) < accessed
+        vpn = (addr.astype(np.int64) - proc.base_addr) // PAGE_SIZE
+        assert np.all(proc.phase_counts[0][vpn] > 0)
+
+
+def test_soft_dirty_write_faults_once_per_page_per_scan() -> None:
+    w = _world()
+    wl = make_workload("gups", 32768, seed=3)
+    wl.write_fraction = 1.0
+    pid = w.spawn("vm", wl, 10**7)
+    w.start_sampling("vm", "soft-dirty", [pid])
+    w.clock.advance(0.01)
+    vm = w.vm("vm")
+    faults_ns = vm.counters.guest_mgmt_ns
+    _, addr, _, _ = w.drain_samples("vm")
+    assert faults_ns == len(addr) * w.params.cost.wp_fault_ns

@@ -116,3 +116,13 @@ def test_load_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "guest.toml"
     path.write_text(ANSIBLE_LIKE)
     assert config.load(path) == config.loads(ANSIBLE_LIKE)
+
+
+def test_old_a_bit_source_name_loads_as_soft_dirty_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="agent_guest.config"):
+        cfg = config.loads('[sampler]\nsource = "a-bit"\n')
+    assert cfg.sampler.source == "soft-dirty"
+    assert "deprecated" in caplog.text
+    assert 'source = "soft-dirty"' in config.dumps(cfg)

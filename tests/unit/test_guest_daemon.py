@@ -164,10 +164,12 @@ def test_reload_swaps_the_config_and_keeps_counters() -> None:
     d, _ = _daemon(w)
     _run(w, d, 2)
     before = d.status()["samples"]
-    new = config.loads(config.dumps(CFG).replace('source = "auto"', 'source = "a-bit"'))
+    new = config.loads(
+        config.dumps(CFG).replace('source = "auto"', 'source = "soft-dirty"')
+    )
     d.reload(new)
     _run(w, d, 2)
-    assert d.status()["source"] == "a-bit"
+    assert d.status()["source"] == "soft-dirty"
     assert d.status()["samples"] >= before
 
 

@@ -20,12 +20,16 @@ NO_PMU = frozenset({Capability.PAGE_FAULT_SAMPLING, Capability.MOVE_PAGES})
             id="intel",
         ),
         pytest.param(
-            frozenset({Capability.IBS, Capability.A_BIT_SCAN}),
+            frozenset({Capability.IBS, Capability.SOFT_DIRTY_SCAN}),
             SampleSource.IBS,
             id="amd",
         ),
         pytest.param(NO_PMU, SampleSource.PAGE_FAULT, id="no-pmu"),
-        pytest.param(frozenset({Capability.A_BIT_SCAN}), SampleSource.A_BIT, id="abit"),
+        pytest.param(
+            frozenset({Capability.SOFT_DIRTY_SCAN}),
+            SampleSource.SOFT_DIRTY,
+            id="soft-dirty",
+        ),
     ],
 )
 def test_auto_picks_the_best_source_offered(
