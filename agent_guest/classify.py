@@ -20,8 +20,10 @@ from agent_guest.backend import PAGE_SIZE, Vma
 __all__ = [
     "ClassifyParams",
     "RangeTable",
+    "Resolved",
     "Selection",
     "coverage_bytes",
+    "in_sorted",
     "select_hot",
 ]
 
@@ -40,6 +42,8 @@ class ClassifyParams:
     hot_page_min_samples: float = 4.0
     max_tracked_pages: int = 16384
     page_track_samples: int = 8192
+    page_cooling_samples: float = 131072.0
+    hot_page_min_epochs: int = 2
     reuse_epochs: int = 3
     reuse_window: int = 4
     demand_coverage: float = 0.9
@@ -56,6 +60,36 @@ def _empty_u64() -> npt.NDArray[np.uint64]:
 
 # Bits set in each byte value: epochs with samples, out of an 8-epoch history.
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+_PAGES_PER_MIB = float((1 << 20) // PAGE_SIZE)
+
+
+@dataclass(frozen=True, eq=False)
+class Resolved:
+    """Resolved pages of one table (sorted ``addr``): long-memory ``count``,
+    ``recent`` count, ``density`` and its standard error ``noise`` in the
+    ranges' unit, and ``hot`` (selected last epoch)."""
+
+    addr: npt.NDArray[np.uint64]
+    count: npt.NDArray[np.float64]
+    recent: npt.NDArray[np.float64]
+    density: npt.NDArray[np.float64]
+    noise: npt.NDArray[np.float64]
+    hot: npt.NDArray[np.bool_]
+
+
+def in_sorted(
+    x: npt.NDArray[np.uint64], ref: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.bool_]:
+    """``np.isin(x, ref)`` for a sorted ``ref``: a binary search per element,
+    without sorting ``x`` (the candidate lists are long, ``ref`` is sorted)."""
+    if ref.shape[0] == 0:
+        return np.zeros(x.shape[0], bool)
+    i = np.searchsorted(ref, x)
+    np.minimum(i, ref.shape[0] - 1, out=i)
+    found: npt.NDArray[np.bool_] = ref[i] == x
+    return found
 
 
 def _reused(
@@ -112,12 +146,25 @@ class RangeTable:
         self._next_start = _empty_u64()
         self._any_multi = False
         self._ws: _Scratch | None = None
-        # Individually hot pages (decayed counts), so hot pages scattered in cold
-        # ranges are not missed: bounded by max_tracked_pages.
+        # Pages tracked one by one (bounded by max_tracked_pages), so hot pages
+        # scattered among cold ones are found where ranges cannot separate them.
+        # ``page_count`` is a long memory, cooled (halved) every
+        # ``page_cooling_samples`` samples rather than every epoch: a page of a
+        # hot set of thousands sees a sample every few epochs, so only a memory
+        # counted in samples resolves it, whatever the epoch length. ``page_recent``
+        # decays like the ranges' counts; ``page_epochs`` counts the epochs in
+        # which the page had samples while tracked (up to 255).
         self.page_addr = _empty_u64()
         self.page_count = np.empty(0, np.float64)
+        self.page_recent = np.empty(0, np.float64)
+        self.page_epochs = np.empty(0, np.float64)
         self.page_seen = np.empty(0, np.uint8)
+        self.page_total = 0.0  # all samples, cooled like page_count
+        self._since_cooling = 0.0
         self._pending: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]] = []
+        self._resolved: Resolved | None = None
+        # pages selected hot last epoch (sorted), for hysteresis
+        self.hot_page_addr = _empty_u64()
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
@@ -209,6 +256,7 @@ class RangeTable:
         mass: npt.NDArray[np.float64],
     ) -> None:
         self._grid = None
+        self._resolved = None
         self.start, self.end = start, end
         self.count = count.astype(np.float64)
         self.mass = mass.astype(np.float64)
@@ -310,37 +358,118 @@ class RangeTable:
         pages = addr[::step] & ~np.uint64(PAGE_SIZE - 1)
         u, c = np.unique(pages, return_counts=True)
         self._pending.append((u, c.astype(np.float64) * step))
+        self.page_total += float(addr.shape[0])
+        self._since_cooling += float(addr.shape[0])
 
     def hot_pages(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
-        """Tracked pages with at least ``hot_page_min_samples`` decayed samples,
-        sampled in enough recent epochs (one pass of a scan does not count)."""
-        keep = (self.page_count >= self.params.hot_page_min_samples) & _reused(
-            self.page_seen, self.params
-        )
-        return self.page_addr[keep], self.page_count[keep]
+        """Resolved pages (see :meth:`resolved`) and their long-memory counts."""
+        r = self.resolved()
+        return r.addr, r.count
 
     def _end_pages(self) -> None:
         p = self.params
         parts_a = [self.page_addr, *(u for u, _ in self._pending)]
-        parts_c = [self.page_count * p.decay, *(c for _, c in self._pending)]
+        new_c = [c for _, c in self._pending]
         self._pending = []
         u, inv = np.unique(np.concatenate(parts_a), return_inverse=True)
         inv = inv.reshape(-1)
-        cnt = np.bincount(inv, weights=np.concatenate(parts_c)).astype(np.float64)
         n_old = self.page_addr.shape[0]
-        seen = np.zeros(u.shape[0], np.uint8)
+        fresh = np.concatenate(new_c) if new_c else np.empty(0)
+        m = u.shape[0]
+        cnt = np.bincount(
+            inv, weights=np.concatenate((self.page_count, fresh)), minlength=m
+        ).astype(np.float64)
+        recent = np.bincount(
+            inv,
+            weights=np.concatenate((self.page_recent * p.decay, fresh)),
+            minlength=m,
+        ).astype(np.float64)
+        epochs = np.zeros(m)
+        epochs[inv[:n_old]] = self.page_epochs
+        seen = np.zeros(m, np.uint8)
         seen[inv[:n_old]] = np.left_shift(self.page_seen, 1)
         new = inv[n_old:]
         seen[new] = np.bitwise_or(seen[new], 1)
-        keep = cnt >= 0.5
-        u, cnt, seen = u[keep], cnt[keep], seen[keep]
+        epochs[np.unique(new)] += 1.0
+        np.minimum(epochs, 255.0, out=epochs)
+        while self._since_cooling >= p.page_cooling_samples:
+            self._since_cooling -= p.page_cooling_samples
+            cnt *= 0.5
+            self.page_total *= 0.5
+        keep = (cnt >= 0.5) | (recent >= 0.5)
+        u, cnt, recent, epochs, seen = (
+            u[keep],
+            cnt[keep],
+            recent[keep],
+            epochs[keep],
+            seen[keep],
+        )
         if p.max_tracked_pages == 0:
-            u, cnt, seen = u[:0], cnt[:0], seen[:0]
+            keep = np.zeros(u.shape[0], bool)
         elif u.shape[0] > p.max_tracked_pages:
             top = np.argpartition(-cnt, p.max_tracked_pages - 1)[: p.max_tracked_pages]
-            top.sort()
-            u, cnt, seen = u[top], cnt[top], seen[top]
-        self.page_addr, self.page_count, self.page_seen = u, cnt, seen
+            keep = np.zeros(u.shape[0], bool)
+            keep[top] = True
+        else:
+            keep = np.ones(u.shape[0], bool)
+        self.page_addr, self.page_count = u[keep], cnt[keep]
+        self.page_recent, self.page_epochs = recent[keep], epochs[keep]
+        self.page_seen = seen[keep]
+        self._resolved = None
+
+    def resolved(self) -> Resolved:
+        """Tracked pages whose own samples say how hot they are.
+
+        A page is resolved with at least ``hot_page_min_samples`` samples in its
+        long memory over at least ``hot_page_min_epochs`` epochs (one burst is
+        not reuse), unless it has gone quiet: no sample in the last 8 epochs
+        where its long-memory rate predicted 3 or more (then the long memory is
+        stale, e.g. after a phase change, and the page falls back to its range).
+        Its ``density`` is its long-memory share of this process's samples, in
+        the ranges' unit (recent samples per MiB), so pages and ranges rank on
+        one scale.
+        """
+        if self._resolved is not None:
+            return self._resolved
+        p = self.params
+        total = max(self.page_total, 1.0)
+        recent_total = float(self.count.sum())
+        per_epoch = recent_total * (1.0 - p.decay)
+        share = self.page_count / total
+        quiet = (self.page_seen == 0) & (8.0 * share * per_epoch >= 3.0)
+        ok = (
+            (self.page_count >= p.hot_page_min_samples)
+            & (self.page_epochs >= p.hot_page_min_epochs)
+            & ~quiet
+        )
+        addr = self.page_addr[ok]
+        cnt = self.page_count[ok]
+        scale = recent_total / total * _PAGES_PER_MIB
+        dens = cnt * scale
+        noise = np.sqrt(cnt + 1.0) * scale
+        hot = in_sorted(addr, self.hot_page_addr)
+        res = Resolved(addr, cnt, self.page_recent[ok], dens, noise, hot)
+        self._resolved = res
+        return res
+
+    def residual(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Per range: (density, its standard error) of the pages not resolved,
+        i.e. the range's recent samples minus its resolved pages' recent samples,
+        over the rest of its bytes. A range whose samples all come from a few
+        resolved pages is cold for the rest of its pages."""
+        n = len(self)
+        r = self.resolved()
+        if n == 0 or r.addr.shape[0] == 0:
+            return self.density, self.density_std
+        j = self.locate(r.addr)
+        inside = j >= 0
+        jj = j[inside]
+        taken = np.bincount(jj, weights=r.recent[inside], minlength=n)
+        npages = np.bincount(jj, minlength=n).astype(np.float64)
+        cnt = np.maximum(self.count - taken, 0.0)
+        size = np.maximum(self.size_bytes - npages * PAGE_SIZE, float(PAGE_SIZE))
+        mib = float(1 << 20)
+        return cnt / size * mib, np.sqrt(cnt + 1.0) / size * mib
 
     def end_epoch(self) -> None:
         """Fold this epoch's samples into the decayed counts, then split and merge."""
@@ -465,25 +594,48 @@ class Selection:
 def select_hot(
     tables: Mapping[int, RangeTable], capacity_bytes: int, hysteresis: float
 ) -> Selection:
-    """Pick the densest ranges over all processes that fit ``capacity_bytes``.
+    """Pick the densest units over all processes that fit ``capacity_bytes``.
 
-    Ranges hot last epoch rank with density x (1 + hysteresis), so a newcomer must
-    be clearly hotter to displace them (no ping-pong). Ranges with no samples are
-    never hot, and a range not hot yet must show reuse (samples in
-    ``reuse_epochs`` of the last ``reuse_window`` epochs) first. Updates each
-    table's ``hot`` mask. ``demand_bytes`` is what the guest would place on the
+    Units are resolved pages (:meth:`RangeTable.resolved`, each with its own
+    density) and ranges (the density of their other pages,
+    :meth:`RangeTable.residual`), ranked on one scale. Units hot last epoch rank
+    with density x (1 + hysteresis), so a newcomer must be clearly hotter to
+    displace them (no ping-pong). Units with no samples are never hot, and a
+    range not hot yet must show reuse (samples in ``reuse_epochs`` of the last
+    ``reuse_window`` epochs) first. Updates each table's ``hot`` mask and
+    ``hot_page_addr``. ``demand_bytes`` is what the guest would place on the
     fast tier if it had room (:func:`coverage_bytes` of the long-window sample
     mass), whatever it holds now: the demand reported to the host.
     """
     pids = list(tables)
     if not pids:
         return Selection({}, 0, 0)
-    dens = np.concatenate([tables[p].density for p in pids])
-    prev = np.concatenate([tables[p].hot for p in pids])
-    size = np.concatenate([tables[p].size_bytes for p in pids])
-    reused = np.concatenate([tables[p].reused for p in pids])
+    res = [tables[p].resolved() for p in pids]
+    resid = [tables[p].residual() for p in pids]
+    r_dens = np.concatenate([d for d, _ in resid])
+    r_size = np.concatenate(
+        [
+            np.maximum(
+                tables[p].size_bytes - _resolved_bytes(tables[p], r), float(PAGE_SIZE)
+            )
+            for p, r in zip(pids, res, strict=True)
+        ]
+    )
+    n_ranges = r_dens.shape[0]
+    dens = np.concatenate([r_dens, *(r.density for r in res)])
+    prev = np.concatenate([*(tables[p].hot for p in pids), *(r.hot for r in res)])
+    size = np.concatenate([r_size, np.full(dens.shape[0] - n_ranges, float(PAGE_SIZE))])
+    reused = np.concatenate(
+        [
+            *(tables[p].reused for p in pids),
+            np.ones(dens.shape[0] - n_ranges, bool),  # resolved: reused by definition
+        ]
+    )
     lens = [len(tables[p]) for p in pids]
-    owner = np.repeat(np.arange(len(pids)), lens)
+    plens = [r.addr.shape[0] for r in res]
+    owner = np.concatenate(
+        [np.repeat(np.arange(len(pids)), lens), np.repeat(np.arange(len(pids)), plens)]
+    )
     score = dens * np.where(prev, 1.0 + hysteresis, 1.0)
     sampled = dens > 1e-3
     active = sampled & (prev | reused)
@@ -493,13 +645,29 @@ def select_hot(
     chosen = np.zeros(dens.shape[0], bool)
     chosen[order[fits]] = True
     hot: dict[int, npt.NDArray[np.bool_]] = {}
+    c_ranges, c_pages = chosen[:n_ranges], chosen[n_ranges:]
+    o_ranges, o_pages = owner[:n_ranges], owner[n_ranges:]
     for k, p in enumerate(pids):
-        mask = chosen[owner == k]
-        tables[p].hot = mask
+        mask = c_ranges[o_ranges == k]
+        t = tables[p]
+        t.hot = mask
+        t.hot_page_addr = res[k].addr[c_pages[o_pages == k]]
+        t._resolved = None  # its ``hot`` flags changed
         hot[p] = mask
     mass = np.concatenate([tables[p].mass for p in pids])
+    rsize = np.concatenate([tables[p].size_bytes for p in pids])
     coverage = tables[pids[0]].params.demand_coverage
-    return Selection(hot, int(size[chosen].sum()), coverage_bytes(mass, size, coverage))
+    return Selection(
+        hot, int(size[chosen].sum()), coverage_bytes(mass, rsize, coverage)
+    )
+
+
+def _resolved_bytes(t: RangeTable, r: Resolved) -> npt.NDArray[np.float64]:
+    """Bytes of resolved pages in each range of ``t``."""
+    if r.addr.shape[0] == 0 or len(t) == 0:
+        return np.zeros(len(t))
+    j = t.locate(r.addr)
+    return np.bincount(j[j >= 0], minlength=len(t)).astype(np.float64) * PAGE_SIZE
 
 
 def coverage_bytes(

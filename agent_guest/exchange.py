@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE, GuestBackend
-from agent_guest.classify import RangeTable
+from agent_guest.classify import RangeTable, in_sorted
 from agent_guest.clock import Clock
 from agent_guest.config import MoverConfig
 from agent_guest.errors import AccessDenied, NoSuchProcess
@@ -27,6 +27,7 @@ __all__ = [
     "ExchangeStats",
     "Exchanger",
     "RateLimiter",
+    "clearly_denser",
     "errno_name",
     "pages_of_ranges",
     "plan_exchange",
@@ -137,9 +138,9 @@ def plan_exchange(
     promotions use the free room, then go in pairs: a demote batch of k cold fast
     pages followed by a promote batch of k hot slow pages, so the fast node never
     holds more than its limit. Every moved page costs one page of ``budget_pages``.
-    A pair is only worth it if the hot page's range is denser than the cold page's
-    by the factor ``1 + min_gain`` and by ``z`` standard errors (hysteresis:
-    near-equals and noise never swap).
+    A pair is only worth it if the hot page is denser than the cold page by the
+    factor ``1 + min_gain``, beyond sampling noise (:func:`clearly_denser`;
+    hysteresis: near-equals and noise never swap).
     """
     batches: list[Batch] = []
     budget = max(0, budget_pages)
@@ -157,10 +158,7 @@ def plan_exchange(
     pairs = min(len(promote) - p, len(demote) - d, budget // 2)
     if pairs > 0:
         hot, cold = promote.take(p, p + pairs), demote.take(d, d + pairs)
-        diff = hot.density - cold.density
-        gain = (diff > min_gain * cold.density) & (
-            diff > z * np.hypot(hot.noise, cold.noise)
-        )
+        gain = clearly_denser(hot, cold, min_gain, z)
         if not gain.all():
             pairs = int(np.argmin(gain))
     for s in range(0, pairs, batch_pages):
@@ -168,6 +166,41 @@ def plan_exchange(
         batches.append(Batch("slow", demote.take(d + s, d + s + k)))
         batches.append(Batch("fast", promote.take(p + s, p + s + k)))
     return batches
+
+
+def _counts(c: Candidates) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(samples, density per sample) behind each candidate's estimate.
+
+    A unit (range or page) with ``n`` samples has ``density = n * s`` and
+    ``noise = sqrt(n + 1) * s``, so ``s`` and ``n`` follow from the two."""
+    d = np.maximum(c.density, 0.0)
+    u = np.square(c.noise)
+    s = (np.sqrt(d * d + 4.0 * u) - d) / 2.0
+    s = np.maximum(s, 1e-300)
+    return d / s, s
+
+
+def clearly_denser(
+    hot: Candidates, cold: Candidates, min_gain: float, z: float
+) -> npt.NDArray[np.bool_]:
+    """Per pair: is the hot unit denser than ``(1 + min_gain)`` x the cold one's
+    plausible density, beyond Poisson noise?
+
+    The cold side counts at its upper bound (``z`` standard errors); the hot
+    side's sample count is tested against the count that bound predicts, with
+    Anscombe's variance-stabilising transform (``2 sqrt(n + 3/8)`` is close to
+    unit-variance normal even for a handful of samples, where ``n +- sqrt(n)``
+    is not: 4 samples against ~0 expected are strong evidence).
+    """
+    n_hot, s_hot = _counts(hot)
+    n_cold, s_cold = _counts(cold)
+    bound = s_cold * (n_cold + z * np.sqrt(n_cold + 1.0)) * (1.0 + min_gain)
+    expect = bound / s_hot  # in the hot unit's samples
+    stat = 2.0 * (np.sqrt(n_hot + 0.375) - np.sqrt(expect + 0.375))
+    ok: npt.NDArray[np.bool_] = (stat > z) & (
+        hot.density > (1.0 + min_gain) * cold.density
+    )
+    return ok
 
 
 def pages_of_ranges(
@@ -242,10 +275,10 @@ class Exchanger:
         cooldown: bool = True,
     ) -> Candidates:
         """Candidate pages that are on ``on_nodes`` now; at most ``limit`` pages are
-        examined. Promotion (``want_hot``): individually hot pages outside hot
-        ranges, then pages of hot ranges, densest first. Demotion: pages of cold
-        ranges, then of hot ranges, least dense first, never an individually hot
-        page."""
+        examined. Promotion (``want_hot``): resolved pages selected hot, and the
+        other pages of hot ranges, densest first. Demotion: resolved pages not
+        selected and the other pages of cold ranges, then of hot ranges, least
+        dense first; never a resolved page selected hot."""
         pids: list[npt.NDArray[np.int64]] = []
         idx: list[npt.NDArray[np.intp]] = []
         dens: list[npt.NDArray[np.float64]] = []
@@ -253,12 +286,13 @@ class Exchanger:
         hotflag: list[npt.NDArray[np.bool_]] = []
         for pid, t in tables.items():
             sel = np.flatnonzero(t.hot) if want_hot else np.arange(len(t))
+            d, sd = t.residual()
             pids.append(np.full(sel.shape[0], pid, np.int64))
             idx.append(sel)
-            dens.append(t.density[sel])
-            noise.append(t.density_std[sel])
+            dens.append(d[sel])
+            noise.append(sd[sel])
             hotflag.append(t.hot[sel])
-        out = self._hot_pages(tables, on_nodes) if want_hot else Candidates.empty()
+        out = self._resolved_pages(tables, on_nodes, want_hot, cooldown)
         if not pids:
             return out
         all_pid = np.concatenate(pids)
@@ -286,13 +320,9 @@ class Exchanger:
             nodes = self._nodes(pid, addr)
             if nodes is None:
                 continue
-            keep = np.isin(nodes, np.asarray(on_nodes, np.int32))
-            keep &= ~self._banned(pid, addr)
-            recent = self._recent.get(pid) if cooldown else None
-            if recent is not None and recent[0].shape[0]:
-                keep &= ~np.isin(addr, recent[0])
-            if not want_hot:
-                keep &= ~np.isin(addr, t.hot_pages()[0])
+            keep = self._eligible(pid, addr, nodes, on_nodes, cooldown)
+            # resolved pages are candidates on their own density (above)
+            keep &= ~in_sorted(addr, t.resolved().addr)
             out = out.then(
                 Candidates(
                     np.full(int(keep.sum()), pid, np.int32),
@@ -301,10 +331,26 @@ class Exchanger:
                     sd[sel][which][keep],
                 )
             )
-        # Pages of several pids (and hot pages): one global density order.
+        # Pages of several pids (and resolved pages): one global density order.
         key = -out.density if want_hot else out.density
         order = np.argsort(key, kind="stable")
         return out.pick(order)
+
+    def _eligible(
+        self,
+        pid: int,
+        addr: npt.NDArray[np.uint64],
+        nodes: npt.NDArray[np.int32],
+        on_nodes: Sequence[int],
+        cooldown: bool,
+    ) -> npt.NDArray[np.bool_]:
+        """On ``on_nodes``, not given up on (EBUSY), not moved recently."""
+        keep = np.isin(nodes, np.asarray(on_nodes, np.int32))
+        keep &= ~self._banned(pid, addr)
+        recent = self._recent.get(pid) if cooldown else None
+        if recent is not None:
+            keep &= ~in_sorted(addr, recent[0])
+        return keep
 
     def _nodes(
         self, pid: int, addr: npt.NDArray[np.uint64]
@@ -318,37 +364,34 @@ class Exchanger:
             self._deny(pid, err)
         return None
 
-    def _hot_pages(
-        self, tables: Mapping[int, RangeTable], on_nodes: Sequence[int]
+    def _resolved_pages(
+        self,
+        tables: Mapping[int, RangeTable],
+        on_nodes: Sequence[int],
+        want_hot: bool,
+        cooldown: bool,
     ) -> Candidates:
-        """Individually hot pages outside hot ranges that are on ``on_nodes``."""
+        """Resolved pages on ``on_nodes``: those selected hot (promotion) or the
+        others (demotion), each with its own density."""
         out = Candidates.empty()
-        per_mib = float(1 << 20) / PAGE_SIZE
         for pid, t in tables.items():
             if pid in self.gone:
                 continue
-            addr, count = t.hot_pages()
-            if addr.shape[0] == 0:
-                continue
-            j = t.locate(addr)
-            outside = (j < 0) | ~t.hot[np.maximum(j, 0)]
-            addr, count = addr[outside], count[outside]
+            r = t.resolved()
+            pick = r.hot if want_hot else ~r.hot
+            addr = r.addr[pick]
             if addr.shape[0] == 0:
                 continue
             nodes = self._nodes(pid, addr)
             if nodes is None:
                 continue
-            keep = np.isin(nodes, np.asarray(on_nodes, np.int32))
-            keep &= ~self._banned(pid, addr)
-            recent = self._recent.get(pid)
-            if recent is not None and recent[0].shape[0]:
-                keep &= ~np.isin(addr, recent[0])
+            keep = self._eligible(pid, addr, nodes, on_nodes, cooldown)
             out = out.then(
                 Candidates(
                     np.full(int(keep.sum()), pid, np.int32),
                     addr[keep],
-                    count[keep] * per_mib,
-                    np.sqrt(count[keep] + 1.0) * per_mib,
+                    r.density[pick][keep],
+                    r.noise[pick][keep],
                 )
             )
         return out
@@ -374,10 +417,10 @@ class Exchanger:
         old_a, old_e = self._recent.get(
             pid, (np.empty(0, np.uint64), np.empty(0, np.int64))
         )
-        self._recent[pid] = (
-            np.concatenate((old_a, addr)),
-            np.concatenate((old_e, np.full(addr.shape[0], self._epoch, np.int64))),
-        )
+        a = np.concatenate((old_a, addr))
+        e = np.concatenate((old_e, np.full(addr.shape[0], self._epoch, np.int64)))
+        order = np.argsort(a, kind="stable")  # sorted, for in_sorted
+        self._recent[pid] = (a[order], e[order])
 
     def _expire_recent(self) -> None:
         horizon = self._epoch - self._cfg.cooldown_epochs

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent_guest.backend import (
     AccessSamples,
@@ -19,13 +21,14 @@ from agent_guest.backend import (
     SamplerSettings,
     Vma,
 )
-from agent_guest.classify import ClassifyParams, RangeTable
+from agent_guest.classify import ClassifyParams, RangeTable, select_hot
 from agent_guest.config import MoverConfig
 from agent_guest.errors import AccessDenied, NoSuchProcess
 from agent_guest.exchange import (
     Candidates,
     Exchanger,
     RateLimiter,
+    clearly_denser,
     errno_name,
     pages_of_ranges,
     plan_exchange,
@@ -93,10 +96,58 @@ def test_near_equal_densities_never_swap() -> None:
 
 
 def test_noisy_densities_never_swap() -> None:
+    """~5 samples where a precise cold estimate predicts 2.5: Poisson noise."""
     hot = _cands(4, 10.0)
-    cold = _cands(4, 2.0)
+    cold = _cands(4, 5.0)
     noisy = Candidates(hot.pid, hot.addr, hot.density, np.full(4, 5.0))
     assert plan_exchange(noisy, cold, 0, 100, 16, z=2.0) == []
+
+
+def test_a_few_samples_against_none_are_evidence() -> None:
+    """4 samples where the cold side predicts ~0.1: swap, though 4 +- 2.2 at two
+    standard errors would include zero."""
+    hot = _cands(4, 4.0)
+    few = Candidates(hot.pid, hot.addr, hot.density, np.full(4, np.sqrt(5.0)))
+    cold = Candidates(
+        hot.pid, hot.addr + np.uint64(1 << 30), np.zeros(4), np.full(4, 0.05)
+    )
+    assert _sizes(plan_exchange(few, cold, 0, 100, 16, z=2.0)) == [
+        ("slow", 4),
+        ("fast", 4),
+    ]
+    fewer = Candidates(hot.pid, hot.addr, np.full(4, 1.0), np.full(4, np.sqrt(2.0)))
+    assert plan_exchange(fewer, cold, 0, 100, 16, z=2.0) == []
+
+
+@given(
+    n_hot=st.floats(0.0, 1e4),
+    n_cold=st.floats(0.0, 1e4),
+    s_hot=st.floats(1e-3, 1e3),
+    s_cold=st.floats(1e-3, 1e3),
+)
+def test_clearly_denser_is_consistent(
+    n_hot: float, n_cold: float, s_hot: float, s_cold: float
+) -> None:
+    """Never for a unit no denser than the cold one; always beyond a wide margin;
+    monotone in the hot unit's samples."""
+
+    def c(n: float, s: float) -> Candidates:
+        return Candidates(
+            np.ones(1, np.int32),
+            np.zeros(1, np.uint64),
+            np.array([n * s]),
+            np.array([np.sqrt(n + 1.0) * s]),
+        )
+
+    cold = c(n_cold, s_cold)
+    ok = bool(clearly_denser(c(n_hot, s_hot), cold, 0.25, 2.0)[0])
+    if n_hot * s_hot <= 1.25 * n_cold * s_cold:
+        assert not ok
+    if ok:
+        assert clearly_denser(c(n_hot * 2 + 1, s_hot), cold, 0.25, 2.0)[0]
+    bound = s_cold * (n_cold + 2.0 * np.sqrt(n_cold + 1.0)) * 1.25 / s_hot
+    if n_hot > 4.0 * bound + 16.0:
+        assert ok
 
 
 def test_rate_limiter_grants_at_most_rate_times_time() -> None:
@@ -305,13 +356,16 @@ def test_a_hot_page_in_a_cold_range_is_promoted_and_never_demoted() -> None:
     for _ in range(3):  # hot: sampled epoch after epoch
         cold.add_samples(np.full(50, hot_page, np.uint64))
         cold.end_epoch()
-    cold.hot = np.zeros(len(cold), bool)
+    select_hot({2: cold}, 4096, 0.0)  # room for the one page
+    assert cold.hot_page_addr.tolist() == [hot_page]
+    assert not cold.hot.any()
     ex = Exchanger(be, MoverConfig(batch_pages=64, scan_pages=64), _Clock())
     demote = ex._find(tables, False, [0], 64)
     assert hot_page not in demote.addr[demote.pid == 2].tolist()
-    tables[1].hot = np.zeros(len(tables[1]), bool)  # pid 1 has no hot range
     for _ in range(3):
         tables[1].add_samples(np.full(50, hot_page, np.uint64))
         tables[1].end_epoch()
+    select_hot({1: tables[1]}, 4096, 0.0)
+    assert not tables[1].hot.any()  # pid 1 has no hot range
     promote = ex._find(tables, True, [1], 64)
     assert promote.addr.tolist() == [hot_page]
