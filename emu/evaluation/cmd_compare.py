@@ -18,14 +18,13 @@ from emu.evaluation.compare import (
     PRESETS,
     Cell,
     Matrix,
-    add_speedups,
     cells_of,
     format_cells,
     run_matrix,
-    summarize,
     write_csv,
 )
-from emu.evaluation.runner import ROW_FIELDS
+from emu.evaluation.plots import write_plots
+from emu.evaluation.report import report_doc, run_entry, write_json
 from emu.machine.params import PROFILES
 from emu.policies import ORACLE_NAMES, POLICY_NAMES
 from emu.workloads import TRACE_PREFIX, workload_pages
@@ -196,51 +195,45 @@ def main(args: argparse.Namespace) -> int:
 
     results = run_matrix(cells, jobs=args.jobs, progress=progress)
     wall = time.perf_counter() - t0
-    rows = add_speedups([row for r in results for row in r["rows"]])  # type: ignore[attr-defined]
-    tenants: dict[str, object] = {}
-    if matrix.scenarios:
-        from emu.evaluation.tenant_report import report
-
-        table, text, tenants = report(matrix, results)
-    else:
-        table = summarize(rows)
-        text = format_cells(table, policies)
+    rows: list[dict[str, object]] = [
+        row
+        for r in results
+        for row in r["rows"]  # type: ignore[attr-defined]
+    ]
+    runs = [
+        run_entry(
+            r["cell"],  # type: ignore[arg-type]
+            float(str(r["wall_s"])),
+            float(str(r["virtual_s"])),
+            int(str(r["accesses"])),
+            r["series"],  # type: ignore[arg-type]
+            **{k: r[k] for k in ("guest_channels", "host_shares") if k in r},
+        )
+        for r in results
+    ]
     meta = {
+        "command": "compare",
         "preset": args.preset,
         "matrix": asdict(matrix),
         "capacity_over_footprint": CAPACITY_OVER_FOOTPRINT,
         "jobs": args.jobs,
         "wall_s": round(wall, 2),
-        "row_fields": list(ROW_FIELDS),
     }
-    doc = {
-        "meta": meta,
-        "rows": rows,
-        "cells": table,
-        **({"tenants": tenants} if matrix.scenarios else {}),
-        "series": [
-            {"cell": r["cell"], "wall_s": round(float(str(r["wall_s"])), 3),
-             "virtual_s": r["virtual_s"], "series": r["series"],
-             **{k: r[k] for k in ("guest_channels", "host_shares") if k in r}}
-            for r in results
-        ],
-    }  # fmt: skip
-    (out / "report.json").write_text(json.dumps(doc, indent=1) + "\n")
-    write_csv(out / "report.csv", rows)
+    if matrix.scenarios:
+        from emu.evaluation.tenant_report import report
+
+        table, text, tenants = report(matrix, results)
+        doc = report_doc(meta, rows, runs, cells=table, tenants=tenants)
+    else:
+        doc = report_doc(meta, rows, runs)
+        text = format_cells(doc["cells"], policies)  # type: ignore[arg-type]
+    write_json(out / "report.json", doc)
+    write_csv(out / "report.csv", doc["rows"])  # type: ignore[arg-type]
     (out / "table.txt").write_text(text + "\n")
-    print(json.dumps(table, indent=1) if args.json else text)
+    print(json.dumps(doc["cells"], indent=1) if args.json else text)
     if not args.no_plots:
         try:
-            if matrix.scenarios:
-                from emu.evaluation.tenant_report import (
-                    write_plots as write_tenant_plots,
-                )
-
-                paths = write_tenant_plots(out, matrix, results)
-            else:
-                from emu.evaluation.plots import write_plots
-
-                paths = write_plots(out, table, results)
+            paths = write_plots(out, doc)
             print(f"hypertier compare: {len(paths)} plots in {out}", file=sys.stderr)
         except ImportError as err:
             print(f"hypertier compare: no plots: {err}", file=sys.stderr)

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from emu.evaluation.report import format_table, write_json, write_plots
+from emu.evaluation.plots import write_plots
+from emu.evaluation.report import format_table, report_doc, run_entry, write_json
 from emu.evaluation.runner import RunResult, default_scenario, run_scenario
 from emu.machine import PAGE_SIZE
 from emu.machine.params import PROFILES, Params
@@ -172,6 +173,7 @@ def main(args: argparse.Namespace) -> int:
         progress.end()
     wall = time.perf_counter() - t0
     meta = {
+        "command": "run",
         "profile": args.profile,
         "scale": args.scale,
         "seed": args.seed,
@@ -181,17 +183,31 @@ def main(args: argparse.Namespace) -> int:
         "fast_fraction": args.fast_fraction if args.workload else None,
         "wall_s": round(wall, 3),
     }
-    write_json(out / "report.json", results, meta)
-    rows = [row for r in results for row in r.rows]
+    setup = {"profile": args.profile, "vms": len(specs), "seed": args.seed}
+    ratio = {s.name: f"1:{round(s.slow_bytes / s.fast_bytes, 2):g}" for s in specs}
+    rows = [
+        {**row, **setup, "ratio": ratio[str(row["vm"])]}
+        for r in results
+        for row in r.rows
+    ]
+    cell = {**setup, "scale": args.scale, "epoch_s": args.epoch_s}
+    runs = [
+        run_entry(
+            {"policy": r.policy, **cell}, r.wall_s, r.virtual_s, r.accesses, r.series
+        )
+        for r in results
+    ]
+    doc = report_doc(meta, rows, runs)
+    write_json(out / "report.json", doc)
     if args.json:
         import json
 
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(doc["rows"], indent=1))
     else:
-        print(format_table(rows))
+        print(format_table([row for r in results for row in r.rows]))
     if not args.no_plots:
         try:
-            for path in write_plots(out, results):
+            for path in write_plots(out, doc):
                 print(f"hypertier: wrote {path}", file=sys.stderr)
         except ImportError as err:
             print(f"hypertier: no plots: {err}", file=sys.stderr)

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from emu.evaluation.report import text_table
+from emu.evaluation.report import CELL_KEYS, text_table
 from emu.evaluation.runner import run_scenario
 from emu.machine import PAGE_SIZE
 from emu.machine.params import Params
@@ -25,36 +25,20 @@ from emu.policies import POLICY_NAMES, Policy, VmSpec
 from emu.workloads import workload_pages
 
 __all__ = [
-    "CELL_KEYS",
     "PRESETS",
     "Cell",
     "Matrix",
-    "add_speedups",
     "cells_of",
     "format_cells",
     "run_cell",
     "run_matrix",
     "specs_of",
-    "summarize",
 ]
 
 # LLC misses per VM of the multi-tenant preset: several emulated seconds.
 MULTI_TENANT_ACCESSES = 80_000_000
 # Memory per VM is the footprint plus this much free memory, split fast:slow.
 CAPACITY_OVER_FOOTPRINT = 1.25
-# Fields that identify a set-up; rows of one set-up differ only in ``policy``.
-CELL_KEYS = ("workload", "profile", "ratio", "vms")
-# Oracle yardsticks (emu.policies.oracle), averaged over a cell's VMs.
-MEAN_FIELDS = ("oracle_hit", "hit_vs_oracle", "hit_ss", "t90_s")
-SUM_FIELDS = (
-    "tlb_flush",
-    "remote_tlb_flush",
-    "tlb_local_flush_one",
-    "tlb_local_flush_all",
-    "tlb_remote_flush",
-    "pages_moved",
-    "mgmt_cpu_s",
-)
 
 
 @dataclass(frozen=True)
@@ -273,6 +257,7 @@ def run_cell(cell: Cell) -> dict[str, object]:
         "series": series,
         "wall_s": time.perf_counter() - t0,
         "virtual_s": result.virtual_s,
+        "accesses": result.accesses,
     }
     if cell.scenario:
         from emu.evaluation.tenants import guest_channel_status
@@ -304,84 +289,6 @@ def run_matrix(
                 if progress is not None:
                     progress(done, len(cells), cells[i], results[i] or {})
     return [r for r in results if r is not None]
-
-
-def _key(row: dict[str, object]) -> tuple[object, ...]:
-    return tuple(row[k] for k in CELL_KEYS)
-
-
-def add_speedups(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
-    """Rows with ``speedup_vs_<policy>`` = that policy's elapsed / this row's.
-
-    Compared VM by VM within the same set-up (workload, profile, ratio, VMs);
-    None when either run did not finish.
-    """
-    elapsed: dict[tuple[object, ...], dict[str, float | None]] = {}
-    for r in rows:
-        e = r.get("elapsed_s")
-        elapsed.setdefault((*_key(r), r["vm"]), {})[str(r["policy"])] = (
-            float(e) if isinstance(e, int | float) else None
-        )
-    out = []
-    for r in rows:
-        mine = elapsed[(*_key(r), r["vm"])]
-        row = dict(r)
-        own = mine[str(r["policy"])]
-        for p, e in mine.items():
-            if p != r["policy"]:
-                row[f"speedup_vs_{p}"] = (
-                    round(e / own, 4) if e is not None and own else None
-                )
-        out.append(row)
-    return out
-
-
-def summarize(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
-    """One row per cell: mean elapsed, hit ratio and oracle yardsticks over its
-    VMs, summed counters.
-
-    Speedups compare mean elapsed times of the same set-up.
-    """
-    cells: dict[tuple[object, ...], list[dict[str, object]]] = {}
-    for r in rows:
-        cells.setdefault((*_key(r), r["policy"]), []).append(r)
-    out: list[dict[str, object]] = []
-    for (*key, policy), rs in cells.items():
-        el = [r["elapsed_s"] for r in rs]
-        row: dict[str, object] = dict(zip(CELL_KEYS, key, strict=True))
-        row["policy"] = policy
-        row["elapsed_s"] = (
-            round(sum(float(e) for e in el if isinstance(e, int | float)) / len(el), 6)
-            if all(isinstance(e, int | float) for e in el)
-            else None
-        )
-        row["fast_hit_ratio"] = round(
-            sum(float(str(r["fast_hit_ratio"])) for r in rs) / len(rs), 4
-        )
-        for f in MEAN_FIELDS:  # None where any VM has none (never converged)
-            vals = [r.get(f) for r in rs]
-            row[f] = (
-                round(sum(float(str(v)) for v in vals) / len(vals), 4)
-                if all(isinstance(v, int | float) for v in vals)
-                else None
-            )
-        for f in SUM_FIELDS:
-            total = sum(float(str(r[f])) for r in rs)
-            row[f] = round(total, 4) if f == "mgmt_cpu_s" else int(total)
-        out.append(row)
-    by_setup: dict[tuple[object, ...], dict[str, object]] = {}
-    for row in out:
-        by_setup.setdefault(_key(row), {})[str(row["policy"])] = row["elapsed_s"]
-    for row in out:
-        own = row["elapsed_s"]
-        for p, e in by_setup[_key(row)].items():
-            if p != row["policy"]:
-                row[f"speedup_vs_{p}"] = (
-                    round(float(str(e)) / float(str(own)), 3)
-                    if isinstance(e, int | float) and isinstance(own, int | float)
-                    else None
-                )
-    return out
 
 
 _SHORT = {

@@ -1,16 +1,22 @@
-"""PNG plots of a ``hypertier compare`` run (matplotlib, Agg backend).
+"""PNG plots of a report (report.json of ``run`` or ``compare``; matplotlib, Agg).
 
-Bars per workload (mean elapsed time relative to all-fast memory, one bar per
-policy) for each memory set-up, and time series of the fast-tier hit ratio.
+One entry point, :func:`write_plots`, reads the report document
+(:mod:`emu.evaluation.report`): with one set-up, the time series of every VM
+(placement, hit ratio, hit over the oracle's); with several, bars per memory
+set-up (mean elapsed relative to all-fast, a bar per policy) and the hit ratio
+over time per set-up; with the multi-tenant preset's ``tenants``, each VM's fast
+allotment against its documented share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["write_allotment_plot", "write_plots"]
+
+Doc = Mapping[str, Any]
 
 
 def _pyplot() -> Any:
@@ -26,19 +32,27 @@ def _pyplot() -> Any:
     return plt
 
 
-def write_plots(
-    out: Path,
-    cells: Sequence[dict[str, object]],
-    results: Sequence[dict[str, object]],
-) -> list[Path]:
-    """Write bars_<profile>_1-<k>_<n>vm.png and hit_<workload>_<setup>.png.
-
-    ``cells`` are :func:`emu.evaluation.compare.summarize` rows, ``results`` the
-    :func:`emu.evaluation.compare.run_cell` outputs. Returns the files written.
+def write_plots(out: Path, doc: Doc) -> list[Path]:
+    """Every plot of the report ``doc`` into ``out``; returns the files written.
 
     Raises ImportError (with the install hint) when matplotlib is missing.
     """
     plt = _pyplot()
+    if "tenants" in doc:
+        from emu.evaluation.tenant_report import write_allotment_plots
+
+        return write_allotment_plots(out, doc)
+    setups = {
+        tuple(sorted((k, str(v)) for k, v in r["cell"].items() if k != "policy"))
+        for r in doc["runs"]
+    }
+    if len(setups) == 1:
+        return _timelines(plt, out, doc)
+    return _bars(plt, out, doc["cells"]) + _hit_lines(plt, out, doc["runs"])
+
+
+def _bars(plt: Any, out: Path, cells: Sequence[Mapping[str, Any]]) -> list[Path]:
+    """bars_<profile>_1-<k>_<n>vm.png: elapsed / all-fast per workload and policy."""
     written: list[Path] = []
     setups = sorted(
         {(str(c["profile"]), str(c["ratio"]), int(str(c["vms"]))) for c in cells}
@@ -74,8 +88,14 @@ def write_plots(
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
-    groups: dict[tuple[str, str, str, int], list[dict[str, object]]] = {}
-    for r in results:
+    return written
+
+
+def _hit_lines(plt: Any, out: Path, runs: Sequence[Mapping[str, Any]]) -> list[Path]:
+    """hit_<workload>_<profile>_1-<k>_<n>vm.png: vm1's hit ratio over time."""
+    written: list[Path] = []
+    groups: dict[tuple[str, str, str, int], list[Mapping[str, Any]]] = {}
+    for r in runs:
         cell = r["cell"]
         assert isinstance(cell, dict)
         key = (cell["workload"], cell["profile"], f"1-{cell['ratio']}", cell["vms"])
@@ -90,7 +110,7 @@ def write_plots(
             assert isinstance(cell, dict)
             if s and s["t_s"]:
                 ax.plot(s["t_s"], s["fast_hit_ratio"], label=cell["policy"], lw=1)
-        s0 = next((r["series"].get("vm1") for r in rs), None)  # type: ignore[attr-defined]
+        s0 = next((r["series"].get("vm1") for r in rs), None)
         if s0 and s0.get("oracle_hit"):
             ax.plot(s0["t_s"], s0["oracle_hit"], "k--", lw=0.8, label="oracle hit")
         ax.set_title(
@@ -104,6 +124,60 @@ def write_plots(
         fig.tight_layout()
         name = str(wl).replace("trace:", "trace-").replace("/", "_")  # a file path
         path = out / f"hit_{name}_{profile}_{ratio}_{vms}vm.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _series(s: dict[str, list[float]], key: str) -> list[float]:
+    if key != "hit_vs_oracle":
+        return s[key]
+    return [
+        h / o if o > 0 else 0.0
+        for h, o in zip(s["fast_hit_ratio"], s["oracle_hit"], strict=True)
+    ]
+
+
+def _timelines(plt: Any, out: Path, doc: Doc) -> list[Path]:
+    """placement.png, hit_ratio.png and hit_vs_oracle.png over time, one panel
+    per VM, a line per policy; hit_ratio.png shows the oracle's hit ratio dashed."""
+    runs = doc["runs"]
+    written = []
+    vms = sorted({vm for r in runs for vm in r["series"]})
+    for key, fname, ylabel in (
+        (
+            "placement",
+            "placement.png",
+            "expected hit of placement / oracle's\n(workload weights, pages on fast)",
+        ),
+        ("fast_hit_ratio", "hit_ratio.png", "fast-tier hit ratio (dashed: oracle)"),
+        (
+            "hit_vs_oracle",
+            "hit_vs_oracle.png",
+            "hit / oracle hit\n(best static placement of the phase, same fast size)",
+        ),
+    ):
+        fig, axes = plt.subplots(
+            1, len(vms), figsize=(4 * len(vms), 3.2), squeeze=False, sharey=True
+        )
+        for ax, vm in zip(axes[0], vms, strict=True):
+            for r in runs:
+                s = r["series"].get(vm)
+                if s and s["t_s"]:
+                    ax.plot(s["t_s"], _series(s, key), label=r["cell"]["policy"])
+            first = next((r["series"][vm] for r in runs if r["series"].get(vm)), None)
+            if key == "fast_hit_ratio" and first and "oracle_hit" in first:
+                ax.plot(first["t_s"], first["oracle_hit"], "k--", lw=0.8)
+            wl = next((row["workload"] for row in doc["rows"] if row["vm"] == vm), "")
+            ax.set_title(f"{vm} ({wl})")
+            ax.set_xlabel("virtual time (s)")
+            ax.set_ylim(-0.02, 1.3 if key == "hit_vs_oracle" else 1.02)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(ylabel)
+        axes[0][-1].legend(fontsize=8)
+        fig.tight_layout()
+        path = out / fname
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)

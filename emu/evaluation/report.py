@@ -1,18 +1,57 @@
-"""Render evaluation results: a text table, report.json and PNG plots.
+"""The evaluation's one report schema (report.json of ``run`` and ``compare``)
+and its text tables.
 
-Plots use matplotlib (Agg backend, imported lazily); without it the table and
-JSON are still written and :func:`write_plots` says why there are no PNGs.
+report.json holds:
+
+- ``meta``: what ran (``command``: "run" or "compare", its options, wall time,
+  ``row_fields``);
+- ``rows``: one per VM and run: the runner's :data:`ROW_FIELDS`, the set-up
+  (``profile``, ``ratio`` "1:K" of slow to fast memory, ``vms``, ``seed``) and
+  ``speedup_vs_<policy>`` against every other policy of the same set-up and VM;
+- ``cells``: one per set-up and policy (:func:`summarize`: means over the VMs,
+  summed counters, speedups); the multi-tenant preset's are its per-VM rows;
+- ``runs``: one per run: ``cell`` (its set-up and policy), ``wall_s``,
+  ``virtual_s``, ``accesses`` and ``series`` (per VM, per epoch), plus what the
+  run's policy reports (``guest_channels``, ``host_shares``);
+- ``tenants`` (multi-tenant preset only): the liar's effect and the ablation.
+
+:func:`emu.evaluation.plots.write_plots` draws every plot from this document.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from emu.evaluation.runner import ROW_FIELDS, RunResult
+from emu.evaluation.runner import ROW_FIELDS
 
-__all__ = ["format_table", "text_table", "write_json", "write_plots"]
+__all__ = [
+    "CELL_KEYS",
+    "MEAN_FIELDS",
+    "SUM_FIELDS",
+    "add_speedups",
+    "format_table",
+    "report_doc",
+    "run_entry",
+    "summarize",
+    "text_table",
+    "write_json",
+]
+
+# Fields that identify a set-up; rows of one set-up differ only in ``policy``.
+CELL_KEYS = ("workload", "profile", "ratio", "vms")
+# Oracle yardsticks (emu.policies.oracle), averaged over a cell's VMs.
+MEAN_FIELDS = ("oracle_hit", "hit_vs_oracle", "hit_ss", "t90_s")
+SUM_FIELDS = (
+    "tlb_flush",
+    "remote_tlb_flush",
+    "tlb_local_flush_one",
+    "tlb_local_flush_all",
+    "tlb_remote_flush",
+    "pages_moved",
+    "mgmt_cpu_s",
+)
 
 _SHORT = {
     "fast_hit_ratio": "fast_hit",
@@ -64,90 +103,120 @@ def format_table(
     return text_table(heads, cells, nleft=3, sep="  ")
 
 
-def write_json(
-    path: Path, results: Sequence[RunResult], meta: dict[str, object]
-) -> None:
-    """report.json: ``rows`` (one per VM x policy), ``series`` and run metadata."""
-    doc = {
-        "meta": meta,
-        "rows": [row for r in results for row in r.rows],
-        "series": {r.policy: r.series for r in results},
-        "runs": [
-            {
-                "policy": r.policy,
-                "wall_s": round(r.wall_s, 3),
-                "virtual_s": round(r.virtual_s, 6),
-                "accesses": r.accesses,
-            }
-            for r in results
-        ],
+def run_entry(
+    cell: Mapping[str, object],
+    wall_s: float,
+    virtual_s: float,
+    accesses: int,
+    series: Mapping[str, Mapping[str, Sequence[float]]],
+    **extra: object,
+) -> dict[str, object]:
+    """One element of report.json's ``runs``."""
+    return {
+        "cell": dict(cell),
+        "wall_s": round(wall_s, 3),
+        "virtual_s": round(virtual_s, 6),
+        "accesses": accesses,
+        "series": {vm: dict(s) for vm, s in series.items()},
+        **extra,
     }
+
+
+def report_doc(
+    meta: Mapping[str, object],
+    rows: Sequence[dict[str, object]],
+    runs: Sequence[dict[str, object]],
+    cells: Sequence[dict[str, object]] | None = None,
+    **sections: object,
+) -> dict[str, object]:
+    """report.json: ``rows`` with their speedups, ``cells`` (default: the
+    :func:`summarize` of the rows), ``runs`` and any further ``sections``."""
+    return {
+        "meta": {**meta, "row_fields": list(ROW_FIELDS)},
+        "rows": add_speedups(rows),
+        "cells": summarize(rows) if cells is None else list(cells),
+        "runs": list(runs),
+        **sections,
+    }
+
+
+def write_json(path: Path, doc: Mapping[str, object]) -> None:
     path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
-def _series(s: dict[str, list[float]], key: str) -> list[float]:
-    if key != "hit_vs_oracle":
-        return s[key]
-    return [
-        h / o if o > 0 else 0.0
-        for h, o in zip(s["fast_hit_ratio"], s["oracle_hit"], strict=True)
-    ]
+def _key(row: dict[str, object]) -> tuple[object, ...]:
+    return tuple(row[k] for k in CELL_KEYS)
 
 
-def write_plots(out: Path, results: Sequence[RunResult]) -> list[Path]:
-    """placement.png, hit_ratio.png and hit_vs_oracle.png over time, one panel
-    per VM; hit_ratio.png shows the oracle's hit ratio dashed.
+def add_speedups(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """Rows with ``speedup_vs_<policy>`` = that policy's elapsed / this row's.
 
-    Raises ImportError (with the install hint) when matplotlib is missing.
+    Compared VM by VM within the same set-up (workload, profile, ratio, VMs);
+    None when either run did not finish.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError(
-            "matplotlib is needed for the PNG plots: pip install 'hypertier[eval]'"
-        ) from err
-    written = []
-    vms = sorted({vm for r in results for vm in r.series})
-    for key, fname, ylabel in (
-        (
-            "placement",
-            "placement.png",
-            "expected hit of placement / oracle's\n(workload weights, pages on fast)",
-        ),
-        ("fast_hit_ratio", "hit_ratio.png", "fast-tier hit ratio (dashed: oracle)"),
-        (
-            "hit_vs_oracle",
-            "hit_vs_oracle.png",
-            "hit / oracle hit\n(best static placement of the phase, same fast size)",
-        ),
-    ):
-        fig, axes = plt.subplots(
-            1, len(vms), figsize=(4 * len(vms), 3.2), squeeze=False, sharey=True
+    elapsed: dict[tuple[object, ...], dict[str, float | None]] = {}
+    for r in rows:
+        e = r.get("elapsed_s")
+        elapsed.setdefault((*_key(r), r["vm"]), {})[str(r["policy"])] = (
+            float(e) if isinstance(e, int | float) else None
         )
-        for ax, vm in zip(axes[0], vms, strict=True):
-            for r in results:
-                s = r.series.get(vm)
-                if s and s["t_s"]:
-                    ax.plot(s["t_s"], _series(s, key), label=r.policy)
-            first = next((r.series[vm] for r in results if r.series.get(vm)), None)
-            if key == "fast_hit_ratio" and first and "oracle_hit" in first:
-                ax.plot(first["t_s"], first["oracle_hit"], "k--", lw=0.8)
-            wl = next(
-                (row["workload"] for r in results for row in r.rows if row["vm"] == vm),
-                "",
+    out = []
+    for r in rows:
+        mine = elapsed[(*_key(r), r["vm"])]
+        row = dict(r)
+        own = mine[str(r["policy"])]
+        for p, e in mine.items():
+            if p != r["policy"]:
+                row[f"speedup_vs_{p}"] = (
+                    round(e / own, 4) if e is not None and own else None
+                )
+        out.append(row)
+    return out
+
+
+def summarize(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """One row per cell: mean elapsed, hit ratio and oracle yardsticks over its
+    VMs, summed counters.
+
+    Speedups compare mean elapsed times of the same set-up.
+    """
+    cells: dict[tuple[object, ...], list[dict[str, object]]] = {}
+    for r in rows:
+        cells.setdefault((*_key(r), r["policy"]), []).append(r)
+    out: list[dict[str, object]] = []
+    for (*key, policy), rs in cells.items():
+        el = [r["elapsed_s"] for r in rs]
+        row: dict[str, object] = dict(zip(CELL_KEYS, key, strict=True))
+        row["policy"] = policy
+        row["elapsed_s"] = (
+            round(sum(float(e) for e in el if isinstance(e, int | float)) / len(el), 6)
+            if all(isinstance(e, int | float) for e in el)
+            else None
+        )
+        row["fast_hit_ratio"] = round(
+            sum(float(str(r["fast_hit_ratio"])) for r in rs) / len(rs), 4
+        )
+        for f in MEAN_FIELDS:  # None where any VM has none (never converged)
+            vals = [r.get(f) for r in rs]
+            row[f] = (
+                round(sum(float(str(v)) for v in vals) / len(vals), 4)
+                if all(isinstance(v, int | float) for v in vals)
+                else None
             )
-            ax.set_title(f"{vm} ({wl})")
-            ax.set_xlabel("virtual time (s)")
-            ax.set_ylim(-0.02, 1.3 if key == "hit_vs_oracle" else 1.02)
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel(ylabel)
-        axes[0][-1].legend(fontsize=8)
-        fig.tight_layout()
-        path = out / fname
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
-    return written
+        for f in SUM_FIELDS:
+            total = sum(float(str(r[f])) for r in rs)
+            row[f] = round(total, 4) if f == "mgmt_cpu_s" else int(total)
+        out.append(row)
+    by_setup: dict[tuple[object, ...], dict[str, object]] = {}
+    for row in out:
+        by_setup.setdefault(_key(row), {})[str(row["policy"])] = row["elapsed_s"]
+    for row in out:
+        own = row["elapsed_s"]
+        for p, e in by_setup[_key(row)].items():
+            if p != row["policy"]:
+                row[f"speedup_vs_{p}"] = (
+                    round(float(str(e)) / float(str(own)), 3)
+                    if isinstance(e, int | float) and isinstance(own, int | float)
+                    else None
+                )
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent_host import config as host_config
 from emu.evaluation.report import text_table
@@ -32,7 +32,7 @@ __all__ = [
     "liar_effect",
     "report",
     "tenant_rows",
-    "write_plots",
+    "write_allotment_plots",
 ]
 
 
@@ -370,7 +370,9 @@ def _host_cfg() -> host_config.Config:
 
 
 def _groups(
-    matrix: Matrix, results: Sequence[Mapping[str, object]]
+    scenarios: Sequence[str],
+    profiles: Sequence[str],
+    results: Sequence[Mapping[str, object]],
 ) -> list[tuple[Scenario, str, list[Mapping[str, object]]]]:
     return [
         (
@@ -383,8 +385,8 @@ def _groups(
                 and _cell_field(r, "profile") == profile
             ],
         )
-        for name in matrix.scenarios
-        for profile in matrix.profiles
+        for name in scenarios
+        for profile in profiles
     ]
 
 
@@ -399,7 +401,7 @@ def report(
     rows: list[dict[str, object]] = []
     texts: list[str] = []
     summary: dict[str, object] = {}
-    for scenario, profile, res in _groups(matrix, results):
+    for scenario, profile, res in _groups(matrix.scenarios, matrix.profiles, results):
         if not res:
             continue
         mine = [
@@ -423,12 +425,11 @@ def report(
     return rows, "\n\n".join(texts), summary
 
 
-def write_plots(
-    out: Path, matrix: Matrix, results: Sequence[Mapping[str, object]]
-) -> list[Path]:
-    """``fast_allotment.png`` (the first scenario; ``fast_allotment_<scenario>.png``
-    for the others, ``_<profile>`` added with several profiles): one panel per
-    policy, one line per VM over time, dashed at its documented share.
+def write_allotment_plots(out: Path, doc: Mapping[str, Any]) -> list[Path]:
+    """``fast_allotment.png`` of a multi-tenant report (report.json's document;
+    the first scenario; ``fast_allotment_<scenario>.png`` for the others,
+    ``_<profile>`` added with several profiles): one panel per policy, one line
+    per VM over time, dashed at its documented share.
 
     Raises ImportError (with the install hint) when matplotlib is missing.
     """
@@ -436,11 +437,13 @@ def write_plots(
     from emu.machine.params import Params
 
     cfg, block = _host_cfg(), Params().block_bytes
+    matrix = doc["meta"]["matrix"]
+    scenarios, profiles = matrix["scenarios"], matrix["profiles"]
     written = []
-    for scenario, profile, res in _groups(matrix, results):
+    for scenario, profile, res in _groups(scenarios, profiles, doc["runs"]):
         if not res:
             continue
-        shares = scenario_shares(scenario, matrix.npages, block, cfg)
+        shares = scenario_shares(scenario, matrix["npages"], block, cfg)
         panels = []
         for r in res:
             policy = str(_cell_field(r, "policy"))
@@ -460,9 +463,9 @@ def write_plots(
             ]
             panels.append((policy, lines))
         name = "fast_allotment"
-        if scenario.name != matrix.scenarios[0]:
+        if scenario.name != scenarios[0]:
             name += f"_{scenario.name}"
-        if len(matrix.profiles) > 1:
+        if len(profiles) > 1:
             name += f"_{profile}"
         path = out / f"{name}.png"
         write_allotment_plot(

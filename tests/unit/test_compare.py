@@ -12,12 +12,11 @@ from emu.evaluation.cli import main as cli_main
 from emu.evaluation.compare import (
     PRESETS,
     Cell,
-    add_speedups,
     run_cell,
     run_matrix,
     specs_of,
-    summarize,
 )
+from emu.evaluation.report import add_speedups, summarize
 from emu.evaluation.runner import ROW_FIELDS
 from emu.machine import PAGE_SIZE
 
@@ -154,3 +153,26 @@ def test_bad_matrix_is_a_usage_error(tmp_path: Path, argv: list[str]) -> None:
     except SystemExit as err:  # argparse rejects malformed values itself
         rc = int(str(err.code))
     assert rc == 2
+
+
+@pytest.mark.slow
+def test_run_and_compare_write_one_report_schema(tmp_path: Path) -> None:
+    run_out, cmp_out = tmp_path / "run", tmp_path / "compare"
+    common = ["--policies", "none,all-fast", "--no-plots"]
+    assert cli_main(["run", "--out", str(run_out), "--scale", "0.05", *common]) == 0
+    assert cli_main(["compare", "--preset", "smoke", "--out", str(cmp_out),
+                     "--jobs", "1", *common]) == 0  # fmt: skip
+    run_doc = json.loads((run_out / "report.json").read_text())
+    cmp_doc = json.loads((cmp_out / "report.json").read_text())
+    assert run_doc.keys() == cmp_doc.keys() == {"meta", "rows", "cells", "runs"}
+    assert (run_doc["meta"]["command"], cmp_doc["meta"]["command"]) == (
+        "run",
+        "compare",
+    )
+    assert run_doc["meta"]["row_fields"] == cmp_doc["meta"]["row_fields"]
+    for key in ("rows", "cells", "runs"):
+        assert {*run_doc[key][0]} == {*cmp_doc[key][0]} - {"scenario"}, key
+    assert len(run_doc["runs"]) == 2
+    assert {*run_doc["runs"][0]["series"]["vm1"]} == {
+        *cmp_doc["runs"][0]["series"]["vm1"]
+    }

@@ -321,7 +321,7 @@ def test_small_preset_writes_per_vm_rows_liar_summary_and_allotment_plot(
         "bronze-small"
     )
     assert (tmp_path / "fast_allotment.png").stat().st_size > 0
-    for r in doc["series"]:
+    for r in doc["runs"]:
         for ser in r["series"].values():
             assert len(ser["fast_plugged_bytes"]) == len(ser["t_s"])
 

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emu.evaluation.cli import main as cli_main
-from emu.evaluation.compare import Cell, format_cells, run_cell, summarize
+from emu.evaluation.compare import Cell, format_cells, run_cell
+from emu.evaluation.report import summarize
 from emu.evaluation.runner import run_scenario
 from emu.machine import PAGE_SIZE
 from emu.policies import VmSpec, make_policy
