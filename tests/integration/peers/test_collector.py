@@ -142,9 +142,9 @@ def test_cpu_of_a_tracked_busy_process_is_counted() -> None:
     assert end["tasks"]["busy"] == 1
     assert end["tasks"]["nobody"] == 0
     assert end["cpu_s"]["nobody"] == {"user_s": 0.0, "sys_s": 0.0}
-    # 2 s of a busy loop on a shared 2-core machine: well over 0.2 s of user time,
-    # counted from the collector's start, not from the child's.
-    assert 0.2 < end["cpu_s"]["busy"]["user_s"] <= 2.5
+    # 2 s of a busy loop: some user time even on a crowded 2-core machine, and no
+    # more than the collector's 2 s (it counts from its own start, not the child's).
+    assert 0.05 < end["cpu_s"]["busy"]["user_s"] <= 2.5
 
 
 def test_vmstat_counts_from_the_collectors_start() -> None:
