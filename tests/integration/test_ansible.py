@@ -5,12 +5,11 @@ In a chroot nothing runs: the roles detect it (``ansible_is_chroot``) and skip
 starting services, reloading systemd/udev/sysctl and mounting tracefs (fstab only),
 because those would act on this machine's init and kernel. Unit enabling works
 offline and is checked. The chroot has no /sys, so the host role's tier check reads
-a fake node directory (``hypertier_host_node_sysfs``) written by the test.
+a fake node directory (``hypertier_host_sysfs_root``) written by the test.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -103,37 +102,6 @@ def test_playbook_syntax_check_passes() -> None:
 def test_example_group_vars_document_every_role_variable(role: str, group: str) -> None:
     group_vars = ANSIBLE_DIR / "inventory" / "example" / "group_vars" / f"{group}.yml"
     assert set(yaml.safe_load(group_vars.read_text())) == _role_variables(role)
-
-
-@pytest.mark.parametrize(
-    ("text", "nodes"),
-    [
-        pytest.param("0", [0], id="one"),
-        pytest.param("0-2,4", [0, 1, 2, 4], id="range-and-single"),
-        pytest.param("", [], id="empty"),
-    ],
-)
-def test_nodelist_filter_expands_kernel_node_lists(text: str, nodes: list[int]) -> None:
-    assert _nodelist_filter()(text) == nodes
-
-
-def test_nodelist_filter_rejects_garbage() -> None:
-    errors = pytest.importorskip("ansible.errors", reason="ansible not installed")
-    with pytest.raises(errors.AnsibleFilterError, match="not a node list"):
-        _nodelist_filter()("0-x")
-
-
-def _nodelist_filter() -> Any:
-    pytest.importorskip(
-        "ansible", reason="ansible not installed (apt-get install ansible)"
-    )
-    path = ANSIBLE_DIR / "roles/hypertier_host/filter_plugins/nodelist.py"
-    spec = importlib.util.spec_from_file_location("hypertier_nodelist", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.hypertier_nodelist
 
 
 @pytest.mark.parametrize(
@@ -366,27 +334,29 @@ def guest(
     )
 
 
-def _fake_node_sysfs(root: Path, has_cpu: str, has_memory: str) -> None:
-    nodes = root / "srv" / "fake-sys" / "node"
-    nodes.mkdir(parents=True)
-    (nodes / "has_cpu").write_text(has_cpu + "\n")
-    (nodes / "has_memory").write_text(has_memory + "\n")
+def _fake_node_sysfs(root: Path, base: str, cpulists: list[str]) -> None:
+    """NUMA nodes under ``root``/``base`` as the kernel shows them."""
+    for node, cpus in enumerate(cpulists):
+        d = root / base.lstrip("/") / f"sys/devices/system/node/node{node}"
+        d.mkdir(parents=True)
+        (d / "cpulist").write_text(cpus + "\n")
+        (d / "meminfo").write_text(f"Node {node} MemTotal: 8388608 kB\n")
 
 
 HOST_VARS: dict[str, Any] = {
     "hypertier_host_validate_config": HOST_CLI_IN_TREE,
-    "hypertier_host_node_sysfs": "/srv/fake-sys/node",
+    "hypertier_host_sysfs_root": "/srv/fake-sys",
     "hypertier_host_policy_interval_s": 2,
     "hypertier_host_vms": [
         {
             "name": "vm-gold-01",
             "vcpus": 2,
             "qos_class": "gold",
-            "fast_bytes": 1 << 30,
-            "slow_bytes": 1 << 30,
-            "fast_max_bytes": 2 << 30,
-            "slow_max_bytes": 4 << 30,
-            "disk_path": "/var/lib/libvirt/images/vm-gold-01.qcow2",
+            "fast_mib": 1024,
+            "slow_mib": 1024,
+            "fast_max_mib": 2048,
+            "slow_max_mib": 4096,
+            "disk": "/var/lib/libvirt/images/vm-gold-01.qcow2",
         }
     ],
 }
@@ -402,7 +372,7 @@ def host(
         tmp_path_factory.mktemp("host"),
         "hypertier_hosts",
         {**HOST_VARS, "hypertier_host_wheel": str(wheel)},
-        prepare=lambda root: _fake_node_sysfs(root, has_cpu="0", has_memory="0-1"),
+        prepare=lambda root: _fake_node_sysfs(root, "/srv/fake-sys", ["0", ""]),
     )
 
 
@@ -546,6 +516,7 @@ def test_host_config_maps_role_variables_to_keys(host: Applied) -> None:
         "uri": "qemu:///system",
         "control_socket": "/run/hypertier/host.sock",
         "channel_dir": "/run/hypertier/channels",
+        "sysfs_root": "/srv/fake-sys",
         "fast_nodes": [],
         "slow_nodes": [],
         "emulate_slow_tier": False,
@@ -608,12 +579,20 @@ def test_host_vm_xml_rendered_by_agent_and_define_skipped_in_chroot(
     xml = rendered["results"][0]["stdout"]
     assert "<name>vm-gold-01</name>" in xml
     assert "nodeset='1'" in xml or 'nodeset="1"' in xml
+    # The channel socket is where `vm define` puts it, in the role's channel_dir.
+    assert "/run/hypertier/channels/vm-gold-01.org.hypertier.0" in xml
     define = host.first.task(
         "Define the tiered VMs in libvirt (not in a chroot, where libvirtd is not "
         "running)",
         host.host,
     )
-    assert define.get("skipped") is True
+    assert define["results"][0].get("skipped") is True
+
+
+def test_host_tiers_found_by_the_agent(host: Applied) -> None:
+    report = host.first.task("Report the tiers", host.host)
+    assert "fast tier nodes [0]" in report["msg"]
+    assert "slow tier nodes [1]" in report["msg"]
 
 
 def test_host_second_run_changes_nothing(host: Applied) -> None:
@@ -622,38 +601,62 @@ def test_host_second_run_changes_nothing(host: Applied) -> None:
 
 
 def test_host_role_stops_when_no_slow_tier_and_no_emulation(
-    fresh_rootfs: Path, wheel: Path, tmp_path: Path
+    host: Applied, wheel: Path, tmp_path: Path
 ) -> None:
-    _fake_node_sysfs(fresh_rootfs, has_cpu="0", has_memory="0")
+    _fake_node_sysfs(host.root, "/srv/fake-sys-1node", ["0"])
     run = run_playbook(
-        fresh_rootfs,
+        host.root,
         "hypertier_hosts",
-        {**HOST_VARS, "hypertier_host_wheel": str(wheel), "hypertier_host_vms": []},
+        {
+            **HOST_VARS,
+            "hypertier_host_wheel": str(wheel),
+            "hypertier_host_sysfs_root": "/srv/fake-sys-1node",
+        },
         tmp_path,
     )
     assert run.returncode != 0
     (message,) = run.failure_messages()
     assert message.startswith("No slow memory tier on ")
     assert "hypertier_host_emulate_slow_tier=true" in message
-    # It stopped before installing anything.
-    assert not (fresh_rootfs / "opt" / "hypertier").exists()
+    # It stopped before writing the configuration.
+    config = tomllib.loads(host.file("/etc/hypertier/host.toml").read_text())
+    assert config["host"]["sysfs_root"] == "/srv/fake-sys"
 
 
 def test_host_role_accepts_single_node_with_emulation(
-    fresh_rootfs: Path, wheel: Path, tmp_path: Path
+    host: Applied, wheel: Path, tmp_path: Path
 ) -> None:
-    _fake_node_sysfs(fresh_rootfs, has_cpu="0", has_memory="0")
+    if not (host.root / "srv/fake-sys-1node").exists():
+        _fake_node_sysfs(host.root, "/srv/fake-sys-1node", ["0"])
     run = run_playbook(
-        fresh_rootfs,
+        host.root,
         "hypertier_hosts",
         {
             **HOST_VARS,
             "hypertier_host_wheel": str(wheel),
+            "hypertier_host_sysfs_root": "/srv/fake-sys-1node",
             "hypertier_host_emulate_slow_tier": True,
         },
         tmp_path,
         check=True,
     )
     assert run.returncode == 0, run.failure_messages() or run.stderr
+    report = run.task("Report the tiers", host.host)
+    assert "slow tier emulated on nodes [0]" in report["msg"]
+
+
+def test_host_role_check_mode_on_fresh_system_succeeds(
+    fresh_rootfs: Path, wheel: Path, tmp_path: Path
+) -> None:
+    # Nothing installed yet: the tier check waits for the real run, and says so.
+    run = run_playbook(
+        fresh_rootfs,
+        "hypertier_hosts",
+        {**HOST_VARS, "hypertier_host_wheel": str(wheel)},
+        tmp_path,
+        check=True,
+    )
+    assert run.returncode == 0, run.failure_messages() or run.stderr
     report = run.task("Report the tiers", fresh_rootfs.as_posix())
-    assert "slow tier emulated" in report["msg"]
+    assert "checked on the real run" in report["msg"]
+    assert not (fresh_rootfs / "etc" / "hypertier").exists()
