@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from agent_guest import cli, config
-from agent_guest.clock import SystemClock
 from agent_guest.cmd_run import serve
 from agent_guest.control import Controller, ControlServer
 from agent_guest.daemon import Daemon
 from emu.backends.guest import EmuGuestBackend
+from emu.clock import FakeClock
 from emu.machine import World
 
 
@@ -150,7 +150,11 @@ def test_run_backend_flag_overrides_the_config(
 
 
 class _Running:
-    """A daemon over the emulator with its control socket, looping in a thread."""
+    """A daemon over the emulator with its control socket, looping in a thread.
+
+    Its clock moves only when the test advances it: the daemon ticks once at
+    start, then waits for the test (or a stop).
+    """
 
     def __init__(self, tmp_path: Path) -> None:
         self.socket = str(tmp_path / "guest.sock")
@@ -159,7 +163,8 @@ class _Running:
             f'[guest]\nbackend = "emu"\ncontrol_socket = "{self.socket}"\n'
             "[sampler]\nwindow_s = 0.05\n",
         )
-        world = World(1 << 30, 1 << 31, seed=1)
+        self.clock = FakeClock(advance_on_wait=False)
+        world = World(1 << 30, 1 << 31, seed=1, clock=self.clock)
         world.add_vm("vm", 1, 16 << 20, 64 << 20)
         self.cfg = config.load(self.config)
         self.reloaded = threading.Event()
@@ -168,9 +173,7 @@ class _Running:
             self.reloaded.set()
             return self.cfg
 
-        self.daemon = Daemon(
-            self.cfg, EmuGuestBackend(world, "vm"), SystemClock(), load
-        )
+        self.daemon = Daemon(self.cfg, EmuGuestBackend(world, "vm"), self.clock, load)
         self.server = ControlServer(self.socket, Controller(self.daemon))
         self.server.start()
         self.thread = threading.Thread(target=self.daemon.run)
@@ -220,7 +223,8 @@ def test_control_socket_is_group_accessible_only(running: _Running) -> None:
 
 def test_reload_asks_the_daemon_to_reread_its_config(running: _Running) -> None:
     assert cli.main(["reload", "--socket", running.socket]) == 0
-    assert running.reloaded.wait(10)  # at the daemon's next tick (50 ms)
+    running.clock.advance(running.cfg.sampler.window_s)
+    assert running.reloaded.wait(10)
 
 
 def test_reload_with_config_flag_finds_the_socket(running: _Running) -> None:

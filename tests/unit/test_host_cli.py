@@ -19,7 +19,6 @@ import pytest
 
 from agent_host import cli, cmd_run, config
 from agent_host.backend import Tier
-from agent_host.clock import SystemClock
 from agent_host.control import ControlClient
 from agent_host.daemon import Daemon
 from agent_host.domxml import parse_allotments, parse_metadata
@@ -27,6 +26,7 @@ from agent_host.errors import BackendError, ConfigError, NoSuchDomain
 from agent_host.libvirt_backend import LibvirtHostBackend
 from agent_host.metrics import MetricsServer, render
 from emu.backends.host import EmuHostBackend
+from emu.clock import FakeClock
 from emu.machine import World
 
 MiB = 1 << 20
@@ -61,6 +61,12 @@ host_reserved_bytes = 0
     return path
 
 
+def _clock() -> FakeClock:
+    """Virtual time that moves only when a test advances it: a served daemon
+    ticks once at start and then waits; tests tick it directly."""
+    return FakeClock(advance_on_wait=False)
+
+
 @dataclass
 class Running:
     daemon: Daemon
@@ -82,7 +88,12 @@ def _serve(
 
     thread = threading.Thread(
         target=cmd_run.serve,
-        args=(config.load(path), EmuHostBackend(world), SystemClock(), path),
+        args=(
+            config.load(path),
+            EmuHostBackend(world),
+            _clock(),
+            path,
+        ),
         kwargs={"on_ready": on_ready, "signals": signals},
     )
     thread.start()
@@ -259,7 +270,9 @@ def test_vm_set_integral_float_over_socket_is_stored_as_int(running: Running) ->
     assert f'limit_bytes="{400 * MiB}"' in xml
     assert ".0" not in xml
     restarted = Daemon(
-        config.load(running.config_path), EmuHostBackend(running.world), SystemClock()
+        config.load(running.config_path),
+        EmuHostBackend(running.world),
+        _clock(),
     )
     restarted.tick()
     fast = restarted.status()["vms"]["vm0"]["tiers"]["fast"]
@@ -386,7 +399,13 @@ def test_serve_starts_metrics_when_configured(short_dir: Path) -> None:
     ready = threading.Event()
     thread = threading.Thread(
         target=cmd_run.serve,
-        args=(cfg, EmuHostBackend(world), SystemClock(), path, lambda _d: ready.set()),
+        args=(
+            cfg,
+            EmuHostBackend(world),
+            _clock(),
+            path,
+            lambda _d: ready.set(),
+        ),
     )
     thread.start()
     assert ready.wait(10.0)
@@ -413,7 +432,13 @@ def test_ipv6_metrics_listen_passes_check_and_serves_on_it(short_dir: Path) -> N
     ready = threading.Event()
     thread = threading.Thread(
         target=cmd_run.serve,
-        args=(cfg, EmuHostBackend(world), SystemClock(), path, lambda _d: ready.set()),
+        args=(
+            cfg,
+            EmuHostBackend(world),
+            _clock(),
+            path,
+            lambda _d: ready.set(),
+        ),
     )
     thread.start()
     assert ready.wait(10.0)
@@ -440,7 +465,7 @@ def test_serve_on_a_busy_metrics_port_fails_before_the_control_socket(
         cfg = config.load(path)
         world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=1024 * MiB)
         with pytest.raises(BackendError, match=f"metrics.listen 127.0.0.1:{port}"):
-            cmd_run.serve(cfg, EmuHostBackend(world), SystemClock(), path)
+            cmd_run.serve(cfg, EmuHostBackend(world), _clock(), path)
     assert not Path(cfg.host.control_socket).exists()
 
 

@@ -22,11 +22,11 @@ from agent_guest.clock import SystemClock as GuestClock
 from agent_guest.daemon import VERSION as GUEST_VERSION
 from agent_host import cmd_run as host_run
 from agent_host import config as host_config
-from agent_host.clock import SystemClock
 from agent_host.daemon import VERSION as HOST_VERSION
 from agent_host.daemon import Daemon
 from emu.backends.guest import EmuGuestBackend
 from emu.backends.host import EmuHostBackend
+from emu.clock import FakeClock
 from emu.machine import World
 from emu.workloads.synthetic import Gups
 
@@ -90,6 +90,7 @@ listen = "127.0.0.1:{port}"
     ready = threading.Event()
     holder: list[Daemon] = []
     signals = host_run.Signals()
+    clock = FakeClock(advance_on_wait=False)  # the test ticks the daemon itself
 
     def on_ready(daemon: Daemon) -> None:
         holder.append(daemon)
@@ -97,7 +98,7 @@ listen = "127.0.0.1:{port}"
 
     thread = threading.Thread(
         target=host_run.serve,
-        args=(host_config.load(path), EmuHostBackend(world), SystemClock(), path),
+        args=(host_config.load(path), EmuHostBackend(world), clock, path),
         kwargs={"on_ready": on_ready, "signals": signals},
     )
     thread.start()
