@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,7 +60,6 @@ class RunResult:
     wall_s: float
     virtual_s: float
     accesses: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def default_scenario(scale: float = 1.0) -> list[VmSpec]:

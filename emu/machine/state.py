@@ -9,7 +9,7 @@ per process, the guest page table ``pt`` (vpn -> gPFN, -1 not present).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -77,9 +77,6 @@ class VmCounters:
     samples_lost: int = 0
     guest_mgmt_ns: float = 0.0  # tracking + migration on the VM's vCPUs
     host_mgmt_ns: float = 0.0  # host-side scanning and migration CPU
-
-    def as_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
