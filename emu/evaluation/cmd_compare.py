@@ -33,7 +33,7 @@ __all__ = ["EPILOG", "add_arguments", "main"]
 
 EPILOG = """examples:
   hypertier compare --out cmp                     # the default matrix, 2 jobs
-  hypertier compare --preset seed-gups --out seed # the seed's motivating GUPS case
+  hypertier compare --preset seed-gups --out seed # GUPS, host TPP's flush storm
   hypertier compare --preset multi-tenant --out mt # 8 VMs in 4 QoS classes, a
       # lying guest, tier-unaware balloons; per-VM table and fast_allotment.png
   hypertier compare --preset multi-tenant --scenarios tenants \\

@@ -3,7 +3,7 @@
 The runner builds the world from :class:`~emu.policies.VmSpec` s (after the policy's
 ``adjust``), spawns each workload, then alternates ``epoch_s`` of virtual time
 with one policy tick until every workload finished (or ``max_s``). It returns one
-row per VM with the seed's metrics plus per-epoch time series.
+row per VM with the evaluation's metrics plus per-epoch time series.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ __all__ = ["BalloonPolicy"]
 
 
 class BalloonPolicy:
-    """The seed's ablation: one tier-unaware allotment per VM (a classic balloon).
+    """The per-tier ablation's baseline: one tier-unaware allotment per VM (a
+    classic balloon).
 
     The host sizes each VM's memory as a whole (here: the same total as the
     per-tier runs, held constant) but not its split between tiers: each guest's
