@@ -1,4 +1,8 @@
-"""Build and cache the Debian 12 guest image (debootstrap, mkfs.ext4 -d: no loops).
+"""Build and cache Debian guest images (debootstrap, mkfs.ext4 -d: no loops).
+
+The suite is a parameter: the end-to-end test uses Debian 12 (bookworm,
+:data:`BOOKWORM`), the side-by-side peer benchmark Debian 13 (trixie, kernel 6.12
+with memory tiers and DAMON's migrate actions; tests/integration/peers).
 
 The base image (root filesystem, kernel, initrd) is cached under
 ``$HYPERTIER_CACHE`` (default /var/cache/hypertier-test), keyed by a hash of
@@ -28,7 +32,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[3]
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
-SUITE = "bookworm"
+SUITE = "bookworm"  # the default suite: the end-to-end test's guest
 # python3-numpy/psutil: the guest agent's runtime deps; kmod: modprobe; numactl:
 # diagnostics; the stock Debian kernel provides virtio_mem, virtio_console, soft-dirty.
 PACKAGES = (
@@ -80,18 +84,45 @@ exec /bin/sh
 IMAGE_VERSION = 1  # bump when the build steps change
 
 
+@dataclass(frozen=True)
+class ImageSpec:
+    """What goes into a base image: the Debian suite and the packages on top of it."""
+
+    suite: str = SUITE
+    packages: tuple[str, ...] = PACKAGES
+    image_size: str = "2G"
+
+
+BOOKWORM = ImageSpec()
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("HYPERTIER_CACHE", "/var/cache/hypertier-test"))
 
 
-def debian_mirror() -> str:
-    """The Debian mirror URL this machine's apt uses (deb822 or one-line format)."""
+def debian_mirror(suite: str = SUITE) -> str:
+    """The Debian mirror URL this machine's apt uses (deb822 or one-line format).
+
+    A mirror listed for another suite serves ``suite`` too (one archive holds every
+    release), so a bookworm machine builds trixie guests from its own mirror.
+    """
+    candidates: list[str] = []
+    for listed in (suite, SUITE, r"[a-z]+"):
+        candidates = _mirrors(listed)
+        if candidates:
+            return candidates[0]
+    raise RuntimeError(
+        f"no Debian mirror in /etc/apt/sources.list(.d): cannot debootstrap {suite}"
+    )
+
+
+def _mirrors(suite_re: str) -> list[str]:
     candidates: list[str] = []
     sources = Path("/etc/apt/sources.list.d")
     for path in sorted(sources.glob("*.sources")) if sources.is_dir() else []:
         text = path.read_text()
         for stanza in text.split("\n\n"):
-            if re.search(r"^Suites:.*\b" + SUITE + r"\b", stanza, re.M):
+            if re.search(r"^Suites:.*\b" + suite_re + r"\b", stanza, re.M):
                 m = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
                 if m and "security" not in m.group(1):
                     candidates.append(m.group(1))
@@ -103,16 +134,12 @@ def debian_mirror() -> str:
                 if (
                     len(parts) >= 3
                     and parts[0] == "deb"
-                    and SUITE in parts
+                    and any(re.fullmatch(suite_re, p) for p in parts[2:])
                     and "security" not in line
                 ):
                     url = next(p for p in parts[1:] if "://" in p)
                     candidates.append(url)
-    if not candidates:
-        raise RuntimeError(
-            f"no Debian {SUITE} mirror in /etc/apt/sources.list(.d): cannot debootstrap"
-        )
-    return candidates[0]
+    return candidates
 
 
 @dataclass(frozen=True)
@@ -127,15 +154,17 @@ class BaseImage:
     built_s: float | None  # None: taken from the cache
 
 
-def _key() -> str:
-    inputs = {
+def _key(spec: ImageSpec) -> str:
+    inputs: dict[str, object] = {
         "version": IMAGE_VERSION,
-        "suite": SUITE,
-        "packages": PACKAGES,
+        "suite": spec.suite,
+        "packages": spec.packages,
         "modules": INITRD_MODULES,
         "prune": _PRUNE_MODULE_DIRS,
         "init": BASE_INIT,
     }
+    if spec.image_size != BOOKWORM.image_size:
+        inputs["size"] = spec.image_size
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -145,14 +174,16 @@ def _run(cmd: list[str], redact: str = "", **kwargs: object) -> None:
     subprocess.run(cmd, check=True, **kwargs)  # type: ignore[call-overload]
 
 
-def build_base_image(cache: Path | None = None) -> BaseImage:
-    """Return the cached base image, building it first if missing (~2-3 min).
+def build_base_image(
+    cache: Path | None = None, spec: ImageSpec = BOOKWORM
+) -> BaseImage:
+    """Return the cached base image, building it first if missing (~2-5 min).
 
     Needs root, debootstrap, mkfs.ext4 (e2fsprogs >= 1.43 for ``-d``) and the
     Debian mirror of this machine's apt configuration.
     """
     cache = cache or cache_dir()
-    key = _key()
+    key = _key(spec)
     root = cache / f"base-{key}"
     image = BaseImage(
         root,
@@ -165,8 +196,9 @@ def build_base_image(cache: Path | None = None) -> BaseImage:
     if (root / "manifest.json").is_file():
         return image
     start = time.monotonic()
-    mirror = debian_mirror()
-    (cache / "debs").mkdir(parents=True, exist_ok=True)
+    mirror = debian_mirror(spec.suite)
+    debs = cache / ("debs" if spec.suite == SUITE else f"debs-{spec.suite}")
+    debs.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=cache))
     try:
         rootfs = work / "rootfs"
@@ -174,9 +206,9 @@ def build_base_image(cache: Path | None = None) -> BaseImage:
             [
                 "debootstrap",
                 "--variant=minbase",
-                f"--cache-dir={cache / 'debs'}",
-                f"--include={','.join(PACKAGES)}",
-                SUITE,
+                f"--cache-dir={debs}",
+                f"--include={','.join(spec.packages)}",
+                spec.suite,
                 str(rootfs),
                 mirror,
             ],
@@ -201,13 +233,13 @@ def build_base_image(cache: Path | None = None) -> BaseImage:
                 "-d",
                 str(rootfs),
                 str(out / "rootfs.ext4"),
-                "2G",
+                spec.image_size,
             ]
         )
         manifest = {
             "key": key,
-            "suite": SUITE,
-            "packages": PACKAGES,
+            "suite": spec.suite,
+            "packages": spec.packages,
             "kernel": kernel.name,
             "built_s": round(time.monotonic() - start, 1),
         }
@@ -270,11 +302,15 @@ def build_wheel(dest: Path) -> Path:
     return max(dest.glob("hypertier-*.whl"), key=lambda p: p.stat().st_mtime)
 
 
-def build_payload(run_dir: Path) -> Path:
+def build_payload(
+    run_dir: Path, extra: dict[str, Path] | None = None, size: str = "64M"
+) -> Path:
     """A small ext4 disk with the installed wheel, guest driver, workload, init.sh.
 
     The wheel is installed by unpacking it into ``site/`` (what pip does for a pure
-    wheel); ``bin/hypertier-guest`` runs its console script.
+    wheel); ``bin/hypertier-guest`` runs its console script. ``extra`` maps paths
+    inside the payload (``/opt/hypertier/<name>`` in the guest) to host files or
+    directories copied there as they are.
     """
     payload = run_dir / "payload"
     shutil.rmtree(payload, ignore_errors=True)
@@ -295,6 +331,13 @@ def build_payload(run_dir: Path) -> Path:
     )
     wrapper.chmod(0o755)
     (payload / "wheel.txt").write_text(wheel.name + "\n")
+    for name, src in (extra or {}).items():
+        dest = payload / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest, symlinks=True)
+        else:
+            shutil.copy2(src, dest)
     disk = run_dir / "payload.ext4"
     disk.unlink(missing_ok=True)
     _run(
@@ -307,7 +350,7 @@ def build_payload(run_dir: Path) -> Path:
             "-d",
             str(payload),
             str(disk),
-            "64M",
+            size,
         ]
     )
     disk.chmod(0o644)
