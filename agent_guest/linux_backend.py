@@ -484,13 +484,20 @@ class LinuxGuestBackend:
                 f"sample source {settings.source.value}",
                 self._reasons.get(cap, "not offered by this machine"),
             )
-        self.stop_sampling()
         session = _Session(settings.source, frozenset(pids))
         if settings.source is SampleSource.SOFT_DIRTY:
+            self.stop_sampling()
             session.scan_pids = tuple(pids)
             self._session = session
             self._rearm(session.scan_pids)
             return
+        # Make before break: the new events open while the old ones still exist.
+        # Closing the last event of a kind first drops the kernel's static key
+        # for it (perf_swevent_enabled, the tracepoint's key) to zero and the
+        # open turns it on again: two rounds of live kernel text patching, each
+        # with IPIs to every CPU, per period change. Under QEMU TCG with two
+        # vCPUs that patching can race with a page fault on the other vCPU and
+        # oops the guest ("Oops: int3" in do_user_addr_fault, 6.12).
         try:
             for attr, st, raw_off in self._event_attrs(settings):
                 for cpu in self._cpus():
@@ -501,6 +508,7 @@ class LinuxGuestBackend:
             for ring in session.rings:
                 ring.close()
             raise
+        self.stop_sampling()
         self._session = session
         if settings.source is SampleSource.PAGE_FAULT and self._induce:
             self._rearm(tuple(pids))
