@@ -1,5 +1,6 @@
 """Cached artefacts of the peer benchmark: the trixie guest image, a trixie build
-root (gcc, Go), memtierd built in it, damo from PyPI, the compiled guest programs.
+root (Go), memtierd built in it, damo from PyPI (the guest programs are built by
+:mod:`tests.integration.peers.programs`).
 
 Everything lands under ``$HYPERTIER_CACHE`` keyed by its inputs; the project
 payload (wheel, guest programs, peer binaries) goes on the per-run payload disk.
@@ -21,12 +22,11 @@ from pathlib import Path
 
 from tests.integration.vm import image
 
+from . import programs
+
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-# The guest programs (C sources, collectors); HYPERTIER_PEERS_GUEST_DIR points
-# elsewhere to try other versions of them.
-GUEST_DIR = Path(os.environ.get("HYPERTIER_PEERS_GUEST_DIR") or HERE / "guest")
 TRIXIE_SUITE = "trixie"
 # The guest agent's runtime deps, the kernel (6.12: memory tiers, DAMON
 # migrate_hot/migrate_cold), numactl for diagnostics, and the real key-value
@@ -63,18 +63,8 @@ DAMO_VERSION = "3.4.3"
 
 
 def guest_packages() -> tuple[str, ...]:
-    """The trixie image's packages, plus any the guest programs list.
-
-    ``guest/packages.txt`` (one Debian package a line, ``#`` comments) names
-    what the workload programs need in the guest beyond :data:`TRIXIE_PACKAGES`.
-    """
-    extra: list[str] = []
-    listing = GUEST_DIR / "packages.txt"
-    if listing.is_file():
-        for line in listing.read_text().splitlines():
-            name = line.split("#", 1)[0].strip()
-            if name and name not in TRIXIE_PACKAGES and name not in extra:
-                extra.append(name)
+    """The trixie image's packages plus those the guest programs need."""
+    extra = [p for p in programs.GUEST_PACKAGES if p not in TRIXIE_PACKAGES]
     return TRIXIE_PACKAGES + tuple(extra)
 
 
@@ -220,22 +210,3 @@ def fetch_damo(cache: Path | None = None) -> Path:
         check=True,
     )
     return sorted(dest.glob("damo-*.whl"))[0]
-
-
-def build_guest_programs(builder: Builder, run_dir: Path) -> list[Path]:
-    """Compile every ``guest/*.c`` statically with trixie's gcc; the binaries."""
-    out_dir = run_dir / "guest-bin"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = builder.root / "root/ht-guest-src"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    binaries: list[Path] = []
-    for src in sorted(GUEST_DIR.glob("*.c")):
-        shutil.copy(src, work / src.name)
-        builder.run(
-            f"cd /root/ht-guest-src && gcc -O2 -Wall -static -o {src.stem} {src.name}",
-            timeout_s=300,
-        )
-        shutil.copy(work / src.stem, out_dir / src.stem)
-        binaries.append(out_dir / src.stem)
-    return binaries

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from emu.report import text_table
+from emu.evaluation.report import text_table
 
 TCG_NOTE = (
     "Under TCG (QEMU's software CPU) both guest nodes have the same latency: "

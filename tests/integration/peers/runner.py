@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from tests.integration.vm import image, libvirtd
 from tests.integration.vm.guestlink import GuestLink, GuestLinkError
 from tests.integration.vm.machine import URI
 
-from . import build
+from . import build, programs
 from .peers import PEERS, Peer, damo_command, memtierd_config
 from .vm import PeersVm, peers_shape
 
@@ -172,8 +173,8 @@ def missing_prerequisites() -> list[str]:
             f"memtierd source at {build.MEMTIERD_SRC} "
             "(set HYPERTIER_MEMTIERD_SRC to an intel/memtierd checkout)"
         )
-    if not (build.GUEST_DIR / "ht-workload.c").is_file():
-        missing.append(f"the guest workload source {build.GUEST_DIR}/ht-workload.c")
+    if shutil.which("gcc") is None:
+        missing.append("gcc (static guest programs): apt-get install gcc libc6-dev")
     return missing
 
 
@@ -209,7 +210,7 @@ class Runner:
             damo = build.fetch_damo()
             r["artefacts"]["damo"] = damo.name
             t0 = time.monotonic()
-            workload_bin = build.build_guest_programs(builder, run_dir)
+            guest_files = programs.guest_files()
             r["artefacts"]["guest_programs_s"] = round(time.monotonic() - t0, 1)
             damo_dir = run_dir / "damo"
             with zipfile.ZipFile(damo) as zf:
@@ -217,8 +218,7 @@ class Runner:
             extra = {
                 "damo": damo_dir,
                 "bin/memtierd": memtierd,
-                "peers": build.GUEST_DIR,
-                **{f"bin/{p.name}": p for p in workload_bin},
+                **{f"bin/{name}": path for name, path in guest_files.items()},
             }
             payload = image.build_payload(run_dir, extra=extra, size="96M")
         except Exception as err:  # report: a failed build ends the run, said why
