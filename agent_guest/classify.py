@@ -20,6 +20,7 @@ from agent_guest.backend import PAGE_SIZE, Vma
 __all__ = [
     "ClassifyParams",
     "RangeTable",
+    "Residual",
     "Resolved",
     "Selection",
     "coverage_bytes",
@@ -39,7 +40,7 @@ class ClassifyParams:
     split_z: float = 3.0
     merge_tolerance: float = 0.25
     hysteresis: float = 0.25
-    hot_page_min_samples: float = 4.0
+    hot_page_min_samples: float = 3.0
     max_tracked_pages: int = 16384
     page_track_samples: int = 8192
     page_cooling_samples: float = 131072.0
@@ -68,12 +69,14 @@ _PAGES_PER_MIB = float((1 << 20) // PAGE_SIZE)
 @dataclass(frozen=True, eq=False)
 class Resolved:
     """Resolved pages of one table (sorted ``addr``): long-memory ``count``,
-    ``recent`` count, ``density`` and its standard error ``noise`` in the
-    ranges' unit, and ``hot`` (selected last epoch)."""
+    ``recent`` count and ``mass`` (decayed like the ranges'), ``density`` and
+    its standard error ``noise`` in the ranges' unit, and ``hot`` (selected
+    last epoch)."""
 
     addr: npt.NDArray[np.uint64]
     count: npt.NDArray[np.float64]
     recent: npt.NDArray[np.float64]
+    mass: npt.NDArray[np.float64]
     density: npt.NDArray[np.float64]
     noise: npt.NDArray[np.float64]
     hot: npt.NDArray[np.bool_]
@@ -90,6 +93,18 @@ def in_sorted(
     np.minimum(i, ref.shape[0] - 1, out=i)
     found: npt.NDArray[np.bool_] = ref[i] == x
     return found
+
+
+@dataclass(frozen=True, eq=False)
+class Residual:
+    """Per range, densities (and standard errors) of its pages not resolved:
+    ``hot`` for ranking it up (lesser of two time scales), ``cold`` for ranking
+    it down (greater)."""
+
+    hot: npt.NDArray[np.float64]
+    hot_sd: npt.NDArray[np.float64]
+    cold: npt.NDArray[np.float64]
+    cold_sd: npt.NDArray[np.float64]
 
 
 def _reused(
@@ -157,6 +172,7 @@ class RangeTable:
         self.page_addr = _empty_u64()
         self.page_count = np.empty(0, np.float64)
         self.page_recent = np.empty(0, np.float64)
+        self.page_mass = np.empty(0, np.float64)  # decays like the ranges' mass
         self.page_epochs = np.empty(0, np.float64)
         self.page_seen = np.empty(0, np.uint8)
         self.page_total = 0.0  # all samples, cooled like page_count
@@ -384,6 +400,11 @@ class RangeTable:
             weights=np.concatenate((self.page_recent * p.decay, fresh)),
             minlength=m,
         ).astype(np.float64)
+        pmass = np.bincount(
+            inv,
+            weights=np.concatenate((self.page_mass * p.demand_decay, fresh)),
+            minlength=m,
+        ).astype(np.float64)
         epochs = np.zeros(m)
         epochs[inv[:n_old]] = self.page_epochs
         seen = np.zeros(m, np.uint8)
@@ -397,10 +418,11 @@ class RangeTable:
             cnt *= 0.5
             self.page_total *= 0.5
         keep = (cnt >= 0.5) | (recent >= 0.5)
-        u, cnt, recent, epochs, seen = (
+        u, cnt, recent, pmass, epochs, seen = (
             u[keep],
             cnt[keep],
             recent[keep],
+            pmass[keep],
             epochs[keep],
             seen[keep],
         )
@@ -414,6 +436,7 @@ class RangeTable:
             keep = np.ones(u.shape[0], bool)
         self.page_addr, self.page_count = u[keep], cnt[keep]
         self.page_recent, self.page_epochs = recent[keep], epochs[keep]
+        self.page_mass = pmass[keep]
         self.page_seen = seen[keep]
         self._resolved = None
 
@@ -448,28 +471,57 @@ class RangeTable:
         dens = cnt * scale
         noise = np.sqrt(cnt + 1.0) * scale
         hot = in_sorted(addr, self.hot_page_addr)
-        res = Resolved(addr, cnt, self.page_recent[ok], dens, noise, hot)
+        res = Resolved(
+            addr, cnt, self.page_recent[ok], self.page_mass[ok], dens, noise, hot
+        )
         self._resolved = res
         return res
 
-    def residual(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Per range: (density, its standard error) of the pages not resolved,
-        i.e. the range's recent samples minus its resolved pages' recent samples,
-        over the rest of its bytes. A range whose samples all come from a few
-        resolved pages is cold for the rest of its pages."""
+    def residual(self) -> Residual:
+        """Per range, the density of the pages not resolved: the range's samples
+        minus its resolved pages' samples, over the rest of its bytes (a range
+        whose samples all come from a few resolved pages is cold for the rest
+        of its pages), on two time scales.
+
+        ``hot`` is the lesser of the recent (``decay``) and the longer-window
+        (``demand_decay``, scaled to the recent unit) estimate, ``cold`` the
+        greater: a range is promoted only when hot on both scales, demoted only
+        when cold on both. A front of activity that sweeps the address space
+        (B-tree inserts, a log, an allocator's fresh pages) is hot for a few
+        epochs only: on the recent scale alone the mover would chase it, its
+        pages cold again by the time they arrive.
+        """
         n = len(self)
+        mib = float(1 << 20)
         r = self.resolved()
         if n == 0 or r.addr.shape[0] == 0:
-            return self.density, self.density_std
-        j = self.locate(r.addr)
-        inside = j >= 0
-        jj = j[inside]
-        taken = np.bincount(jj, weights=r.recent[inside], minlength=n)
-        npages = np.bincount(jj, minlength=n).astype(np.float64)
-        cnt = np.maximum(self.count - taken, 0.0)
-        size = np.maximum(self.size_bytes - npages * PAGE_SIZE, float(PAGE_SIZE))
-        mib = float(1 << 20)
-        return cnt / size * mib, np.sqrt(cnt + 1.0) / size * mib
+            cnt, mass, size = self.count, self.mass, self.size_bytes
+        else:
+            j = self.locate(r.addr)
+            inside = j >= 0
+            jj = j[inside]
+            npages = np.bincount(jj, minlength=n).astype(np.float64)
+            cnt = np.maximum(
+                self.count - np.bincount(jj, weights=r.recent[inside], minlength=n),
+                0.0,
+            )
+            mass = np.maximum(
+                self.mass - np.bincount(jj, weights=r.mass[inside], minlength=n), 0.0
+            )
+            size = np.maximum(self.size_bytes - npages * PAGE_SIZE, float(PAGE_SIZE))
+        total_mass = float(self.mass.sum())
+        scale = float(self.count.sum()) / total_mass if total_mass > 0 else 0.0
+        recent = cnt / size * mib
+        recent_sd = np.sqrt(cnt + 1.0) / size * mib
+        longer = mass * scale / size * mib
+        longer_sd = np.sqrt(mass + 1.0) * scale / size * mib
+        low = longer < recent
+        return Residual(
+            np.where(low, longer, recent),
+            np.where(low, longer_sd, recent_sd),
+            np.where(low, recent, longer),
+            np.where(low, recent_sd, longer_sd),
+        )
 
     def end_epoch(self) -> None:
         """Fold this epoch's samples into the decayed counts, then split and merge."""
@@ -612,7 +664,14 @@ def select_hot(
         return Selection({}, 0, 0)
     res = [tables[p].resolved() for p in pids]
     resid = [tables[p].residual() for p in pids]
-    r_dens = np.concatenate([d for d, _ in resid])
+    # A range hot last epoch stays while either time scale says so; a newcomer
+    # needs both (Residual).
+    r_dens = np.concatenate(
+        [
+            np.where(tables[p].hot, r.cold, r.hot)
+            for p, r in zip(pids, resid, strict=True)
+        ]
+    )
     r_size = np.concatenate(
         [
             np.maximum(

@@ -131,7 +131,9 @@ class ClassifyConfig:
     split_z: float = 3.0
     merge_tolerance: float = 0.25
     hysteresis: float = 0.25
-    hot_page_min_samples: float = 4.0
+    hot_page_min_samples: float = 3.0
+    hot_page_min_epochs: int = 2
+    page_cooling_samples: float = 131072.0
     max_tracked_pages: int = 16384
     reuse_epochs: int = 3
     reuse_window: int = 4
@@ -163,6 +165,13 @@ class ClassifyConfig:
             self.hot_page_min_samples > 0, "classify.hot_page_min_samples must be > 0"
         )
         _need(self.max_tracked_pages >= 0, "classify.max_tracked_pages must be >= 0")
+        _need(
+            self.hot_page_min_epochs >= 1, "classify.hot_page_min_epochs must be >= 1"
+        )
+        _need(
+            self.page_cooling_samples >= 1,
+            "classify.page_cooling_samples must be >= 1",
+        )
         _need(
             1 <= self.reuse_window <= 8,
             f"classify.reuse_window must be in [1, 8], got {self.reuse_window}",

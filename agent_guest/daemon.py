@@ -177,6 +177,8 @@ class Daemon:
             reuse_window=c.reuse_window,
             demand_coverage=c.demand_coverage,
             demand_decay=c.demand_decay,
+            page_cooling_samples=c.page_cooling_samples,
+            hot_page_min_epochs=c.hot_page_min_epochs,
         )
         return sampler, exchanger, params
 

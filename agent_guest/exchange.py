@@ -286,7 +286,8 @@ class Exchanger:
         hotflag: list[npt.NDArray[np.bool_]] = []
         for pid, t in tables.items():
             sel = np.flatnonzero(t.hot) if want_hot else np.arange(len(t))
-            d, sd = t.residual()
+            res = t.residual()
+            d, sd = (res.hot, res.hot_sd) if want_hot else (res.cold, res.cold_sd)
             pids.append(np.full(sel.shape[0], pid, np.int64))
             idx.append(sel)
             dens.append(d[sel])

@@ -174,12 +174,12 @@ def test_ranges_without_samples_are_never_hot() -> None:
 def test_hysteresis_keeps_the_incumbent_against_a_slightly_hotter_range() -> None:
     t = RangeTable(ClassifyParams())
     t.set_vmas([Vma(BASE, BASE + 16 * MiB, "rw-p")], max_ranges=4)
-    t.count = np.array([100.0, 110.0])
+    t.count = t.mass = np.array([100.0, 110.0])  # on both time scales
     t.hot = np.array([True, False])
     _reused(t)
     sel = select_hot({1: t}, capacity_bytes=8 * MiB, hysteresis=0.25)
     assert sel.hot[1].tolist() == [True, False]
-    t.count = np.array([100.0, 200.0])
+    t.count = t.mass = np.array([100.0, 200.0])
     sel = select_hot({1: t}, capacity_bytes=8 * MiB, hysteresis=0.25)
     assert sel.hot[1].tolist() == [False, True]
 
@@ -188,10 +188,26 @@ def test_selection_ranks_across_processes() -> None:
     a, b = RangeTable(ClassifyParams()), RangeTable(ClassifyParams())
     a.set_vmas([Vma(BASE, BASE + 8 * MiB, "rw-p")], max_ranges=1)
     b.set_vmas([Vma(BASE, BASE + 8 * MiB, "rw-p")], max_ranges=1)
-    a.count, b.count = np.array([5.0]), np.array([50.0])
+    a.count = a.mass = np.array([5.0])
+    b.count = b.mass = np.array([50.0])
     _reused(a), _reused(b)
     sel = select_hot({1: a, 2: b}, capacity_bytes=8 * MiB, hysteresis=0.0)
     assert (sel.hot[1].tolist(), sel.hot[2].tolist()) == ([False], [True])
+
+
+def test_a_sweeping_front_is_not_promoted() -> None:
+    """Hot this epoch, cold over the longer window: a front of activity moving
+    through memory (inserts, a log) is not worth moving pages for."""
+    t = RangeTable(ClassifyParams())
+    t.set_vmas([Vma(BASE, BASE + 16 * MiB, "rw-p")], max_ranges=4)
+    t.count = np.array([200.0, 300.0])  # the front is in range 1 right now
+    t.mass = np.array([400.0, 60.0])  # range 0 is hot over the longer window
+    _reused(t)
+    sel = select_hot({1: t}, capacity_bytes=8 * MiB, hysteresis=0.0)
+    assert sel.hot[1].tolist() == [True, False]
+    res = t.residual()
+    assert res.hot[1] < res.cold[1]  # promotion sees the lesser estimate
+    assert res.hot[0] < res.cold[0] and res.hot[0] > res.hot[1]
 
 
 def test_new_vmas_keep_the_density_of_surviving_ranges() -> None:

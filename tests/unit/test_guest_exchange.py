@@ -258,6 +258,7 @@ def _tables() -> dict[int, RangeTable]:
     cold.set_vmas([Vma(BASE, BASE + (64 << 12), "rw-p")], max_ranges=1)
     hot.count, hot.hot = np.array([1000.0]), np.array([True])
     cold.count, cold.hot = np.array([0.0]), np.array([False])
+    hot.mass, cold.mass = hot.count.copy(), cold.count.copy()
     return {1: hot, 2: cold}
 
 
