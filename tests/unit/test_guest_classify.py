@@ -207,7 +207,8 @@ def test_a_sweeping_front_is_not_promoted() -> None:
     assert sel.hot[1].tolist() == [True, False]
     res = t.residual()
     assert res.hot[1] < res.cold[1]  # promotion sees the lesser estimate
-    assert res.hot[0] < res.cold[0] and res.hot[0] > res.hot[1]
+    assert res.hot[0] < res.cold[0]
+    assert res.hot[0] > res.hot[1]
 
 
 def test_new_vmas_keep_the_density_of_surviving_ranges() -> None:
