@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +24,10 @@ from typing import Any
 import pytest
 
 try:  # tests/integration is a rootdir of its own (no __init__.py) ...
-    from ansible_support import rootfs
+    from ansible_support import nspawn, rootfs
     from ansible_support.playbook import ANSIBLE_DIR, PlaybookRun, run_playbook
 except ModuleNotFoundError:  # ... or a package under tests/
-    from tests.integration.ansible_support import rootfs
+    from tests.integration.ansible_support import nspawn, rootfs
     from tests.integration.ansible_support.playbook import (
         ANSIBLE_DIR,
         PlaybookRun,
@@ -347,6 +348,7 @@ HOST_VARS: dict[str, Any] = {
     "hypertier_host_validate_config": HOST_CLI_IN_TREE,
     "hypertier_host_sysfs_root": "/srv/fake-sys",
     "hypertier_host_policy_interval_s": 2,
+    "hypertier_host_config_extra": {"metrics": {"listen": "127.0.0.1:9464"}},
     "hypertier_host_vms": [
         {
             "name": "vm-gold-01",
@@ -660,3 +662,167 @@ def test_host_role_check_mode_on_fresh_system_succeeds(
     report = run.task("Report the tiers", fresh_rootfs.as_posix())
     assert "checked on the real run" in report["msg"]
     assert not (fresh_rootfs / "etc" / "hypertier").exists()
+
+
+# --- both units under a real systemd ------------------------------------------------
+# The rootfs the roles were applied to, booted with systemd as PID 1 in a container
+# (systemd-nspawn): the units exactly as installed, libvirtd running in the host's
+# container (QEMU/TCG; no VM is started). The container gets CAP_PERFMON and
+# perf_event_open, which nspawn withholds by default, so the guest agent can sample.
+
+
+def _boot(root: Path, name: str, log: Path) -> Iterator[nspawn.Container]:
+    if reason := nspawn.missing():
+        pytest.skip(reason)
+    try:
+        box = nspawn.Container(root, name, log, ("CAP_PERFMON",), ("perf_event_open",))
+    except nspawn.NspawnUnavailable as err:
+        pytest.skip(f"cannot boot a container here: {err}")
+    try:
+        state = box.wait_booted()
+        assert state in ("running", "degraded"), state
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(scope="module")
+def booted_host(
+    host: Applied, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[nspawn.Container]:
+    yield from _boot(
+        host.root, "ht-host-boot", tmp_path_factory.mktemp("boot") / "host.log"
+    )
+
+
+@pytest.fixture(scope="module")
+def booted_guest(
+    guest: Applied, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[nspawn.Container]:
+    yield from _boot(
+        guest.root, "ht-guest-boot", tmp_path_factory.mktemp("boot") / "guest.log"
+    )
+
+
+def _journal_mark(box: nspawn.Container) -> str:
+    """A --since value for the journal entries from now on (whole seconds)."""
+    since = box.run("date", "+@%s", check=True).stdout.strip()
+    time.sleep(1.1)
+    return since
+
+
+def _wait_active(box: nspawn.Container, unit: str, timeout_s: float) -> dict[str, str]:
+    """The unit's properties once it is active (READY=1 came) and running."""
+    deadline = time.monotonic() + timeout_s
+    props = {}
+    while time.monotonic() < deadline:
+        props = box.show(
+            unit, "ActiveState", "SubState", "StatusText", "MainPID", "NRestarts"
+        )
+        if (props.get("ActiveState"), props.get("SubState")) == ("active", "running"):
+            return props
+        time.sleep(0.5)
+    log = box.run("journalctl", "-b", "-u", unit, "--no-pager").stdout
+    raise AssertionError(f"{unit} not active after {timeout_s} s: {props}\n{log}")
+
+
+@pytest.mark.parametrize(
+    ("which", "unit", "status"),
+    [
+        pytest.param("host", "hypertier-host.service", "0 tiered VM(s), ", id="host"),
+        pytest.param("guest", "hypertier-guest.service", "source ", id="guest"),
+    ],
+)
+def test_unit_reports_ready_and_its_status_line(
+    which: str, unit: str, status: str, request: pytest.FixtureRequest
+) -> None:
+    box: nspawn.Container = request.getfixturevalue(f"booted_{which}")
+    # Type=notify: active (running) only after READY=1 from the daemon.
+    props = _wait_active(box, unit, 60.0)
+    assert props["StatusText"].startswith(status), props
+    shown = box.run("systemctl", "status", "--no-pager", unit).stdout
+    assert f'Status: "{status}' in shown, shown
+
+
+def test_host_metrics_served_from_the_sandbox(booted_host: nspawn.Container) -> None:
+    # The options drop-in opens AF_INET for metrics.listen.
+    _wait_active(booted_host, "hypertier-host.service", 60.0)
+    scrape = (
+        "import urllib.request as u; "
+        "print(u.urlopen('http://127.0.0.1:9464/metrics', timeout=10).read().decode())"
+    )
+    text = booted_host.run("python3", "-c", scrape).stdout
+    assert "hypertier_host_build_info{" in text
+    assert "process_resident_memory_bytes " in text
+
+
+def test_journal_priorities_isolate_an_injected_error(
+    booted_host: nspawn.Container,
+) -> None:
+    box, unit = booted_host, "hypertier-host.service"
+    _wait_active(box, unit, 60.0)
+    since = _journal_mark(box)
+    config = "/etc/hypertier/host.toml"
+    box.run("cp", config, "/root/host.toml.good", check=True)
+    try:
+        box.run("sh", "-c", f"echo 'policy = 1' >> {config}", check=True)
+        box.run("systemctl", "reload", unit, check=True)
+        deadline = time.monotonic() + 30.0
+        errors: list[str] = []
+        while time.monotonic() < deadline and not errors:
+            errors = box.run(
+                "journalctl",
+                f"--since={since}",
+                "-p",
+                "err",
+                "-u",
+                unit,
+                "-o",
+                "cat",
+                "--no-pager",
+            ).stdout.splitlines()
+            time.sleep(0.5)
+    finally:
+        box.run("cp", "/root/host.toml.good", config, check=True)
+    assert len(errors) == 1, errors
+    assert "reload failed, keeping the old configuration" in errors[0]
+    # INFO lines reach the journal at info priority, not at err.
+    info = box.run(
+        "journalctl", "-b", "-p", "info", "-u", unit, "-o", "cat", "--no-pager"
+    ).stdout
+    assert "host daemon started" in info
+    assert box.show(unit, "ActiveState")["ActiveState"] == "active"
+
+
+@pytest.mark.parametrize(
+    ("which", "unit"),
+    [
+        pytest.param("host", "hypertier-host.service", id="host"),
+        pytest.param("guest", "hypertier-guest.service", id="guest"),
+    ],
+)
+def test_stalled_daemon_is_killed_by_the_watchdog_and_restarted(
+    which: str, unit: str, request: pytest.FixtureRequest
+) -> None:
+    box: nspawn.Container = request.getfixturevalue(f"booted_{which}")
+    before = _wait_active(box, unit, 60.0)
+    since = _journal_mark(box)
+    # The whole process stops, so its loop sends no WATCHDOG=1 (that only the loop
+    # sends them is tests/unit/test_systemd.py's part).
+    box.run("kill", "-STOP", before["MainPID"], check=True)
+    deadline = time.monotonic() + 90.0  # WatchdogSec=30s, RestartSec=5s
+    after = before
+    while time.monotonic() < deadline:
+        after = box.show(unit, "ActiveState", "SubState", "MainPID", "NRestarts")
+        if (
+            after["MainPID"] not in ("0", before["MainPID"])
+            and after["ActiveState"] == "active"
+        ):
+            break
+        time.sleep(1.0)
+    journal = box.run(
+        "journalctl", f"--since={since}", "-u", unit, "-o", "cat", "--no-pager"
+    ).stdout
+    assert "Watchdog timeout" in journal, journal
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1, after
+    _wait_active(box, unit, 60.0)
