@@ -8,15 +8,14 @@ move_pages(2), /proc, /sys) and the emulated one is ``emu.backends.guest``.
 from __future__ import annotations
 
 import enum
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from agent_guest.errors import ConfigError
+from hypertier_common.registry import instantiate
 
 __all__ = [
     "BACKENDS",
@@ -248,9 +247,5 @@ BACKENDS: Mapping[str, str] = {
 
 
 def make_backend(name: str, **options: object) -> GuestBackend:
-    """Instantiate the backend registered under ``name`` (see BACKENDS)."""
-    if name not in BACKENDS:
-        raise ConfigError(f"backend {name!r} unknown; choose from {sorted(BACKENDS)}")
-    module, _, cls = BACKENDS[name].partition(":")
-    backend: GuestBackend = getattr(importlib.import_module(module), cls)(**options)
-    return backend
+    """The backend registered under ``name`` in BACKENDS (else ConfigError)."""
+    return cast(GuestBackend, instantiate(BACKENDS, name, **options))

@@ -1,23 +1,22 @@
-"""The agent's TOML configuration: one frozen dataclass per table, strict ``load``.
+"""The guest agent's TOML configuration: one frozen dataclass per table.
 
-Unknown keys and wrong types stop startup naming the full key
-(``mover.batch_pgaes: unknown key``); ``dumps`` writes TOML that ``load`` accepts.
+``load`` is strict (hypertier_common.tomlconfig): unknown keys and wrong types
+stop startup naming the file and the full key (``mover.batch_pgaes: unknown
+key``); ``dumps`` writes TOML that ``load`` accepts.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 import math
 import re
-import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from agent_guest.backend import BACKENDS
 from agent_guest.errors import ConfigError
+from hypertier_common import tomlconfig
 from hypertier_common.metrics import MetricsError, parse_listen
 
 __all__ = [
@@ -35,7 +34,7 @@ __all__ = [
     "loads",
 ]
 
-DEFAULT_CONFIG = "/etc/hypertier/guest.toml"
+DEFAULT_CONFIG = Path("/etc/hypertier/guest.toml")
 log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "pebs", "ibs", "page-fault", "soft-dirty")
@@ -54,8 +53,8 @@ class GuestConfig:
     backend: str = "linux"
     control_socket: str = "/run/hypertier/guest.sock"
     channel_path: str = "/dev/virtio-ports/org.hypertier.0"
-    fast_nodes: list[int] = field(default_factory=list)
-    slow_nodes: list[int] = field(default_factory=list)
+    fast_nodes: tuple[int, ...] = ()
+    slow_nodes: tuple[int, ...] = ()
     report_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -225,7 +224,7 @@ class MoverConfig:
 @dataclass(frozen=True)
 class TargetsConfig:
     min_rss_bytes: int = 64 << 20
-    pids: list[int] = field(default_factory=list)
+    pids: tuple[int, ...] = ()
     cgroup: str = ""
     comm_pattern: str = ""
     refresh_s: float = 10.0
@@ -266,99 +265,13 @@ class Config:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
-
-def _check(value: object, typ: object, key: str) -> object:
-    """Return ``value`` if it has TOML type ``typ`` (ints accepted for floats)."""
-    if typ is bool:
-        ok = isinstance(value, bool)
-    elif typ is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif typ is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok:
-            ok = math.isfinite(float(value))  # type: ignore[arg-type]
-            value = float(value)  # type: ignore[arg-type]
-    elif typ is str:
-        ok = isinstance(value, str)
-    elif typing.get_origin(typ) is list:
-        (item,) = typing.get_args(typ)
-        ok = isinstance(value, list)
-        if ok:
-            assert isinstance(value, list)
-            value = [_check(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    else:  # pragma: no cover - a field type this loader was not taught
-        raise TypeError(f"{key}: unsupported field type {typ!r}")
-    if not ok:
-        name = getattr(typ, "__name__", str(typ))
-        raise ConfigError(f"{key}: expected {name}, got {type(value).__name__}")
-    return value
+    @property
+    def control_socket(self) -> str:
+        return self.guest.control_socket
 
 
-def _build(cls: type[Any], raw: object, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix}: expected a table")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key")
-    kwargs: dict[str, object] = {}
-    for key, value in raw.items():
-        full = f"{prefix}.{key}" if prefix else key
-        typ = hints[key]
-        if dataclasses.is_dataclass(typ):
-            kwargs[key] = _build(typ, value, full)  # type: ignore[arg-type]
-        else:
-            kwargs[key] = _check(value, typ, full)
-    return cls(**kwargs)
-
-
-def loads(text: str, source: str = "<string>") -> Config:
-    """Parse and validate TOML text. Raises ConfigError."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{source}: invalid TOML: {err}") from err
-    cfg: Config = _build(Config, raw, "")
-    return cfg
-
-
-def load(path: Path | str) -> Config:
-    """Read and validate a config file. Raises ConfigError (also for I/O errors)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
-    try:
-        text = data.decode("utf-8")  # TOML is UTF-8, whatever the locale
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ConfigError(
-            f"{path}: not UTF-8 (byte {data[err.start]:#04x} on line {line}); "
-            "TOML files must be UTF-8"
-        ) from err
-    return loads(text, str(path))
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def dumps(cfg: Config) -> str:
-    """The effective config (defaults included) as TOML accepted by ``loads``."""
-    lines: list[str] = []
-    for table in dataclasses.fields(cfg):
-        sub = getattr(cfg, table.name)
-        lines.append(f"[{table.name}]")
-        for f in dataclasses.fields(sub):
-            lines.append(f"{f.name} = {_toml_value(getattr(sub, f.name))}")
-        lines.append("")
-    return "\n".join(lines)
+loads = functools.partial(tomlconfig.loads, Config)
+"""``loads(text, source="<string>")``: parse and validate TOML text."""
+load = functools.partial(tomlconfig.load, Config)
+"""``load(path)``: read and validate a file (ConfigError names file and key)."""
+dumps = tomlconfig.dumps

@@ -29,11 +29,11 @@ from agent_guest.backend import (
     Tier,
 )
 from agent_guest.classify import ClassifyParams, RangeTable, Selection, select_hot
-from agent_guest.clock import Clock
 from agent_guest.config import Config
 from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.sampler import Sampler
+from hypertier_common.clock import Clock
 from hypertier_common.metrics import DurationHistogram
 from hypertier_common.systemd import wait_beating
 
@@ -113,20 +113,10 @@ class _Counters:
 class Daemon:
     """The agent. ``tick()`` is one epoch; the emulator harness calls it directly."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        backend: GuestBackend,
-        clock: Clock,
-        load_config: Callable[[], Config] | None = None,
-        stop_event: threading.Event | None = None,
-        reload_event: threading.Event | None = None,
-    ) -> None:
+    def __init__(self, cfg: Config, backend: GuestBackend, clock: Clock) -> None:
         self._backend = backend
         self._clock = clock
-        self._load_config = load_config
-        self._stop = stop_event or threading.Event()
-        self._reload = reload_event or threading.Event()
+        self._stop = threading.Event()
         self._lock = threading.Lock()
         self._tables: dict[int, RangeTable] = {}
         self._target_infos: list[ProcessInfo] = []
@@ -192,14 +182,21 @@ class Daemon:
         return self._cfg
 
     def stop(self) -> None:
-        """Ask ``run()`` to finish its current tick and shut down."""
+        """Ask ``run()`` to finish its current tick and shut down (any thread)."""
         self._stop.set()
 
-    def request_reload(self) -> None:
-        self._reload.set()
-
     def reload(self, cfg: Config) -> None:
-        """Swap in ``cfg``; on failure keep the old config (and raise)."""
+        """Swap in ``cfg`` between ticks (any thread).
+
+        Raises:
+            GuestError: ``cfg`` cannot be applied (a sample source this machine
+                lacks); the old configuration stays.
+        """
+        with self._lock:
+            self._swap(cfg)
+        log.info("configuration reloaded")
+
+    def _swap(self, cfg: Config) -> None:
         sampler, exchanger, params = self._build(cfg)
         old = self._sampler
         old.stop()
@@ -219,7 +216,6 @@ class Daemon:
         for t in self._tables.values():
             t.params = params
         self._next_refresh = self._clock.monotonic()
-        log.info("configuration reloaded")
 
     # --------------------------------------------------------------------- loop
     def run(
@@ -238,9 +234,6 @@ class Daemon:
         )
         deadline = self._clock.monotonic()
         while not self._stop.is_set():
-            if self._reload.is_set():
-                self._reload.clear()
-                self._do_reload()
             try:
                 self.tick()
             except GuestError as err:
@@ -251,15 +244,6 @@ class Daemon:
                 self._clock, self._stop, deadline, heartbeat, heartbeat_every_s
             )
         self.shutdown()
-
-    def _do_reload(self) -> None:
-        if self._load_config is None:
-            log.warning("reload requested but the daemon has no config file")
-            return
-        try:
-            self.reload(self._load_config())
-        except GuestError as err:
-            log.error("reload failed, keeping the old configuration: %s", err)
 
     def shutdown(self) -> None:
         """Stop sampling and release the backend (page placement stays)."""

@@ -1,51 +1,35 @@
-"""The exception hierarchy of agent_guest (STYLE.md section 4)."""
+"""What agent_guest raises (STYLE.md section 4): the error base and kinds of
+hypertier_common (``GuestError`` is the base's name here, so errors cross the
+control socket as the host's do) and :class:`NoSuchProcess`, its own kind.
+"""
 
 from __future__ import annotations
 
-__all__ = [
-    "AccessDenied",
-    "BackendError",
-    "ConfigError",
-    "GuestError",
-    "NoSuchProcess",
-    "Unsupported",
-]
+from collections.abc import Mapping
 
+from hypertier_common.errors import AccessDenied as AccessDenied
+from hypertier_common.errors import AgentError as AgentError
+from hypertier_common.errors import BackendError as BackendError
+from hypertier_common.errors import ConfigError as ConfigError
+from hypertier_common.errors import InternalError as InternalError
+from hypertier_common.errors import NotRunning as NotRunning
+from hypertier_common.errors import Unsupported as Unsupported
+from hypertier_common.errors import kinds
 
-class GuestError(Exception):
-    """Base of every error agent_guest raises on purpose."""
+__all__ = ["ERROR_KINDS", "GuestError", "NoSuchProcess"]
 
-
-class ConfigError(GuestError):
-    """A configuration file or value is invalid."""
-
-
-class BackendError(GuestError):
-    """The OS (or the emulator) failed an operation for a reason of its own."""
-
-
-class Unsupported(GuestError):
-    """A capability this machine does not offer (no PMU, no page_idle, ...)."""
-
-    def __init__(self, what: str, reason: str) -> None:
-        super().__init__(f"{what} is not supported here: {reason}")
-        self.what = what
-        self.reason = reason
-
-
-class AccessDenied(GuestError):
-    """The kernel refused for lack of privilege (perf_event_paranoid, capabilities)."""
-
-    def __init__(self, what: str, hint: str = "") -> None:
-        msg = f"access denied: {what}"
-        super().__init__(f"{msg} ({hint})" if hint else msg)
-        self.what = what
-        self.hint = hint
+GuestError = AgentError
+"""Base of every error agent_guest raises on purpose."""
 
 
 class NoSuchProcess(GuestError):
     """The process exited (ESRCH, or /proc/<pid> vanished)."""
 
+    WIRE_ATTRS = ("pid",)
+
     def __init__(self, pid: int) -> None:
         super().__init__(f"process {pid} no longer exists")
         self.pid = pid
+
+
+ERROR_KINDS: Mapping[str, type[AgentError]] = kinds(NoSuchProcess)

@@ -17,9 +17,9 @@ import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE, GuestBackend
 from agent_guest.classify import RangeTable, in_sorted
-from agent_guest.clock import Clock
 from agent_guest.config import MoverConfig
 from agent_guest.errors import AccessDenied, NoSuchProcess
+from hypertier_common.clock import Clock
 
 __all__ = [
     "Batch",

@@ -47,6 +47,7 @@ from agent_guest.errors import (
     NoSuchProcess,
     Unsupported,
 )
+from hypertier_common.cpulist import parse_cpulist
 
 __all__ = ["FAULT_EVENTS", "LinuxGuestBackend"]
 
@@ -289,8 +290,8 @@ class LinuxGuestBackend:
         for d in sorted(base.glob("node[0-9]*"), key=lambda p: int(p.name[4:])):
             try:
                 info = dict(_MEMINFO.findall((d / "meminfo").read_bytes()))
-                cpus = (d / "cpulist").read_text().strip()
-            except OSError as err:
+                cpus = parse_cpulist((d / "cpulist").read_text())
+            except (OSError, ValueError) as err:
                 raise BackendError(f"cannot read {d}: {err}") from err
             total = int(info.get(b"MemTotal", b"0")) * 1024
             free = int(info.get(b"MemFree", b"0")) * 1024
@@ -466,13 +467,8 @@ class LinuxGuestBackend:
             return [(attr, basic, -1)]
         raise Unsupported(f"perf events for {s.source.value}", "not a perf source")
 
-    def _cpus(self) -> list[int]:
-        text = self._p("sys/devices/system/cpu/online").read_text().strip()
-        cpus: list[int] = []
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            cpus.extend(range(int(lo), int(hi or lo) + 1))
-        return cpus
+    def _cpus(self) -> tuple[int, ...]:
+        return parse_cpulist(self._p("sys/devices/system/cpu/online").read_text())
 
     # ---------------------------------------------------------------- sampling
     def start_sampling(self, pids: Sequence[int], settings: SamplerSettings) -> None:

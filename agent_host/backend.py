@@ -8,12 +8,11 @@ emulated one is ``emu.backends.host``.
 from __future__ import annotations
 
 import enum
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
-from agent_host.errors import ConfigError
+from hypertier_common.registry import instantiate
 
 __all__ = [
     "BACKENDS",
@@ -178,9 +177,5 @@ BACKENDS: Mapping[str, str] = {
 
 
 def make_backend(name: str, **options: object) -> HostBackend:
-    """Instantiate the backend registered under ``name`` (see BACKENDS)."""
-    if name not in BACKENDS:
-        raise ConfigError(f"backend {name!r} unknown; choose from {sorted(BACKENDS)}")
-    module, _, cls = BACKENDS[name].partition(":")
-    backend: HostBackend = getattr(importlib.import_module(module), cls)(**options)
-    return backend
+    """The backend registered under ``name`` in BACKENDS (else ConfigError)."""
+    return cast(HostBackend, instantiate(BACKENDS, name, **options))

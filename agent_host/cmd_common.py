@@ -1,4 +1,4 @@
-"""Flags and helpers shared by several subcommands (config loading, the client)."""
+"""Flags and helpers of the host's own subcommands (``run``, ``vm define|set``)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,10 @@ import argparse
 from pathlib import Path
 
 from agent_host import config
-from agent_host.control import ControlClient
 
-__all__ = ["DEFAULT_CONFIG", "add_config_flag", "client", "load_config", "mib"]
+__all__ = ["DEFAULT_CONFIG", "load_config", "mib"]
 
-DEFAULT_CONFIG = Path("/etc/hypertier/host.toml")
-
-
-def add_config_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=None,
-        help=f"TOML configuration (default {DEFAULT_CONFIG} if it exists)",
-    )
+DEFAULT_CONFIG = config.DEFAULT_CONFIG
 
 
 def mib(text: str) -> int:
@@ -35,13 +24,6 @@ def mib(text: str) -> int:
     return int(text)
 
 
-def load_config(args: argparse.Namespace) -> config.Config:
-    """The configuration named by ``--config``, the default file, or defaults."""
-    path: Path | None = args.config
-    if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
+def load_config(path: Path | None) -> config.Config:
+    """The configuration in ``path``, or the built-in defaults for None."""
     return config.load(path) if path is not None else config.Config()
-
-
-def client(args: argparse.Namespace) -> ControlClient:
-    return ControlClient(load_config(args).host.control_socket)

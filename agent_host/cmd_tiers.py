@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from agent_host.backend import Tier
-from agent_host.cmd_common import add_config_flag, load_config
+from agent_host.cmd_common import DEFAULT_CONFIG, load_config
 from agent_host.config import Config
 from agent_host.errors import ConfigError
+from agent_host.linux_nodes import read_host_nodes
+from hypertier_common.cli import add_config_flag, config_path
+from hypertier_common.cpulist import parse_cpulist
 
+HELP = "show the host's memory tiers: which NUMA nodes are fast, which slow"
 EPILOG = """examples:
   hypertier-host tiers
   hypertier-host tiers --json
@@ -29,15 +33,15 @@ EPILOG = """examples:
 
 def _nodes(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(n) for n in text.split(",") if n.strip())
+        return parse_cpulist(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(
-            f"expected node numbers such as 1,2, got {text!r}"
+            f"expected node numbers such as 1,2 or 2-3, got {text!r}"
         ) from err
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_flag(parser)
+    add_config_flag(parser, DEFAULT_CONFIG)
     parser.add_argument(
         "--sysfs-root", type=Path, help="read sysfs under this root (host.sysfs_root)"
     )
@@ -63,8 +67,6 @@ def tiers(cfg: Config) -> dict[str, Any]:
         BackendError: sysfs cannot be read.
         ConfigError: no fast node, or no slow node and no emulation.
     """
-    from agent_host.libvirt_backend import read_host_nodes
-
     nodes = read_host_nodes(
         Path(cfg.host.sysfs_root), cfg.host.fast_nodes, cfg.host.slow_nodes
     )
@@ -109,7 +111,8 @@ def _with_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def main(args: argparse.Namespace) -> int:
-    found = tiers(_with_overrides(load_config(args), args))
+    cfg = load_config(config_path(args, DEFAULT_CONFIG))
+    found = tiers(_with_overrides(cfg, args))
     if args.json:
         print(json.dumps(found, indent=2))
         return 0

@@ -1,5 +1,7 @@
 """Write the domain XML of a tiered VM (or convert an existing domain) and define it.
 
+libvirt is needed (and imported) only with ``--convert`` or ``--define``.
+
 Host tier nodes come from sysfs (``host.fast_nodes``/``host.slow_nodes`` override):
 CPU-less nodes are the slow tier; without one the slow tier is emulated on the
 fast nodes, and the command says so.
@@ -13,12 +15,13 @@ import sys
 from pathlib import Path
 
 from agent_host import domxml
-from agent_host.cmd_common import add_config_flag, load_config, mib
+from agent_host.cmd_common import DEFAULT_CONFIG, load_config, mib
 from agent_host.cmd_tiers import tiers
 from agent_host.config import Config
 from agent_host.errors import ConfigError
-from agent_host.libvirt_backend import LibvirtHostBackend
+from hypertier_common.cli import add_config_flag, config_path
 
+HELP = "write the domain XML of a tiered VM (or convert a domain) and define it"
 EPILOG = """examples:
   hypertier-host vm define web1 --fast-mib 2048 --slow-mib 4096 \\
       --disk /var/lib/libvirt/images/web1.qcow2 -o web1.xml
@@ -30,7 +33,7 @@ MiB = 1 << 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_flag(parser)
+    add_config_flag(parser, DEFAULT_CONFIG)
     parser.add_argument("vm", help="domain name")
     parser.add_argument("--vcpus", type=int, default=2, help="vCPUs (default 2)")
     parser.add_argument(
@@ -72,7 +75,7 @@ def _tier_nodes(cfg: Config) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
+    cfg = load_config(config_path(args, DEFAULT_CONFIG))
     fast_nodes, slow_nodes = _tier_nodes(cfg)
     qos = args.qos_class or cfg.policy.default_class
     if qos not in cfg.classes:
@@ -93,11 +96,12 @@ def main(args: argparse.Namespace) -> int:
         qos_class=qos,
         domain_type=args.domain_type,
     )
-    backend = (
-        LibvirtHostBackend(cfg.host.uri, root=Path(cfg.host.sysfs_root))
-        if args.convert or args.define
-        else None
-    )
+    backend = None
+    if args.convert or args.define:
+        # Imported here: writing XML needs no libvirt (python3-libvirt).
+        from agent_host.libvirt_backend import LibvirtHostBackend
+
+        backend = LibvirtHostBackend(cfg.host.uri, root=Path(cfg.host.sysfs_root))
     try:
         if backend is not None and args.convert:
             result = domxml.convert_domain_xml(

@@ -1,26 +1,25 @@
 """The host agent's TOML configuration: one frozen dataclass per table (tomllib).
 
-``load(path)`` is strict (unknown keys and wrong types name the full key);
-``dumps(cfg)`` writes the effective configuration back as TOML ``load`` accepts.
+``load(path)`` is strict (hypertier_common.tomlconfig: unknown keys and wrong
+types name the file and the full key); ``dumps(cfg)`` writes the effective
+configuration back as TOML ``load`` accepts.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from agent_host.errors import ConfigError
+from hypertier_common import tomlconfig
 from hypertier_common.metrics import MetricsError, parse_listen
 
 __all__ = [
     "BACKEND_NAMES",
+    "DEFAULT_CONFIG",
     "ChannelConfig",
     "ClassConfig",
     "Config",
@@ -36,6 +35,7 @@ __all__ = [
 MiB = 1 << 20
 GiB = 1 << 30
 BACKEND_NAMES = ("libvirt", "emu")
+DEFAULT_CONFIG = Path("/etc/hypertier/host.toml")
 
 
 def _positive(where: str, value: float) -> None:
@@ -233,6 +233,10 @@ class Config:
                 f"the classes {sorted(self.classes)}"
             )
 
+    @property
+    def control_socket(self) -> str:
+        return self.host.control_socket
+
     def weight(self, qos_class: str) -> float:
         """Weight of ``qos_class``, or of the default class if it is unknown."""
         found = self.classes.get(qos_class)
@@ -241,119 +245,8 @@ class Config:
         return found.weight
 
 
-_TABLES: dict[str, type[Any]] = {
-    "host": HostConfig,
-    "policy": PolicyConfig,
-    "channel": ChannelConfig,
-    "metrics": MetricsConfig,
-}
-
-
-def _convert(where: str, value: object, hint: object) -> object:
-    """Check ``value`` against the field type ``hint``; ints are accepted as floats."""
-    if hint is bool:
-        if type(value) is not bool:
-            raise ConfigError(f"{where}: expected a boolean, got {value!r}")
-        return value
-    if hint is int:
-        if type(value) is not int:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if type(value) not in (int, float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)  # type: ignore[arg-type]
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, list) or any(type(v) is not int for v in value):
-            raise ConfigError(f"{where}: expected a list of integers, got {value!r}")
-        return tuple(value)
-    raise AssertionError(f"{where}: unsupported field type {hint!r}")
-
-
-def _table(name: str, cls: type[Any], raw: object) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{name}: expected a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            raise ConfigError(f"{name}.{key}: unknown key")
-    kwargs = {k: _convert(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        if str(err).startswith(name):
-            raise
-        raise ConfigError(f"{name}: {err}") from err
-
-
-def loads(text: str, source: str = "<string>") -> Config:
-    """Parse and validate TOML text. Raises ConfigError naming the bad key."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{source}: not valid TOML: {err}") from err
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in _TABLES:
-            kwargs[key] = _table(key, _TABLES[key], value)
-        elif key == "classes":
-            if not isinstance(value, dict):
-                raise ConfigError("classes: expected a table of tables")
-            kwargs["classes"] = types.MappingProxyType(
-                {n: _table(f"classes.{n}", ClassConfig, v) for n, v in value.items()}
-            )
-        else:
-            raise ConfigError(f"{key}: unknown table")
-    return Config(**kwargs)
-
-
-def load(path: str | Path) -> Config:
-    """Read and validate a TOML file. Raises ConfigError (also if unreadable)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
-    try:
-        text = data.decode("utf-8")  # TOML is UTF-8, whatever the locale
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ConfigError(
-            f"{path}: not UTF-8 (byte {data[err.start]:#04x} on line {line}); "
-            "TOML files must be UTF-8"
-        ) from err
-    return loads(text, str(path))
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise AssertionError(f"cannot write {value!r} as TOML")
-
-
-def _dump_table(header: str, obj: object) -> list[str]:
-    lines = [f"[{header}]"]
-    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
-        lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
-    return [*lines, ""]
-
-
-def dumps(cfg: Config) -> str:
-    """The effective configuration, defaults included, as TOML ``loads`` accepts."""
-    lines: list[str] = []
-    for name in _TABLES:
-        lines += _dump_table(name, getattr(cfg, name))
-    for cls_name, cls_cfg in sorted(cfg.classes.items()):
-        lines += _dump_table(f"classes.{cls_name}", cls_cfg)
-    return "\n".join(lines)
+loads = functools.partial(tomlconfig.loads, Config)
+"""``loads(text, source="<string>")``: parse and validate TOML text."""
+load = functools.partial(tomlconfig.load, Config)
+"""``load(path)``: read and validate a file (ConfigError names file and key)."""
+dumps = tomlconfig.dumps

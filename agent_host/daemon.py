@@ -32,11 +32,11 @@ from agent_host.backend import (
     Tier,
 )
 from agent_host.channel import GuestChannel, GuestReport
-from agent_host.clock import Clock
 from agent_host.config import Config
 from agent_host.errors import ConfigError, HostError, NoSuchDomain
 from agent_host.metadata import metadata_xml
 from agent_host.policy import PolicyInputs, PolicyResult, TierInputs, plan
+from hypertier_common.clock import Clock
 from hypertier_common.metrics import DurationHistogram
 from hypertier_common.systemd import wait_beating
 
@@ -723,6 +723,7 @@ class Daemon:
         with self._lock:
             now = self._clock.monotonic()
             return {
+                "version": VERSION,
                 "ticks": self.ticks,
                 "tick_failures": self.tick_failures,
                 "last_tick_ms": round(self.last_tick_ms, 3),

@@ -43,6 +43,7 @@ from typing import Literal
 
 from agent_host.backend import Allotment, Tier
 from agent_host.errors import BackendError, ConfigError
+from hypertier_common.cpulist import parse_cpulist
 
 __all__ = [
     "ALIASES",
@@ -539,14 +540,7 @@ def _tier_of(mem: ET.Element, node: int) -> Tier | None:
 
 
 def _parse_nodeset(text: str | None) -> tuple[int, ...]:
-    nodes: list[int] = []
-    for part in (text or "").split(","):
-        part = part.strip()
-        if not part or part.startswith("^"):
-            continue
-        lo, _, hi = part.partition("-")
-        nodes.extend(range(int(lo), int(hi or lo) + 1))
-    return tuple(sorted(set(nodes)))
+    return parse_cpulist(text or "")
 
 
 def _virtio_mem_devices(domain: ET.Element) -> list[ET.Element]:

@@ -1,51 +1,36 @@
-"""The exception hierarchy of agent_host (STYLE.md section 4)."""
+"""The exception hierarchy of agent_host (STYLE.md section 4).
+
+The base and the common kinds are hypertier_common's, so both agents' errors
+cross the control socket alike; ``HostError`` is this agent's name for the base.
+"""
 
 from __future__ import annotations
 
-__all__ = [
-    "AccessDenied",
-    "BackendError",
-    "ConfigError",
-    "HostError",
-    "NoSuchDomain",
-    "Unsupported",
-]
+from collections.abc import Mapping
 
+from hypertier_common.errors import AccessDenied as AccessDenied
+from hypertier_common.errors import AgentError as AgentError
+from hypertier_common.errors import BackendError as BackendError
+from hypertier_common.errors import ConfigError as ConfigError
+from hypertier_common.errors import InternalError as InternalError
+from hypertier_common.errors import NotRunning as NotRunning
+from hypertier_common.errors import Unsupported as Unsupported
+from hypertier_common.errors import kinds
 
-class HostError(Exception):
-    """Base of every error agent_host raises on purpose."""
+__all__ = ["ERROR_KINDS", "HostError", "NoSuchDomain"]
 
-
-class ConfigError(HostError):
-    """A configuration file or value is invalid."""
-
-
-class BackendError(HostError):
-    """libvirt, QEMU or the emulator failed an operation."""
-
-
-class Unsupported(HostError):
-    """A capability this host does not offer."""
-
-    def __init__(self, what: str, reason: str) -> None:
-        super().__init__(f"{what} is not supported here: {reason}")
-        self.what = what
-        self.reason = reason
-
-
-class AccessDenied(HostError):
-    """libvirt or the OS refused for lack of privilege."""
-
-    def __init__(self, what: str, hint: str = "") -> None:
-        msg = f"access denied: {what}"
-        super().__init__(f"{msg} ({hint})" if hint else msg)
-        self.what = what
-        self.hint = hint
+HostError = AgentError
+"""Base of every error agent_host raises on purpose."""
 
 
 class NoSuchDomain(HostError):
     """The VM is not (or no longer) defined or running."""
 
+    WIRE_ATTRS = ("vm",)
+
     def __init__(self, vm: str) -> None:
         super().__init__(f"domain {vm!r} not found")
         self.vm = vm
+
+
+ERROR_KINDS: Mapping[str, type[AgentError]] = kinds(NoSuchDomain)

@@ -2,10 +2,9 @@
 
 Wraps `libvirt's domain API <https://libvirt.org/html/libvirt-libvirt-domain.html>`_
 (virtio-mem resize through ``virDomainUpdateDeviceFlags``, ``virDomainSetMetadata``,
-``virConnectGetAllDomainStats``, lifecycle events) and reads host NUMA nodes from
-``/sys/devices/system/node`` (`sysfs-devices-node
-<https://docs.kernel.org/admin-guide/mm/numaperf.html>`_). The only module that
-imports libvirt.
+``virConnectGetAllDomainStats``, lifecycle events); host NUMA nodes come from
+:mod:`agent_host.linux_nodes`. The only module that imports libvirt, and only
+when the libvirt backend is chosen (the registry imports it by name).
 """
 
 from __future__ import annotations
@@ -39,12 +38,11 @@ from agent_host.errors import (
     NoSuchDomain,
     Unsupported,
 )
+from agent_host.linux_nodes import read_host_nodes
 
 __all__ = [
     "LibvirtHostBackend",
     "channel_path",
-    "parse_cpulist",
-    "read_host_nodes",
     "stats_from_record",
 ]
 
@@ -85,70 +83,6 @@ def _ignore_error(_ctx: object, _err: object) -> None:
 def _run_event_loop() -> None:
     while True:
         libvirt.virEventRunDefaultImpl()
-
-
-def parse_cpulist(text: str) -> tuple[int, ...]:
-    """Parse a kernel cpulist such as ``0-3,8,10-11`` (empty: no CPUs)."""
-    out: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return tuple(out)
-
-
-_MEMINFO_RE = re.compile(r"^Node\s+\d+\s+(\w+):\s+(\d+)\s*kB", re.MULTILINE)
-
-
-def read_host_nodes(
-    root: Path,
-    fast_nodes: Sequence[int] = (),
-    slow_nodes: Sequence[int] = (),
-) -> tuple[HostNode, ...]:
-    """Host NUMA nodes from ``root``/sys/devices/system/node and their tiers.
-
-    Nodes listed in ``fast_nodes``/``slow_nodes`` get that tier (a node in both
-    is reported as fast; the slow tier is then emulated on it); other nodes are
-    fast if they have CPUs and slow if CPU-less (CXL.mem, PMEM via dax/kmem).
-
-    Raises:
-        BackendError: the sysfs tree is missing or malformed.
-    """
-    base = root / "sys/devices/system/node"
-    try:
-        dirs = sorted(
-            (p for p in base.iterdir() if re.fullmatch(r"node\d+", p.name)),
-            key=lambda p: int(p.name[4:]),
-        )
-    except OSError as err:
-        raise BackendError(f"cannot list NUMA nodes under {base}: {err}") from err
-    if not dirs:
-        raise BackendError(f"no NUMA nodes under {base}")
-    nodes: list[HostNode] = []
-    for path in dirs:
-        node = int(path.name[4:])
-        try:
-            cpus = parse_cpulist((path / "cpulist").read_text())
-            meminfo = dict(_MEMINFO_RE.findall((path / "meminfo").read_text()))
-        except (OSError, ValueError) as err:
-            raise BackendError(f"cannot read {path}: {err}") from err
-        if node in fast_nodes:
-            tier = Tier.FAST
-        elif node in slow_nodes:
-            tier = Tier.SLOW
-        else:
-            tier = Tier.FAST if cpus else Tier.SLOW
-        nodes.append(
-            HostNode(
-                node=node,
-                tier=tier,
-                total_bytes=int(meminfo.get("MemTotal", 0)) * 1024,
-                free_bytes=int(meminfo.get("MemFree", 0)) * 1024,
-                has_cpus=bool(cpus),
-            )
-        )
-    return tuple(nodes)
 
 
 def _map_error(err: libvirt.libvirtError, vm: str, what: str) -> HostError:

@@ -26,9 +26,9 @@ from agent_guest.backend import (
     SamplerSettings,
     SampleSource,
 )
-from agent_guest.clock import SystemClock
 from agent_guest.daemon import Daemon
 from agent_guest.linux_backend import LinuxGuestBackend
+from hypertier_common.clock import SystemClock
 
 pytestmark = pytest.mark.integration
 

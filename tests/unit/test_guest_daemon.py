@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -11,6 +9,7 @@ import hypertier_wire as wire
 from agent_guest import config
 from agent_guest.backend import GuestBackend, NumaNode, Tier
 from agent_guest.daemon import Daemon, node_roles, pick_targets
+from agent_guest.errors import Unsupported
 from emu.backends.guest import EmuGuestBackend
 from emu.machine import World
 from emu.workloads.synthetic import Gups
@@ -175,20 +174,15 @@ def test_reload_swaps_the_config_and_keeps_counters() -> None:
 
 def test_failed_reload_keeps_the_old_config() -> None:
     w, _ = _world()
-    calls: list[int] = []
-
-    def bad() -> config.Config:
-        calls.append(1)
-        return config.loads("[mover]\nbatch_pages = 0\n")
-
-    be = EmuGuestBackend(w, "vm")
-    d = Daemon(CFG, be, w.clock, load_config=bad)
-    d.request_reload()
-    stopper = _StopAfter(w, d, 2)
-    d.run()
-    assert calls == [1]
+    d, _ = _daemon(w)
+    # A source this machine lacks passes the file check but cannot be applied.
+    be = EmuGuestBackend(w, "vm", pmu="none")
+    d = Daemon(CFG, be, w.clock)
+    with pytest.raises(Unsupported, match="pebs"):
+        d.reload(config.loads('[sampler]\nsource = "pebs"\n'))
     assert d.config == CFG
-    assert stopper.ticks >= 2
+    _run(w, d, 2)
+    assert d.status()["epochs"] == 2
 
 
 class _StopAfter:
@@ -215,8 +209,6 @@ def test_run_loops_until_stopped_then_stops_sampling() -> None:
 
 
 def test_no_source_is_a_clear_error_not_a_crash() -> None:
-    from agent_guest.errors import Unsupported
-
     w, _ = _world()
     be = EmuGuestBackend(w, "vm", pmu="none")
     cfg = config.loads('[sampler]\nsource = "pebs"\n')
@@ -233,11 +225,10 @@ def test_sampling_without_a_pmu_falls_back_to_page_faults() -> None:
     assert d.status()["samples"] > 0
 
 
-def test_the_stop_event_interrupts_the_wait() -> None:
+def test_a_stop_before_run_ends_it_without_a_tick() -> None:
     w, _ = _world()
-    stop = threading.Event()
-    stop.set()
-    d = Daemon(CFG, EmuGuestBackend(w, "vm"), w.clock, stop_event=stop)
+    d, _ = _daemon(w)
+    d.stop()
     d.run()
     assert d.status()["epochs"] == 0
 

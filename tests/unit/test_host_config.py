@@ -92,7 +92,11 @@ def test_missing_file_is_config_error(tmp_path: Path) -> None:
         pytest.param(
             "[host]\nemulate_slow_tier = 1\n", "expected a boolean", id="bool"
         ),
-        pytest.param("[host]\nfast_nodes = [0.5]\n", "list of integers", id="list"),
+        pytest.param(
+            "[host]\nfast_nodes = [0.5]\n",
+            r"host.fast_nodes\[0\]: expected an integer",
+            id="list",
+        ),
         pytest.param(
             "[policy]\nsafety_margin_bytes = 1.5\n", "expected an integer", id="int"
         ),

@@ -18,8 +18,8 @@ import pytest
 
 from agent_guest import cmd_run as guest_run
 from agent_guest import config as guest_config
-from agent_guest.clock import SystemClock as GuestClock
 from agent_guest.daemon import VERSION as GUEST_VERSION
+from agent_guest.daemon import Daemon as GuestDaemon
 from agent_host import cmd_run as host_run
 from agent_host import config as host_config
 from agent_host.daemon import VERSION as HOST_VERSION
@@ -29,6 +29,9 @@ from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock
 from emu.machine import World
 from emu.workloads.synthetic import Gups
+from hypertier_common.cli import Signals
+
+TIMEOUT_S = 60.0  # a guard against a hang, never a timing
 
 MiB = 1 << 20
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -89,8 +92,7 @@ listen = "127.0.0.1:{port}"
     world.add_vm("vm1", 2, 128 * MiB, 128 * MiB, 512 * MiB, 512 * MiB)
     ready = threading.Event()
     holder: list[Daemon] = []
-    signals = host_run.Signals()
-    clock = FakeClock(advance_on_wait=False)  # the test ticks the daemon itself
+    signals = Signals()
 
     def on_ready(daemon: Daemon) -> None:
         holder.append(daemon)
@@ -98,19 +100,27 @@ listen = "127.0.0.1:{port}"
 
     thread = threading.Thread(
         target=host_run.serve,
-        args=(host_config.load(path), EmuHostBackend(world), clock, path),
-        kwargs={"on_ready": on_ready, "signals": signals},
+        args=(
+            host_config.load(path),
+            EmuHostBackend(world),
+            FakeClock(advance_on_wait=False),
+        ),
+        kwargs={
+            "load": lambda: host_config.load(path),
+            "on_ready": on_ready,
+            "signals": signals,
+        },
     )
     thread.start()
     try:
-        assert ready.wait(10.0)
+        assert ready.wait(TIMEOUT_S)
         for _ in range(3):
             holder[0].tick()
         text = _scrape(port)
         index = _scrape(port, "/")
     finally:
         signals.request_stop()
-        thread.join(10.0)
+        thread.join(TIMEOUT_S)
     assert '<a href="/metrics">' in index
     assert "process_cpu_seconds_total " in text
     assert "process_resident_memory_bytes " in text
@@ -150,26 +160,34 @@ listen = "127.0.0.1:{port}"
     world = World(1 << 30, 4 << 30, seed=1)
     world.add_vm("vm", 2, 16 * MiB, 64 * MiB)
     world.spawn("vm", Gups(4096, seed=1), 10**12, comm="app")
-    stop = threading.Event()
+    ready = threading.Event()
+    holder: list[GuestDaemon] = []
+    signals = Signals()
+
+    def on_ready(daemon: GuestDaemon) -> None:
+        holder.append(daemon)
+        ready.set()
+
     thread = threading.Thread(
         target=guest_run.serve,
-        args=(cfg, EmuGuestBackend(world, "vm"), GuestClock()),
-        kwargs={"stop_event": stop},
+        args=(
+            cfg,
+            EmuGuestBackend(world, "vm"),
+            FakeClock(advance_on_wait=False),
+            lambda: cfg,
+        ),
+        kwargs={"signals": signals, "on_ready": on_ready},
     )
     thread.start()
     try:
-        text = ""
-        for _ in range(100):  # until a few epochs have run
-            try:
-                text = _scrape(port)
-            except OSError:
-                text = ""
-            if "hypertier_guest_epochs_total 3.0" in text:
-                break
-            stop.wait(0.05)
+        assert ready.wait(TIMEOUT_S)
+        for _ in range(3):
+            world.clock.advance(0.05)
+            holder[0].tick()
+        text = _scrape(port)
     finally:
-        stop.set()
-        thread.join(10.0)
+        signals.request_stop()
+        thread.join(TIMEOUT_S)
     assert not thread.is_alive()
     assert "process_cpu_seconds_total " in text
     assert f'version="{GUEST_VERSION}"' in text

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_host.clock import SystemClock
+from hypertier_common.clock import SystemClock
 from hypertier_common.systemd import (
     JournalFormatter,
     Notifier,

@@ -1,6 +1,7 @@
-"""The clock the daemon and the mover run on: real time, or the emulator's virtual time.
+"""The clock the daemons run on: real time (:class:`SystemClock`) or virtual time.
 
-``emu.clock.FakeClock`` satisfies :class:`Clock` too, so tests never sleep.
+Injected into both agents' daemons; ``emu.clock.FakeClock`` satisfies
+:class:`Clock` too, so tests advance time instantly and never sleep.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ __all__ = ["Clock", "SystemClock"]
 class Clock(Protocol):
     """Monotonic seconds and an interruptible wait."""
 
-    def monotonic(self) -> float: ...
+    def monotonic(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
 
     def wait(self, event: threading.Event, timeout_s: float) -> bool:
         """Wait until ``event`` is set or ``timeout_s`` passes; True if it was set."""
@@ -23,7 +26,7 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """Wall-clock implementation over ``time.monotonic`` and ``Event.wait``."""
+    """Real time: ``time.monotonic`` and ``Event.wait``."""
 
     def monotonic(self) -> float:
         return time.monotonic()

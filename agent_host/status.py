@@ -1,24 +1,12 @@
-"""Show the running daemon's host tiers, VMs, allotments and guest reports."""
+"""``hypertier-host status`` for people: host tiers, VMs, allotments, guest reports."""
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any
 
-from agent_host.cmd_common import add_config_flag, client
-
-EPILOG = """examples:
-  hypertier-host status
-  hypertier-host status --json | jq '.vms'
-"""
+__all__ = ["format_status"]
 
 MiB = 1 << 20
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_flag(parser)
-    parser.add_argument("--json", action="store_true", help="print the raw JSON")
 
 
 def _mib(value: int | None) -> str:
@@ -29,7 +17,8 @@ def format_status(status: dict[str, Any]) -> str:
     """Human-readable status: a host summary and one line per VM and tier."""
     host = status["host"]
     lines = [
-        f"backend {status['backend']}, {status['ticks']} ticks, "
+        f"hypertier-host {status['version']}: backend {status['backend']}, "
+        f"{status['ticks']} ticks ({status['tick_failures']} failed), "
         f"last tick {status['last_tick_ms']:.2f} ms",
         f"fast capacity {_mib(host['fast_capacity_bytes'])} MiB, slow capacity "
         f"{_mib(host['slow_capacity_bytes'])} MiB "
@@ -42,14 +31,14 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"not available on this host: {', '.join(sorted(missing))}")
     lines.append(
         f"{'VM':<20} {'CLASS':<8} {'TIER':<5} {'REQ':>7} {'CUR':>7} {'TARGET':>7} "
-        f"{'RES':>7} {'LIMIT':>7}  GUEST (MiB)"
+        f"{'RES':>7} {'LIMIT':>7}  GUEST   (sizes in MiB)"
     )
     for vm, st in sorted(status["vms"].items()):
         g = st["guest"]
         guest = (
             "throttled"
             if g["throttled"]
-            else f"hot {_mib(g['hot_bytes'])} pressure {g['pressure']}"
+            else f"hot {_mib(g['hot_bytes'])} MiB, pressure {g['pressure']:.2f}"
             if g["report_age_s"] is not None
             else "no report"
         )
@@ -61,9 +50,3 @@ def format_status(status: dict[str, Any]) -> str:
                 + (guest if tier == "fast" else "")
             )
     return "\n".join(lines)
-
-
-def main(args: argparse.Namespace) -> int:
-    status = client(args).call("status")
-    print(json.dumps(status, indent=2) if args.json else format_status(status))
-    return 0

@@ -1,0 +1,472 @@
+"""The command-line skeleton of both agents: one convention, two programs.
+
+An agent describes itself in an :class:`Agent` (name, version, config loader,
+its own subcommands); :func:`main` builds the argparse tree, adds the commands
+every agent has (``status``, ``reload``, ``stop``, ``config check``, ``config
+show``), sets up logging, installs the signal handlers of the daemon command
+and maps errors to exit codes:
+
+====  =========================================================================
+0     ok
+1     runtime failure (an AgentError other than the two below, or a bug)
+2     usage or configuration error (argparse, ConfigError)
+3     ``status``: no daemon is running (LSB), with a hint to ``systemctl status``
+====  =========================================================================
+
+``-v``/``-q``/``--log-format`` are accepted before and after the subcommand.
+Errors print as ``PROG: error: MESSAGE`` on stderr; the daemon command (``run``)
+logs them instead, since its stderr is its log (journald).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from hypertier_common.control import ControlClient
+from hypertier_common.errors import AgentError, ConfigError, NotRunning
+from hypertier_common.logsetup import LOG_FORMATS, setup_logging
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_NOT_RUNNING",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Agent",
+    "Command",
+    "Signals",
+    "add_config_flag",
+    "add_socket_flags",
+    "build_parser",
+    "client",
+    "config_path",
+    "load_config",
+    "main",
+]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+
+
+class Command(Protocol):
+    """One subcommand: a module (or object) with these four names.
+
+    ``DAEMON = True`` marks the long-running command: :func:`main` installs the
+    signal handlers for it (``args.signals``) and logs its errors.
+    """
+
+    @property
+    def HELP(self) -> str: ...
+
+    @property
+    def EPILOG(self) -> str: ...
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def main(self, args: argparse.Namespace) -> int: ...
+
+
+class ConfigModule(Protocol):
+    """An agent's ``config`` module, as the skeleton uses it."""
+
+    @property
+    def DEFAULT_CONFIG(self) -> Path: ...
+
+    @property
+    def Config(self) -> Callable[[], Any]: ...
+
+    @property
+    def load(self) -> Callable[[Path], Any]: ...
+
+    @property
+    def dumps(self) -> Callable[[Any], str]: ...
+
+
+@dataclass(frozen=True)
+class Agent:
+    """What the skeleton needs to know of one agent's command line.
+
+    ``config.Config`` instances have a ``control_socket`` (the path);
+    ``format_status`` renders the ``status`` result for people; ``commands``
+    are the agent's own, ``("run",)`` first.
+    """
+
+    prog: str
+    version: str
+    config: ConfigModule
+    error_kinds: Mapping[str, type[AgentError]]
+    format_status: Callable[[Any], str]
+    commands: Mapping[tuple[str, ...], Command]
+    description: str
+    examples: str
+    groups: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def default_config(self) -> Path:
+        return self.config.DEFAULT_CONFIG
+
+
+# -- the commands every agent has ---------------------------------------------
+
+
+def add_config_flag(parser: argparse.ArgumentParser, default: Path) -> None:
+    """``-c/--config FILE``; see :func:`config_path` for the default."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"TOML configuration (default {default} if it exists)",
+    )
+
+
+def config_path(args: argparse.Namespace, default: Path) -> Path | None:
+    """The file of ``--config``, else ``default`` if it exists, else None
+    (built-in defaults)."""
+    path: Path | None = args.config
+    if path is None and default.exists():
+        path = default
+    return path
+
+
+def add_socket_flags(parser: argparse.ArgumentParser, default_config: Path) -> None:
+    """``-c/--config`` and ``--socket``, the flags of a command that calls the
+    daemon (see :func:`client`)."""
+    add_config_flag(parser, default_config)
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="control socket (default: the configuration's)",
+    )
+
+
+def load_config(agent: Agent, args: argparse.Namespace) -> Any:
+    """The configuration named by ``--config``, the default file, or defaults."""
+    path = config_path(args, agent.default_config)
+    return agent.config.load(path) if path is not None else agent.config.Config()
+
+
+def client(agent: Agent, args: argparse.Namespace) -> ControlClient:
+    """A client of the daemon at ``--socket``, or at the configuration's socket.
+
+    :func:`main` puts ``agent`` in ``args.agent`` for the agents' own commands.
+    """
+    path = args.socket or load_config(agent, args).control_socket
+    return ControlClient(path, agent.error_kinds)
+
+
+@dataclass(frozen=True)
+class _Status:
+    agent: Agent
+    HELP = "show the running daemon's state"
+    NOT_RUNNING_EXIT = EXIT_NOT_RUNNING
+
+    @property
+    def EPILOG(self) -> str:
+        p = self.agent.prog
+        return (
+            f"examples:\n  {p} status\n  {p} status --json | jq .\n"
+            f"  {p} status --socket /tmp/{p}.sock\n"
+            "exit status 3: no daemon is running (see 'systemctl status').\n"
+        )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_socket_flags(parser, self.agent.default_config)
+        parser.add_argument(
+            "--json", action="store_true", help="print the state as JSON, for scripts"
+        )
+
+    def main(self, args: argparse.Namespace) -> int:
+        status = client(self.agent, args).call("status")
+        if args.json:
+            print(json.dumps(status, indent=2, sort_keys=True))
+        else:
+            print(self.agent.format_status(status))
+        return EXIT_OK
+
+
+@dataclass(frozen=True)
+class _Request:
+    """``reload`` and ``stop``: one call, one line of output."""
+
+    agent: Agent
+    method: str
+    HELP: str
+    done: str
+
+    @property
+    def EPILOG(self) -> str:
+        p = self.agent.prog
+        return f"examples:\n  {p} {self.method}\n  {p} {self.method} -c FILE\n"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_socket_flags(parser, self.agent.default_config)
+
+    def main(self, args: argparse.Namespace) -> int:
+        client(self.agent, args).call(self.method)
+        print(self.done)
+        return EXIT_OK
+
+
+@dataclass(frozen=True)
+class _ConfigCheck:
+    agent: Agent
+    HELP = "validate a configuration file (exit 2 naming the bad key)"
+
+    @property
+    def EPILOG(self) -> str:
+        return (
+            f"examples:\n  {self.agent.prog} config check {self.agent.default_config}\n"
+        )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("file", type=Path, help="TOML file to validate")
+
+    def main(self, args: argparse.Namespace) -> int:
+        self.agent.config.load(args.file)
+        print(f"{args.file}: ok")
+        return EXIT_OK
+
+
+@dataclass(frozen=True)
+class _ConfigShow:
+    agent: Agent
+    HELP = "print the effective configuration (defaults included) as TOML"
+
+    @property
+    def EPILOG(self) -> str:
+        p = self.agent.prog
+        return (
+            f"examples:\n  {p} config show      # defaults, or the default file\n"
+            f"  {p} config show -c {self.agent.default_config} > effective.toml\n"
+        )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_config_flag(parser, self.agent.default_config)
+
+    def main(self, args: argparse.Namespace) -> int:
+        sys.stdout.write(self.agent.config.dumps(load_config(self.agent, args)))
+        return EXIT_OK
+
+
+_GROUPS = {"config": "validate a configuration file or print the effective one"}
+
+
+def _commands(agent: Agent) -> dict[tuple[str, ...], Command]:
+    common: dict[tuple[str, ...], Command] = {
+        ("status",): _Status(agent),
+        ("reload",): _Request(
+            agent,
+            "reload",
+            "re-read the configuration file (the old one stays if it is invalid)",
+            "reloaded",
+        ),
+        ("stop",): _Request(
+            agent, "stop", "stop the running daemon (placement stays)", "stopping"
+        ),
+        ("config", "check"): _ConfigCheck(agent),
+        ("config", "show"): _ConfigShow(agent),
+    }
+    ordered: dict[tuple[str, ...], Command] = dict(agent.commands)
+    run = ordered.pop(("run",), None)
+    return {**({("run",): run} if run else {}), **common, **ordered}
+
+
+# -- the parser -----------------------------------------------------------------
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, depth: int) -> None:
+    """-v/-q/--log-format; below the top they count into their own destination,
+    so ``-v run -v`` is two ``-v`` and a subcommand never resets the top's."""
+    sub = depth > 0
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        dest=f"verbose_{depth}",
+        default=argparse.SUPPRESS if sub else 0,
+        help="more logging (-v: debug; default: info)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        dest=f"quiet_{depth}",
+        default=argparse.SUPPRESS if sub else 0,
+        help="less logging (-q: warnings, -qq: errors only)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=argparse.SUPPRESS if sub else "text",
+        help="stderr log format (json: one object per line)",
+    )
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    counts: dict[str, int] = {
+        k: v for k, v in vars(args).items() if k.startswith(("verbose_", "quiet_"))
+    }
+    return sum(v if k.startswith("verbose_") else -v for k, v in counts.items())
+
+
+def _subparser(
+    action: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    helptext: str,
+    epilog: str,
+    depth: int,
+) -> argparse.ArgumentParser:
+    parser = action.add_parser(
+        name,
+        help=helptext,
+        description=helptext,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_global_flags(parser, depth)
+    return parser
+
+
+def build_parser(agent: Agent) -> argparse.ArgumentParser:
+    """The whole argparse tree of ``agent`` (also read by hypertier_common.clidoc)."""
+    parser = argparse.ArgumentParser(
+        prog=agent.prog,
+        description=agent.description,
+        epilog=agent.examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {agent.version}"
+    )
+    _add_global_flags(parser, 0)
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    for path, command in _commands(agent).items():
+        if len(path) == 1:
+            sub = _subparser(top, path[0], command.HELP, command.EPILOG, 1)
+        else:
+            group, name = path
+            if group not in groups:
+                helptext = {**_GROUPS, **agent.groups}.get(group, f"{group} commands")
+                examples = "examples:\n" + "".join(
+                    f"  {agent.prog} {group} {p[1]} --help\n"
+                    for p in _commands(agent)
+                    if p[0] == group and len(p) == 2
+                )
+                gp = _subparser(top, group, helptext, examples, 1)
+                groups[group] = gp.add_subparsers(
+                    dest="subcommand", required=True, metavar="SUBCOMMAND"
+                )
+            sub = _subparser(groups[group], name, command.HELP, command.EPILOG, 2)
+        command.add_arguments(sub)
+        sub.set_defaults(handler=command)
+    return parser
+
+
+# -- signals ----------------------------------------------------------------------
+
+
+@dataclass
+class Signals:
+    """What the daemon command's signal handlers ask for: TERM/INT stop, HUP reload.
+
+    The handlers only set events; :meth:`start` runs a thread that acts on them
+    outside the signal handler.
+    """
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    reload: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    def request_reload(self) -> None:
+        self.reload.set()
+        self.wake.set()
+
+    def install(self) -> None:
+        """Route SIGTERM/SIGINT/SIGHUP here (only possible on the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def start(
+        self, on_stop: Callable[[], None], on_reload: Callable[[], None]
+    ) -> threading.Thread:
+        """Call ``on_reload`` per HUP (its AgentError is logged), ``on_stop`` once."""
+
+        def act() -> None:
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                if self.reload.is_set():
+                    self.reload.clear()
+                    try:
+                        on_reload()
+                    except AgentError as err:
+                        log.error(
+                            "reload failed, keeping the old configuration: %s", err
+                        )
+                if self.stop.is_set():
+                    on_stop()
+                    return
+
+        thread = threading.Thread(target=act, name="signals", daemon=True)
+        thread.start()
+        return thread
+
+
+# -- main -------------------------------------------------------------------------
+
+
+def main(agent: Agent, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the subcommand and return its exit code."""
+    parser = build_parser(agent)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    setup_logging(_verbosity(args), fmt=args.log_format)
+    command: Command = args.handler
+    args.agent = agent
+    daemon = bool(getattr(command, "DAEMON", False))
+    if daemon:
+        args.signals = Signals()
+        args.signals.install()
+    try:
+        return command.main(args)
+    except ConfigError as err:
+        code, message = EXIT_USAGE, str(err)
+    except NotRunning as err:
+        code = getattr(command, "NOT_RUNNING_EXIT", EXIT_FAILURE)
+        message = f"{err}; see 'systemctl status {agent.prog}'"
+    except AgentError as err:
+        code, message = EXIT_FAILURE, str(err)
+    except Exception:
+        log.exception("%s: internal error (a bug; please report it)", agent.prog)
+        return EXIT_FAILURE
+    if daemon:
+        logging.getLogger(agent.prog).error("%s", message)
+    else:
+        print(f"{agent.prog}: error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,18 @@
+"""Skip markers for tests whose prerequisites a machine may lack, saying what is
+missing and how to provide it."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+__all__ = ["HAVE_LIBVIRT", "requires_libvirt"]
+
+HAVE_LIBVIRT = importlib.util.find_spec("libvirt") is not None
+
+requires_libvirt = pytest.mark.skipif(
+    not HAVE_LIBVIRT,
+    reason="libvirt-python is not importable: apt-get install python3-libvirt "
+    "(the venv of scripts/setup sees it through --system-site-packages)",
+)
