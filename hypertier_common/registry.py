@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 
-from hypertier_common.errors import ConfigError
+from hypertier_common.errors import ConfigError, Unsupported
 
 __all__ = ["instantiate"]
 
@@ -21,8 +21,18 @@ def instantiate(table: Mapping[str, str], name: str, **options: object) -> objec
 
     Raises:
         ConfigError: ``name`` is not in ``table``.
+        Unsupported: a library the backend needs is not installed (a missing
+            module of the backend's own package is a bug and raises as is).
     """
     if name not in table:
         raise ConfigError(f"backend {name!r} unknown; choose from {sorted(table)}")
     module, _, cls = table[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(**options)
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if not err.name or err.name.split(".")[0] == module.split(".")[0]:
+            raise
+        raise Unsupported(
+            f"backend {name!r}", f"it needs the Python module {err.name!r}: {err}"
+        ) from err
+    return getattr(found, cls)(**options)

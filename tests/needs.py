@@ -3,13 +3,22 @@ missing and how to provide it."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 import pytest
 
 __all__ = ["HAVE_LIBVIRT", "requires_libvirt"]
 
-HAVE_LIBVIRT = importlib.util.find_spec("libvirt") is not None
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_LIBVIRT = _importable("libvirt")
 
 requires_libvirt = pytest.mark.skipif(
     not HAVE_LIBVIRT,

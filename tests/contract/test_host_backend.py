@@ -29,10 +29,10 @@ from agent_host.backend import (
 )
 from agent_host.domxml import TieredVmSpec, TieringMetadata, TierMetadata
 from agent_host.errors import BackendError, HostError, NoSuchDomain
-from agent_host.libvirt_backend import LibvirtHostBackend
 from agent_host.metadata import metadata_xml
 from emu.backends.host import EmuHostBackend
 from emu.machine import World
+from tests.needs import requires_libvirt
 
 MiB = 1 << 20
 DATA = Path(__file__).parents[1] / "data"
@@ -79,6 +79,8 @@ class LibvirtHarness:
     on the test driver (which runs no QEMU)."""
 
     def __init__(self, uri: str) -> None:
+        from agent_host.libvirt_backend import LibvirtHostBackend
+
         self.uri = uri
         self.dir = Path(tempfile.mkdtemp(prefix="htct", dir="/tmp"))
         self.backend_lv = LibvirtHostBackend(uri, root=DATA / "host-sysfs-1node")
@@ -175,8 +177,8 @@ def _qemu_harness() -> LibvirtHarness:
 @pytest.fixture(
     params=[
         "emu",
-        "libvirt-test",
-        pytest.param("libvirt-qemu", marks=pytest.mark.integration),
+        pytest.param("libvirt-test", marks=requires_libvirt),
+        pytest.param("libvirt-qemu", marks=[pytest.mark.integration, requires_libvirt]),
     ]
 )
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
@@ -291,6 +293,7 @@ def test_channel_connection_number_holds_while_connected(harness: Harness) -> No
     assert harness.backend.channel_connection(vm) == first
 
 
+@requires_libvirt
 def test_channel_of_a_qemu_that_does_not_accept_fails_at_once() -> None:
     # QEMU stopped or hung with its channel's backlog full: connect(2) must not
     # block the host loop (only the watchdog would end that).
