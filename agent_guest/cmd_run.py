@@ -11,10 +11,15 @@ from agent_guest import config
 from agent_guest.backend import BACKENDS, GuestBackend, make_backend
 from agent_guest.control import Controller
 from agent_guest.daemon import VERSION, Daemon
-from agent_guest.errors import BackendError, ConfigError
+from agent_guest.errors import BackendError
 from agent_guest.status import format_status
 from hypertier_common import service
-from hypertier_common.cli import Signals, add_config_flag, config_path
+from hypertier_common.cli import (
+    Signals,
+    add_run_flags,
+    check_standalone,
+    config_path,
+)
 from hypertier_common.clock import Clock, SystemClock
 from hypertier_common.control import ControlServer
 from hypertier_common.metrics import MetricsError, MetricsServer
@@ -31,24 +36,11 @@ EPILOG = """examples:
   hypertier-guest run --backend linux --socket /tmp/guest.sock
 """
 
-EMU_STANDALONE = (
-    "backend 'emu' is the emulator's: it runs inside `hypertier run` and the "
-    "tests, not as a daemon; use --backend linux"
-)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_flag(parser, config.DEFAULT_CONFIG)
-    parser.add_argument(
-        "--backend", choices=sorted(BACKENDS), help="override guest.backend"
-    )
+    add_run_flags(parser, config.DEFAULT_CONFIG, BACKENDS)
     parser.add_argument(
         "--socket", default=None, metavar="PATH", help="override guest.control_socket"
-    )
-    parser.add_argument(
-        "--once",
-        action="store_true",
-        help="run one epoch, print the status and exit (no control socket)",
     )
 
 
@@ -75,17 +67,14 @@ def main(args: argparse.Namespace) -> int:
         return dataclasses.replace(cfg, guest=guest)
 
     cfg = load()
-    if cfg.guest.backend == "emu":
-        raise ConfigError(EMU_STANDALONE)
+    check_standalone(cfg.guest.backend, "linux")
     backend = make_backend(cfg.guest.backend, **backend_options(cfg))
     if args.once:
         daemon = Daemon(cfg, backend, SystemClock())
         try:
-            daemon.tick()
-            print(format_status(daemon.status()))
+            return service.once(daemon, format_status)
         finally:
             daemon.shutdown()
-        return 0
     return serve(cfg, backend, SystemClock(), load, signals=args.signals)
 
 
@@ -120,14 +109,7 @@ def serve(
     except BaseException:
         daemon.shutdown()
         raise
-    service.serve(
-        daemon,
-        server,
-        reload,
-        signals,
-        (lambda: on_ready(daemon)) if on_ready is not None else None,
-        extra,
-    )
+    service.serve(daemon, server, reload, signals, on_ready, extra)
     return 0
 
 

@@ -35,7 +35,7 @@ from agent_guest.exchange import Exchanger
 from agent_guest.sampler import Sampler
 from hypertier_common.clock import Clock
 from hypertier_common.metrics import DurationHistogram
-from hypertier_common.systemd import wait_beating
+from hypertier_common.service import tick_loop
 
 __all__ = ["VERSION", "Daemon", "NodeRoles", "node_roles", "pick_targets"]
 
@@ -223,27 +223,24 @@ class Daemon:
         heartbeat: Callable[[], object] | None = None,
         heartbeat_every_s: float = math.inf,
     ) -> None:
-        """Tick every ``sampler.window_s`` until stopped, then shut down.
-
-        ``heartbeat`` (the systemd watchdog) is called from this loop after every
-        tick and at least every ``heartbeat_every_s`` while it waits, so it stops
-        being called when a tick hangs.
-        """
+        """Tick every ``sampler.window_s`` until stopped, then shut down
+        (``heartbeat``: see hypertier_common.service.tick_loop)."""
         log.info(
             "hypertier-guest %s started, source %s", VERSION, self._sampler.source.value
         )
-        deadline = self._clock.monotonic()
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except GuestError as err:
-                self.counters.tick_failures += 1
-                log.warning("tick failed, continuing: %s", err)
-            deadline += self._cfg.sampler.window_s
-            wait_beating(
-                self._clock, self._stop, deadline, heartbeat, heartbeat_every_s
-            )
+        tick_loop(
+            self.tick,
+            lambda: self._cfg.sampler.window_s,
+            self._clock,
+            self._stop,
+            heartbeat,
+            heartbeat_every_s,
+            self._tick_failed,
+        )
         self.shutdown()
+
+    def _tick_failed(self, err: GuestError) -> None:
+        self.counters.tick_failures += 1
 
     def shutdown(self) -> None:
         """Stop sampling and release the backend (page placement stays)."""

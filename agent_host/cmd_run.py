@@ -14,12 +14,16 @@ from agent_host.backend import HostBackend, make_backend
 from agent_host.cmd_common import DEFAULT_CONFIG, load_config
 from agent_host.control import Controller
 from agent_host.daemon import VERSION, Daemon
-from agent_host.errors import ConfigError
 from agent_host.metrics import MetricsServer
 from agent_host.metrics import registry as metrics_registry
 from agent_host.status import format_status
 from hypertier_common import service
-from hypertier_common.cli import Signals, add_config_flag, config_path
+from hypertier_common.cli import (
+    Signals,
+    add_run_flags,
+    check_standalone,
+    config_path,
+)
 from hypertier_common.clock import Clock, SystemClock
 from hypertier_common.control import ControlServer
 from hypertier_common.prometheus import render
@@ -33,26 +37,11 @@ EPILOG = """examples:
   hypertier-host run --backend libvirt --once -v
 """
 
-EMU_STANDALONE = (
-    "backend 'emu' is the emulator's: it runs inside `hypertier run` and the "
-    "tests, not as a daemon; use --backend libvirt"
-)
-
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_flag(parser, DEFAULT_CONFIG)
-    parser.add_argument(
-        "--backend",
-        choices=config.BACKEND_NAMES,
-        help="override host.backend of the configuration",
-    )
-    parser.add_argument(
-        "--once",
-        action="store_true",
-        help="run one tick, print the status and exit (no control socket)",
-    )
+    add_run_flags(parser, DEFAULT_CONFIG, config.BACKEND_NAMES)
 
 
 def backend_options(cfg: config.Config) -> dict[str, Any]:
@@ -92,14 +81,7 @@ def serve(
             )
             extra.append(MetricsServer(cfg.metrics.listen, lambda: render(reg)))
         server = ControlServer(Controller(daemon, reload), cfg.host.control_socket)
-        service.serve(
-            daemon,
-            server,
-            reload,
-            signals,
-            (lambda: on_ready(daemon)) if on_ready is not None else None,
-            extra,
-        )
+        service.serve(daemon, server, reload, signals, on_ready, extra)
     finally:
         backend.close()
     return 0
@@ -116,15 +98,11 @@ def main(args: argparse.Namespace) -> int:
         return cfg
 
     cfg = load()
-    if cfg.host.backend == "emu":
-        raise ConfigError(EMU_STANDALONE)
+    check_standalone(cfg.host.backend, "libvirt")
     backend = make_backend(cfg.host.backend, **backend_options(cfg))
     if args.once:
         try:
-            daemon = Daemon(cfg, backend, SystemClock())
-            daemon.tick()
-            print(format_status(daemon.status()))
+            return service.once(Daemon(cfg, backend, SystemClock()), format_status)
         finally:
             backend.close()
-        return 0
     return serve(cfg, backend, SystemClock(), load, signals=args.signals)

@@ -12,26 +12,20 @@ from typing import Any
 from agent_host.backend import Tier
 from agent_host.daemon import Daemon
 from agent_host.errors import ConfigError
+from hypertier_common.control import BaseController
 
 __all__ = ["Controller"]
 
 
-class Controller:
-    """The daemon's control API; each method in ``METHODS`` is one remote call.
+class Controller(BaseController):
+    """The host's control API: the common ``status``, ``reload`` and ``stop``,
+    and ``vm_set``."""
 
-    ``reload`` re-reads the configuration through ``reload_config`` (given by
-    ``cmd_run``, which knows the file); ``stop`` ends :meth:`Daemon.run`.
-    """
-
-    METHODS = ("status", "vm_set", "reload", "stop")
+    METHODS = (*BaseController.METHODS, "vm_set")
 
     def __init__(self, daemon: Daemon, reload_config: Callable[[], None]) -> None:
-        self._daemon = daemon
-        self._reload = reload_config
-
-    def status(self) -> dict[str, Any]:
-        """The daemon's state (``Daemon.status``)."""
-        return self._daemon.status()
+        super().__init__(daemon, reload_config)
+        self._host = daemon
 
     def vm_set(
         self,
@@ -71,7 +65,7 @@ class Controller:
             )
             if v is not None
         }
-        meta = self._daemon.vm_set(vm, qos_class, res, lim)
+        meta = self._host.vm_set(vm, qos_class, res, lim)
         return {
             "vm": vm,
             "class": meta.qos_class,
@@ -83,16 +77,6 @@ class Controller:
                 for t in meta.tiers
             },
         }
-
-    def reload(self) -> dict[str, Any]:
-        """Re-read and apply the configuration. Raises ConfigError."""
-        self._reload()
-        return {"reloaded": True}
-
-    def stop(self) -> dict[str, Any]:
-        """End the daemon's loop (tier sizes stay)."""
-        self._daemon.stop()
-        return {"stopping": True}
 
 
 def _whole_bytes(name: str, value: object) -> int:

@@ -38,7 +38,7 @@ from agent_host.metadata import metadata_xml
 from agent_host.policy import PolicyInputs, PolicyResult, TierInputs, plan
 from hypertier_common.clock import Clock
 from hypertier_common.metrics import DurationHistogram
-from hypertier_common.systemd import wait_beating
+from hypertier_common.service import tick_loop
 
 __all__ = ["HOST_AGENT", "Daemon", "VmState"]
 
@@ -204,25 +204,22 @@ class Daemon:
         heartbeat: Callable[[], object] | None = None,
         heartbeat_every_s: float = math.inf,
     ) -> None:
-        """Tick until :meth:`stop`; tier sizes stay as they are on exit.
-
-        ``heartbeat`` (the systemd watchdog) is called from this loop after every
-        tick and at least every ``heartbeat_every_s`` while it waits, so it stops
-        being called when a tick hangs.
-        """
+        """Tick every ``policy.interval_s`` until :meth:`stop`; tier sizes stay as
+        they are on exit (``heartbeat``: see hypertier_common.service.tick_loop)."""
         log.info("host daemon started, %d host node(s)", len(self._nodes))
-        deadline = self._clock.monotonic()
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except HostError as err:
-                self.tick_failures += 1
-                log.warning("tick failed, continuing: %s", err)
-            deadline += self._cfg.policy.interval_s
-            wait_beating(
-                self._clock, self._stop, deadline, heartbeat, heartbeat_every_s
-            )
+        tick_loop(
+            self.tick,
+            lambda: self._cfg.policy.interval_s,
+            self._clock,
+            self._stop,
+            heartbeat,
+            heartbeat_every_s,
+            self._tick_failed,
+        )
         log.info("host daemon stopped; tier sizes stay as they are")
+
+    def _tick_failed(self, err: HostError) -> None:
+        self.tick_failures += 1
 
     def stop(self) -> None:
         self._stop.set()

@@ -26,8 +26,9 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,8 +45,10 @@ __all__ = [
     "Command",
     "Signals",
     "add_config_flag",
+    "add_run_flags",
     "add_socket_flags",
     "build_parser",
+    "check_standalone",
     "client",
     "config_path",
     "load_config",
@@ -133,6 +136,36 @@ def add_config_flag(parser: argparse.ArgumentParser, default: Path) -> None:
     )
 
 
+def add_run_flags(
+    parser: argparse.ArgumentParser, default_config: Path, backends: Iterable[str]
+) -> None:
+    """The flags of both agents' ``run``: ``-c``, ``--backend``, ``--once``."""
+    add_config_flag(parser, default_config)
+    parser.add_argument(
+        "--backend",
+        choices=sorted(backends),
+        help="override the configuration's backend",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="run one tick, print the status and exit (no control socket)",
+    )
+
+
+def check_standalone(backend: str, daemon_backend: str) -> None:
+    """Refuse the emulator's backend for a daemon of its own.
+
+    Raises:
+        ConfigError: ``backend`` is ``emu``, naming ``daemon_backend`` instead.
+    """
+    if backend == "emu":
+        raise ConfigError(
+            "backend 'emu' is the emulator's: it runs inside `hypertier run` and "
+            f"the tests, not as a daemon; use --backend {daemon_backend}"
+        )
+
+
 def config_path(args: argparse.Namespace, default: Path) -> Path | None:
     """The file of ``--config``, else ``default`` if it exists, else None
     (built-in defaults)."""
@@ -171,117 +204,103 @@ def client(agent: Agent, args: argparse.Namespace) -> ControlClient:
 
 
 @dataclass(frozen=True)
-class _Status:
-    agent: Agent
-    HELP = "show the running daemon's state"
-    NOT_RUNNING_EXIT = EXIT_NOT_RUNNING
+class _Builtin:
+    """A command every agent has, made of functions of the agent's Agent."""
 
-    @property
-    def EPILOG(self) -> str:
-        p = self.agent.prog
-        return (
+    HELP: str
+    EPILOG: str
+    add: Callable[[argparse.ArgumentParser], object]
+    run: Callable[[argparse.Namespace], int]
+    NOT_RUNNING_EXIT: int = EXIT_FAILURE
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        self.add(parser)
+
+    def main(self, args: argparse.Namespace) -> int:
+        return self.run(args)
+
+
+def _status(agent: Agent, args: argparse.Namespace) -> int:
+    status = client(agent, args).call("status")
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(agent.format_status(status))
+    return EXIT_OK
+
+
+def _add_status_flags(agent: Agent, parser: argparse.ArgumentParser) -> None:
+    add_socket_flags(parser, agent.default_config)
+    parser.add_argument(
+        "--json", action="store_true", help="print the state as JSON, for scripts"
+    )
+
+
+def _request(agent: Agent, method: str, done: str, args: argparse.Namespace) -> int:
+    client(agent, args).call(method)
+    print(done)
+    return EXIT_OK
+
+
+def _config_check(agent: Agent, args: argparse.Namespace) -> int:
+    agent.config.load(args.file)
+    print(f"{args.file}: ok")
+    return EXIT_OK
+
+
+def _config_show(agent: Agent, args: argparse.Namespace) -> int:
+    sys.stdout.write(agent.config.dumps(load_config(agent, args)))
+    return EXIT_OK
+
+
+def _builtins(agent: Agent) -> dict[tuple[str, ...], Command]:
+    p, conf = agent.prog, agent.default_config
+    socket_flags = partial(add_socket_flags, default_config=conf)
+    return {
+        ("status",): _Builtin(
+            "show the running daemon's state",
             f"examples:\n  {p} status\n  {p} status --json | jq .\n"
             f"  {p} status --socket /tmp/{p}.sock\n"
-            "exit status 3: no daemon is running (see 'systemctl status').\n"
-        )
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_socket_flags(parser, self.agent.default_config)
-        parser.add_argument(
-            "--json", action="store_true", help="print the state as JSON, for scripts"
-        )
-
-    def main(self, args: argparse.Namespace) -> int:
-        status = client(self.agent, args).call("status")
-        if args.json:
-            print(json.dumps(status, indent=2, sort_keys=True))
-        else:
-            print(self.agent.format_status(status))
-        return EXIT_OK
-
-
-@dataclass(frozen=True)
-class _Request:
-    """``reload`` and ``stop``: one call, one line of output."""
-
-    agent: Agent
-    method: str
-    HELP: str
-    done: str
-
-    @property
-    def EPILOG(self) -> str:
-        p = self.agent.prog
-        return f"examples:\n  {p} {self.method}\n  {p} {self.method} -c FILE\n"
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_socket_flags(parser, self.agent.default_config)
-
-    def main(self, args: argparse.Namespace) -> int:
-        client(self.agent, args).call(self.method)
-        print(self.done)
-        return EXIT_OK
-
-
-@dataclass(frozen=True)
-class _ConfigCheck:
-    agent: Agent
-    HELP = "validate a configuration file (exit 2 naming the bad key)"
-
-    @property
-    def EPILOG(self) -> str:
-        return (
-            f"examples:\n  {self.agent.prog} config check {self.agent.default_config}\n"
-        )
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("file", type=Path, help="TOML file to validate")
-
-    def main(self, args: argparse.Namespace) -> int:
-        self.agent.config.load(args.file)
-        print(f"{args.file}: ok")
-        return EXIT_OK
-
-
-@dataclass(frozen=True)
-class _ConfigShow:
-    agent: Agent
-    HELP = "print the effective configuration (defaults included) as TOML"
-
-    @property
-    def EPILOG(self) -> str:
-        p = self.agent.prog
-        return (
+            "exit status 3: no daemon is running (see 'systemctl status').\n",
+            partial(_add_status_flags, agent),
+            partial(_status, agent),
+            NOT_RUNNING_EXIT=EXIT_NOT_RUNNING,
+        ),
+        ("reload",): _Builtin(
+            "re-read the configuration file (the old one stays if it is invalid)",
+            f"examples:\n  {p} reload\n  {p} reload -c {conf}\n",
+            socket_flags,
+            partial(_request, agent, "reload", "reloaded"),
+        ),
+        ("stop",): _Builtin(
+            "stop the running daemon (what it placed or sized stays)",
+            f"examples:\n  {p} stop\n  {p} stop --socket /run/hypertier/x.sock\n",
+            socket_flags,
+            partial(_request, agent, "stop", "stopping"),
+        ),
+        ("config", "check"): _Builtin(
+            "validate a configuration file (exit 2 naming the bad key)",
+            f"examples:\n  {p} config check {conf}\n",
+            lambda parser: parser.add_argument(
+                "file", type=Path, help="TOML file to validate"
+            ),
+            partial(_config_check, agent),
+        ),
+        ("config", "show"): _Builtin(
+            "print the effective configuration (defaults included) as TOML",
             f"examples:\n  {p} config show      # defaults, or the default file\n"
-            f"  {p} config show -c {self.agent.default_config} > effective.toml\n"
-        )
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_config_flag(parser, self.agent.default_config)
-
-    def main(self, args: argparse.Namespace) -> int:
-        sys.stdout.write(self.agent.config.dumps(load_config(self.agent, args)))
-        return EXIT_OK
+            f"  {p} config show -c {conf} > effective.toml\n",
+            partial(add_config_flag, default=conf),
+            partial(_config_show, agent),
+        ),
+    }
 
 
 _GROUPS = {"config": "validate a configuration file or print the effective one"}
 
 
 def _commands(agent: Agent) -> dict[tuple[str, ...], Command]:
-    common: dict[tuple[str, ...], Command] = {
-        ("status",): _Status(agent),
-        ("reload",): _Request(
-            agent,
-            "reload",
-            "re-read the configuration file (the old one stays if it is invalid)",
-            "reloaded",
-        ),
-        ("stop",): _Request(
-            agent, "stop", "stop the running daemon (placement stays)", "stopping"
-        ),
-        ("config", "check"): _ConfigCheck(agent),
-        ("config", "show"): _ConfigShow(agent),
-    }
+    common = _builtins(agent)
     ordered: dict[tuple[str, ...], Command] = dict(agent.commands)
     run = ordered.pop(("run",), None)
     return {**({("run",): run} if run else {}), **common, **ordered}
@@ -290,39 +309,40 @@ def _commands(agent: Agent) -> dict[tuple[str, ...], Command]:
 # -- the parser -----------------------------------------------------------------
 
 
+_GLOBAL_FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("-v", "--verbose"), {"action": "count", "dest": "verbose", "default": 0,
+                           "help": "more logging (-v: debug; default: info)"}),
+    (("-q", "--quiet"), {"action": "count", "dest": "quiet", "default": 0,
+                         "help": "less logging (-q: warnings, -qq: errors only)"}),
+    (("--log-format",), {"choices": LOG_FORMATS, "dest": "log_format",
+                         "default": "text",
+                         "help": "stderr log format (json: one object per line)"}),
+)  # fmt: skip
+
+
 def _add_global_flags(parser: argparse.ArgumentParser, depth: int) -> None:
-    """-v/-q/--log-format; below the top they count into their own destination,
-    so ``-v run -v`` is two ``-v`` and a subcommand never resets the top's."""
-    sub = depth > 0
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        dest=f"verbose_{depth}",
-        default=argparse.SUPPRESS if sub else 0,
-        help="more logging (-v: debug; default: info)",
-    )
-    parser.add_argument(
-        "-q",
-        "--quiet",
-        action="count",
-        dest=f"quiet_{depth}",
-        default=argparse.SUPPRESS if sub else 0,
-        help="less logging (-q: warnings, -qq: errors only)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default=argparse.SUPPRESS if sub else "text",
-        help="stderr log format (json: one object per line)",
-    )
+    """-v/-q/--log-format on every parser of the tree. Below the top they count
+    into a destination of their own level and have no default, so ``-v run -v``
+    is two ``-v`` and a subcommand never resets what the top set."""
+    for flags, spec in _GLOBAL_FLAGS:
+        kwargs = dict(spec)
+        if depth:
+            kwargs["dest"] = f"{spec['dest']}_{depth}"
+            kwargs["default"] = argparse.SUPPRESS
+        parser.add_argument(*flags, **kwargs)
 
 
 def _verbosity(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {
-        k: v for k, v in vars(args).items() if k.startswith(("verbose_", "quiet_"))
+        k: v for k, v in vars(args).items() if k.startswith(("verbose", "quiet"))
     }
-    return sum(v if k.startswith("verbose_") else -v for k, v in counts.items())
+    return sum(v if k.startswith("verbose") else -v for k, v in counts.items())
+
+
+def _log_format(args: argparse.Namespace) -> str:
+    """The deepest ``--log-format`` given (the top's default otherwise)."""
+    given = sorted(k for k in vars(args) if k.startswith("log_format"))
+    return str(getattr(args, given[-1]))
 
 
 def _subparser(
@@ -446,7 +466,7 @@ def main(agent: Agent, argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    setup_logging(_verbosity(args), fmt=args.log_format)
+    setup_logging(_verbosity(args), fmt=_log_format(args))
     command: Command = args.handler
     args.agent = agent
     daemon = bool(getattr(command, "DAEMON", False))

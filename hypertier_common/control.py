@@ -18,7 +18,7 @@ import os
 import socket
 import socketserver
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +33,13 @@ from hypertier_common.errors import (
     error_to_wire,
 )
 
-__all__ = ["MAX_REQUEST_BYTES", "ControlClient", "ControlServer", "Controller"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "BaseController",
+    "ControlClient",
+    "ControlServer",
+    "Controller",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,43 @@ class Controller(Protocol):
 
     @property
     def METHODS(self) -> Sequence[str]: ...
+
+
+class Daemon(Protocol):
+    """What :class:`BaseController` needs of a daemon."""
+
+    def status(self) -> Mapping[str, Any]: ...
+
+    def stop(self) -> None: ...
+
+
+class BaseController:
+    """``status``, ``reload`` and ``stop``: the control API every agent has.
+
+    ``reload_config`` (given by the agent's ``cmd_run``, which knows the file)
+    re-reads the configuration and swaps it in, or raises and keeps the old one.
+    An agent's controller adds its own methods and names them in ``METHODS``.
+    """
+
+    METHODS: Sequence[str] = ("status", "reload", "stop")
+
+    def __init__(self, daemon: Daemon, reload_config: Callable[[], None]) -> None:
+        self._daemon = daemon
+        self._reload = reload_config
+
+    def status(self) -> Mapping[str, Any]:
+        """The daemon's state, as ``status --json`` prints it."""
+        return self._daemon.status()
+
+    def reload(self) -> Mapping[str, Any]:
+        """Re-read and apply the configuration. Raises ConfigError."""
+        self._reload()
+        return {"reloaded": True}
+
+    def stop(self) -> Mapping[str, Any]:
+        """End the daemon's loop after its current tick."""
+        self._daemon.stop()
+        return {"stopping": True}
 
 
 def _call(controller: Controller, raw: bytes) -> object:

@@ -9,15 +9,21 @@ system stays; each daemon's own ``run`` says what it releases on the way out.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Sequence
-from typing import Protocol
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from hypertier_common.cli import Signals
+from hypertier_common.clock import Clock
 from hypertier_common.control import ControlServer
-from hypertier_common.systemd import Notifier
+from hypertier_common.errors import AgentError
+from hypertier_common.systemd import Notifier, wait_beating
 
-__all__ = ["Server", "Service", "serve"]
+__all__ = ["Server", "Service", "once", "serve", "tick_loop"]
+
+log = logging.getLogger(__name__)
 
 
 class Service(Protocol):
@@ -32,6 +38,21 @@ class Service(Protocol):
     def summary(self) -> str: ...
 
 
+class Ticking(Protocol):
+    """A daemon that ``run --once`` can drive."""
+
+    def tick(self) -> None: ...
+
+    def status(self) -> Mapping[str, Any]: ...
+
+
+def once(daemon: Ticking, format_status: Callable[[Any], str]) -> int:
+    """``run --once``: one tick, then the status as ``status`` prints it; 0."""
+    daemon.tick()
+    print(format_status(daemon.status()))
+    return 0
+
+
 class Server(Protocol):
     """Another server the daemon runs while it serves (the metrics endpoint)."""
 
@@ -40,18 +61,22 @@ class Server(Protocol):
     def close(self) -> None: ...
 
 
+S = TypeVar("S", bound=Service)
+
+
 def serve(
-    service: Service,
+    service: S,
     server: ControlServer,
     reload: Callable[[], None],
     signals: Signals | None = None,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[S], object] | None = None,
     extra: Sequence[Server] = (),
 ) -> None:
     """Serve ``server`` (and ``extra``) and run ``service`` until it is stopped.
 
     ``reload`` re-reads the configuration on SIGHUP (the ``reload`` request
-    calls it through the controller); ``on_ready`` runs once the sockets are up.
+    calls it through the controller); ``on_ready(service)`` runs once the
+    sockets are up.
     """
     notifier = Notifier()
     (signals or Signals()).start(service.stop, reload)
@@ -60,7 +85,7 @@ def serve(
         other.start()
     try:
         if on_ready is not None:
-            on_ready()
+            on_ready(service)
         notifier.ready(service.summary())
         service.run(
             lambda: notifier.watchdog(service.summary()),
@@ -71,3 +96,33 @@ def serve(
         server.close()
         for other in extra:
             other.close()
+
+
+def tick_loop(
+    tick: Callable[[], None],
+    interval_s: Callable[[], float],
+    clock: Clock,
+    stop: threading.Event,
+    heartbeat: Callable[[], object] | None = None,
+    heartbeat_every_s: float = math.inf,
+    on_failure: Callable[[AgentError], None] | None = None,
+) -> None:
+    """Call ``tick`` every ``interval_s()`` seconds of ``clock`` until ``stop``.
+
+    Deadlines advance by the interval (read each round: a reload may change
+    it), so ticks do not drift. A tick's AgentError is logged, handed to
+    ``on_failure`` and the loop goes on; anything else is a bug and ends it.
+    ``heartbeat`` (the systemd watchdog) is called after every tick and at
+    least every ``heartbeat_every_s`` while the loop waits, so it stops being
+    called when a tick hangs.
+    """
+    deadline = clock.monotonic()
+    while not stop.is_set():
+        try:
+            tick()
+        except AgentError as err:
+            log.warning("tick failed, continuing: %s", err)
+            if on_failure is not None:
+                on_failure(err)
+        deadline += interval_s()
+        wait_beating(clock, stop, deadline, heartbeat, heartbeat_every_s)

@@ -7,7 +7,22 @@ example is not a failure (the benchmarks in bench/ measure speed).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
+import pytest
 from hypothesis import settings
 
 settings.register_profile("hypertier", deadline=None)
 settings.load_profile("hypertier")
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger() -> Iterator[None]:
+    """The CLIs set up logging on the root logger (a handler on the stderr pytest
+    captures for that test); later tests must not write to that closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

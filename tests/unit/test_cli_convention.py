@@ -28,13 +28,6 @@ AGENTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _restore_root_level() -> Iterator[None]:
-    level = logging.getLogger().level
-    yield
-    logging.getLogger().setLevel(level)
-
-
 def _config(agent: cli.Agent, directory: Path, extra: str = "") -> Path:
     """A configuration whose control socket is in ``directory``."""
     table = "guest" if agent is guest_cli.AGENT else "host"
