@@ -422,13 +422,23 @@ class Signals:
         self.reload.set()
         self.wake.set()
 
-    def install(self) -> None:
-        """Route SIGTERM/SIGINT/SIGHUP here (only possible on the main thread)."""
+    def install(self) -> Callable[[], None]:
+        """Route SIGTERM/SIGINT/SIGHUP here (only possible on the main thread);
+        returns what puts the previous handlers back."""
         if threading.current_thread() is not threading.main_thread():
-            return
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
-        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
-        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+            return lambda: None
+        wanted = {
+            signal.SIGTERM: lambda *_: self.request_stop(),
+            signal.SIGINT: lambda *_: self.request_stop(),
+            signal.SIGHUP: lambda *_: self.request_reload(),
+        }
+        previous = {sig: signal.signal(sig, handler) for sig, handler in wanted.items()}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
 
     def start(
         self, on_stop: Callable[[], None], on_reload: Callable[[], None]
@@ -459,6 +469,10 @@ class Signals:
 # -- main -------------------------------------------------------------------------
 
 
+def _nothing() -> None:
+    pass
+
+
 def main(agent: Agent, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the subcommand and return its exit code."""
     parser = build_parser(agent)
@@ -470,9 +484,10 @@ def main(agent: Agent, argv: Sequence[str] | None = None) -> int:
     command: Command = args.handler
     args.agent = agent
     daemon = bool(getattr(command, "DAEMON", False))
+    restore: Callable[[], None] = _nothing
     if daemon:
         args.signals = Signals()
-        args.signals.install()
+        restore = args.signals.install()
     try:
         return command.main(args)
     except ConfigError as err:
@@ -485,6 +500,8 @@ def main(agent: Agent, argv: Sequence[str] | None = None) -> int:
     except Exception:
         log.exception("%s: internal error (a bug; please report it)", agent.prog)
         return EXIT_FAILURE
+    finally:
+        restore()
     if daemon:
         logging.getLogger(agent.prog).error("%s", message)
     else:
