@@ -21,7 +21,7 @@ EPILOG_RUN = """examples:
   hypertier                          # the default evaluation into hypertier-out/
   hypertier run --out /tmp/ev --policies none,hypertier --scale 0.5
   hypertier run --profile pmem --seed 7 --json
-  hypertier run --workload trace:tests/data/traces/redis-set-get.npz \\
+  hypertier run --workload trace:redis-set-get \\
       --fast-fraction 0.125 \\
       --policies none,hypertier,oracle
   hypertier trace record -o sort.npz -- sort /tmp/words.txt

@@ -85,6 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pages", type=int, help="footprint per VM (4 KiB pages)")
     parser.add_argument("--accesses", type=int, help="LLC misses per VM")
+    parser.add_argument(
+        "--trace-accesses",
+        type=int,
+        help="LLC misses per VM of trace workloads (default: the preset's; "
+        "--accesses alone sets both)",
+    )
     parser.add_argument("--epoch-s", type=float, help="policy epoch (virtual s)")
     parser.add_argument("--max-s", type=float, help="virtual time limit per run")
     parser.add_argument("--seed", type=int, help="random seed of every cell")
@@ -107,12 +113,16 @@ def _matrix(args: argparse.Namespace) -> Matrix:
         "vms": args.vms,
         "npages": args.pages,
         "accesses": args.accesses,
+        "trace_accesses": args.trace_accesses,
         "epoch_s": args.epoch_s,
         "max_s": args.max_s,
         "seed": args.seed,
         "scenarios": args.scenarios,
     }
-    return replace(m, **{k: v for k, v in over.items() if v is not None})
+    m = replace(m, **{k: v for k, v in over.items() if v is not None})
+    if args.accesses is not None and args.trace_accesses is None:
+        m = replace(m, trace_accesses=None)  # --accesses alone sizes every run
+    return m
 
 
 def _check(m: Matrix, args: argparse.Namespace) -> str | None:
@@ -156,6 +166,8 @@ def _check(m: Matrix, args: argparse.Namespace) -> str | None:
         return "--vms and --ratios need values >= 1"
     if m.npages < 1024 or m.accesses < 1 or m.epoch_s <= 0 or m.max_s <= 0:
         return "--pages >= 1024, --accesses, --epoch-s and --max-s > 0 needed"
+    if m.trace_accesses is not None and m.trace_accesses < 1:
+        return "--trace-accesses must be > 0"
     return None
 
 

@@ -22,7 +22,8 @@ from emu.evaluation.runner import run_scenario
 from emu.machine import PAGE_SIZE
 from emu.machine.params import Params
 from emu.policies import POLICY_NAMES, Policy, VmSpec
-from emu.workloads import workload_pages
+from emu.workloads import TRACE_PREFIX, workload_pages
+from emu.workloads.trace import shipped_traces
 
 __all__ = [
     "PRESETS",
@@ -52,6 +53,9 @@ class Matrix:
     vms: tuple[int, ...] = (1, 4)
     npages: int = 65_536  # footprint per VM, 4 KiB pages (256 MiB)
     accesses: int = 8_000_000  # LLC misses per VM
+    # LLC misses per VM of trace workloads, if not ``accesses``: a trace's hot
+    # pages are scattered (only per-page samples find them) and cheap to replay
+    trace_accesses: int | None = None
     epoch_s: float = 0.01
     max_s: float = 30.0
     seed: int = 1
@@ -60,19 +64,25 @@ class Matrix:
     scenarios: tuple[str, ...] = ()
 
 
+SYNTHETIC = ("gups", "kv-zipf", "btree", "bfs", "pagerank", "xsbench", "liblinear")
+
 PRESETS: dict[str, Matrix] = {
+    # Steady state: every synthetic workload and shipped trace, fast = 1/4 and 1/8
+    # of the footprint, runs long enough to pay migrations back (docs/baselines.md:
+    # ~5 emulated s, ~27 s for the traces), the oracle as the yardstick.
     "default": Matrix(
-        workloads=(
-            "gups",
-            "kv-zipf",
-            "btree",
-            "bfs",
-            "pagerank",
-            "xsbench",
-            "liblinear",
-        ),
-        policies=POLICY_NAMES,
+        workloads=(*SYNTHETIC, *(f"trace:{t}" for t in shipped_traces())),
+        policies=(*POLICY_NAMES, "oracle"),
+        profiles=("cxl",),
+        ratios=(4, 9),
+        vms=(1,),
+        accesses=100_000_000,
+        trace_accesses=600_000_000,
+        max_s=120.0,
     ),
+    # Breadth: both memory profiles, two splits, one and four VMs, short runs
+    # (~0.3-0.5 emulated s: what each design does before it converges).
+    "wide": Matrix(workloads=SYNTHETIC, policies=POLICY_NAMES),
     # Demeter (SOSP'25) motivating table: GUPS in one VM, footprint 4x the fast
     # tier, host TPP vs guest TPP vs guest PML (vTMM) vs none vs ours.
     "seed-gups": Matrix(
@@ -159,8 +169,14 @@ def cells_of(matrix: Matrix) -> list[Cell]:
             for p in matrix.policies
             if p in SCENARIOS[sc].policies
         ]  # fmt: skip
+
+    def accesses(w: str) -> int:
+        if matrix.trace_accesses is not None and w.startswith(TRACE_PREFIX):
+            return matrix.trace_accesses
+        return matrix.accesses
+
     return [
-        Cell(w, p, prof, r, n, matrix.npages, matrix.accesses, matrix.epoch_s,
+        Cell(w, p, prof, r, n, matrix.npages, accesses(w), matrix.epoch_s,
              matrix.max_s, matrix.seed)
         for w in matrix.workloads
         for prof in matrix.profiles
@@ -297,7 +313,10 @@ _SHORT = {
     "oracle_hit": "oracle",
     "hit_vs_oracle": "hit/oracle",
     "hit_ss": "hit_ss",
+    "ss_vs_oracle": "ss/oracle",
+    "maccess_s_ss": "Macc/s_ss",
     "t90_s": "t90_s",
+    "t90_change_s": "t90_chg",
     "tlb_flush": "tlb_flush",
     "remote_tlb_flush": "remote_tlb",
     "tlb_local_flush_one": "local_one",

@@ -42,7 +42,15 @@ __all__ = [
 # Fields that identify a set-up; rows of one set-up differ only in ``policy``.
 CELL_KEYS = ("workload", "profile", "ratio", "vms")
 # Oracle yardsticks (emu.policies.oracle), averaged over a cell's VMs.
-MEAN_FIELDS = ("oracle_hit", "hit_vs_oracle", "hit_ss", "t90_s")
+MEAN_FIELDS = (
+    "oracle_hit",
+    "hit_vs_oracle",
+    "hit_ss",
+    "ss_vs_oracle",
+    "maccess_s_ss",
+    "t90_s",
+    "t90_change_s",
+)
 SUM_FIELDS = (
     "tlb_flush",
     "remote_tlb_flush",
@@ -57,6 +65,9 @@ _SHORT = {
     "fast_hit_ratio": "fast_hit",
     "oracle_hit": "oracle",
     "hit_vs_oracle": "hit/oracle",
+    "ss_vs_oracle": "ss/oracle",
+    "maccess_s_ss": "Macc/s_ss",
+    "t90_change_s": "t90_chg",
     "t90_phase_s": "t90_phase",
     "remote_tlb_flush": "remote_tlb",
     "tlb_local_flush_one": "local_one",

@@ -43,7 +43,11 @@ ROW_FIELDS = (
     "oracle_hit",
     "hit_vs_oracle",
     "hit_ss",
+    "ss_vs_oracle",
+    "maccess_s_ss",
     "t90_s",
+    "t90_change_s",
+    "changes_unconverged",
     "t90_phase_s",
 )
 

@@ -40,8 +40,11 @@ METRIC_FIELDS = (
     "oracle_phase_hit",
     "hit_ss",
     "ss_vs_oracle",
+    "maccess_s_ss",
     "t90_s",
     "t90_phase_s",
+    "t90_change_s",
+    "changes_unconverged",
 )
 
 F64 = npt.NDArray[np.float64]
@@ -166,6 +169,15 @@ def oracle_metrics(
     ph = np.asarray(series["phase"], np.int64)
     ss = t > (t[-1] * STEADY_FROM if len(t) else 0.0)
     hit_ss = float((h[ss] * a[ss]).sum() / a[ss].sum()) if a[ss].sum() > 0 else None
+    # M accesses per emulated second over the steady window (epochs with accesses:
+    # a VM that finished early stops counting)
+    busy = ss & (a > 0)
+    span = (
+        float(t[busy][-1] - t[np.flatnonzero(busy)[0] - 1])
+        if busy.any() and np.flatnonzero(busy)[0] > 0
+        else 0.0
+    )
+    tput_ss = float(a[busy].sum()) / span * 1e-6 if span > 0 else None
     t90: float | None = None
     t90_phase: list[float | None] = []
     if len(t):
@@ -181,6 +193,7 @@ def oracle_metrics(
                 t90 = got
             else:
                 t90_phase.append(got)
+    done = [x for x in t90_phase if x is not None]
     return {
         "oracle_hit": round(oracle, 6),
         "hit_vs_oracle": round(hit / oracle, 4) if oracle > 0 else None,
@@ -189,6 +202,11 @@ def oracle_metrics(
         "ss_vs_oracle": (
             round(hit_ss / oracle, 4) if hit_ss is not None and oracle > 0 else None
         ),
+        "maccess_s_ss": round(tput_ss, 6) if tput_ss is not None else None,
         "t90_s": t90,
         "t90_phase_s": t90_phase,
+        # the median time to 90 % after a phase change, over the changes that
+        # converged before the next one; how many did not
+        "t90_change_s": round(float(np.median(done)), 6) if done else None,
+        "changes_unconverged": len(t90_phase) - len(done),
     }

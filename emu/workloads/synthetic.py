@@ -292,8 +292,9 @@ def make_workload(
     """A workload from a spec; ``options`` go to its constructor (gups: hot_fraction).
 
     The spec is a registered name (``npages`` is its footprint), ``trace:FILE``
-    (a recorded trace, :mod:`emu.workloads.trace`; its footprint is the trace's), or a
-    Workload instance, returned as it is.
+    or ``trace:NAME`` of a shipped trace (a recorded trace,
+    :mod:`emu.workloads.trace`; its footprint is the trace's), or a Workload
+    instance, returned as it is.
 
     Raises:
         ValueError: unknown name, or a trace file that cannot be read.

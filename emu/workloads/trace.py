@@ -118,6 +118,16 @@ def load_trace(path: Path | str) -> Trace:
     return Trace(pages, accesses, writes, phases, meta)
 
 
+# Traces recorded from real programs, shipped with the package (docs/traces.md):
+# ``trace:NAME`` names one.
+SHIPPED_DIR = Path(__file__).with_name("traces")
+
+
+def shipped_traces() -> list[str]:
+    """Names of the shipped traces (``trace:NAME`` workloads), sorted."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.npz"))
+
+
 @lru_cache(maxsize=8)
 def _cached(path: str) -> Trace:
     return load_trace(path)
@@ -155,8 +165,12 @@ class TraceWorkload(Workload):
 
     @classmethod
     def from_file(cls, path: Path | str, mlp: float = 2.0) -> TraceWorkload:
-        """The trace at ``path`` (loaded once per process and shared)."""
+        """The trace at ``path``, or the shipped trace of that name
+        (:func:`shipped_traces`); loaded once per process and shared."""
         p = Path(path)
+        shipped = SHIPPED_DIR / f"{path}.npz"
+        if not p.exists() and shipped.is_file():
+            return cls(_cached(str(shipped)), name=f"trace:{path}", mlp=mlp)
         return cls(_cached(str(p.resolve())), name=f"trace:{p}", mlp=mlp)
 
     def _segment_at(self, pos: int) -> int:

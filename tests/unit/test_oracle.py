@@ -121,6 +121,30 @@ def test_convergence_and_steady_state_follow_their_definitions() -> None:
     assert m["t90_phase_s"] == [pytest.approx(0.3)]  # from 0.3 to 0.6
     # steady state: epochs after half the run (t > 0.3), weighted by accesses
     assert m["hit_ss"] == pytest.approx((0 * 10 + 0.5 * 30 + 0.9 * 30) / 70)
+    # throughput over the steady window: 70 accesses from t=0.3 to t=0.6
+    assert m["maccess_s_ss"] == pytest.approx(70 / 0.3 * 1e-6, abs=1e-6)
+    assert m["t90_change_s"] == pytest.approx(0.3)
+    assert m["changes_unconverged"] == 0
+    series["fast_hit_ratio"] = [0.2, 0.95, 0.9, 0.0, 0.5, 0.5]  # never again
+    m = oracle_metrics(_Proc(), 1, 0.5, series)  # type: ignore[arg-type]
+    assert m["t90_change_s"] is None
+    assert m["changes_unconverged"] == 1
+
+
+def test_the_default_preset_runs_traces_longer() -> None:
+    from emu.evaluation.compare import PRESETS, cells_of
+    from emu.workloads.trace import shipped_traces
+
+    m = PRESETS["default"]
+    assert m.trace_accesses is not None
+    assert m.trace_accesses > m.accesses
+    cells = cells_of(m)
+    for c in cells:
+        want = m.trace_accesses if c.workload.startswith("trace:") else m.accesses
+        assert c.accesses == want
+    # every shipped trace and the oracle yardstick are in the default matrix
+    assert {f"trace:{t}" for t in shipped_traces()} <= {c.workload for c in cells}
+    assert "oracle" in m.policies
 
 
 def test_run_report_shows_hit_vs_oracle_per_vm(

@@ -18,15 +18,17 @@ from emu.policies import VmSpec, make_policy
 from emu.workloads import make_workload
 from emu.workloads.lackey import LackeyParser
 from emu.workloads.trace import (
+    SHIPPED_DIR,
     LlcFilter,
     PageNumbering,
     Trace,
     TraceWorkload,
     load_trace,
+    shipped_traces,
 )
 
 MIB = 1 << 20
-TRACES = Path(__file__).parents[1] / "data" / "traces"
+TRACES = SHIPPED_DIR
 
 
 def _lru_misses(lines: list[int], nsets: int, ways: int) -> list[bool]:
@@ -247,6 +249,10 @@ def test_shipped_trace_loads_with_its_command_line(name: str) -> None:
     assert len(tr.phases) >= 1
     assert tr.npages >= 1024
     assert (TRACES / f"{name}.npz").stat().st_size < 8 * MIB
+    assert name in shipped_traces()
+    wl = make_workload(f"trace:{name}")  # by name, from the installed package
+    assert wl.name == f"trace:{name}"
+    assert wl.npages == tr.npages
 
 
 needs_valgrind = pytest.mark.skipif(
