@@ -109,23 +109,23 @@ WORKLOADS: dict[str, Workload] = {
             "slow-hot",
             "slow-hot --total-mib 512 --hot-mib 64 --order cold-first "
             "--cold-node default --hot-node 1",
-            150.0,
+            90.0,
             "64 MiB hot set first-touched on node 1 after 448 MiB of cold data "
             "filled node 0",
         ),
         Workload(
             "shift",
             "shift --total-mib 512 --hot-mib 64 --order hot-first "
-            "--b-node 1 --cold-node default --shift-at-s 60",
-            150.0,
-            "64 MiB hot set A first-touched first (node 0); at 60 s the hot set "
+            "--b-node 1 --cold-node default --shift-at-s 45",
+            90.0,
+            "64 MiB hot set A first-touched first (node 0); at 45 s the hot set "
             "becomes region B, first-touched on node 1",
         ),
         Workload(
             "scan",
             "scan --total-mib 512 --hot-mib 32 --order cold-first "
             "--cold-node default --hot-node 1 --scan-period-s 10",
-            150.0,
+            90.0,
             "32 MiB hot set on node 1, one sequential read of the 480 MiB cold "
             "data every 10 s",
         ),
@@ -133,14 +133,14 @@ WORKLOADS: dict[str, Workload] = {
             "large",
             "large --total-mib 448 --hot-mib 448 --order hot-first "
             "--hot-node default --cold-node default",
-            150.0,
+            90.0,
             "448 MiB hot set, more than node 0's 384 MiB, touched uniformly",
         ),
         Workload(
             "redis",
             "--keys 200000 --value-bytes 1024 --connections 4 --zipf 0.99 "
             "--get-ratio 0.9 --hot-keys last",
-            150.0,
+            90.0,
             "redis-server, 200,000 keys of 1 KiB (about 260 MiB) populated in "
             "order, the last-populated keys the popular ones (Zipf 0.99), 90 % GET",
             kind="kv",
@@ -158,7 +158,9 @@ class RunConfig:
     workloads: tuple[str, ...] = tuple(WORKLOADS)
     duration_s: float | None = None  # None: each workload's own
     boot_timeout_s: float = 300.0
-    vm_name: str = "ht-peers"
+    # Unique per process: the short version runs inside every full test run,
+    # and two runs on one host must not destroy each other's VM or payload.
+    vm_name: str = field(default_factory=lambda: f"ht-peers-{os.getpid()}")
     say: Callable[[str], None] = print
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -249,6 +251,9 @@ class Runner:
                     self.report["cells"][key] = result
                     self.say(f"[peers] {key}: {_one_line(result)}")
                     self._write()
+            # The per-process run directory (payload, overlays) goes; the report
+            # keeps what the cells logged.
+            shutil.rmtree(run_dir, ignore_errors=True)
         self.report["total_s"] = round(time.monotonic() - self._start, 1)
         self._write()
         return self.report
@@ -605,6 +610,8 @@ class Cell:
                 check=False,
             )
             self.link.sh(DAMO_STOP, check=False, timeout_s=60)
+        if name == "hypertier":
+            self.result["agent_status"] = self._agent_status()
         for dpid in self.daemon_pids:
             self.link.sh(f"kill -TERM {dpid}", check=False)
             self.link.wait(dpid, 20)
@@ -621,8 +628,31 @@ class Cell:
             except subprocess.TimeoutExpired:
                 self.host_agent.kill()
             self.host_agent = None
+            log_path = Path(self.result["host_agent_log"])
+            self.result["host_agent_log_tail"] = [
+                ln
+                for ln in _tail(log_path, 400).splitlines()
+                if "0 resize(s)" not in ln
+            ][-80:]
         if self.vm is not None:
             self.vm.destroy()
+
+    def _agent_status(self) -> dict[str, Any] | None:
+        """The guest agent's counters over its control socket, with the guest's
+        bare python3 (``hypertier-guest status`` imports numpy: slow under TCG)."""
+        out = self.link.sh(
+            "python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); "
+            's.settimeout(20); s.connect("/run/hypertier/guest.sock"); '
+            's.sendall(b"{\\"method\\": \\"status\\"}\\n"); '
+            "print(s.makefile().readline())'",
+            timeout_s=40,
+            check=False,
+        )
+        try:
+            status: dict[str, Any] = json.loads(out)["result"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return status
 
     def _guest_crashed(self) -> bool:
         assert self.vm is not None
