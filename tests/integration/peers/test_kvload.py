@@ -61,7 +61,7 @@ def redis() -> Iterator[Redis]:
     )  # fmt: skip
     assert proc.stdout is not None
     for line in proc.stdout:
-        if "Ready to accept connections" in line:
+        if "ready to accept connections" in line.lower():
             break
     else:
         pytest.fail(f"redis-server on port {port} exited: rc {proc.wait()}")
@@ -90,6 +90,7 @@ def test_populates_then_reports_throughput_and_latency(
     assert redis.command("DBSIZE") == b":5000\r\n"
     assert start["type"] == "start"
     assert start["populated"] is True
+    assert start["server"] == f"127.0.0.1:{redis.port}"
     assert [r["type"] for r in samples] == ["sample"] * len(samples)
     assert len(samples) >= 2
     assert end["type"] == "end"
@@ -187,3 +188,30 @@ def test_bad_arguments_exit_2_with_a_message(
     )
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_unix_socket_instead_of_tcp(kvload: Path, tmp_path: Path) -> None:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server not installed (Debian package redis-server)")
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", str(sock), "--save", "",
+         "--appendonly", "no", "--daemonize", "no"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "ready to accept connections" in line.lower():
+                break
+        start, *_, end = _run(
+            kvload, "--unix", str(sock), "--keys", "500", "--duration-s", "0.5"
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert start["server"] == f"unix:{sock}"
+    assert end["ops"] > 0
+    assert end["misses_total"] == 0

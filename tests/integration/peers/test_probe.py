@@ -42,3 +42,26 @@ def test_summary_reads_tiers_series_and_counters() -> None:
 def test_a_missing_section_says_which() -> None:
     with pytest.raises(SystemExit, match="no c output"):
         summarize(CONSOLE.split("HT-BEGIN c")[0])
+
+
+KV_CONSOLE = """\
+HT-BEGIN w
+{"type":"start","keys":100,"populated":true}
+{"type":"sample","t_s":1.0,"ops_per_s":900.0,"lat_p99_us":800}
+{"type":"end","t_s":2.0,"ops_per_s":1000.0,"lat_p99_us":700}
+HT-END w
+HT-BEGIN c
+{"type": "start", "pid": 233}
+{"type": "sample", "t_s": 1.0, "numa_kib": {"redis": {"0": 10, "1": 30}}}
+{"type": "end", "t_s": 2.0, "numa_kib": {"redis": {"0": 20, "1": 20}}}
+HT-END c
+"""
+
+
+def test_kv_summary_has_throughput_latency_and_memory_per_node() -> None:
+    s = summarize(KV_CONSOLE)
+    assert s["ops_per_s"] == [(1.0, 900.0), (2.0, 1000.0)]
+    assert s["lat_p99_us"] == [(1.0, 800), (2.0, 700)]
+    assert s["numa_kib"][-1] == (2.0, {"redis": {"0": 20, "1": 20}})
+    assert s["workload_start"]["keys"] == 100
+    assert "hot_node0_frac" not in s

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +36,7 @@
 
 struct config {
     const char *host;
+    const char *unix_path; /* non-NULL: a Unix socket instead of host:port */
     int port;
     unsigned long keys;
     unsigned long value_bytes;
@@ -133,8 +135,31 @@ static void die(const char *what)
     exit(1);
 }
 
+static int connect_unix(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un un;
+    int fd;
+    memset(&un, 0, sizeof un);
+    un.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof un.sun_path) {
+        snprintf(err, errlen, "--unix %s: path too long", path);
+        return -1;
+    }
+    strcpy(un.sun_path, path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&un, sizeof un) != 0) {
+        snprintf(err, errlen, "connect %s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 static int connect_to(const char *host, int port, char *err, size_t errlen)
 {
+    if (cfg.unix_path)
+        return connect_unix(cfg.unix_path, err, errlen);
     struct sockaddr_in in4;
     struct sockaddr_in6 in6;
     struct sockaddr *sa;
@@ -433,6 +458,7 @@ static const char HELP[] =
     "Zipf-skewed GET/SET load on redis-server; one JSON line per interval.\n"
     "  --host H            server (default 127.0.0.1)\n"
     "  --port N            (default 6379)\n"
+    "  --unix PATH         connect to this Unix socket instead (redis --unixsocket)\n"
     "  --keys N            key count (default 200000)\n"
     "  --value-bytes N     value size (default 1024)\n"
     "  --connections N     client threads, one connection each (default 4)\n"
@@ -465,7 +491,7 @@ static void usage_error(const char *msg)
 static void parse_args(int argc, char **argv)
 {
     enum { O_HOST = 256, O_PORT, O_KEYS, O_VAL, O_CONN, O_DUR, O_INT, O_ZIPF, O_GET,
-           O_HOTK, O_NOPOP, O_SEED, O_HELP };
+           O_HOTK, O_NOPOP, O_SEED, O_HELP, O_UNIX };
     static const struct option opts[] = {
         {"host", 1, 0, O_HOST},        {"port", 1, 0, O_PORT},
         {"keys", 1, 0, O_KEYS},        {"value-bytes", 1, 0, O_VAL},
@@ -473,7 +499,8 @@ static void parse_args(int argc, char **argv)
         {"interval-s", 1, 0, O_INT},   {"zipf", 1, 0, O_ZIPF},
         {"get-ratio", 1, 0, O_GET},    {"hot-keys", 1, 0, O_HOTK},
         {"no-populate", 0, 0, O_NOPOP}, {"seed", 1, 0, O_SEED},
-        {"help", 0, 0, O_HELP},        {0, 0, 0, 0}};
+        {"help", 0, 0, O_HELP},        {"unix", 1, 0, O_UNIX},
+        {0, 0, 0, 0}};
     int o;
     cfg.host = "127.0.0.1";
     cfg.port = 6379;
@@ -490,6 +517,7 @@ static void parse_args(int argc, char **argv)
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (o) {
         case O_HOST: cfg.host = optarg; break;
+        case O_UNIX: cfg.unix_path = optarg; break;
         case O_PORT: cfg.port = (int)parse_num(optarg, "--port"); break;
         case O_KEYS: cfg.keys = (unsigned long)parse_num(optarg, "--keys"); break;
         case O_VAL: cfg.value_bytes = (unsigned long)parse_num(optarg, "--value-bytes"); break;
@@ -585,11 +613,17 @@ int main(int argc, char **argv)
     if (cfg.populate)
         populate(workers[0].conn.fd);
     double t0 = now_s();
-    printf("{\"type\":\"start\",\"unix_s\":%.3f,\"keys\":%lu,\"value_bytes\":%lu,"
+    char server[160];
+    if (cfg.unix_path)
+        snprintf(server, sizeof server, "unix:%s", cfg.unix_path);
+    else
+        snprintf(server, sizeof server, "%s:%d", cfg.host, cfg.port);
+    printf("{\"type\":\"start\",\"server\":\"%s\",\"unix_s\":%.3f,\"keys\":%lu,"
+           "\"value_bytes\":%lu,"
            "\"connections\":%d,\"zipf\":%.3f,\"get_ratio\":%.3f,\"hot_keys\":\"%s\","
            "\"populated\":%s,\"populate_s\":%.3f,\"top1pct_share\":%.4f,"
            "\"top10pct_share\":%.4f}\n",
-           unix_s(), cfg.keys, cfg.value_bytes, cfg.connections, cfg.zipf,
+           server, unix_s(), cfg.keys, cfg.value_bytes, cfg.connections, cfg.zipf,
            cfg.get_ratio, HOT_KEYS[cfg.hot_keys], cfg.populate ? "true" : "false",
            t0 - t_pop, head_share(0.01), head_share(0.10));
     if (stop_flag)
