@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print(base.root, "memtierd:", build.build_memtierd(builder))
         print("damo:", build.fetch_damo())
         return 0
+    # SIGTERM unwinds like Ctrl-C, so the running cell destroys its VM.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = runner.RunConfig(out=args.out or runner.default_out())
     if args.short:
         cfg.workloads = (runner.SHORT_WORKLOAD,)

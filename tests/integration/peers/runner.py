@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 P = "/opt/hypertier"
 WORKLOAD_OUT = "/tmp/workload.jsonl"
 GUEST_CONFIG = "/tmp/guest.toml"
+REDIS_SOCK = "/tmp/redis.sock"
 TRACE = "/sys/kernel/tracing/events/tlb/tlb_flush"
 # x86 enum tlb_flush_reason (arch/x86/include/asm/tlbflush.h, unchanged to 6.12)
 TLB_REASONS = {
@@ -439,7 +440,7 @@ class Cell:
         program = f"{P}/bin/ht-workload"
         if self.workload.kind == "kv":
             self._start_redis()
-            program = f"{P}/bin/ht-kvload --host 127.0.0.1 --port 6379"
+            program = f"{P}/bin/ht-kvload --unix {REDIS_SOCK}"
         cmd = (
             f"exec python3 -c {shlex.quote(RUSAGE_WRAPPER)} "
             f"{program} {self.workload.args} "
@@ -466,13 +467,15 @@ class Cell:
             self.result["workload_start"]["pid"] = self.result["redis_pid"]
 
     def _start_redis(self) -> None:
+        # A Unix socket: the test guest brings up no network interface, not even lo.
         self.link.spawn(
-            "exec redis-server --save '' --appendonly no --bind 127.0.0.1 "
-            "--port 6379 --protected-mode no",
+            f"exec redis-server --save '' --appendonly no --port 0 "
+            f"--unixsocket {REDIS_SOCK} --unixsocketperm 700",
             "/tmp/redis.log",
         )
         deadline = time.monotonic() + 60
-        while "PONG" not in self.link.sh("redis-cli ping 2>&1", check=False):
+        ping = f"redis-cli -s {REDIS_SOCK} ping 2>&1"
+        while "PONG" not in self.link.sh(ping, check=False):
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     "redis-server did not answer within 60 s: "
