@@ -197,3 +197,44 @@ def test_packaged_units_are_supervised(unit: str, lines: list[str]) -> None:
     text = (UNITS / unit).read_text().splitlines()
     for line in lines:
         assert line in text
+
+
+def test_host_loop_beats_only_while_its_ticks_complete() -> None:
+    # The watchdog ping is the loop's: a tick that cannot finish (here it waits
+    # for the daemon's lock, held by this test) stops the pings; they resume after.
+    from agent_host.config import loads
+    from agent_host.daemon import Daemon
+    from emu.backends.host import EmuHostBackend
+    from emu.machine import World
+
+    world = World(host_fast_bytes=1 << 30, host_slow_bytes=1 << 30)
+    world.add_vm("vm0", 2, 128 << 20, 128 << 20, 512 << 20, 512 << 20)
+    cfg = loads("[policy]\ninterval_s = 0.02\nhost_reserved_bytes = 0\n")
+    daemon = Daemon(cfg, EmuHostBackend(world), SystemClock())
+    beats: list[float] = []
+    thread = threading.Thread(
+        target=daemon.run,
+        kwargs={
+            "heartbeat": lambda: beats.append(time.monotonic()),
+            "heartbeat_every_s": 0.01,
+        },
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(beats) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(beats) >= 5
+        with daemon._lock:  # the next tick blocks here
+            time.sleep(0.2)  # let the loop reach it
+            held = len(beats)
+            time.sleep(0.5)
+            assert len(beats) == held  # no beat while the tick hangs
+        deadline = time.monotonic() + 10
+        while len(beats) == held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(beats) > held
+    finally:
+        daemon.stop()
+        thread.join(10)
+    assert not thread.is_alive()
