@@ -16,9 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE, Vma
+from agent_guest.config import ClassifyConfig
 
 __all__ = [
-    "ClassifyParams",
     "RangeTable",
     "Residual",
     "Resolved",
@@ -27,32 +27,6 @@ __all__ = [
     "in_sorted",
     "select_hot",
 ]
-
-
-@dataclass(frozen=True)
-class ClassifyParams:
-    """Knobs of the range model (mirrors ``config.ClassifyConfig``)."""
-
-    max_ranges: int = 2048
-    min_range_bytes: int = 2 << 20
-    decay: float = 0.5
-    split_min_samples: float = 8.0
-    split_z: float = 3.0
-    merge_tolerance: float = 0.25
-    hysteresis: float = 0.25
-    hot_page_min_samples: float = 3.0
-    max_tracked_pages: int = 16384
-    page_track_samples: int = 8192
-    page_cooling_samples: float = 131072.0
-    hot_page_min_epochs: int = 2
-    reuse_epochs: int = 3
-    reuse_window: int = 4
-    demand_coverage: float = 0.9
-    demand_decay: float = 0.95
-
-    @property
-    def window_mask(self) -> int:
-        return (1 << self.reuse_window) - 1
 
 
 def _empty_u64() -> npt.NDArray[np.uint64]:
@@ -108,7 +82,7 @@ class Residual:
 
 
 def _reused(
-    seen: npt.NDArray[np.uint8], params: ClassifyParams
+    seen: npt.NDArray[np.uint8], params: ClassifyConfig
 ) -> npt.NDArray[np.bool_]:
     """Sampled in at least ``reuse_epochs`` of the last ``reuse_window`` epochs.
 
@@ -139,7 +113,7 @@ class RangeTable:
     non-overlapping), decayed ``count``, per-half counts of the current epoch, and
     ``hot`` (selected last epoch, for hysteresis)."""
 
-    def __init__(self, params: ClassifyParams) -> None:
+    def __init__(self, params: ClassifyConfig) -> None:
         self.params = params
         self.start = _empty_u64()
         self.end = _empty_u64()

@@ -134,6 +134,7 @@ class ClassifyConfig:
     hot_page_min_epochs: int = 2
     page_cooling_samples: float = 131072.0
     max_tracked_pages: int = 16384
+    page_track_samples: int = 8192
     reuse_epochs: int = 3
     reuse_window: int = 4
     demand_coverage: float = 0.9
@@ -164,6 +165,7 @@ class ClassifyConfig:
             self.hot_page_min_samples > 0, "classify.hot_page_min_samples must be > 0"
         )
         _need(self.max_tracked_pages >= 0, "classify.max_tracked_pages must be >= 0")
+        _need(self.page_track_samples >= 1, "classify.page_track_samples must be >= 1")
         _need(
             self.hot_page_min_epochs >= 1, "classify.hot_page_min_epochs must be >= 1"
         )
@@ -181,6 +183,11 @@ class ClassifyConfig:
             f"got {self.reuse_epochs}",
         )
 
+    @property
+    def window_mask(self) -> int:
+        """The bits of the last ``reuse_window`` epochs in a sample history byte."""
+        return (1 << self.reuse_window) - 1
+
 
 @dataclass(frozen=True)
 class MoverConfig:
@@ -189,6 +196,10 @@ class MoverConfig:
     scan_pages: int = 65536
     fast_reserve_bytes: int = 0
     fast_reserve_pct: float = 2.0
+    # A hot page replaces a cold one only if it is this much denser (x 1 +
+    # min_gain) beyond sampling noise: near-equals never swap. The same default
+    # as classify.hysteresis, which it was until it had a key of its own.
+    min_gain: float = 0.25
     max_busy_retries: int = 3
     move_shared_pages: bool = True
     cooldown_epochs: int = 4
@@ -205,6 +216,7 @@ class MoverConfig:
             0 <= self.fast_reserve_pct < 100,
             f"mover.fast_reserve_pct must be in [0, 100), got {self.fast_reserve_pct}",
         )
+        _need(self.min_gain >= 0, f"mover.min_gain must be >= 0, got {self.min_gain}")
         _need(self.max_busy_retries >= 0, "mover.max_busy_retries must be >= 0")
         _need(self.cooldown_epochs >= 0, "mover.cooldown_epochs must be >= 0")
 

@@ -7,6 +7,7 @@ point) and perf sessions (closed on shutdown through ``backend.close()``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -20,7 +21,6 @@ import numpy.typing as npt
 
 import hypertier_wire as wire
 from agent_guest.backend import (
-    PAGE_SIZE,
     Capability,
     GuestBackend,
     NumaNode,
@@ -28,10 +28,11 @@ from agent_guest.backend import (
     SampleSource,
     Tier,
 )
-from agent_guest.classify import ClassifyParams, RangeTable, Selection, select_hot
-from agent_guest.config import Config
+from agent_guest.classify import RangeTable, Selection, select_hot
+from agent_guest.config import ClassifyConfig, Config
 from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
 from agent_guest.exchange import Exchanger
+from agent_guest.policy import fast_budget
 from agent_guest.sampler import Sampler
 from hypertier_common.clock import Clock
 from hypertier_common.metrics import DurationHistogram
@@ -140,36 +141,18 @@ class Daemon:
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
 
-    def _build(self, cfg: Config) -> tuple[Sampler, Exchanger, ClassifyParams]:
+    def _build(self, cfg: Config) -> tuple[Sampler, Exchanger, ClassifyConfig]:
         """The config-dependent parts; raises (GuestError) before anything changes."""
         sampler = Sampler(self._backend, cfg.sampler)
-        exchanger = Exchanger(
-            self._backend, cfg.mover, self._clock, self._stop, cfg.classify.hysteresis
-        )
-        c = cfg.classify
-        reuse = c.reuse_epochs
-        if sampler.source is SampleSource.PAGE_FAULT and reuse > 1:
+        exchanger = Exchanger(self._backend, cfg.mover, self._clock, self._stop)
+        params = cfg.classify
+        if sampler.source is SampleSource.PAGE_FAULT and params.reuse_epochs > 1:
             # A hinting fault fires once per page per NUMA-balancing scan, so a
             # page cannot show up epoch after epoch: reuse is not observable.
-            log.info("page-fault samples: classify.reuse_epochs %d -> 1", reuse)
-            reuse = 1
-        params = ClassifyParams(
-            c.max_ranges,
-            c.min_range_bytes,
-            c.decay,
-            c.split_min_samples,
-            c.split_z,
-            c.merge_tolerance,
-            c.hysteresis,
-            c.hot_page_min_samples,
-            c.max_tracked_pages,
-            reuse_epochs=reuse,
-            reuse_window=c.reuse_window,
-            demand_coverage=c.demand_coverage,
-            demand_decay=c.demand_decay,
-            page_cooling_samples=c.page_cooling_samples,
-            hot_page_min_epochs=c.hot_page_min_epochs,
-        )
+            log.info(
+                "page-fault samples: classify.reuse_epochs %d -> 1", params.reuse_epochs
+            )
+            params = dataclasses.replace(params, reuse_epochs=1)
         return sampler, exchanger, params
 
     # ------------------------------------------------------------------ control
@@ -271,23 +254,14 @@ class Daemon:
             nodes, self._cfg.guest.fast_nodes, self._cfg.guest.slow_nodes
         )
         by_id = {n.node: n for n in nodes}
-        fast_total = sum(by_id[n].total_bytes for n in roles.fast)
-        fast_used = sum(by_id[n].used_bytes for n in roles.fast)
-        limit = (
-            fast_total
-            if self._allot_fast is None
-            else min(fast_total, self._allot_fast)
+        budget = fast_budget(
+            [by_id[n] for n in roles.fast],
+            self._allot_fast,
+            sum(p.rss_bytes for p in self._target_infos),
+            self._cfg.mover,
+            keep_reserve=self._informed_epochs >= self._params.reuse_window,
         )
-        mv = self._cfg.mover
-        if self._informed_epochs >= self._params.reuse_window:
-            # The reserve is kept once a full history window of samples exists;
-            # before, the coldest pages are not known and demotions would be
-            # blind (in address order, which may well be the hottest pages).
-            limit = max(0, limit - mv.reserve_bytes(limit))
-        managed = sum(p.rss_bytes for p in self._target_infos)
-        unmanaged = max(0, fast_used - managed)
-        room = max(0, limit - unmanaged)
-        sel = select_hot(self._tables, room, self._params.hysteresis)
+        sel = select_hot(self._tables, budget.room_bytes, self._params.hysteresis)
         self.counters.hot_bytes = sel.hot_bytes
         self.counters.demand_bytes = sel.demand_bytes
         promoted = demoted = 0
@@ -301,13 +275,13 @@ class Daemon:
                 roles.slow,
                 fast_node,
                 slow_node,
-                (limit - fast_used) // PAGE_SIZE,
+                budget.free_pages,
             )
             # Migration CPU is bounded by the MiB/s limit, not by the sample rate.
             self._last_cpu += self._backend.cpu_time_s() - cpu_before
             for pid in self._exchanger.gone:
                 self._forget(pid)
-        self._report(nodes, roles, sel, room, unmanaged)
+        self._report(nodes, roles, sel, budget.room_bytes, budget.unmanaged_bytes)
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
         if self._sampler.source is not SampleSource.SOFT_DIRTY:

@@ -248,9 +248,7 @@ class Exchanger:
         cfg: MoverConfig,
         clock: Clock,
         stop: threading.Event | None = None,
-        min_gain: float = 0.25,
     ) -> None:
-        self._min_gain = min_gain
         self._backend = backend
         self._cfg = cfg
         self._limiter = RateLimiter(cfg.max_bandwidth_mib_s, clock)
@@ -476,7 +474,12 @@ class Exchanger:
             must = free_pages < 0
             demote = self._find(tables, False, fast_nodes, scan, cooldown=not must)
         batches = plan_exchange(
-            promote, demote, free_pages, budget, self._cfg.batch_pages, self._min_gain
+            promote,
+            demote,
+            free_pages,
+            budget,
+            self._cfg.batch_pages,
+            self._cfg.min_gain,
         )
         promoted = demoted = 0
         room = free_pages

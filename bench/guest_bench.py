@@ -18,7 +18,8 @@ import numpy as np
 
 from agent_guest import perf_abi as abi
 from agent_guest.backend import Vma
-from agent_guest.classify import ClassifyParams, RangeTable, select_hot
+from agent_guest.classify import RangeTable, select_hot
+from agent_guest.config import ClassifyConfig
 
 __all__ = ["agent_cpu_pct", "classify_epoch_ms", "decode_samples_per_s", "main"]
 
@@ -75,7 +76,7 @@ def classify_epoch_ms(
     """CPU ms of one epoch (bin samples, decay, split/merge, select) over
     ``ranges`` ranges covering ``space_bytes``, median of several epochs.
     CPU time, not wall time, so other load on the machine does not count."""
-    t = RangeTable(ClassifyParams(max_ranges=2 * ranges))
+    t = RangeTable(ClassifyConfig(max_ranges=2 * ranges))
     vmas = [
         Vma(
             BASE + i * (space_bytes // 16), BASE + (i + 1) * (space_bytes // 16), "rw-p"
@@ -132,7 +133,7 @@ def agent_cpu_pct(
             [child.pid],
             SamplerSettings(SampleSource.PAGE_FAULT, 1, ring_pages=1024),
         )
-        table = RangeTable(ClassifyParams())
+        table = RangeTable(ClassifyConfig())
         table.set_vmas([Vma(base, base + 2048 * 4096, "rw-p")])
         stop = threading.Event()
         n = lost = 0

@@ -9,18 +9,18 @@ from hypothesis import strategies as st
 
 from agent_guest.backend import Vma
 from agent_guest.classify import (
-    ClassifyParams,
     RangeTable,
     coverage_bytes,
     select_hot,
 )
+from agent_guest.config import ClassifyConfig
 
 MiB = 1 << 20
 BASE = 0x7F0000000000
 
 
 def _table(size: int = 64 * MiB, **kw: float) -> RangeTable:
-    params = ClassifyParams(**kw)  # type: ignore[arg-type]
+    params = ClassifyConfig(**kw)  # type: ignore[arg-type]
     t = RangeTable(params)
     t.set_vmas([Vma(BASE, BASE + size, "rw-p")], max_ranges=1)
     return t
@@ -80,7 +80,7 @@ def test_repeated_epochs_isolate_a_small_hot_region() -> None:
 
 
 def test_neighbours_that_agree_merge_while_half_the_budget_is_used() -> None:
-    t = RangeTable(ClassifyParams(max_ranges=16, split_min_samples=1e9))
+    t = RangeTable(ClassifyConfig(max_ranges=16, split_min_samples=1e9))
     t.set_vmas([Vma(BASE, BASE + 64 * MiB, "rw-p")])
     assert len(t) == 8  # half the budget: the rest is room for splits
     for _ in range(6):
@@ -92,7 +92,7 @@ def test_neighbours_that_agree_merge_while_half_the_budget_is_used() -> None:
 
 def test_ranges_stay_small_while_the_budget_allows() -> None:
     """Large merged ranges would hide scans from the reuse test."""
-    t = RangeTable(ClassifyParams(max_ranges=2048, split_min_samples=1e9))
+    t = RangeTable(ClassifyConfig(max_ranges=2048, split_min_samples=1e9))
     t.set_vmas([Vma(BASE, BASE + 64 * MiB, "rw-p")])
     assert len(t) == 32  # 2 MiB each (min_range_bytes)
     for _ in range(6):
@@ -110,7 +110,7 @@ def test_ranges_never_exceed_max_ranges() -> None:
 
 
 def test_a_1tib_address_space_is_covered_by_at_most_max_ranges() -> None:
-    t = RangeTable(ClassifyParams(max_ranges=2048))
+    t = RangeTable(ClassifyConfig(max_ranges=2048))
     vmas = [
         Vma(BASE + i * (1 << 36), BASE + (i + 1) * (1 << 36), "rw-p") for i in range(16)
     ]
@@ -120,7 +120,7 @@ def test_a_1tib_address_space_is_covered_by_at_most_max_ranges() -> None:
 
 
 def test_selection_fills_capacity_with_the_densest_ranges() -> None:
-    t = RangeTable(ClassifyParams())
+    t = RangeTable(ClassifyConfig())
     t.set_vmas([Vma(BASE, BASE + 8 * MiB * 4, "rw-p")], max_ranges=8)
     t.count = np.array([10.0, 40.0, 20.0, 30.0])
     t.mass = t.count.copy()
@@ -165,14 +165,14 @@ def test_coverage_bytes_is_bounded_and_monotone(
 
 
 def test_ranges_without_samples_are_never_hot() -> None:
-    t = RangeTable(ClassifyParams())
+    t = RangeTable(ClassifyConfig())
     t.set_vmas([Vma(BASE, BASE + 16 * MiB, "rw-p")], max_ranges=2)
     sel = select_hot({1: t}, capacity_bytes=1 << 40, hysteresis=0.0)
     assert not sel.hot[1].any()
 
 
 def test_hysteresis_keeps_the_incumbent_against_a_slightly_hotter_range() -> None:
-    t = RangeTable(ClassifyParams())
+    t = RangeTable(ClassifyConfig())
     t.set_vmas([Vma(BASE, BASE + 16 * MiB, "rw-p")], max_ranges=4)
     t.count = t.mass = np.array([100.0, 110.0])  # on both time scales
     t.hot = np.array([True, False])
@@ -185,7 +185,7 @@ def test_hysteresis_keeps_the_incumbent_against_a_slightly_hotter_range() -> Non
 
 
 def test_selection_ranks_across_processes() -> None:
-    a, b = RangeTable(ClassifyParams()), RangeTable(ClassifyParams())
+    a, b = RangeTable(ClassifyConfig()), RangeTable(ClassifyConfig())
     a.set_vmas([Vma(BASE, BASE + 8 * MiB, "rw-p")], max_ranges=1)
     b.set_vmas([Vma(BASE, BASE + 8 * MiB, "rw-p")], max_ranges=1)
     a.count = a.mass = np.array([5.0])
@@ -198,7 +198,7 @@ def test_selection_ranks_across_processes() -> None:
 def test_a_sweeping_front_is_not_promoted() -> None:
     """Hot this epoch, cold over the longer window: a front of activity moving
     through memory (inserts, a log) is not worth moving pages for."""
-    t = RangeTable(ClassifyParams())
+    t = RangeTable(ClassifyConfig())
     t.set_vmas([Vma(BASE, BASE + 16 * MiB, "rw-p")], max_ranges=4)
     t.count = np.array([200.0, 300.0])  # the front is in range 1 right now
     t.mass = np.array([400.0, 60.0])  # range 0 is hot over the longer window

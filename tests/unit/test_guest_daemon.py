@@ -273,3 +273,16 @@ def test_a_dead_host_channel_does_not_stop_placement() -> None:
     msgs = _host_lines(w)
     assert isinstance(msgs[0], wire.Hello)  # retried once the channel works
     assert any(isinstance(m, wire.Report) for m in msgs)
+
+
+def test_the_movers_min_gain_is_its_own_key_not_the_hysteresis() -> None:
+    assert config.MoverConfig().min_gain == config.ClassifyConfig().hysteresis
+    w, _ = _world()
+    cfg = config.loads(
+        config.dumps(CFG)
+        .replace("hysteresis = 0.25", "hysteresis = 0.0")
+        .replace("min_gain = 0.25", "min_gain = 0.5")
+    )
+    d, _ = _daemon(w, cfg)
+    assert d.config.classify.hysteresis == 0.0
+    assert d._exchanger._cfg.min_gain == 0.5

@@ -21,8 +21,8 @@ from agent_guest.backend import (
     SamplerSettings,
     Vma,
 )
-from agent_guest.classify import ClassifyParams, RangeTable, select_hot
-from agent_guest.config import MoverConfig
+from agent_guest.classify import RangeTable, select_hot
+from agent_guest.config import ClassifyConfig, MoverConfig
 from agent_guest.errors import AccessDenied, NoSuchProcess
 from agent_guest.exchange import (
     Candidates,
@@ -253,7 +253,7 @@ class _Backend:
 
 
 def _tables() -> dict[int, RangeTable]:
-    hot, cold = RangeTable(ClassifyParams()), RangeTable(ClassifyParams())
+    hot, cold = RangeTable(ClassifyConfig()), RangeTable(ClassifyConfig())
     hot.set_vmas([Vma(BASE, BASE + (64 << 12), "rw-p")], max_ranges=1)
     cold.set_vmas([Vma(BASE, BASE + (64 << 12), "rw-p")], max_ranges=1)
     hot.count, hot.hot = np.array([1000.0]), np.array([True])
