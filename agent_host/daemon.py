@@ -2,8 +2,10 @@
 
 One thread; each :meth:`Daemon.tick` reads lifecycle events and domains from the
 backend, drains each guest channel, runs :func:`agent_host.policy.plan` and
-applies the resizes (slow-tier growth first, fast-tier growth last). Per-VM
-state (class, reservations, limits) lives in the domain metadata.
+applies the resizes in the order of :func:`agent_host.policy.order_resizes`
+(slow-tier growth first, fast-tier growth last). What the daemon knows of each
+VM is one :class:`agent_host.fleet.Fleet`; the settings it must not lose (class,
+reservations, limits) live in the domain metadata.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,6 @@ import numpy.typing as npt
 import hypertier_wire as wire
 from agent_host import domxml
 from agent_host.backend import (
-    Allotment,
     DomainInfo,
     DomainStats,
     EventKind,
@@ -34,106 +35,28 @@ from agent_host.backend import (
 from agent_host.channel import GuestChannel, GuestReport
 from agent_host.config import Config
 from agent_host.errors import ConfigError, HostError, NoSuchDomain
+from agent_host.fleet import Fleet, VmState
 from agent_host.metadata import metadata_xml
-from agent_host.policy import PolicyInputs, PolicyResult, TierInputs, plan
+from agent_host.policy import (
+    TIERS,
+    PolicyInputs,
+    PolicyResult,
+    Step,
+    TierInputs,
+    order_resizes,
+    plan,
+)
 from hypertier_common.clock import Clock
 from hypertier_common.metrics import DurationHistogram
 from hypertier_common.service import tick_loop
 
-__all__ = ["HOST_AGENT", "Daemon", "VmState"]
+__all__ = ["HOST_AGENT", "Daemon"]
 
 log = logging.getLogger(__name__)
 
 HOST_AGENT = "hypertier-host"
 VERSION = "0.1.0"
 _GONE = (EventKind.STOPPED, EventKind.MIGRATED, EventKind.UNDEFINED)
-
-
-@dataclass
-class VmState:
-    """What the daemon keeps per VM between ticks (rebuilt from metadata)."""
-
-    vm: str
-    meta: domxml.TieringMetadata
-    channel: GuestChannel
-    info: DomainInfo
-    last_resize_s: dict[Tier, float] = field(
-        default_factory=lambda: {t: -math.inf for t in Tier}
-    )
-    sent_allot: tuple[int, int] | None = None
-    # The channel connection the reader's partial line came from, and when
-    # the host last asked a guest that reports without a hello for one.
-    channel_connection: int = 0
-    hello_asked_s: float = -math.inf
-    # When the guest agent was first told of a fast-tier shrink still pending.
-    shrink_notice_s: float | None = None
-    allot_seq: int = 0
-    resizes: int = 0
-    resize_errors: int = 0
-    implausible: int = 0  # reports that claim more than the host sees plugged
-    last_implausible: str = ""
-    row: int = 0
-    seen_report: GuestReport | None = None
-    # Derived from info and meta by update(), indexed by _IDX[tier]; cached
-    # because tick() reads them for every VM (Enum-keyed dicts are slow).
-    allot: list[Allotment] = field(default_factory=list)
-    _meta_limits: list[int] = field(default_factory=list)
-    limits: list[int] = field(default_factory=list)
-    reservations: list[int] = field(default_factory=list)
-    limits_by_name: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.update(self.info, self.meta)
-
-    def update(self, info: DomainInfo, meta: domxml.TieringMetadata) -> None:
-        """Take a new DomainInfo and/or metadata; refresh the derived values."""
-        if meta is not self.meta or not self.limits:
-            self.meta = meta
-            self.reservations = [0, 0]
-            self.limits = [-1, -1]
-            for t in meta.tiers:
-                self.reservations[_IDX[t.tier]] = t.reservation_bytes
-                self.limits[_IDX[t.tier]] = t.limit_bytes
-            self._meta_limits = list(self.limits)
-        self.info = info
-        allot = list(info.allotments)
-        if allot[0].tier is not Tier.FAST:
-            allot.reverse()
-        self.allot = allot
-        self.limits = [
-            a.max_bytes if lim < 0 else min(lim, a.max_bytes)
-            for a, lim in zip(allot, self._meta_limits, strict=True)
-        ]
-        self.limits_by_name = {"fast": self.limits[0], "slow": self.limits[1]}
-
-    def reservation(self, tier: Tier) -> int:
-        return self.reservations[_IDX[tier]]
-
-    def limit(self, tier: Tier) -> int:
-        return self.limits[_IDX[tier]]
-
-
-_IDX = {Tier.FAST: 0, Tier.SLOW: 1}
-_TIERS = (Tier.FAST, Tier.SLOW)
-# _ORDER[k][grow]: slow growth, fast shrink, slow shrink, fast growth.
-_ORDER = ((1, 3), (2, 0))
-
-
-class _Table:
-    """Per-VM numbers as arrays (row = VmState.row; axis 0 of 2-D = tier)."""
-
-    def __init__(self, n: int) -> None:
-        self.weight = np.ones(n)
-        self.req = np.zeros((2, n), np.int64)
-        self.cur = np.zeros((2, n), np.int64)
-        self.block = np.ones((2, n), np.int64)
-        self.limit = np.zeros((2, n), np.int64)
-        self.res = np.zeros((2, n), np.int64)
-        self.last_resize = np.full((2, n), -math.inf)
-        self.received = np.full(n, -math.inf)
-        self.hot = np.full(n, np.nan)
-        self.used = np.full(n, np.nan)
-        self.boot = np.zeros((2, n), np.int64)  # host-known, from the domain
 
 
 def _tiered(info: DomainInfo) -> bool:
@@ -172,7 +95,7 @@ class Daemon:
         self._clock = clock
         self._stop = threading.Event()
         self._lock = threading.RLock()
-        self._vms: dict[str, VmState] = {}
+        self._fleet = Fleet()
         self._pending: Config | None = None
         self._nodes = tuple(backend.host_nodes())
         self._fast_cap, self._slow_cap, self._emulated = _capacity(self._nodes, cfg)
@@ -182,9 +105,6 @@ class Daemon:
                 ",".join(str(n.node) for n in self._nodes),
             )
         self._caps = backend.capabilities()
-        self._states: list[VmState] = []
-        self._table = _Table(0)
-        self._target = np.zeros((2, 0), np.int64)
         self._since_discover = 0
         self._never_discovered = True
         self._last: PolicyResult | None = None
@@ -272,7 +192,7 @@ class Daemon:
                 self._discover(self._backend.domains())
             self._read_channels(now)
             resizes = 0
-            if self._states:
+            if self._fleet.states:
                 result = plan(self._inputs(now), self._cfg.policy)
                 resizes = self._apply(result, now)
                 self._send_allotments()
@@ -283,7 +203,7 @@ class Daemon:
         log.debug(
             "tick %d: %d VM(s), %d resize(s), %.2f ms",
             self.ticks,
-            len(self._states),
+            len(self._fleet),
             resizes,
             self.last_tick_ms,
         )
@@ -291,17 +211,16 @@ class Daemon:
     def _apply_config(self, cfg: Config) -> None:
         self._cfg = cfg
         self._fast_cap, self._slow_cap, self._emulated = _capacity(self._nodes, cfg)
-        for st in self._states:
+        for st in self._fleet:
             st.channel.reconfigure(cfg.channel)
-            self._table.weight[st.row] = cfg.weight(st.meta.qos_class)
+            self._fleet.weight[st.row] = cfg.weight(st.meta.qos_class)
 
     def _handle_events(self) -> bool:
         """Forget VMs that stopped or left; True if any lifecycle event came."""
         events = self._backend.events()
         gone = False
         for event in events:
-            if event.kind in _GONE and event.vm in self._vms:
-                del self._vms[event.vm]
+            if event.kind in _GONE and self._fleet.remove(event.vm):
                 gone = True
                 log.info("VM %s removed (%s)", event.vm, event.kind.value)
             else:
@@ -314,14 +233,14 @@ class Daemon:
         self._since_discover = 0
         self._never_discovered = False
         live: dict[str, DomainInfo] = {d.vm: d for d in domains if _tiered(d)}
-        before = set(self._vms)
-        for vm in [vm for vm in self._vms if vm not in live]:
-            del self._vms[vm]
+        fleet = self._fleet
+        for vm in [vm for vm in fleet.names() if vm not in live]:
+            fleet.remove(vm)
             log.info("VM %s removed (no longer running)", vm)
         for vm, info in live.items():
-            st = self._vms.get(vm)
+            st = fleet.get(vm)
             if st is not None:
-                st.update(info, st.meta)
+                st.set_info(info)
                 continue
             try:
                 meta = self._adopt(info)
@@ -330,68 +249,36 @@ class Daemon:
             except HostError as err:
                 log.error("cannot adopt VM %s: %s", vm, err)
                 continue
-            self._vms[vm] = VmState(vm, meta, GuestChannel(vm, self._cfg.channel), info)
+            fleet.add(VmState(vm, meta, GuestChannel(vm, self._cfg.channel), info))
             log.info("VM %s added (class %s)", vm, meta.qos_class)
-        if set(self._vms) != before or len(self._states) != len(self._vms):
+        if fleet.stale:
             self._rebuild()
         else:
-            self._load_allotments()
-
-    def _load_allotments(self) -> None:
-        """Copy every VM's freshly discovered allotments into the table at once."""
-        t = self._table
-        rows = np.array(
-            [
-                (a.requested_bytes, a.current_bytes, a.block_bytes, a.boot_bytes)
-                for st in self._states
-                for a in st.allot
-            ],
-            dtype=np.int64,
-        ).reshape(len(self._states), 2, 4)
-        t.req[:] = rows[:, :, 0].T
-        t.cur[:] = rows[:, :, 1].T
-        t.block[:] = rows[:, :, 2].T
-        t.boot[:] = rows[:, :, 3].T
+            fleet.load_allotments()
 
     def _rebuild(self) -> None:
-        """New arrays after the set of VMs changed (rows follow self._states)."""
-        self._states = list(self._vms.values())
-        self._table = _Table(len(self._states))
-        self._target = np.zeros((2, 0), np.int64)
-        for row, st in enumerate(self._states):
-            st.row = row
-            self._load_settings(st)
-            for k in (0, 1):
-                self._table.last_resize[k, row] = st.last_resize_s[_TIERS[k]]
-        if self._states:
-            self._load_allotments()
-        for st in self._states:
+        """New fleet arrays after VMs came or went; reports stored again."""
+        self._fleet.rebuild(lambda st: self._cfg.weight(st.meta.qos_class))
+        for st in self._fleet:
             self._store_report(st)  # after the allotments: checks need them
 
-    def _load_settings(self, st: VmState) -> None:
-        t, r = self._table, st.row
-        for k in (0, 1):
-            t.limit[k, r] = st.limits[k]
-            t.res[k, r] = st.reservations[k]
-        t.weight[r] = self._cfg.weight(st.meta.qos_class)
-
     def _store_report(self, st: VmState) -> None:
-        t, r = self._table, st.row
+        f, r = self._fleet, st.row
         rep = st.channel.latest
         st.seen_report = rep
         if rep is None:
-            t.received[r] = -math.inf
+            f.received_s[r] = -math.inf
             return
-        t.received[r] = rep.received_s
-        t.hot[r] = rep.report.hot_bytes
-        t.used[r] = rep.used_bytes
+        f.received_s[r] = rep.received_s
+        f.hot[r] = rep.report.hot_bytes
+        f.used[r] = rep.used_bytes
         why = self._implausible(rep, r)
         if why:
             # A provable lie forfeits the demand claim of this report: the VM
             # keeps its floors (its used memory, capped by what is plugged) and
             # shrinks toward them when others claim the memory. Not rejected,
             # or it would count as silent, which keeps memory.
-            t.hot[r] = 0.0
+            f.hot[r] = 0.0
             st.implausible += 1
             st.last_implausible = why
             if st.implausible == 1 or st.implausible % 100 == 0:
@@ -409,9 +296,11 @@ class Daemon:
         A guest node holds its boot memory plus what is plugged; while a resize
         is under way it may be anywhere between the old and the new size.
         """
-        t = self._table
-        for k, tier in enumerate(("fast", "slow")):
-            seen = int(max(t.req[k, r], t.cur[k, r]) + t.boot[k, r] + t.block[k, r])
+        f = self._fleet
+        for k, tier in enumerate(t.value for t in TIERS):
+            seen = int(
+                max(f.requested[k, r], f.current[k, r]) + f.boot[k, r] + f.block[k, r]
+            )
             total = rep.node_total_bytes(tier)
             if total > seen:
                 return f"{tier} node total {total >> 20} MiB > {seen >> 20} MiB plugged"
@@ -454,7 +343,7 @@ class Daemon:
         """
         recv = self._backend.channel_recv
         ask_every_s = self._cfg.policy.report_timeout_s
-        for st in self._states:
+        for st in self._fleet:
             try:
                 data = recv(st.vm)
             except HostError as err:
@@ -468,7 +357,7 @@ class Daemon:
                 st.channel_connection = conn
                 chan.reconnected()  # no line continues across connections
                 st.sent_allot = None  # what was in flight may be lost
-            if chan.feed(data, now, st.limits_by_name):
+            if chan.feed(data, now, self._fleet.limits_by_name(st)):
                 if chan.sessions > 1:
                     log.info("guest agent of %s said hello again", st.vm)
                 self._send(st, wire.Hello(HOST_AGENT, VERSION))
@@ -496,29 +385,29 @@ class Daemon:
             log.debug("cannot send to %s: %s", st.vm, err)
 
     def _inputs(self, now: float) -> PolicyInputs:
-        t = self._table
-        fresh = t.received >= now - self._cfg.policy.report_timeout_s
-        nan = np.full(len(self._states), np.nan)
+        f = self._fleet
+        fresh = f.received_s >= now - self._cfg.policy.report_timeout_s
+        nan = np.full(len(f.states), np.nan)
 
         def tier(k: int) -> TierInputs:
-            block = t.block[k]
-            limit = t.limit[k] // block * block
-            res = np.minimum(-(-t.res[k] // block) * block, limit)
+            block = f.block[k]
+            limit = f.limit[k] // block * block
+            res = np.minimum(-(-f.reservation[k] // block) * block, limit)
             return TierInputs(
-                requested=t.req[k].copy(),
-                current=t.cur[k].copy(),
+                requested=f.requested[k].copy(),
+                current=f.current[k].copy(),
                 reservation=res,
                 limit=limit,
                 block=block.copy(),
-                last_resize_s=t.last_resize[k].copy(),
-                boot=t.boot[k].copy(),
+                last_resize_s=f.last_resize_s[k].copy(),
+                boot=f.boot[k].copy(),
             )
 
         return PolicyInputs(
             now_s=now,
-            weight=t.weight.copy(),
-            hot_bytes=np.where(fresh, t.hot, nan),
-            used_bytes=np.where(fresh, t.used, nan),
+            weight=f.weight.copy(),
+            hot_bytes=np.where(fresh, f.hot, nan),
+            used_bytes=np.where(fresh, f.used, nan),
             fast=tier(0),
             slow=tier(1),
             fast_capacity_bytes=self._fast_cap,
@@ -526,84 +415,59 @@ class Daemon:
         )
 
     def _apply(self, result: PolicyResult, now: float) -> int:
-        """Issue the resizes: slow growth, fast shrink, slow shrink, fast growth.
-
-        Slow growth first so pages the fast tier gives up have somewhere to go;
-        fast growth last so it uses memory other VMs have released. At most
-        ``policy.max_resizes_per_tick`` calls: VMs below a floor first, then by
-        the size of their change; the rest wait for the next tick.
-        """
-        t = self._table
+        """Issue the resizes in the order and within the budget of
+        :func:`agent_host.policy.order_resizes`; the rest wait for the next tick."""
+        f = self._fleet
         target = np.stack([result.fast.target, result.slow.target])
-        self._target = target
+        f.target = target
         floor = np.stack([result.fast.floor, result.slow.floor])
-        delta = np.abs(target - t.req)
-        forced = ((t.req < floor) & (delta > 0)).any(axis=0)
-        score = delta.max(axis=0).astype(np.float64) + forced * float(1 << 62)
-        rows = np.flatnonzero(score > 0)
-        rows = rows[np.argsort(-score[rows], kind="stable")]
-        ops: list[tuple[int, int, int, int]] = []  # (order, row, k, new)
-        budget = self._cfg.policy.max_resizes_per_tick
-        for r in rows:
-            mine = [
-                (
-                    _ORDER[k][bool(target[k, r] > t.req[k, r])],
-                    int(r),
-                    k,
-                    int(target[k, r]),
-                )
-                for k in (0, 1)
-                if target[k, r] != t.req[k, r]
-            ]
-            if len(ops) + len(mine) > budget:
-                break
-            ops += mine
-        if len(ops) < int((delta > 0).sum()):
-            log.debug("resizes over budget: %d deferred", (delta > 0).sum() - len(ops))
-        ops.sort(key=lambda op: op[0])
+        ops = order_resizes(
+            f.requested, target, floor, self._cfg.policy.max_resizes_per_tick
+        )
+        wanted = int((target != f.requested).sum())
+        if len(ops) < wanted:
+            log.debug("resizes over budget: %d deferred", wanted - len(ops))
         self._track_shrink_notices(target, now)
         done = 0
-        for _, row, k, new in ops:
-            st = self._states[row]
-            if st.vm not in self._vms:
+        for op in ops:
+            st, k, new = f.states[op.row], TIERS.index(op.tier), op.new_bytes
+            if st.vm not in f:
                 continue
-            tier = _TIERS[k]
-            old = int(t.req[k, row])
-            if k == 0 and new < old and not self._shrink_due(st, new, now):
+            old = int(f.requested[k, op.row])
+            if op.step is Step.FAST_SHRINK and not self._shrink_due(st, new, now):
                 continue
             try:
-                self._backend.resize(st.vm, tier, new)
+                self._backend.resize(st.vm, op.tier, new)
             except NoSuchDomain:
-                self._vms.pop(st.vm, None)
+                f.remove(st.vm)
                 self._since_discover = self._cfg.policy.discover_every_ticks
                 log.info("VM %s removed (gone during resize)", st.vm)
                 continue
             except HostError as err:
                 st.resize_errors += 1
-                log.error("resize of %s %s tier failed: %s", st.vm, tier.value, err)
+                log.error("resize of %s %s tier failed: %s", st.vm, op.tier.value, err)
                 continue
-            t.req[k, row] = new
-            if k == 0:
+            f.requested[k, op.row] = new
+            if op.tier is Tier.FAST:
                 st.shrink_notice_s = None
-            t.last_resize[k, row] = now
-            st.last_resize_s[tier] = now
+            f.last_resize_s[k, op.row] = now
             st.resizes += 1
             done += 1
             log.info(
                 "VM %s %s tier resized %d -> %d MiB",
                 st.vm,
-                tier.value,
+                op.tier.value,
                 old >> 20,
                 new >> 20,
             )
-        if len(self._vms) != len(self._states):
+        if f.stale:
             self._rebuild()
         return done
 
     def _track_shrink_notices(self, target: npt.NDArray[np.int64], now: float) -> None:
         """Start the notice of each fast shrink the guest has not heard of yet."""
-        shrinking = (target[0] < self._table.req[0]).tolist()
-        for st, shrink in zip(self._states, shrinking, strict=True):
+        shrinking = (target[0] < self._fleet.requested[0]).tolist()
+        for st, shrink in zip(self._fleet.states, shrinking, strict=True):
             if not shrink:
                 st.shrink_notice_s = None
             elif st.shrink_notice_s is None and st.channel.hello is not None:
@@ -627,13 +491,14 @@ class Daemon:
         rep = st.channel.latest
         if rep is None or rep.received_s <= since:
             return False
-        return rep.fast_used_bytes <= new + int(self._table.boot[0, st.row])
+        return rep.fast_used_bytes <= new + int(self._fleet.boot[0, st.row])
 
     def _send_allotments(self) -> None:
-        if self._target.shape[1] != len(self._states):
+        target = self._fleet.target
+        if target.shape[1] != len(self._fleet.states):
             return  # VMs came or went during this tick; the next one sends
-        fast, slow = self._target[0].tolist(), self._target[1].tolist()
-        for st, f, s in zip(self._states, fast, slow, strict=True):
+        fast, slow = target[0].tolist(), target[1].tolist()
+        for st, f, s in zip(self._fleet.states, fast, slow, strict=True):
             if st.channel.hello is None or (f, s) == st.sent_allot:
                 continue
             st.allot_seq += 1
@@ -667,7 +532,7 @@ class Daemon:
                         f"bytes (int), got {size!r}"
                     )
         with self._lock:
-            st = self._vms.get(vm)
+            st = self._fleet.get(vm)
             if st is None:
                 raise NoSuchDomain(vm)
             if qos_class is not None and qos_class not in self._cfg.classes:
@@ -691,8 +556,8 @@ class Daemon:
                 st.meta, qos_class=qos_class or st.meta.qos_class, tiers=tuple(tiers)
             )
             self._backend.set_metadata(vm, metadata_xml(meta))
-            st.update(st.info, meta)
-            self._load_settings(st)
+            st.meta = meta
+            self._fleet.load_settings(st, self._cfg.weight(meta.qos_class))
             log.info("VM %s settings changed: class %s", vm, meta.qos_class)
             return meta
 
@@ -700,7 +565,7 @@ class Daemon:
         """KVM and balloon statistics of every tiered VM (None where missing)."""
         with self._lock:
             out: dict[str, DomainStats] = {}
-            for vm in self._vms:
+            for vm in self._fleet.names():
                 try:
                     out[vm] = self._backend.domain_stats(vm)
                 except HostError as err:
@@ -711,7 +576,7 @@ class Daemon:
         """One line for systemd's status (``systemctl status``)."""
         with self._lock:
             return (
-                f"{len(self._states)} tiered VM(s), {self.ticks} ticks "
+                f"{len(self._fleet)} tiered VM(s), {self.ticks} ticks "
                 f"({self.tick_failures} failed), last {self.last_tick_ms:.1f} ms"
             )
 
@@ -745,30 +610,29 @@ class Daemon:
                         self._last and self._last.fast.overcommitted
                     ),
                 },
-                "vms": {st.vm: self._vm_status(st, now) for st in self._states},
+                "vms": {st.vm: self._vm_status(st, now) for st in self._fleet},
             }
 
     def _vm_status(self, st: VmState, now: float) -> dict[str, Any]:
         tiers: dict[str, Any] = {}
-        t, r = self._table, st.row
-        has_target = r < self._target.shape[1]
+        f, r = self._fleet, st.row
+        has_target = r < f.target.shape[1]
         last = self._last
         shares = (
             (last.fast.share, last.slow.share)
             if last is not None and r < last.fast.share.shape[0]
             else None
         )
-        for k, tier in enumerate(_TIERS):
-            allot = st.allot[k]
+        for k, tier in enumerate(TIERS):
             tiers[tier.value] = {
-                "requested_bytes": int(t.req[k, r]),
-                "current_bytes": int(t.cur[k, r]),
-                "target_bytes": int(self._target[k, r]) if has_target else None,
+                "requested_bytes": int(f.requested[k, r]),
+                "current_bytes": int(f.current[k, r]),
+                "target_bytes": int(f.target[k, r]) if has_target else None,
                 "share_bytes": int(shares[k][r]) if shares is not None else None,
-                "boot_bytes": int(t.boot[k, r]),
-                "reservation_bytes": st.reservation(tier),
-                "limit_bytes": st.limit(tier),
-                "host_nodes": list(allot.host_nodes),
+                "boot_bytes": int(f.boot[k, r]),
+                "reservation_bytes": int(f.reservation[k, r]),
+                "limit_bytes": int(f.limit[k, r]),
+                "host_nodes": list(st.allot[k].host_nodes),
             }
         chan = st.channel
         rep = chan.latest

@@ -34,20 +34,26 @@ millisecond. docs/host.md states the rules and the properties they guarantee
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from agent_host.backend import Tier
 from agent_host.config import PolicyConfig
 
 __all__ = [
+    "TIERS",
     "PolicyInputs",
     "PolicyResult",
+    "Resize",
+    "Step",
     "TierInputs",
     "TierResult",
     "band_bytes",
     "fair_split",
+    "order_resizes",
     "plan",
 ]
 
@@ -110,10 +116,6 @@ class TierResult:
     want: IntArray
     target: IntArray
     overcommitted: bool  # the floors alone exceed the tier's capacity
-
-    def changed(self, requested: IntArray) -> BoolArray:
-        out: BoolArray = np.not_equal(self.target, requested)
-        return out
 
 
 @dataclass(frozen=True)
@@ -373,3 +375,74 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
         overcommitted=int(s_floor.sum()) > s_cap,
     )
     return PolicyResult(fast_result, slow_result)
+
+
+TIERS = (Tier.FAST, Tier.SLOW)
+"""The tiers in the order of axis 0 of the (2, n) arrays of :func:`order_resizes`."""
+
+
+class Step(enum.IntEnum):
+    """When a resize is issued within one tick (lower first).
+
+    Slow growth first, so pages the fast tier gives up have somewhere to go;
+    fast growth last, so it uses the memory the shrinks released.
+    """
+
+    SLOW_GROWTH = 0
+    FAST_SHRINK = 1
+    SLOW_SHRINK = 2
+    FAST_GROWTH = 3
+
+    @classmethod
+    def of(cls, tier: Tier, grow: bool) -> Step:
+        if tier is Tier.FAST:
+            return cls.FAST_GROWTH if grow else cls.FAST_SHRINK
+        return cls.SLOW_GROWTH if grow else cls.SLOW_SHRINK
+
+
+@dataclass(frozen=True)
+class Resize:
+    """One resize of one VM's allotment: ``row`` indexes the policy arrays."""
+
+    step: Step
+    row: int
+    tier: Tier
+    new_bytes: int
+
+
+def order_resizes(
+    requested: IntArray, target: IntArray, floor: IntArray, budget: int
+) -> list[Resize]:
+    """The resizes of one tick, at most ``budget`` of them, in issue order.
+
+    Arrays are (2, n): axis 0 is :data:`TIERS`, axis 1 the VMs. A VM whose
+    target differs from its request gets a resize per such tier. VMs are
+    admitted whole (both of a VM's resizes, or neither) while the budget lasts:
+    first the VMs below a floor on some tier (they need memory to stay alive),
+    then the others by the size of their largest change, ties by row. The
+    admitted resizes are issued by :class:`Step`, and by admission order
+    within a step.
+    """
+    delta = np.abs(target - requested)
+    changed = delta > 0
+    below_floor = ((requested < floor) & changed).any(axis=0)
+    largest = delta.max(axis=0) if delta.size else np.zeros(0, np.int64)
+    rows = np.flatnonzero(changed.any(axis=0))
+    # lexsort: the last key is the primary one; stable, so ties keep row order.
+    rows = rows[np.lexsort((-largest[rows], ~below_floor[rows]))]
+    admitted: list[Resize] = []
+    for r in rows.tolist():
+        mine = [
+            Resize(
+                Step.of(tier, bool(target[k, r] > requested[k, r])),
+                r,
+                tier,
+                int(target[k, r]),
+            )
+            for k, tier in enumerate(TIERS)
+            if changed[k, r]
+        ]
+        if len(admitted) + len(mine) > budget:
+            break
+        admitted += mine
+    return sorted(admitted, key=lambda op: op.step)

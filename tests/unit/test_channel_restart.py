@@ -90,7 +90,7 @@ class _Rig:
         return vm
 
     def seq(self) -> int:
-        rep = self.host._vms[VM].channel.latest
+        rep = self.host._fleet[VM].channel.latest
         return -1 if rep is None else rep.report.seq
 
 
@@ -125,7 +125,7 @@ def test_restarted_guest_agent_is_back_within_two_report_intervals() -> None:
         2 * REPORT_INTERVAL_S,
     )
     assert took <= 2 * REPORT_INTERVAL_S
-    chan = rig.host._vms[VM].channel
+    chan = rig.host._fleet[VM].channel
     assert chan.sessions == 2
     assert chan.invalid == 1  # the stale fragment, counted once
     assert chan.throttle_count == 0
@@ -142,14 +142,14 @@ def test_restarted_host_daemon_is_back_within_two_report_intervals() -> None:
     rig.host_backend, rig.host = rig.new_host()
     took = rig.run_until(
         lambda: (
-            rig.host._vms.get(VM) is not None
-            and rig.host._vms[VM].channel.hello is not None
+            rig.host._fleet.get(VM) is not None
+            and rig.host._fleet[VM].channel.hello is not None
             and _allots(rig.guest) > before
         ),
         2 * REPORT_INTERVAL_S,
     )
     assert took <= 2 * REPORT_INTERVAL_S
-    assert rig.host._vms[VM].channel.latest is not None
+    assert rig.host._fleet[VM].channel.latest is not None
 
 
 def test_fast_shrink_after_a_host_restart_is_announced_first() -> None:
@@ -175,7 +175,7 @@ def test_host_restart_costs_one_hello_each_way_and_no_ping_pong() -> None:
     rig.run(120)
     # The new host asked once; the guest said hello once; the host answered.
     assert rig.host_backend.hellos_sent() == 2
-    assert rig.host._vms[VM].channel.sessions == 1
+    assert rig.host._fleet[VM].channel.sessions == 1
 
 
 def test_both_restarting_together_settle_without_ping_pong() -> None:
@@ -184,7 +184,7 @@ def test_both_restarting_together_settle_without_ping_pong() -> None:
     rig.guest = rig.new_guest()
     rig.host_backend, rig.host = rig.new_host()
     rig.run(120)
-    chan = rig.host._vms[VM].channel
+    chan = rig.host._fleet[VM].channel
     assert chan.hello is not None
     assert chan.sessions <= 2
     assert rig.host_backend.hellos_sent() <= 3
@@ -194,11 +194,11 @@ def test_guest_re_hellos_at_most_once_per_report_interval() -> None:
     """A host that says hello every second gets at most one hello per interval."""
     rig = _Rig()
     rig.run(30)
-    before = rig.host._vms[VM].channel.sessions
+    before = rig.host._fleet[VM].channel.sessions
     for _ in range(60):
         rig.world.vm(VM).to_guest += wire.encode(wire.Hello("hypertier-host", "x"))
         rig.run(1)
-    again = rig.host._vms[VM].channel.sessions - before
+    again = rig.host._fleet[VM].channel.sessions - before
     assert 1 <= again <= 60 / REPORT_INTERVAL_S + 1
 
 
@@ -221,7 +221,7 @@ def test_host_asks_a_silent_old_guest_at_most_once_per_report_timeout() -> None:
 def test_new_channel_connection_drops_the_partial_line() -> None:
     rig = _Rig()
     rig.run(10)
-    chan = rig.host._vms[VM].channel
+    chan = rig.host._fleet[VM].channel
     rig.world.vm(VM).to_host += b'{"v":1,"type":"rep'  # then the socket broke
     rig.clock.advance(1.0)
     rig.host.tick()
@@ -240,7 +240,7 @@ def test_host_agent_started_late_answers_without_a_hello_round() -> None:
         rig.clock.advance(1.0)
         rig.guest.tick()
     rig.run(60)
-    assert rig.host._vms[VM].channel.sessions == 1
+    assert rig.host._fleet[VM].channel.sessions == 1
     assert rig.host_backend.hellos_sent() == 1
     assert _allots(rig.guest) > 0
 
@@ -252,8 +252,8 @@ def test_guest_hello_lost_long_ago_does_not_swallow_a_host_request() -> None:
         rig.guest.tick()
     rig.world.vm(VM).to_host.clear()
     took = rig.run_until(
-        lambda: rig.host._vms.get(VM) is not None and _allots(rig.guest) > 0,
+        lambda: rig.host._fleet.get(VM) is not None and _allots(rig.guest) > 0,
         2 * REPORT_INTERVAL_S,
     )
     assert took <= 2 * REPORT_INTERVAL_S
-    assert rig.host._vms[VM].channel.sessions == 1
+    assert rig.host._fleet[VM].channel.sessions == 1

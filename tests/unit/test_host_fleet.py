@@ -1,0 +1,79 @@
+"""agent_host.fleet: one structure for the host daemon's per-VM state."""
+
+from __future__ import annotations
+
+import math
+
+from agent_host.backend import Allotment, DomainInfo, Tier
+from agent_host.channel import GuestChannel
+from agent_host.config import ChannelConfig
+from agent_host.domxml import TieringMetadata, TierMetadata
+from agent_host.fleet import Fleet, VmState
+
+MiB = 1 << 20
+
+
+def _state(vm: str, fast_limit: int | None = None) -> VmState:
+    allot = (
+        Allotment(Tier.SLOW, 1, 64 * MiB, 60 * MiB, 512 * MiB, 2 * MiB),
+        Allotment(
+            Tier.FAST, 0, 128 * MiB, 128 * MiB, 256 * MiB, 2 * MiB, boot_bytes=MiB
+        ),
+    )
+    tiers = (TierMetadata(Tier.SLOW, 32 * MiB, 1024 * MiB, (1,)),)
+    if fast_limit is not None:
+        tiers += (TierMetadata(Tier.FAST, 16 * MiB, fast_limit, (0,)),)
+    meta = TieringMetadata("gold", tiers)
+    info = DomainInfo(vm, f"uuid-{vm}", 2, True, allot)
+    return VmState(vm, meta, GuestChannel(vm, ChannelConfig()), info)
+
+
+def test_rows_follow_the_order_of_adding_and_allotments_are_tier_ordered() -> None:
+    fleet = Fleet()
+    a, b = _state("a"), _state("b")
+    fleet.add(a)
+    fleet.add(b)
+    assert fleet.stale
+    fleet.rebuild(lambda st: 4.0)
+    assert not fleet.stale
+    assert [st.row for st in fleet] == [0, 1]
+    assert fleet.requested[:, 1].tolist() == [128 * MiB, 64 * MiB]  # fast, slow
+    assert fleet.boot[:, 0].tolist() == [MiB, 0]
+    assert fleet.weight.tolist() == [4.0, 4.0]
+
+
+def test_limits_are_the_metadata_capped_by_the_device() -> None:
+    fleet = Fleet()
+    st = _state("a", fast_limit=1 << 40)
+    fleet.add(st)
+    fleet.rebuild(lambda _: 1.0)
+    assert fleet.limit_of(st, Tier.FAST) == 256 * MiB  # the device size
+    assert fleet.limit_of(st, Tier.SLOW) == 512 * MiB
+    assert fleet.reservation_of(st, Tier.SLOW) == 32 * MiB
+    assert fleet.limits_by_name(st) == {"fast": 256 * MiB, "slow": 512 * MiB}
+
+
+def test_a_tier_without_metadata_is_limited_by_its_device() -> None:
+    fleet = Fleet()
+    st = _state("a")
+    fleet.add(st)
+    fleet.rebuild(lambda _: 1.0)
+    assert fleet.limit_of(st, Tier.FAST) == 256 * MiB
+    assert fleet.reservation_of(st, Tier.FAST) == 0
+
+
+def test_a_rebuild_keeps_each_vms_last_resize_time() -> None:
+    fleet = Fleet()
+    a, b, c = _state("a"), _state("b"), _state("c")
+    for st in (a, b, c):
+        fleet.add(st)
+    fleet.rebuild(lambda _: 1.0)
+    fleet.last_resize_s[:, c.row] = [5.0, 6.0]
+    assert fleet.remove("a")
+    assert not fleet.remove("a")
+    assert fleet.stale
+    fleet.rebuild(lambda _: 1.0)
+    assert [st.vm for st in fleet] == ["b", "c"]
+    assert fleet.last_resize_s[:, c.row].tolist() == [5.0, 6.0]
+    assert fleet.last_resize_s[:, b.row].tolist() == [-math.inf, -math.inf]
+    assert fleet.target.shape == (2, 0)  # planned for the old rows: dropped
