@@ -14,7 +14,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -108,7 +108,6 @@ class _Counters:
     last_tick_ms: float = 0.0
     hot_bytes: int = 0
     demand_bytes: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Daemon:

@@ -1,4 +1,4 @@
-"""What agent_guest raises (STYLE.md section 4): the error base and kinds of
+"""What agent_guest raises: the error base and kinds of
 hypertier_common (``GuestError`` is the base's name here, so errors cross the
 control socket as the host's do) and :class:`NoSuchProcess`, its own kind.
 """

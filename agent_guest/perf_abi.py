@@ -17,7 +17,6 @@ import numpy.typing as npt
 __all__ = [
     "ATTR_SIZE",
     "Decoded",
-    "RingCursor",
     "decode",
     "encode_attr",
     "parse_event_spec",
@@ -311,13 +310,6 @@ def _cat_u32(parts: list[npt.NDArray[np.uint64]], n: int) -> npt.NDArray[np.uint
     if len(parts) == 1:
         return parts[0].view(np.uint32)
     return np.concatenate(parts).view(np.uint32)
-
-
-@dataclass
-class RingCursor:
-    """Where the consumer is in one ring: the last data_tail written."""
-
-    tail: int = 0
 
 
 def ring_slice(

@@ -1,4 +1,4 @@
-"""The exception hierarchy of agent_host (STYLE.md section 4).
+"""The exception hierarchy of agent_host.
 
 The base and the common kinds are hypertier_common's, so both agents' errors
 cross the control socket alike; ``HostError`` is this agent's name for the base.

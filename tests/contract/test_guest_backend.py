@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -317,5 +318,13 @@ def test_cpu_time_never_decreases(harness: Harness) -> None:
     assert 0.0 <= a <= b
 
 
-def test_counters_are_integers(harness: Harness) -> None:
-    assert all(isinstance(v, int) for v in harness.backend.counters().values())
+def test_counters_are_vmstat_integers_that_never_decrease(harness: Harness) -> None:
+    first = harness.backend.counters()
+    assert first, "no counters at all"
+    vmstat = re.compile(r"^(nr_tlb_|pgmigrate_|numa_|pgpromote_|pgdemote_)\w+$")
+    for name, value in first.items():
+        assert vmstat.match(name), name
+        assert type(value) is int, (name, value)
+        assert value >= 0, (name, value)
+    later = harness.backend.counters()
+    assert all(later[name] >= value for name, value in first.items())

@@ -83,7 +83,6 @@ def test_step_of_tier_and_direction(tier: Tier, grow: bool, step: Step) -> None:
     assert Step.of(tier, grow) is step
 
 
-
 @given(
     data=st.data(),
     n=st.integers(1, 12),
