@@ -7,6 +7,7 @@ failure, 2 usage or configuration error, 3 ``status`` with no daemon).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from agent_guest import cmd_run, config
@@ -15,7 +16,7 @@ from agent_guest.errors import ERROR_KINDS
 from agent_guest.status import format_status
 from hypertier_common import cli
 
-__all__ = ["AGENT", "main"]
+__all__ = ["AGENT", "build_parser", "main"]
 
 EXAMPLES = """examples:
   hypertier-guest run -c /etc/hypertier/guest.toml
@@ -35,6 +36,11 @@ AGENT = cli.Agent(
     description="HyperTier guest agent: access sampling and NUMA page placement.",
     examples=EXAMPLES,
 )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole argparse tree (also what the completion and man page are made of)."""
+    return cli.build_parser(AGENT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

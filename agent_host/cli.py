@@ -7,6 +7,7 @@ failure, 2 usage or configuration error, 3 ``status`` with no daemon).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from agent_host import cmd_run, cmd_tiers, cmd_vm_define, cmd_vm_set, config
@@ -15,7 +16,7 @@ from agent_host.errors import ERROR_KINDS
 from agent_host.status import format_status
 from hypertier_common import cli
 
-__all__ = ["AGENT", "main"]
+__all__ = ["AGENT", "build_parser", "main"]
 
 COMMANDS = {
     ("run",): cmd_run,
@@ -45,6 +46,11 @@ AGENT = cli.Agent(
     examples=EXAMPLES,
     groups={"vm": "define tiered VMs and change their settings"},
 )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole argparse tree (also what the completion and man page are made of)."""
+    return cli.build_parser(AGENT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
