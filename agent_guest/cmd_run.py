@@ -15,7 +15,6 @@ from agent_guest.errors import BackendError
 from agent_guest.status import format_status
 from hypertier_common import service
 from hypertier_common.cli import (
-    Signals,
     add_run_flags,
     check_standalone,
     config_path,
@@ -23,6 +22,7 @@ from hypertier_common.cli import (
 from hypertier_common.clock import Clock, SystemClock
 from hypertier_common.control import ControlServer
 from hypertier_common.metrics import MetricsError, MetricsServer
+from hypertier_common.signals import Signals
 
 __all__ = ["DAEMON", "EPILOG", "HELP", "add_arguments", "backend_options", "main"]
 

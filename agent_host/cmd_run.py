@@ -19,7 +19,6 @@ from agent_host.metrics import registry as metrics_registry
 from agent_host.status import format_status
 from hypertier_common import service
 from hypertier_common.cli import (
-    Signals,
     add_run_flags,
     check_standalone,
     config_path,
@@ -27,6 +26,7 @@ from hypertier_common.cli import (
 from hypertier_common.clock import Clock, SystemClock
 from hypertier_common.control import ControlServer
 from hypertier_common.prometheus import render
+from hypertier_common.signals import Signals
 
 __all__ = ["DAEMON", "EPILOG", "HELP", "add_arguments", "backend_options", "main"]
 

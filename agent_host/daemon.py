@@ -15,11 +15,9 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 import hypertier_wire as wire
 from agent_host import domxml
@@ -29,20 +27,18 @@ from agent_host.backend import (
     EventKind,
     HostBackend,
     HostCapability,
-    HostNode,
     Tier,
 )
-from agent_host.channel import GuestChannel, GuestReport
+from agent_host.channel import GuestChannel
 from agent_host.config import Config
 from agent_host.errors import ConfigError, HostError, NoSuchDomain
-from agent_host.fleet import Fleet, VmState
+from agent_host.fleet import Fleet, VmState, initial_metadata, tiered
 from agent_host.metadata import metadata_xml
 from agent_host.policy import (
     TIERS,
-    PolicyInputs,
     PolicyResult,
     Step,
-    TierInputs,
+    host_capacity,
     order_resizes,
     plan,
 )
@@ -57,26 +53,6 @@ log = logging.getLogger(__name__)
 HOST_AGENT = "hypertier-host"
 VERSION = "0.1.0"
 _GONE = (EventKind.STOPPED, EventKind.MIGRATED, EventKind.UNDEFINED)
-
-
-def _tiered(info: DomainInfo) -> bool:
-    a = info.allotments
-    return len(a) == 2 and a[0].tier is not a[1].tier
-
-
-def _capacity(nodes: tuple[HostNode, ...], cfg: Config) -> tuple[int, int, bool]:
-    fast = sum(n.total_bytes for n in nodes if n.tier is Tier.FAST)
-    slow = sum(n.total_bytes for n in nodes if n.tier is Tier.SLOW)
-    fast_cap = cfg.host.fast_capacity_bytes or max(
-        0, fast - cfg.policy.host_reserved_bytes
-    )
-    emulated = slow == 0
-    if emulated and not cfg.host.emulate_slow_tier:
-        raise ConfigError(
-            "host has no slow-tier node and host.emulate_slow_tier is false"
-        )
-    # Emulated: the slow tier shares the fast nodes' memory (stated in status).
-    return fast_cap, (fast_cap if emulated else slow), emulated
 
 
 class Daemon:
@@ -98,7 +74,7 @@ class Daemon:
         self._fleet = Fleet()
         self._pending: Config | None = None
         self._nodes = tuple(backend.host_nodes())
-        self._fast_cap, self._slow_cap, self._emulated = _capacity(self._nodes, cfg)
+        self._fast_cap, self._slow_cap, self._emulated = host_capacity(self._nodes, cfg)
         if self._emulated:
             log.warning(
                 "no CPU-less host node: the slow tier is emulated on node(s) %s",
@@ -156,7 +132,7 @@ class Daemon:
             self._cfg.host.uri,
         ):
             raise ConfigError("host.backend and host.uri need a restart to change")
-        _capacity(self._nodes, cfg)
+        host_capacity(self._nodes, cfg)
         with self._lock:
             self._pending = cfg
         log.info("configuration reloaded")
@@ -193,7 +169,13 @@ class Daemon:
             self._read_channels(now)
             resizes = 0
             if self._fleet.states:
-                result = plan(self._inputs(now), self._cfg.policy)
+                inputs = self._fleet.policy_inputs(
+                    now,
+                    self._cfg.policy.report_timeout_s,
+                    self._fast_cap,
+                    self._slow_cap,
+                )
+                result = plan(inputs, self._cfg.policy)
                 resizes = self._apply(result, now)
                 self._send_allotments()
                 self._last = result
@@ -210,7 +192,7 @@ class Daemon:
 
     def _apply_config(self, cfg: Config) -> None:
         self._cfg = cfg
-        self._fast_cap, self._slow_cap, self._emulated = _capacity(self._nodes, cfg)
+        self._fast_cap, self._slow_cap, self._emulated = host_capacity(self._nodes, cfg)
         for st in self._fleet:
             st.channel.reconfigure(cfg.channel)
             self._fleet.weight[st.row] = cfg.weight(st.meta.qos_class)
@@ -232,7 +214,7 @@ class Daemon:
     def _discover(self, domains: Sequence[DomainInfo]) -> None:
         self._since_discover = 0
         self._never_discovered = False
-        live: dict[str, DomainInfo] = {d.vm: d for d in domains if _tiered(d)}
+        live: dict[str, DomainInfo] = {d.vm: d for d in domains if tiered(d)}
         fleet = self._fleet
         for vm in [vm for vm in fleet.names() if vm not in live]:
             fleet.remove(vm)
@@ -263,22 +245,8 @@ class Daemon:
             self._store_report(st)  # after the allotments: checks need them
 
     def _store_report(self, st: VmState) -> None:
-        f, r = self._fleet, st.row
-        rep = st.channel.latest
-        st.seen_report = rep
-        if rep is None:
-            f.received_s[r] = -math.inf
-            return
-        f.received_s[r] = rep.received_s
-        f.hot[r] = rep.report.hot_bytes
-        f.used[r] = rep.used_bytes
-        why = self._implausible(rep, r)
+        why = self._fleet.store_report(st)
         if why:
-            # A provable lie forfeits the demand claim of this report: the VM
-            # keeps its floors (its used memory, capped by what is plugged) and
-            # shrinks toward them when others claim the memory. Not rejected,
-            # or it would count as silent, which keeps memory.
-            f.hot[r] = 0.0
             st.implausible += 1
             st.last_implausible = why
             if st.implausible == 1 or st.implausible % 100 == 0:
@@ -290,45 +258,13 @@ class Daemon:
                     st.implausible,
                 )
 
-    def _implausible(self, rep: GuestReport, r: int) -> str:
-        """Why a report contradicts what the host sees plugged ("" if it does not).
-
-        A guest node holds its boot memory plus what is plugged; while a resize
-        is under way it may be anywhere between the old and the new size.
-        """
-        f = self._fleet
-        for k, tier in enumerate(t.value for t in TIERS):
-            seen = int(
-                max(f.requested[k, r], f.current[k, r]) + f.boot[k, r] + f.block[k, r]
-            )
-            total = rep.node_total_bytes(tier)
-            if total > seen:
-                return f"{tier} node total {total >> 20} MiB > {seen >> 20} MiB plugged"
-        if rep.report.hot_bytes > rep.used_bytes:
-            return (
-                f"hot set {rep.report.hot_bytes >> 20} MiB > "
-                f"used {rep.used_bytes >> 20} MiB"
-            )
-        return ""
-
     def _adopt(self, info: DomainInfo) -> domxml.TieringMetadata:
         """The VM's metadata; written from its current allotments if absent."""
         raw = self._backend.get_metadata(info.vm)
         meta = domxml.parse_metadata(raw) if raw else None
         if meta is not None and all(meta.tier(t) for t in Tier):
             return meta
-        tiers = []
-        for tier in Tier:
-            allot = info.allotment(tier)
-            assert allot is not None  # filtered in _discover
-            tiers.append(
-                domxml.TierMetadata(
-                    tier, allot.requested_bytes, allot.max_bytes, allot.host_nodes
-                )
-            )
-        default = self._cfg.policy.default_class
-        qos = meta.qos_class if meta and meta.qos_class else default
-        meta = domxml.TieringMetadata(qos, tuple(tiers))
+        meta = initial_metadata(info, meta, self._cfg.policy.default_class)
         # Recorded before anything is changed, so a restart sees the same floors.
         self._backend.set_metadata(info.vm, metadata_xml(meta))
         return meta
@@ -384,36 +320,6 @@ class Daemon:
         except HostError as err:
             log.debug("cannot send to %s: %s", st.vm, err)
 
-    def _inputs(self, now: float) -> PolicyInputs:
-        f = self._fleet
-        fresh = f.received_s >= now - self._cfg.policy.report_timeout_s
-        nan = np.full(len(f.states), np.nan)
-
-        def tier(k: int) -> TierInputs:
-            block = f.block[k]
-            limit = f.limit[k] // block * block
-            res = np.minimum(-(-f.reservation[k] // block) * block, limit)
-            return TierInputs(
-                requested=f.requested[k].copy(),
-                current=f.current[k].copy(),
-                reservation=res,
-                limit=limit,
-                block=block.copy(),
-                last_resize_s=f.last_resize_s[k].copy(),
-                boot=f.boot[k].copy(),
-            )
-
-        return PolicyInputs(
-            now_s=now,
-            weight=f.weight.copy(),
-            hot_bytes=np.where(fresh, f.hot, nan),
-            used_bytes=np.where(fresh, f.used, nan),
-            fast=tier(0),
-            slow=tier(1),
-            fast_capacity_bytes=self._fast_cap,
-            slow_capacity_bytes=self._slow_cap,
-        )
-
     def _apply(self, result: PolicyResult, now: float) -> int:
         """Issue the resizes in the order and within the budget of
         :func:`agent_host.policy.order_resizes`; the rest wait for the next tick."""
@@ -427,14 +333,15 @@ class Daemon:
         wanted = int((target != f.requested).sum())
         if len(ops) < wanted:
             log.debug("resizes over budget: %d deferred", wanted - len(ops))
-        self._track_shrink_notices(target, now)
+        f.track_shrink_notices(target, now)
         done = 0
         for op in ops:
             st, k, new = f.states[op.row], TIERS.index(op.tier), op.new_bytes
             if st.vm not in f:
                 continue
             old = int(f.requested[k, op.row])
-            if op.step is Step.FAST_SHRINK and not self._shrink_due(st, new, now):
+            notice_s = self._cfg.policy.shrink_notice_s
+            if op.step is Step.FAST_SHRINK and not f.shrink_due(st, new, now, notice_s):
                 continue
             try:
                 self._backend.resize(st.vm, op.tier, new)
@@ -463,35 +370,6 @@ class Daemon:
         if f.stale:
             self._rebuild()
         return done
-
-    def _track_shrink_notices(self, target: npt.NDArray[np.int64], now: float) -> None:
-        """Start the notice of each fast shrink the guest has not heard of yet."""
-        shrinking = (target[0] < self._fleet.requested[0]).tolist()
-        for st, shrink in zip(self._fleet.states, shrinking, strict=True):
-            if not shrink:
-                st.shrink_notice_s = None
-            elif st.shrink_notice_s is None and st.channel.hello is not None:
-                st.shrink_notice_s = now  # the Allot goes out at the end of this tick
-
-    def _shrink_due(self, st: VmState, new: int, now: float) -> bool:
-        """May the fast tier of ``st`` shrink to ``new`` bytes now?
-
-        A guest with an agent is told first (the Allot), so it demotes its
-        coldest pages itself instead of leaving the choice to the unplug path.
-        The host does not wait on the guest: the shrink goes ahead once the
-        guest reports that its fast node fits, or ``policy.shrink_notice_s``
-        after the notice, whichever comes first. Guests without an agent do not
-        wait.
-        """
-        since = st.shrink_notice_s
-        if since is None:
-            return True
-        if now - since >= self._cfg.policy.shrink_notice_s:
-            return True
-        rep = st.channel.latest
-        if rep is None or rep.received_s <= since:
-            return False
-        return rep.fast_used_bytes <= new + int(self._fleet.boot[0, st.row])
 
     def _send_allotments(self) -> None:
         target = self._fleet.target
@@ -535,26 +413,7 @@ class Daemon:
             st = self._fleet.get(vm)
             if st is None:
                 raise NoSuchDomain(vm)
-            if qos_class is not None and qos_class not in self._cfg.classes:
-                known = sorted(self._cfg.classes)
-                raise ConfigError(f"class {qos_class!r} unknown; choose from {known}")
-            tiers = []
-            for tier in Tier:
-                old = st.meta.tier(tier)
-                assert old is not None  # _adopt guarantees both tiers
-                allot = st.info.allotment(tier)
-                dev_max = allot.max_bytes if allot else 0
-                res = reservations.get(tier, old.reservation_bytes)
-                lim = limits.get(tier, old.limit_bytes)
-                if not 0 <= res <= lim <= dev_max:
-                    raise ConfigError(
-                        f"{vm} {tier.value}: need 0 <= reservation ({res}) <= limit "
-                        f"({lim}) <= device size ({dev_max})"
-                    )
-                tiers.append(replace(old, reservation_bytes=res, limit_bytes=lim))
-            meta = replace(
-                st.meta, qos_class=qos_class or st.meta.qos_class, tiers=tuple(tiers)
-            )
+            meta = st.with_settings(qos_class, reservations, limits, self._cfg.classes)
             self._backend.set_metadata(vm, metadata_xml(meta))
             st.meta = meta
             self._fleet.load_settings(st, self._cfg.weight(meta.qos_class))
@@ -614,28 +473,10 @@ class Daemon:
             }
 
     def _vm_status(self, st: VmState, now: float) -> dict[str, Any]:
-        tiers: dict[str, Any] = {}
-        f, r = self._fleet, st.row
-        has_target = r < f.target.shape[1]
         last = self._last
-        shares = (
-            (last.fast.share, last.slow.share)
-            if last is not None and r < last.fast.share.shape[0]
-            else None
+        tiers = self._fleet.tier_status(
+            st, (last.fast.share, last.slow.share) if last is not None else None
         )
-        for k, tier in enumerate(TIERS):
-            tiers[tier.value] = {
-                "requested_bytes": int(f.requested[k, r]),
-                "current_bytes": int(f.current[k, r]),
-                "target_bytes": int(f.target[k, r]) if has_target else None,
-                "share_bytes": int(shares[k][r]) if shares is not None else None,
-                "boot_bytes": int(f.boot[k, r]),
-                "reservation_bytes": int(f.reservation[k, r]),
-                "limit_bytes": int(f.limit[k, r]),
-                "host_nodes": list(st.allot[k].host_nodes),
-            }
-        chan = st.channel
-        rep = chan.latest
         return {
             "class": st.meta.qos_class,
             "weight": self._cfg.weight(st.meta.qos_class),
@@ -647,24 +488,5 @@ class Daemon:
                 if st.shrink_notice_s is None
                 else round(now - st.shrink_notice_s, 3)
             ),
-            "guest": {
-                "connected": chan.hello is not None,
-                "report_age_s": round(now - rep.received_s, 3) if rep else None,
-                "hot_bytes": rep.report.hot_bytes if rep else None,
-                "pressure": rep.report.pressure if rep else None,
-                "messages": chan.messages,
-                "invalid": chan.invalid,
-                "rate_limited": chan.rate_limited,
-                "lines": chan.lines,
-                "blank_lines": chan.blank_lines,
-                "bytes_received": chan.bytes_received,
-                "bytes_discarded": chan.bytes_discarded,
-                "over_budget": chan.over_budget,
-                "sessions": chan.sessions,
-                "throttled": chan.throttled(now),
-                "throttle_count": chan.throttle_count,
-                "last_error": chan.last_error,
-                "implausible_reports": st.implausible,
-                "last_implausible": st.last_implausible,
-            },
+            "guest": st.guest_status(now),
         }

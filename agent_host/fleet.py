@@ -9,23 +9,48 @@ fleet alone assigns rows: ``states[r].row == r`` after every :meth:`rebuild`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
-from agent_host.domxml import TieringMetadata
-from agent_host.policy import TIERS
+from agent_host.domxml import TieringMetadata, TierMetadata
+from agent_host.errors import ConfigError
+from agent_host.policy import TIERS, PolicyInputs, TierInputs
 
-__all__ = ["Fleet", "VmState"]
+__all__ = ["Fleet", "VmState", "initial_metadata", "tiered"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 _NO_LIMIT = -1  # a tier without a limit in the metadata: the device size is the limit
+
+
+def tiered(info: DomainInfo) -> bool:
+    """A VM HyperTier manages: one allotment per tier."""
+    a = info.allotments
+    return len(a) == 2 and a[0].tier is not a[1].tier
+
+
+def initial_metadata(
+    info: DomainInfo, found: TieringMetadata | None, default_class: str
+) -> TieringMetadata:
+    """The metadata of a VM first seen without one for both tiers: its current
+    allotments as reservations, its device sizes as limits, the class it had
+    (or ``default_class``)."""
+    tiers = []
+    for tier in Tier:
+        allot = info.allotment(tier)
+        assert allot is not None  # a tiered() VM has both
+        tiers.append(
+            TierMetadata(tier, allot.requested_bytes, allot.max_bytes, allot.host_nodes)
+        )
+    qos = found.qos_class if found and found.qos_class else default_class
+    return TieringMetadata(qos, tuple(tiers))
 
 
 def _ordered(info: DomainInfo) -> tuple[Allotment, Allotment]:
@@ -65,6 +90,66 @@ class VmState:
     def set_info(self, info: DomainInfo) -> None:
         self.info = info
         self.allot = _ordered(info)
+
+    def guest_status(self, now: float) -> dict[str, Any]:
+        """The guest agent's side of ``status``: channel counters, last report."""
+        chan = self.channel
+        rep = chan.latest
+        return {
+            "connected": chan.hello is not None,
+            "report_age_s": round(now - rep.received_s, 3) if rep else None,
+            "hot_bytes": rep.report.hot_bytes if rep else None,
+            "pressure": rep.report.pressure if rep else None,
+            "messages": chan.messages,
+            "invalid": chan.invalid,
+            "rate_limited": chan.rate_limited,
+            "lines": chan.lines,
+            "blank_lines": chan.blank_lines,
+            "bytes_received": chan.bytes_received,
+            "bytes_discarded": chan.bytes_discarded,
+            "over_budget": chan.over_budget,
+            "sessions": chan.sessions,
+            "throttled": chan.throttled(now),
+            "throttle_count": chan.throttle_count,
+            "last_error": chan.last_error,
+            "implausible_reports": self.implausible,
+            "last_implausible": self.last_implausible,
+        }
+
+    def with_settings(
+        self,
+        qos_class: str | None,
+        reservations: Mapping[Tier, int],
+        limits: Mapping[Tier, int],
+        classes: Collection[str],
+    ) -> TieringMetadata:
+        """This VM's metadata with a new class, reservations or limits (bytes).
+
+        Raises:
+            ConfigError: an unknown class, or not 0 <= reservation <= limit <=
+                device size on a tier.
+        """
+        if qos_class is not None and qos_class not in classes:
+            raise ConfigError(
+                f"class {qos_class!r} unknown; choose from {sorted(classes)}"
+            )
+        tiers = []
+        for tier in Tier:
+            old = self.meta.tier(tier)
+            assert old is not None  # the daemon adopts a VM with both tiers
+            allot = self.info.allotment(tier)
+            dev_max = allot.max_bytes if allot else 0
+            res = reservations.get(tier, old.reservation_bytes)
+            lim = limits.get(tier, old.limit_bytes)
+            if not 0 <= res <= lim <= dev_max:
+                raise ConfigError(
+                    f"{self.vm} {tier.value}: need 0 <= reservation ({res}) <= "
+                    f"limit ({lim}) <= device size ({dev_max})"
+                )
+            tiers.append(replace(old, reservation_bytes=res, limit_bytes=lim))
+        return replace(
+            self.meta, qos_class=qos_class or self.meta.qos_class, tiers=tuple(tiers)
+        )
 
 
 class Fleet:
@@ -201,6 +286,143 @@ class Fleet:
 
     def reservation_of(self, st: VmState, tier: Tier) -> int:
         return int(self.reservation[TIERS.index(tier), st.row])
+
+    def policy_inputs(
+        self,
+        now: float,
+        report_timeout_s: float,
+        fast_capacity_bytes: int,
+        slow_capacity_bytes: int,
+    ) -> PolicyInputs:
+        """What :func:`agent_host.policy.plan` needs, as copies of the arrays.
+
+        Limits are rounded down and reservations up to whole blocks (a
+        reservation never above its limit); reports older than
+        ``report_timeout_s`` count as none (NaN).
+        """
+        fresh = self.received_s >= now - report_timeout_s
+        nan = np.full(len(self.states), np.nan)
+
+        def tier(k: int) -> TierInputs:
+            block = self.block[k]
+            limit = self.limit[k] // block * block
+            res = np.minimum(-(-self.reservation[k] // block) * block, limit)
+            return TierInputs(
+                requested=self.requested[k].copy(),
+                current=self.current[k].copy(),
+                reservation=res,
+                limit=limit,
+                block=block.copy(),
+                last_resize_s=self.last_resize_s[k].copy(),
+                boot=self.boot[k].copy(),
+            )
+
+        return PolicyInputs(
+            now_s=now,
+            weight=self.weight.copy(),
+            hot_bytes=np.where(fresh, self.hot, nan),
+            used_bytes=np.where(fresh, self.used, nan),
+            fast=tier(0),
+            slow=tier(1),
+            fast_capacity_bytes=fast_capacity_bytes,
+            slow_capacity_bytes=slow_capacity_bytes,
+        )
+
+    def track_shrink_notices(self, target: IntArray, now: float) -> None:
+        """Start the notice of each fast shrink the guest has not heard of yet."""
+        shrinking = (target[0] < self.requested[0]).tolist()
+        for st, shrink in zip(self.states, shrinking, strict=True):
+            if not shrink:
+                st.shrink_notice_s = None
+            elif st.shrink_notice_s is None and st.channel.hello is not None:
+                st.shrink_notice_s = now  # the Allot goes out at the end of this tick
+
+    def shrink_due(self, st: VmState, new: int, now: float, notice_s: float) -> bool:
+        """May the fast tier of ``st`` shrink to ``new`` bytes now?
+
+        A guest with an agent is told first (the Allot), so it demotes its
+        coldest pages itself instead of leaving the choice to the unplug path.
+        The host does not wait on the guest: the shrink goes ahead once the
+        guest reports that its fast node fits, or ``notice_s``
+        (``policy.shrink_notice_s``) after the notice, whichever comes first.
+        Guests without an agent do not wait.
+        """
+        since = st.shrink_notice_s
+        if since is None:
+            return True
+        if now - since >= notice_s:
+            return True
+        rep = st.channel.latest
+        if rep is None or rep.received_s <= since:
+            return False
+        return rep.fast_used_bytes <= new + int(self.boot[0, st.row])
+
+    def store_report(self, st: VmState) -> str:
+        """Take ``st``'s latest guest report into the arrays; say why it is
+        implausible ("" if it is not).
+
+        A report that claims more than the host provisioned forfeits its demand
+        (hot set 0): the VM keeps its floors (its used memory, capped by what is
+        plugged) and shrinks toward them when others claim the memory. It is
+        not rejected, or it would count as silent, which keeps memory.
+        """
+        r = st.row
+        rep = st.channel.latest
+        st.seen_report = rep
+        if rep is None:
+            self.received_s[r] = -math.inf
+            return ""
+        self.received_s[r] = rep.received_s
+        self.hot[r] = rep.report.hot_bytes
+        self.used[r] = rep.used_bytes
+        why = self._implausible(rep, r)
+        if why:
+            self.hot[r] = 0.0
+        return why
+
+    def _implausible(self, rep: GuestReport, r: int) -> str:
+        """Why a report contradicts what the host sees plugged ("" if it does not).
+
+        A guest node holds its boot memory plus what is plugged; while a resize
+        is under way it may be anywhere between the old and the new size.
+        """
+        for k, tier in enumerate(t.value for t in TIERS):
+            seen = int(
+                max(self.requested[k, r], self.current[k, r])
+                + self.boot[k, r]
+                + self.block[k, r]
+            )
+            total = rep.node_total_bytes(tier)
+            if total > seen:
+                return f"{tier} node total {total >> 20} MiB > {seen >> 20} MiB plugged"
+        if rep.report.hot_bytes > rep.used_bytes:
+            return (
+                f"hot set {rep.report.hot_bytes >> 20} MiB > "
+                f"used {rep.used_bytes >> 20} MiB"
+            )
+        return ""
+
+    def tier_status(
+        self, st: VmState, shares: tuple[IntArray, IntArray] | None
+    ) -> dict[str, Any]:
+        """``st``'s tiers as ``status`` reports them (``shares``: the policy's
+        last, None before it ran)."""
+        r = st.row
+        planned = r < self.target.shape[1]
+        shared = shares is not None and r < shares[0].shape[0]
+        return {
+            tier.value: {
+                "requested_bytes": int(self.requested[k, r]),
+                "current_bytes": int(self.current[k, r]),
+                "target_bytes": int(self.target[k, r]) if planned else None,
+                "share_bytes": int(shares[k][r]) if shares and shared else None,
+                "boot_bytes": int(self.boot[k, r]),
+                "reservation_bytes": int(self.reservation[k, r]),
+                "limit_bytes": int(self.limit[k, r]),
+                "host_nodes": list(st.allot[k].host_nodes),
+            }
+            for k, tier in enumerate(TIERS)
+        }
 
     def limits_by_name(self, st: VmState) -> dict[str, int]:
         """``st``'s limits as the guest channel checks reports against them."""

@@ -35,13 +35,15 @@ millisecond. docs/host.md states the rules and the properties they guarantee
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from agent_host.backend import Tier
-from agent_host.config import PolicyConfig
+from agent_host.backend import HostNode, Tier
+from agent_host.config import Config, PolicyConfig
+from agent_host.errors import ConfigError
 
 __all__ = [
     "TIERS",
@@ -53,6 +55,7 @@ __all__ = [
     "TierResult",
     "band_bytes",
     "fair_split",
+    "host_capacity",
     "order_resizes",
     "plan",
 ]
@@ -375,6 +378,29 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
         overcommitted=int(s_floor.sum()) > s_cap,
     )
     return PolicyResult(fast_result, slow_result)
+
+
+def host_capacity(nodes: Sequence[HostNode], cfg: Config) -> tuple[int, int, bool]:
+    """(fast, slow capacity in bytes, slow tier emulated) of the host ``nodes``.
+
+    The fast capacity is ``host.fast_capacity_bytes``, or the fast nodes less
+    ``policy.host_reserved_bytes``. Without a slow node the slow tier is
+    emulated on the fast nodes' memory (``status`` says so).
+
+    Raises:
+        ConfigError: no slow node and ``host.emulate_slow_tier`` is false.
+    """
+    fast = sum(n.total_bytes for n in nodes if n.tier is Tier.FAST)
+    slow = sum(n.total_bytes for n in nodes if n.tier is Tier.SLOW)
+    fast_cap = cfg.host.fast_capacity_bytes or max(
+        0, fast - cfg.policy.host_reserved_bytes
+    )
+    emulated = slow == 0
+    if emulated and not cfg.host.emulate_slow_tier:
+        raise ConfigError(
+            "host has no slow-tier node and host.emulate_slow_tier is false"
+        )
+    return fast_cap, (fast_cap if emulated else slow), emulated
 
 
 TIERS = (Tier.FAST, Tier.SLOW)

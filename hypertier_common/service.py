@@ -15,10 +15,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from hypertier_common.cli import Signals
 from hypertier_common.clock import Clock
 from hypertier_common.control import ControlServer
 from hypertier_common.errors import AgentError
+from hypertier_common.signals import Signals
 from hypertier_common.systemd import Notifier, wait_beating
 
 __all__ = ["Server", "Service", "once", "serve", "tick_loop"]

@@ -21,7 +21,7 @@ from agent_guest.errors import BackendError
 from emu.backends.guest import EmuGuestBackend
 from emu.clock import FakeClock
 from emu.machine import World
-from hypertier_common.cli import Signals
+from hypertier_common.signals import Signals
 
 TIMEOUT_S = 60.0  # a guard against a hang, never a timing
 

@@ -33,8 +33,8 @@ from agent_host.metrics import MetricsServer, render
 from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock
 from emu.machine import World
-from hypertier_common.cli import Signals
 from hypertier_common.control import ControlClient
+from hypertier_common.signals import Signals
 from tests.needs import requires_libvirt
 
 TIMEOUT_S = 60.0  # a guard against a hang, never a timing

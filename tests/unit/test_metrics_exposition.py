@@ -29,7 +29,7 @@ from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock
 from emu.machine import World
 from emu.workloads.synthetic import Gups
-from hypertier_common.cli import Signals
+from hypertier_common.signals import Signals
 
 TIMEOUT_S = 60.0  # a guard against a hang, never a timing
 
