@@ -1,0 +1,99 @@
+"""hypertier_common.tomlconfig: one strict loader for both agents' config files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from agent_guest import config as guest_config
+from agent_host import config as host_config
+from hypertier_common import tomlconfig
+from hypertier_common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class _Part:
+    rate: float = 1.0
+    nodes: tuple[int, ...] = ()
+    on: bool = True
+    name: str = "x"
+
+    def __post_init__(self) -> None:
+        if self.rate < 0:
+            raise ConfigError(f"rate must be >= 0, got {self.rate}")
+
+
+@dataclass(frozen=True)
+class _Config:
+    part: _Part = field(default_factory=_Part)
+    named: Mapping[str, _Part] = field(default_factory=dict)
+
+
+def test_arrays_are_tuples_and_ints_are_accepted_as_floats() -> None:
+    cfg = tomlconfig.loads(_Config, "[part]\nrate = 2\nnodes = [1, 2]\n")
+    assert cfg.part == _Part(rate=2.0, nodes=(1, 2))
+    assert isinstance(cfg.part.rate, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("[part]\nrate = nan\n", "part.rate: expected a finite", id="nan"),
+        pytest.param("[part]\nrate = inf\n", "part.rate: expected a finite", id="inf"),
+        pytest.param("[part]\nrat = 1\n", "part.rat: unknown key", id="key"),
+        pytest.param("[prat]\n", "prat: unknown table", id="table"),
+        pytest.param("[part]\non = 1\n", "part.on: expected a boolean", id="bool"),
+        pytest.param("[part]\nrate = true\n", "part.rate: expected a number", id="num"),
+        pytest.param(
+            "[part]\nnodes = [1, 1.5]\n",
+            r"part.nodes\[1\]: expected an integer",
+            id="item",
+        ),
+        pytest.param("[part]\nnodes = 1\n", "part.nodes: expected an array", id="arr"),
+        pytest.param("part = 1\n", "part: expected a table", id="not-table"),
+        pytest.param("[named.a]\nrate = -1\n", "named.a: rate must be", id="post-init"),
+        pytest.param("named = 1\n", "named: expected a table of tables", id="tables"),
+        pytest.param("[part\n", "not valid TOML", id="syntax"),
+    ],
+)
+def test_errors_name_the_source_and_the_full_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^cfg\.toml: .*{message}"):
+        tomlconfig.loads(_Config, text, "cfg.toml")
+
+
+def test_a_file_is_named_in_its_errors(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text("[part]\nrat = 1\n")
+    with pytest.raises(ConfigError, match=f"^{path}: part.rat: unknown key"):
+        tomlconfig.load(_Config, path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        tomlconfig.load(_Config, tmp_path / "none.toml")
+
+
+def test_tables_of_tables_load_and_dump_back() -> None:
+    cfg = tomlconfig.loads(_Config, '[named.b]\nname = "q\\""\n[named.a]\nrate = 3\n')
+    assert dict(cfg.named) == {"a": _Part(rate=3.0), "b": _Part(name='q"')}
+    assert tomlconfig.loads(_Config, tomlconfig.dumps(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    ("module", "table", "float_key"),
+    [
+        pytest.param(guest_config, "guest", "sampler.window_s", id="guest"),
+        pytest.param(host_config, "host", "policy.interval_s", id="host"),
+    ],
+)
+def test_both_agents_have_the_same_semantics(
+    module: ModuleType, table: str, float_key: str
+) -> None:
+    cfg = module.loads(f"[{table}]\nfast_nodes = [0]\n")
+    assert getattr(cfg, table).fast_nodes == (0,)  # a tuple on both agents
+    with pytest.raises(ConfigError, match=f"{table}.fast_nodes: expected an array"):
+        module.loads(f"[{table}]\nfast_nodes = 0\n")
+    section, key = float_key.split(".")
+    with pytest.raises(ConfigError, match=f"{float_key}: expected a finite number"):
+        module.loads(f"[{section}]\n{key} = inf\n")
