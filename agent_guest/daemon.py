@@ -21,7 +21,6 @@ import numpy.typing as npt
 
 import hypertier_wire as wire
 from agent_guest.backend import (
-    Capability,
     GuestBackend,
     NumaNode,
     ProcessInfo,
@@ -32,6 +31,7 @@ from agent_guest.classify import RangeTable, Selection, select_hot
 from agent_guest.config import ClassifyConfig, Config
 from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
 from agent_guest.exchange import Exchanger
+from agent_guest.hostlink import HostLink
 from agent_guest.policy import fast_budget
 from agent_guest.sampler import Sampler
 from hypertier_common.clock import Clock
@@ -42,8 +42,6 @@ __all__ = ["VERSION", "Daemon", "NodeRoles", "node_roles", "pick_targets"]
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
-# A hello unanswered for this many report intervals was lost (see _host_hello).
-_HELLO_ANSWER_INTERVALS = 4
 
 
 @dataclass(frozen=True)
@@ -126,16 +124,9 @@ class Daemon:
         self._next_report = clock.monotonic()
         self._last_cpu = backend.cpu_time_s()
         self._last_t = clock.monotonic()
-        self._reader = wire.LineReader()
-        self._allot_fast: int | None = None
-        self._seq = 0
-        self._hello_sent = False
-        self._hellos = 0  # hellos this process sent
-        self._hello_s = -math.inf  # when the last one went out
-        self._awaiting_answer = False  # a hello of ours the host has not answered
-        self._channel_down = False
         self._informed_epochs = 0  # epochs in which samples arrived
         self.counters = _Counters()
+        self._link = HostLink(backend, clock, self.counters, VERSION)
         self.epoch_durations = DurationHistogram()
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
@@ -238,7 +229,7 @@ class Daemon:
 
     def _tick(self) -> None:
         t0 = self._clock.monotonic()
-        self._handle_channel()
+        self._link.receive(self._cfg.guest.report_interval_s)
         if t0 >= self._next_refresh:
             self._refresh_targets()
             self._next_refresh = t0 + self._cfg.targets.refresh_s
@@ -255,7 +246,7 @@ class Daemon:
         by_id = {n.node: n for n in nodes}
         budget = fast_budget(
             [by_id[n] for n in roles.fast],
-            self._allot_fast,
+            self._link.allot_fast_bytes,
             sum(p.rss_bytes for p in self._target_infos),
             self._cfg.mover,
             keep_reserve=self._informed_epochs >= self._params.reuse_window,
@@ -356,44 +347,7 @@ class Daemon:
             log.info("stopped managing pid %d", pid)
         self._target_infos = [p for p in self._target_infos if p.pid != pid]
 
-    # ------------------------------------------------------------------ channel
-    def _handle_channel(self) -> None:
-        """Say hello (again, if needed) and take the host's messages.
-
-        The host answers a hello with its own. A host hello that answers none
-        of ours means a host daemon that does not know this agent (it
-        restarted): the agent says hello again (see :meth:`_host_hello`).
-        """
-        if Capability.HOST_CHANNEL not in self._backend.capabilities():
-            return
-        if not self._hello_sent:
-            self._say_hello()
-        try:
-            data = self._backend.channel_recv()
-        except GuestError as err:
-            self._channel_failed(err)
-            return
-        for line in self._reader.feed(data):
-            if not line.strip():
-                continue  # the newline a peer sends before its hello
-            try:
-                msg = wire.decode(line)
-            except wire.WireError as err:
-                self.counters.wire_errors += 1
-                log.warning("bad message from host: %s", err)
-                continue
-            if isinstance(msg, wire.Hello):
-                self._host_hello()
-            elif isinstance(msg, wire.Allot):
-                self.counters.allots_received += 1
-                if msg.fast_bytes != self._allot_fast:
-                    log.info(
-                        "host allots %d MiB fast, %d MiB slow",
-                        msg.fast_bytes >> 20,
-                        msg.slow_bytes >> 20,
-                    )
-                self._allot_fast = msg.fast_bytes
-
+    # ------------------------------------------------------------------ report
     def _report(
         self,
         nodes: Sequence[NumaNode],
@@ -410,7 +364,7 @@ class Daemon:
         ``pressure`` the part of that
         demand the fast node's room for the targets (``room``) leaves unmet.
         """
-        if Capability.HOST_CHANNEL not in self._backend.capabilities():
+        if not self._link.available:
             return
         now = self._clock.monotonic()
         if now < self._next_report or self.counters.epochs < self._params.reuse_window:
@@ -434,67 +388,13 @@ class Daemon:
         # The fast node must also hold the reserve the mover keeps free there,
         # or an allotment of exactly the demand leaves part of the hot set out.
         wanted = self._cfg.mover.limit_for(demand + unmanaged)
-        self._seq += 1
         stats = self._exchanger.stats
-        msg = wire.Report(
-            self._seq,
+        self._link.report(
             usage,
             min(wanted, used, wire.MAX_BYTES),
             pressure,
             stats.promoted + stats.demoted,
         )
-        if self._send(msg):
-            self.counters.reports_sent += 1
-
-    def _say_hello(self) -> None:
-        # The first hello of this process starts with a newline: it ends the
-        # line a killed agent may have left unfinished in the host's reader,
-        # which would otherwise swallow this hello.
-        if self._send(wire.Hello("hypertier-guest", VERSION), newline=not self._hellos):
-            self._hello_sent = True
-            self._awaiting_answer = True
-            self._hellos += 1
-            self._hello_s = self._clock.monotonic()
-
-    def _host_hello(self) -> None:
-        """A host hello: the answer to ours, or a new host daemon asking for one.
-
-        The first host hello after ours is its answer, however late it comes
-        (a host that was not running yet, a slow guest). One that comes unasked
-        gets a hello back, at most once per ``guest.report_interval_s``. An
-        answer never gets one, so the exchange cannot loop; a hello of ours that
-        was lost (no answer within ``_HELLO_ANSWER_INTERVALS`` report
-        intervals) stops waiting for one, so the host's next request works.
-        """
-        interval = self._cfg.guest.report_interval_s
-        since = self._clock.monotonic() - self._hello_s
-        if self._awaiting_answer and since <= _HELLO_ANSWER_INTERVALS * interval:
-            self._awaiting_answer = False
-            return
-        self._awaiting_answer = False
-        if since < interval:
-            return  # said hello moments ago; the host asks again if it must
-        log.info("host agent said hello unasked (it restarted): saying hello again")
-        self._hello_sent = False  # retried every tick until it goes out
-        self._say_hello()
-
-    def _send(self, msg: wire.Message, newline: bool = False) -> bool:
-        """Send to the host agent; placement goes on without it if that fails."""
-        try:
-            self._backend.channel_send(b"\n" * newline + wire.encode(msg))
-        except GuestError as err:
-            self._channel_failed(err)
-            return False
-        if self._channel_down:
-            log.info("host channel works again")
-            self._channel_down = False
-        return True
-
-    def _channel_failed(self, err: GuestError) -> None:
-        self.counters.channel_errors += 1
-        if not self._channel_down:  # log the transition, not every tick
-            log.warning("host channel: %s; placing pages without the host", err)
-            self._channel_down = True
 
     # ------------------------------------------------------------------- status
     def summary(self) -> str:
@@ -534,7 +434,7 @@ class Daemon:
             "cpu_s": self._backend.cpu_time_s(),
             "hot_bytes": self.counters.hot_bytes,
             "demand_bytes": self.counters.demand_bytes,
-            "allot_fast_bytes": self._allot_fast,
+            "allot_fast_bytes": self._link.allot_fast_bytes,
             "reports_sent": self.counters.reports_sent,
             "allots_received": self.counters.allots_received,
             "channel_errors": self.counters.channel_errors,
