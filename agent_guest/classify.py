@@ -9,7 +9,7 @@ hysteresis. Work is O(ranges + samples), independent of memory size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,16 +17,9 @@ import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE, Vma
 from agent_guest.config import ClassifyConfig
+from agent_guest.pages import PageTable, Resolved
 
-__all__ = [
-    "RangeTable",
-    "Residual",
-    "Resolved",
-    "Selection",
-    "coverage_bytes",
-    "in_sorted",
-    "select_hot",
-]
+__all__ = ["RangeTable", "Residual"]
 
 
 def _empty_u64() -> npt.NDArray[np.uint64]:
@@ -35,38 +28,6 @@ def _empty_u64() -> npt.NDArray[np.uint64]:
 
 # Bits set in each byte value: epochs with samples, out of an 8-epoch history.
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
-
-
-_PAGES_PER_MIB = float((1 << 20) // PAGE_SIZE)
-
-
-@dataclass(frozen=True, eq=False)
-class Resolved:
-    """Resolved pages of one table (sorted ``addr``): long-memory ``count``,
-    ``recent`` count and ``mass`` (decayed like the ranges'), ``density`` and
-    its standard error ``noise`` in the ranges' unit, and ``hot`` (selected
-    last epoch)."""
-
-    addr: npt.NDArray[np.uint64]
-    count: npt.NDArray[np.float64]
-    recent: npt.NDArray[np.float64]
-    mass: npt.NDArray[np.float64]
-    density: npt.NDArray[np.float64]
-    noise: npt.NDArray[np.float64]
-    hot: npt.NDArray[np.bool_]
-
-
-def in_sorted(
-    x: npt.NDArray[np.uint64], ref: npt.NDArray[np.uint64]
-) -> npt.NDArray[np.bool_]:
-    """``np.isin(x, ref)`` for a sorted ``ref``: a binary search per element,
-    without sorting ``x`` (the candidate lists are long, ``ref`` is sorted)."""
-    if ref.shape[0] == 0:
-        return np.zeros(x.shape[0], bool)
-    i = np.searchsorted(ref, x)
-    np.minimum(i, ref.shape[0] - 1, out=i)
-    found: npt.NDArray[np.bool_] = ref[i] == x
-    return found
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,26 +96,8 @@ class RangeTable:
         self._next_start = _empty_u64()
         self._any_multi = False
         self._ws: _Scratch | None = None
-        # Pages tracked one by one (bounded by max_tracked_pages), so hot pages
-        # scattered among cold ones are found where ranges cannot separate them.
-        # ``page_count`` is a long memory, cooled (halved) every
-        # ``page_cooling_samples`` samples rather than every epoch: a page of a
-        # hot set of thousands sees a sample every few epochs, so only a memory
-        # counted in samples resolves it, whatever the epoch length. ``page_recent``
-        # decays like the ranges' counts; ``page_epochs`` counts the epochs in
-        # which the page had samples while tracked (up to 255).
-        self.page_addr = _empty_u64()
-        self.page_count = np.empty(0, np.float64)
-        self.page_recent = np.empty(0, np.float64)
-        self.page_mass = np.empty(0, np.float64)  # decays like the ranges' mass
-        self.page_epochs = np.empty(0, np.float64)
-        self.page_seen = np.empty(0, np.uint8)
-        self.page_total = 0.0  # all samples, cooled like page_count
-        self._since_cooling = 0.0
-        self._pending: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]] = []
-        self._resolved: Resolved | None = None
-        # pages selected hot last epoch (sorted), for hysteresis
-        self.hot_page_addr = _empty_u64()
+        # pages tracked one by one, for hot pages ranges cannot separate
+        self.pages = PageTable(params)
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
@@ -246,7 +189,7 @@ class RangeTable:
         mass: npt.NDArray[np.float64],
     ) -> None:
         self._grid = None
-        self._resolved = None
+        self.pages.invalidate()  # resolved densities use the ranges' counts
         self.start, self.end = start, end
         self.count = count.astype(np.float64)
         self.mass = mass.astype(np.float64)
@@ -339,117 +282,17 @@ class RangeTable:
         both = np.bincount(j, minlength=2 * n + 1)[: 2 * n].reshape(n, 2)
         self.left += both[:, 0]
         self.right += both[:, 1]
-        self._track_pages(addr)
+        self.pages.track(addr)
         return int(both.sum())
-
-    def _track_pages(self, addr: npt.NDArray[np.uint64]) -> None:
-        # A strided subsample bounds the sort; each kept sample stands for ``step``.
-        step = max(1, addr.shape[0] // self.params.page_track_samples)
-        pages = addr[::step] & ~np.uint64(PAGE_SIZE - 1)
-        u, c = np.unique(pages, return_counts=True)
-        self._pending.append((u, c.astype(np.float64) * step))
-        self.page_total += float(addr.shape[0])
-        self._since_cooling += float(addr.shape[0])
 
     def hot_pages(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
         """Resolved pages (see :meth:`resolved`) and their long-memory counts."""
         r = self.resolved()
         return r.addr, r.count
 
-    def _end_pages(self) -> None:
-        p = self.params
-        parts_a = [self.page_addr, *(u for u, _ in self._pending)]
-        new_c = [c for _, c in self._pending]
-        self._pending = []
-        u, inv = np.unique(np.concatenate(parts_a), return_inverse=True)
-        inv = inv.reshape(-1)
-        n_old = self.page_addr.shape[0]
-        fresh = np.concatenate(new_c) if new_c else np.empty(0)
-        m = u.shape[0]
-        cnt = np.bincount(
-            inv, weights=np.concatenate((self.page_count, fresh)), minlength=m
-        ).astype(np.float64)
-        recent = np.bincount(
-            inv,
-            weights=np.concatenate((self.page_recent * p.decay, fresh)),
-            minlength=m,
-        ).astype(np.float64)
-        pmass = np.bincount(
-            inv,
-            weights=np.concatenate((self.page_mass * p.demand_decay, fresh)),
-            minlength=m,
-        ).astype(np.float64)
-        epochs = np.zeros(m)
-        epochs[inv[:n_old]] = self.page_epochs
-        seen = np.zeros(m, np.uint8)
-        seen[inv[:n_old]] = np.left_shift(self.page_seen, 1)
-        new = inv[n_old:]
-        seen[new] = np.bitwise_or(seen[new], 1)
-        epochs[np.unique(new)] += 1.0
-        np.minimum(epochs, 255.0, out=epochs)
-        while self._since_cooling >= p.page_cooling_samples:
-            self._since_cooling -= p.page_cooling_samples
-            cnt *= 0.5
-            self.page_total *= 0.5
-        keep = (cnt >= 0.5) | (recent >= 0.5)
-        u, cnt, recent, pmass, epochs, seen = (
-            u[keep],
-            cnt[keep],
-            recent[keep],
-            pmass[keep],
-            epochs[keep],
-            seen[keep],
-        )
-        if p.max_tracked_pages == 0:
-            keep = np.zeros(u.shape[0], bool)
-        elif u.shape[0] > p.max_tracked_pages:
-            top = np.argpartition(-cnt, p.max_tracked_pages - 1)[: p.max_tracked_pages]
-            keep = np.zeros(u.shape[0], bool)
-            keep[top] = True
-        else:
-            keep = np.ones(u.shape[0], bool)
-        self.page_addr, self.page_count = u[keep], cnt[keep]
-        self.page_recent, self.page_epochs = recent[keep], epochs[keep]
-        self.page_mass = pmass[keep]
-        self.page_seen = seen[keep]
-        self._resolved = None
-
     def resolved(self) -> Resolved:
-        """Tracked pages whose own samples say how hot they are.
-
-        A page is resolved with at least ``hot_page_min_samples`` samples in its
-        long memory over at least ``hot_page_min_epochs`` epochs (one burst is
-        not reuse), unless it has gone quiet: no sample in the last 8 epochs
-        where its long-memory rate predicted 3 or more (then the long memory is
-        stale, e.g. after a phase change, and the page falls back to its range).
-        Its ``density`` is its long-memory share of this process's samples, in
-        the ranges' unit (recent samples per MiB), so pages and ranges rank on
-        one scale.
-        """
-        if self._resolved is not None:
-            return self._resolved
-        p = self.params
-        total = max(self.page_total, 1.0)
-        recent_total = float(self.count.sum())
-        per_epoch = recent_total * (1.0 - p.decay)
-        share = self.page_count / total
-        quiet = (self.page_seen == 0) & (8.0 * share * per_epoch >= 3.0)
-        ok = (
-            (self.page_count >= p.hot_page_min_samples)
-            & (self.page_epochs >= p.hot_page_min_epochs)
-            & ~quiet
-        )
-        addr = self.page_addr[ok]
-        cnt = self.page_count[ok]
-        scale = recent_total / total * _PAGES_PER_MIB
-        dens = cnt * scale
-        noise = np.sqrt(cnt + 1.0) * scale
-        hot = in_sorted(addr, self.hot_page_addr)
-        res = Resolved(
-            addr, cnt, self.page_recent[ok], self.page_mass[ok], dens, noise, hot
-        )
-        self._resolved = res
-        return res
+        """This table's resolved pages (:meth:`PageTable.resolved`)."""
+        return self.pages.resolved(float(self.count.sum()))
 
     def residual(self) -> Residual:
         """Per range, the density of the pages not resolved: the range's samples
@@ -504,7 +347,7 @@ class RangeTable:
         self.mass = self.mass * p.demand_decay + self.left + self.right
         sampled = ((self.left + self.right) > 0).astype(np.uint8)
         self.seen = np.left_shift(self.seen, 1) | sampled
-        self._end_pages()
+        self.pages.end_epoch()
         self._split()
         self._merge()
         self.left = np.zeros(len(self))
@@ -605,119 +448,3 @@ class RangeTable:
         self.seen = self.seen[keep]
         self.left, self.right = self.left[keep], self.right[keep]
         self._grid = None
-
-
-@dataclass(frozen=True, eq=False)
-class Selection:
-    """Hot ranges chosen this epoch: per pid a bool mask over its table, ordered
-    lists for the exchange, and the hot-set size estimate."""
-
-    hot: Mapping[int, npt.NDArray[np.bool_]]
-    hot_bytes: int
-    demand_bytes: int
-
-
-def select_hot(
-    tables: Mapping[int, RangeTable], capacity_bytes: int, hysteresis: float
-) -> Selection:
-    """Pick the densest units over all processes that fit ``capacity_bytes``.
-
-    Units are resolved pages (:meth:`RangeTable.resolved`, each with its own
-    density) and ranges (the density of their other pages,
-    :meth:`RangeTable.residual`), ranked on one scale. Units hot last epoch rank
-    with density x (1 + hysteresis), so a newcomer must be clearly hotter to
-    displace them (no ping-pong). Units with no samples are never hot, and a
-    range not hot yet must show reuse (samples in ``reuse_epochs`` of the last
-    ``reuse_window`` epochs) first. Updates each table's ``hot`` mask and
-    ``hot_page_addr``. ``demand_bytes`` is what the guest would place on the
-    fast tier if it had room (:func:`coverage_bytes` of the long-window sample
-    mass), whatever it holds now: the demand reported to the host.
-    """
-    pids = list(tables)
-    if not pids:
-        return Selection({}, 0, 0)
-    res = [tables[p].resolved() for p in pids]
-    resid = [tables[p].residual() for p in pids]
-    # A range hot last epoch stays while either time scale says so; a newcomer
-    # needs both (Residual).
-    r_dens = np.concatenate(
-        [
-            np.where(tables[p].hot, r.cold, r.hot)
-            for p, r in zip(pids, resid, strict=True)
-        ]
-    )
-    r_size = np.concatenate(
-        [
-            np.maximum(
-                tables[p].size_bytes - _resolved_bytes(tables[p], r), float(PAGE_SIZE)
-            )
-            for p, r in zip(pids, res, strict=True)
-        ]
-    )
-    n_ranges = r_dens.shape[0]
-    dens = np.concatenate([r_dens, *(r.density for r in res)])
-    prev = np.concatenate([*(tables[p].hot for p in pids), *(r.hot for r in res)])
-    size = np.concatenate([r_size, np.full(dens.shape[0] - n_ranges, float(PAGE_SIZE))])
-    reused = np.concatenate(
-        [
-            *(tables[p].reused for p in pids),
-            np.ones(dens.shape[0] - n_ranges, bool),  # resolved: reused by definition
-        ]
-    )
-    lens = [len(tables[p]) for p in pids]
-    plens = [r.addr.shape[0] for r in res]
-    owner = np.concatenate(
-        [np.repeat(np.arange(len(pids)), lens), np.repeat(np.arange(len(pids)), plens)]
-    )
-    score = dens * np.where(prev, 1.0 + hysteresis, 1.0)
-    sampled = dens > 1e-3
-    active = sampled & (prev | reused)
-    order = np.argsort(-score, kind="stable")
-    order = order[active[order]]
-    fits = np.cumsum(size[order]) <= capacity_bytes
-    chosen = np.zeros(dens.shape[0], bool)
-    chosen[order[fits]] = True
-    hot: dict[int, npt.NDArray[np.bool_]] = {}
-    c_ranges, c_pages = chosen[:n_ranges], chosen[n_ranges:]
-    o_ranges, o_pages = owner[:n_ranges], owner[n_ranges:]
-    for k, p in enumerate(pids):
-        mask = c_ranges[o_ranges == k]
-        t = tables[p]
-        t.hot = mask
-        t.hot_page_addr = res[k].addr[c_pages[o_pages == k]]
-        t._resolved = None  # its ``hot`` flags changed
-        hot[p] = mask
-    mass = np.concatenate([tables[p].mass for p in pids])
-    rsize = np.concatenate([tables[p].size_bytes for p in pids])
-    coverage = tables[pids[0]].params.demand_coverage
-    return Selection(
-        hot, int(size[chosen].sum()), coverage_bytes(mass, rsize, coverage)
-    )
-
-
-def _resolved_bytes(t: RangeTable, r: Resolved) -> npt.NDArray[np.float64]:
-    """Bytes of resolved pages in each range of ``t``."""
-    if r.addr.shape[0] == 0 or len(t) == 0:
-        return np.zeros(len(t))
-    j = t.locate(r.addr)
-    return np.bincount(j[j >= 0], minlength=len(t)).astype(np.float64) * PAGE_SIZE
-
-
-def coverage_bytes(
-    mass: npt.NDArray[np.float64], size: npt.NDArray[np.float64], coverage: float
-) -> int:
-    """The least memory that serves ``coverage`` of the sampled accesses: ranges
-    by decreasing density until their samples reach that fraction (the last one
-    in proportion). Independent of what the fast tier holds now."""
-    total = float(mass.sum())
-    if total <= 0.0:
-        return 0
-    order = np.argsort(-(mass / np.maximum(size, 1.0)), kind="stable")
-    m, sz = mass[order], size[order]
-    cum = np.cumsum(m)
-    goal = coverage * total
-    k = int(np.searchsorted(cum, goal))  # ranges before k serve less than goal
-    k = min(k, m.shape[0] - 1)
-    before = float(cum[k - 1]) if k > 0 else 0.0
-    part = (goal - before) / float(m[k]) if m[k] > 0 else 0.0
-    return int(float(sz[:k].sum()) + min(max(part, 0.0), 1.0) * float(sz[k]))

@@ -27,13 +27,14 @@ from agent_guest.backend import (
     SampleSource,
     Tier,
 )
-from agent_guest.classify import RangeTable, Selection, select_hot
+from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, Config
 from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.hostlink import HostLink
 from agent_guest.policy import fast_budget
 from agent_guest.sampler import Sampler
+from agent_guest.selection import Selection, select_hot
 from hypertier_common.clock import Clock
 from hypertier_common.metrics import DurationHistogram
 from hypertier_common.service import tick_loop

@@ -16,21 +16,18 @@ import numpy as np
 import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE, GuestBackend
-from agent_guest.classify import RangeTable, in_sorted
+from agent_guest.classify import RangeTable
 from agent_guest.config import MoverConfig
 from agent_guest.errors import AccessDenied, NoSuchProcess
+from agent_guest.pages import in_sorted
+from agent_guest.plan import Candidates, pages_of_ranges, plan_exchange
 from hypertier_common.clock import Clock
 
 __all__ = [
-    "Batch",
-    "Candidates",
     "ExchangeStats",
     "Exchanger",
     "RateLimiter",
-    "clearly_denser",
     "errno_name",
-    "pages_of_ranges",
-    "plan_exchange",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,153 +70,6 @@ class RateLimiter:
 
     def refund(self, unused_bytes: int) -> None:
         self._tokens = min(self._cap, self._tokens + max(0, unused_bytes))
-
-
-@dataclass(frozen=True, eq=False)
-class Candidates:
-    """Pages in priority order: parallel ``pid``, ``addr``, and the ``density`` and
-    its standard error ``noise`` of the range each page is in."""
-
-    pid: npt.NDArray[np.int32]
-    addr: npt.NDArray[np.uint64]
-    density: npt.NDArray[np.float64]
-    noise: npt.NDArray[np.float64]
-
-    def __len__(self) -> int:
-        return int(self.addr.shape[0])
-
-    @classmethod
-    def empty(cls) -> Candidates:
-        return cls(
-            np.empty(0, np.int32), np.empty(0, np.uint64), np.empty(0), np.empty(0)
-        )
-
-    def take(self, start: int, stop: int) -> Candidates:
-        return self.pick(slice(start, stop))
-
-    def pick(
-        self, sel: slice | npt.NDArray[np.intp] | npt.NDArray[np.bool_]
-    ) -> Candidates:
-        return Candidates(
-            self.pid[sel], self.addr[sel], self.density[sel], self.noise[sel]
-        )
-
-    def then(self, other: Candidates) -> Candidates:
-        """These candidates followed by ``other``."""
-        return Candidates(
-            np.concatenate((self.pid, other.pid)),
-            np.concatenate((self.addr, other.addr)),
-            np.concatenate((self.density, other.density)),
-            np.concatenate((self.noise, other.noise)),
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class Batch:
-    """One move_pages round: ``to`` is "slow" (demote) or "fast" (promote)."""
-
-    to: str
-    pages: Candidates
-
-
-def plan_exchange(
-    promote: Candidates,
-    demote: Candidates,
-    free_pages: int,
-    budget_pages: int,
-    batch_pages: int,
-    min_gain: float = 0.0,
-    z: float = 2.0,
-) -> list[Batch]:
-    """Plan the epoch's batches (pure).
-
-    ``free_pages`` is room left on the fast tier under its limit; negative means
-    the tier is over its allotment by that much, which is demoted first. Then
-    promotions use the free room, then go in pairs: a demote batch of k cold fast
-    pages followed by a promote batch of k hot slow pages, so the fast node never
-    holds more than its limit. Every moved page costs one page of ``budget_pages``.
-    A pair is only worth it if the hot page is denser than the cold page by the
-    factor ``1 + min_gain``, beyond sampling noise (:func:`clearly_denser`;
-    hysteresis: near-equals and noise never swap).
-    """
-    batches: list[Batch] = []
-    budget = max(0, budget_pages)
-    d = p = 0
-    if free_pages < 0:
-        n = min(-free_pages, len(demote), budget)
-        for s in range(0, n, batch_pages):
-            batches.append(Batch("slow", demote.take(s, min(n, s + batch_pages))))
-        d, budget = n, budget - n
-        free_pages = 0
-    n = min(free_pages, len(promote), budget)
-    for s in range(0, n, batch_pages):
-        batches.append(Batch("fast", promote.take(s, min(n, s + batch_pages))))
-    p, budget = n, budget - n
-    pairs = min(len(promote) - p, len(demote) - d, budget // 2)
-    if pairs > 0:
-        hot, cold = promote.take(p, p + pairs), demote.take(d, d + pairs)
-        gain = clearly_denser(hot, cold, min_gain, z)
-        if not gain.all():
-            pairs = int(np.argmin(gain))
-    for s in range(0, pairs, batch_pages):
-        k = min(batch_pages, pairs - s)
-        batches.append(Batch("slow", demote.take(d + s, d + s + k)))
-        batches.append(Batch("fast", promote.take(p + s, p + s + k)))
-    return batches
-
-
-def _counts(c: Candidates) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """(samples, density per sample) behind each candidate's estimate.
-
-    A unit (range or page) with ``n`` samples has ``density = n * s`` and
-    ``noise = sqrt(n + 1) * s``, so ``s`` and ``n`` follow from the two."""
-    d = np.maximum(c.density, 0.0)
-    u = np.square(c.noise)
-    s = (np.sqrt(d * d + 4.0 * u) - d) / 2.0
-    s = np.maximum(s, 1e-300)
-    return d / s, s
-
-
-def clearly_denser(
-    hot: Candidates, cold: Candidates, min_gain: float, z: float
-) -> npt.NDArray[np.bool_]:
-    """Per pair: is the hot unit denser than ``(1 + min_gain)`` x the cold one's
-    plausible density, beyond Poisson noise?
-
-    The cold side counts at its upper bound (``z`` standard errors); the hot
-    side's sample count is tested against the count that bound predicts, with
-    Anscombe's variance-stabilising transform (``2 sqrt(n + 3/8)`` is close to
-    unit-variance normal even for a handful of samples, where ``n +- sqrt(n)``
-    is not: 4 samples against ~0 expected are strong evidence).
-    """
-    n_hot, s_hot = _counts(hot)
-    n_cold, s_cold = _counts(cold)
-    bound = s_cold * (n_cold + z * np.sqrt(n_cold + 1.0)) * (1.0 + min_gain)
-    expect = bound / s_hot  # in the hot unit's samples
-    stat = 2.0 * (np.sqrt(n_hot + 0.375) - np.sqrt(expect + 0.375))
-    ok: npt.NDArray[np.bool_] = (stat > z) & (
-        hot.density > (1.0 + min_gain) * cold.density
-    )
-    return ok
-
-
-def pages_of_ranges(
-    start: npt.NDArray[np.uint64], end: npt.NDArray[np.uint64], limit: int
-) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.intp]]:
-    """Page addresses of the ranges in the given order, at most ``limit`` of them,
-    and the index of the range each came from (vectorised)."""
-    pages = ((end - start) // np.uint64(PAGE_SIZE)).astype(np.int64)
-    csum = np.cumsum(pages)
-    n_ranges = min(int(np.searchsorted(csum, limit, "left")) + 1, int(csum.shape[0]))
-    pages = pages[:n_ranges].copy()
-    if pages.shape[0] and csum[n_ranges - 1] > limit:
-        pages[-1] -= csum[n_ranges - 1] - limit
-    total = int(pages.sum())
-    idx = np.repeat(np.arange(pages.shape[0]), pages)
-    first = np.cumsum(pages) - pages
-    k = np.arange(total, dtype=np.int64) - np.repeat(first, pages)
-    addr = start[idx] + (k * PAGE_SIZE).astype(np.uint64)
-    return addr, idx
 
 
 @dataclass

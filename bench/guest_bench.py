@@ -18,8 +18,9 @@ import numpy as np
 
 from agent_guest import perf_abi as abi
 from agent_guest.backend import Vma
-from agent_guest.classify import RangeTable, select_hot
+from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig
+from agent_guest.selection import select_hot
 
 __all__ = ["agent_cpu_pct", "classify_epoch_ms", "decode_samples_per_s", "main"]
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agent_guest import config as guest_config
-from agent_guest.classify import coverage_bytes
+from agent_guest.selection import coverage_bytes
 from agent_host import config as host_config
 from emu.backends.guest import EmuGuestBackend
 from emu.backends.liar import LyingGuestBackend

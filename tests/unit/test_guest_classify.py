@@ -8,12 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent_guest.backend import Vma
-from agent_guest.classify import (
-    RangeTable,
-    coverage_bytes,
-    select_hot,
-)
+from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig
+from agent_guest.selection import coverage_bytes, select_hot
 
 MiB = 1 << 20
 BASE = 0x7F0000000000
@@ -253,7 +250,7 @@ def test_one_pass_of_a_scan_is_not_hot() -> None:
     assert ((pages >= BASE) & (pages < BASE + 4 * MiB)).all()
     assert pages.shape[0] == 1024
     # the hot region is selected, page by page, and nothing of the scan
-    assert t.hot_page_addr.tolist() == pages.tolist()
+    assert t.pages.hot_addr.tolist() == pages.tolist()
     assert sel.hot_bytes <= 8 * MiB
 
 
@@ -261,13 +258,13 @@ def test_tracked_pages_are_bounded_and_cooled_by_samples_not_epochs() -> None:
     t = _table(size=64 * MiB, max_tracked_pages=8, page_cooling_samples=1000)
     t.add_samples(_addrs(0, 64 * MiB, 999))
     t.end_epoch()
-    assert t.page_addr.shape[0] == 8
-    kept = t.page_addr.copy()
+    assert t.pages.addr.shape[0] == 8
+    kept = t.pages.addr.copy()
     for _ in range(6):  # epochs without samples: nothing is forgotten
         t.end_epoch()
-    assert t.page_addr.tolist() == kept.tolist()
+    assert t.pages.addr.tolist() == kept.tolist()
     other = BASE + 48 * MiB
     for _ in range(3):  # 1000 samples elsewhere per epoch: one cooling each
         t.add_samples(np.full(1000, other, np.uint64))
         t.end_epoch()
-    assert t.page_addr.tolist() == [other]
+    assert t.pages.addr.tolist() == [other]

@@ -21,18 +21,17 @@ from agent_guest.backend import (
     SamplerSettings,
     Vma,
 )
-from agent_guest.classify import RangeTable, select_hot
+from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, MoverConfig
 from agent_guest.errors import AccessDenied, NoSuchProcess
-from agent_guest.exchange import (
+from agent_guest.exchange import Exchanger, RateLimiter, errno_name
+from agent_guest.plan import (
     Candidates,
-    Exchanger,
-    RateLimiter,
     clearly_denser,
-    errno_name,
     pages_of_ranges,
     plan_exchange,
 )
+from agent_guest.selection import select_hot
 
 BASE = 0x7F0000000000
 
@@ -358,7 +357,7 @@ def test_a_hot_page_in_a_cold_range_is_promoted_and_never_demoted() -> None:
         cold.add_samples(np.full(50, hot_page, np.uint64))
         cold.end_epoch()
     select_hot({2: cold}, 4096, 0.0)  # room for the one page
-    assert cold.hot_page_addr.tolist() == [hot_page]
+    assert cold.pages.hot_addr.tolist() == [hot_page]
     assert not cold.hot.any()
     ex = Exchanger(be, MoverConfig(batch_pages=64, scan_pages=64), _Clock())
     demote = ex._find(tables, False, [0], 64)
