@@ -4,9 +4,10 @@ One module-scoped run of ``python -m tests.integration.peers run --short``: each
 peer (first touch, the kernel's tiering, DAMON via damo, memtierd, HyperTier) on
 the ``slow-hot`` workload (a hot set that first touch put on the slow node behind
 a fast node full of cold data), each on a freshly booted VM whose node 1 is slower
-in the ACPI HMAT. About 10-12 minutes on 2 cores under TCG, plus ~4 minutes the
-first time to build the cached image, build root and memtierd. The report goes to
-$HYPERTIER_REPORT_DIR (default $HYPERTIER_CACHE/reports)/peers-short.
+in the ACPI HMAT. About 16 minutes on 2 busy cores under TCG (five cells of 90 s
+of load plus boot: 946 s measured), plus about 4 minutes the first time to build
+the cached image (121 s), build root (90 s) and memtierd (17 s). The report goes
+to $HYPERTIER_REPORT_DIR (default $HYPERTIER_CACHE/reports)/peers-short.
 """
 
 from __future__ import annotations
