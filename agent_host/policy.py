@@ -266,6 +266,16 @@ def _align_up(value: FloatArray, block: IntArray) -> IntArray:
     return out
 
 
+def _want_blocks(want: FloatArray, tier: TierInputs) -> FloatArray:
+    """A want in whole blocks, rounded up (a VM that wants 523.6 MiB can use the
+    524th), never past the VM's limit: the rounding of a fair split of wants may
+    then hand out every block of the capacity instead of leaving a block per VM
+    unclaimed, and held by whoever had it."""
+    b = tier.block.astype(np.float64)
+    up: FloatArray = np.minimum(np.ceil(want / b) * b, tier.limit.astype(np.float64))
+    return up
+
+
 def _align_split(
     value: FloatArray, block: IntArray, limit: FloatArray, capacity: float
 ) -> FloatArray:
@@ -333,7 +343,7 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     f_want_f = np.where(known, hot * (1.0 + cfg.hot_headroom_ratio) - f_boot, f_req)
     f_want = np.clip(f_want_f, f_floor, f_limit)
     f_fair = fair_split(f_floor.astype(np.float64), f_want, weight, f_cap)
-    f_fair = _align_split(f_fair, fast.block, f_want, f_cap)
+    f_fair = _align_split(f_fair, fast.block, _want_blocks(f_want, fast), f_cap)
     # Fast memory nobody demands stays where it is.
     spare = f_cap - float(f_fair.sum())
     give = np.maximum(np.minimum(f_req, f_limit) - f_fair, 0.0)
@@ -368,7 +378,7 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     s_want_f = np.where(known, rest * (1.0 + cfg.hot_headroom_ratio), s_req)
     s_want = np.clip(s_want_f, s_floor, s_limit)
     s_fair = fair_split(s_floor.astype(np.float64), s_want, weight, s_cap)
-    s_fair = _align_split(s_fair, slow.block, s_want, s_cap)
+    s_fair = _align_split(s_fair, slow.block, _want_blocks(s_want, slow), s_cap)
     s_target = _limit_changes(slow, s_floor, s_fair, s_cap, inputs.now_s, cfg)
     slow_result = TierResult(
         share=s_share.astype(np.int64),
