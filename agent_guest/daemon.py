@@ -313,12 +313,19 @@ class Daemon:
             if p not in self._exchanger.denied
         ]
         infos = {p.pid: p for p in procs}
-        for pid in set(self._tables) - set(pids):
-            self._forget(pid)
+        for pid in sorted(set(self._tables) - set(pids)):
+            if pid not in infos and pid not in self._exchanger.denied:
+                # Not listed at all: one of its /proc reads failed during the
+                # scan (it races with the process). Only a process that is
+                # gone (vmas: NoSuchProcess, below) stops being managed.
+                pids.append(pid)
+            else:
+                self._forget(pid)
         for pid in pids:
             try:
                 vmas = self._backend.vmas(pid)
             except NoSuchProcess:
+                self._forget(pid)
                 continue
             except AccessDenied as err:
                 log.warning("pid %d: %s; skipping it", pid, err)

@@ -380,7 +380,8 @@ class Daemon:
             if st.channel.hello is None or (f, s) == st.sent_allot:
                 continue
             st.allot_seq += 1
-            self._send(st, wire.Allot(st.allot_seq, f, s))
+            boot = int(self._fleet.boot[0, st.row])
+            self._send(st, wire.Allot(st.allot_seq, f, s, boot))
             st.sent_allot = (f, s)
 
     # -- control API (called from the control server thread) -----------------

@@ -136,6 +136,33 @@ def test_a_process_that_exits_is_forgotten_without_a_tick_failure() -> None:
     assert st["tick_failures"] == 0
 
 
+def test_a_target_missing_from_one_proc_scan_is_still_managed() -> None:
+    """One failed read of /proc/PID/{statm,comm,cmdline,cgroup} during a scan
+    leaves the pid out of processes(); a live process must not be dropped for it
+    (on a real 6.12 guest under load the agent stopped managing its target for
+    good and never promoted its new hot set)."""
+    w, pids = _world(procs=2)
+    d, be = _daemon(w)
+    _run(w, d, 2)
+    real = be.processes
+    be.processes = lambda: [p for p in real() if p.pid != pids[0]]  # type: ignore[method-assign]
+    _run(w, d, 3)
+    assert d.status()["targets"] == sorted(pids)
+    be.processes = real  # type: ignore[method-assign]
+    w.kill("vm", pids[0])  # gone for real: forgotten
+    be.processes = lambda: [p for p in real() if p.pid != pids[0]]  # type: ignore[method-assign]
+    _run(w, d, 3)
+    assert d.status()["targets"] == [pids[1]]
+
+
+def test_an_allotment_counts_the_fast_node_boot_memory() -> None:
+    w, _ = _world()
+    d, _ = _daemon(w)
+    w.vm("vm").to_guest += wire.encode(wire.Allot(1, 64 << 20, 512 << 20, 32 << 20))
+    _run(w, d, 1)
+    assert d.status()["allot_fast_bytes"] == 96 << 20
+
+
 def test_status_reports_every_counter_the_issue_names() -> None:
     w, _ = _world()
     d, _ = _daemon(w)
