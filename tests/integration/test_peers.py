@@ -83,7 +83,8 @@ def test_first_touch_leaves_the_hot_set_on_the_slow_node(
 ) -> None:
     m = _cell(report, "none")["metrics"]
     assert m["steady_hot_node0"] <= 0.05
-    assert m["pgmigrate_success"] < 1000
+    # Compaction still migrates a thousand pages or so; nothing is promoted.
+    assert m["pgpromote_success"] == 0
 
 
 @pytest.mark.parametrize("peer", ["kernel", "damon", "memtierd", "hypertier"])
