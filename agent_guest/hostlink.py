@@ -36,9 +36,9 @@ class LinkCounters(Protocol):
 class HostLink:
     """Hello, the host's allotment and our reports, on ``backend``'s channel.
 
-    ``allot_fast_bytes`` is the host's last fast allotment, boot memory
-    included (None until one arrives). Nothing here raises: a failing channel
-    is counted and logged once, and placement goes on without the host.
+    ``allot_fast_bytes`` is the host's last fast allotment (None until one
+    arrives). Nothing here raises: a failing channel is counted and logged
+    once, and placement goes on without the host.
     """
 
     def __init__(
@@ -90,18 +90,13 @@ class HostLink:
                 self._host_hello(report_interval_s)
             elif isinstance(msg, wire.Allot):
                 self._counters.allots_received += 1
-                # the fast node's limit: the device's allotment and the boot
-                # memory beside it
-                fast = msg.fast_bytes + msg.fast_boot_bytes
-                if fast != self.allot_fast_bytes:
+                if msg.fast_bytes != self.allot_fast_bytes:
                     log.info(
-                        "host allots %d MiB fast (%d MiB of it boot memory), "
-                        "%d MiB slow",
-                        fast >> 20,
-                        msg.fast_boot_bytes >> 20,
+                        "host allots %d MiB fast, %d MiB slow",
+                        msg.fast_bytes >> 20,
                         msg.slow_bytes >> 20,
                     )
-                self.allot_fast_bytes = fast
+                self.allot_fast_bytes = msg.fast_bytes
 
     def report(
         self,

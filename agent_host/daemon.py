@@ -380,8 +380,7 @@ class Daemon:
             if st.channel.hello is None or (f, s) == st.sent_allot:
                 continue
             st.allot_seq += 1
-            boot = int(self._fleet.boot[0, st.row])
-            self._send(st, wire.Allot(st.allot_seq, f, s, boot))
+            self._send(st, wire.Allot(st.allot_seq, f, s))
             st.sent_allot = (f, s)
 
     # -- control API (called from the control server thread) -----------------

@@ -78,16 +78,11 @@ class Report:
 
 @dataclass(frozen=True)
 class Allot:
-    """Host -> guest: the allotment of each tier the guest should expect.
-
-    ``fast_bytes``/``slow_bytes`` are the virtio-mem parts; ``fast_boot_bytes``
-    is the fast node's boot memory beside its device (the guest's fast limit is
-    their sum)."""
+    """Host -> guest: the allotment of each tier the guest should expect."""
 
     seq: int
     fast_bytes: int
     slow_bytes: int
-    fast_boot_bytes: int = 0
 
 
 Message = Hello | Report | Allot
@@ -149,18 +144,11 @@ def decode(line: bytes) -> Message:
         _keys(obj, {"v", "type", "agent", "version"}, "hello")
         return Hello(_str(obj, "agent"), _str(obj, "version"))
     if kind == "allot":
-        _keys(
-            obj,
-            {"v", "type", "seq", "fast_bytes", "slow_bytes", "fast_boot_bytes"},
-            "allot",
-        )
+        _keys(obj, {"v", "type", "seq", "fast_bytes", "slow_bytes"}, "allot")
         return Allot(
             _int(obj, "seq", 0, MAX_SEQ),
             _int(obj, "fast_bytes", 0, MAX_BYTES),
             _int(obj, "slow_bytes", 0, MAX_BYTES),
-            _int(obj, "fast_boot_bytes", 0, MAX_BYTES)
-            if "fast_boot_bytes" in obj
-            else 0,
         )
     if kind == "report":
         _keys(

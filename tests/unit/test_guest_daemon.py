@@ -155,14 +155,6 @@ def test_a_target_missing_from_one_proc_scan_is_still_managed() -> None:
     assert d.status()["targets"] == [pids[1]]
 
 
-def test_an_allotment_counts_the_fast_node_boot_memory() -> None:
-    w, _ = _world()
-    d, _ = _daemon(w)
-    w.vm("vm").to_guest += wire.encode(wire.Allot(1, 64 << 20, 512 << 20, 32 << 20))
-    _run(w, d, 1)
-    assert d.status()["allot_fast_bytes"] == 96 << 20
-
-
 def test_status_reports_every_counter_the_issue_names() -> None:
     w, _ = _world()
     d, _ = _daemon(w)

@@ -277,10 +277,3 @@ def test_endless_line_uses_bounded_memory() -> None:
         tracemalloc.stop()
     assert peak < 4 * 65536 + 4 * wire.MAX_LINE_BYTES
     assert reader.dropped == 1
-
-
-def test_allot_carries_the_fast_boot_memory_and_defaults_it_to_zero() -> None:
-    msg = wire.Allot(3, 4 << 30, 8 << 30, 256 << 20)
-    assert wire.decode(wire.encode(msg)) == msg
-    old = b'{"v":1,"type":"allot","seq":3,"fast_bytes":1,"slow_bytes":2}\n'
-    assert wire.decode(old) == wire.Allot(3, 1, 2, 0)
