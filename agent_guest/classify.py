@@ -34,12 +34,13 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 class Residual:
     """Per range, densities (and standard errors) of its pages not resolved:
     ``hot`` for ranking it up (lesser of two time scales), ``cold`` for ranking
-    it down (greater)."""
+    it down (greater); ``size``, the bytes of those pages."""
 
     hot: npt.NDArray[np.float64]
     hot_sd: npt.NDArray[np.float64]
     cold: npt.NDArray[np.float64]
     cold_sd: npt.NDArray[np.float64]
+    size: npt.NDArray[np.float64]
 
 
 def _reused(
@@ -338,6 +339,7 @@ class RangeTable:
             np.where(low, longer_sd, recent_sd),
             np.where(low, recent, longer),
             np.where(low, recent_sd, longer_sd),
+            size,
         )
 
     def end_epoch(self) -> None:

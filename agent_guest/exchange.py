@@ -249,8 +249,8 @@ class Exchanger:
         b = self._busy.get(pid)
         if b is None or b.addr.shape[0] == 0:
             return np.zeros(addr.shape[0], bool)
-        over = b.addr[b.tries > self._cfg.max_busy_retries]
-        return np.isin(addr, over)
+        over = b.addr[b.tries > self._cfg.max_busy_retries]  # sorted (np.unique)
+        return in_sorted(addr, over)
 
     def _note_busy(self, pid: int, addr: npt.NDArray[np.uint64]) -> None:
         b = self._busy.setdefault(pid, _Busy())

@@ -13,7 +13,6 @@ import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE
 from agent_guest.classify import RangeTable
-from agent_guest.pages import Resolved
 
 __all__ = ["Selection", "coverage_bytes", "select_hot"]
 
@@ -57,14 +56,7 @@ def select_hot(
             for p, r in zip(pids, resid, strict=True)
         ]
     )
-    r_size = np.concatenate(
-        [
-            np.maximum(
-                tables[p].size_bytes - _resolved_bytes(tables[p], r), float(PAGE_SIZE)
-            )
-            for p, r in zip(pids, res, strict=True)
-        ]
-    )
+    r_size = np.concatenate([r.size for r in resid])
     n_ranges = r_dens.shape[0]
     dens = np.concatenate([r_dens, *(r.density for r in res)])
     prev = np.concatenate([*(tables[p].hot for p in pids), *(r.hot for r in res)])
@@ -103,14 +95,6 @@ def select_hot(
     return Selection(
         hot, int(size[chosen].sum()), coverage_bytes(mass, rsize, coverage)
     )
-
-
-def _resolved_bytes(t: RangeTable, r: Resolved) -> npt.NDArray[np.float64]:
-    """Bytes of resolved pages in each range of ``t``."""
-    if r.addr.shape[0] == 0 or len(t) == 0:
-        return np.zeros(len(t))
-    j = t.locate(r.addr)
-    return np.bincount(j[j >= 0], minlength=len(t)).astype(np.float64) * PAGE_SIZE
 
 
 def coverage_bytes(

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from emu.evaluation.report import CELL_KEYS, text_table
+from emu.evaluation.report import CELL_KEYS, SHORT_NAMES, text_table
 from emu.evaluation.runner import run_scenario
 from emu.machine import PAGE_SIZE
 from emu.machine.params import Params
@@ -307,31 +307,33 @@ def run_matrix(
     return [r for r in results if r is not None]
 
 
-_SHORT = {
-    "elapsed_s": "elapsed_s",
-    "fast_hit_ratio": "fast_hit",
-    "oracle_hit": "oracle",
-    "hit_vs_oracle": "hit/oracle",
-    "hit_ss": "hit_ss",
-    "ss_vs_oracle": "ss/oracle",
-    "maccess_s_ss": "Macc/s_ss",
-    "t90_s": "t90_s",
-    "t90_change_s": "t90_chg",
-    "tlb_flush": "tlb_flush",
-    "remote_tlb_flush": "remote_tlb",
-    "tlb_local_flush_one": "local_one",
-    "tlb_local_flush_all": "local_all",
-    "tlb_remote_flush": "guest_remote",
-    "pages_moved": "moved",
-    "mgmt_cpu_s": "mgmt_cpu_s",
-}
+# The summary's columns, in order; headings as in every report (SHORT_NAMES).
+_COLUMNS = (
+    "elapsed_s",
+    "fast_hit_ratio",
+    "oracle_hit",
+    "hit_vs_oracle",
+    "hit_ss",
+    "ss_vs_oracle",
+    "maccess_s_ss",
+    "t90_s",
+    "t90_change_s",
+    "tlb_flush",
+    "remote_tlb_flush",
+    "tlb_local_flush_one",
+    "tlb_local_flush_all",
+    "tlb_remote_flush",
+    "pages_moved",
+    "mgmt_cpu_s",
+)
+_HEADS = {**SHORT_NAMES, "pages_moved": "moved"}
 
 
 def format_cells(cells: Sequence[dict[str, object]], policies: Iterable[str]) -> str:
     """A fixed-width table of :func:`summarize` rows, a speedup column per policy."""
     speed = [f"speedup_vs_{p}" for p in policies]
-    fields = [*CELL_KEYS, "policy", *_SHORT, *speed]
-    heads = [_SHORT.get(f, f.replace("speedup_vs_", "x_")) for f in fields]
+    fields = [*CELL_KEYS, "policy", *_COLUMNS, *speed]
+    heads = [_HEADS.get(f, f.replace("speedup_vs_", "x_")) for f in fields]
 
     def fmt(v: object) -> str:
         if v is None:

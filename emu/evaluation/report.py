@@ -29,6 +29,7 @@ from emu.evaluation.runner import ROW_FIELDS
 __all__ = [
     "CELL_KEYS",
     "MEAN_FIELDS",
+    "SHORT_NAMES",
     "SUM_FIELDS",
     "add_speedups",
     "format_table",
@@ -61,7 +62,7 @@ SUM_FIELDS = (
     "mgmt_cpu_s",
 )
 
-_SHORT = {
+SHORT_NAMES = {
     "fast_hit_ratio": "fast_hit",
     "oracle_hit": "oracle",
     "hit_vs_oracle": "hit/oracle",
@@ -109,7 +110,7 @@ def format_table(
     rows: Sequence[dict[str, object]], fields: Sequence[str] = ROW_FIELDS
 ) -> str:
     """A fixed-width text table of ``rows`` (one line per row)."""
-    heads = [_SHORT.get(f, f) for f in fields]
+    heads = [SHORT_NAMES.get(f, f) for f in fields]
     cells = [[_fmt(r.get(f)) for f in fields] for r in rows]
     return text_table(heads, cells, nleft=3, sep="  ")
 

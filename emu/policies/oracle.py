@@ -171,12 +171,8 @@ def oracle_metrics(
     hit_ss = float((h[ss] * a[ss]).sum() / a[ss].sum()) if a[ss].sum() > 0 else None
     # M accesses per emulated second over the steady window (epochs with accesses:
     # a VM that finished early stops counting)
-    busy = ss & (a > 0)
-    span = (
-        float(t[busy][-1] - t[np.flatnonzero(busy)[0] - 1])
-        if busy.any() and np.flatnonzero(busy)[0] > 0
-        else 0.0
-    )
+    busy = np.flatnonzero(ss & (a > 0))
+    span = float(t[busy[-1]] - t[busy[0] - 1]) if len(busy) and busy[0] > 0 else 0.0
     tput_ss = float(a[busy].sum()) / span * 1e-6 if span > 0 else None
     t90: float | None = None
     t90_phase: list[float | None] = []
