@@ -2,7 +2,8 @@
 bulk numpy decoding of the mmap'd ring buffer (PERF_RECORD_SAMPLE/LOST/THROTTLE).
 
 See perf_event_open(2) and include/uapi/linux/perf_event.h. Nothing here makes a
-syscall; ``linux_backend`` does, and ``bench/guest_bench.py`` decodes synthetic rings.
+syscall; ``linux_syscalls`` and ``linux_perf`` do, and ``bench/guest_bench.py``
+decodes synthetic rings.
 """
 
 from __future__ import annotations

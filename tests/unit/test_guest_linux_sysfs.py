@@ -18,6 +18,9 @@ from agent_guest import perf_abi as abi
 from agent_guest.backend import Capability, SamplerSettings, SampleSource, Tier
 from agent_guest.errors import NoSuchProcess
 from agent_guest.linux_backend import LinuxGuestBackend
+from agent_guest.linux_channel import HostChannel
+from agent_guest.linux_perf import PerfEvents
+from agent_guest.linux_syscalls import Syscalls
 
 MAPS = """\
 55d0c0a00000-55d0c0a21000 r--p 00000000 fe:00 1234   /usr/bin/app
@@ -94,6 +97,13 @@ def _backend(tmp_path: Path, pmu: str = "intel") -> LinuxGuestBackend:
     )
 
 
+def _perf(
+    tmp_path: Path, pmu: str = "intel", fault_event: str = "software"
+) -> PerfEvents:
+    root = _tree(tmp_path, pmu)
+    return PerfEvents(root, root / "sys/kernel/tracing", fault_event, Syscalls())
+
+
 def test_intel_pmu_with_mem_loads_offers_pebs(tmp_path: Path) -> None:
     caps = _backend(tmp_path).capabilities()
     assert Capability.PEBS in caps
@@ -117,33 +127,38 @@ def test_no_pmu_offers_the_fallbacks_and_says_why_not_pebs(tmp_path: Path) -> No
 
 
 def test_pebs_events_come_from_the_sysfs_specs_with_our_ldlat(tmp_path: Path) -> None:
-    b = _backend(tmp_path)
-    attrs = b._event_attrs(SamplerSettings(SampleSource.PEBS, 997, ldlat_cycles=64))
-    assert len(attrs) == 2  # loads and stores
-    fields = [struct.unpack_from("<IIQQQQQIIQ", a) for a, _, _ in attrs]
+    specs = _perf(tmp_path).event_specs(
+        SamplerSettings(SampleSource.PEBS, 997, ldlat_cycles=64)
+    )
+    assert len(specs) == 2  # loads and stores
+    fields = [struct.unpack_from("<IIQQQQQIIQ", s.attr) for s in specs]
     loads, stores = fields
     assert (loads[0], loads[2], loads[3], loads[9]) == (4, 0x1CD, 997, 64)
     assert (stores[2], stores[9]) == (0x82D0, 0)
     assert (loads[6] >> abi.PRECISE_IP_SHIFT) & 3 == 2
-    assert attrs[0][1] & abi.SAMPLE_WEIGHT
+    assert specs[0].sample_type & abi.SAMPLE_WEIGHT
 
 
 def test_ibs_period_is_a_multiple_of_16(tmp_path: Path) -> None:
-    b = _backend(tmp_path, "amd")
-    ((attr, st, _),) = b._event_attrs(SamplerSettings(SampleSource.IBS, 1000))
-    type_, _, _, period = struct.unpack_from("<IIQQ", attr)
-    assert (type_, period % 16, st & abi.SAMPLE_ADDR) == (11, 0, abi.SAMPLE_ADDR)
+    (spec,) = _perf(tmp_path, "amd").event_specs(
+        SamplerSettings(SampleSource.IBS, 1000)
+    )
+    type_, _, _, period = struct.unpack_from("<IIQQ", spec.attr)
+    assert (type_, period % 16, spec.sample_type & abi.SAMPLE_ADDR) == (
+        11,
+        0,
+        abi.SAMPLE_ADDR,
+    )
 
 
 def test_tracepoint_fault_event_reads_the_address_offset_from_format(
     tmp_path: Path,
 ) -> None:
-    root = _tree(tmp_path, "none")
-    b = LinuxGuestBackend(root=root, fault_event="tracepoint")
-    ((attr, st, off),) = b._event_attrs(SamplerSettings(SampleSource.PAGE_FAULT, 1))
-    type_, _, config = struct.unpack_from("<IIQ", attr)
-    assert (type_, config, off) == (abi.TYPE_TRACEPOINT, 190, 8)
-    assert st & abi.SAMPLE_RAW
+    perf = _perf(tmp_path, "none", fault_event="tracepoint")
+    (spec,) = perf.event_specs(SamplerSettings(SampleSource.PAGE_FAULT, 1))
+    type_, _, config = struct.unpack_from("<IIQ", spec.attr)
+    assert (type_, config, spec.raw_addr_offset) == (abi.TYPE_TRACEPOINT, 190, 8)
+    assert spec.sample_type & abi.SAMPLE_RAW
 
 
 def test_nodes_with_cpus_are_fast_and_cpuless_nodes_slow(tmp_path: Path) -> None:
@@ -233,17 +248,17 @@ def test_a_full_host_channel_never_tears_a_line(tmp_path: Path) -> None:
     fifo = tmp_path / "port"
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    b = LinuxGuestBackend(root=_tree(tmp_path), channel_path=str(fifo))
+    b = HostChannel(fifo)
     lines = [(b"%05d" % i) * 200 + b"\n" for i in range(200)]  # 1001 bytes each
     sent = []
     try:
         for line in lines[:120]:  # 64 KiB fill the pipe, 56 KiB wait
-            b.channel_send(line)
+            b.send(line)
             sent.append(line)
 
         def send_all(more: list[bytes]) -> None:
             for line in more:
-                b.channel_send(line)
+                b.send(line)
                 sent.append(line)
 
         with pytest.raises(BackendError, match="message dropped"):
@@ -256,9 +271,9 @@ def test_a_full_host_channel_never_tears_a_line(tmp_path: Path) -> None:
             except BlockingIOError:
                 chunk = b""
             if not chunk:
-                if not b._unsent:
+                if not b.unsent_bytes:
                     break
-                b.channel_send(b"")  # flush what waits
+                b.send(b"")  # flush what waits
                 continue
             got += chunk
         assert bytes(got) == b"".join(sent)

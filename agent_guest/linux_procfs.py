@@ -1,0 +1,132 @@
+"""What the guest agent reads from /proc and /sys: NUMA nodes and their memory
+(/sys/devices/system/node), online CPUs, processes, writable mappings
+(/proc/<pid>/maps) and the kernel's migration and TLB counters (/proc/vmstat).
+
+Every function takes ``root``, which prefixes the paths (tests use captured
+trees). Man page: proc(5); Documentation/ABI/stable/sysfs-devices-node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from agent_guest.backend import PAGE_SIZE, NumaNode, ProcessInfo, Tier, Vma
+from agent_guest.errors import AccessDenied, BackendError, NoSuchProcess
+from hypertier_common.cpulist import parse_cpulist
+
+__all__ = ["numa_nodes", "online_cpus", "processes", "vmas", "vmstat_counters"]
+
+_SKIP_VMAS = ("[vsyscall]", "[vvar]", "[vdso]", "[vvar_vclock]")
+_MEMINFO = re.compile(rb"Node \d+ (MemTotal|MemFree):\s+(\d+) kB")
+_VMSTAT_PREFIXES = ("nr_tlb_", "pgmigrate_", "numa_", "pgpromote_", "pgdemote_")
+
+
+def numa_nodes(root: Path) -> list[NumaNode]:
+    """The NUMA nodes: nodes with CPUs are the fast tier, CPU-less ones slow.
+
+    Raises:
+        BackendError: a node's meminfo or cpulist cannot be read.
+    """
+    base = root / "sys/devices/system/node"
+    out = []
+    for d in sorted(base.glob("node[0-9]*"), key=lambda p: int(p.name[4:])):
+        try:
+            info = dict(_MEMINFO.findall((d / "meminfo").read_bytes()))
+            cpus = parse_cpulist((d / "cpulist").read_text())
+        except (OSError, ValueError) as err:
+            raise BackendError(f"cannot read {d}: {err}") from err
+        total = int(info.get(b"MemTotal", b"0")) * 1024
+        free = int(info.get(b"MemFree", b"0")) * 1024
+        out.append(
+            NumaNode(
+                node=int(d.name[4:]),
+                tier=Tier.FAST if cpus else Tier.SLOW,
+                total_bytes=total,
+                free_bytes=free,
+                has_cpus=bool(cpus),
+            )
+        )
+    return out
+
+
+def online_cpus(root: Path) -> tuple[int, ...]:
+    return parse_cpulist((root / "sys/devices/system/cpu/online").read_text())
+
+
+def processes(root: Path) -> list[ProcessInfo]:
+    """User processes (resident set above zero), by pid; unreadable ones skipped."""
+    out = []
+    for d in (root / "proc").glob("[0-9]*"):
+        try:
+            statm = (d / "statm").read_text().split()
+            rss = int(statm[1]) * PAGE_SIZE
+            if rss == 0:
+                continue  # kernel threads
+            # comm, cmdline and cgroup paths are bytes, not always UTF-8 (an
+            # executable or cgroup named in Latin-1): decode for display.
+            comm = (d / "comm").read_bytes().strip()
+            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+            cgroup = (d / "cgroup").read_bytes().strip().rpartition(b":")[2]
+        except (OSError, IndexError, ValueError):
+            continue  # exited or unreadable: not a candidate
+        out.append(
+            ProcessInfo(
+                int(d.name),
+                comm.decode(errors="replace"),
+                rss,
+                cmdline.decode(errors="replace"),
+                cgroup.decode(errors="replace"),
+            )
+        )
+    return sorted(out, key=lambda p: p.pid)
+
+
+def vmas(root: Path, pid: int) -> list[Vma]:
+    """Private writable mappings (heap, anonymous, data) from /proc/pid/maps.
+
+    A mapped file's name is bytes that need not be UTF-8; ``Vma.path`` holds
+    it as :func:`os.fsdecode` does (``os.fsencode(path)`` gives the bytes).
+
+    Raises:
+        NoSuchProcess: the process is gone.
+        AccessDenied: no ptrace access to it.
+    """
+    try:
+        text = os.fsdecode((root / f"proc/{pid}/maps").read_bytes())
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise NoSuchProcess(pid) from err
+    except PermissionError as err:
+        raise AccessDenied(f"/proc/{pid}/maps", "needs ptrace access") from err
+    out = []
+    # Only "\n" ends a line: splitlines() would also split a name at U+2028.
+    for line in text.split("\n"):
+        parts = line.split(maxsplit=5)
+        if len(parts) < 5:
+            continue
+        span, perms = parts[0], parts[1]
+        path = parts[5] if len(parts) == 6 else ""
+        if perms[1] != "w" or perms[3] != "p" or path in _SKIP_VMAS:
+            continue
+        lo, _, hi = span.partition("-")
+        out.append(Vma(int(lo, 16), int(hi, 16), perms, path))
+    return out
+
+
+def vmstat_counters(root: Path) -> dict[str, int]:
+    """The TLB, migration, NUMA-balancing and tiering counters of /proc/vmstat.
+
+    Raises:
+        BackendError: /proc/vmstat cannot be read.
+    """
+    try:
+        text = (root / "proc/vmstat").read_text()
+    except OSError as err:
+        raise BackendError(f"cannot read /proc/vmstat: {err}") from err
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith(_VMSTAT_PREFIXES):
+            out[name] = int(value)
+    return out
