@@ -19,6 +19,7 @@ from agent_host.cmd_common import DEFAULT_CONFIG, load_config, mib
 from agent_host.cmd_tiers import tiers
 from agent_host.config import Config
 from agent_host.errors import ConfigError
+from agent_host.vmspec import CHANNEL_NAME, TieredVmSpec
 from hypertier_common.cli import add_config_flag, config_path
 
 HELP = "write the domain XML of a tiered VM (or convert a domain) and define it"
@@ -82,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"class {qos!r} unknown; choose from {sorted(cfg.classes)}")
     if not args.convert and not args.disk:
         raise ConfigError("--disk is needed for a new domain (or use --convert)")
-    spec = domxml.TieredVmSpec(
+    spec = TieredVmSpec(
         name=args.vm,
         vcpus=args.vcpus,
         fast_bytes=args.fast_mib * MiB,
@@ -92,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
         host_fast_nodes=fast_nodes,
         host_slow_nodes=slow_nodes,
         disk_path=args.disk,
-        channel_path=f"{cfg.host.channel_dir}/{args.vm}.{domxml.CHANNEL_NAME}",
+        channel_path=f"{cfg.host.channel_dir}/{args.vm}.{CHANNEL_NAME}",
         qos_class=qos,
         domain_type=args.domain_type,
     )

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 import hypertier_wire as wire
-from agent_host import domxml
 from agent_host.backend import (
     DomainInfo,
     DomainStats,
@@ -33,7 +32,7 @@ from agent_host.channel import GuestChannel
 from agent_host.config import Config
 from agent_host.errors import ConfigError, HostError, NoSuchDomain
 from agent_host.fleet import Fleet, VmState, initial_metadata, tiered
-from agent_host.metadata import metadata_xml
+from agent_host.metadata import TieringMetadata, metadata_xml, parse_metadata
 from agent_host.policy import (
     TIERS,
     PolicyResult,
@@ -258,10 +257,10 @@ class Daemon:
                     st.implausible,
                 )
 
-    def _adopt(self, info: DomainInfo) -> domxml.TieringMetadata:
+    def _adopt(self, info: DomainInfo) -> TieringMetadata:
         """The VM's metadata; written from its current allotments if absent."""
         raw = self._backend.get_metadata(info.vm)
-        meta = domxml.parse_metadata(raw) if raw else None
+        meta = parse_metadata(raw) if raw else None
         if meta is not None and all(meta.tier(t) for t in Tier):
             return meta
         meta = initial_metadata(info, meta, self._cfg.policy.default_class)
@@ -391,7 +390,7 @@ class Daemon:
         qos_class: str | None = None,
         reservations: Mapping[Tier, int] | None = None,
         limits: Mapping[Tier, int] | None = None,
-    ) -> domxml.TieringMetadata:
+    ) -> TieringMetadata:
         """Change a VM's class, reservations or limits; recorded in its metadata.
 
         Raises:

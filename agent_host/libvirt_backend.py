@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import logging
 import re
-import socket
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from typing import Any
 
 import libvirt
 
-from agent_host import domxml
+from agent_host.allotments import parse_allotments, resize_device_xml
 from agent_host.backend import (
     DomainEvent,
     DomainInfo,
@@ -31,6 +30,7 @@ from agent_host.backend import (
     HostNode,
     Tier,
 )
+from agent_host.channel_sockets import ChannelSockets, channel_path
 from agent_host.errors import (
     AccessDenied,
     BackendError,
@@ -39,17 +39,14 @@ from agent_host.errors import (
     Unsupported,
 )
 from agent_host.linux_nodes import read_host_nodes
+from agent_host.metadata import METADATA_NS, METADATA_PREFIX
 
-__all__ = [
-    "LibvirtHostBackend",
-    "channel_path",
-    "stats_from_record",
-]
+__all__ = ["LibvirtHostBackend", "stats_from_record"]
 
 log = logging.getLogger(__name__)
 
 _MAX_EVENTS = 10000
-_NS = "{" + domxml.METADATA_NS + "}"
+_NS = "{" + METADATA_NS + "}"
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -138,14 +135,12 @@ class LibvirtHostBackend:
         self._root = Path(root)
         self._fast_nodes = tuple(fast_nodes)
         self._slow_nodes = tuple(slow_nodes)
-        self._max_read = max_read_bytes
         self._keepalive = (keepalive_interval_s, keepalive_count)
         self._lock = threading.Lock()
         self._events: collections.deque[DomainEvent] = collections.deque(
             maxlen=_MAX_EVENTS
         )
-        self._channels: dict[str, socket.socket] = {}
-        self._channel_opens: dict[str, int] = {}
+        self._sockets = ChannelSockets(self._channel_path, max_read_bytes)
         self._conn: Any = None
         self._callback_id: int | None = None
         self._closed_by_peer = False
@@ -276,16 +271,16 @@ class LibvirtHostBackend:
                 if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # stopped between list and lookup
                 raise _map_error(err, "", "reading a domain") from err
-            allotments = domxml.parse_allotments(xml)
-            if allotments:
-                out.append(DomainInfo(name, uuid, int(info[3]), True, allotments))
+            allotted = parse_allotments(xml)
+            if allotted:
+                out.append(DomainInfo(name, uuid, int(info[3]), True, allotted))
         return out
 
     def resize(self, vm: str, tier: Tier, size_bytes: int) -> None:
         dom = self._domain(vm)
         try:
             xml = dom.XMLDesc(0)
-            dev = domxml.resize_device_xml(xml, tier, size_bytes)
+            dev = resize_device_xml(xml, tier, size_bytes)
             dom.updateDeviceFlags(dev, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as err:
             raise _map_error(err, vm, f"resizing the {tier.value} tier") from err
@@ -306,9 +301,7 @@ class LibvirtHostBackend:
     def get_metadata(self, vm: str) -> str | None:
         dom = self._domain(vm)
         try:
-            raw = dom.metadata(
-                libvirt.VIR_DOMAIN_METADATA_ELEMENT, domxml.METADATA_NS, 0
-            )
+            raw = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
         except libvirt.libvirtError as err:
             if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
                 return None
@@ -324,51 +317,21 @@ class LibvirtHostBackend:
             dom.setMetadata(
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT,
                 _unqualify(xml),
-                domxml.METADATA_PREFIX,
-                domxml.METADATA_NS,
+                METADATA_PREFIX,
+                METADATA_NS,
                 flags,
             )
         except libvirt.libvirtError as err:
             raise _map_error(err, vm, "writing metadata") from err
 
     def channel_send(self, vm: str, line: bytes) -> None:
-        sock = self._channel(vm)
-        try:
-            sent = sock.send(line)
-        except BlockingIOError as err:
-            raise BackendError(f"channel of {vm} is full; message dropped") from err
-        except OSError as err:
-            self._close_channel(vm)
-            raise BackendError(f"channel of {vm}: {err}") from err
-        if sent != len(line):
-            raise BackendError(f"channel of {vm} took {sent} of {len(line)} bytes")
+        self._sockets.send(vm, line)
 
     def channel_connection(self, vm: str) -> int:
-        return self._channel_opens.get(vm, 0)
+        return self._sockets.connection(vm)
 
     def channel_recv(self, vm: str) -> bytes:
-        try:
-            sock = self._channel(vm)
-        except BackendError as err:
-            log.debug("%s", err)
-            return b""
-        chunks: list[bytes] = []
-        left = self._max_read
-        while left > 0:
-            try:
-                data = sock.recv(min(left, 65536))
-            except BlockingIOError:
-                break
-            except OSError as err:
-                log.debug("channel of %s: %s", vm, err)
-                self._close_channel(vm)
-                break
-            if not data:  # QEMU closed the chardev: reconnect next time
-                self._close_channel(vm)
-                break
-            chunks.append(data)
-            left -= len(data)
-        return b"".join(chunks)
+        return self._sockets.recv(vm)
 
     def events(self) -> Sequence[DomainEvent]:
         with self._lock:
@@ -377,9 +340,11 @@ class LibvirtHostBackend:
         return out
 
     def close(self) -> None:
-        for vm in list(self._channels):
-            self._close_channel(vm)
+        self._sockets.close()
         self._drop_connection()
+
+    def _channel_path(self, vm: str) -> str | None:
+        return channel_path(self.domain_xml(vm))
 
     # -- libvirt-only helpers (used by ``vm define`` and the tests) ----------
 
@@ -417,54 +382,6 @@ class LibvirtHostBackend:
             dom.undefine()
         except libvirt.libvirtError as err:
             raise _map_error(err, vm, "removing the domain") from err
-
-    # -- channel sockets ----------------------------------------------------
-
-    def _channel(self, vm: str) -> socket.socket:
-        sock = self._channels.get(vm)
-        if sock is not None:
-            return sock
-        path = channel_path(self.domain_xml(vm))
-        if path is None:
-            raise BackendError(f"{vm} has no {domxml.CHANNEL_NAME} unix channel")
-        # Non-blocking from the start: a blocking connect(2) to a QEMU that does
-        # not accept (stopped, hung, backlog full) would stall the whole loop.
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        try:
-            sock.connect(path)
-        except BlockingIOError as err:
-            sock.close()
-            raise BackendError(
-                f"channel of {vm} at {path}: QEMU is not accepting connections "
-                "(backlog full); retrying next tick"
-            ) from err
-        except OSError as err:
-            sock.close()
-            raise BackendError(f"channel of {vm} at {path}: {err}") from err
-        self._channels[vm] = sock
-        self._channel_opens[vm] = self._channel_opens.get(vm, 0) + 1
-        return sock
-
-    def _close_channel(self, vm: str) -> None:
-        sock = self._channels.pop(vm, None)
-        if sock is not None:
-            sock.close()
-
-
-def channel_path(xml: str) -> str | None:
-    """The host-side socket path of the HyperTier virtio-serial channel, or None."""
-    root = ET.fromstring(xml)
-    for chan in root.iterfind("devices/channel"):
-        target = chan.find("target")
-        source = chan.find("source")
-        if (
-            chan.get("type") == "unix"
-            and target is not None
-            and target.get("name") == domxml.CHANNEL_NAME
-            and source is not None
-        ):
-            return source.get("path")
-    return None
 
 
 def _sum(stats: dict[str, Any], pattern: re.Pattern[str]) -> int | None:
@@ -507,7 +424,7 @@ def _qualify(raw: str) -> str:
     """libvirt returns our metadata element without its namespace; restore it."""
     elem = ET.fromstring(raw)
     _retag(elem, lambda t: t if t.startswith("{") else _NS + t)
-    ET.register_namespace(domxml.METADATA_PREFIX, domxml.METADATA_NS)
+    ET.register_namespace(METADATA_PREFIX, METADATA_NS)
     return ET.tostring(elem, encoding="unicode")
 
 

@@ -16,8 +16,7 @@ from agent_guest.daemon import Daemon as GuestDaemon
 from agent_host import config as host_config
 from agent_host.backend import Tier
 from agent_host.daemon import Daemon as HostDaemon
-from agent_host.domxml import TieringMetadata, TierMetadata
-from agent_host.metadata import metadata_xml
+from agent_host.metadata import TieringMetadata, TierMetadata, metadata_xml
 from emu.backends.guest import EmuGuestBackend
 from emu.backends.host import EmuHostBackend
 from emu.machine import World

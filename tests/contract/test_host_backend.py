@@ -27,9 +27,14 @@ from agent_host.backend import (
     HostCapability,
     Tier,
 )
-from agent_host.domxml import TieredVmSpec, TieringMetadata, TierMetadata
 from agent_host.errors import BackendError, HostError, NoSuchDomain
-from agent_host.metadata import metadata_xml
+from agent_host.metadata import (
+    TieringMetadata,
+    TierMetadata,
+    metadata_xml,
+    parse_metadata,
+)
+from agent_host.vmspec import TieredVmSpec
 from emu.backends.host import EmuHostBackend
 from emu.machine import World
 from tests.needs import requires_libvirt
@@ -233,7 +238,7 @@ def test_metadata_round_trips(harness: Harness) -> None:
     harness.backend.set_metadata(vm, metadata_xml(meta))
     raw = harness.backend.get_metadata(vm)
     assert raw is not None
-    assert domxml.parse_metadata(raw) == meta
+    assert parse_metadata(raw) == meta
 
 
 def test_metadata_of_unknown_vm_raises_no_such_domain(harness: Harness) -> None:

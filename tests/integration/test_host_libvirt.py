@@ -25,12 +25,18 @@ from pathlib import Path
 import pytest
 
 from agent_host import cli, config, domxml
+from agent_host.allotments import parse_allotments
 from agent_host.backend import DomainInfo, HostCapability, Tier
 from agent_host.daemon import Daemon
-from agent_host.domxml import TieredVmSpec
 from agent_host.errors import HostError
 from agent_host.libvirt_backend import LibvirtHostBackend
-from agent_host.metadata import metadata_xml
+from agent_host.metadata import (
+    TieringMetadata,
+    TierMetadata,
+    metadata_xml,
+    parse_metadata,
+)
+from agent_host.vmspec import TieredVmSpec
 from emu.clock import FakeClock
 from tests.integration.vm.libvirtd import ensure_libvirtd
 
@@ -108,12 +114,12 @@ def test_new_tiered_domain_defines_and_parses_back(
     spec = _spec(workdir, _name())
     vm = _define(backend, spec)
     xml = backend.domain_xml(vm, inactive=True)
-    fast, slow = domxml.parse_allotments(xml)
+    fast, slow = parse_allotments(xml)
     assert (fast.requested_bytes, fast.max_bytes) == (256 * MiB, 1024 * MiB)
     assert (slow.guest_node, slow.requested_bytes) == (1, 128 * MiB)
     cells = ET.fromstring(xml).findall("cpu/numa/cell")
     assert [c.get("cpus") for c in cells] == ["0", None]  # node 1 is CPU-less
-    meta = domxml.parse_metadata(xml)
+    meta = parse_metadata(xml)
     assert meta is not None
     assert meta.qos_class == "silver"
 
@@ -122,11 +128,11 @@ def test_metadata_survives_a_new_connection(
     backend: LibvirtHostBackend, workdir: Path
 ) -> None:
     vm = _define(backend, _spec(workdir, _name()))
-    meta = domxml.TieringMetadata(
+    meta = TieringMetadata(
         "gold",
         (
-            domxml.TierMetadata(Tier.FAST, 512 * MiB, 1024 * MiB, (0,)),
-            domxml.TierMetadata(Tier.SLOW, 128 * MiB, 512 * MiB, (0,), emulated=True),
+            TierMetadata(Tier.FAST, 512 * MiB, 1024 * MiB, (0,)),
+            TierMetadata(Tier.SLOW, 128 * MiB, 512 * MiB, (0,), emulated=True),
         ),
     )
     backend.set_metadata(vm, metadata_xml(meta))
@@ -136,7 +142,7 @@ def test_metadata_survives_a_new_connection(
     finally:
         other.close()
     assert raw is not None
-    assert domxml.parse_metadata(raw) == meta
+    assert parse_metadata(raw) == meta
 
 
 def test_live_resize_request_reaches_qemu(
@@ -212,7 +218,7 @@ def test_cli_converts_and_defines_an_existing_domain(
     argv = ["vm", "define", name, "-c", str(cfg_path), "--convert", "--define"]
     assert cli.main([*argv, "--domain-type", "qemu", "--class", "bronze"]) == 0
     xml = backend.domain_xml(name, inactive=True)
-    assert [a.tier for a in domxml.parse_allotments(xml)] == [Tier.FAST, Tier.SLOW]
+    assert [a.tier for a in parse_allotments(xml)] == [Tier.FAST, Tier.SLOW]
     assert ET.fromstring(xml).findtext("vcpu") == "2"
 
 

@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from agent_host.allotments import parse_allotments, resize_device_xml
 from agent_host.backend import Tier
-from agent_host.domxml import (
-    ALIASES,
-    CHANNEL_NAME,
-    METADATA_NS,
-    TieredVmSpec,
-    convert_domain_xml,
-    new_domain_xml,
-    parse_allotments,
-    parse_metadata,
-    resize_device_xml,
-)
+from agent_host.domxml import convert_domain_xml, new_domain_xml
 from agent_host.errors import BackendError, ConfigError
+from agent_host.metadata import METADATA_NS, parse_metadata
+from agent_host.vmspec import ALIASES, CHANNEL_NAME, TieredVmSpec
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "libvirt-9.0"
 MiB = 1 << 20

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from agent_host import cli, cmd_run, config
+from agent_host.allotments import parse_allotments
 from agent_host.backend import Tier
 from agent_host.daemon import Daemon
-from agent_host.domxml import parse_allotments, parse_metadata
 from agent_host.errors import (
     ERROR_KINDS,
     BackendError,
@@ -29,6 +29,7 @@ from agent_host.errors import (
     NoSuchDomain,
     NotRunning,
 )
+from agent_host.metadata import parse_metadata
 from agent_host.metrics import MetricsServer, render
 from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock

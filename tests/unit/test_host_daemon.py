@@ -10,8 +10,8 @@ import hypertier_wire as wire
 from agent_host.backend import Tier
 from agent_host.config import Config, loads
 from agent_host.daemon import Daemon
-from agent_host.domxml import parse_metadata
 from agent_host.errors import ConfigError, NoSuchDomain
+from agent_host.metadata import parse_metadata
 from agent_host.metrics import render
 from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock

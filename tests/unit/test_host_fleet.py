@@ -7,8 +7,8 @@ import math
 from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel
 from agent_host.config import ChannelConfig
-from agent_host.domxml import TieringMetadata, TierMetadata
 from agent_host.fleet import Fleet, VmState
+from agent_host.metadata import TieringMetadata, TierMetadata
 
 MiB = 1 << 20
 

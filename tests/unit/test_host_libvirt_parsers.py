@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_host.channel_sockets import channel_path
 from agent_host.errors import AccessDenied, BackendError, NoSuchDomain, Unsupported
 from tests.needs import requires_libvirt
 
@@ -15,7 +16,6 @@ libvirt = pytest.importorskip("libvirt", reason=requires_libvirt.kwargs["reason"
 from agent_host.libvirt_backend import (  # noqa: E402 - after the skip
     LibvirtHostBackend,
     _map_error,
-    channel_path,
     stats_from_record,
 )
 

@@ -18,13 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent_host.allotments import parse_allotments, resize_device_xml
 from agent_host.backend import Allotment, Tier
-from agent_host.domxml import (
-    TieredVmSpec,
-    new_domain_xml,
-    parse_allotments,
-    resize_device_xml,
-)
+from agent_host.domxml import new_domain_xml
+from agent_host.vmspec import TieredVmSpec
 
 from .accel import Accel
 from .guestlink import TEST_CHANNEL, GuestLink
