@@ -49,22 +49,8 @@ class Controller(BaseController):
         for name, value in (("vm", vm), ("qos_class", qos_class)):
             if not isinstance(value, str) and (name == "vm" or value is not None):
                 raise ConfigError(f"{name} must be a string, got {value!r}")
-        res = {
-            t: _whole_bytes(name, v)
-            for t, name, v in (
-                (Tier.FAST, "fast_reservation_bytes", fast_reservation_bytes),
-                (Tier.SLOW, "slow_reservation_bytes", slow_reservation_bytes),
-            )
-            if v is not None
-        }
-        lim = {
-            t: _whole_bytes(name, v)
-            for t, name, v in (
-                (Tier.FAST, "fast_limit_bytes", fast_limit_bytes),
-                (Tier.SLOW, "slow_limit_bytes", slow_limit_bytes),
-            )
-            if v is not None
-        }
+        res = _tier_sizes("reservation", fast_reservation_bytes, slow_reservation_bytes)
+        lim = _tier_sizes("limit", fast_limit_bytes, slow_limit_bytes)
         meta = self._host.vm_set(vm, qos_class, res, lim)
         return {
             "vm": vm,
@@ -86,3 +72,13 @@ def _whole_bytes(name: str, value: object) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     raise ConfigError(f"{name} must be a whole number of bytes, got {value!r}")
+
+
+def _tier_sizes(kind: str, fast: object, slow: object) -> dict[Tier, int]:
+    """The ``fast_<kind>_bytes`` and ``slow_<kind>_bytes`` given (not None)."""
+    given = {Tier.FAST: fast, Tier.SLOW: slow}
+    return {
+        tier: _whole_bytes(f"{tier.value}_{kind}_bytes", value)
+        for tier, value in given.items()
+        if value is not None
+    }

@@ -332,40 +332,26 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     # Fast tier: share, floor, demand, fair split, then change limits.
     f_res = fast.reservation.astype(np.float64)
     f_cap = float(inputs.fast_capacity_bytes)
-    f_share = _align_split(
-        fair_split(f_res, f_limit, weight, f_cap), fast.block, f_limit, f_cap
-    )
-    f_share = np.maximum(f_share, f_res)
+    f_share = _share(fast, f_limit, weight, f_cap)
     alive = np.minimum(np.maximum(keep_alive - s_limit, 0.0), f_share)
     keep = np.minimum(f_req, f_share)
     f_floor_f = np.maximum(f_res, np.where(known, alive, keep))
     f_floor = np.minimum(_align_up(f_floor_f, fast.block), fast.limit)
     f_want_f = np.where(known, hot * (1.0 + cfg.hot_headroom_ratio) - f_boot, f_req)
     f_want = np.clip(f_want_f, f_floor, f_limit)
-    f_fair = fair_split(f_floor.astype(np.float64), f_want, weight, f_cap)
-    f_fair = _align_split(f_fair, fast.block, _want_blocks(f_want, fast), f_cap)
+    f_fair = _fair(fast, f_floor, f_want, weight, f_cap)
     # Fast memory nobody demands stays where it is.
     spare = f_cap - float(f_fair.sum())
     give = np.maximum(np.minimum(f_req, f_limit) - f_fair, 0.0)
     if spare > 0.0 and float(give.sum()) > 0.0:
         f_fair = f_fair + give * min(1.0, spare / float(give.sum()))
     f_target = _limit_changes(fast, f_floor, f_fair, f_cap, inputs.now_s, cfg)
-    fast_result = TierResult(
-        share=f_share.astype(np.int64),
-        floor=f_floor,
-        want=f_want.astype(np.int64),
-        target=f_target,
-        overcommitted=int(f_floor.sum()) > inputs.fast_capacity_bytes,
-    )
 
     # Slow tier: whatever the fast tier does not hold, plus headroom; shares
     # and floors as on the fast tier.
     s_res = slow.reservation.astype(np.float64)
     s_cap = float(inputs.slow_capacity_bytes) * cfg.slow_overcommit_ratio
-    s_share = _align_split(
-        fair_split(s_res, s_limit, weight, s_cap), slow.block, s_limit, s_cap
-    )
-    s_share = np.maximum(s_share, s_res)
+    s_share = _share(slow, s_limit, weight, s_cap)
     f_new = f_target.astype(np.float64)
     rest = need - f_new
     s_floor_f = np.maximum(
@@ -377,17 +363,53 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     s_floor = np.minimum(_align_up(s_floor_f, slow.block), slow.limit)
     s_want_f = np.where(known, rest * (1.0 + cfg.hot_headroom_ratio), s_req)
     s_want = np.clip(s_want_f, s_floor, s_limit)
-    s_fair = fair_split(s_floor.astype(np.float64), s_want, weight, s_cap)
-    s_fair = _align_split(s_fair, slow.block, _want_blocks(s_want, slow), s_cap)
+    s_fair = _fair(slow, s_floor, s_want, weight, s_cap)
     s_target = _limit_changes(slow, s_floor, s_fair, s_cap, inputs.now_s, cfg)
-    slow_result = TierResult(
-        share=s_share.astype(np.int64),
-        floor=s_floor,
-        want=s_want.astype(np.int64),
-        target=s_target,
-        overcommitted=int(s_floor.sum()) > s_cap,
+    return PolicyResult(
+        _result(f_share, f_floor, f_want, f_target, inputs.fast_capacity_bytes),
+        _result(s_share, s_floor, s_want, s_target, s_cap),
     )
-    return PolicyResult(fast_result, slow_result)
+
+
+def _share(
+    tier: TierInputs, limit: FloatArray, weight: FloatArray, capacity: float
+) -> FloatArray:
+    """Each VM's weighted share of ``capacity`` in whole blocks, at least its
+    reservation."""
+    res = tier.reservation.astype(np.float64)
+    share = _align_split(
+        fair_split(res, limit, weight, capacity), tier.block, limit, capacity
+    )
+    return np.maximum(share, res)
+
+
+def _fair(
+    tier: TierInputs,
+    floor: IntArray,
+    want: FloatArray,
+    weight: FloatArray,
+    capacity: float,
+) -> FloatArray:
+    """The fair split of ``capacity`` between the floors and the demand, in
+    whole blocks."""
+    fair = fair_split(floor.astype(np.float64), want, weight, capacity)
+    return _align_split(fair, tier.block, _want_blocks(want, tier), capacity)
+
+
+def _result(
+    share: FloatArray,
+    floor: IntArray,
+    want: FloatArray,
+    target: IntArray,
+    capacity: float,
+) -> TierResult:
+    return TierResult(
+        share=share.astype(np.int64),
+        floor=floor,
+        want=want.astype(np.int64),
+        target=target,
+        overcommitted=int(floor.sum()) > capacity,
+    )
 
 
 def host_capacity(nodes: Sequence[HostNode], cfg: Config) -> tuple[int, int, bool]:

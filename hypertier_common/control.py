@@ -39,6 +39,7 @@ __all__ = [
     "ControlClient",
     "ControlServer",
     "Controller",
+    "listens",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,13 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     controller: Controller
 
 
-def _answers(path: Path) -> bool:
+def listens(path: Path, timeout_s: float = 1.0) -> bool:
+    """True when something accepts connections on the unix socket ``path``.
+
+    A socket file left behind by a daemon that died refuses connections.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
+        probe.settimeout(timeout_s)
         try:
             probe.connect(str(path))
         except OSError:
@@ -168,7 +173,7 @@ class ControlServer:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             if self._path.is_socket():
-                if _answers(self._path):
+                if listens(self._path):
                     raise BackendError(
                         f"control socket {self._path}: another daemon is running"
                     )

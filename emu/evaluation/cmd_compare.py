@@ -126,7 +126,8 @@ def _matrix(args: argparse.Namespace) -> Matrix:
 
 
 def _check(m: Matrix, args: argparse.Namespace) -> str | None:
-    from emu.evaluation.tenants import SCENARIOS, VARIANT_POLICIES
+    from emu.evaluation.tenants import SCENARIOS
+    from emu.policies.base import VARIANT_NAMES
     from emu.workloads import WORKLOADS
 
     if m.scenarios or args.scenarios:
@@ -137,7 +138,7 @@ def _check(m: Matrix, args: argparse.Namespace) -> str | None:
             return f"--{', --'.join(fixed)}: preset {args.preset!r} has fixed VM sets"
         for what, given, choices in (
             ("scenario", m.scenarios, tuple(SCENARIOS)),
-            ("policy", m.policies, (*POLICY_NAMES, *VARIANT_POLICIES)),
+            ("policy", m.policies, (*POLICY_NAMES, *VARIANT_NAMES)),
             ("profile", m.profiles, tuple(PROFILES)),
         ):
             wrong = [n for n in given if n not in choices]

@@ -17,11 +17,18 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from emu.evaluation.report import CELL_KEYS, SHORT_NAMES, text_table
+from emu.evaluation.report import (
+    CELL_KEYS,
+    MEAN_FIELDS,
+    SHORT_NAMES,
+    SUM_FIELDS,
+    text_table,
+)
 from emu.evaluation.runner import run_scenario
 from emu.machine import PAGE_SIZE
 from emu.machine.params import Params
 from emu.policies import POLICY_NAMES, Policy, VmSpec
+from emu.policies.base import TENANT_POLICY_NAMES
 from emu.workloads import TRACE_PREFIX, workload_pages
 from emu.workloads.trace import shipped_traces
 
@@ -99,14 +106,7 @@ PRESETS: dict[str, Matrix] = {
     # lying guest, and one tier-unaware allotment per VM (docs/baselines.md).
     "multi-tenant": Matrix(
         workloads=(),
-        policies=(
-            "none",
-            "all-fast",
-            "hypertier",
-            "hypertier-liar",
-            "hypertier-liar-huge",
-            "balloon",
-        ),
+        policies=TENANT_POLICY_NAMES,
         profiles=("cxl",),
         ratios=(),
         vms=(),
@@ -308,24 +308,7 @@ def run_matrix(
 
 
 # The summary's columns, in order; headings as in every report (SHORT_NAMES).
-_COLUMNS = (
-    "elapsed_s",
-    "fast_hit_ratio",
-    "oracle_hit",
-    "hit_vs_oracle",
-    "hit_ss",
-    "ss_vs_oracle",
-    "maccess_s_ss",
-    "t90_s",
-    "t90_change_s",
-    "tlb_flush",
-    "remote_tlb_flush",
-    "tlb_local_flush_one",
-    "tlb_local_flush_all",
-    "tlb_remote_flush",
-    "pages_moved",
-    "mgmt_cpu_s",
-)
+_COLUMNS = ("elapsed_s", "fast_hit_ratio", *MEAN_FIELDS, *SUM_FIELDS)
 _HEADS = {**SHORT_NAMES, "pages_moved": "moved"}
 
 

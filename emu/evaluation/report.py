@@ -24,7 +24,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from emu.evaluation.runner import ROW_FIELDS
+from emu.evaluation.runner import COST_FIELDS, ORACLE_FIELDS, ROW_FIELDS
 
 __all__ = [
     "CELL_KEYS",
@@ -43,24 +43,9 @@ __all__ = [
 # Fields that identify a set-up; rows of one set-up differ only in ``policy``.
 CELL_KEYS = ("workload", "profile", "ratio", "vms")
 # Oracle yardsticks (emu.policies.oracle), averaged over a cell's VMs.
-MEAN_FIELDS = (
-    "oracle_hit",
-    "hit_vs_oracle",
-    "hit_ss",
-    "ss_vs_oracle",
-    "maccess_s_ss",
-    "t90_s",
-    "t90_change_s",
-)
-SUM_FIELDS = (
-    "tlb_flush",
-    "remote_tlb_flush",
-    "tlb_local_flush_one",
-    "tlb_local_flush_all",
-    "tlb_remote_flush",
-    "pages_moved",
-    "mgmt_cpu_s",
-)
+MEAN_FIELDS = ORACLE_FIELDS
+# Costs, summed over a cell's VMs.
+SUM_FIELDS = COST_FIELDS
 
 SHORT_NAMES = {
     "fast_hit_ratio": "fast_hit",

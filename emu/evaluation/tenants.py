@@ -25,6 +25,7 @@ from emu.backends.liar import LyingGuestBackend
 from emu.machine import PAGE_SIZE, World
 from emu.policies import Policy, VmSpec
 from emu.policies.balloon import BalloonPolicy
+from emu.policies.base import TENANT_POLICY_NAMES
 
 if TYPE_CHECKING:
     pass
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = [
     "HUGE_NODE_BYTES",
     "SCENARIOS",
-    "VARIANT_POLICIES",
     "HostShareProbe",
     "Scenario",
     "ShareInput",
@@ -45,8 +45,6 @@ __all__ = [
 ]
 
 MIB = 1 << 20
-# Policies that exist only in a scenario: they need its liar or its host size.
-VARIANT_POLICIES = ("hypertier-liar", "hypertier-liar-huge", "balloon")
 # What the "huge" liar claims per node: 1 TiB, far within the wire format's
 # bound (1 PiB) and, today, within the host's plausibility slack for boot memory.
 HUGE_NODE_BYTES = 1 << 40
@@ -146,14 +144,7 @@ SCENARIOS: dict[str, Scenario] = {
                 ("standard", "big"),
             )
         ),
-        policies=(
-            "none",
-            "all-fast",
-            "hypertier",
-            "hypertier-liar",
-            "hypertier-liar-huge",
-            "balloon",
-        ),
+        policies=TENANT_POLICY_NAMES,
         liar="bronze-small",
     ),
     # Demeter's comparison: identical GUPS VMs (hot tenth), one class; the hot

@@ -8,14 +8,22 @@ costs are charged where the real system would pay them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from emu.machine import World
+from emu.machine import EmuProcess, EmuVm, World
 from emu.workloads import Workload
 
-__all__ = ["ORACLE_NAMES", "POLICY_NAMES", "Policy", "VmSpec"]
+__all__ = [
+    "ORACLE_NAMES",
+    "POLICY_NAMES",
+    "TENANT_POLICY_NAMES",
+    "VARIANT_NAMES",
+    "Policy",
+    "PolicyBase",
+    "VmSpec",
+]
 
 # Policy names, used everywhere (CLI, report.json's "policy", plots).
 POLICY_NAMES = (
@@ -31,6 +39,11 @@ POLICY_NAMES = (
 # The best static placement (emu.policies.oracle): yardsticks, not in the
 # default matrix.
 ORACLE_NAMES = ("oracle", "oracle-phase")
+# Policies that exist only in a multi-tenant scenario (emu.evaluation.tenants):
+# they need its liar or its host size.
+VARIANT_NAMES = ("hypertier-liar", "hypertier-liar-huge", "balloon")
+# What the multi-tenant scenarios compare.
+TENANT_POLICY_NAMES = ("none", "all-fast", "hypertier", *VARIANT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -74,3 +87,29 @@ class Policy(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class PolicyBase:
+    """What most designs share: the VMs are set up as the scenario says
+    (:meth:`adjust` keeps the specs), :meth:`attach` records each VM's workload
+    pid, and :meth:`_running` visits the VMs whose workload still runs."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self._pids: dict[str, int] = {}
+
+    def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
+        return specs
+
+    def attach(self, world: World, pids: Mapping[str, int]) -> None:
+        del world
+        self._pids = dict(pids)
+
+    def _running(self, world: World) -> Iterator[tuple[str, int, EmuVm, EmuProcess]]:
+        """(name, pid, vm, process) of each managed VM whose workload runs."""
+        for name, pid in self._pids.items():
+            if name not in world.vms or pid not in world.vm(name).procs:
+                continue
+            vm = world.vm(name)
+            yield name, pid, vm, vm.procs[pid]

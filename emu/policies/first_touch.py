@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from emu.machine import PAGE_SIZE, World
-from emu.policies.base import VmSpec
+from emu.policies.base import PolicyBase, VmSpec
 
 __all__ = ["AllFastPolicy", "NonePolicy"]
 
 
 # ------------------------------------------------------------- limit cases
-class NonePolicy:
+class NonePolicy(PolicyBase):
     """No management: first-touch placement (Linux default), nothing ever moves."""
 
     name = "none"
-
-    def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
-        return specs
-
-    def attach(self, world: World, pids: Mapping[str, int]) -> None:
-        del world, pids
 
     def tick(self, world: World, epoch_s: float) -> None:
         del world, epoch_s

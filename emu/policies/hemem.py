@@ -8,14 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from emu.machine import FAST, SLOW, EmuProcess, EmuVm, World
-from emu.policies.mechanisms import (
-    DEFAULT_MIGRATE_PAGES_PER_S,
-    DEFAULT_PEBS_PERIOD,
-    F64,
-    I64,
-    exchange,
-    guest_nodes,
-)
+from emu.policies.mechanisms import F64, I64, exchange, guest_nodes
 from emu.policies.pebs import PebsPolicy
 
 __all__ = ["HememPolicy"]
@@ -39,13 +32,13 @@ class HememPolicy(PebsPolicy):
 
     def __init__(
         self,
-        period: int = DEFAULT_PEBS_PERIOD,
-        migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
         hot_threshold: int = 8,
         cooling_threshold: int = 18,
         batch_samples: int = 512,
+        **pebs: int,
     ) -> None:
-        super().__init__(period, migrate_pages_per_s)
+        """``pebs``: :class:`PebsPolicy`'s options (period, migration rate)."""
+        super().__init__(**pebs)
         self.hot_threshold = hot_threshold
         self.cooling_threshold = cooling_threshold
         self.batch_samples = batch_samples

@@ -8,14 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from emu.machine import FAST, SLOW, EmuProcess, EmuVm, World
-from emu.policies.mechanisms import (
-    DEFAULT_MIGRATE_PAGES_PER_S,
-    DEFAULT_PEBS_PERIOD,
-    F64,
-    I64,
-    exchange,
-    guest_nodes,
-)
+from emu.policies.mechanisms import F64, I64, exchange, guest_nodes
 from emu.policies.pebs import PebsPolicy
 
 __all__ = ["MemtisPolicy"]
@@ -39,13 +32,13 @@ class MemtisPolicy(PebsPolicy):
 
     def __init__(
         self,
-        period: int = DEFAULT_PEBS_PERIOD,
-        migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
         cooling_samples: int = 50_000,
         cpu_limit: float = 0.03,
         max_period: int = 64_000,
+        **pebs: int,
     ) -> None:
-        super().__init__(period, migrate_pages_per_s)
+        """``pebs``: :class:`PebsPolicy`'s options (period, migration rate)."""
+        super().__init__(**pebs)
         self.cooling_samples = cooling_samples
         self.cpu_limit = cpu_limit
         self.max_period = max_period
@@ -107,4 +100,6 @@ class MemtisPolicy(PebsPolicy):
         else:
             return
         self._period[name] = period
-        world.start_sampling(name, "pebs", [pid], period=period, ring_pages=128)
+        world.start_sampling(
+            name, "pebs", [pid], period=period, ring_pages=self.ring_pages
+        )

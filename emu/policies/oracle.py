@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from emu.machine import FAST, EmuProcess, EmuVm, World
-from emu.policies import VmSpec
+from emu.policies.base import PolicyBase
 
 __all__ = [
     "CONVERGED_FRACTION",
@@ -67,7 +67,7 @@ def _fast_room(vm: EmuVm, proc: EmuProcess) -> int:
     return vm.plugged[FAST] - (vm.used_pages(FAST) - own_fast)
 
 
-class OraclePolicy:
+class OraclePolicy(PolicyBase):
     """Best static placement: the most-accessed pages of the run on the fast node.
 
     Placed once, before the first access, at no cost: the top pages by
@@ -78,14 +78,11 @@ class OraclePolicy:
     name = "oracle"
 
     def __init__(self) -> None:
+        super().__init__()
         self._phase: dict[str, int] = {}
-        self._pids: dict[str, int] = {}
-
-    def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
-        return specs
 
     def attach(self, world: World, pids: Mapping[str, int]) -> None:
-        self._pids = dict(pids)
+        super().attach(world, pids)
         for name, pid in pids.items():
             proc = world.process(name, pid)
             assert proc.workload is not None

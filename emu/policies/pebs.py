@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
 from emu.machine import EmuProcess, EmuVm, World
-from emu.policies.base import VmSpec
+from emu.policies.base import PolicyBase
 from emu.policies.mechanisms import (
     DEFAULT_MIGRATE_PAGES_PER_S,
     DEFAULT_PEBS_PERIOD,
@@ -21,7 +21,7 @@ __all__ = ["PebsPolicy"]
 
 
 # ---------------------------------------------------- PEBS-based designs
-class PebsPolicy:
+class PebsPolicy(PolicyBase):
     """Shared part of the guest PEBS designs: sampling, per-page counts, moves."""
 
     name = "pebs"
@@ -32,18 +32,15 @@ class PebsPolicy:
         migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
         ring_pages: int = 128,
     ) -> None:
+        super().__init__()
         self.period = period
         self.migrate_pages_per_s = migrate_pages_per_s
         self.ring_pages = ring_pages
-        self._pids: dict[str, int] = {}
         self._counts: dict[str, F64] = {}
         self._period: dict[str, int] = {}
 
-    def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
-        return specs
-
     def attach(self, world: World, pids: Mapping[str, int]) -> None:
-        self._pids = dict(pids)
+        super().attach(world, pids)
         for name, pid in pids.items():
             proc = world.process(name, pid)
             self._counts[name] = np.zeros(proc.npages, np.float64)
@@ -54,11 +51,7 @@ class PebsPolicy:
 
     def tick(self, world: World, epoch_s: float) -> None:
         budget = epoch_budget(self.migrate_pages_per_s, epoch_s)
-        for name, pid in self._pids.items():
-            if name not in world.vms or pid not in world.vm(name).procs:
-                continue
-            vm = world.vm(name)
-            proc = vm.procs[pid]
+        for name, pid, vm, proc in self._running(world):
             pids, addrs, _, _ = world.drain_samples(name, epoch_s)
             vpn = sample_vpns(proc, pids, addrs)
             self._account(name, vm, vpn, proc.npages, epoch_s)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emu.machine import FAST, SLOW, World
-from emu.policies.base import VmSpec
+from emu.policies.base import PolicyBase
 from emu.policies.mechanisms import (
     DEFAULT_MIGRATE_PAGES_PER_S,
     F64,
@@ -33,7 +33,7 @@ class _HostVmState:
     prev_access: I64  # the access before that (active-LRU check)
 
 
-class HostTppPolicy:
+class HostTppPolicy(PolicyBase):
     """Host TPP: the host kernel tiers VM memory it cannot see into.
 
     Source: Maruf et al., "TPP: Transparent Page Placement for CXL-Enabled
@@ -57,6 +57,7 @@ class HostTppPolicy:
         migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
         headroom_fraction: float = 0.02,
     ) -> None:
+        super().__init__()
         self.scan_period_s = scan_period_s
         self.migrate_pages_per_s = migrate_pages_per_s
         self.headroom_fraction = headroom_fraction
@@ -64,9 +65,6 @@ class HostTppPolicy:
         self._since_scan_s = 0.0
         self._scans = 0
         self.scans = 0  # EPT scans done per VM (for tests and reports)
-
-    def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
-        return specs
 
     def attach(self, world: World, pids: Mapping[str, int]) -> None:
         for name in pids:
@@ -145,7 +143,7 @@ class _LruState:
     prev_ref: F64
 
 
-class TppGuestPolicy:
+class TppGuestPolicy(PolicyBase):
     """Guest TPP: the guest kernel's NUMA-hinting promotion and LRU demotion.
 
     Source: Maruf et al., "TPP: Transparent Page Placement for CXL-Enabled
@@ -171,20 +169,17 @@ class TppGuestPolicy:
         migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
         headroom_fraction: float = 0.02,
     ) -> None:
+        super().__init__()
         self.scan_pages_per_s = scan_pages_per_s
         self.active_window_s = active_window_s
         self.migrate_pages_per_s = migrate_pages_per_s
         self.headroom_fraction = headroom_fraction
-        self._pids: dict[str, int] = {}
         self._lru: dict[str, _LruState] = {}
         self._window_s: dict[str, float] = {}
         self._now_s = 0.0
 
-    def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
-        return specs
-
     def attach(self, world: World, pids: Mapping[str, int]) -> None:
-        self._pids = dict(pids)
+        super().attach(world, pids)
         for name, pid in pids.items():
             vm = world.vm(name)
             proc = world.process(name, pid)
@@ -200,11 +195,7 @@ class TppGuestPolicy:
     def tick(self, world: World, epoch_s: float) -> None:
         self._now_s += epoch_s
         now = self._now_s
-        for name, pid in self._pids.items():
-            if name not in world.vms or pid not in world.vm(name).procs:
-                continue
-            vm = world.vm(name)
-            proc = vm.procs[pid]
+        for name, _, vm, proc in self._running(world):
             pids, addrs, _, _ = world.drain_samples(name, epoch_s)
             vpn = np.unique(sample_vpns(proc, pids, addrs))
             lru = self._lru[name]

@@ -5,13 +5,13 @@ Design notes and sources: docs/baselines.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
 
 from emu.machine import FAST, PAGE_SIZE, SLOW, EmuProcess, EmuVm, World
-from emu.policies.base import VmSpec
+from emu.policies.base import PolicyBase
 from emu.policies.mechanisms import (
     DEFAULT_MIGRATE_PAGES_PER_S,
     F64,
@@ -62,7 +62,7 @@ def split_pool(pool: int, floor: F64, weight: F64, cap: I64) -> I64:
     return shares
 
 
-class VtmmPolicy:
+class VtmmPolicy(PolicyBase):
     """vTMM: PML tracking, multi-level queues, temperature sorting, a fast pool.
 
     Source: Sha et al., "vTMM: Tiered Memory Management for Virtual Machines",
@@ -91,21 +91,18 @@ class VtmmPolicy:
         pool_period_s: float = 0.1,
         min_share: float = 0.25,
     ) -> None:
+        super().__init__()
         self.levels = levels
         self.hot_level = hot_level if hot_level is not None else levels // 2
         self.migrate_pages_per_s = migrate_pages_per_s
         self.pool_period_s = pool_period_s
         self.min_share = min_share
-        self._pids: dict[str, int] = {}
         self._level: dict[str, npt.NDArray[np.int8]] = {}
         self._initial_fast: dict[str, int] = {}
         self._since_pool_s = 0.0
 
-    def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:
-        return specs
-
     def attach(self, world: World, pids: Mapping[str, int]) -> None:
-        self._pids = dict(pids)
+        super().attach(world, pids)
         for name in pids:
             vm = world.vm(name)
             world.pml_drain(name)  # arms PML logging
@@ -114,11 +111,7 @@ class VtmmPolicy:
 
     def tick(self, world: World, epoch_s: float) -> None:
         budget = epoch_budget(self.migrate_pages_per_s, epoch_s)
-        for name, pid in self._pids.items():
-            if name not in world.vms or pid not in world.vm(name).procs:
-                continue
-            vm = world.vm(name)
-            proc = vm.procs[pid]
+        for name, _, vm, proc in self._running(world):
             level = self._level[name]
             seen = np.zeros(vm.nframes, bool)
             seen[world.pml_drain(name)] = True

@@ -16,7 +16,7 @@ from emu.evaluation.compare import (
     run_matrix,
     specs_of,
 )
-from emu.evaluation.report import add_speedups, summarize
+from emu.evaluation.report import SUM_FIELDS, add_speedups, summarize
 from emu.evaluation.runner import ROW_FIELDS
 from emu.machine import PAGE_SIZE
 
@@ -74,18 +74,7 @@ def _row(policy: str, vm: str, elapsed: float | None) -> dict[str, object]:
         "policy": policy,
         "elapsed_s": elapsed,
         "fast_hit_ratio": 0.5,
-        **dict.fromkeys(
-            (
-                "tlb_flush",
-                "remote_tlb_flush",
-                "tlb_local_flush_one",
-                "tlb_local_flush_all",
-                "tlb_remote_flush",
-                "pages_moved",
-                "mgmt_cpu_s",
-            ),
-            1,
-        ),
+        **dict.fromkeys(SUM_FIELDS, 1),
     }
 
 

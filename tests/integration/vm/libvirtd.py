@@ -11,11 +11,12 @@ import contextlib
 import grp
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from hypertier_common.control import listens
 
 URI = "qemu:///system"
 VIRTLOGD_SOCK = Path("/run/libvirt/virtlogd-sock")
@@ -35,24 +36,11 @@ def _answers() -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
-def _listens(path: Path) -> bool:
-    """True when something accepts connections on the unix socket ``path``.
-
-    A socket file left behind by a daemon that died refuses connections: that is
-    what domain start reports as "Failed to connect socket to virtlogd-sock".
-    """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2.0)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def _ensure_virtlogd(timeout_s: float) -> str:
     """Start virtlogd when nothing listens on its socket (QEMU logs go through it)."""
-    if _listens(VIRTLOGD_SOCK):
+    # A stale socket file refuses connections: that is what domain start
+    # reports as "Failed to connect socket to virtlogd-sock".
+    if listens(VIRTLOGD_SOCK, timeout_s=2.0):
         return ""
     with contextlib.suppress(FileNotFoundError):
         VIRTLOGD_SOCK.unlink()  # stale: virtlogd refuses to start over it
@@ -61,7 +49,7 @@ def _ensure_virtlogd(timeout_s: float) -> str:
     else:
         subprocess.run(["virtlogd", "-d"], check=False)
     deadline = time.monotonic() + timeout_s
-    while not _listens(VIRTLOGD_SOCK):
+    while not listens(VIRTLOGD_SOCK, timeout_s=2.0):
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"virtlogd does not listen on {VIRTLOGD_SOCK} {timeout_s:.0f} s after"
