@@ -12,6 +12,7 @@ to $HYPERTIER_REPORT_DIR (default $HYPERTIER_CACHE/reports)/peers-short.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +27,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def report(request: pytest.FixtureRequest) -> dict[str, Any]:
+def report(say: Callable[[str], None]) -> dict[str, Any]:
     missing = runner.missing_prerequisites()
     if missing:
         pytest.skip("peer benchmark needs: " + "; ".join(missing))
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-
-    def say(line: str) -> None:
-        if reporter is None or capture is None:
-            print(line)
-            return
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
-
     out = runner.report_root() / "peers-short"
     cfg = runner.RunConfig(
         out=out,

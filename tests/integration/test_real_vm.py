@@ -10,6 +10,7 @@ minutes to build the cached image).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,21 +23,10 @@ MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def report(request: pytest.FixtureRequest) -> dict[str, Any]:
+def report(say: Callable[[str], None]) -> dict[str, Any]:
     missing = scenario.missing_prerequisites()
     if missing:
         pytest.skip("real-VM test needs: " + "; ".join(missing))
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-
-    def say(line: str) -> None:
-        # Timings belong in the CI log even when the tests pass: bypass capture.
-        if reporter is None or capture is None:
-            print(line)
-            return
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
-
     say("")
     return scenario.Scenario(scenario.ScenarioConfig(), say=say).run()
 
@@ -116,28 +106,32 @@ def test_workload_never_loses_data(report: dict[str, Any]) -> None:
     assert work["iterations"] > 0
 
 
-def test_hot_pages_end_on_fast_node(report: dict[str, Any]) -> None:
-    placement = _need(report, "placement")
-    assert placement["hot_share_on_fast"] >= scenario.CONVERGED_SHARE, (
-        f"hot {placement['hot_nodes']}\n" + placement["agent_log_tail"]
-    )
-
-
-def test_cold_pages_end_on_slow_node_when_fast_tier_is_squeezed(
-    report: dict[str, Any],
+@pytest.mark.parametrize(
+    ("step", "share", "nodes"),
+    [
+        pytest.param("placement", "hot_share_on_fast", "hot_nodes", id="hot-on-fast"),
+        pytest.param(
+            "placement_squeezed",
+            "cold_share_on_slow",
+            "cold_nodes",
+            id="squeezed-cold-on-slow",
+        ),
+        pytest.param(
+            "placement_squeezed",
+            "hot_share_on_fast",
+            "hot_nodes",
+            id="squeezed-hot-stays-on-fast",
+        ),
+    ],
+)
+def test_pages_end_on_their_tier(
+    report: dict[str, Any], step: str, share: str, nodes: str
 ) -> None:
-    placement = _need(report, "placement_squeezed")
-    assert placement["cold_share_on_slow"] >= scenario.CONVERGED_SHARE, (
-        f"cold {placement['cold_nodes']}\n" + placement["agent_log_tail"]
-    )
-
-
-def test_hot_pages_stay_on_fast_node_when_fast_tier_is_squeezed(
-    report: dict[str, Any],
-) -> None:
-    placement = _need(report, "placement_squeezed")
-    assert placement["hot_share_on_fast"] >= scenario.CONVERGED_SHARE, (
-        f"hot {placement['hot_nodes']}\n" + placement["agent_log_tail"]
+    """Hot pages on the fast node; when the fast tier is squeezed, cold pages go to
+    the slow node while the hot ones stay."""
+    placement = _need(report, step)
+    assert placement[share] >= scenario.CONVERGED_SHARE, (
+        f"{nodes} {placement[nodes]}\n" + placement["agent_log_tail"]
     )
 
 

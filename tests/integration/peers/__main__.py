@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
 
+from tests.integration.vm import cli
+
 from . import build, report, runner
 from .peers import PEERS
 
+PROG = "python -m tests.integration.peers"
+DESCRIPTION = "HyperTier beside real tiering peers on a Debian 13 guest."
 EPILOG = """examples:
   python -m tests.integration.peers build            # image, memtierd, damo (cached)
   python -m tests.integration.peers run --out /tmp/p # every peer x every workload
@@ -21,15 +24,7 @@ EPILOG = """examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.integration.peers",
-        description="HyperTier beside real tiering peers on a Debian 13 guest.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sub.add_parser("build", help="build (or reuse) the image, build root, memtierd")
     run = sub.add_parser("run", help="run the matrix; writes report.json, table, plots")
     run.add_argument("--out", type=Path, default=None, help="output directory")
@@ -50,18 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--duration-s", type=float, help="override every workload's")
     tab = sub.add_parser("table", help="print the table of a report.json")
     tab.add_argument("report", type=Path)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = cli.parse_args(argv, PROG, DESCRIPTION, EPILOG, _add_commands)
     if args.cmd == "table":
         data = json.loads(args.report.read_text())
         print(report.table(data), end="")
         return 0
     missing = runner.missing_prerequisites()
     if missing:
-        print("missing prerequisites:\n  " + "\n  ".join(missing), file=sys.stderr)
+        cli.print_missing(missing)
         return 2
     if args.cmd == "build":
         base = build.build_guest_image()

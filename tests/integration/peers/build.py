@@ -28,20 +28,10 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 TRIXIE_SUITE = "trixie"
-# The guest agent's runtime deps, the kernel (6.12: memory tiers, DAMON
-# migrate_hot/migrate_cold), numactl for diagnostics, and the real key-value
-# program with its own load generator.
-TRIXIE_PACKAGES = (
-    "python3",
-    "python3-numpy",
-    "python3-psutil",
-    "linux-image-amd64",
-    "kmod",
-    "numactl",
-    "procps",
-    "redis-server",
-    "redis-tools",
-)
+# The end-to-end guest's packages (the guest agent's runtime deps, the kernel -
+# trixie's 6.12: memory tiers, DAMON migrate_hot/migrate_cold -, numactl for
+# diagnostics) and the real key-value program with its own load generator.
+TRIXIE_PACKAGES = (*image.PACKAGES, "redis-server", "redis-tools")
 # A trixie root to compile in: memtierd from Debian's Go packages (no module
 # proxy), and the guest's C programs against trixie's libc.
 BUILDER_PACKAGES = (

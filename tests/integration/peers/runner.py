@@ -16,7 +16,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 import traceback
 import zipfile
@@ -26,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.vm import accel as accel_mod
-from tests.integration.vm import image, libvirtd
+from tests.integration.vm import agents, image, libvirtd, tlbtrace
 from tests.integration.vm.guestlink import GuestLink, GuestLinkError
-from tests.integration.vm.machine import URI
+from tests.integration.vm.machine import log_tail
 
 from . import build, programs
 from .peers import PEERS, Peer, damo_command, memtierd_config
@@ -38,17 +37,7 @@ log = logging.getLogger(__name__)
 
 P = "/opt/hypertier"
 WORKLOAD_OUT = "/tmp/workload.jsonl"
-GUEST_CONFIG = "/tmp/guest.toml"
 REDIS_SOCK = "/tmp/redis.sock"
-TRACE = "/sys/kernel/tracing/events/tlb/tlb_flush"
-# x86 enum tlb_flush_reason (arch/x86/include/asm/tlbflush.h, unchanged to 6.12)
-TLB_REASONS = {
-    0: "task_switch",
-    1: "remote_shootdown",
-    2: "local_shootdown",
-    3: "local_mm_shootdown",
-    4: "remote_send_ipi",
-}
 VMSTAT_RE = re.compile(r"^(pgpromote|pgdemote|pgmigrate|numa_|thp_migration)")
 # Expected on a 6.12 guest with node 1 slower in the HMAT: node 0 in the default
 # tier (adistance 4 -> memory_tier4), node 1 one tier lower.
@@ -344,7 +333,7 @@ class Cell:
                     self.result["error"] = f"{name}: {err!r}"
                     self.result["traceback"] = traceback.format_exc(limit=4)
                     if self.vm is not None:
-                        self.result["console_tail"] = _tail(self.vm.console_log, 20)
+                        self.result["console_tail"] = log_tail(self.vm.console_log, 20)
                     break
                 finally:
                     self.result["steps"][name] = round(time.monotonic() - t0, 1)
@@ -434,7 +423,7 @@ class Cell:
     def snapshot_before(self) -> None:
         self.result["vmstat_before"] = self._vmstat()
         self.result["cpu_before"] = self._cpu()
-        self.link.sh(f"echo 'hist:keys=reason' > {TRACE}/trigger")
+        tlbtrace.start(self.link)
 
     def start_workload(self) -> None:
         program = f"{P}/bin/ht-workload"
@@ -508,12 +497,8 @@ class Cell:
                 )
             )
         elif name == "hypertier":
-            self.link.sh(f"cat > {GUEST_CONFIG} <<'EOF'\n{guest_config(pid)}EOF\n")
-            self.daemon_pids.append(
-                self.link.spawn(
-                    f"exec hypertier-guest -v run -c {GUEST_CONFIG}", "/tmp/agent.log"
-                )
-            )
+            agents.write_guest_config(self.link, pid)
+            self.daemon_pids.append(agents.spawn_guest_agent(self.link))
             self._start_host_agent()
         time.sleep(1.0)
         for dpid in self.daemon_pids:
@@ -533,23 +518,10 @@ class Cell:
 
     def _start_host_agent(self) -> None:
         assert self.vm is not None
-        cfg = self.vm.run_dir / "host.toml"
-        cfg.write_text(
-            "[host]\n"
-            'backend = "libvirt"\n'
-            f'uri = "{URI}"\n'
-            f'control_socket = "{self.vm.run_dir / "host.sock"}"\n'
-            "[policy]\n"
-            "interval_s = 1.0\n"
-            "min_resize_interval_s = 2.0\n"
-        )
+        cfg = agents.write_host_config(self.vm.run_dir)
         log_path = self.vm.run_dir / "host-agent.log"
-        with log_path.open("wb") as out:
-            self.host_agent = subprocess.Popen(
-                [sys.executable, "-m", "agent_host", "-v", "run", "-c", str(cfg)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        with log_path.open("wb") as out:  # the cell's own log: a fresh file
+            self.host_agent = agents.spawn_host_agent(cfg, out)
         self.result["host_agent_log"] = str(log_path)
 
     def wait_workload(self) -> None:
@@ -573,7 +545,7 @@ class Cell:
                 if missed >= 4 or self._guest_crashed():
                     raise GuestLinkError(
                         f"guest stopped answering ({err}); console: "
-                        + _tail(self.vm.console_log if self.vm else Path("-"), 8)
+                        + log_tail(self.vm.console_log if self.vm else Path("-"), 8)
                     ) from err
         if rc is None:
             raise RuntimeError(
@@ -599,7 +571,7 @@ class Cell:
     def snapshot_after(self) -> None:
         self.result["vmstat_after"] = self._vmstat()
         self.result["cpu_after"] = self._cpu()
-        self.result["tlb_flush"] = self._tlb()
+        self.result["tlb_flush"] = tlbtrace.read_and_stop(self.link)
 
     def stop_peer(self) -> None:
         name = self.peer.name
@@ -626,16 +598,12 @@ class Cell:
 
     def teardown(self) -> None:
         if self.host_agent is not None:
-            self.host_agent.terminate()
-            try:
-                self.host_agent.wait(30)
-            except subprocess.TimeoutExpired:
-                self.host_agent.kill()
+            agents.stop_host_agent(self.host_agent, 30.0)
             self.host_agent = None
             log_path = Path(self.result["host_agent_log"])
             self.result["host_agent_log_tail"] = [
                 ln
-                for ln in _tail(log_path, 400).splitlines()
+                for ln in log_tail(log_path, 400).splitlines()
                 if "0 resize(s)" not in ln
             ][-80:]
         if self.vm is not None:
@@ -660,7 +628,7 @@ class Cell:
 
     def _guest_crashed(self) -> bool:
         assert self.vm is not None
-        text = _tail(self.vm.console_log, 200)
+        text = log_tail(self.vm.console_log, 200)
         return "Kernel panic" in text or "Oops:" in text
 
     # -- collectors ---------------------------------------------------------------
@@ -687,36 +655,8 @@ class Cell:
     def _cpu(self) -> dict[str, list[Any]]:
         return dict(json.loads(self.link.sh(CPU_SNAPSHOT, timeout_s=60)))
 
-    def _tlb(self) -> dict[str, int]:
-        out = self.link.sh(f"cat {TRACE}/hist")
-        counts: dict[str, int] = {}
-        for m in re.finditer(r"reason:\s*(\d+)\s*\}\s*hitcount:\s*(\d+)", out):
-            counts[TLB_REASONS.get(int(m.group(1)), m.group(1))] = int(m.group(2))
-        self.link.sh(f"echo '!hist:keys=reason' > {TRACE}/trigger", check=False)
-        return counts
-
 
 DAMO_STOP = f"PYTHONPATH={P}/damo python3 -m damo.damo stop"
-
-
-def guest_config(pid: int) -> str:
-    """HyperTier's guest agent TOML on ``pid`` (sampler tuned for TCG as in the
-    end-to-end test: every instruction costs ~10x, so a larger CPU budget)."""
-    return (
-        "[guest]\n"
-        'backend = "linux"\n'
-        'control_socket = "/run/hypertier/guest.sock"\n'
-        'channel_path = "/dev/virtio-ports/org.hypertier.0"\n'
-        "fast_nodes = [0]\n"
-        "slow_nodes = [1]\n"
-        "[sampler]\n"
-        "window_s = 2.0\n"
-        "cpu_budget_pct = 30.0\n"
-        "period = 16\n"
-        "max_period = 64\n"
-        "[targets]\n"
-        f"pids = [{pid}]\n"
-    )
 
 
 def _nodes(nodelist: str) -> list[str]:
@@ -733,13 +673,6 @@ def _nodes(nodelist: str) -> list[str]:
 def _tier_rank(name: str) -> int:
     m = re.search(r"(\d+)$", name)
     return int(m.group(1)) if m else -1
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as err:
-        return f"<no console log: {err}>"
 
 
 def mechanism_cpu_s(

@@ -9,4 +9,14 @@ Used by ``tests/integration/test_real_vm.py`` and from the command line:
 
 from __future__ import annotations
 
-__all__ = ["accel", "guestlink", "image", "libvirtd", "machine", "scenario"]
+__all__ = [
+    "accel",
+    "agents",
+    "cli",
+    "guestlink",
+    "image",
+    "libvirtd",
+    "machine",
+    "scenario",
+    "tlbtrace",
+]

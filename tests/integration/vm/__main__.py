@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 
-from . import image, libvirtd, scenario
-from .machine import TestVm
+from . import cli, image, libvirtd, scenario
+from .machine import URI, TestVm
 
+PROG = "python -m tests.integration.vm"
+DESCRIPTION = "Build, boot and exercise a tiered Debian 12 VM under libvirt."
 EPILOG = """examples:
   python -m tests.integration.vm build-image          # build or reuse the cached image
   python -m tests.integration.vm run                  # the whole scenario, JSON report
@@ -19,28 +19,19 @@ EPILOG = """examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.integration.vm",
-        description="Build, boot and exercise a tiered Debian 12 VM under libvirt.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sub.add_parser("build-image", help="build (or reuse) the cached base image")
     run = sub.add_parser("run", help="run the end-to-end scenario, write the report")
     run.add_argument("--keep", action="store_true", help="leave the VM running")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("destroy", help="destroy and undefine the test VM")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = cli.parse_args(argv, PROG, DESCRIPTION, EPILOG, _add_commands)
     missing = scenario.missing_prerequisites()
     if missing and args.cmd != "destroy":
-        print("missing prerequisites:\n  " + "\n  ".join(missing), file=sys.stderr)
+        cli.print_missing(missing)
         return 2
     if args.cmd == "build-image":
         base = image.build_base_image()
@@ -53,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         libvirtd.ensure_libvirtd()
         import libvirt
 
-        conn = libvirt.open(scenario.URI)
+        conn = libvirt.open(URI)
         TestVm.remove_stale(conn, scenario.ScenarioConfig().shape.name)
         conn.close()
         return 0

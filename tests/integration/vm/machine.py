@@ -215,3 +215,11 @@ def _make_writable_for_qemu(run_dir: Path) -> None:
         os.chown(run_dir, user.pw_uid, user.pw_gid)
     except KeyError:
         run_dir.chmod(0o1777)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a console or agent log on this machine."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"<no console log: {err}>"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,24 +26,15 @@ from typing import Any
 from agent_host.backend import Tier
 
 from . import accel as accel_mod
-from . import image, libvirtd
+from . import agents, image, libvirtd, tlbtrace
+from .agents import GUEST_CONFIG
 from .guestlink import GuestLink
-from .machine import URI, MiB, TestVm, VmShape
+from .machine import MiB, TestVm, VmShape, log_tail
 
 log = logging.getLogger(__name__)
 
 WORKLOAD_STATUS = "/tmp/workload.json"
-GUEST_CONFIG = "/tmp/guest.toml"
 CONVERGED_SHARE = 0.9
-TRACE = "/sys/kernel/tracing/events/tlb/tlb_flush"
-# x86 enum tlb_flush_reason (arch/x86/include/asm/tlbflush.h, v6.1)
-TLB_REASONS = {
-    0: "task_switch",
-    1: "remote_shootdown",
-    2: "local_shootdown",
-    3: "local_mm_shootdown",
-    4: "remote_send_ipi",
-}
 REQUIRED_TOOLS = {
     "debootstrap": "debootstrap",
     "mkfs.ext4": "e2fsprogs",
@@ -199,7 +189,7 @@ class Scenario:
         r["notes"] = list(vm.notes)
         boot = self._step("boot", lambda: vm.start(self.cfg.boot_timeout_s))
         if boot is None:
-            r["console_tail"] = _tail(vm.console_log)
+            r["console_tail"] = log_tail(vm.console_log)
             return self.finish()
         r["boot"] = boot
         self.say(
@@ -268,14 +258,10 @@ class Scenario:
         return {line.split()[0][4:]: int(line.split()[1]) for line in out.splitlines()}
 
     def tlb_trace_on(self) -> None:
-        self.link.sh(f"echo 'hist:keys=reason' > {TRACE}/trigger")
+        tlbtrace.start(self.link)
 
     def tlb_trace_read(self) -> dict[str, int]:
-        out = self.link.sh(f"cat {TRACE}/hist")
-        counts: dict[str, int] = {}
-        for m in re.finditer(r"reason:\s*(\d+)\s*\}\s*hitcount:\s*(\d+)", out):
-            counts[TLB_REASONS.get(int(m.group(1)), m.group(1))] = int(m.group(2))
-        self.link.sh(f"echo '!hist:keys=reason' > {TRACE}/trigger", check=False)
+        counts = tlbtrace.read_and_stop(self.link)
         self.say(f"[vm] guest tlb:tlb_flush counts: {counts}")
         return counts
 
@@ -329,28 +315,11 @@ class Scenario:
             )
             return
         assert self.workload_pid is not None
-        self.link.sh(f"cat > {GUEST_CONFIG} <<'EOF'\n{self.guest_config()}EOF\n")
+        agents.write_guest_config(self.link, self.workload_pid)
         self.link.sh(f"hypertier-guest config check {GUEST_CONFIG}")
-        self.agent_pid = self.link.spawn(
-            f"exec hypertier-guest -v run -c {GUEST_CONFIG}", "/tmp/agent.log"
-        )
+        self.agent_pid = agents.spawn_guest_agent(self.link)
         self.agent_started = time.monotonic()
         self.report["guest_agent"] = {"pid": self.agent_pid}
-
-    def host_config(self) -> Path:
-        """The host agent's TOML: libvirt backend, control socket in the run dir."""
-        assert self.vm is not None
-        path = self.vm.run_dir / "host.toml"
-        path.write_text(
-            "[host]\n"
-            'backend = "libvirt"\n'
-            f'uri = "{URI}"\n'
-            f'control_socket = "{self.vm.run_dir / "host.sock"}"\n'
-            "[policy]\n"
-            "interval_s = 1.0\n"
-            "min_resize_interval_s = 2.0\n"
-        )
-        return path
 
     def _host_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -367,7 +336,7 @@ class Scenario:
         if self.agent_pid is None:
             self.skip("host_agent", "runs only with the guest agent (see guest_agent)")
             return
-        cfg = self.host_config()
+        cfg = agents.write_host_config(self.vm.run_dir)
         check = self._host_cli("config", "check", str(cfg))
         if check.returncode != 0:
             self.skip(
@@ -381,17 +350,13 @@ class Scenario:
         assert self.vm is not None
         log_path = self.vm.run_dir / "host-agent.log"
         with log_path.open("ab") as out:
-            self.host_agent = subprocess.Popen(
-                [sys.executable, "-m", "agent_host", "-v", "run", "-c", str(cfg)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            self.host_agent = agents.spawn_host_agent(cfg, out)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.host_agent.poll() is not None:
                 raise RuntimeError(
                     "hypertier-host run exited rc="
-                    f"{self.host_agent.returncode}: {_tail(log_path, 20)}"
+                    f"{self.host_agent.returncode}: {log_tail(log_path, 20)}"
                 )
             status = self._host_cli("status", "-c", str(cfg), "--json")
             if status.returncode == 0 and self.cfg.shape.name in status.stdout:
@@ -400,7 +365,7 @@ class Scenario:
             time.sleep(0.5)
         raise RuntimeError(
             f"hypertier-host did not adopt {self.cfg.shape.name} within 30 s: "
-            + _tail(log_path, 20)
+            + log_tail(log_path, 20)
         )
 
     def host_agent_resizes(self) -> None:
@@ -416,7 +381,7 @@ class Scenario:
             raise RuntimeError(
                 f"hypertier-host run exited rc={self.host_agent.returncode} during "
                 "the run: "
-                + _tail(self.vm.run_dir / "host-agent.log", 3).replace("\n", " | ")
+                + log_tail(self.vm.run_dir / "host-agent.log", 3).replace("\n", " | ")
             )
         results = []
         for mib in self.cfg.host_agent_fast_mib:
@@ -632,9 +597,7 @@ class Scenario:
         self.link.sh(f"kill -KILL {self.agent_pid}", check=False)
         self.link.wait(self.agent_pid, 30)
         t0 = time.monotonic()
-        self.agent_pid = self.link.spawn(
-            f"exec hypertier-guest -v run -c {GUEST_CONFIG}", "/tmp/agent.log"
-        )
+        self.agent_pid = agents.spawn_guest_agent(self.link)
         out["guest_agent_kill9"] = self._await_channel(t0, 0)
         before = self._guest_allots() or 0
         self.host_agent.terminate()
@@ -674,32 +637,8 @@ class Scenario:
             self.link.sh(f"kill -TERM {self.agent_pid}", check=False)
             self.report["guest_agent_rc"] = self.link.wait(self.agent_pid, 30)
         if self.host_agent is not None:
-            self.host_agent.terminate()
-            try:
-                self.report["host_agent_rc"] = self.host_agent.wait(30)
-            except subprocess.TimeoutExpired:
-                self.host_agent.kill()
-                self.report["host_agent_rc"] = "killed after 30 s"
-
-    def guest_config(self) -> str:
-        """The guest agent's TOML: linux backend, node roles, the workload as target."""
-        return (
-            "[guest]\n"
-            'backend = "linux"\n'
-            'control_socket = "/run/hypertier/guest.sock"\n'
-            'channel_path = "/dev/virtio-ports/org.hypertier.0"\n'
-            "fast_nodes = [0]\n"
-            "slow_nodes = [1]\n"
-            # Under TCG every instruction costs ~10x: the default 0.5 % CPU budget
-            # makes the sampler raise its period to max_period (1e6) and see nothing.
-            "[sampler]\n"
-            "window_s = 2.0\n"
-            "cpu_budget_pct = 30.0\n"
-            "period = 16\n"
-            "max_period = 64\n"
-            "[targets]\n"
-            f"pids = [{self.workload_pid}]\n"
-        )
+            rc = agents.stop_host_agent(self.host_agent, 30.0)
+            self.report["host_agent_rc"] = "killed after 30 s" if rc is None else rc
 
     def _resize(self, tier: Tier, requested: int) -> str:
         assert self.vm is not None
@@ -878,7 +817,7 @@ class Scenario:
         r = self.report
         r["total_s"] = round(time.monotonic() - self._start, 1)
         if self.vm is not None:
-            r.setdefault("console_tail", _tail(self.vm.console_log, 15))
+            r.setdefault("console_tail", log_tail(self.vm.console_log, 15))
             if not self.cfg.keep_vm:
                 self.vm.destroy()
         out = report_dir()
@@ -917,10 +856,3 @@ def _moved(initial: dict[str, Any], final: dict[str, Any]) -> int | None:
         before, after = initial[key], final[key]
         total += sum(max(0, after.get(n, 0) - before.get(n, 0)) for n in after)
     return total
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as err:
-        return f"<no console log: {err}>"

@@ -1,0 +1,34 @@
+"""Count the guest's TLB flushes by reason: a tracefs histogram trigger on the
+``tlb:tlb_flush`` tracepoint (Documentation/trace/histogram.rst).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .guestlink import GuestLink
+
+TRACE = "/sys/kernel/tracing/events/tlb/tlb_flush"
+# x86 enum tlb_flush_reason (arch/x86/include/asm/tlbflush.h, v6.1, unchanged to 6.12)
+TLB_REASONS = {
+    0: "task_switch",
+    1: "remote_shootdown",
+    2: "local_shootdown",
+    3: "local_mm_shootdown",
+    4: "remote_send_ipi",
+}
+
+
+def start(link: GuestLink) -> None:
+    """Install the histogram trigger keyed by reason."""
+    link.sh(f"echo 'hist:keys=reason' > {TRACE}/trigger")
+
+
+def read_and_stop(link: GuestLink) -> dict[str, int]:
+    """Flushes since :func:`start` by reason name; removes the trigger."""
+    out = link.sh(f"cat {TRACE}/hist")
+    counts: dict[str, int] = {}
+    for m in re.finditer(r"reason:\s*(\d+)\s*\}\s*hitcount:\s*(\d+)", out):
+        counts[TLB_REASONS.get(int(m.group(1)), m.group(1))] = int(m.group(2))
+    link.sh(f"echo '!hist:keys=reason' > {TRACE}/trigger", check=False)
+    return counts
