@@ -59,6 +59,20 @@ def _need_root() -> None:
         )
 
 
+def _ansible(
+    argv: list[str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run an ansible tool with the project's ansible.cfg, output captured."""
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")},
+    )
+
+
 def _role_variables(role: str) -> set[str]:
     defaults = ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml"
     return set(yaml.safe_load(defaults.read_text()))
@@ -69,26 +83,17 @@ def _role_variables(role: str) -> set[str]:
 
 def test_ansible_lint_production_profile_passes() -> None:
     lint = _need("ansible-lint", "ansible-lint")
-    proc = subprocess.run(
-        [lint, "--offline", "--profile", "production", "--nocolor", "-p"],
-        cwd=ANSIBLE_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")},
+    proc = _ansible(
+        [lint, "--offline", "--profile", "production", "--nocolor", "-p"], ANSIBLE_DIR
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_playbook_syntax_check_passes() -> None:
     playbook = _need("ansible-playbook", "ansible")
-    proc = subprocess.run(
+    proc = _ansible(
         [playbook, "-i", "inventory/example/hosts.yml", "site.yml", "--syntax-check"],
-        cwd=ANSIBLE_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")},
+        ANSIBLE_DIR,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -199,7 +204,7 @@ def _render_drop_in(
     ]
     (tmp_path / "render.yml").write_text(yaml.safe_dump(play))
     (tmp_path / "vars.json").write_text(json.dumps(extra_vars))
-    proc = subprocess.run(
+    proc = _ansible(
         [
             playbook,
             "-i",
@@ -207,11 +212,7 @@ def _render_drop_in(
             "-e",
             f"@{tmp_path / 'vars.json'}",
             str(tmp_path / "render.yml"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")},
+        ]
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out.read_text()
@@ -292,13 +293,22 @@ class Applied:
         return self.root / path.lstrip("/")
 
 
+def _role_vars(which: str, wheel: Path) -> dict[str, Any]:
+    """The test's variables for the ``which`` ("guest", "host") role, with the wheel."""
+    role_vars = GUEST_VARS if which == "guest" else HOST_VARS
+    return {**role_vars, f"hypertier_{which}_wheel": str(wheel)}
+
+
 def _apply_twice(
+    which: str,
     base_tarball: Path,
-    workdir: Path,
-    group: str,
-    extra_vars: dict[str, Any],
+    wheel: Path,
+    tmp_path_factory: pytest.TempPathFactory,
     prepare: Any = None,
 ) -> Iterator[Applied]:
+    """The ``which`` role applied twice to a fresh rootfs (the first run must pass)."""
+    workdir = tmp_path_factory.mktemp(which)
+    group, extra_vars = f"hypertier_{which}s", _role_vars(which, wheel)
     scratch = rootfs.scratch_dir(workdir)
     try:
         root = rootfs.unpack(base_tarball, scratch / "rootfs")
@@ -327,12 +337,7 @@ GUEST_VARS: dict[str, Any] = {
 def guest(
     base_tarball: Path, wheel: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Applied]:
-    yield from _apply_twice(
-        base_tarball,
-        tmp_path_factory.mktemp("guest"),
-        "hypertier_guests",
-        {**GUEST_VARS, "hypertier_guest_wheel": str(wheel)},
-    )
+    yield from _apply_twice("guest", base_tarball, wheel, tmp_path_factory)
 
 
 def _fake_node_sysfs(root: Path, base: str, cpulists: list[str]) -> None:
@@ -370,10 +375,10 @@ def host(
 ) -> Iterator[Applied]:
     # Node 1 has memory and no CPUs: a slow tier (CXL-like).
     yield from _apply_twice(
+        "host",
         base_tarball,
-        tmp_path_factory.mktemp("host"),
-        "hypertier_hosts",
-        {**HOST_VARS, "hypertier_host_wheel": str(wheel)},
+        wheel,
+        tmp_path_factory,
         prepare=lambda root: _fake_node_sysfs(root, "/srv/fake-sys", ["0", ""]),
     )
 
@@ -405,17 +410,27 @@ def test_guest_config_maps_role_variables_to_keys(guest: Applied) -> None:
     }
 
 
-def test_guest_config_check_passes_inside_chroot(guest: Applied) -> None:
-    if not GUEST_CLI_IN_TREE:
-        pytest.skip(GUEST_CLI_MISSING)
+@pytest.mark.parametrize(
+    ("which", "in_tree", "missing"),
+    [
+        pytest.param("guest", GUEST_CLI_IN_TREE, GUEST_CLI_MISSING, id="guest"),
+        pytest.param("host", HOST_CLI_IN_TREE, HOST_CLI_MISSING, id="host"),
+    ],
+)
+def test_config_check_passes_inside_chroot(
+    which: str, in_tree: bool, missing: str, request: pytest.FixtureRequest
+) -> None:
+    if not in_tree:
+        pytest.skip(missing)
+    applied: Applied = request.getfixturevalue(which)
     proc = subprocess.run(
         [
             "chroot",
-            guest.host,
-            "/opt/hypertier/bin/hypertier-guest",
+            applied.host,
+            f"/opt/hypertier/bin/hypertier-{which}",
             "config",
             "check",
-            "/etc/hypertier/guest.toml",
+            f"/etc/hypertier/{which}.toml",
         ],
         capture_output=True,
         text=True,
@@ -432,24 +447,24 @@ def test_guest_unit_installed_as_packaged(guest: Applied) -> None:
     assert f"\nAmbientCapabilities={caps}\n" in drop_in.read_text()
 
 
-def _verify_unit(root: Path, unit: str) -> subprocess.CompletedProcess[str]:
+@pytest.mark.parametrize("which", ["guest", "host"])
+def test_unit_passes_systemd_analyze_verify(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    applied: Applied = request.getfixturevalue(which)
     # systemd-analyze verify works offline: unit syntax, ExecStart, User=, ...
-    return subprocess.run(
+    proc = subprocess.run(
         [
             "chroot",
-            str(root),
+            applied.host,
             "systemd-analyze",
             "verify",
-            f"/etc/systemd/system/{unit}",
+            f"/etc/systemd/system/hypertier-{which}.service",
         ],
         capture_output=True,
         text=True,
         check=False,
     )
-
-
-def test_guest_unit_passes_systemd_analyze_verify(guest: Applied) -> None:
-    proc = _verify_unit(guest.root, "hypertier-guest.service")
     assert proc.returncode == 0, proc.stderr
 
 
@@ -482,23 +497,29 @@ def test_guest_tracefs_in_fstab(guest: Applied) -> None:
     assert "mode=0750" in entry[3]
 
 
+def _check_mode_on_fresh_system(
+    root: Path, which: str, wheel: Path, tmp_path: Path
+) -> PlaybookRun:
+    """What an operator runs first (README): --check on a machine without
+    HyperTier. It succeeds and writes nothing."""
+    run = run_playbook(
+        root, f"hypertier_{which}s", _role_vars(which, wheel), tmp_path, check=True
+    )
+    assert run.returncode == 0, run.failure_messages() or run.stderr
+    assert not (root / "etc" / "hypertier").exists()
+    return run
+
+
 def test_guest_role_check_mode_on_fresh_system_succeeds(
     fresh_rootfs: Path, wheel: Path, tmp_path: Path
 ) -> None:
-    # What an operator runs first (README): --check on a machine without HyperTier.
-    run = run_playbook(
-        fresh_rootfs,
-        "hypertier_guests",
-        {**GUEST_VARS, "hypertier_guest_wheel": str(wheel)},
-        tmp_path,
-        check=True,
-    )
-    assert run.returncode == 0, run.failure_messages() or run.stderr
-    assert not (fresh_rootfs / "etc" / "hypertier").exists()
+    _check_mode_on_fresh_system(fresh_rootfs, "guest", wheel, tmp_path)
 
 
-def test_guest_second_run_changes_nothing(guest: Applied) -> None:
-    stats = guest.second.stats(guest.host)
+@pytest.mark.parametrize("which", ["guest", "host"])
+def test_second_run_changes_nothing(which: str, request: pytest.FixtureRequest) -> None:
+    applied: Applied = request.getfixturevalue(which)
+    stats = applied.second.stats(applied.host)
     assert (stats["changed"], stats["failures"]) == (0, 0)
 
 
@@ -530,30 +551,6 @@ def test_host_config_maps_role_variables_to_keys(host: Applied) -> None:
         "bronze": {"weight": 1.0},
         "standard": {"weight": 1.0},
     }
-
-
-def test_host_config_check_passes_inside_chroot(host: Applied) -> None:
-    if not HOST_CLI_IN_TREE:
-        pytest.skip(HOST_CLI_MISSING)
-    proc = subprocess.run(
-        [
-            "chroot",
-            host.host,
-            "/opt/hypertier/bin/hypertier-host",
-            "config",
-            "check",
-            "/etc/hypertier/host.toml",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_host_unit_passes_systemd_analyze_verify(host: Applied) -> None:
-    proc = _verify_unit(host.root, "hypertier-host.service")
-    assert proc.returncode == 0, proc.stderr
 
 
 def test_host_units_enabled_offline(host: Applied) -> None:
@@ -597,25 +594,34 @@ def test_host_tiers_found_by_the_agent(host: Applied) -> None:
     assert "slow tier nodes [1]" in report["msg"]
 
 
-def test_host_second_run_changes_nothing(host: Applied) -> None:
-    stats = host.second.stats(host.host)
-    assert (stats["changed"], stats["failures"]) == (0, 0)
+def _run_on_one_node(
+    host: Applied,
+    wheel: Path,
+    tmp_path: Path,
+    extra_vars: dict[str, Any],
+    check: bool = False,
+) -> PlaybookRun:
+    """The host role again, on a fake sysfs with node 0 only (CPUs and memory),
+    ``extra_vars`` added to the role's variables."""
+    if not (host.root / "srv/fake-sys-1node").exists():
+        _fake_node_sysfs(host.root, "/srv/fake-sys-1node", ["0"])
+    return run_playbook(
+        host.root,
+        "hypertier_hosts",
+        {
+            **_role_vars("host", wheel),
+            "hypertier_host_sysfs_root": "/srv/fake-sys-1node",
+            **extra_vars,
+        },
+        tmp_path,
+        check=check,
+    )
 
 
 def test_host_role_stops_when_no_slow_tier_and_no_emulation(
     host: Applied, wheel: Path, tmp_path: Path
 ) -> None:
-    _fake_node_sysfs(host.root, "/srv/fake-sys-1node", ["0"])
-    run = run_playbook(
-        host.root,
-        "hypertier_hosts",
-        {
-            **HOST_VARS,
-            "hypertier_host_wheel": str(wheel),
-            "hypertier_host_sysfs_root": "/srv/fake-sys-1node",
-        },
-        tmp_path,
-    )
+    run = _run_on_one_node(host, wheel, tmp_path, {})
     assert run.returncode != 0
     (message,) = run.failure_messages()
     assert message.startswith("No slow memory tier on ")
@@ -628,19 +634,8 @@ def test_host_role_stops_when_no_slow_tier_and_no_emulation(
 def test_host_role_accepts_single_node_with_emulation(
     host: Applied, wheel: Path, tmp_path: Path
 ) -> None:
-    if not (host.root / "srv/fake-sys-1node").exists():
-        _fake_node_sysfs(host.root, "/srv/fake-sys-1node", ["0"])
-    run = run_playbook(
-        host.root,
-        "hypertier_hosts",
-        {
-            **HOST_VARS,
-            "hypertier_host_wheel": str(wheel),
-            "hypertier_host_sysfs_root": "/srv/fake-sys-1node",
-            "hypertier_host_emulate_slow_tier": True,
-        },
-        tmp_path,
-        check=True,
+    run = _run_on_one_node(
+        host, wheel, tmp_path, {"hypertier_host_emulate_slow_tier": True}, check=True
     )
     assert run.returncode == 0, run.failure_messages() or run.stderr
     report = run.task("Report the tiers", host.host)
@@ -650,18 +645,10 @@ def test_host_role_accepts_single_node_with_emulation(
 def test_host_role_check_mode_on_fresh_system_succeeds(
     fresh_rootfs: Path, wheel: Path, tmp_path: Path
 ) -> None:
+    run = _check_mode_on_fresh_system(fresh_rootfs, "host", wheel, tmp_path)
     # Nothing installed yet: the tier check waits for the real run, and says so.
-    run = run_playbook(
-        fresh_rootfs,
-        "hypertier_hosts",
-        {**HOST_VARS, "hypertier_host_wheel": str(wheel)},
-        tmp_path,
-        check=True,
-    )
-    assert run.returncode == 0, run.failure_messages() or run.stderr
     report = run.task("Report the tiers", fresh_rootfs.as_posix())
     assert "checked on the real run" in report["msg"]
-    assert not (fresh_rootfs / "etc" / "hypertier").exists()
 
 
 # --- both units under a real systemd ------------------------------------------------
@@ -671,11 +658,17 @@ def test_host_role_check_mode_on_fresh_system_succeeds(
 # perf_event_open, which nspawn withholds by default, so the guest agent can sample.
 
 
-def _boot(root: Path, name: str, log: Path) -> Iterator[nspawn.Container]:
+def _boot(
+    which: str, applied: Applied, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[nspawn.Container]:
+    """The ``which`` ("guest", "host") rootfs booted in container ht-WHICH-boot."""
     if reason := nspawn.missing():
         pytest.skip(reason)
+    name, log = f"ht-{which}-boot", tmp_path_factory.mktemp("boot") / f"{which}.log"
     try:
-        box = nspawn.Container(root, name, log, ("CAP_PERFMON",), ("perf_event_open",))
+        box = nspawn.Container(
+            applied.root, name, log, ("CAP_PERFMON",), ("perf_event_open",)
+        )
     except nspawn.NspawnUnavailable as err:
         pytest.skip(f"cannot boot a container here: {err}")
     try:
@@ -690,18 +683,14 @@ def _boot(root: Path, name: str, log: Path) -> Iterator[nspawn.Container]:
 def booted_host(
     host: Applied, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[nspawn.Container]:
-    yield from _boot(
-        host.root, "ht-host-boot", tmp_path_factory.mktemp("boot") / "host.log"
-    )
+    yield from _boot("host", host, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def booted_guest(
     guest: Applied, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[nspawn.Container]:
-    yield from _boot(
-        guest.root, "ht-guest-boot", tmp_path_factory.mktemp("boot") / "guest.log"
-    )
+    yield from _boot("guest", guest, tmp_path_factory)
 
 
 def _journal_mark(box: nspawn.Container) -> str:

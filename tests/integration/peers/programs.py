@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "CFLAGS",
+    "C_HEADERS",
     "C_PROGRAMS",
     "GUEST_DIR",
     "GUEST_PACKAGES",
@@ -37,6 +38,8 @@ C_PROGRAMS: Mapping[str, str] = {
     "ht-workload": "ht-workload.c",
     "ht-kvload": "ht-kvload.c",
 }
+# Headers the C programs include (part of every build's cache key).
+C_HEADERS: tuple[str, ...] = ("ht-common.h",)
 # Guest-side scripts that run on the guest's python3 (standard library only).
 SCRIPTS: tuple[str, ...] = ("ht-collect.py",)
 CFLAGS: tuple[str, ...] = ("-O2", "-Wall", "-Wextra", "-Werror", "-static")
@@ -55,6 +58,9 @@ def _cache_root() -> Path:
 def _key(names: Iterable[str]) -> str:
     digest = hashlib.sha256()
     digest.update(" ".join(CFLAGS).encode())
+    for header in C_HEADERS:
+        digest.update(header.encode())
+        digest.update((GUEST_DIR / header).read_bytes())
     for name in sorted(names):
         digest.update(name.encode())
         digest.update((GUEST_DIR / C_PROGRAMS[name]).read_bytes())

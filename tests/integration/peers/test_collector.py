@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.peers.hostrun import assert_usage_error, json_records
 from tests.integration.peers.programs import GUEST_DIR, parse_json_lines
 
 pytestmark = pytest.mark.integration
@@ -40,15 +41,7 @@ collect = _load()
 
 
 def _collect(*args: str, timeout_s: float = 60) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [sys.executable, str(COLLECT), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return list(parse_json_lines(proc.stdout))
+    return json_records([sys.executable, COLLECT, *args], timeout_s)
 
 
 def _need_tlb() -> None:
@@ -226,14 +219,9 @@ def test_sigterm_ends_with_an_end_line() -> None:
 
 
 def test_bad_interval_is_a_usage_error() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(COLLECT), "--interval-s", "0"],
-        capture_output=True,
-        text=True,
-        check=False,
+    assert_usage_error(
+        [sys.executable, COLLECT, "--interval-s", "0"], "--interval-s must be > 0"
     )
-    assert proc.returncode == 2
-    assert "--interval-s must be > 0" in proc.stderr
 
 
 def test_numa_maps_parser_sums_nodes_in_kib() -> None:

@@ -14,6 +14,11 @@ from typing import Any
 
 import pytest
 
+from tests.integration.peers.hostrun import (
+    assert_usage_error,
+    build_or_skip,
+    json_records,
+)
 from tests.integration.peers.programs import (
     BuildError,
     build_guest_programs,
@@ -31,24 +36,11 @@ def _memory_nodes() -> str:
 
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        return build_guest_programs(tmp_path_factory.mktemp("cache"), ["ht-workload"])[
-            "ht-workload"
-        ]
-    except BuildError as err:
-        pytest.skip(f"cannot build ht-workload: {err}")
+    return build_or_skip(tmp_path_factory.mktemp("cache"), "ht-workload")
 
 
 def _run(binary: Path, *args: str, timeout_s: float = 60) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [str(binary), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return list(parse_json_lines(proc.stdout))
+    return json_records([binary, *args], timeout_s)
 
 
 @pytest.fixture
@@ -165,12 +157,7 @@ def test_bind_to_a_missing_node_fails_and_names_it(workload: Path) -> None:
 def test_bad_arguments_exit_2_with_a_message(
     workload: Path, args: list[str], message: str
 ) -> None:
-    proc = subprocess.run(
-        [str(workload), *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 2
-    assert message in proc.stderr
-    assert proc.stdout == ""
+    assert_usage_error([workload, *args], message)
 
 
 def test_help_names_every_pattern(workload: Path) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.peers.programs import (
-    BuildError,
-    build_guest_programs,
-    parse_json_lines,
+from tests.integration.peers.hostrun import (
+    assert_usage_error,
+    build_or_skip,
+    json_records,
 )
 
 pytestmark = pytest.mark.integration
@@ -24,11 +24,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def kvload(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        built = build_guest_programs(tmp_path_factory.mktemp("cache"), ["ht-kvload"])
-    except BuildError as err:
-        pytest.skip(f"cannot build ht-kvload: {err}")
-    return built["ht-kvload"]
+    return build_or_skip(tmp_path_factory.mktemp("cache"), "ht-kvload")
 
 
 class Redis:
@@ -73,11 +69,7 @@ def redis() -> Iterator[Redis]:
 
 
 def _run(binary: Path, *args: str) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [str(binary), *args], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    return list(parse_json_lines(proc.stdout))
+    return json_records([binary, *args], timeout_s=120)
 
 
 def test_populates_then_reports_throughput_and_latency(
@@ -183,11 +175,7 @@ def test_unreachable_server_fails_with_the_address(kvload: Path) -> None:
 def test_bad_arguments_exit_2_with_a_message(
     kvload: Path, args: list[str], message: str
 ) -> None:
-    proc = subprocess.run(
-        [str(kvload), *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 2
-    assert message in proc.stderr
+    assert_usage_error([kvload, *args], message)
 
 
 def test_unix_socket_instead_of_tcp(kvload: Path, tmp_path: Path) -> None:

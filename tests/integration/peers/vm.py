@@ -50,25 +50,21 @@ def add_hmat(domain_xml: str, hmat: Hmat = Hmat()) -> str:
     if old is not None:
         numa.remove(old)
     inter = ET.SubElement(numa, "interconnects")
-    for target, value in enumerate(hmat.latency_ns):
-        ET.SubElement(
-            inter,
-            "latency",
-            initiator="0",
-            target=str(target),
-            type="access",
-            value=str(value),
-        )
-    for target, value in enumerate(hmat.bandwidth_kib_s):
-        ET.SubElement(
-            inter,
-            "bandwidth",
-            initiator="0",
-            target=str(target),
-            type="access",
-            value=str(value),
-            unit="KiB",
-        )
+    entries: tuple[tuple[str, tuple[int, int], dict[str, str]], ...] = (
+        ("latency", hmat.latency_ns, {}),
+        ("bandwidth", hmat.bandwidth_kib_s, {"unit": "KiB"}),
+    )
+    for kind, values, unit in entries:
+        for target, value in enumerate(values):
+            ET.SubElement(
+                inter,
+                kind,
+                initiator="0",
+                target=str(target),
+                type="access",
+                value=str(value),
+                **unit,
+            )
     return ET.tostring(domain, encoding="unicode")
 
 

@@ -332,22 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--interval-s", type=float, default=1.0)
     parser.add_argument("--duration-s", type=float, default=0.0, help="0: until TERM")
-    parser.add_argument(
-        "--track",
-        type=Track.parse,
-        action="append",
-        default=[],
-        help="LABEL=comm:PREFIX | LABEL=cmdline:SUBSTRING | LABEL=pid:PID "
-        "(repeatable; kswapd and kdamond are always tracked)",
-    )
-    parser.add_argument(
-        "--numa-maps",
-        type=Track.parse,
-        action="append",
-        default=[],
-        help="LABEL=comm:PREFIX | LABEL=cmdline:SUBSTRING | LABEL=pid:PID: report "
-        "these processes' memory per node from /proc/PID/numa_maps (repeatable)",
-    )
+    processes = "LABEL=comm:PREFIX | LABEL=cmdline:SUBSTRING | LABEL=pid:PID"
+    for flag, help_text in (
+        ("--track", f"{processes} (repeatable; kswapd and kdamond are always tracked)"),
+        (
+            "--numa-maps",
+            f"{processes}: report these processes' memory per node from "
+            "/proc/PID/numa_maps (repeatable)",
+        ),
+    ):
+        parser.add_argument(
+            flag, type=Track.parse, action="append", default=[], help=help_text
+        )
     parser.add_argument("--no-tlb", action="store_true", help="skip TLB counting")
     parser.add_argument("--proc", type=Path, default=Path("/proc"))
     parser.add_argument("--sys", type=Path, default=Path("/sys"))

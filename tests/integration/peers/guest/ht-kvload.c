@@ -8,8 +8,9 @@
  * own connection, keys drawn from a Zipf(--zipf) distribution over key ranks.
  * Every --interval-s one JSON line: throughput, misses, latency percentiles.
  *
- * Build: gcc -O2 -static -o ht-kvload ht-kvload.c (glibc >= 2.34 only: no libm,
- * no libpthread, no NSS; --host takes a numeric IPv4 or IPv6 address).
+ * Build: gcc -O2 -static -o ht-kvload ht-kvload.c, ht-common.h beside it (glibc
+ * >= 2.34 only: no libm, no libpthread, no NSS; --host takes a numeric IPv4 or
+ * IPv6 address).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -27,6 +28,9 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#define HT_PROG "ht-kvload"
+#include "ht-common.h"
 
 #define SUB_BUCKETS 16
 #define OCTAVES 40
@@ -71,28 +75,6 @@ static struct config cfg;
 static double *zipf_cdf;
 static unsigned long perm_mult;
 static char *value;
-static volatile sig_atomic_t stop_flag;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double unix_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static uint64_t rng_next(uint64_t *s)
 {
     *s ^= *s >> 12;
@@ -470,23 +452,6 @@ static const char HELP[] =
     "  --no-populate       the keys are already there\n"
     "  --seed N            (default 1)\n"
     "Example: ht-kvload --keys 200000 --value-bytes 1024 --duration-s 120\n";
-
-static double parse_num(const char *s, const char *name)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (*end || v < 0) {
-        fprintf(stderr, "ht-kvload: %s must be a number >= 0, got '%s'\n", name, s);
-        exit(2);
-    }
-    return v;
-}
-
-static void usage_error(const char *msg)
-{
-    fprintf(stderr, "ht-kvload: %s (see --help)\n", msg);
-    exit(2);
-}
 
 static void parse_args(int argc, char **argv)
 {

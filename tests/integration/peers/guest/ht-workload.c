@@ -12,7 +12,8 @@
  * mechanism may migrate it. Placement is read every --interval-s with move_pages(2)
  * in query mode (nodes = NULL), in batches, and printed as one JSON line.
  *
- * Build: gcc -O2 -static -o ht-workload ht-workload.c (glibc only; no libnuma).
+ * Build: gcc -O2 -static -o ht-workload ht-workload.c, ht-common.h beside it
+ * (glibc only; no libnuma).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,6 +27,9 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#define HT_PROG "ht-workload"
+#include "ht-common.h"
 
 #define PAGE 4096UL
 #define WORDS_PER_PAGE (PAGE / sizeof(uint64_t))
@@ -51,28 +55,6 @@ struct config {
     uint64_t seed;
 };
 
-static volatile sig_atomic_t stop_flag;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double unix_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static uint64_t rng_state;
 
 static inline uint64_t rng_next(void)
@@ -88,12 +70,6 @@ static void die(const char *what)
 {
     fprintf(stderr, "ht-workload: %s: %s\n", what, strerror(errno));
     exit(1);
-}
-
-static void usage_error(const char *msg)
-{
-    fprintf(stderr, "ht-workload: %s (see --help)\n", msg);
-    exit(2);
 }
 
 static long sys_mbind(void *addr, unsigned long len, int mode, const unsigned long *mask,
@@ -204,17 +180,6 @@ static int parse_node(const char *s)
     if (*end || v < 0 || v >= MAX_NODES)
         usage_error("node must be 0..63 or 'default'");
     return (int)v;
-}
-
-static double parse_num(const char *s, const char *name)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (*end || v < 0) {
-        fprintf(stderr, "ht-workload: %s must be a number >= 0, got '%s'\n", name, s);
-        exit(2);
-    }
-    return v;
 }
 
 static void parse_args(int argc, char **argv, struct config *c)
