@@ -178,6 +178,51 @@ def test_config_errors_exit_2_naming_file_and_key(
     )
 
 
+@pytest.mark.parametrize(
+    ("agent", "argv", "text"),
+    [
+        pytest.param(
+            guest_cli.AGENT,
+            ["config", "check"],
+            b'[targets]\ncomm_pattern = "caf\xe9"\n',  # Latin-1
+            id="guest-check",
+        ),
+        pytest.param(
+            guest_cli.AGENT,
+            ["run", "-c"],
+            b'[targets]\ncomm_pattern = "caf\xe9"\n',
+            id="guest-run",
+        ),
+        pytest.param(
+            host_cli.AGENT,
+            ["config", "check"],
+            b'[policy]\ndefault_class = "caf\xe9"\n',
+            id="host-check",
+        ),
+        pytest.param(
+            host_cli.AGENT,
+            ["run", "--once", "-c"],
+            b'[policy]\ndefault_class = "caf\xe9"\n',
+            id="host-run",
+        ),
+    ],
+)
+def test_a_config_file_that_is_not_utf8_exits_2_naming_it(
+    agent: cli.Agent,
+    argv: list[str],
+    text: bytes,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(text)
+    assert cli.main(agent, [*argv, str(path)]) == cli.EXIT_USAGE
+    said = capsys.readouterr().err + caplog.text  # run logs, check prints
+    assert f"{path}: not UTF-8" in said
+    assert "Traceback" not in said
+
+
 @pytest.mark.parametrize("agent", AGENTS)
 def test_config_show_round_trips(
     agent: cli.Agent, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -11,14 +11,21 @@ from emu.workloads import make_workload
 
 MIB = 1 << 20
 
-op = st.one_of(
-    st.tuples(
-        st.just("move"),
+
+def _migration(name: str, max_pages: int) -> st.SearchStrategy[tuple[object, ...]]:
+    """A run of pages to migrate, for the guest's move_pages or the host's
+    migration: (name, which process or VM, first page, page count, target node)."""
+    return st.tuples(
+        st.just(name),
         st.integers(0, 3),
         st.integers(0, 8191),
-        st.integers(1, 600),
+        st.integers(1, max_pages),
         st.integers(0, 1),
-    ),
+    )
+
+
+op = st.one_of(
+    _migration("move", 600),
     st.tuples(
         st.just("resize"),
         st.integers(0, 3),
@@ -35,13 +42,7 @@ op = st.one_of(
     ),
     st.tuples(st.just("kill"), st.integers(0, 3), st.just(0), st.just(0), st.just(0)),
     st.tuples(st.just("run"), st.integers(0, 3), st.just(0), st.just(0), st.just(0)),
-    st.tuples(
-        st.just("host_migrate"),
-        st.integers(0, 3),
-        st.integers(0, 8191),
-        st.integers(1, 300),
-        st.integers(0, 1),
-    ),
+    _migration("host_migrate", 300),
 )
 
 

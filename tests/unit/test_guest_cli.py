@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +20,8 @@ from agent_guest.errors import BackendError
 from emu.backends.guest import EmuGuestBackend
 from emu.clock import FakeClock
 from emu.machine import World
-from hypertier_common.signals import Signals
-
-TIMEOUT_S = 60.0  # a guard against a hang, never a timing
+from tests import serving
+from tests.serving import TIMEOUT_S
 
 
 def _write(tmp_path: Path, text: str, name: str = "guest.toml") -> Path:
@@ -39,27 +37,6 @@ def test_config_check_names_an_unknown_key_and_exits_2(
     assert cli.main(["config", "check", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"hypertier-guest: error: {path}: mover.batch_pgaes: unknown key" in err
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        pytest.param(["config", "check"], id="check"),
-        pytest.param(["run", "-c"], id="run"),
-    ],
-)
-def test_a_config_file_that_is_not_utf8_exits_2_naming_it(
-    tmp_path: Path,
-    argv: list[str],
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    path = tmp_path / "guest.toml"
-    path.write_bytes(b'[targets]\ncomm_pattern = "caf\xe9"\n')  # Latin-1
-    assert cli.main([*argv, str(path)]) == 2
-    said = capsys.readouterr().err + caplog.text  # run logs, check prints
-    assert f"{path}: not UTF-8" in said
-    assert "Traceback" not in said
 
 
 def test_config_show_with_a_file_prints_its_effective_values(
@@ -104,31 +81,19 @@ class _Running:
         self.world = World(1 << 30, 1 << 31, seed=1)
         self.world.add_vm("vm", 1, 16 << 20, 64 << 20)
         self.loads = 0
-        self.signals = Signals()
-        ready = threading.Event()
-        holder: list[Daemon] = []
 
         def load() -> config.Config:
             self.loads += 1
             return config.load(self.config)
 
-        def on_ready(daemon: Daemon) -> None:
-            holder.append(daemon)
-            ready.set()
-
-        self.thread = threading.Thread(
-            target=cmd_run.serve,
-            args=(config.load(self.config), EmuGuestBackend(self.world, "vm")),
-            kwargs={
-                "clock": FakeClock(advance_on_wait=False),
-                "load_config": load,
-                "signals": self.signals,
-                "on_ready": on_ready,
-            },
+        served = serving.start(
+            cmd_run.serve,
+            config.load(self.config),
+            EmuGuestBackend(self.world, "vm"),
+            load,
         )
-        self.thread.start()
-        assert ready.wait(TIMEOUT_S)
-        self.daemon = holder[0]
+        self.thread, self.signals = served.thread, served.signals
+        self.daemon: Daemon = served.daemon
 
     def close(self) -> None:
         self.daemon.stop()

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import stat
-import tempfile
 import threading
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -36,40 +34,12 @@ from emu.clock import FakeClock
 from emu.machine import World
 from hypertier_common.control import ControlClient
 from hypertier_common.signals import Signals
+from tests import serving
 from tests.needs import requires_libvirt
-
-TIMEOUT_S = 60.0  # a guard against a hang, never a timing
+from tests.serving import TIMEOUT_S, host_config_file
 
 MiB = 1 << 20
 DATA = Path(__file__).parents[1] / "data"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path: Unix socket paths are limited to 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="ht", dir="/tmp"))
-    yield path
-    shutil.rmtree(path)
-
-
-def _config_file(directory: Path, extra: str = "") -> Path:
-    path = directory / "host.toml"
-    path.write_text(
-        f"""
-[host]
-backend = "emu"
-uri = "test:///default"
-control_socket = "{directory}/host.sock"
-sysfs_root = "{DATA / "host-sysfs-1node"}"
-channel_dir = "/tmp"
-
-[policy]
-interval_s = 3600
-host_reserved_bytes = 0
-{extra}
-"""
-    )
-    return path
 
 
 def _clock() -> FakeClock:
@@ -94,31 +64,20 @@ def _serve(
     path: Path, world: World, signals: Signals | None = None
 ) -> tuple[threading.Thread, Daemon]:
     """``cmd_run.serve`` on the emulator in a thread; returns once it is ready."""
-    ready = threading.Event()
-    holder: list[Daemon] = []
-
-    def on_ready(daemon: Daemon) -> None:
-        holder.append(daemon)
-        ready.set()
-
-    thread = threading.Thread(
-        target=cmd_run.serve,
-        args=(config.load(path), EmuHostBackend(world), _clock()),
-        kwargs={
-            "load": lambda: config.load(path),
-            "on_ready": on_ready,
-            "signals": signals,
-        },
+    served = serving.start(
+        cmd_run.serve,
+        config.load(path),
+        EmuHostBackend(world),
+        lambda: config.load(path),
+        signals,
     )
-    thread.start()
-    assert ready.wait(TIMEOUT_S)
-    return thread, holder[0]
+    return served.thread, served.daemon
 
 
 @pytest.fixture
 def running(short_dir: Path) -> Iterator[Running]:
     """A daemon serving its control socket; stopped (via the socket) at the end."""
-    path = _config_file(short_dir)
+    path = host_config_file(short_dir)
     cfg = config.load(path)
     world = World(host_fast_bytes=2048 * MiB, host_slow_bytes=4096 * MiB)
     world.add_vm("vm0", 2, 128 * MiB, 128 * MiB, 512 * MiB, 512 * MiB)
@@ -134,35 +93,14 @@ def running(short_dir: Path) -> Iterator[Running]:
 def test_config_check_accepts_valid_file(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _config_file(short_dir)
+    path = host_config_file(short_dir)
     assert cli.main(["config", "check", str(path)]) == 0
     assert capsys.readouterr().out.strip() == f"{path}: ok"
 
 
 def test_config_check_rejects_typo_with_exit_2(short_dir: Path) -> None:
-    path = _config_file(short_dir, "interval_ms = 3\n")
+    path = host_config_file(short_dir, "interval_ms = 3\n")
     assert cli.main(["config", "check", str(path)]) == 2
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        pytest.param(["config", "check"], id="check"),
-        pytest.param(["run", "--once", "-c"], id="run"),
-    ],
-)
-def test_config_file_that_is_not_utf8_exits_2_naming_it(
-    short_dir: Path,
-    argv: list[str],
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    path = short_dir / "host.toml"
-    path.write_bytes(b'[policy]\ndefault_class = "caf\xe9"\n')  # Latin-1
-    assert cli.main([*argv, str(path)]) == 2
-    said = capsys.readouterr().err + caplog.text  # run logs, check prints
-    assert f"{path}: not UTF-8" in said
-    assert "Traceback" not in said
 
 
 def test_config_show_prints_loadable_defaults(
@@ -175,7 +113,7 @@ def test_config_show_prints_loadable_defaults(
 def test_config_show_with_file_round_trips(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _config_file(short_dir)
+    path = host_config_file(short_dir)
     assert cli.main(["-v", "config", "show", "-c", str(path)]) == 0
     assert config.loads(capsys.readouterr().out) == config.load(path)
 
@@ -248,7 +186,7 @@ def test_vm_set_mib_flag_must_be_whole_number(
 def test_vm_define_mib_flag_must_be_whole_number(
     short_dir: Path, flag: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main([*_define_argv(_config_file(short_dir)), flag, "24.0"]) == 2
+    assert cli.main([*_define_argv(host_config_file(short_dir)), flag, "24.0"]) == 2
     assert "whole number of MiB" in capsys.readouterr().err
 
 
@@ -323,7 +261,7 @@ def test_reload_keeps_old_config_on_error(running: Running) -> None:
 
 
 def test_hup_and_term_events_reload_and_stop(short_dir: Path) -> None:
-    path = _config_file(short_dir)
+    path = host_config_file(short_dir)
     world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=1024 * MiB)
     world.add_vm("vm0", 1, 128 * MiB, 128 * MiB, 256 * MiB, 256 * MiB)
     signals = Signals()
@@ -347,7 +285,7 @@ def test_stop_ends_run(running: Running) -> None:
 def test_run_once_on_libvirt_test_driver(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _config_file(short_dir)
+    path = host_config_file(short_dir)
     # The example of `run --help`, with a configuration for the test driver.
     assert "hypertier-host run --backend libvirt --once -v\n" in cmd_run.EPILOG
     argv = ["run", "--backend", "libvirt", "--once", "-v", "-c", str(path)]
@@ -359,12 +297,12 @@ def test_run_once_on_libvirt_test_driver(
 
 
 def test_run_with_emu_backend_is_usage_error(short_dir: Path) -> None:
-    path = _config_file(short_dir)
+    path = host_config_file(short_dir)
     assert cli.main(["run", "-c", str(path), "--backend", "emu", "--once"]) == 2
 
 
 def test_run_with_bad_config_is_usage_error(short_dir: Path) -> None:
-    path = _config_file(short_dir, "slow_overcommit_ratio = 0\n")
+    path = host_config_file(short_dir, "slow_overcommit_ratio = 0\n")
     assert cli.main(["run", "-c", str(path), "--once"]) == 2
 
 
@@ -387,30 +325,21 @@ def test_metrics_server_serves_text() -> None:
         server.close()
 
 
-def test_serve_starts_metrics_when_configured(short_dir: Path) -> None:
-    path = _config_file(short_dir)
-    path.write_text(path.read_text() + '\n[metrics]\nlisten = "127.0.0.1:19464"\n')
+def _scrape_served(path: Path, listen: str) -> bytes:
+    """/metrics at ``listen`` of a daemon served on the config file ``path``."""
     cfg = config.load(path)
     world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=1024 * MiB)
-    ready = threading.Event()
-    thread = threading.Thread(
-        target=cmd_run.serve,
-        args=(
-            cfg,
-            EmuHostBackend(world),
-            _clock(),
-            lambda: cfg,
-            lambda _d: ready.set(),
-        ),
-    )
-    thread.start()
-    assert ready.wait(TIMEOUT_S)
-    try:
-        with urllib.request.urlopen("http://127.0.0.1:19464/metrics", timeout=10) as r:
-            assert b"hypertier_host_ticks_total" in r.read()
-    finally:
-        ControlClient(cfg.host.control_socket, ERROR_KINDS).call("stop")
-        thread.join(TIMEOUT_S)
+    with (
+        serving.serving(cmd_run.serve, cfg, EmuHostBackend(world), lambda: cfg),
+        urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as resp,
+    ):
+        return bytes(resp.read())
+
+
+def test_serve_starts_metrics_when_configured(short_dir: Path) -> None:
+    path = host_config_file(short_dir)
+    path.write_text(path.read_text() + '\n[metrics]\nlisten = "127.0.0.1:19464"\n')
+    assert b"hypertier_host_ticks_total" in _scrape_served(path, "127.0.0.1:19464")
 
 
 def test_ipv6_metrics_listen_passes_check_and_serves_on_it(short_dir: Path) -> None:
@@ -420,31 +349,10 @@ def test_ipv6_metrics_listen_passes_check_and_serves_on_it(short_dir: Path) -> N
         except OSError as err:
             pytest.skip(f"no IPv6 loopback on this machine (bind [::1]: {err})")
         port = probe.getsockname()[1]
-    path = _config_file(short_dir)
+    path = host_config_file(short_dir)
     path.write_text(path.read_text() + f'\n[metrics]\nlisten = "[::1]:{port}"\n')
     assert cli.main(["config", "check", str(path)]) == 0
-    cfg = config.load(path)
-    world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=1024 * MiB)
-    ready = threading.Event()
-    thread = threading.Thread(
-        target=cmd_run.serve,
-        args=(
-            cfg,
-            EmuHostBackend(world),
-            _clock(),
-            lambda: cfg,
-            lambda _d: ready.set(),
-        ),
-    )
-    thread.start()
-    assert ready.wait(TIMEOUT_S)
-    try:
-        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=10) as r:
-            assert b"hypertier_host_ticks_total" in r.read()
-    finally:
-        ControlClient(cfg.host.control_socket, ERROR_KINDS).call("stop")
-        thread.join(TIMEOUT_S)
-    assert not thread.is_alive()
+    assert b"hypertier_host_ticks_total" in _scrape_served(path, f"[::1]:{port}")
 
 
 def test_serve_on_a_busy_metrics_port_fails_before_the_control_socket(
@@ -454,7 +362,7 @@ def test_serve_on_a_busy_metrics_port_fails_before_the_control_socket(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        path = _config_file(short_dir)
+        path = host_config_file(short_dir)
         path.write_text(
             path.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
         )
@@ -490,14 +398,14 @@ def _define_argv(path: Path, *extra: str) -> list[str]:
 def test_vm_define_prints_xml_with_emulated_slow_tier_note(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(_define_argv(_config_file(short_dir))) == 0
+    assert cli.main(_define_argv(host_config_file(short_dir))) == 0
     out, err = capsys.readouterr()
     assert "ua-hypertier-fast" in out
     assert "slow tier is emulated" in err
 
 
 def test_vm_define_every_size_flag_to_file(short_dir: Path) -> None:
-    path = _config_file(short_dir)
+    path = host_config_file(short_dir)
     path.write_text(
         path.read_text().replace(
             str(DATA / "host-sysfs-1node"), str(_sysfs_two_nodes(short_dir / "s"))
@@ -525,12 +433,12 @@ def test_vm_define_every_size_flag_to_file(short_dir: Path) -> None:
 
 
 def test_vm_define_unknown_class_is_usage_error(short_dir: Path) -> None:
-    argv = _define_argv(_config_file(short_dir), "--class", "platinum")
+    argv = _define_argv(host_config_file(short_dir), "--class", "platinum")
     assert cli.main(argv) == 2
 
 
 def test_vm_define_without_disk_is_usage_error(short_dir: Path) -> None:
-    argv = ["vm", "define", "web1", "-c", str(_config_file(short_dir))]
+    argv = ["vm", "define", "web1", "-c", str(host_config_file(short_dir))]
     assert cli.main(argv) == 2
 
 
@@ -540,7 +448,7 @@ def test_vm_define_defines_in_libvirt(short_dir: Path) -> None:
 
     keep = LibvirtHostBackend("test:///default", root=DATA / "host-sysfs-1node")
     try:
-        argv = _define_argv(_config_file(short_dir), "--domain-type", "qemu")
+        argv = _define_argv(host_config_file(short_dir), "--domain-type", "qemu")
         assert cli.main([*argv, "--define"]) == 0
         assert "ua-hypertier-slow" in keep.domain_xml("web1", inactive=True)
     finally:
@@ -552,7 +460,7 @@ def test_vm_define_defines_in_libvirt(short_dir: Path) -> None:
 def test_vm_define_converts_existing_domain(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _config_file(short_dir)
+    path = host_config_file(short_dir)
     argv = ["vm", "define", "test", "-c", str(path), "--convert"]
     assert cli.main([*argv, "--domain-type", "qemu"]) == 0
     out = capsys.readouterr().out
@@ -577,7 +485,7 @@ def test_tiers_json_names_the_cpu_less_node_slow(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = _sysfs_two_nodes(short_dir / "s")
-    argv = ["tiers", "-c", str(_config_file(short_dir)), "--sysfs-root", str(root)]
+    argv = ["tiers", "-c", str(host_config_file(short_dir)), "--sysfs-root", str(root)]
     assert cli.main([*argv, "--json", "--no-emulate-slow-tier"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert (found["fast_nodes"], found["slow_nodes"]) == ([0], [1])
@@ -590,7 +498,7 @@ def test_tiers_json_names_the_cpu_less_node_slow(
 def test_tiers_without_slow_node_is_a_usage_error_unless_emulated(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["tiers", "-c", str(_config_file(short_dir)), "--json"]
+    argv = ["tiers", "-c", str(host_config_file(short_dir)), "--json"]
     assert cli.main([*argv, "--no-emulate-slow-tier"]) == 2
     assert cli.main([*argv, "--emulate-slow-tier"]) == 0
     found = json.loads(capsys.readouterr().out)

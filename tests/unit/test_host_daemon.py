@@ -64,6 +64,32 @@ def _daemon(world: World, clock: FakeClock, cfg: Config = CFG) -> Daemon:
     return Daemon(cfg, EmuHostBackend(world), clock)
 
 
+def _classed(
+    clock: FakeClock,
+    *,
+    fast_mib: int,
+    vm_fast_mib: tuple[int, int],
+    classes: dict[str, str],
+    reserve_mib: int,
+) -> tuple[World, Daemon]:
+    """A host with ``fast_mib`` of fast memory and the VMs of ``classes`` (VM ->
+    QoS class; fast tier (start, max) ``vm_fast_mib``, 512 MiB slow), each using
+    500 MiB; the daemon has ticked once, then each VM was given its class and a
+    fast reservation of ``reserve_mib``."""
+    world = World(
+        host_fast_bytes=fast_mib * MiB, host_slow_bytes=4096 * MiB, clock=clock
+    )
+    fast, fast_max = vm_fast_mib
+    for vm in classes:
+        world.add_vm(vm, 2, fast * MiB, 512 * MiB, fast_max * MiB, 1024 * MiB)
+        world.spawn(vm, None, npages=500 * MiB // PAGE_SIZE)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    for vm, cls in classes.items():
+        daemon.vm_set(vm, qos_class=cls, reservations={Tier.FAST: reserve_mib * MiB})
+    return world, daemon
+
+
 def test_new_vm_gets_metadata_from_its_allotments(clock: FakeClock) -> None:
     world = _world(clock, vms=1)
     _daemon(world, clock).tick()
@@ -246,15 +272,14 @@ def test_fast_tier_follows_shifting_demand_by_class_weight(clock: FakeClock) -> 
     """Three classes whose demands exceed the fast tier, then gold goes idle;
     the fast tier splits 4:2:1, then gold's part goes to the others; pages are
     never lost."""
-    world = World(host_fast_bytes=768 * MiB, host_slow_bytes=4096 * MiB, clock=clock)
-    for i in range(3):
-        world.add_vm(f"vm{i}", 2, 256 * MiB, 512 * MiB, 768 * MiB, 1024 * MiB)
-        world.spawn(f"vm{i}", None, npages=500 * MiB // PAGE_SIZE)
-    daemon = _daemon(world, clock)
-    daemon.tick()
     names = {"gold": "vm0", "silver": "vm1", "bronze": "vm2"}
-    for cls, vm in names.items():
-        daemon.vm_set(vm, qos_class=cls, reservations={Tier.FAST: 64 * MiB})
+    world, daemon = _classed(
+        clock,
+        fast_mib=768,
+        vm_fast_mib=(256, 768),
+        classes={vm: cls for cls, vm in names.items()},
+        reserve_mib=64,
+    )
     seq = 0
 
     def run(ticks: int, load: dict[str, tuple[float, float]]) -> None:
@@ -418,15 +443,13 @@ def test_a_lying_guest_is_flagged_and_gains_nothing(clock: FakeClock) -> None:
     nodes far beyond what is plugged, all of it used and hot. The reports are
     flagged and their demand ignored; its usage claim, capped by what is
     plugged, holds it at its class share and no more; the others get theirs."""
-    world = World(host_fast_bytes=512 * MiB, host_slow_bytes=4096 * MiB, clock=clock)
-    for i in range(4):
-        world.add_vm(f"vm{i}", 2, 128 * MiB, 512 * MiB, 512 * MiB, 1024 * MiB)
-        world.spawn(f"vm{i}", None, npages=500 * MiB // PAGE_SIZE)
-    daemon = _daemon(world, clock)
-    daemon.tick()
-    classes = {"vm0": "gold", "vm1": "gold", "vm2": "silver", "vm3": "bronze"}
-    for vm, cls in classes.items():
-        daemon.vm_set(vm, qos_class=cls, reservations={Tier.FAST: 16 * MiB})
+    world, daemon = _classed(
+        clock,
+        fast_mib=512,
+        vm_fast_mib=(128, 512),
+        classes={"vm0": "gold", "vm1": "gold", "vm2": "silver", "vm3": "bronze"},
+        reserve_mib=16,
+    )
     big = 1 << 39  # within the channel's sanity bound, far beyond what is plugged
     lie = wire.Report(
         0,

@@ -8,10 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
-import threading
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,22 +16,16 @@ import pytest
 from agent_guest import cmd_run as guest_run
 from agent_guest import config as guest_config
 from agent_guest.daemon import VERSION as GUEST_VERSION
-from agent_guest.daemon import Daemon as GuestDaemon
 from agent_host import cmd_run as host_run
 from agent_host import config as host_config
 from agent_host.daemon import VERSION as HOST_VERSION
-from agent_host.daemon import Daemon
 from emu.backends.guest import EmuGuestBackend
 from emu.backends.host import EmuHostBackend
-from emu.clock import FakeClock
 from emu.machine import World
 from emu.workloads.synthetic import Gups
-from hypertier_common.signals import Signals
-
-TIMEOUT_S = 60.0  # a guard against a hang, never a timing
+from tests.serving import host_config_file, serving
 
 MiB = 1 << 20
-DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def _free_port() -> int:
@@ -62,65 +53,22 @@ def _promtool_check(text: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="htm") as d:
-        yield Path(d)
-
-
 def test_host_metrics_pass_promtool(short_dir: Path) -> None:
     port = _free_port()
-    path = short_dir / "host.toml"
-    path.write_text(
-        f"""
-[host]
-backend = "emu"
-control_socket = "{short_dir}/host.sock"
-sysfs_root = "{DATA / "host-sysfs-1node"}"
-channel_dir = "/tmp"
-
-[policy]
-interval_s = 3600
-host_reserved_bytes = 0
-
-[metrics]
-listen = "127.0.0.1:{port}"
-"""
-    )
+    path = host_config_file(short_dir, f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
     world = World(host_fast_bytes=2048 * MiB, host_slow_bytes=4096 * MiB)
     world.add_vm("vm0", 2, 128 * MiB, 128 * MiB, 512 * MiB, 512 * MiB)
     world.add_vm("vm1", 2, 128 * MiB, 128 * MiB, 512 * MiB, 512 * MiB)
-    ready = threading.Event()
-    holder: list[Daemon] = []
-    signals = Signals()
-
-    def on_ready(daemon: Daemon) -> None:
-        holder.append(daemon)
-        ready.set()
-
-    thread = threading.Thread(
-        target=host_run.serve,
-        args=(
-            host_config.load(path),
-            EmuHostBackend(world),
-            FakeClock(advance_on_wait=False),
-        ),
-        kwargs={
-            "load": lambda: host_config.load(path),
-            "on_ready": on_ready,
-            "signals": signals,
-        },
-    )
-    thread.start()
-    try:
-        assert ready.wait(TIMEOUT_S)
+    with serving(
+        host_run.serve,
+        host_config.load(path),
+        EmuHostBackend(world),
+        lambda: host_config.load(path),
+    ) as served:
         for _ in range(3):
-            holder[0].tick()
+            served.daemon.tick()
         text = _scrape(port)
         index = _scrape(port, "/")
-    finally:
-        signals.request_stop()
-        thread.join(TIMEOUT_S)
     assert '<a href="/metrics">' in index
     assert "process_cpu_seconds_total " in text
     assert "process_resident_memory_bytes " in text
@@ -160,35 +108,13 @@ listen = "127.0.0.1:{port}"
     world = World(1 << 30, 4 << 30, seed=1)
     world.add_vm("vm", 2, 16 * MiB, 64 * MiB)
     world.spawn("vm", Gups(4096, seed=1), 10**12, comm="app")
-    ready = threading.Event()
-    holder: list[GuestDaemon] = []
-    signals = Signals()
-
-    def on_ready(daemon: GuestDaemon) -> None:
-        holder.append(daemon)
-        ready.set()
-
-    thread = threading.Thread(
-        target=guest_run.serve,
-        args=(
-            cfg,
-            EmuGuestBackend(world, "vm"),
-            FakeClock(advance_on_wait=False),
-            lambda: cfg,
-        ),
-        kwargs={"signals": signals, "on_ready": on_ready},
-    )
-    thread.start()
-    try:
-        assert ready.wait(TIMEOUT_S)
+    with serving(
+        guest_run.serve, cfg, EmuGuestBackend(world, "vm"), lambda: cfg
+    ) as served:
         for _ in range(3):
             world.clock.advance(0.05)
-            holder[0].tick()
+            served.daemon.tick()
         text = _scrape(port)
-    finally:
-        signals.request_stop()
-        thread.join(TIMEOUT_S)
-    assert not thread.is_alive()
     assert "process_cpu_seconds_total " in text
     assert f'version="{GUEST_VERSION}"' in text
     assert 'hypertier_guest_sampling_source{source="' in text

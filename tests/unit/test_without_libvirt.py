@@ -68,11 +68,17 @@ def test_help_works(no_libvirt: dict[str, str], argv: list[str]) -> None:
     assert "examples:" in proc.stdout
 
 
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    """A host config on a captured one-node sysfs, the default (libvirt) backend."""
+    path = tmp_path / "host.toml"
+    path.write_text(f'[host]\nsysfs_root = "{DATA / "host-sysfs-1node"}"\n')
+    return path
+
+
 def test_host_commands_that_need_no_libvirt_work(
-    no_libvirt: dict[str, str], tmp_path: Path
+    no_libvirt: dict[str, str], cfg: Path
 ) -> None:
-    cfg = tmp_path / "host.toml"
-    cfg.write_text(f'[host]\nsysfs_root = "{DATA / "host-sysfs-1node"}"\n')
     tiers = _run(no_libvirt, "-m", "agent_host", "tiers", "-c", str(cfg), "--json")
     assert tiers.returncode == 0, tiers.stderr
     xml = _run(
@@ -85,10 +91,8 @@ def test_host_commands_that_need_no_libvirt_work(
 
 
 def test_the_libvirt_backend_says_what_is_missing(
-    no_libvirt: dict[str, str], tmp_path: Path
+    no_libvirt: dict[str, str], cfg: Path
 ) -> None:
-    cfg = tmp_path / "host.toml"
-    cfg.write_text(f'[host]\nsysfs_root = "{DATA / "host-sysfs-1node"}"\n')
     proc = _run(no_libvirt, "-m", "agent_host", "run", "--once", "-c", str(cfg))
     assert proc.returncode == 1
     assert "backend 'libvirt' is not supported here" in proc.stderr
