@@ -65,13 +65,13 @@ class Workload:
     mlp = 4.0  # memory-level parallelism: independent misses in flight
     write_fraction = 0.1
     prefault = True  # pages touched in address order at spawn (a load phase)
+    stream_share = 0.0  # share of accesses that scan ``streams`` (if any)
 
-    def __init__(self, npages: int, seed: int = 0, stream_share: float = 0.0) -> None:
+    def __init__(self, npages: int, seed: int = 0) -> None:
         if npages < 1024:
             raise ValueError(f"{self.name}: footprint of {npages} pages is too small")
         self.npages = npages
         self.rng = np.random.default_rng(seed)
-        self.stream_share = stream_share
         self.streams: list[_Stream] = []
         self.phase = 0
         self.weights: FloatArray = np.zeros(npages)
@@ -211,9 +211,7 @@ class Bfs(Workload):
     name = "bfs"
     mlp = 3.0
     write_fraction = 0.1
-
-    def __init__(self, npages: int, seed: int = 0) -> None:
-        super().__init__(npages, seed, stream_share=0.4)
+    stream_share = 0.4
 
     def _build(self) -> None:
         nv = self.npages // 4
@@ -229,9 +227,7 @@ class Pagerank(Workload):
     name = "pagerank"
     mlp = 4.0
     write_fraction = 0.3
-
-    def __init__(self, npages: int, seed: int = 0) -> None:
-        super().__init__(npages, seed, stream_share=0.3)
+    stream_share = 0.3
 
     def _build(self) -> None:
         nr = self.npages // 5
@@ -266,9 +262,7 @@ class Liblinear(Workload):
     name = "liblinear"
     mlp = 6.0
     write_fraction = 0.2
-
-    def __init__(self, npages: int, seed: int = 0) -> None:
-        super().__init__(npages, seed, stream_share=0.5)
+    stream_share = 0.5
 
     def _build(self) -> None:
         n = self.npages

@@ -1,4 +1,4 @@
-"""Parsers of the libvirt backend: domain stats, error codes, channel paths."""
+"""Parsers of the libvirt backend: domain stats and error codes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from agent_host.channel_sockets import channel_path
 from agent_host.errors import AccessDenied, BackendError, NoSuchDomain, Unsupported
 from tests.needs import requires_libvirt
 
@@ -65,17 +64,6 @@ def _err(code: int) -> libvirt.libvirtError:
 )
 def test_libvirt_errors_map_by_code(code: int, exc: type[Exception]) -> None:
     assert isinstance(_map_error(_err(code), "vm1", "resize"), exc)
-
-
-def test_channel_path_found_by_name() -> None:
-    xml = """<domain><devices>
-      <channel type='unix'><source mode='bind' path='/run/a.sock'/>
-        <target type='virtio' name='org.qemu.guest_agent.0'/></channel>
-      <channel type='unix'><source mode='bind' path='/run/h.sock'/>
-        <target type='virtio' name='org.hypertier.0'/></channel>
-    </devices></domain>"""
-    assert channel_path(xml) == "/run/h.sock"
-    assert channel_path("<domain><devices/></domain>") is None
 
 
 def test_libvirt_backend_reconnects_after_connection_loss() -> None:
