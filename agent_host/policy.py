@@ -372,43 +372,31 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
 
 
 def _share(
-    tier: TierInputs, limit: FloatArray, weight: FloatArray, capacity: float
+    tier: TierInputs, limit: FloatArray, weight: FloatArray, cap: float
 ) -> FloatArray:
-    """Each VM's weighted share of ``capacity`` in whole blocks, at least its
-    reservation."""
+    """Each VM's weighted share of ``cap`` in whole blocks, its reservation at least."""
     res = tier.reservation.astype(np.float64)
-    share = _align_split(
-        fair_split(res, limit, weight, capacity), tier.block, limit, capacity
-    )
+    share = _align_split(fair_split(res, limit, weight, cap), tier.block, limit, cap)
     return np.maximum(share, res)
 
 
 def _fair(
-    tier: TierInputs,
-    floor: IntArray,
-    want: FloatArray,
-    weight: FloatArray,
-    capacity: float,
+    tier: TierInputs, floor: IntArray, want: FloatArray, weight: FloatArray, cap: float
 ) -> FloatArray:
-    """The fair split of ``capacity`` between the floors and the demand, in
-    whole blocks."""
-    fair = fair_split(floor.astype(np.float64), want, weight, capacity)
-    return _align_split(fair, tier.block, _want_blocks(want, tier), capacity)
+    """The split of ``cap`` between the floors and the demand, in whole blocks."""
+    fair = fair_split(floor.astype(np.float64), want, weight, cap)
+    return _align_split(fair, tier.block, _want_blocks(want, tier), cap)
 
 
 def _result(
-    share: FloatArray,
-    floor: IntArray,
-    want: FloatArray,
-    target: IntArray,
-    capacity: float,
+    share: FloatArray, floor: IntArray, want: FloatArray, target: IntArray, cap: float
 ) -> TierResult:
     return TierResult(
         share=share.astype(np.int64),
         floor=floor,
         want=want.astype(np.int64),
         target=target,
-        overcommitted=int(floor.sum()) > capacity,
+        overcommitted=int(floor.sum()) > cap,
     )
 
 
