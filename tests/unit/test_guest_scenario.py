@@ -49,6 +49,10 @@ class Scenario:
         self.world.clock.advance(EPOCH_S)
         self.daemon.tick()
 
+    def epochs(self, count: int) -> None:
+        for _ in range(count):
+            self.epoch()
+
     def fast_used_bytes(self) -> int:
         return self.backend.numa_nodes()[FAST].used_bytes
 
@@ -69,45 +73,40 @@ def _move_hot_set_off_fast(s: Scenario) -> None:
         s.world.move_pages("vm", s.pid, hot, SLOW)
 
 
+def _hot_set_comes_back_within_four_epochs(s: Scenario) -> None:
+    """Move the hot set off the fast node; four epochs later it is back."""
+    _move_hot_set_off_fast(s)
+    assert s.hot_on_fast() < 0.5
+    s.epochs(4)
+    assert s.hot_on_fast() >= 0.95
+
+
 @pytest.mark.parametrize("pmu", ["pebs", "ibs"])
 def test_hot_set_reaches_the_fast_node_within_four_epochs(pmu: str) -> None:
     """One epoch to start sampling, three of samples to show reuse (the default
     classify.reuse_epochs), then the exchange."""
-    s = Scenario(seed=2, pmu=pmu)
-    _move_hot_set_off_fast(s)
-    assert s.hot_on_fast() < 0.5
-    for _ in range(4):
-        s.epoch()
-    assert s.hot_on_fast() >= 0.95
+    _hot_set_comes_back_within_four_epochs(Scenario(seed=2, pmu=pmu))
 
 
 def test_placement_reconverges_after_a_phase_change() -> None:
     s = Scenario(seed=3)
-    for _ in range(4):
-        s.epoch()
+    s.epochs(4)
     assert s.hot_on_fast() >= 0.95
-    _move_hot_set_off_fast(s)
-    assert s.hot_on_fast() < 0.5
-    for _ in range(4):
-        s.epoch()
-    assert s.hot_on_fast() >= 0.95
+    _hot_set_comes_back_within_four_epochs(s)
 
 
 def test_converged_placement_does_not_ping_pong() -> None:
     s = Scenario(seed=2)
-    for _ in range(6):
-        s.epoch()
+    s.epochs(6)
     moved = sum(int(op[4]) for op in s.move_ops())  # type: ignore[call-overload]
-    for _ in range(6):
-        s.epoch()
+    s.epochs(6)
     later = sum(int(op[4]) for op in s.move_ops()) - moved  # type: ignore[call-overload]
     assert later <= 0.02 * 50_000
 
 
 def test_fast_allotment_shrink_demotes_first_and_never_overflows() -> None:
     s = Scenario(seed=2)
-    for _ in range(4):
-        s.epoch()
+    s.epochs(4)
     before = len(s.move_ops())
     allot = 64 * MiB
     s.world.vm("vm").to_guest += wire.encode(wire.Allot(1, allot, 1024 * MiB))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 from collections import OrderedDict
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from emu.evaluation.cli import main as cli_main
 from emu.evaluation.runner import run_scenario
 from emu.machine import FAST, PAGE_SIZE, World
 from emu.policies import VmSpec, make_policy
@@ -264,8 +266,6 @@ needs_valgrind = pytest.mark.skipif(
 @pytest.mark.slow
 @needs_valgrind
 def test_record_a_real_program_round_trip(tmp_path: Path) -> None:
-    from emu.evaluation.cli import main as cli_main
-
     words = tmp_path / "words.txt"
     words.write_text("".join(f"{(i * 7919) % 1000}\n" for i in range(300)))
     out = tmp_path / "sort.npz"
@@ -295,8 +295,6 @@ def test_record_a_real_program_round_trip(tmp_path: Path) -> None:
 @pytest.mark.slow
 @needs_valgrind
 def test_record_stops_the_program_after_max_accesses(tmp_path: Path) -> None:
-    from emu.evaluation.cli import main as cli_main
-
     out = tmp_path / "yes.npz"
     rc = cli_main(
         ["trace", "record", "--max-accesses", "200000", "-o", str(out), "--",
@@ -309,8 +307,6 @@ def test_record_stops_the_program_after_max_accesses(tmp_path: Path) -> None:
 @pytest.mark.slow
 @needs_valgrind
 def test_opening_the_marker_path_starts_a_phase(tmp_path: Path) -> None:
-    from emu.evaluation.cli import main as cli_main
-
     words = tmp_path / "words.txt"
     words.write_text("b\na\n")
     out = tmp_path / "sort.npz"
@@ -328,8 +324,6 @@ def test_opening_the_marker_path_starts_a_phase(tmp_path: Path) -> None:
 @pytest.mark.slow
 @needs_valgrind
 def test_clients_run_in_order_then_the_program_is_stopped(tmp_path: Path) -> None:
-    from emu.evaluation.cli import main as cli_main
-
     out = tmp_path / "sleep.npz"
     log = tmp_path / "clients.log"
     rc = cli_main(
@@ -345,8 +339,6 @@ def test_clients_run_in_order_then_the_program_is_stopped(tmp_path: Path) -> Non
 def test_record_fails_when_the_port_never_opens(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from emu.evaluation.cli import main as cli_main
-
     rc = cli_main(
         ["trace", "record", "-o", str(tmp_path / "x.npz"), "--wait-port", "1",
          "--wait-s", "0.3", "--client", "true", "--", "sleep", "600"]
@@ -355,27 +347,27 @@ def test_record_fails_when_the_port_never_opens(
     assert "port 1 did not open" in capsys.readouterr().err
 
 
+@pytest.fixture
+def trace_file(tmp_path: Path) -> Path:
+    """The small test trace saved as ``t.npz``."""
+    path = tmp_path / "t.npz"
+    _trace().save(path)
+    return path
+
+
 def test_trace_info_prints_the_metadata(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trace_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
-    from emu.evaluation.cli import main as cli_main
-
-    _trace().save(tmp_path / "t.npz")
-    assert cli_main(["trace", "info", "--json", str(tmp_path / "t.npz")]) == 0
+    assert cli_main(["trace", "info", "--json", str(trace_file)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["pages"] == 2048
     assert doc["phases"] == [2048, 50_000]
-    assert cli_main(["trace", "info", str(tmp_path / "t.npz")]) == 0
+    assert cli_main(["trace", "info", str(trace_file)]) == 0
     assert "program" in capsys.readouterr().out
 
 
 def test_verbose_flag_before_a_subcommand_keeps_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trace_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from emu.evaluation.cli import main as cli_main
-
-    _trace().save(tmp_path / "t.npz")
-    assert cli_main(["-v", "trace", "info", str(tmp_path / "t.npz")]) == 0
+    assert cli_main(["-v", "trace", "info", str(trace_file)]) == 0
     assert "pages" in capsys.readouterr().out
