@@ -15,8 +15,33 @@ from emu.machine.tracking import Tracking
 
 __all__ = ["Execution"]
 
-_CHUNK = 1 << 20
-_MIN_CHUNK = 1 << 14
+# Accesses over which the TLB's reach is estimated: many times the accesses
+# that touch a TLB's worth of pages, and a fixed number, so the estimate does
+# not depend on how a run is cut into chunks (which management time changes).
+# Chunks are whole windows.
+_TLB_WINDOW = 1 << 16
+_CHUNK = 16 * _TLB_WINDOW
+
+
+def _tlb_reach(vpn: np.ndarray, npages: int, entries: int) -> tuple[float, float]:
+    """(TLB hits, mean distinct pages per window) of the accesses ``vpn``.
+
+    Independent-reference estimate per window of ``_TLB_WINDOW`` accesses (a
+    chunk is whole windows but for a process's last accesses, which the last
+    window takes): the ``entries`` most accessed pages of the window hit, the
+    others miss.
+    """
+    n = int(vpn.shape[0])
+    nwin = max(1, n // _TLB_WINDOW)
+    win = np.minimum(np.arange(n, dtype=np.int64) // _TLB_WINDOW, nwin - 1)
+    counts = np.bincount(win * npages + vpn, minlength=nwin * npages).reshape(
+        nwin, npages
+    )
+    distinct = float(np.count_nonzero(counts)) / nwin
+    if npages <= entries:
+        return float(n), distinct
+    top = np.partition(counts, npages - entries, axis=1)[:, npages - entries :]
+    return float(top.sum()), distinct
 
 
 class Execution(Tracking):
@@ -53,8 +78,10 @@ class Execution(Tracking):
             return 0.0
         # size the chunk to the remaining time budget so policies see the
         # effect of each epoch (estimate from the previous chunk's cost)
-        fit = int(vm.budget_s * 1e9 / max(vm.ns_per_access, 1e-3)) + 1
-        n = min(max(fit, _MIN_CHUNK), _CHUNK, proc.target_accesses - proc.done_accesses)
+        fit = vm.budget_s * 1e9 / max(vm.ns_per_access, 1e-3)
+        windows = max(1, round(fit / _TLB_WINDOW))
+        left = proc.target_accesses - proc.done_accesses
+        n = min(windows * _TLB_WINDOW, _CHUNK, left)
         vpn = wl.generate(n)
         counts = np.bincount(vpn, minlength=proc.npages)
         acc = proc.phase_counts.get(wl.phase)
@@ -71,15 +98,11 @@ class Execution(Tracking):
         slow_n = n - fast_n
         mem = self.mem
         tlb = self.params.tlb
-        # TLB: independent-reference estimate, top-E pages hit per vCPU
-        e = tlb.entries
-        if np.count_nonzero(touched) > e:
-            hit = float(np.partition(counts, -e)[-e:].sum()) / n
-        else:
-            hit = 1.0
-        misses = n * (1.0 - hit)
-        distinct = float(np.count_nonzero(touched)) / max(1, proc.threads)
-        cold = min(float(n), vm.pending_full_flushes * min(e, distinct))
+        # TLB: per window of _TLB_WINDOW accesses, the hottest E pages hit
+        hits, distinct = _tlb_reach(vpn, proc.npages, tlb.entries)
+        misses = n - hits
+        distinct /= max(1, proc.threads)
+        cold = min(float(n), vm.pending_full_flushes * min(tlb.entries, distinct))
         cold += min(float(n), float(vm.pending_one_flushes))
         vm.pending_full_flushes = 0.0
         vm.pending_one_flushes = 0
