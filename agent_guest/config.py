@@ -16,6 +16,7 @@ from pathlib import Path
 
 from agent_guest.backend import BACKENDS
 from agent_guest.errors import ConfigError
+from agent_guest.plan import MoveCost
 from hypertier_common import tomlconfig
 from hypertier_common.metrics import MetricsError, parse_listen
 
@@ -77,6 +78,10 @@ class SamplerConfig:
     source: str = "auto"
     window_s: float = 1.0
     rate_hz: int = 4000
+    # While the mover keeps finding moves that pay (placement still learning),
+    # sample at boost_rate_hz, for boost_epochs epochs after the last such round.
+    boost_rate_hz: int = 16000
+    boost_epochs: int = 10
     cpu_budget_pct: float = 0.5
     period: int = 1000
     min_period: int = 1
@@ -106,6 +111,15 @@ class SamplerConfig:
         )
         _need(self.window_s > 0, f"sampler.window_s must be > 0, got {self.window_s}")
         _need(self.rate_hz > 0, f"sampler.rate_hz must be > 0, got {self.rate_hz}")
+        _need(
+            self.boost_rate_hz == 0 or self.boost_rate_hz >= self.rate_hz,
+            "sampler.boost_rate_hz must be 0 (off) or >= sampler.rate_hz, "
+            f"got {self.boost_rate_hz}",
+        )
+        _need(
+            self.boost_epochs >= 0,
+            f"sampler.boost_epochs must be >= 0, got {self.boost_epochs}",
+        )
         _need(
             0 < self.cpu_budget_pct <= 100,
             f"sampler.cpu_budget_pct must be in (0, 100], got {self.cpu_budget_pct}",
@@ -200,6 +214,14 @@ class MoverConfig:
     # min_gain) beyond sampling noise: near-equals never swap. The same default
     # as classify.hysteresis, which it was until it had a key of its own.
     min_gain: float = 0.25
+    # Moves go only where they pay for themselves within payback_s
+    # (plan.paying_prefix): each access moved to the fast tier saves
+    # slow_penalty_ns; each move_pages call costs call_cost_us (the TLB flush
+    # and refill of the process's vCPUs), each page page_cost_us.
+    payback_s: float = 10.0
+    slow_penalty_ns: float = 100.0
+    call_cost_us: float = 500.0
+    page_cost_us: float = 3.0
     max_busy_retries: int = 3
     move_shared_pages: bool = True
     cooldown_epochs: int = 4
@@ -217,8 +239,21 @@ class MoverConfig:
             f"mover.fast_reserve_pct must be in [0, 100), got {self.fast_reserve_pct}",
         )
         _need(self.min_gain >= 0, f"mover.min_gain must be >= 0, got {self.min_gain}")
+        for key in ("payback_s", "slow_penalty_ns", "call_cost_us", "page_cost_us"):
+            v = getattr(self, key)
+            _need(math.isfinite(v) and v >= 0, f"mover.{key} must be >= 0, got {v}")
         _need(self.max_busy_retries >= 0, "mover.max_busy_retries must be >= 0")
         _need(self.cooldown_epochs >= 0, "mover.cooldown_epochs must be >= 0")
+
+    def move_cost(self, accesses_per_sample: float) -> MoveCost:
+        """The mover's :class:`~agent_guest.plan.MoveCost` when one sample (a
+        unit of decayed count) stands for ``accesses_per_sample`` accesses per
+        second (0: unknown, every round goes)."""
+        return MoveCost(
+            self.call_cost_us * 1e3,
+            self.page_cost_us * 1e3,
+            accesses_per_sample * self.slow_penalty_ns * self.payback_s,
+        )
 
     def reserve_bytes(self, limit_bytes: int) -> int:
         """Fast memory the mover keeps free under a fast limit of ``limit_bytes``."""

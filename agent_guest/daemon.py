@@ -32,7 +32,7 @@ from agent_guest.config import ClassifyConfig, Config
 from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.hostlink import HostLink
-from agent_guest.policy import fast_budget
+from agent_guest.policy import GrowthWatch, SampleBoost, fast_budget
 from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
 from hypertier_common.clock import Clock
@@ -126,6 +126,11 @@ class Daemon:
         self._last_cpu = backend.cpu_time_s()
         self._last_t = clock.monotonic()
         self._informed_epochs = 0  # epochs in which samples arrived
+        self._sample_rate = 0.0  # samples/s, smoothed over epochs
+        self._boost = SampleBoost(cfg.sampler)
+        self._last_read = clock.monotonic()
+        # the mover keeps its fast reserve while the managed processes grow
+        self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
         self.counters = _Counters()
         self._link = HostLink(backend, clock, self.counters, VERSION)
         self.epoch_durations = DurationHistogram()
@@ -237,6 +242,7 @@ class Daemon:
         batch = self._sampler.read()
         if len(batch):
             self._informed_epochs += 1
+        self._note_rate(len(batch), t0)
         self._bin(batch.pid, batch.addr)
         for table in self._tables.values():
             table.end_epoch()
@@ -250,7 +256,8 @@ class Daemon:
             self._link.allot_fast_bytes,
             sum(p.rss_bytes for p in self._target_infos),
             self._cfg.mover,
-            keep_reserve=self._informed_epochs >= self._params.reuse_window,
+            keep_reserve=self._informed_epochs >= self._params.reuse_window
+            and self._growth.growing(t0),
         )
         sel = select_hot(self._tables, budget.room_bytes, self._params.hysteresis)
         self.counters.hot_bytes = sel.hot_bytes
@@ -267,6 +274,7 @@ class Daemon:
                 fast_node,
                 slow_node,
                 budget.free_pages,
+                self._cfg.mover.move_cost(self._accesses_per_count()),
             )
             # Migration CPU is bounded by the MiB/s limit, not by the sample rate.
             self._last_cpu += self._backend.cpu_time_s() - cpu_before
@@ -275,6 +283,7 @@ class Daemon:
         self._report(nodes, roles, sel, budget.room_bytes, budget.unmanaged_bytes)
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
+        self._sampler.control.rate_hz = self._boost.after_round(promoted)
         if self._sampler.source is not SampleSource.SOFT_DIRTY:
             self._sampler.adapt(len(batch), cpu - self._last_cpu, now - self._last_t)
         self._last_cpu, self._last_t = cpu, now
@@ -291,6 +300,25 @@ class Daemon:
             promoted,
             demoted,
         )
+
+    def _note_rate(self, samples: int, now: float) -> None:
+        dt = now - self._last_read
+        if dt > 0:
+            rate = samples / dt
+            self._sample_rate += 0.3 * (rate - self._sample_rate)
+            self._last_read = now
+
+    def _accesses_per_count(self) -> float:
+        """Accesses per second that one unit of the tables' decayed counts
+        stands for: the sampled rate times the sampling period, over the
+        counts' total (0 where a sample is no fixed number of accesses: page
+        faults, soft-dirty)."""
+        if self._sampler.source not in (SampleSource.PEBS, SampleSource.IBS):
+            return 0.0
+        total = sum(float(t.count.sum()) for t in self._tables.values())
+        if total <= 0.0:
+            return 0.0
+        return self._sample_rate * self._sampler.control.period / total
 
     def _bin(self, pid: npt.NDArray[np.int32], addr: npt.NDArray[np.uint64]) -> None:
         if pid.shape[0] == 0:
@@ -348,6 +376,9 @@ class Daemon:
         self._target_infos = [infos[p] for p in self._tables if p in infos]
         self._targets = sorted(self._tables)
         self._sampler.start(self._targets)
+        self._growth.note(
+            {p.pid: p.rss_bytes for p in self._target_infos}, self._clock.monotonic()
+        )
 
     def _forget(self, pid: int) -> None:
         self._vma_keys.pop(pid, None)
@@ -428,6 +459,7 @@ class Daemon:
             "source": self._sampler.source.value,
             "capabilities": sorted(c.value for c in self._backend.capabilities()),
             "sample_period": self._sampler.control.period,
+            "sample_rate_target_hz": self._sampler.control.rate_hz,
             "epochs": self.counters.epochs,
             "targets": list(self._targets),
             "ranges": sum(len(t) for t in self._tables.values()),

@@ -20,7 +20,7 @@ from agent_guest.classify import RangeTable
 from agent_guest.config import MoverConfig
 from agent_guest.errors import AccessDenied, NoSuchProcess
 from agent_guest.pages import in_sorted
-from agent_guest.plan import Candidates, pages_of_ranges, plan_exchange
+from agent_guest.plan import Candidates, MoveCost, pages_of_ranges, plan_exchange
 from hypertier_common.clock import Clock
 
 __all__ = [
@@ -302,10 +302,12 @@ class Exchanger:
         fast_node: int,
         slow_node: int,
         free_pages: int,
+        cost: MoveCost | None = None,
     ) -> tuple[int, int]:
         """One epoch of exchange; returns (promoted, demoted) this epoch.
 
-        ``free_pages`` is the fast tier's room under its limit (negative: over it).
+        ``free_pages`` is the fast tier's room under its limit (negative: over it);
+        ``cost`` what moves cost and gain (None: every worthwhile pair goes).
         """
         self.gone.clear()
         self._epoch += 1
@@ -330,6 +332,7 @@ class Exchanger:
             budget,
             self._cfg.batch_pages,
             self._cfg.min_gain,
+            cost=cost,
         )
         promoted = demoted = 0
         room = free_pages
@@ -346,6 +349,18 @@ class Exchanger:
                 moved = self._move(batch.pages, slow_node)
                 demoted += moved
                 room += moved
+        # Pages that would not move (busy, gone) leave the tier over its limit:
+        # demote the next candidates in their place, within the budget.
+        pos = sum(len(b.pages) for b in batches if b.to == "slow")
+        while room < 0 and not self._stop.is_set():
+            n = min(-room, len(demote) - pos, self._cfg.batch_pages)
+            n = min(n, budget - promoted - demoted)
+            if n <= 0:
+                break
+            moved = self._move(demote.take(pos, pos + n), slow_node)
+            pos += n
+            demoted += moved
+            room += moved
         self._limiter.refund((budget - promoted - demoted) * PAGE_SIZE)
         self.stats.promoted += promoted
         self.stats.demoted += demoted

@@ -15,8 +15,10 @@ from agent_guest.backend import PAGE_SIZE
 __all__ = [
     "Batch",
     "Candidates",
+    "MoveCost",
     "clearly_denser",
     "pages_of_ranges",
+    "paying_prefix",
     "plan_exchange",
 ]
 
@@ -60,6 +62,24 @@ class Candidates:
         )
 
 
+@dataclass(frozen=True)
+class MoveCost:
+    """What moving pages costs and what a sample of density moved is worth, in ns.
+
+    ``call_ns`` per move_pages call (the TLB flush of every vCPU the process
+    runs on: since Linux 6.4 migrate_pages() flushes once per batch, a full
+    flush, and every vCPU then refills its TLB with cold 2D walks), ``page_ns``
+    per page (unmap, copy, remap); ``sample_ns`` the time a round saves over
+    the payback horizon per sample (decayed count) it moves from the slow tier
+    to the fast one. With ``sample_ns`` zero the value of a sample is unknown
+    (a source without a sampling period) and every round goes.
+    """
+
+    call_ns: float
+    page_ns: float
+    sample_ns: float
+
+
 @dataclass(frozen=True, eq=False)
 class Batch:
     """One move_pages round: ``to`` is "slow" (demote) or "fast" (promote)."""
@@ -76,6 +96,7 @@ def plan_exchange(
     batch_pages: int,
     min_gain: float = 0.0,
     z: float = 2.0,
+    cost: MoveCost | None = None,
 ) -> list[Batch]:
     """Plan the epoch's batches (pure).
 
@@ -87,6 +108,13 @@ def plan_exchange(
     A pair is only worth it if the hot page is denser than the cold page by the
     factor ``1 + min_gain``, beyond sampling noise (:func:`clearly_denser`;
     hysteresis: near-equals and noise never swap).
+
+    Demotions over the limit are due whatever they gain. Of the optional moves
+    (promotions into free room, then swaps) only the prefix that pays for itself
+    within the payback horizon goes (:func:`paying_prefix`; with ``cost`` None,
+    all of them): a move_pages call flushes TLBs whatever it moves, so a round
+    of a few pages of little gain costs more than it returns. What does not go
+    now stays a candidate and adds to a later epoch's round.
     """
     batches: list[Batch] = []
     budget = max(0, budget_pages)
@@ -98,8 +126,6 @@ def plan_exchange(
         d, budget = n, budget - n
         free_pages = 0
     n = min(free_pages, len(promote), budget)
-    for s in range(0, n, batch_pages):
-        batches.append(Batch("fast", promote.take(s, min(n, s + batch_pages))))
     p, budget = n, budget - n
     pairs = min(len(promote) - p, len(demote) - d, budget // 2)
     if pairs > 0:
@@ -107,11 +133,58 @@ def plan_exchange(
         gain = clearly_denser(hot, cold, min_gain, z)
         if not gain.all():
             pairs = int(np.argmin(gain))
+    if cost is not None and cost.sample_ns > 0.0 and p + pairs > 0:
+        k = paying_prefix(
+            promote.take(0, p + pairs), demote.take(d, d + pairs), p,
+            batch_pages, cost,
+        )  # fmt: skip
+        p, pairs = min(k, p), max(0, k - p)
+    for s in range(0, p, batch_pages):
+        batches.append(Batch("fast", promote.take(s, min(p, s + batch_pages))))
     for s in range(0, pairs, batch_pages):
         k = min(batch_pages, pairs - s)
         batches.append(Batch("slow", demote.take(d + s, d + s + k)))
         batches.append(Batch("fast", promote.take(p + s, p + s + k)))
     return batches
+
+
+def paying_prefix(
+    promote: Candidates,
+    demote: Candidates,
+    free: int,
+    batch_pages: int,
+    cost: MoveCost,
+) -> int:
+    """How many of a round's moves to make: the prefix with the most net value.
+
+    The round is ``free`` promotions into free room (each worth its page's
+    density) then swaps of ``promote[free:]`` against ``demote`` pair by pair
+    (each worth the difference), both in the order given (best first); each
+    estimate counts one standard error toward no gain. A prefix of ``k``
+    moves costs its move_pages calls (a call per batch into room, two per
+    batch of swaps) and pages; it saves its samples times ``cost.sample_ns``.
+    Returns the ``k`` with the largest saving less cost, 0 if none is positive.
+    """
+    per_page = PAGE_SIZE / float(1 << 20)  # density (per MiB) -> per page
+    free = min(free, len(promote))
+    swaps = min(len(promote) - free, len(demote))
+    # one standard error toward no gain: the candidates were picked for their
+    # high (or low) estimates, which overstate the difference on average
+    hot = np.maximum(promote.density - promote.noise, 0.0)[: free + swaps]
+    cold = (demote.density + demote.noise)[:swaps]
+    gain = np.concatenate((hot[:free], np.maximum(hot[free:] - cold, 0.0))) * (
+        per_page * cost.sample_ns
+    )
+    if gain.shape[0] == 0:
+        return 0
+    k = np.arange(1, gain.shape[0] + 1)
+    into_room = np.minimum(k, free)
+    swapped = k - into_room
+    calls = -(-into_room // batch_pages) + 2 * -(-swapped // batch_pages)
+    pages = into_room + 2 * swapped
+    net = np.cumsum(gain) - calls * cost.call_ns - pages * cost.page_ns
+    best = int(np.argmax(net))
+    return best + 1 if net[best] > 0.0 else 0
 
 
 def _counts(c: Candidates) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:

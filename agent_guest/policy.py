@@ -7,13 +7,14 @@ and the mover's reserve (docs/guest.md, "Fast-tier budget").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from agent_guest.backend import PAGE_SIZE, NumaNode
-from agent_guest.config import MoverConfig
+from agent_guest.config import MoverConfig, SamplerConfig
 
-__all__ = ["FastBudget", "fast_budget"]
+__all__ = ["FastBudget", "GrowthWatch", "SampleBoost", "fast_budget"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,10 @@ def fast_budget(
 
     ``allot_fast_bytes`` is the host's last allotment (None: none received);
     ``managed_rss_bytes`` the managed processes' resident memory. The reserve
-    (``mover.reserve_bytes``) is kept only with ``keep_reserve``: before a full
-    history window of samples the coldest pages are not known, and demotions
-    to make room would be blind.
+    (``mover.reserve_bytes``) is kept only with ``keep_reserve``: the daemon
+    keeps it while the managed processes grow (:class:`GrowthWatch`) and once a
+    full history window of samples is in (before that the coldest pages are not
+    known, and demotions to make room would be blind).
     """
     total = sum(n.total_bytes for n in fast_nodes)
     used = sum(n.used_bytes for n in fast_nodes)
@@ -60,3 +62,61 @@ def fast_budget(
         limit = max(0, limit - mover.reserve_bytes(limit))
     unmanaged = max(0, used - managed_rss_bytes)
     return FastBudget(limit, used, unmanaged, max(0, limit - unmanaged))
+
+
+@dataclass
+class GrowthWatch:
+    """Whether the managed processes are growing, for the fast reserve.
+
+    The reserve is free fast memory for the pages a growing process touches
+    first (data being loaded, a heap that grows). Once the processes stop
+    growing it holds nothing, and keeping it empty costs hits wherever the hot
+    set fills the fast tier: first touch put the hot set there, and building
+    the reserve demotes part of it. Growth is an RSS increase of more than
+    1/200 among the processes seen at both of two successive :meth:`note`
+    calls (a process seen for the first time is not growing yet); it counts
+    for ``hold_s`` seconds.
+    """
+
+    hold_s: float
+    _last: dict[int, int] = field(default_factory=dict)
+    _until: float = -math.inf
+
+    def note(self, rss_bytes: Mapping[int, int], now: float) -> None:
+        """Record the processes' RSS (pid -> bytes) at time ``now``."""
+        before = after = 0
+        for pid, rss in rss_bytes.items():
+            if pid in self._last:
+                before += self._last[pid]
+                after += rss
+        if after - before > before // 200:
+            self._until = now + self.hold_s
+        self._last = dict(rss_bytes)
+
+    def growing(self, now: float) -> bool:
+        """Did the processes grow within ``hold_s`` before ``now``?"""
+        return now < self._until
+
+
+@dataclass
+class SampleBoost:
+    """The sampling rate to aim at after each epoch's exchange round.
+
+    ``sampler.boost_rate_hz`` for ``sampler.boost_epochs`` epochs after a round
+    that promoted pages: placement still has something to learn (a hot set
+    larger than what is resolved yet, a phase change), and more samples resolve
+    it sooner. Otherwise ``sampler.rate_hz``: a settled placement needs only to
+    notice change. The CPU budget caps both (``sampler.RateControl``).
+    """
+
+    cfg: SamplerConfig
+    _left: int = 0
+
+    def after_round(self, promoted: int) -> float:
+        """The target rate (samples/s) after a round that promoted ``promoted``."""
+        if promoted:
+            self._left = self.cfg.boost_epochs
+        elif self._left:
+            self._left -= 1
+        boosted = self.cfg.boost_rate_hz > 0 and self._left > 0
+        return float(self.cfg.boost_rate_hz if boosted else self.cfg.rate_hz)

@@ -31,7 +31,9 @@ GuestBackendFactory = Callable[[World, str, str], EmuGuestBackend]
 # VMs of a few hundred MiB (a real host keeps 128 MiB of margin over what a guest
 # uses; real targets need 64 MiB of RSS, emulated ones, such as the recorded
 # traces of 60-70 MiB, 8 MiB). The fast reserve is a share of the fast limit, not
-# a fixed size: a fixed 4 MiB was half of an 8 MiB fast tier.
+# a fixed size: a fixed 4 MiB was half of an 8 MiB fast tier. A move must pay
+# for itself within 0.5 s (`mover.payback_s`, 10 s on a real guest): the default
+# matrix's synthetic cells run 2-5 emulated s, its trace cells 18-30 s.
 GUEST_TOML = """
 [guest]
 backend = "emu"
@@ -40,6 +42,7 @@ report_interval_s = 0.1
 source = "auto"
 [mover]
 fast_reserve_pct = 2.0
+payback_s = 0.5
 [targets]
 refresh_s = 0.5
 min_rss_bytes = 8388608

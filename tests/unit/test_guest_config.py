@@ -89,6 +89,17 @@ def test_non_default_values_round_trip_through_dumps() -> None:
         pytest.param("[mover]\nbatch_pages = 0\n", "mover.batch_pages", id="batch"),
         pytest.param("[classify]\ndecay = 1.5\n", "classify.decay", id="decay"),
         pytest.param(
+            "[mover]\npayback_s = -1.0\n", "mover.payback_s must be >= 0", id="payback"
+        ),
+        pytest.param(
+            "[mover]\ncall_cost_us = nan\n", "mover.call_cost_us", id="call-cost"
+        ),
+        pytest.param(
+            "[sampler]\nrate_hz = 4000\nboost_rate_hz = 1000\n",
+            "sampler.boost_rate_hz must be 0",
+            id="boost",
+        ),
+        pytest.param(
             '[targets]\ncomm_pattern = "("\n', "targets.comm_pattern", id="regex"
         ),
         pytest.param(

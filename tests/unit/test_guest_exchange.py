@@ -27,8 +27,10 @@ from agent_guest.errors import AccessDenied, NoSuchProcess
 from agent_guest.exchange import Exchanger, RateLimiter, errno_name
 from agent_guest.plan import (
     Candidates,
+    MoveCost,
     clearly_denser,
     pages_of_ranges,
+    paying_prefix,
     plan_exchange,
 )
 from agent_guest.selection import select_hot
@@ -92,6 +94,76 @@ def test_budget_bounds_pages_moved_in_both_directions() -> None:
 def test_near_equal_densities_never_swap() -> None:
     plan = plan_exchange(_cands(40, 10.0), _cands(40, 9.0), 0, 1000, 16, min_gain=0.25)
     assert plan == []
+
+
+# a sample of density moved saves 1 us; a call costs 100 us, a page 1 us
+COST = MoveCost(call_ns=100e3, page_ns=1e3, sample_ns=1e3)
+PER_PAGE = 4096 / float(1 << 20)  # density (samples per MiB) -> samples per page
+
+
+def test_a_round_goes_only_where_it_pays_for_its_calls_and_pages() -> None:
+    # 16 swaps of 8 samples/page against none save 128 us; they cost two calls
+    # (a demote and a promote batch) and 32 pages: 232 us
+    hot, cold = _cands(16, 8.0 / PER_PAGE), _cands(40, 0.0)
+    assert _sizes(plan_exchange(hot, cold, 0, 1000, 16)) == [("slow", 16), ("fast", 16)]
+    assert plan_exchange(hot, cold, 0, 1000, 16, cost=COST) == []
+    # at 16 samples/page they save 256 us: the round goes whole
+    rich = _cands(16, 16.0 / PER_PAGE)
+    assert _sizes(plan_exchange(rich, cold, 0, 1000, 16, cost=COST)) == [
+        ("slow", 16),
+        ("fast", 16),
+    ]
+    # over the limit, demotions are due whatever they gain
+    over = plan_exchange(hot, cold, -8, 1000, 16, cost=COST)
+    assert _sizes(over) == [("slow", 8)]
+
+
+def test_the_paying_prefix_stops_where_the_next_batch_costs_more() -> None:
+    # 16 swaps worth 40 samples each, then 16 worth 1: the second batch's two
+    # calls (200 us) and 32 pages cost more than its 16 us
+    hot = _cands(32, 1.0)
+    hot = Candidates(
+        hot.pid, hot.addr, np.r_[np.full(16, 40.0), np.full(16, 1.0)] / PER_PAGE,
+        hot.noise,
+    )  # fmt: skip
+    cold = _cands(32, 0.0, base=BASE + (1 << 30))
+    assert paying_prefix(hot, cold, 0, 16, COST) == 16
+    # into free room a move is one page and one call per batch
+    assert paying_prefix(hot, cold, 32, 16, COST) == 16
+    assert paying_prefix(hot, cold, 0, 16, MoveCost(0.0, 0.0, 1.0)) == 32
+
+
+@given(
+    n_hot=st.integers(0, 40),
+    n_cold=st.integers(0, 40),
+    free=st.integers(-20, 20),
+    budget=st.integers(0, 100),
+    sample_ns=st.floats(0.0, 1e5),
+    seed=st.integers(0, 2**16),
+)
+def test_the_cost_gate_only_shortens_the_optional_moves(
+    n_hot: int, n_cold: int, free: int, budget: int, sample_ns: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    hot = _cands(n_hot, 1.0)
+    hot = Candidates(hot.pid, hot.addr, np.sort(rng.uniform(0, 500, n_hot))[::-1],
+                     hot.noise)  # fmt: skip
+    cold = _cands(n_cold, 1.0, base=BASE + (1 << 30))
+    cold = Candidates(cold.pid, cold.addr, np.sort(rng.uniform(0, 50, n_cold)),
+                      cold.noise)  # fmt: skip
+    cost = MoveCost(100e3, 1e3, sample_ns)
+    plain = plan_exchange(hot, cold, free, budget, 8)
+    gated = plan_exchange(hot, cold, free, budget, 8, cost=cost)
+    moved = {(b.to, int(a)) for b in plain for a in b.pages.addr}
+    kept = {(b.to, int(a)) for b in gated for a in b.pages.addr}
+    assert kept <= moved
+    # the demotions due over the limit all stay; promotions never outnumber
+    # the room plus the demotions, so the limit holds
+    due = min(max(0, -free), n_cold, budget)
+    demoted = sum(len(b.pages) for b in gated if b.to == "slow")
+    promoted = sum(len(b.pages) for b in gated if b.to == "fast")
+    assert demoted >= due
+    assert promoted <= max(0, free) + demoted - due
 
 
 def test_noisy_densities_never_swap() -> None:
@@ -184,8 +256,14 @@ def test_errno_name(code: int, name: str) -> None:
 class _Backend:
     """Two nodes; every page of pid 1 is on ``node``; moves give ``statuses``."""
 
-    def __init__(self, statuses: npt.NDArray[np.int32] | None, dead: set[int]) -> None:
+    def __init__(
+        self,
+        statuses: npt.NDArray[np.int32] | None,
+        dead: set[int],
+        demote_statuses: npt.NDArray[np.int32] | None = None,
+    ) -> None:
         self.statuses = statuses
+        self.demote_statuses = demote_statuses
         self.dead = dead
         self.forbidden: set[int] = set()
         self.moves: list[tuple[int, int, int]] = []
@@ -228,11 +306,12 @@ class _Backend:
             raise NoSuchProcess(pid)
         self.moves.append((pid, node, int(addrs.shape[0])))
         st = np.full(addrs.shape[0], node, np.int32)
-        if self.statuses is not None and node == 0:
-            # page i of the range gets statuses[i]
+        given = self.statuses if node == 0 else self.demote_statuses
+        if given is not None:
+            # page i of the range gets given[i]
             i = ((addrs - BASE) // 4096).astype(np.int64)
-            has = i < self.statuses.shape[0]
-            st[has] = self.statuses[i[has]]
+            has = i < given.shape[0]
+            st[has] = given[i[has]]
         return MoveResult(st.shape[0], int((st == node).sum()), st)
 
     def channel_send(self, line: bytes) -> None:
@@ -274,6 +353,18 @@ def test_partial_failures_are_counted_by_errno() -> None:
         "ENOENT": 1,
         "ENOMEM": 1,
     }
+
+
+def test_demotions_that_fail_over_the_limit_are_made_up_by_others() -> None:
+    busy = np.full(4, -errno.EBUSY, np.int32)
+    be = _Backend(None, set(), demote_statuses=busy)
+    ex = Exchanger(be, MoverConfig(batch_pages=64, scan_pages=64), _Clock())
+    tables = _tables()
+    tables[1].hot = np.array([False])  # nothing to promote: only the overflow
+    promoted, demoted = ex.run(tables, [0], [1], 0, 1, -8)
+    assert (promoted, demoted) == (0, 8)
+    assert [m[2] for m in be.moves if m[1] == 1] == [8, 4]
+    assert ex.stats.failures["EBUSY"] == 4
 
 
 def test_a_page_busy_too_often_is_dropped_from_candidates() -> None:

@@ -1,4 +1,5 @@
-"""agent_guest.policy.fast_budget: the guest's fast-tier budget, a pure function."""
+"""agent_guest.policy: the guest's fast-tier budget (a pure function) and the
+growth watch that decides when the mover keeps its fast reserve."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent_guest.backend import PAGE_SIZE, NumaNode, Tier
-from agent_guest.config import MoverConfig
-from agent_guest.policy import fast_budget
+from agent_guest.config import MoverConfig, SamplerConfig
+from agent_guest.policy import GrowthWatch, SampleBoost, fast_budget
 
 MiB = 1 << 20
 NO_RESERVE = MoverConfig(fast_reserve_bytes=0, fast_reserve_pct=0.0)
@@ -79,3 +80,79 @@ def test_room_fits_in_the_limit_and_the_limit_in_node_and_allotment(
     b = fast_budget([node], allot, managed, MoverConfig(fast_reserve_pct=pct), keep)
     assert 0 <= b.room_bytes <= b.limit_bytes <= min(total, allot or total)
     assert 0 <= b.unmanaged_bytes <= used
+
+
+def test_a_process_seen_first_is_not_growing() -> None:
+    w = GrowthWatch(hold_s=1.0)
+    w.note({1: 0}, 0.0)
+    w.note({1: 0, 2: 512 * MiB}, 1.0)  # a new, large process
+    assert not w.growing(1.0)
+
+
+def test_growth_keeps_the_reserve_for_the_hold_then_it_lapses() -> None:
+    w = GrowthWatch(hold_s=1.0)
+    w.note({1: 100 * MiB}, 0.0)
+    w.note({1: 101 * MiB}, 0.5)  # +1 %: growing
+    assert w.growing(0.5)
+    assert w.growing(1.49)
+    assert not w.growing(1.5)
+    w.note({1: 101 * MiB}, 2.0)  # flat: still not growing
+    assert not w.growing(2.0)
+
+
+def test_small_or_negative_changes_are_not_growth() -> None:
+    w = GrowthWatch(hold_s=1.0)
+    w.note({1: 200 * MiB, 2: 200 * MiB}, 0.0)
+    w.note({1: 201 * MiB, 2: 199 * MiB}, 0.5)  # churn, no net growth
+    w.note({1: 201 * MiB + MiB // 2, 2: 199 * MiB}, 1.0)  # +0.125 %
+    w.note({2: 100 * MiB}, 1.5)  # one exits, the other shrinks
+    assert not w.growing(1.5)
+
+
+@given(
+    steps=st.lists(
+        st.dictionaries(st.integers(1, 4), st.integers(0, 1 << 40), max_size=4),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_growth_is_a_net_rise_among_processes_seen_twice(
+    steps: list[dict[int, int]],
+) -> None:
+    w = GrowthWatch(hold_s=0.5)
+    prev: dict[int, int] = {}
+    for t, rss in enumerate(steps):
+        w.note(rss, float(t))
+        common = rss.keys() & prev.keys()
+        before = sum(prev[p] for p in common)
+        after = sum(rss[p] for p in common)
+        assert w.growing(float(t)) == (after - before > before // 200)
+        prev = rss
+
+
+def test_sampling_is_boosted_for_some_epochs_after_each_promoting_round() -> None:
+    boost = SampleBoost(SamplerConfig(rate_hz=1000, boost_rate_hz=4000, boost_epochs=2))
+    rates = [boost.after_round(n) for n in (0, 5, 0, 0, 0, 7, 0, 3, 0, 0, 0)]
+    assert rates == [1000, 4000, 4000, 1000, 1000, 4000, 4000, 4000, 4000, 1000, 1000]
+
+
+def test_boost_rate_zero_switches_boosting_off() -> None:
+    boost = SampleBoost(SamplerConfig(rate_hz=1000, boost_rate_hz=0))
+    assert {boost.after_round(n) for n in (5, 0, 9)} == {1000.0}
+
+
+@given(
+    rounds=st.lists(st.integers(0, 3), max_size=30),
+    epochs=st.integers(0, 5),
+)
+def test_the_boost_holds_exactly_boost_epochs_after_the_last_promotion(
+    rounds: list[int], epochs: int
+) -> None:
+    cfg = SamplerConfig(rate_hz=1000, boost_rate_hz=4000, boost_epochs=epochs)
+    boost = SampleBoost(cfg)
+    last = -(10**6)
+    for i, n in enumerate(rounds):
+        if n:
+            last = i
+        rate = boost.after_round(n)
+        assert rate == (4000.0 if epochs and i - last < epochs else 1000.0)
