@@ -1,8 +1,11 @@
-"""The guest's fast-tier budget for one epoch (pure arithmetic, no I/O).
+"""The guest's per-epoch decisions that need no I/O: the fast-tier budget, when
+to keep the mover's reserve, and the sampling rate to aim at.
 
 How much fast memory the agent may fill and how much of it the managed
 processes' hot set may take, from the fast nodes' sizes, the host's allotment
-and the mover's reserve (docs/guest.md, "Fast-tier budget").
+and the mover's reserve (docs/guest.md, "Fast-tier budget"); whether the managed
+processes are growing (the reserve is kept only then); and the sampling boost
+after rounds that promote (docs/guest.md, "Sampling boost").
 """
 
 from __future__ import annotations
