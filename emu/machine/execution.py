@@ -29,19 +29,25 @@ def _tlb_reach(vpn: np.ndarray, npages: int, entries: int) -> tuple[float, float
     Independent-reference estimate per window of ``_TLB_WINDOW`` accesses (a
     chunk is whole windows but for a process's last accesses, which the last
     window takes): the ``entries`` most accessed pages of the window hit, the
-    others miss.
+    others miss. Only the pages a window touched are ranked (a partition over
+    them, not over the footprint).
     """
     n = int(vpn.shape[0])
     nwin = max(1, n // _TLB_WINDOW)
-    win = np.minimum(np.arange(n, dtype=np.int64) // _TLB_WINDOW, nwin - 1)
-    counts = np.bincount(win * npages + vpn, minlength=nwin * npages).reshape(
-        nwin, npages
-    )
-    distinct = float(np.count_nonzero(counts)) / nwin
-    if npages <= entries:
-        return float(n), distinct
-    top = np.partition(counts, npages - entries, axis=1)[:, npages - entries :]
-    return float(top.sum()), distinct
+    hits = 0.0
+    distinct = 0
+    for i in range(nwin):
+        lo = i * _TLB_WINDOW
+        hi = n if i == nwin - 1 else lo + _TLB_WINDOW
+        counts = np.bincount(vpn[lo:hi], minlength=npages)
+        touched = counts[counts > 0]
+        k = int(touched.shape[0])
+        distinct += k
+        if k <= entries:
+            hits += hi - lo
+        else:
+            hits += float(np.partition(touched, k - entries)[k - entries :].sum())
+    return hits, distinct / nwin
 
 
 class Execution(Tracking):

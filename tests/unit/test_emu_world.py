@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import errno
+import itertools
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emu.machine import FAST, PAGE_SIZE, SLOW, NoSuchProcessError, World
+from emu.machine.execution import _TLB_WINDOW, _tlb_reach
 from emu.machine.params import Params
 from emu.workloads import WORKLOADS, make_workload
 
@@ -313,3 +317,30 @@ def test_soft_dirty_write_faults_once_per_page_per_scan() -> None:
     faults_ns = vm.counters.guest_mgmt_ns
     _, addr, _, _ = w.drain_samples("vm")
     assert faults_ns == len(addr) * w.params.cost.wp_fault_ns
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3 * (1 << 16) + 500),
+    npages=st.integers(1, 5000),
+    entries=st.integers(1, 3000),
+    seed=st.integers(0, 2**16),
+)
+def test_tlb_reach_is_the_top_entries_of_each_window(
+    n: int, npages: int, entries: int, seed: int
+) -> None:
+    """Hits = per window of _TLB_WINDOW accesses (the last one takes the rest),
+    the accesses to its ``entries`` most accessed pages; the same for any chunk."""
+    rng = np.random.default_rng(seed)
+    vpn = (rng.zipf(1.3, n) % npages).astype(np.int32)
+    hits, distinct = _tlb_reach(vpn, npages, entries)
+    w = _TLB_WINDOW
+    nwin = max(1, n // w)
+    edges = [i * w for i in range(nwin)] + [n]
+    want_hits = want_distinct = 0
+    for lo, hi in itertools.pairwise(edges):
+        counts = np.sort(np.bincount(vpn[lo:hi]))[::-1]
+        want_hits += int(counts[:entries].sum())
+        want_distinct += int(np.count_nonzero(counts))
+    assert hits == want_hits
+    assert distinct == pytest.approx(want_distinct / nwin)
