@@ -128,7 +128,6 @@ class Daemon:
         self._informed_epochs = 0  # epochs in which samples arrived
         self._sample_rate = 0.0  # samples/s, smoothed over epochs
         self._boost = SampleBoost(cfg.sampler)
-        self._last_read = clock.monotonic()
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
         self.counters = _Counters()
@@ -302,11 +301,10 @@ class Daemon:
         )
 
     def _note_rate(self, samples: int, now: float) -> None:
-        dt = now - self._last_read
+        """Smooth the sampled rate: ``samples`` arrived since the last tick ended."""
+        dt = now - self._last_t
         if dt > 0:
-            rate = samples / dt
-            self._sample_rate += 0.3 * (rate - self._sample_rate)
-            self._last_read = now
+            self._sample_rate += 0.3 * (samples / dt - self._sample_rate)
 
     def _accesses_per_count(self) -> float:
         """Accesses per second that one unit of the tables' decayed counts
