@@ -10,12 +10,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from hypertier_common.registry import instantiate
+from hypertier_common.registry import Registry
 
 __all__ = [
     "BACKENDS",
@@ -30,7 +30,6 @@ __all__ = [
     "SamplerSettings",
     "Tier",
     "Vma",
-    "make_backend",
 ]
 
 PAGE_SIZE = 4096
@@ -240,12 +239,9 @@ class GuestBackend(Protocol):
     def close(self) -> None: ...
 
 
-BACKENDS: Mapping[str, str] = {
-    "linux": "agent_guest.linux_backend:LinuxGuestBackend",
-    "emu": "emu.backends.guest:EmuGuestBackend",
-}
-
-
-def make_backend(name: str, **options: object) -> GuestBackend:
-    """The backend registered under ``name`` in BACKENDS (else ConfigError)."""
-    return cast(GuestBackend, instantiate(BACKENDS, name, **options))
+BACKENDS: Registry[GuestBackend] = Registry(
+    {
+        "linux": "agent_guest.linux_backend:LinuxGuestBackend",
+        "emu": "emu.backends.guest:EmuGuestBackend",
+    }
+)

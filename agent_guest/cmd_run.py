@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from agent_guest import config
-from agent_guest.backend import BACKENDS, GuestBackend, make_backend
+from agent_guest.backend import BACKENDS, GuestBackend
 from agent_guest.control import Controller
 from agent_guest.daemon import VERSION, Daemon
 from agent_guest.errors import BackendError
@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load()
     check_standalone(cfg.guest.backend, "linux")
-    backend = make_backend(cfg.guest.backend, **backend_options(cfg))
+    backend = BACKENDS.make(cfg.guest.backend, **backend_options(cfg))
     if args.once:
         daemon = Daemon(cfg, backend, SystemClock())
         try:

@@ -8,11 +8,11 @@ emulated one is ``emu.backends.host``.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from hypertier_common.registry import instantiate
+from hypertier_common.registry import Registry
 
 __all__ = [
     "BACKENDS",
@@ -25,7 +25,6 @@ __all__ = [
     "HostCapability",
     "HostNode",
     "Tier",
-    "make_backend",
 ]
 
 
@@ -170,12 +169,9 @@ class HostBackend(Protocol):
     def close(self) -> None: ...
 
 
-BACKENDS: Mapping[str, str] = {
-    "libvirt": "agent_host.libvirt_backend:LibvirtHostBackend",
-    "emu": "emu.backends.host:EmuHostBackend",
-}
-
-
-def make_backend(name: str, **options: object) -> HostBackend:
-    """The backend registered under ``name`` in BACKENDS (else ConfigError)."""
-    return cast(HostBackend, instantiate(BACKENDS, name, **options))
+BACKENDS: Registry[HostBackend] = Registry(
+    {
+        "libvirt": "agent_host.libvirt_backend:LibvirtHostBackend",
+        "emu": "emu.backends.host:EmuHostBackend",
+    }
+)

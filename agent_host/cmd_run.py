@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_host import config
-from agent_host.backend import HostBackend, make_backend
+from agent_host.backend import BACKENDS, HostBackend
 from agent_host.cmd_common import DEFAULT_CONFIG, load_config
 from agent_host.control import Controller
 from agent_host.daemon import VERSION, Daemon
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_flags(parser, DEFAULT_CONFIG, config.BACKEND_NAMES)
+    add_run_flags(parser, DEFAULT_CONFIG, BACKENDS)
 
 
 def backend_options(cfg: config.Config) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load()
     check_standalone(cfg.host.backend, "libvirt")
-    backend = make_backend(cfg.host.backend, **backend_options(cfg))
+    backend = BACKENDS.make(cfg.host.backend, **backend_options(cfg))
     if args.once:
         try:
             return service.once(Daemon(cfg, backend, SystemClock()), format_status)

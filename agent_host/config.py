@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent_host.backend import BACKENDS
 from agent_host.errors import ConfigError
 from hypertier_common import tomlconfig
 from hypertier_common.metrics import MetricsError, parse_listen
 
 __all__ = [
-    "BACKEND_NAMES",
     "DEFAULT_CONFIG",
     "ChannelConfig",
     "ClassConfig",
@@ -34,7 +34,6 @@ __all__ = [
 
 MiB = 1 << 20
 GiB = 1 << 30
-BACKEND_NAMES = ("libvirt", "emu")
 DEFAULT_CONFIG = Path("/etc/hypertier/host.toml")
 
 
@@ -73,9 +72,10 @@ class HostConfig:
     channel_dir: str = "/var/lib/libvirt/qemu/channel/target"
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKEND_NAMES:
+        if self.backend not in BACKENDS:
             raise ConfigError(
-                f"host.backend: {self.backend!r} unknown; choose from {BACKEND_NAMES}"
+                f"host.backend: {self.backend!r} unknown; "
+                f"choose from {sorted(BACKENDS)}"
             )
         for key in ("fast_nodes", "slow_nodes"):
             nodes = getattr(self, key)

@@ -9,11 +9,14 @@ surfaces as itself.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Generic, TypeVar, cast
 
 from hypertier_common.errors import ConfigError, Unsupported
 
-__all__ = ["instantiate"]
+__all__ = ["Registry", "instantiate"]
+
+T = TypeVar("T")
 
 
 def instantiate(table: Mapping[str, str], name: str, **options: object) -> object:
@@ -36,3 +39,30 @@ def instantiate(table: Mapping[str, str], name: str, **options: object) -> objec
             f"backend {name!r}", f"it needs the Python module {err.name!r}: {err}"
         ) from err
     return getattr(found, cls)(**options)
+
+
+class Registry(Mapping[str, str], Generic[T]):
+    """An agent's backends: name -> ``"module:Class"``, built by :meth:`make`.
+
+    ``T`` is the agent's backend Protocol; the one cast to it is here.
+    """
+
+    def __init__(self, table: Mapping[str, str]) -> None:
+        self._table = dict(table)
+
+    def __getitem__(self, name: str) -> str:
+        return self._table[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def make(self, name: str, **options: object) -> T:
+        """The backend registered under ``name``, built with ``options``.
+
+        Raises:
+            ConfigError, Unsupported: as :func:`instantiate`.
+        """
+        return cast(T, instantiate(self, name, **options))

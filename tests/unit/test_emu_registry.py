@@ -13,7 +13,7 @@ from emu.machine import World
 def test_guest_registry_builds_the_emulated_guest_backend() -> None:
     world = World(1 << 30, 1 << 31)
     world.add_vm("vm", 1, 16 << 20, 64 << 20)
-    backend = guest_backend.make_backend("emu", world=world, vm="vm")
+    backend = guest_backend.BACKENDS.make("emu", world=world, vm="vm")
     assert isinstance(backend, EmuGuestBackend)
     assert [n.node for n in backend.numa_nodes()] == [0, 1]
 
@@ -21,6 +21,6 @@ def test_guest_registry_builds_the_emulated_guest_backend() -> None:
 def test_host_registry_builds_the_emulated_host_backend() -> None:
     world = World(1 << 30, 1 << 31)
     world.add_vm("vm", 1, 16 << 20, 64 << 20)
-    backend = host_backend.make_backend("emu", world=world)
+    backend = host_backend.BACKENDS.make("emu", world=world)
     assert isinstance(backend, EmuHostBackend)
     assert [d.vm for d in backend.domains()] == ["vm"]
