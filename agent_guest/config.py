@@ -19,6 +19,7 @@ from agent_guest.errors import ConfigError
 from agent_guest.plan import MoveCost
 from hypertier_common import tomlconfig
 from hypertier_common.metrics import MetricsError, parse_listen
+from hypertier_common.tomlconfig import in_range, non_negative, positive, require
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -44,11 +45,6 @@ DEPRECATED_SOURCES = {"a-bit": "soft-dirty"}
 FAULT_EVENTS = ("software", "tracepoint")
 
 
-def _need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
 @dataclass(frozen=True)
 class GuestConfig:
     backend: str = "linux"
@@ -59,18 +55,18 @@ class GuestConfig:
     report_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
-        _need(
+        require(
             self.backend in BACKENDS,
             f"guest.backend: {self.backend!r} not one of {sorted(BACKENDS)}",
         )
-        _need(bool(self.control_socket), "guest.control_socket: must not be empty")
+        require(bool(self.control_socket), "guest.control_socket: must not be empty")
         both = set(self.fast_nodes) & set(self.slow_nodes)
-        _need(not both, f"guest.fast_nodes and guest.slow_nodes share {sorted(both)}")
-        _need(
+        require(not both, f"guest.fast_nodes and guest.slow_nodes share {sorted(both)}")
+        require(
             all(0 <= n < 1024 for n in self.fast_nodes + self.slow_nodes),
             "guest.fast_nodes/slow_nodes: node ids must be in [0, 1023]",
         )
-        _need(self.report_interval_s > 0, "guest.report_interval_s must be > 0")
+        positive("guest.report_interval_s", self.report_interval_s)
 
 
 @dataclass(frozen=True)
@@ -101,35 +97,32 @@ class SamplerConfig:
                 new,
             )
             object.__setattr__(self, "source", new)
-        _need(
+        require(
             self.fault_event in FAULT_EVENTS,
             f"sampler.fault_event: {self.fault_event!r} not in {list(FAULT_EVENTS)}",
         )
-        _need(
+        require(
             self.source in SOURCES,
             f"sampler.source: {self.source!r} not one of {list(SOURCES)}",
         )
-        _need(self.window_s > 0, f"sampler.window_s must be > 0, got {self.window_s}")
-        _need(self.rate_hz > 0, f"sampler.rate_hz must be > 0, got {self.rate_hz}")
-        _need(
+        positive("sampler.window_s", self.window_s)
+        positive("sampler.rate_hz", self.rate_hz)
+        require(
             self.boost_rate_hz == 0 or self.boost_rate_hz >= self.rate_hz,
             "sampler.boost_rate_hz must be 0 (off) or >= sampler.rate_hz, "
             f"got {self.boost_rate_hz}",
         )
-        _need(
-            self.boost_epochs >= 0,
-            f"sampler.boost_epochs must be >= 0, got {self.boost_epochs}",
-        )
-        _need(
+        non_negative("sampler.boost_epochs", self.boost_epochs)
+        require(
             0 < self.cpu_budget_pct <= 100,
             f"sampler.cpu_budget_pct must be in (0, 100], got {self.cpu_budget_pct}",
         )
-        _need(
+        require(
             1 <= self.min_period <= self.period <= self.max_period,
             "sampler: need 1 <= min_period <= period <= max_period",
         )
-        _need(self.ldlat_cycles >= 3, "sampler.ldlat_cycles must be >= 3")
-        _need(
+        require(self.ldlat_cycles >= 3, "sampler.ldlat_cycles must be >= 3")
+        require(
             self.ring_pages > 0 and self.ring_pages & (self.ring_pages - 1) == 0,
             f"sampler.ring_pages must be a power of two, got {self.ring_pages}",
         )
@@ -155,43 +148,40 @@ class ClassifyConfig:
     demand_decay: float = 0.95
 
     def __post_init__(self) -> None:
-        _need(self.max_ranges >= 1, "classify.max_ranges must be >= 1")
-        _need(
+        require(self.max_ranges >= 1, "classify.max_ranges must be >= 1")
+        require(
             0 < self.demand_coverage <= 1,
             f"classify.demand_coverage must be in (0, 1], got {self.demand_coverage}",
         )
-        _need(
+        require(
             0 <= self.demand_decay < 1,
             f"classify.demand_decay must be in [0, 1), got {self.demand_decay}",
         )
-        _need(
+        require(
             self.min_range_bytes >= 4096 and self.min_range_bytes % 4096 == 0,
             "classify.min_range_bytes must be a positive multiple of 4096",
         )
-        _need(
+        require(
             0 <= self.decay < 1, f"classify.decay must be in [0, 1), got {self.decay}"
         )
-        _need(self.split_min_samples > 0, "classify.split_min_samples must be > 0")
-        _need(self.split_z >= 0, "classify.split_z must be >= 0")
-        _need(self.merge_tolerance >= 0, "classify.merge_tolerance must be >= 0")
-        _need(self.hysteresis >= 0, "classify.hysteresis must be >= 0")
-        _need(
-            self.hot_page_min_samples > 0, "classify.hot_page_min_samples must be > 0"
+        positive("classify.split_min_samples", self.split_min_samples)
+        non_negative("classify.split_z", self.split_z)
+        non_negative("classify.merge_tolerance", self.merge_tolerance)
+        non_negative("classify.hysteresis", self.hysteresis)
+        positive("classify.hot_page_min_samples", self.hot_page_min_samples)
+        non_negative("classify.max_tracked_pages", self.max_tracked_pages)
+        require(
+            self.page_track_samples >= 1, "classify.page_track_samples must be >= 1"
         )
-        _need(self.max_tracked_pages >= 0, "classify.max_tracked_pages must be >= 0")
-        _need(self.page_track_samples >= 1, "classify.page_track_samples must be >= 1")
-        _need(
+        require(
             self.hot_page_min_epochs >= 1, "classify.hot_page_min_epochs must be >= 1"
         )
-        _need(
+        require(
             self.page_cooling_samples >= 1,
             "classify.page_cooling_samples must be >= 1",
         )
-        _need(
-            1 <= self.reuse_window <= 8,
-            f"classify.reuse_window must be in [1, 8], got {self.reuse_window}",
-        )
-        _need(
+        in_range("classify.reuse_window", self.reuse_window, 1, 8)
+        require(
             1 <= self.reuse_epochs <= self.reuse_window,
             "classify.reuse_epochs must be in [1, classify.reuse_window], "
             f"got {self.reuse_epochs}",
@@ -227,23 +217,20 @@ class MoverConfig:
     cooldown_epochs: int = 4
 
     def __post_init__(self) -> None:
-        _need(self.max_bandwidth_mib_s > 0, "mover.max_bandwidth_mib_s must be > 0")
-        _need(
-            0 < self.batch_pages <= 65536,
-            f"mover.batch_pages must be in [1, 65536], got {self.batch_pages}",
-        )
-        _need(self.scan_pages >= self.batch_pages, "mover.scan_pages < batch_pages")
-        _need(self.fast_reserve_bytes >= 0, "mover.fast_reserve_bytes must be >= 0")
-        _need(
+        positive("mover.max_bandwidth_mib_s", self.max_bandwidth_mib_s)
+        in_range("mover.batch_pages", self.batch_pages, 1, 65536)
+        require(self.scan_pages >= self.batch_pages, "mover.scan_pages < batch_pages")
+        non_negative("mover.fast_reserve_bytes", self.fast_reserve_bytes)
+        require(
             0 <= self.fast_reserve_pct < 100,
             f"mover.fast_reserve_pct must be in [0, 100), got {self.fast_reserve_pct}",
         )
-        _need(self.min_gain >= 0, f"mover.min_gain must be >= 0, got {self.min_gain}")
+        non_negative("mover.min_gain", self.min_gain)
         for key in ("payback_s", "slow_penalty_ns", "call_cost_us", "page_cost_us"):
             v = getattr(self, key)
-            _need(math.isfinite(v) and v >= 0, f"mover.{key} must be >= 0, got {v}")
-        _need(self.max_busy_retries >= 0, "mover.max_busy_retries must be >= 0")
-        _need(self.cooldown_epochs >= 0, "mover.cooldown_epochs must be >= 0")
+            non_negative(f"mover.{key}", v)
+        non_negative("mover.max_busy_retries", self.max_busy_retries)
+        non_negative("mover.cooldown_epochs", self.cooldown_epochs)
 
     def move_cost(self, accesses_per_sample: float) -> MoveCost:
         """The mover's :class:`~agent_guest.plan.MoveCost` when one sample (a
@@ -277,9 +264,9 @@ class TargetsConfig:
     refresh_s: float = 10.0
 
     def __post_init__(self) -> None:
-        _need(self.min_rss_bytes >= 0, "targets.min_rss_bytes must be >= 0")
-        _need(all(p > 0 for p in self.pids), "targets.pids must be positive")
-        _need(self.refresh_s > 0, "targets.refresh_s must be > 0")
+        non_negative("targets.min_rss_bytes", self.min_rss_bytes)
+        require(all(p > 0 for p in self.pids), "targets.pids must be positive")
+        positive("targets.refresh_s", self.refresh_s)
         try:
             re.compile(self.comm_pattern)
         except re.error as err:
@@ -300,7 +287,7 @@ class MetricsConfig:
             _, port = parse_listen(self.listen)
         except MetricsError as err:
             raise ConfigError(str(err)) from err
-        _need(port > 0, f"metrics.listen needs a port from 1, got {self.listen!r}")
+        require(port > 0, f"metrics.listen needs a port from 1, got {self.listen!r}")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from agent_host.backend import BACKENDS
 from agent_host.errors import ConfigError
 from hypertier_common import tomlconfig
 from hypertier_common.metrics import MetricsError, parse_listen
+from hypertier_common.tomlconfig import in_range, non_negative, positive
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -35,16 +36,6 @@ __all__ = [
 MiB = 1 << 20
 GiB = 1 << 30
 DEFAULT_CONFIG = Path("/etc/hypertier/host.toml")
-
-
-def _positive(where: str, value: float) -> None:
-    if not value > 0 or not math.isfinite(value):
-        raise ConfigError(f"{where} must be > 0, got {value}")
-
-
-def _non_negative(where: str, value: float) -> None:
-    if not value >= 0 or not math.isfinite(value):
-        raise ConfigError(f"{where} must be >= 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -86,7 +77,7 @@ class HostConfig:
                 "host.fast_nodes and host.slow_nodes overlap; "
                 "set host.emulate_slow_tier = true to share nodes"
             )
-        _non_negative("host.fast_capacity_bytes", self.fast_capacity_bytes)
+        non_negative("host.fast_capacity_bytes", self.fast_capacity_bytes)
         if not self.control_socket:
             raise ConfigError("host.control_socket must not be empty")
 
@@ -112,7 +103,7 @@ class PolicyConfig:
     max_resizes_per_tick: int = 64
 
     def __post_init__(self) -> None:
-        _positive("policy.interval_s", self.interval_s)
+        positive("policy.interval_s", self.interval_s)
         if not 1.0 <= self.slow_overcommit_ratio <= 16.0:
             raise ConfigError(
                 "policy.slow_overcommit_ratio must be in [1, 16], "
@@ -125,15 +116,13 @@ class PolicyConfig:
             "min_resize_interval_s",
             "shrink_notice_s",
         ):
-            _non_negative(f"policy.{key}", getattr(self, key))
+            non_negative(f"policy.{key}", getattr(self, key))
         for key in ("safety_margin_ratio", "hysteresis_ratio", "hot_headroom_ratio"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"policy.{key} must be in [0, 1], got {value}")
-        _positive("policy.max_step_bytes", self.max_step_bytes)
-        _positive("policy.report_timeout_s", self.report_timeout_s)
-        _positive("policy.discover_every_ticks", self.discover_every_ticks)
-        _positive("policy.max_resizes_per_tick", self.max_resizes_per_tick)
+            in_range(f"policy.{key}", getattr(self, key), 0, 1)
+        positive("policy.max_step_bytes", self.max_step_bytes)
+        positive("policy.report_timeout_s", self.report_timeout_s)
+        positive("policy.discover_every_ticks", self.discover_every_ticks)
+        positive("policy.max_resizes_per_tick", self.max_resizes_per_tick)
 
 
 @dataclass(frozen=True)
@@ -151,16 +140,12 @@ class ChannelConfig:
     max_bytes_per_tick: int = 16384
 
     def __post_init__(self) -> None:
-        _positive("channel.max_msgs_per_s", self.max_msgs_per_s)
-        _positive("channel.burst_msgs", self.burst_msgs)
-        _positive("channel.max_invalid", self.max_invalid)
-        _non_negative("channel.throttle_s", self.throttle_s)
+        positive("channel.max_msgs_per_s", self.max_msgs_per_s)
+        positive("channel.burst_msgs", self.burst_msgs)
+        positive("channel.max_invalid", self.max_invalid)
+        non_negative("channel.throttle_s", self.throttle_s)
         for key in ("max_read_bytes", "max_bytes_per_tick"):
-            val = getattr(self, key)
-            if not 4096 <= val <= 1 << 24:
-                raise ConfigError(
-                    f"channel.{key} must be in [4096, 16777216], got {val}"
-                )
+            in_range(f"channel.{key}", getattr(self, key), 4096, 1 << 24)
 
 
 @dataclass(frozen=True)

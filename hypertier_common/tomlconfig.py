@@ -24,9 +24,31 @@ from typing import Any, TypeVar
 
 from hypertier_common.errors import ConfigError
 
-__all__ = ["dumps", "load", "loads"]
+__all__ = ["dumps", "in_range", "load", "loads", "non_negative", "positive", "require"]
 
 T = TypeVar("T")
+
+
+def require(cond: bool, message: str) -> None:
+    """A ``__post_init__`` check: raise ``ConfigError(message)`` unless ``cond``."""
+    if not cond:
+        raise ConfigError(message)
+
+
+def positive(key: str, value: float) -> None:
+    """``key`` (its full name, ``policy.interval_s``) must be finite and > 0."""
+    require(value > 0 and math.isfinite(value), f"{key} must be > 0, got {value}")
+
+
+def non_negative(key: str, value: float) -> None:
+    """``key`` must be finite and >= 0."""
+    require(value >= 0 and math.isfinite(value), f"{key} must be >= 0, got {value}")
+
+
+def in_range(key: str, value: float, low: float, high: float) -> None:
+    """``key`` must lie in the closed interval [``low``, ``high``]."""
+    require(low <= value <= high, f"{key} must be in [{low}, {high}], got {value}")
+
 
 _VALUE_NAMES = {
     bool: "a boolean",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -97,3 +98,40 @@ def test_both_agents_have_the_same_semantics(
     section, key = float_key.split(".")
     with pytest.raises(ConfigError, match=f"{float_key}: expected a finite number"):
         module.loads(f"[{section}]\n{key} = inf\n")
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        pytest.param(
+            lambda: tomlconfig.positive("t.k", 0), r"t.k must be > 0", id="gt"
+        ),
+        pytest.param(
+            lambda: tomlconfig.positive("t.k", math.nan), "t.k must be > 0", id="nan"
+        ),
+        pytest.param(
+            lambda: tomlconfig.non_negative("t.k", -1), "t.k must be >= 0", id="ge"
+        ),
+        pytest.param(
+            lambda: tomlconfig.non_negative("t.k", math.inf), "t.k must be >=", id="inf"
+        ),
+        pytest.param(
+            lambda: tomlconfig.in_range("t.k", 9, 1, 8),
+            r"t.k must be in \[1, 8\], got 9",
+            id="range",
+        ),
+        pytest.param(lambda: tomlconfig.require(False, "said so"), "said so", id="req"),
+    ],
+)
+def test_range_checks_name_the_key_and_the_value(
+    check: Callable[[], None], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check()
+
+
+def test_range_checks_pass_values_inside() -> None:
+    tomlconfig.positive("t.k", 0.5)
+    tomlconfig.non_negative("t.k", 0)
+    tomlconfig.in_range("t.k", 8, 1, 8)
+    tomlconfig.require(True, "unused")
