@@ -32,7 +32,7 @@ from agent_guest.config import ClassifyConfig, Config
 from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.hostlink import HostLink
-from agent_guest.policy import GrowthWatch, SampleBoost, fast_budget
+from agent_guest.policy import FastLimit, GrowthWatch, SampleBoost, fast_budget
 from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
 from hypertier_common.clock import Clock
@@ -130,6 +130,7 @@ class Daemon:
         self._boost = SampleBoost(cfg.sampler)
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
+        self._fast_limit = FastLimit()
         self.counters = _Counters()
         self._link = HostLink(backend, clock, self.counters, VERSION)
         self.epoch_durations = DurationHistogram()
@@ -250,9 +251,14 @@ class Daemon:
             nodes, self._cfg.guest.fast_nodes, self._cfg.guest.slow_nodes
         )
         by_id = {n.node: n for n in nodes}
+        fast = [by_id[n] for n in roles.fast]
         budget = fast_budget(
-            [by_id[n] for n in roles.fast],
-            self._link.allot_fast_bytes,
+            fast,
+            self._fast_limit.limit(
+                sum(n.total_bytes for n in fast),
+                self._link.allot_fast_bytes,
+                self._link.plugged_fast_bytes,
+            ),
             sum(p.rss_bytes for p in self._target_infos),
             self._cfg.mover,
             keep_reserve=self._informed_epochs >= self._params.reuse_window
@@ -284,7 +290,12 @@ class Daemon:
         cpu = self._backend.cpu_time_s()
         self._sampler.control.rate_hz = self._boost.after_round(promoted)
         if self._sampler.source is not SampleSource.SOFT_DIRTY:
-            self._sampler.adapt(len(batch), cpu - self._last_cpu, now - self._last_t)
+            # Lost samples were generated at this period too: without them a
+            # ring too small for the rate reads as too few samples, and the
+            # period falls until every window overflows (page faults under
+            # soft-dirty re-arm: 16 k faults at once, an 8 k-sample ring).
+            generated = len(batch) + batch.lost
+            self._sampler.adapt(generated, cpu - self._last_cpu, now - self._last_t)
         self._last_cpu, self._last_t = cpu, now
         self.counters.epochs += 1
         self.counters.last_tick_ms = (now - t0) * 1e3
@@ -473,6 +484,8 @@ class Daemon:
             "hot_bytes": self.counters.hot_bytes,
             "demand_bytes": self.counters.demand_bytes,
             "allot_fast_bytes": self._link.allot_fast_bytes,
+            "plugged_fast_bytes": self._link.plugged_fast_bytes,
+            "fast_fixed_bytes": self._fast_limit.fixed_bytes,
             "reports_sent": self.counters.reports_sent,
             "allots_received": self.counters.allots_received,
             "channel_errors": self.counters.channel_errors,

@@ -325,6 +325,13 @@ class Exchanger:
             # Over the allotment, demotion is not optional: no cool-down.
             must = free_pages < 0
             demote = self._find(tables, False, fast_nodes, scan, cooldown=not must)
+        log.debug(
+            "exchange: %d pages free under the limit, budget %d, candidates +%d/-%d",
+            free_pages,
+            budget,
+            len(promote),
+            len(demote),
+        )
         batches = plan_exchange(
             promote,
             demote,

@@ -36,9 +36,10 @@ class LinkCounters(Protocol):
 class HostLink:
     """Hello, the host's allotment and our reports, on ``backend``'s channel.
 
-    ``allot_fast_bytes`` is the host's last fast allotment (None until one
-    arrives). Nothing here raises: a failing channel is counted and logged
-    once, and placement goes on without the host.
+    ``allot_fast_bytes`` is the host's last fast allotment and
+    ``plugged_fast_bytes`` what the fast device had plugged when the host last
+    looked (each None until the host says). Nothing here raises: a failing
+    channel is counted and logged once, and placement goes on without the host.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class HostLink:
         self._hello = wire.Hello("hypertier-guest", version)
         self._reader = wire.LineReader()
         self.allot_fast_bytes: int | None = None
+        self.plugged_fast_bytes: int | None = None
         self._seq = 0
         self._hello_sent = False
         self._hellos = 0  # hellos this process sent
@@ -97,6 +99,8 @@ class HostLink:
                         msg.slow_bytes >> 20,
                     )
                 self.allot_fast_bytes = msg.fast_bytes
+            elif isinstance(msg, wire.Plugged):
+                self.plugged_fast_bytes = msg.fast_bytes
 
     def report(
         self,

@@ -42,6 +42,16 @@ _GAUGES = (
     ("hot_bytes", "hot_bytes", "Memory classified hot."),
     ("demand_bytes", "demand_bytes", "Memory serving the demand coverage of accesses."),
     ("allot_fast_bytes", "fast_allotment_bytes", "Fast memory the host allotted."),
+    (
+        "plugged_fast_bytes",
+        "fast_plugged_bytes",
+        "Fast device memory plugged, as the host last read it.",
+    ),
+    (
+        "fast_fixed_bytes",
+        "fast_fixed_bytes",
+        "Fast-node memory beside the device (boot memory the guest sees).",
+    ),
 )
 
 

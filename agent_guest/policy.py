@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from agent_guest.backend import PAGE_SIZE, NumaNode
 from agent_guest.config import MoverConfig, SamplerConfig
 
-__all__ = ["FastBudget", "GrowthWatch", "SampleBoost", "fast_budget"]
+__all__ = ["FastBudget", "FastLimit", "GrowthWatch", "SampleBoost", "fast_budget"]
 
 
 @dataclass(frozen=True)
@@ -42,25 +42,61 @@ class FastBudget:
         return (self.limit_bytes - self.used_bytes) // PAGE_SIZE
 
 
+@dataclass
+class FastLimit:
+    """How much the fast nodes will hold once the host's allotment is reached.
+
+    The host allots the fast tier's virtio-mem device. The fast nodes also hold
+    memory beside it (boot memory, less what firmware and the kernel took before
+    the node's memory was counted), which only the guest sees, so the limit is
+    that fixed part plus the allotment. The fixed part is the nodes' total less
+    the device's plugged size, learned while nothing is in flight (the host's
+    last plugged size equals its allotment and the total did not change since
+    the last call) and kept while the device (un)plugs: then the limit is
+    already the size the nodes will have, and the agent demotes before an
+    unplug rather than after.
+
+    Without a plugged size from the host (a host agent that does not send it),
+    the allotment alone is the limit, as the fast nodes' total was before.
+    """
+
+    fixed_bytes: int | None = None
+    _last_total: int | None = None
+
+    def limit(self, total: int, allot: int | None, plugged: int | None) -> int:
+        """The limit for fast nodes of ``total`` bytes now, the host's last
+        allotment ``allot`` and plugged size ``plugged`` (None: not received)."""
+        steady = total == self._last_total
+        self._last_total = total
+        if allot is None:
+            return total
+        if plugged is not None and plugged == allot and steady:
+            self.fixed_bytes = max(0, total - plugged)
+        if self.fixed_bytes is not None:
+            return min(total, self.fixed_bytes + allot)
+        if plugged is not None:  # in flight since the agent started
+            return max(0, min(total, total - plugged + allot))
+        return min(total, allot)
+
+
 def fast_budget(
     fast_nodes: Sequence[NumaNode],
-    allot_fast_bytes: int | None,
+    limit_bytes: int,
     managed_rss_bytes: int,
     mover: MoverConfig,
     keep_reserve: bool,
 ) -> FastBudget:
     """The budget of the fast nodes ``fast_nodes``.
 
-    ``allot_fast_bytes`` is the host's last allotment (None: none received);
+    ``limit_bytes`` is what they may hold (:class:`FastLimit`);
     ``managed_rss_bytes`` the managed processes' resident memory. The reserve
     (``mover.reserve_bytes``) is kept only with ``keep_reserve``: the daemon
     keeps it while the managed processes grow (:class:`GrowthWatch`) and once a
     full history window of samples is in (before that the coldest pages are not
     known, and demotions to make room would be blind).
     """
-    total = sum(n.total_bytes for n in fast_nodes)
     used = sum(n.used_bytes for n in fast_nodes)
-    limit = total if allot_fast_bytes is None else min(total, allot_fast_bytes)
+    limit = limit_bytes
     if keep_reserve:
         limit = max(0, limit - mover.reserve_bytes(limit))
     unmanaged = max(0, used - managed_rss_bytes)

@@ -163,7 +163,8 @@ class Sampler:
         return batch
 
     def adapt(self, samples: int, cpu_s: float, wall_s: float) -> None:
-        """Retune the period after a window; restart sampling if it changed."""
+        """Retune the period after a window in which ``samples`` were generated
+        (delivered or lost); restart sampling if it changed."""
         if not self._pids:
             return
         if self._fresh:

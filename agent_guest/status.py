@@ -20,6 +20,7 @@ def format_status(st: Mapping[str, Any]) -> str:
     failed = ", ".join(f"{name} {count}" for name, count in sorted(failures.items()))
     targets = st["targets"]
     allot = st.get("allot_fast_bytes")
+    fixed = st.get("fast_fixed_bytes")
     lines = [
         f"hypertier-guest {st['version']}: {st['epochs']} epochs, "
         f"last tick {st['last_tick_ms']:.2f} ms, {st['tick_failures']} failed, "
@@ -31,7 +32,8 @@ def format_status(st: Mapping[str, Any]) -> str:
         + f" in {st['ranges']} ranges",
         f"hot set {_mib(st['hot_bytes'])}, demand {_mib(st['demand_bytes'])}, "
         "fast allotment "
-        + (_mib(allot) if allot is not None else "none yet (no word from the host)"),
+        + (_mib(allot) if allot is not None else "none yet (no word from the host)")
+        + (f" + {_mib(fixed)} beside the device" if fixed is not None else ""),
         f"pages: {st['pages_promoted']} promoted, {st['pages_demoted']} demoted, "
         f"{st['pages_scanned']} scanned, {st['dropped_pids']} processes dropped"
         + (f"; failed moves: {failed}" if failed else ""),

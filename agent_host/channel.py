@@ -163,8 +163,9 @@ class GuestChannel:
         return got_hello and not self.throttled(now_s)
 
     def _check(self, msg: wire.Message, max_bytes: dict[str, int]) -> None:
-        if isinstance(msg, wire.Allot):
-            raise wire.WireError("type: allot is host -> guest only")
+        if isinstance(msg, wire.Allot | wire.Plugged):
+            kind = "allot" if isinstance(msg, wire.Allot) else "plugged"
+            raise wire.WireError(f"type: {kind} is host -> guest only")
         if not isinstance(msg, wire.Report):
             return
         if msg.seq <= self._last_seq:

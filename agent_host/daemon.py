@@ -291,12 +291,12 @@ class Daemon:
             if conn != st.channel_connection:
                 st.channel_connection = conn
                 chan.reconnected()  # no line continues across connections
-                st.sent_allot = None  # what was in flight may be lost
+                st.sent_allot = st.sent_plugged = None  # in flight, maybe lost
             if chan.feed(data, now, self._fleet.limits_by_name(st)):
                 if chan.sessions > 1:
                     log.info("guest agent of %s said hello again", st.vm)
                 self._send(st, wire.Hello(HOST_AGENT, VERSION))
-                st.sent_allot = None  # the new session gets its allotment
+                st.sent_allot = st.sent_plugged = None  # the new session's
             elif (
                 chan.hello is None
                 and chan.latest is not None
@@ -371,16 +371,28 @@ class Daemon:
         return done
 
     def _send_allotments(self) -> None:
-        target = self._fleet.target
-        if target.shape[1] != len(self._fleet.states):
+        """Each guest's allotment and its devices' plugged sizes, when changed.
+
+        The plugged sizes (as the last discovery read them) let the guest
+        agent tell its node's fixed memory from the device's part, which only
+        the host knows (docs/wire-protocol.md, ``plugged``).
+        """
+        fleet = self._fleet
+        if fleet.target.shape[1] != len(fleet.states):
             return  # VMs came or went during this tick; the next one sends
-        fast, slow = target[0].tolist(), target[1].tolist()
-        for st, f, s in zip(self._fleet.states, fast, slow, strict=True):
-            if st.channel.hello is None or (f, s) == st.sent_allot:
+        fast, slow = fleet.target.tolist()
+        plugged = fleet.current.T.tolist()
+        for st, f, s, (pf, ps) in zip(fleet.states, fast, slow, plugged, strict=True):
+            if st.channel.hello is None:
                 continue
-            st.allot_seq += 1
-            self._send(st, wire.Allot(st.allot_seq, f, s))
-            st.sent_allot = (f, s)
+            if (f, s) != st.sent_allot:
+                st.allot_seq += 1
+                self._send(st, wire.Allot(st.allot_seq, f, s))
+                st.sent_allot = (f, s)
+            if (pf, ps) != st.sent_plugged:
+                st.allot_seq += 1
+                self._send(st, wire.Plugged(st.allot_seq, pf, ps))
+                st.sent_plugged = (pf, ps)
 
     # -- control API (called from the control server thread) -----------------
 

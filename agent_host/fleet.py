@@ -70,7 +70,10 @@ class VmState:
     info: DomainInfo
     row: int = -1  # its column in the fleet's arrays; set by Fleet only
     allot: tuple[Allotment, Allotment] = field(init=False)
+    # The (fast, slow) allotment and plugged sizes the guest was last sent;
+    # None: send again (a new session, or what was in flight may be lost).
     sent_allot: tuple[int, int] | None = None
+    sent_plugged: tuple[int, int] | None = None
     # The channel connection the reader's partial line came from, and when
     # the host last asked a guest that reports without a hello for one.
     channel_connection: int = 0

@@ -12,6 +12,7 @@ guest -> host:
 host -> guest:
   {"v":1,"type":"hello","agent":"hypertier-host","version":"0.1.0"}
   {"v":1,"type":"allot","seq":3,"fast_bytes":...,"slow_bytes":...}
+  {"v":1,"type":"plugged","seq":4,"fast_bytes":...,"slow_bytes":...}
 
 The receiver trusts nothing: :func:`decode` validates every field (types,
 ranges, list lengths) and raises :class:`WireError`; :class:`LineReader` bounds
@@ -33,6 +34,7 @@ __all__ = [
     "LineReader",
     "Message",
     "NodeUsage",
+    "Plugged",
     "Report",
     "WireError",
     "decode",
@@ -85,8 +87,24 @@ class Allot:
     slow_bytes: int
 
 
-Message = Hello | Report | Allot
-_TYPE_NAMES: dict[type, str] = {Hello: "hello", Report: "report", Allot: "allot"}
+@dataclass(frozen=True)
+class Plugged:
+    """Host -> guest: what each tier's device has plugged now (libvirt's
+    ``<current>``), as the host last read it. It differs from the allotment
+    while the guest's virtio-mem driver (un)plugs, or when it cannot comply."""
+
+    seq: int
+    fast_bytes: int
+    slow_bytes: int
+
+
+Message = Hello | Report | Allot | Plugged
+_TYPE_NAMES: dict[type, str] = {
+    Hello: "hello",
+    Report: "report",
+    Allot: "allot",
+    Plugged: "plugged",
+}
 
 
 def encode(msg: Message) -> bytes:
@@ -143,9 +161,9 @@ def decode(line: bytes) -> Message:
     if kind == "hello":
         _keys(obj, {"v", "type", "agent", "version"}, "hello")
         return Hello(_str(obj, "agent"), _str(obj, "version"))
-    if kind == "allot":
-        _keys(obj, {"v", "type", "seq", "fast_bytes", "slow_bytes"}, "allot")
-        return Allot(
+    if kind in ("allot", "plugged"):
+        _keys(obj, {"v", "type", "seq", "fast_bytes", "slow_bytes"}, kind)
+        return (Allot if kind == "allot" else Plugged)(
             _int(obj, "seq", 0, MAX_SEQ),
             _int(obj, "fast_bytes", 0, MAX_BYTES),
             _int(obj, "slow_bytes", 0, MAX_BYTES),

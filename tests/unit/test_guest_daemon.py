@@ -305,3 +305,22 @@ def test_the_movers_min_gain_is_its_own_key_not_the_hysteresis() -> None:
     d, _ = _daemon(w, cfg)
     assert d.config.classify.hysteresis == 0.0
     assert d._exchanger._cfg.min_gain == 0.5
+
+
+def test_samples_a_full_ring_lost_count_toward_the_rate() -> None:
+    """A ring too small for the target rate does not drive the period down:
+    what overflowed was generated at the period set, so the rate was met."""
+    periods = []
+    for ring_pages in (64, 1):  # 1 page: ~170 samples per drain, far below 400
+        w, _ = _world(npages=16384)
+        cfg = config.loads(
+            '[guest]\nbackend = "emu"\n[sampler]\nwindow_s = 0.1\nrate_hz = 4000\n'
+            f"boost_rate_hz = 0\nring_pages = {ring_pages}\n"
+            "[targets]\nmin_rss_bytes = 0\nrefresh_s = 0.1\n"
+        )
+        d, _ = _daemon(w, cfg)
+        _run(w, d, 30)
+        periods.append(d.status()["sample_period"])
+        if ring_pages == 1:
+            assert d.status()["lost"] > 0
+    assert periods[1] >= periods[0] / 2, periods

@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 from agent_guest.backend import PAGE_SIZE, NumaNode, Tier
 from agent_guest.config import MoverConfig, SamplerConfig
-from agent_guest.policy import GrowthWatch, SampleBoost, fast_budget
+from agent_guest.policy import (
+    FastBudget,
+    FastLimit,
+    GrowthWatch,
+    SampleBoost,
+    fast_budget,
+)
 
 MiB = 1 << 20
 NO_RESERVE = MoverConfig(fast_reserve_bytes=0, fast_reserve_pct=0.0)
@@ -20,65 +26,124 @@ def _node(total_mib: int, used_mib: int, node: int = 0) -> NumaNode:
     )
 
 
+def _budget(
+    nodes: list[NumaNode],
+    allot: int | None,
+    managed: int,
+    mover: MoverConfig = NO_RESERVE,
+    keep_reserve: bool = True,
+) -> FastBudget:
+    """The budget with the limit a fresh FastLimit gives (no plugged size)."""
+    total = sum(n.total_bytes for n in nodes)
+    limit = FastLimit().limit(total, allot, None)
+    return fast_budget(nodes, limit, managed, mover, keep_reserve)
+
+
 def test_without_an_allotment_the_limit_is_the_fast_nodes() -> None:
-    b = fast_budget([_node(100, 40), _node(28, 0, 1)], None, 40 * MiB, NO_RESERVE, True)
+    b = _budget([_node(100, 40), _node(28, 0, 1)], None, 40 * MiB)
     assert (b.limit_bytes, b.used_bytes, b.unmanaged_bytes) == (128 * MiB, 40 * MiB, 0)
     assert b.room_bytes == 128 * MiB
     assert b.free_pages == 88 * MiB // PAGE_SIZE
 
 
 def test_a_smaller_allotment_is_the_limit_a_larger_one_is_not() -> None:
-    small = fast_budget([_node(100, 10)], 64 * MiB, 10 * MiB, NO_RESERVE, True)
-    large = fast_budget([_node(100, 10)], 256 * MiB, 10 * MiB, NO_RESERVE, True)
+    small = _budget([_node(100, 10)], 64 * MiB, 10 * MiB)
+    large = _budget([_node(100, 10)], 256 * MiB, 10 * MiB)
     assert (small.limit_bytes, large.limit_bytes) == (64 * MiB, 100 * MiB)
 
 
 def test_the_reserve_is_kept_only_once_there_is_history() -> None:
     mover = MoverConfig(fast_reserve_bytes=0, fast_reserve_pct=2.0)
-    early = fast_budget([_node(100, 0)], None, 0, mover, keep_reserve=False)
-    later = fast_budget([_node(100, 0)], None, 0, mover, keep_reserve=True)
+    early = _budget([_node(100, 0)], None, 0, mover, keep_reserve=False)
+    later = _budget([_node(100, 0)], None, 0, mover, keep_reserve=True)
     assert early.limit_bytes == 100 * MiB
     assert later.limit_bytes == 100 * MiB - mover.reserve_bytes(100 * MiB)
 
 
 def test_the_reserve_is_the_larger_of_bytes_and_share() -> None:
     mover = MoverConfig(fast_reserve_bytes=8 * MiB, fast_reserve_pct=2.0)
-    b = fast_budget([_node(100, 0)], None, 0, mover, keep_reserve=True)
+    b = _budget([_node(100, 0)], None, 0, mover, keep_reserve=True)
     assert b.limit_bytes == 92 * MiB
 
 
 def test_memory_the_targets_do_not_hold_is_not_room_for_them() -> None:
-    b = fast_budget([_node(100, 60)], 80 * MiB, 20 * MiB, NO_RESERVE, True)
+    b = _budget([_node(100, 60)], 80 * MiB, 20 * MiB)
     assert b.unmanaged_bytes == 40 * MiB
     assert b.room_bytes == 40 * MiB
 
 
 def test_a_shrunk_allotment_makes_free_pages_negative() -> None:
-    b = fast_budget([_node(100, 90)], 50 * MiB, 90 * MiB, NO_RESERVE, True)
+    b = _budget([_node(100, 90)], 50 * MiB, 90 * MiB)
     assert b.free_pages == -40 * MiB // PAGE_SIZE
     assert b.room_bytes == 50 * MiB
+
+
+def test_boot_memory_beside_the_device_counts_once_the_device_settled() -> None:
+    # Node 0: 186 MiB the guest sees of its boot memory + 256 MiB plugged.
+    lim = FastLimit()
+    assert lim.limit(442 * MiB, 256 * MiB, 256 * MiB) == 442 * MiB
+    assert lim.fixed_bytes is None  # one look: the total may still be moving
+    assert lim.limit(442 * MiB, 256 * MiB, 256 * MiB) == 442 * MiB
+    assert lim.fixed_bytes == 186 * MiB
+    # The host shrinks the allotment to 160 MiB; the unplug has not started.
+    assert lim.limit(442 * MiB, 160 * MiB, 256 * MiB) == 346 * MiB
+    # Half-way through the unplug (the host's plugged size lags): no change.
+    assert lim.limit(394 * MiB, 160 * MiB, 256 * MiB) == 346 * MiB
+    # A grow is no room until the memory is there.
+    assert lim.limit(346 * MiB, 512 * MiB, 160 * MiB) == 346 * MiB
+
+
+def test_without_a_settled_device_the_plugged_size_still_counts() -> None:
+    lim = FastLimit()
+    lim.limit(400 * MiB, 100 * MiB, 200 * MiB)
+    assert lim.limit(400 * MiB, 100 * MiB, 200 * MiB) == 300 * MiB
+    assert lim.fixed_bytes is None
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 1 << 40),
+            st.one_of(st.none(), st.integers(0, 1 << 40)),
+            st.one_of(st.none(), st.integers(0, 1 << 40)),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_the_limit_never_exceeds_the_nodes_or_fixed_part_plus_allotment(
+    steps: list[tuple[int, int | None, int | None]],
+) -> None:
+    lim = FastLimit()
+    for total, allot, plugged in steps:
+        got = lim.limit(total, allot, plugged)
+        assert 0 <= got <= total
+        if allot is not None and lim.fixed_bytes is not None:
+            assert got <= lim.fixed_bytes + allot
+        if allot is not None and plugged is None and lim.fixed_bytes is None:
+            assert got == min(total, allot)  # a host that sends no plugged size
 
 
 @given(
     total=st.integers(0, 1 << 40),
     used_share=st.floats(0, 1),
-    allot=st.one_of(st.none(), st.integers(0, 1 << 41)),
+    limit=st.integers(0, 1 << 41),
     managed=st.integers(0, 1 << 41),
     pct=st.floats(0, 50),
     keep=st.booleans(),
 )
-def test_room_fits_in_the_limit_and_the_limit_in_node_and_allotment(
+def test_room_fits_in_the_limit(
     total: int,
     used_share: float,
-    allot: int | None,
+    limit: int,
     managed: int,
     pct: float,
     keep: bool,
 ) -> None:
     used = int(total * used_share)
     node = NumaNode(0, Tier.FAST, total, total - used, True)
-    b = fast_budget([node], allot, managed, MoverConfig(fast_reserve_pct=pct), keep)
-    assert 0 <= b.room_bytes <= b.limit_bytes <= min(total, allot or total)
+    b = fast_budget([node], limit, managed, MoverConfig(fast_reserve_pct=pct), keep)
+    assert 0 <= b.room_bytes <= b.limit_bytes <= limit
     assert 0 <= b.unmanaged_bytes <= used
 
 

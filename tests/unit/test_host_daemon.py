@@ -353,10 +353,13 @@ def _hello(world: World, vm: str) -> None:
     world.vm(vm).to_host += wire.encode(wire.Hello("hypertier-guest", "0.1.0"))
 
 
-def _allots(world: World, vm: str) -> list[wire.Allot]:
+def _sent(world: World, vm: str) -> list[wire.Message]:
     sent = bytes(world.vm(vm).to_guest).splitlines()
-    msgs = [wire.decode(x) for x in sent if x]  # b"" before a host hello
-    return [m for m in msgs if isinstance(m, wire.Allot)]
+    return [wire.decode(x) for x in sent if x]  # b"" before a host hello
+
+
+def _allots(world: World, vm: str) -> list[wire.Allot]:
+    return [m for m in _sent(world, vm) if isinstance(m, wire.Allot)]
 
 
 def _shrink_announced(clock: FakeClock) -> tuple[World, Daemon]:
@@ -383,6 +386,30 @@ def test_fast_shrink_waits_for_the_notice_period(clock: FakeClock) -> None:
     daemon.tick()
     assert _fast_mib(world, "vm0") == 64
     assert daemon.status()["vms"]["vm0"]["fast_shrink_noticed_s_ago"] is None
+
+
+def test_the_guest_hears_the_plugged_size_until_the_unplug_is_done(
+    clock: FakeClock,
+) -> None:
+    world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=4096 * MiB, clock=clock)
+    world.add_vm("vm0", 2, 128 * MiB, 128 * MiB, 768 * MiB, 1024 * MiB)
+    world.spawn("vm0", None, npages=100 * MiB // PAGE_SIZE)  # room to unplug 64
+    daemon = _daemon(world, clock)
+    _hello(world, "vm0")
+    daemon.tick()
+    daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
+    daemon.tick()
+    plugged = [m for m in _sent(world, "vm0") if isinstance(m, wire.Plugged)]
+    assert [m.fast_bytes for m in plugged] == [128 * MiB]  # allotted 64: pending
+    for _ in range(12):
+        clock.advance(1.0)
+        daemon.tick()
+    assert world.vm("vm0").plugged[0] * PAGE_SIZE == 64 * MiB
+    msgs = _sent(world, "vm0")[1:]  # after the host's hello
+    plugged = [m for m in msgs if isinstance(m, wire.Plugged)]
+    assert [m.fast_bytes for m in plugged] == [128 * MiB, 64 * MiB]
+    seqs = [m.seq for m in msgs if isinstance(m, wire.Allot | wire.Plugged)]
+    assert seqs == sorted(set(seqs))  # one sequence for both kinds
 
 
 def test_fast_shrink_goes_ahead_once_the_guest_reports_it_fits(

@@ -93,8 +93,9 @@ _valid = st.one_of(
         pressure=st.floats(0.0, 1.0),
         pages_moved=_sizes,
     ),
-    st.builds(
-        wire.Allot, seq=st.integers(0, 1 << 62), fast_bytes=_sizes, slow_bytes=_sizes
+    *(
+        st.builds(k, seq=st.integers(0, 1 << 62), fast_bytes=_sizes, slow_bytes=_sizes)
+        for k in (wire.Allot, wire.Plugged)
     ),
 )
 

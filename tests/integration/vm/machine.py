@@ -38,9 +38,9 @@ class VmShape:
 
     name: str = "ht-e2e"
     vcpus: int = 2
-    fast_boot_mib: int = 256
+    fast_boot_mib: int = 128  # small, so a fast allotment can squeeze node 0
     slow_boot_mib: int = 128
-    fast_mib: int = 256  # requested virtio-mem; node 0 = 512 MiB once plugged
+    fast_mib: int = 256  # requested virtio-mem; node 0 = 384 MiB once plugged
     slow_mib: int = 384  # node 1 = 512 MiB once plugged
     fast_max_mib: int = 1024
     slow_max_mib: int = 1024

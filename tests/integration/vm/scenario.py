@@ -63,13 +63,14 @@ class ScenarioConfig:
     )
     # Fast-tier sizes asked through the host agent after convergence (grow, shrink).
     host_agent_fast_mib: tuple[int, ...] = (512, 256)
-    # Then the fast allotment shrinks so that the hot set still fits the guest
-    # agent's fast budget (allotment - mover.fast_reserve_bytes 64 MiB = 96 MiB >
-    # hot demand ~54 MiB: the 32 MiB array plus the interpreter) but hot + cold
-    # (160 MiB) does not: the cold set has to go to the slow node, the hot set
-    # has to stay. (At 96 MiB the budget is below the hot demand and the agent
-    # rightly parks everything on the slow node.)
-    squeeze_fast_mib: int = 160
+    # Then the fast allotment shrinks so that the guest agent's room on node 0
+    # (the node's memory beside the device, plus the allotment, less what the
+    # workload does not hold) fits the hot set and this share of the cold set
+    # only: the cold set has to go to the slow node, the hot set has to stay.
+    # The allotment is sized from the guest's view when the squeeze starts
+    # (Scenario.squeeze_fast_bytes); the boot memory of node 0 must be small
+    # enough that an allotment can do it (VmShape.fast_boot_mib).
+    squeeze_cold_left: float = 0.05
     squeeze_timeout_s: float = 180.0
     # After `kill -9` of the guest agent (started again at once) and after a
     # restart of `hypertier-host`: the host must accept the agent's reports and
@@ -424,8 +425,10 @@ class Scenario:
             self.skip("placement_squeezed", why)
             self.report["skipped"].setdefault("demote_before_shrink", why)
             return
+        want, sizing = self.squeeze_fast_bytes()
+        self.report["squeeze_sizing"] = sizing
         saved = self.cfg
-        self.cfg = replace(saved, host_agent_fast_mib=(saved.squeeze_fast_mib,))
+        self.cfg = replace(saved, host_agent_fast_mib=(want // MiB,))
         try:
             before = self.report.pop("host_agent_resizes")
             self.host_agent_resizes()
@@ -438,7 +441,7 @@ class Scenario:
         status = self._wait_placement(t0 + self.cfg.squeeze_timeout_s)
         hot_share, cold_share = _shares(status)
         self.report["placement_squeezed"] = {
-            "fast_requested_mib": self.cfg.squeeze_fast_mib,
+            "fast_requested_mib": want // MiB,
             "waited_s": round(time.monotonic() - t0, 1),
             "hot_share_on_fast": round(hot_share, 4),
             "cold_share_on_slow": round(cold_share, 4),
@@ -449,10 +452,49 @@ class Scenario:
         }
         self._demote_order(status)
         self.say(
-            f"[vm] fast tier squeezed to {self.cfg.squeeze_fast_mib} MiB allotment: "
+            f"[vm] fast tier squeezed to {want // MiB} MiB allotment: "
             f"after {time.monotonic() - t0:.1f} s hot on fast {hot_share:.1%}, "
             f"cold on slow {cold_share:.1%}"
         )
+
+    def squeeze_fast_bytes(self) -> tuple[int, dict[str, int]]:
+        """The fast allotment for the squeeze, and the figures it came from.
+
+        The guest agent's fast limit is node 0's memory beside the device (its
+        ``MemTotal`` less the plugged size) plus the allotment; its room for the
+        workload is that less node 0's use the workload does not explain
+        (``agent_guest.policy.fast_budget``). The allotment asked for leaves room
+        for the workload's memory other than the cold set (the hot array and the
+        interpreter) and ``squeeze_cold_left`` of the cold set.
+        """
+        assert self.vm is not None
+        out = self.link.sh(
+            "awk '/MemTotal|MemFree/{print $4}' "
+            "/sys/devices/system/node/node0/meminfo; "
+            f"awk '/VmRSS/{{print $2}}' /proc/{self.workload_pid}/status"
+        )
+        total_kib, free_kib, rss_kib = (int(x) for x in out.split())
+        fast = self.vm.allotments()[Tier.FAST]
+        cold = self.cfg.cold_mib * MiB
+        fig = {
+            "node0_total_bytes": total_kib * 1024,
+            "node0_used_bytes": (total_kib - free_kib) * 1024,
+            "workload_rss_bytes": rss_kib * 1024,
+            "plugged_bytes": fast.current_bytes,
+        }
+        fixed = fig["node0_total_bytes"] - fast.current_bytes
+        unexplained = max(0, fig["node0_used_bytes"] - fig["workload_rss_bytes"])
+        room = fig["workload_rss_bytes"] - cold + int(cold * self.cfg.squeeze_cold_left)
+        need = unexplained + room - fixed
+        if need <= 0:
+            raise RuntimeError(
+                f"node 0 holds {fixed // MiB} MiB beside the device: no allotment "
+                f"leaves only {room // MiB} MiB of room for the workload (figures: "
+                f"{fig}); make VmShape.fast_boot_mib smaller"
+            )
+        want = -(-need // fast.block_bytes) * fast.block_bytes
+        fig |= {"fixed_bytes": fixed, "room_bytes": room, "requested_bytes": want}
+        return want, fig
 
     def _demote_order(self, status: dict[str, Any]) -> None:
         """Did cold pages start moving to node 1 before the fast tier shrank?
