@@ -62,6 +62,7 @@ def table(report: dict[str, Any]) -> str:
         "wl sys s",
         "TLB flush",
         "ops/s",
+        "host load",
     )
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
@@ -69,7 +70,7 @@ def table(report: dict[str, Any]) -> str:
         m = cell.get("metrics")
         if m is None:
             why = str(cell.get("error", "did not run")).splitlines()[0][:200]
-            rows.append((cell["workload"], cell["peer"], *("-",) * 11))
+            rows.append((cell["workload"], cell["peer"], *("-",) * 12))
             notes.append(f"{cell['peer']}/{cell['workload']} could not run: {why}")
             continue
         t90 = m.get("time_to_90pct_best_s")
@@ -88,14 +89,15 @@ def table(report: dict[str, Any]) -> str:
                 f"{m['cpu'].get('workload_sys', 0.0):.1f}",
                 str(m["tlb_flush_total"]),
                 f"{m.get('ops_per_s_mean') or 0:.0f}",
+                _f(cell.get("host_load_1min"), 1),
             )
         )
     text = text_table(header, rows, 2) + "\n"
     return text + "".join(n + "\n" for n in notes) + TCG_NOTE + "\n"
 
 
-def _f(v: Any) -> str:
-    return "-" if v is None else f"{float(v):.3f}"
+def _f(v: Any, digits: int = 3) -> str:
+    return "-" if v is None else f"{float(v):.{digits}f}"
 
 
 def plots(report: dict[str, Any], out: Path) -> list[Path]:

@@ -238,6 +238,10 @@ class Runner:
                     )
                     result = cell.run()
                     result["wall_s"] = round(time.monotonic() - t0, 1)
+                    # The host's 1-minute load average as the cell ends: under
+                    # TCG a loaded host slows the guest, and with it every
+                    # daemon's reaction time (say so beside the figures).
+                    result["host_load_1min"] = round(os.getloadavg()[0], 2)
                     self.report["cells"][key] = result
                     self.say(f"[peers] {key}: {_one_line(result)}")
                     self._write()
