@@ -45,6 +45,13 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--duration-s", type=float, help="override every workload's")
     tab = sub.add_parser("table", help="print the table of a report.json")
     tab.add_argument("report", type=Path)
+    merge = sub.add_parser(
+        "merge",
+        help="one report of several runs' cells (a later run's cell replaces an "
+        "earlier one's); writes report.json, table and plots to --out",
+    )
+    merge.add_argument("--out", type=Path, required=True, help="output directory")
+    merge.add_argument("reports", type=Path, nargs="+", help="report.json files")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "table":
         data = json.loads(args.report.read_text())
         print(report.table(data), end="")
+        return 0
+    if args.cmd == "merge":
+        args.out.mkdir(parents=True, exist_ok=True)
+        data = finish(
+            report.merge([json.loads(p.read_text()) for p in args.reports]), args.out
+        )
+        print(report.table(data), end="")
+        print(f"report: {args.out / 'report.json'}")
         return 0
     missing = runner.missing_prerequisites()
     if missing:

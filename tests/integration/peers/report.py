@@ -7,6 +7,8 @@ from typing import Any
 
 from emu.evaluation.report import text_table
 
+from .peers import PEERS
+
 TCG_NOTE = (
     "Under TCG (QEMU's software CPU) both guest nodes have the same latency: "
     "throughput shows each mechanism's overhead, not the speed of a tier."
@@ -44,6 +46,44 @@ def add_derived(report: dict[str, Any]) -> None:
             continue
         target = BEST_SHARE * best[cell["workload"]]
         m["time_to_90pct_best_s"] = time_to_share(m.get("series", []), target)
+
+
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report of several runs' cells, a later run's cell replacing an
+    earlier one's; ``sources`` says which run each cell came from (its
+    accelerator, run time and errors). Derived figures are left to
+    :func:`add_derived`, over the merged cells."""
+    cells: dict[str, Any] = {}
+    sources = []
+    errors: dict[str, Any] = {}
+    for i, r in enumerate(reports):
+        cells.update(r.get("cells", {}))
+        errors.update(r.get("errors", {}))
+        sources.append(
+            {
+                "run": i,
+                "accel": (r.get("accel") or {}).get("name"),
+                "total_s": r.get("total_s"),
+                "cells": sorted(r.get("cells", {})),
+            }
+        )
+    work = list(dict.fromkeys(c["workload"] for c in cells.values()))
+    peers = list(PEERS)
+
+    def place(key: str) -> tuple[int, int]:
+        c = cells[key]
+        p = peers.index(c["peer"]) if c["peer"] in peers else len(peers)
+        return work.index(c["workload"]), p
+
+    keys = sorted(cells, key=place)
+    last = reports[-1]
+    return {
+        "cells": {k: cells[k] for k in keys},
+        "artefacts": last.get("artefacts", {}),
+        "accel": last.get("accel"),
+        "errors": errors,
+        "sources": sources,
+    }
 
 
 def table(report: dict[str, Any]) -> str:
