@@ -81,23 +81,78 @@ def test_tables_of_tables_load_and_dump_back() -> None:
     assert tomlconfig.loads(_Config, tomlconfig.dumps(cfg)) == cfg
 
 
-@pytest.mark.parametrize(
-    ("module", "table", "float_key"),
-    [
-        pytest.param(guest_config, "guest", "sampler.window_s", id="guest"),
-        pytest.param(host_config, "host", "policy.interval_s", id="host"),
-    ],
-)
-def test_both_agents_have_the_same_semantics(
+AGENTS = [
+    pytest.param(guest_config, "guest", "sampler.window_s", id="guest"),
+    pytest.param(host_config, "host", "policy.interval_s", id="host"),
+]
+
+
+@pytest.mark.parametrize(("module", "table", "float_key"), AGENTS)
+def test_both_agents_keep_arrays_as_tuples_and_ints_as_floats(
     module: ModuleType, table: str, float_key: str
 ) -> None:
     cfg = module.loads(f"[{table}]\nfast_nodes = [0]\n")
-    assert getattr(cfg, table).fast_nodes == (0,)  # a tuple on both agents
-    with pytest.raises(ConfigError, match=f"{table}.fast_nodes: expected an array"):
-        module.loads(f"[{table}]\nfast_nodes = 0\n")
+    assert getattr(cfg, table).fast_nodes == (0,)
     section, key = float_key.split(".")
-    with pytest.raises(ConfigError, match=f"{float_key}: expected a finite number"):
-        module.loads(f"[{section}]\n{key} = inf\n")
+    value = getattr(getattr(module.loads(f"[{section}]\n{key} = 2\n"), section), key)
+    assert (type(value), value) == (float, 2.0)
+
+
+@pytest.mark.parametrize(("module", "table", "float_key"), AGENTS)
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "[{table}]\nfast_nodes = 0\n",
+            "{table}.fast_nodes: expected an array",
+            id="array",
+        ),
+        pytest.param(
+            '[{table}]\nfast_nodes = ["0"]\n',
+            r"{table}.fast_nodes\[0\]: expected an integer",
+            id="item",
+        ),
+        pytest.param(
+            "[{section}]\n{key} = inf\n",
+            "{section}.{key}: expected a finite number",
+            id="inf",
+        ),
+        pytest.param(
+            '[{section}]\n{key} = "1s"\n',
+            "{section}.{key}: expected a number",
+            id="str",
+        ),
+        pytest.param(
+            "[{section}]\n{key}x = 1\n", "{section}.{key}x: unknown key", id="key"
+        ),
+        pytest.param("[{table}x]\n", "{table}x: unknown table", id="table"),
+        pytest.param("{table} = 1\n", "{table}: expected a table", id="not-table"),
+        pytest.param("[{table}\n", "not valid TOML", id="syntax"),
+    ],
+)
+def test_both_agents_refuse_what_the_strict_loader_refuses(
+    module: ModuleType, table: str, float_key: str, text: str, message: str
+) -> None:
+    section, key = float_key.split(".")
+    names = {"table": table, "section": section, "key": key}
+    with pytest.raises(ConfigError, match=message.format(**names)):
+        module.loads(text.format(**names))
+
+
+@pytest.mark.parametrize(("module", "table", "float_key"), AGENTS)
+def test_both_agents_load_their_defaults_from_an_empty_file_and_dump_them_back(
+    module: ModuleType, table: str, float_key: str
+) -> None:
+    assert module.loads("") == module.Config()
+    assert module.loads(module.dumps(module.Config())) == module.Config()
+
+
+@pytest.mark.parametrize(("module", "table", "float_key"), AGENTS)
+def test_both_agents_name_a_missing_file_as_unreadable(
+    module: ModuleType, table: str, float_key: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'nope.toml'}.*cannot read"):
+        module.load(tmp_path / "nope.toml")
 
 
 @pytest.mark.parametrize(

@@ -29,19 +29,10 @@ min_rss_bytes = 67108864
 """
 
 
-def test_empty_file_gives_defaults() -> None:
-    assert config.loads("") == config.Config()
-
-
 def test_the_ansible_template_keys_load() -> None:
     cfg = config.loads(ANSIBLE_LIKE)
     assert cfg.targets.min_rss_bytes == 64 << 20
     assert cfg.sampler.rate_hz == 4000
-
-
-def test_defaults_round_trip_through_dumps() -> None:
-    cfg = config.Config()
-    assert config.loads(config.dumps(cfg)) == cfg
 
 
 def test_non_default_values_round_trip_through_dumps() -> None:
@@ -73,16 +64,6 @@ def test_non_default_values_round_trip_through_dumps() -> None:
             "sampler.rate_hz: expected an integer",
             id="bool",
         ),
-        pytest.param(
-            '[sampler]\nwindow_s = "1"\n',
-            "sampler.window_s: expected a number",
-            id="float",
-        ),
-        pytest.param(
-            '[guest]\nfast_nodes = ["0"]\n',
-            "guest.fast_nodes[0]: expected an integer",
-            id="list",
-        ),
         pytest.param('[guest]\nbackend = "xen"\n', "guest.backend", id="backend"),
         pytest.param('[sampler]\nsource = "pmu"\n', "sampler.source", id="source"),
         pytest.param("[sampler]\nring_pages = 3\n", "power of two", id="ring"),
@@ -105,8 +86,6 @@ def test_non_default_values_round_trip_through_dumps() -> None:
         pytest.param(
             "[guest]\nfast_nodes = [1]\nslow_nodes = [1]\n", "share [1]", id="roles"
         ),
-        pytest.param("[guest\n", "not valid TOML", id="syntax"),
-        pytest.param("guest = 1\n", "guest: expected a table", id="not-table"),
     ],
 )
 def test_invalid_config_names_the_key(text: str, message: str) -> None:
@@ -114,15 +93,6 @@ def test_invalid_config_names_the_key(text: str, message: str) -> None:
         ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
     ):
         config.loads(text)
-
-
-def test_ints_are_accepted_for_float_settings() -> None:
-    assert config.loads("[sampler]\nwindow_s = 2\n").sampler.window_s == 2.0
-
-
-def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
-        config.load(tmp_path / "nope.toml")
 
 
 def test_load_reads_a_file(tmp_path: Path) -> None:

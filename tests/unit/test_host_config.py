@@ -69,36 +69,11 @@ def test_load_reads_file(tmp_path: Path) -> None:
     assert load(path) == loads(FULL)
 
 
-def test_missing_file_is_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
-        load(tmp_path / "nope.toml")
-
-
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        pytest.param("[polcy]\n", "polcy: unknown table", id="unknown-table"),
-        pytest.param(
-            "[policy]\ninterval_ms = 5\n", "policy.interval_ms: unknown key", id="key"
-        ),
         pytest.param(
             "[classes.gold]\nwieght = 2\n", "classes.gold.wieght: unknown key", id="cls"
-        ),
-        pytest.param(
-            '[policy]\ninterval_s = "1s"\n',
-            "policy.interval_s: expected a number",
-            id="type",
-        ),
-        pytest.param(
-            "[host]\nemulate_slow_tier = 1\n", "expected a boolean", id="bool"
-        ),
-        pytest.param(
-            "[host]\nfast_nodes = [0.5]\n",
-            r"host.fast_nodes\[0\]: expected an integer",
-            id="list",
-        ),
-        pytest.param(
-            "[policy]\nsafety_margin_bytes = 1.5\n", "expected an integer", id="int"
         ),
         pytest.param('[host]\nbackend = "xen"\n', "host.backend", id="backend"),
         pytest.param("[policy]\ninterval_s = 0\n", "policy.interval_s", id="zero"),
@@ -115,7 +90,6 @@ def test_missing_file_is_config_error(tmp_path: Path) -> None:
             "overlap",
             id="overlap",
         ),
-        pytest.param("[host\n", "not valid TOML", id="syntax"),
         pytest.param("classes = 1\n", "classes", id="classes-not-table"),
         pytest.param("[channel]\nmax_read_bytes = 1\n", "max_read_bytes", id="read"),
     ],
