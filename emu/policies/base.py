@@ -89,14 +89,19 @@ class Policy(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(eq=False)
 class PolicyBase:
     """What most designs share: the VMs are set up as the scenario says
     (:meth:`adjust` keeps the specs), :meth:`attach` records each VM's workload
-    pid, and :meth:`_running` visits the VMs whose workload still runs."""
+    pid, and :meth:`_running` visits the VMs whose workload still runs.
+
+    A design is a dataclass: its fields are its options (keyword arguments of
+    :func:`emu.policies.make_policy`), and ``__post_init__`` sets up its state.
+    """
 
     name = "base"
 
-    def __init__(self) -> None:
+    def __post_init__(self) -> None:
         self._pids: dict[str, int] = {}
 
     def adjust(self, specs: Sequence[VmSpec]) -> Sequence[VmSpec]:

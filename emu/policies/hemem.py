@@ -5,6 +5,8 @@ Design notes and sources: docs/baselines.md.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from emu.machine import FAST, SLOW, EmuProcess, EmuVm, World
@@ -14,6 +16,7 @@ from emu.policies.pebs import PebsPolicy
 __all__ = ["HememPolicy"]
 
 
+@dataclass(eq=False)
 class HememPolicy(PebsPolicy):
     """HeMem: PEBS with fixed hot thresholds and threshold-triggered cooling.
 
@@ -30,18 +33,12 @@ class HememPolicy(PebsPolicy):
 
     name = "hemem"
 
-    def __init__(
-        self,
-        hot_threshold: int = 8,
-        cooling_threshold: int = 18,
-        batch_samples: int = 512,
-        **pebs: int,
-    ) -> None:
-        """``pebs``: :class:`PebsPolicy`'s options (period, migration rate)."""
-        super().__init__(**pebs)
-        self.hot_threshold = hot_threshold
-        self.cooling_threshold = cooling_threshold
-        self.batch_samples = batch_samples
+    hot_threshold: int = 8
+    cooling_threshold: int = 18
+    batch_samples: int = 512
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.coolings = 0
 
     def _account(

@@ -5,6 +5,8 @@ Design notes and sources: docs/baselines.md.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from emu.machine import FAST, SLOW, EmuProcess, EmuVm, World
@@ -14,6 +16,7 @@ from emu.policies.pebs import PebsPolicy
 __all__ = ["MemtisPolicy"]
 
 
+@dataclass(eq=False)
 class MemtisPolicy(PebsPolicy):
     """Memtis: PEBS, a page-access histogram and a dynamic hot threshold.
 
@@ -30,18 +33,12 @@ class MemtisPolicy(PebsPolicy):
 
     name = "memtis"
 
-    def __init__(
-        self,
-        cooling_samples: int = 50_000,
-        cpu_limit: float = 0.03,
-        max_period: int = 64_000,
-        **pebs: int,
-    ) -> None:
-        """``pebs``: :class:`PebsPolicy`'s options (period, migration rate)."""
-        super().__init__(**pebs)
-        self.cooling_samples = cooling_samples
-        self.cpu_limit = cpu_limit
-        self.max_period = max_period
+    cooling_samples: int = 50_000
+    cpu_limit: float = 0.03
+    max_period: int = 64_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._since_cool: dict[str, int] = {}
         self.hot_bin: dict[str, int] = {}
 

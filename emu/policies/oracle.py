@@ -77,8 +77,8 @@ class OraclePolicy(PolicyBase):
 
     name = "oracle"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._phase: dict[str, int] = {}
 
     def attach(self, world: World, pids: Mapping[str, int]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,21 +22,18 @@ __all__ = ["PebsPolicy"]
 
 
 # ---------------------------------------------------- PEBS-based designs
+@dataclass(eq=False)
 class PebsPolicy(PolicyBase):
     """Shared part of the guest PEBS designs: sampling, per-page counts, moves."""
 
     name = "pebs"
 
-    def __init__(
-        self,
-        period: int = DEFAULT_PEBS_PERIOD,
-        migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
-        ring_pages: int = 128,
-    ) -> None:
-        super().__init__()
-        self.period = period
-        self.migrate_pages_per_s = migrate_pages_per_s
-        self.ring_pages = ring_pages
+    period: int = DEFAULT_PEBS_PERIOD
+    migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S
+    ring_pages: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._counts: dict[str, F64] = {}
         self._period: dict[str, int] = {}
 

@@ -33,6 +33,7 @@ class _HostVmState:
     prev_access: I64  # the access before that (active-LRU check)
 
 
+@dataclass(eq=False)
 class HostTppPolicy(PolicyBase):
     """Host TPP: the host kernel tiers VM memory it cannot see into.
 
@@ -51,16 +52,12 @@ class HostTppPolicy(PolicyBase):
 
     name = "tpp-host"
 
-    def __init__(
-        self,
-        scan_period_s: float = 0.02,
-        migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
-        headroom_fraction: float = 0.02,
-    ) -> None:
-        super().__init__()
-        self.scan_period_s = scan_period_s
-        self.migrate_pages_per_s = migrate_pages_per_s
-        self.headroom_fraction = headroom_fraction
+    scan_period_s: float = 0.02
+    migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S
+    headroom_fraction: float = 0.02
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._state: dict[str, _HostVmState] = {}
         self._since_scan_s = 0.0
         self._scans = 0
@@ -143,6 +140,7 @@ class _LruState:
     prev_ref: F64
 
 
+@dataclass(eq=False)
 class TppGuestPolicy(PolicyBase):
     """Guest TPP: the guest kernel's NUMA-hinting promotion and LRU demotion.
 
@@ -162,18 +160,13 @@ class TppGuestPolicy(PolicyBase):
 
     name = "tpp-guest"
 
-    def __init__(
-        self,
-        scan_pages_per_s: int = 65_536,
-        active_window_s: float | None = None,
-        migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
-        headroom_fraction: float = 0.02,
-    ) -> None:
-        super().__init__()
-        self.scan_pages_per_s = scan_pages_per_s
-        self.active_window_s = active_window_s
-        self.migrate_pages_per_s = migrate_pages_per_s
-        self.headroom_fraction = headroom_fraction
+    scan_pages_per_s: int = 65_536
+    active_window_s: float | None = None
+    migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S
+    headroom_fraction: float = 0.02
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._lru: dict[str, _LruState] = {}
         self._window_s: dict[str, float] = {}
         self._now_s = 0.0

@@ -6,6 +6,7 @@ Design notes and sources: docs/baselines.md.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +63,7 @@ def split_pool(pool: int, floor: F64, weight: F64, cap: I64) -> I64:
     return shares
 
 
+@dataclass(eq=False)
 class VtmmPolicy(PolicyBase):
     """vTMM: PML tracking, multi-level queues, temperature sorting, a fast pool.
 
@@ -83,20 +85,15 @@ class VtmmPolicy(PolicyBase):
 
     name = "vtmm"
 
-    def __init__(
-        self,
-        levels: int = 8,
-        hot_level: int | None = None,
-        migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S,
-        pool_period_s: float = 0.1,
-        min_share: float = 0.25,
-    ) -> None:
-        super().__init__()
-        self.levels = levels
-        self.hot_level = hot_level if hot_level is not None else levels // 2
-        self.migrate_pages_per_s = migrate_pages_per_s
-        self.pool_period_s = pool_period_s
-        self.min_share = min_share
+    levels: int = 8
+    hot_level: int | None = None
+    migrate_pages_per_s: int = DEFAULT_MIGRATE_PAGES_PER_S
+    pool_period_s: float = 0.1
+    min_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._hot_level = self.levels // 2 if self.hot_level is None else self.hot_level
         self._level: dict[str, npt.NDArray[np.int8]] = {}
         self._initial_fast: dict[str, int] = {}
         self._since_pool_s = 0.0
@@ -140,7 +137,7 @@ class VtmmPolicy(PolicyBase):
         nodes = guest_nodes(vm, proc)
         # bucket sort: hottest level first, then by address (stable)
         order = np.argsort(-temp, kind="stable")
-        order = order[temp[order] >= self.hot_level]
+        order = order[temp[order] >= self._hot_level]
         target = order[: vm.plugged[FAST]]
         in_target = np.zeros(proc.npages, bool)
         in_target[target] = True
