@@ -81,6 +81,21 @@ class Workload:
     def _build(self) -> None:
         raise NotImplementedError
 
+    def _region_start(self, size: int) -> int:
+        """Where a region of ``size`` pages starts: page 0 in the first phase, a
+        random page after each phase change (so the hot set moves)."""
+        return int(self.rng.integers(0, self.npages - size)) if self.phase else 0
+
+    def _power_law_then_streamed(self, placement: IntArray, s: float) -> None:
+        """The first ``len(placement)`` pages read with zipf(``s``) popularity,
+        rank ``i`` at page ``placement[i]``; the rest of the footprint scanned
+        as one stream (a graph's vertex data, then its edge list)."""
+        n = len(placement)
+        w = np.zeros(self.npages)
+        w[placement] = _zipf_weights(n, s)
+        self.weights = w
+        self.streams = [_Stream(n, self.npages - n)]
+
     def _make_table(self) -> None:
         cdf = np.cumsum(self.weights)
         cdf /= cdf[-1]
@@ -194,7 +209,7 @@ class Btree(Workload):
             levels.append(size)
             size = max(1, size // fanout)
         levels.append(1)
-        base = int(self.rng.integers(0, n - inner)) if self.phase else 0
+        base = self._region_start(inner)
         off = base
         for size in levels[::-1]:
             w[off : off + size] += 1.0 / size
@@ -214,11 +229,7 @@ class Bfs(Workload):
     stream_share = 0.4
 
     def _build(self) -> None:
-        nv = self.npages // 4
-        w = np.zeros(self.npages)
-        w[self.rng.permutation(nv)] = _zipf_weights(nv, 0.8)
-        self.weights = w
-        self.streams = [_Stream(nv, self.npages - nv)]
+        self._power_law_then_streamed(self.rng.permutation(self.npages // 4), 0.8)
 
 
 class Pagerank(Workload):
@@ -230,11 +241,8 @@ class Pagerank(Workload):
     stream_share = 0.3
 
     def _build(self) -> None:
-        nr = self.npages // 5
-        w = np.zeros(self.npages)
-        w[_clustered_placement(self.rng, nr, jitter=0.5)] = _zipf_weights(nr, 0.9)
-        self.weights = w
-        self.streams = [_Stream(nr, self.npages - nr)]
+        ranks = _clustered_placement(self.rng, self.npages // 5, jitter=0.5)
+        self._power_law_then_streamed(ranks, 0.9)
 
 
 class XsBench(Workload):
@@ -247,7 +255,7 @@ class XsBench(Workload):
     def _build(self) -> None:
         n = self.npages
         grid = max(64, n // 10)
-        start = int(self.rng.integers(0, n - grid)) if self.phase else 0
+        start = self._region_start(grid)
         w = np.full(n, 0.5 / n)
         depth = np.arange(grid)
         w[start : start + grid] += (
@@ -267,7 +275,7 @@ class Liblinear(Workload):
     def _build(self) -> None:
         n = self.npages
         nw = max(64, n // 20)
-        start = int(self.rng.integers(0, n - nw)) if self.phase else 0
+        start = self._region_start(nw)
         w = np.zeros(n)
         w[start : start + nw] = 1.0 / nw
         self.weights = w
