@@ -215,6 +215,9 @@ class MoverConfig:
     max_busy_retries: int = 3
     move_shared_pages: bool = True
     cooldown_epochs: int = 4
+    # A page's node, once asked (move_pages status) or moved, is trusted this
+    # many epochs before the kernel is asked again (agent_guest/nodecache.py).
+    placement_ttl_epochs: int = 8
 
     def __post_init__(self) -> None:
         positive("mover.max_bandwidth_mib_s", self.max_bandwidth_mib_s)
@@ -231,6 +234,7 @@ class MoverConfig:
             non_negative(f"mover.{key}", v)
         non_negative("mover.max_busy_retries", self.max_busy_retries)
         non_negative("mover.cooldown_epochs", self.cooldown_epochs)
+        non_negative("mover.placement_ttl_epochs", self.placement_ttl_epochs)
 
     def move_cost(self, accesses_per_sample: float) -> MoveCost:
         """The mover's :class:`~agent_guest.plan.MoveCost` when one sample (a

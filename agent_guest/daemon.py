@@ -42,6 +42,17 @@ from hypertier_common.service import tick_loop
 __all__ = ["VERSION", "Daemon", "NodeRoles", "node_roles", "pick_targets"]
 
 log = logging.getLogger(__name__)
+
+KERNEL_NODE_MIGRATIONS = (
+    "numa_pages_migrated",
+    "pgpromote_success",
+    "pgdemote_kswapd",
+    "pgdemote_direct",
+    "pgdemote_khugepaged",
+)
+"""The backend's counters (the kernel's vmstat names) of pages the kernel moved
+between nodes on its own (NUMA balancing, promotion, demotion): any change, and
+the mover asks the kernel again where the targets' pages are."""
 VERSION = "0.1.0"
 
 
@@ -131,6 +142,7 @@ class Daemon:
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
         self._fast_limit = FastLimit()
+        self._host_view: tuple[int | None, int | None, int] = (None, None, -1)
         self.counters = _Counters()
         self._link = HostLink(backend, clock, self.counters, VERSION)
         self.epoch_durations = DurationHistogram()
@@ -252,6 +264,7 @@ class Daemon:
         )
         by_id = {n.node: n for n in nodes}
         fast = [by_id[n] for n in roles.fast]
+        self._check_placement_cache()
         budget = fast_budget(
             fast,
             self._fast_limit.limit(
@@ -310,6 +323,17 @@ class Daemon:
             promoted,
             demoted,
         )
+
+    def _check_placement_cache(self) -> None:
+        """Forget the mover's record of where pages are when something else
+        may have moved them: a resize (an unplug migrates what is on the
+        blocks it removes) or the kernel's own migrations between nodes."""
+        counters = self._backend.counters()
+        kernel = sum(counters.get(name, 0) for name in KERNEL_NODE_MIGRATIONS)
+        view = (self._link.allot_fast_bytes, self._link.plugged_fast_bytes, kernel)
+        if view != self._host_view:
+            self._exchanger.forget_placement()
+            self._host_view = view
 
     def _note_rate(self, samples: int, now: float) -> None:
         """Smooth the sampled rate: ``samples`` arrived since the last tick ended."""
@@ -478,6 +502,7 @@ class Daemon:
             "pages_promoted": stats.promoted,
             "pages_demoted": stats.demoted,
             "pages_scanned": stats.scanned,
+            "pages_scan_cached": stats.scan_cached,
             "failures": dict(stats.failures),
             "dropped_pids": stats.dropped_pids,
             "cpu_s": self._backend.cpu_time_s(),

@@ -19,6 +19,7 @@ from agent_guest.backend import PAGE_SIZE, GuestBackend
 from agent_guest.classify import RangeTable
 from agent_guest.config import MoverConfig
 from agent_guest.errors import AccessDenied, NoSuchProcess
+from agent_guest.nodecache import NodeCache
 from agent_guest.pages import in_sorted
 from agent_guest.plan import Candidates, MoveCost, pages_of_ranges, plan_exchange
 from hypertier_common.clock import Clock
@@ -78,7 +79,8 @@ class ExchangeStats:
 
     promoted: int = 0
     demoted: int = 0
-    scanned: int = 0
+    scanned: int = 0  # pages whose node the kernel was asked
+    scan_cached: int = 0  # pages whose node came from the cache instead
     failures: Counter[str] = field(default_factory=Counter)
     dropped_pids: int = 0
 
@@ -110,6 +112,7 @@ class Exchanger:
             int, tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]
         ] = {}
         self._epoch = 0
+        self._where = NodeCache(cfg.placement_ttl_epochs)
         self.stats = ExchangeStats()
         self.gone: set[int] = set()
         self.denied: set[int] = set()
@@ -204,14 +207,30 @@ class Exchanger:
     def _nodes(
         self, pid: int, addr: npt.NDArray[np.uint64]
     ) -> npt.NDArray[np.int32] | None:
-        self.stats.scanned += int(addr.shape[0])
+        """The node of each page: from the cache where it is fresh, else asked."""
+        node, known = self._where.lookup(pid, addr, self._epoch)
+        ask = ~known
+        asked = int(ask.sum())
+        self.stats.scanned += asked
+        self.stats.scan_cached += addr.shape[0] - asked
+        if asked == 0:
+            return node
         try:
-            return self._backend.page_nodes(pid, addr)
+            got = self._backend.page_nodes(pid, addr[ask])
         except NoSuchProcess:
             self._drop(pid)
+            return None
         except AccessDenied as err:
             self._deny(pid, err)
-        return None
+            return None
+        node[ask] = got
+        self._where.learn(pid, addr[ask], got, self._epoch)
+        return node
+
+    def forget_placement(self) -> None:
+        """Ask the kernel again for every page's node: something other than
+        this mover may have moved them (an unplug)."""
+        self._where.forget()
 
     def _resolved_pages(
         self,
@@ -293,6 +312,7 @@ class Exchanger:
             self.stats.dropped_pids += 1
             self._busy.pop(pid, None)
             self._recent.pop(pid, None)
+            self._where.forget(pid)
 
     def run(
         self,
@@ -389,6 +409,7 @@ class Exchanger:
                 continue
             moved += res.moved
             self._note_moved(pid, addr[res.status == node])
+            self._where.learn(pid, addr, res.status, self._epoch)
             bad = res.status < 0
             if bad.any():
                 codes, counts = np.unique(-res.status[bad], return_counts=True)

@@ -29,6 +29,11 @@ _COUNTERS = (
     ("pages_promoted", "pages_promoted", "Pages moved to the fast tier."),
     ("pages_demoted", "pages_demoted", "Pages moved to the slow tier."),
     ("pages_scanned", "pages_scanned", "Pages whose node was queried."),
+    (
+        "pages_scan_cached",
+        "pages_scan_cached",
+        "Pages whose node came from the agent's cache, not a query.",
+    ),
     ("dropped_pids", "dropped_processes", "Processes dropped (exited or denied)."),
     ("reports_sent", "reports_sent", "Reports sent to the host agent."),
     ("allots_received", "allotments_received", "Allotments the host agent sent."),

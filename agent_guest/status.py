@@ -35,7 +35,8 @@ def format_status(st: Mapping[str, Any]) -> str:
         + (_mib(allot) if allot is not None else "none yet (no word from the host)")
         + (f" + {_mib(fixed)} beside the device" if fixed is not None else ""),
         f"pages: {st['pages_promoted']} promoted, {st['pages_demoted']} demoted, "
-        f"{st['pages_scanned']} scanned, {st['dropped_pids']} processes dropped"
+        f"{st['pages_scanned']} scanned ({st.get('pages_scan_cached', 0)} more "
+        f"from the cache), {st['dropped_pids']} processes dropped"
         + (f"; failed moves: {failed}" if failed else ""),
         f"host channel: {st['reports_sent']} reports sent, "
         f"{st['allots_received']} allotments received, "

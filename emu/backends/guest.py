@@ -59,6 +59,7 @@ class EmuGuestBackend:
         }
         self._source: SampleSource | None = None
         self._last_drain_s = world.clock.monotonic()
+        self._own_moved = 0  # pages this backend's move_pages moved
 
     def capabilities(self) -> frozenset[Capability]:
         return frozenset(self._caps)
@@ -152,6 +153,7 @@ class EmuGuestBackend:
         except NoSuchProcessError as err:
             raise NoSuchProcess(pid) from err
         moved = int(np.count_nonzero((status == node) & (before != node)))
+        self._own_moved += moved
         neg = -status[status < 0]
         codes, counts = np.unique(neg, return_counts=True)
         failures = {int(c): int(n) for c, n in zip(codes, counts, strict=True)}
@@ -174,6 +176,12 @@ class EmuGuestBackend:
             "nr_tlb_local_flush_one": c.tlb_local_flush_one,
             "nr_tlb_local_flush_all": c.tlb_local_flush_all,
             "nr_tlb_remote_flush": c.tlb_remote_flush,
+            # Pages that changed node without this backend's move_pages: what
+            # /proc/vmstat shows of the kernel's own migrations (NUMA
+            # balancing, demotion) and an unplug's.
+            "numa_pages_migrated": c.guest_pages_moved
+            + c.unplug_pages_moved
+            - self._own_moved,
         }
 
     def close(self) -> None:

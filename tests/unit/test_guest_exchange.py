@@ -410,9 +410,11 @@ def test_the_mover_respects_its_bandwidth_limit() -> None:
 
 def test_a_moved_page_does_not_move_again_during_the_cooldown() -> None:
     be = _Backend(None, set())
-    ex = Exchanger(
-        be, MoverConfig(batch_pages=64, scan_pages=64, cooldown_epochs=2), _Clock()
+    # Without the node cache: this backend never shows a page where it moved.
+    cfg = MoverConfig(
+        batch_pages=64, scan_pages=64, cooldown_epochs=2, placement_ttl_epochs=0
     )
+    ex = Exchanger(be, cfg, _Clock())
     tables = _tables()
     assert ex.run(tables, [0], [1], 0, 1, 64) == (64, 0)  # free room: promote
     assert ex.run(tables, [0], [1], 0, 1, 64) == (0, 0)  # same pages: cooling down
@@ -421,9 +423,10 @@ def test_a_moved_page_does_not_move_again_during_the_cooldown() -> None:
 
 def test_the_cooldown_never_blocks_getting_under_the_allotment() -> None:
     be = _Backend(None, set())
-    ex = Exchanger(
-        be, MoverConfig(batch_pages=64, scan_pages=64, cooldown_epochs=8), _Clock()
+    cfg = MoverConfig(
+        batch_pages=64, scan_pages=64, cooldown_epochs=8, placement_ttl_epochs=0
     )
+    ex = Exchanger(be, cfg, _Clock())
     tables = _tables()
     ex.run(tables, [0], [1], 0, 1, 0)  # swaps: pid 2's pages demoted
     _, demoted = ex.run(tables, [0], [1], 0, 1, -64)
@@ -460,3 +463,21 @@ def test_a_hot_page_in_a_cold_range_is_promoted_and_never_demoted() -> None:
     assert not tables[1].hot.any()  # pid 1 has no hot range
     promote = ex._find(tables, True, [1], 64)
     assert promote.addr.tolist() == [hot_page]
+
+
+def test_the_node_of_a_page_seen_or_moved_is_not_asked_again_while_fresh() -> None:
+    be = _Backend(None, set())
+    cfg = MoverConfig(
+        batch_pages=64, scan_pages=64, cooldown_epochs=0, placement_ttl_epochs=3
+    )
+    ex = Exchanger(be, cfg, _Clock())
+    tables = _tables()
+    assert ex.run(tables, [0], [1], 0, 1, 64) == (64, 0)  # asked, then moved
+    asked = ex.stats.scanned
+    for _ in range(2):  # the cache knows they are on node 0 now
+        assert ex.run(tables, [0], [1], 0, 1, 64) == (0, 0)
+    assert ex.stats.scanned == asked
+    assert ex.stats.scan_cached >= 128
+    ex.forget_placement()  # e.g. an unplug: ask again (this backend says node 1)
+    assert ex.run(tables, [0], [1], 0, 1, 64) == (64, 0)
+    assert ex.stats.scanned > asked
