@@ -98,12 +98,13 @@ def test_kernel_tiering_promotes_through_numa_hint_faults(
     assert m["pgpromote_success"] > 0
 
 
-def test_hypertier_moves_most_of_the_hot_set_to_the_fast_node(
+def test_hypertier_moves_the_hot_set_to_the_fast_node(
     report: dict[str, Any],
 ) -> None:
-    # Not yet all of it: see docs/baselines.md, "Against the real kernel".
+    # It reaches 1.000 within ~40 s on an idle 2-core host (90 s a cell); the
+    # bound leaves room for a loaded one, where every daemon reacts later.
     m = _cell(report, "hypertier")["metrics"]
-    assert m["steady_hot_node0"] >= 0.5, m["series"][-10:]
+    assert m["steady_hot_node0"] >= 0.9, m["series"][-10:]
 
 
 def test_guest_survives_every_peer(report: dict[str, Any]) -> None:
