@@ -142,7 +142,7 @@ class Daemon:
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
         self._fast_limit = FastLimit()
-        self._host_view: tuple[int | None, int | None, int] = (None, None, -1)
+        self._placement_view: tuple[int | None, int | None, int] = (None, None, -1)
         self.counters = _Counters()
         self._link = HostLink(backend, clock, self.counters, VERSION)
         self.epoch_durations = DurationHistogram()
@@ -331,9 +331,9 @@ class Daemon:
         counters = self._backend.counters()
         kernel = sum(counters.get(name, 0) for name in KERNEL_NODE_MIGRATIONS)
         view = (self._link.allot_fast_bytes, self._link.plugged_fast_bytes, kernel)
-        if view != self._host_view:
+        if view != self._placement_view:
             self._exchanger.forget_placement()
-            self._host_view = view
+            self._placement_view = view
 
     def _note_rate(self, samples: int, now: float) -> None:
         """Smooth the sampled rate: ``samples`` arrived since the last tick ended."""
