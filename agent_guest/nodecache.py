@@ -55,34 +55,49 @@ class NodeCache:
 
     def learn(self, pid: int, addr: _U64, node: _I32, epoch: int) -> None:
         """The pages ``addr`` are on ``node`` at ``epoch`` (negative: unknown,
-        e.g. not present or a failed move; not recorded)."""
+        e.g. not present or a failed move; not recorded).
+
+        Pages already cached are updated in place (a move's batch: O(k log n));
+        new ones are inserted in one pass, which also drops expired entries.
+        """
         if self._ttl == 0:
             return
         ok = node >= 0
-        new_a, new_n = addr[ok], node[ok].astype(np.int32)
-        old = self._by_pid.get(pid)
-        if old is not None:
-            a, n, e = old
-            fresh = e > epoch - self._ttl
-            new_a = np.concatenate((a[fresh], new_a))
-            new_n = np.concatenate((n[fresh], new_n))
-            new_e = np.concatenate((e[fresh], np.full(int(ok.sum()), epoch, np.int64)))
+        addr, node = addr[ok], node[ok].astype(np.int32)
+        if addr.shape[0] == 0:
+            return
+        # One entry per page, the last given winning: a stable sort keeps the
+        # order among equal addresses, so take each run's last.
+        order = np.argsort(addr, kind="stable")
+        addr, node = addr[order], node[order]
+        last = np.ones(addr.shape[0], bool)
+        last[:-1] = addr[1:] != addr[:-1]
+        addr, node = addr[last], node[last]
+        entry = self._by_pid.get(pid)
+        if entry is None:
+            a = addr
+            n = node
+            e = np.full(addr.shape[0], epoch, np.int64)
         else:
-            new_e = np.full(new_a.shape[0], epoch, np.int64)
-        # One entry per page, the last learnt winning: a stable sort keeps
-        # insertion order among equal addresses, so take each run's last.
-        order = np.argsort(new_a, kind="stable")
-        a, n, e = new_a[order], new_n[order], new_e[order]
-        last = np.ones(a.shape[0], bool)
-        last[:-1] = a[1:] != a[:-1]
-        a, n, e = a[last], n[last], e[last]
+            a, n, e = entry
+            i = np.searchsorted(a, addr)
+            ic = np.minimum(i, a.shape[0] - 1)
+            here = (a[ic] == addr) if a.shape[0] else np.zeros(addr.shape[0], bool)
+            n[ic[here]] = node[here]
+            e[ic[here]] = epoch
+            new = ~here
+            if not new.any():
+                return
+            fresh = e > epoch - self._ttl
+            a, n, e = a[fresh], n[fresh], e[fresh]
+            i = np.searchsorted(a, addr[new])
+            a = np.insert(a, i, addr[new])
+            n = np.insert(n, i, node[new])
+            e = np.insert(e, i, epoch)
         if a.shape[0] > self._max:
             keep = np.sort(np.argsort(-e, kind="stable")[: self._max])
             a, n, e = a[keep], n[keep], e[keep]
-        if a.shape[0]:
-            self._by_pid[pid] = (a, n, e)
-        else:
-            self._by_pid.pop(pid, None)
+        self._by_pid[pid] = (a, n, e)
 
     def forget(self, pid: int | None = None) -> None:
         """Drop ``pid``'s entries, or every pid's (None)."""
