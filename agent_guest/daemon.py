@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from agent_guest.backend import (
     NumaNode,
     ProcessInfo,
     SampleSource,
-    Tier,
 )
 from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, Config
@@ -35,11 +33,12 @@ from agent_guest.hostlink import HostLink
 from agent_guest.policy import FastLimit, GrowthWatch, SampleBoost, fast_budget
 from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
+from agent_guest.targets import NodeRoles, node_roles, pick_targets
 from hypertier_common.clock import Clock
-from hypertier_common.metrics import DurationHistogram
+from hypertier_common.metrics import CpuStopwatch, DurationHistogram
 from hypertier_common.service import tick_loop
 
-__all__ = ["VERSION", "Daemon", "NodeRoles", "node_roles", "pick_targets"]
+__all__ = ["VERSION", "Daemon"]
 
 log = logging.getLogger(__name__)
 
@@ -54,57 +53,6 @@ KERNEL_NODE_MIGRATIONS = (
 between nodes on its own (NUMA balancing, promotion, demotion): any change, and
 the mover asks the kernel again where the targets' pages are."""
 VERSION = "0.1.0"
-
-
-@dataclass(frozen=True)
-class NodeRoles:
-    fast: tuple[int, ...]
-    slow: tuple[int, ...]
-
-
-def node_roles(
-    nodes: Sequence[NumaNode],
-    fast_override: Sequence[int],
-    slow_override: Sequence[int],
-) -> NodeRoles:
-    """Fast and slow node ids: the backend's tiers unless the config names them."""
-    fast = [n.node for n in nodes if n.tier is Tier.FAST]
-    slow = [n.node for n in nodes if n.tier is Tier.SLOW]
-    if fast_override or slow_override:
-        present = {n.node for n in nodes}
-        fast = [n for n in fast_override if n in present] or [
-            n for n in fast if n not in slow_override
-        ]
-        slow = [n for n in slow_override if n in present] or [
-            n for n in slow if n not in fast
-        ]
-    return NodeRoles(tuple(fast), tuple(slow))
-
-
-def pick_targets(
-    cfg: Config,
-    backend: GuestBackend,
-    self_pid: int,
-    procs: Sequence[ProcessInfo] | None = None,
-) -> list[int]:
-    """Pids to manage: explicit pids, else every process over ``min_rss_bytes``
-    that matches the cgroup prefix and command pattern (if set)."""
-    t = cfg.targets
-    pattern = re.compile(t.comm_pattern) if t.comm_pattern else None
-    out = []
-    for p in backend.processes() if procs is None else procs:
-        if p.pid == self_pid:
-            continue
-        if t.pids and p.pid not in t.pids:
-            continue
-        if not t.pids and p.rss_bytes < t.min_rss_bytes:
-            continue
-        if t.cgroup and not p.cgroup.startswith(t.cgroup):
-            continue
-        if pattern and not (pattern.search(p.comm) or pattern.search(p.cmdline)):
-            continue
-        out.append(p.pid)
-    return sorted(out)
 
 
 @dataclass
@@ -247,17 +195,21 @@ class Daemon:
 
     def _tick(self) -> None:
         t0 = self._clock.monotonic()
+        spent = CpuStopwatch()  # this process's CPU per step, for the debug log
         self._link.receive(self._cfg.guest.report_interval_s)
         if t0 >= self._next_refresh:
             self._refresh_targets()
             self._next_refresh = t0 + self._cfg.targets.refresh_s
+        spent.lap("targets")
         batch = self._sampler.read()
         if len(batch):
             self._informed_epochs += 1
         self._note_rate(len(batch), t0)
+        spent.lap("read")
         self._bin(batch.pid, batch.addr)
         for table in self._tables.values():
             table.end_epoch()
+        spent.lap("classify")
         nodes = self._backend.numa_nodes()
         roles = node_roles(
             nodes, self._cfg.guest.fast_nodes, self._cfg.guest.slow_nodes
@@ -278,6 +230,7 @@ class Daemon:
             and self._growth.growing(t0),
         )
         sel = select_hot(self._tables, budget.room_bytes, self._params.hysteresis)
+        spent.lap("select")
         self.counters.hot_bytes = sel.hot_bytes
         self.counters.demand_bytes = sel.demand_bytes
         promoted = demoted = 0
@@ -298,6 +251,7 @@ class Daemon:
             self._last_cpu += self._backend.cpu_time_s() - cpu_before
             for pid in self._exchanger.gone:
                 self._forget(pid)
+        spent.lap("exchange")
         self._report(nodes, roles, sel, budget.room_bytes, budget.unmanaged_bytes)
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
@@ -313,16 +267,19 @@ class Daemon:
         self.counters.epochs += 1
         self.counters.last_tick_ms = (now - t0) * 1e3
         self.epoch_durations.observe(now - t0)
-        log.debug(
-            "epoch %d: %d samples (%d lost), %d pids, hot %d MiB, +%d/-%d pages",
-            self.counters.epochs,
-            len(batch),
-            batch.lost,
-            len(self._tables),
-            sel.hot_bytes >> 20,
-            promoted,
-            demoted,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "epoch %d: %d samples (%d lost), %d pids, hot %d MiB, +%d/-%d "
+                "pages; CPU ms %s",
+                self.counters.epochs,
+                len(batch),
+                batch.lost,
+                len(self._tables),
+                sel.hot_bytes >> 20,
+                promoted,
+                demoted,
+                spent,
+            )
 
     def _check_placement_cache(self) -> None:
         """Forget the mover's record of where pages are when something else

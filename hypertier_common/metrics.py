@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "CONTENT_TYPE",
+    "CpuStopwatch",
     "DurationHistogram",
     "MetricsError",
     "MetricsServer",
@@ -350,3 +351,20 @@ class MetricsServer:
         self._selector.close()
         for sock in (self._sock, self._wake_r, self._wake_w):
             sock.close()
+
+
+class CpuStopwatch:
+    """This process's CPU time (all threads) per named step, for debug logs:
+    ``lap(name)`` charges the time since the last lap to ``name``."""
+
+    def __init__(self) -> None:
+        self._last = time.process_time()
+        self.steps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.process_time()
+        self.steps[name] = self.steps.get(name, 0.0) + now - self._last
+        self._last = now
+
+    def __str__(self) -> str:
+        return " ".join(f"{k} {v * 1e3:.0f}" for k, v in self.steps.items())

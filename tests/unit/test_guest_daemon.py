@@ -8,8 +8,9 @@ import pytest
 import hypertier_wire as wire
 from agent_guest import config
 from agent_guest.backend import GuestBackend, NumaNode, Tier
-from agent_guest.daemon import Daemon, node_roles, pick_targets
+from agent_guest.daemon import Daemon
 from agent_guest.errors import Unsupported
+from agent_guest.targets import node_roles, pick_targets
 from emu.backends.guest import EmuGuestBackend
 from emu.machine import World
 from emu.workloads.synthetic import Gups

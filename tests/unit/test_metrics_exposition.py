@@ -131,3 +131,16 @@ def test_guest_metrics_are_off_by_default() -> None:
 def test_guest_metrics_listen_is_checked(listen: str) -> None:
     with pytest.raises(guest_config.ConfigError, match=r"metrics\.listen"):
         guest_config.loads(f'[metrics]\nlisten = "{listen}"\n')
+
+
+def test_cpu_stopwatch_charges_each_lap_to_its_step() -> None:
+    from hypertier_common.metrics import CpuStopwatch
+
+    watch = CpuStopwatch()
+    sum(i * i for i in range(200_000))  # some CPU for the first step
+    watch.lap("work")
+    watch.lap("idle")
+    watch.lap("work")
+    assert list(watch.steps) == ["work", "idle"]
+    assert watch.steps["work"] > 0.0 <= watch.steps["idle"]
+    assert str(watch).startswith("work ")
