@@ -342,6 +342,11 @@ class RangeTable:
             size,
         )
 
+    def epoch_samples(self) -> tuple[float, float]:
+        """This epoch's samples so far: on the ranges selected hot, and in all."""
+        n = self.left + self.right
+        return float(n[self.hot].sum()), float(n.sum())
+
     def end_epoch(self) -> None:
         """Fold this epoch's samples into the decayed counts, then split and merge."""
         p = self.params

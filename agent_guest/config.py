@@ -78,6 +78,11 @@ class SamplerConfig:
     # sample at boost_rate_hz, for boost_epochs epochs after the last such round.
     boost_rate_hz: int = 16000
     boost_epochs: int = 10
+    # Once settle_epochs rounds in a row moved nothing and the samples' share on
+    # the hot ranges held, sample at settled_rate_hz, at most rate_hz
+    # (settle_epochs = 0, the default: never settle; docs/guest.md says why).
+    settled_rate_hz: int = 1000
+    settle_epochs: int = 0
     cpu_budget_pct: float = 0.5
     period: int = 1000
     min_period: int = 1
@@ -113,6 +118,8 @@ class SamplerConfig:
             f"got {self.boost_rate_hz}",
         )
         non_negative("sampler.boost_epochs", self.boost_epochs)
+        positive("sampler.settled_rate_hz", self.settled_rate_hz)
+        non_negative("sampler.settle_epochs", self.settle_epochs)
         require(
             0 < self.cpu_budget_pct <= 100,
             f"sampler.cpu_budget_pct must be in (0, 100], got {self.cpu_budget_pct}",

@@ -207,7 +207,10 @@ class Daemon:
         self._note_rate(len(batch), t0)
         spent.lap("read")
         self._bin(batch.pid, batch.addr)
+        hot_samples = binned = 0.0
         for table in self._tables.values():
+            h, n = table.epoch_samples()
+            hot_samples, binned = hot_samples + h, binned + n
             table.end_epoch()
         spent.lap("classify")
         nodes = self._backend.numa_nodes()
@@ -255,7 +258,9 @@ class Daemon:
         self._report(nodes, roles, sel, budget.room_bytes, budget.unmanaged_bytes)
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
-        self._sampler.control.rate_hz = self._boost.after_round(promoted)
+        self._sampler.control.rate_hz = self._boost.after_round(
+            promoted, promoted + demoted, hot_samples, binned
+        )
         if self._sampler.source is not SampleSource.SOFT_DIRTY:
             # Lost samples were generated at this period too: without them a
             # ring too small for the rate reads as too few samples, and the

@@ -4,8 +4,9 @@ to keep the mover's reserve, and the sampling rate to aim at.
 How much fast memory the agent may fill and how much of it the managed
 processes' hot set may take, from the fast nodes' sizes, the host's allotment
 and the mover's reserve (docs/guest.md, "Fast-tier budget"); whether the managed
-processes are growing (the reserve is kept only then); and the sampling boost
-after rounds that promote (docs/guest.md, "Sampling boost").
+processes are growing (the reserve is kept only then); and the sampling rate:
+boosted after rounds that promote, lowered once placement has settled
+(docs/guest.md, "Sampling rate").
 """
 
 from __future__ import annotations
@@ -137,25 +138,92 @@ class GrowthWatch:
         return now < self._until
 
 
+# The settled state's change test (SampleBoost._changed): standard errors, and
+# the samples the recent window needs before it says anything.
+SETTLE_Z = 3.0
+SETTLE_MIN_SAMPLES = 8.0
+
+
 @dataclass
 class SampleBoost:
     """The sampling rate to aim at after each epoch's exchange round.
 
-    ``sampler.boost_rate_hz`` for ``sampler.boost_epochs`` epochs after a round
-    that promoted pages: placement still has something to learn (a hot set
-    larger than what is resolved yet, a phase change), and more samples resolve
-    it sooner. Otherwise ``sampler.rate_hz``: a settled placement needs only to
-    notice change. The CPU budget caps both (``sampler.RateControl``).
+    Three rates. ``sampler.boost_rate_hz`` for ``sampler.boost_epochs`` epochs
+    after a round that promoted pages: placement still has something to learn
+    (a hot set larger than what is resolved yet, a phase change), and more
+    samples resolve it sooner. ``sampler.settled_rate_hz`` (at most
+    ``sampler.rate_hz``) once ``sampler.settle_epochs`` rounds in a row moved
+    nothing and the sampled distribution held: placement has settled, and
+    samples only need to notice change; each one costs the workload time (a
+    PEBS assist) and buys nothing.
+    Otherwise ``sampler.rate_hz``. A round that moves pages ends the settled
+    state at once; an epoch whose samples fall on the hot ranges clearly less
+    often than before (:meth:`_changed`) ends it with a boost, as the hot set
+    has moved and is learnt sooner with more samples. The CPU budget caps
+    every rate (``sampler.RateControl``).
     """
 
     cfg: SamplerConfig
     _left: int = 0
+    _quiet: int = 0  # rounds in a row that moved nothing
+    # Samples on the hot ranges and in all, decayed over two time scales: the
+    # reference (~20 epochs) and the recent window (~4 epochs).
+    _ref_hot: float = 0.0
+    _ref_all: float = 0.0
+    _new_hot: float = 0.0
+    _new_all: float = 0.0
 
-    def after_round(self, promoted: int) -> float:
-        """The target rate (samples/s) after a round that promoted ``promoted``."""
-        if promoted:
+    @property
+    def settled(self) -> bool:
+        """Is placement settled (sampling at ``sampler.settled_rate_hz``)?"""
+        k = self.cfg.settle_epochs
+        return k > 0 and self._quiet >= k
+
+    def after_round(
+        self,
+        promoted: int,
+        moved: int | None = None,
+        hot_samples: float = 0.0,
+        samples: float = 0.0,
+    ) -> float:
+        """The target rate (samples/s) after a round that promoted ``promoted``
+        and moved ``moved`` pages in all (None: ``promoted``), in an epoch
+        whose ``samples`` samples fell ``hot_samples`` on ranges selected hot."""
+        moved = promoted if moved is None else moved
+        # a fall of the hot share matters only to a settled sampler
+        changed = self._changed(hot_samples, samples) and self.settled
+        if promoted or changed:
             self._left = self.cfg.boost_epochs
         elif self._left:
             self._left -= 1
-        boosted = self.cfg.boost_rate_hz > 0 and self._left > 0
-        return float(self.cfg.boost_rate_hz if boosted else self.cfg.rate_hz)
+        self._quiet = 0 if moved or changed else self._quiet + 1
+        if self.cfg.boost_rate_hz > 0 and self._left > 0:
+            return float(self.cfg.boost_rate_hz)
+        if self.settled:
+            return float(min(self.cfg.settled_rate_hz, self.cfg.rate_hz))
+        return float(self.cfg.rate_hz)
+
+    def _changed(self, hot: float, n: float) -> bool:
+        """Fold in an epoch's samples; did the hot ranges' share of them fall?
+
+        The recent share is tested against the reference share with the
+        normal approximation of the binomial, ``SETTLE_Z`` standard errors
+        (and at least one sample) below it, once the recent window holds
+        ``SETTLE_MIN_SAMPLES``. A fall means the hot set moved off the
+        ranges the placement was made for (a phase change). The recent
+        window restarts after a detected change, so one change is reported
+        once.
+        """
+        self._new_hot = self._new_hot * 0.75 + hot
+        self._new_all = self._new_all * 0.75 + n
+        changed = False
+        if self._new_all >= SETTLE_MIN_SAMPLES and self._ref_all > 0:
+            p = min(1.0, self._ref_hot / self._ref_all)
+            expect = self._new_all * p
+            sd = math.sqrt(self._new_all * p * (1.0 - p))
+            changed = self._new_hot < expect - max(1.0, SETTLE_Z * sd)
+        self._ref_hot = self._ref_hot * 0.95 + hot
+        self._ref_all = self._ref_all * 0.95 + n
+        if changed:
+            self._new_hot = self._new_all = 0.0
+        return changed

@@ -81,6 +81,16 @@ def test_non_default_values_round_trip_through_dumps() -> None:
             id="boost",
         ),
         pytest.param(
+            "[sampler]\nsettled_rate_hz = 0\n",
+            "sampler.settled_rate_hz must be > 0",
+            id="settled-rate",
+        ),
+        pytest.param(
+            "[sampler]\nsettle_epochs = -1\n",
+            "sampler.settle_epochs must be >= 0",
+            id="settle-epochs",
+        ),
+        pytest.param(
             '[targets]\ncomm_pattern = "("\n', "targets.comm_pattern", id="regex"
         ),
         pytest.param(

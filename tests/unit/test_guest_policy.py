@@ -196,7 +196,9 @@ def test_growth_is_a_net_rise_among_processes_seen_twice(
 
 
 def test_sampling_is_boosted_for_some_epochs_after_each_promoting_round() -> None:
-    boost = SampleBoost(SamplerConfig(rate_hz=1000, boost_rate_hz=4000, boost_epochs=2))
+    boost = SampleBoost(
+        SamplerConfig(rate_hz=1000, boost_rate_hz=4000, boost_epochs=2, settle_epochs=0)
+    )
     rates = [boost.after_round(n) for n in (0, 5, 0, 0, 0, 7, 0, 3, 0, 0, 0)]
     assert rates == [1000, 4000, 4000, 1000, 1000, 4000, 4000, 4000, 4000, 1000, 1000]
 
@@ -213,7 +215,9 @@ def test_boost_rate_zero_switches_boosting_off() -> None:
 def test_the_boost_holds_exactly_boost_epochs_after_the_last_promotion(
     rounds: list[int], epochs: int
 ) -> None:
-    cfg = SamplerConfig(rate_hz=1000, boost_rate_hz=4000, boost_epochs=epochs)
+    cfg = SamplerConfig(
+        rate_hz=1000, boost_rate_hz=4000, boost_epochs=epochs, settle_epochs=0
+    )
     boost = SampleBoost(cfg)
     last = -(10**6)
     for i, n in enumerate(rounds):
@@ -221,3 +225,68 @@ def test_the_boost_holds_exactly_boost_epochs_after_the_last_promotion(
             last = i
         rate = boost.after_round(n)
         assert rate == (4000.0 if epochs and i - last < epochs else 1000.0)
+
+
+def _settling(settle_epochs: int = 3) -> SampleBoost:
+    return SampleBoost(
+        SamplerConfig(
+            rate_hz=1000,
+            boost_rate_hz=4000,
+            boost_epochs=2,
+            settled_rate_hz=100,
+            settle_epochs=settle_epochs,
+        )
+    )
+
+
+def test_sampling_settles_after_quiet_rounds_and_a_move_ends_it() -> None:
+    boost = _settling()
+    rates = [boost.after_round(0, m) for m in (0, 0, 0, 0, 9, 0, 0, 0)]
+    assert rates == [1000, 1000, 100, 100, 1000, 1000, 1000, 100]
+
+
+def test_a_promoting_round_boosts_a_settled_sampler() -> None:
+    boost = _settling(settle_epochs=1)
+    assert [boost.after_round(p) for p in (0, 5, 0, 0)] == [100, 4000, 4000, 100]
+
+
+def test_the_settled_rate_is_at_most_the_base_rate() -> None:
+    boost = SampleBoost(SamplerConfig(rate_hz=50, settled_rate_hz=250, settle_epochs=1))
+    assert boost.after_round(0) == 50
+
+
+@given(
+    moves=st.lists(st.integers(0, 2), max_size=40),
+    k=st.integers(0, 6),
+    share=st.sampled_from([0.0, 0.25, 0.5, 0.9, 1.0]),
+    per_epoch=st.sampled_from([0, 4, 40, 400]),
+)
+def test_a_steady_sample_share_settles_exactly_k_rounds_after_the_last_move(
+    moves: list[int], k: int, share: float, per_epoch: int
+) -> None:
+    cfg = SamplerConfig(
+        rate_hz=1000, boost_rate_hz=0, settled_rate_hz=100, settle_epochs=k
+    )
+    boost = SampleBoost(cfg)
+    last = -1
+    for i, m in enumerate(moves):
+        if m:
+            last = i
+        rate = boost.after_round(0, m, share * per_epoch, per_epoch)
+        assert rate == (100.0 if k and i - last >= k else 1000.0)
+
+
+@given(
+    share=st.sampled_from([0.5, 0.7, 0.9, 1.0]),
+    per_epoch=st.sampled_from([10, 40, 400]),
+    quiet=st.integers(25, 60),
+)
+def test_a_fall_of_the_hot_share_ends_the_settled_state_within_a_few_epochs(
+    share: float, per_epoch: int, quiet: int
+) -> None:
+    boost = _settling(settle_epochs=20)
+    for _ in range(quiet):
+        rate = boost.after_round(0, 0, share * per_epoch, per_epoch)
+    assert rate == 100
+    rates = [boost.after_round(0, 0, 0.0, per_epoch) for _ in range(6)]
+    assert 1000 in rates
