@@ -65,12 +65,14 @@ class ScenarioConfig:
     host_agent_fast_mib: tuple[int, ...] = (512, 256)
     # Then the fast allotment shrinks so that the guest agent's room on node 0
     # (the node's memory beside the device, plus the allotment, less what the
-    # workload does not hold) fits the hot set and this share of the cold set
-    # only: the cold set has to go to the slow node, the hot set has to stay.
+    # workload does not hold) is the workload's memory other than the cold set
+    # less this much: the cold set has to go to the slow node (with the
+    # interpreter's least used pages), the 32 MiB hot array has to stay. The
+    # margin absorbs memory the rest of the guest frees after the measurement.
     # The allotment is sized from the guest's view when the squeeze starts
     # (Scenario.squeeze_fast_bytes); the boot memory of node 0 must be small
     # enough that an allotment can do it (VmShape.fast_boot_mib).
-    squeeze_cold_left: float = 0.05
+    squeeze_spare_mib: int = 16
     squeeze_timeout_s: float = 180.0
     # After `kill -9` of the guest agent (started again at once) and after a
     # restart of `hypertier-host`: the host must accept the agent's reports and
@@ -465,10 +467,12 @@ class Scenario:
         workload is that less node 0's use the workload does not explain
         (``agent_guest.policy.fast_budget``). The allotment asked for leaves room
         for the workload's memory other than the cold set (the hot array and the
-        interpreter) and ``squeeze_cold_left`` of the cold set.
+        interpreter) less ``squeeze_spare_mib``. The page cache is dropped first:
+        what the guest frees after the measurement would be room for cold pages.
         """
         assert self.vm is not None
         out = self.link.sh(
+            "sync; echo 3 > /proc/sys/vm/drop_caches; "
             "awk '/MemTotal|MemFree/{print $4}' "
             "/sys/devices/system/node/node0/meminfo; "
             f"awk '/VmRSS/{{print $2}}' /proc/{self.workload_pid}/status"
@@ -484,7 +488,7 @@ class Scenario:
         }
         fixed = fig["node0_total_bytes"] - fast.current_bytes
         unexplained = max(0, fig["node0_used_bytes"] - fig["workload_rss_bytes"])
-        room = fig["workload_rss_bytes"] - cold + int(cold * self.cfg.squeeze_cold_left)
+        room = fig["workload_rss_bytes"] - cold - self.cfg.squeeze_spare_mib * MiB
         need = unexplained + room - fixed
         if need <= 0:
             raise RuntimeError(
