@@ -72,7 +72,7 @@ class ScenarioConfig:
     # The allotment is sized from the guest's view when the squeeze starts
     # (Scenario.squeeze_fast_bytes); the boot memory of node 0 must be small
     # enough that an allotment can do it (VmShape.fast_boot_mib).
-    squeeze_spare_mib: int = 16
+    squeeze_spare_mib: int = 8
     squeeze_timeout_s: float = 180.0
     # After `kill -9` of the guest agent (started again at once) and after a
     # restart of `hypertier-host`: the host must accept the agent's reports and
