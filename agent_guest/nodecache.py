@@ -10,7 +10,8 @@ agent moves it (the cache learns the new node from move_pages' status), or when
 something else does: an unplug that migrates pages off a shrinking node, the
 kernel's own demotion or NUMA balancing, a munmap and a new mapping at the same
 address. So an entry is trusted for ``ttl_epochs`` epochs only, and the daemon
-forgets everything when the host's allotment or plugged size changes.
+forgets everything when the host's allotment or plugged size changes or the
+kernel's own counters of node migrations move.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ class NodeCache:
         self._ttl = ttl_epochs
         self._max = max_pages
         self._by_pid: dict[int, tuple[_U64, _I32, _I64]] = {}
-        self.hits = 0
 
     def lookup(
         self, pid: int, addr: _U64, epoch: int
@@ -50,7 +50,6 @@ class NodeCache:
         i = np.minimum(np.searchsorted(a, addr), a.shape[0] - 1)
         known = (a[i] == addr) & (e[i] > epoch - self._ttl)
         node[known] = n[i[known]]
-        self.hits += int(known.sum())
         return node, known
 
     def learn(self, pid: int, addr: _U64, node: _I32, epoch: int) -> None:
