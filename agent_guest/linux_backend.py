@@ -41,10 +41,15 @@ __all__ = ["LinuxGuestBackend"]
 
 @dataclass
 class _Session:
-    source: SampleSource
+    settings: SamplerSettings
     pids: frozenset[int]
     rings: list[Ring] = field(default_factory=list)
     scan_pids: tuple[int, ...] = ()
+    paused: bool = False
+
+    @property
+    def source(self) -> SampleSource:
+        return self.settings.source
 
 
 class LinuxGuestBackend:
@@ -173,41 +178,52 @@ class LinuxGuestBackend:
     # ---------------------------------------------------------------- sampling
     def start_sampling(self, pids: Sequence[int], settings: SamplerSettings) -> None:
         """One event (two for PEBS: loads and stores) per online CPU, pid=-1,
-        filtered to ``pids`` when read; SOFT_DIRTY scans page tables instead."""
+        filtered to ``pids`` when read; SOFT_DIRTY scans page tables instead.
+
+        Events open with the same settings (running, or paused by
+        :meth:`stop_sampling`) are kept: only the pid filter changes."""
         cap = SOURCE_CAPABILITY[settings.source]
         if cap not in self.capabilities():
             raise Unsupported(
                 f"sample source {settings.source.value}",
                 self._reasons.get(cap, "not offered by this machine"),
             )
-        session = _Session(settings.source, frozenset(pids))
         if settings.source is SampleSource.SOFT_DIRTY:
-            self.stop_sampling()
-            session.scan_pids = tuple(pids)
-            self._session = session
-            self._soft_dirty.rearm(session.scan_pids)
+            self._close_rings()
+            self._session = _Session(settings, frozenset(pids), scan_pids=tuple(pids))
+            self._soft_dirty.rearm(self._session.scan_pids)
             return
-        # Make before break: the new events open while the old ones still exist.
-        # Closing the last event of a kind first drops the kernel's static key
-        # for it (perf_swevent_enabled, the tracepoint's key) to zero and the
-        # open turns it on again: two rounds of live kernel text patching, each
-        # with IPIs to every CPU, per period change. Under QEMU TCG with two
-        # vCPUs that patching can race with a page fault on the other vCPU and
-        # oops the guest ("Oops: int3" in do_user_addr_fault, 6.12).
-        specs = self._perf.event_specs(
-            settings, self._reasons.get(Capability.TRACEPOINTS, "tracefs missing")
-        )
-        session.rings = self._perf.open_rings(
-            specs, procfs.online_cpus(self._root), settings.ring_pages
-        )
-        self.stop_sampling()
-        self._session = session
+        s = self._session
+        if s is not None and s.rings and s.settings == settings:
+            if s.paused:
+                for ring in s.rings:
+                    ring.drain()  # what came in before the pause is stale
+                    ring.enable()
+                s.paused = False
+            s.pids = frozenset(pids)
+        else:
+            # Make before break: the new events open while the old ones still
+            # exist. Closing the last event of a kind first drops the kernel's
+            # static key for it (perf_swevent_enabled, the tracepoint's key) to
+            # zero and the open turns it on again: two rounds of live kernel text
+            # patching, each with IPIs to every CPU, per period change. Under QEMU
+            # TCG with two vCPUs that patching can race with a page fault on the
+            # other vCPU and oops the guest ("Oops: int3" in do_user_addr_fault,
+            # 6.12).
+            specs = self._perf.event_specs(
+                settings, self._reasons.get(Capability.TRACEPOINTS, "tracefs missing")
+            )
+            rings = self._perf.open_rings(
+                specs, procfs.online_cpus(self._root), settings.ring_pages
+            )
+            self._close_rings()
+            self._session = _Session(settings, frozenset(pids), rings)
         if settings.source is SampleSource.PAGE_FAULT and self._induce:
             self._soft_dirty.rearm(tuple(pids))
 
     def read_samples(self) -> AccessSamples:
         s = self._session
-        if s is None:
+        if s is None or s.paused:
             raise Unsupported("read_samples", "sampling was not started")
         if s.source is SampleSource.SOFT_DIRTY:
             return self._scan_soft_dirty(s)
@@ -276,6 +292,21 @@ class LinuxGuestBackend:
         )
 
     def stop_sampling(self) -> None:
+        """Stop delivering samples. perf events are disabled, not closed, so that
+        sampling that starts again with the same settings reopens nothing and the
+        kernel's text is not patched each time the last target goes away (see
+        :meth:`start_sampling`); :meth:`close` closes them."""
+        s = self._session
+        if s is None:
+            return
+        if not s.rings:
+            self._session = None
+        elif not s.paused:
+            for ring in s.rings:
+                ring.disable()
+            s.paused = True
+
+    def _close_rings(self) -> None:
         if self._session is not None:
             for ring in self._session.rings:
                 ring.close()
@@ -316,5 +347,5 @@ class LinuxGuestBackend:
         return procfs.vmstat_counters(self._root)
 
     def close(self) -> None:
-        self.stop_sampling()
+        self._close_rings()
         self._channel.close()

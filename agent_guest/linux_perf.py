@@ -59,6 +59,12 @@ class Ring:
         struct.pack_into("<Q", self.mm, abi.MMAP_DATA_TAIL, head)
         return out
 
+    def enable(self) -> None:
+        fcntl.ioctl(self.fd, abi.IOC_ENABLE, 0)
+
+    def disable(self) -> None:
+        fcntl.ioctl(self.fd, abi.IOC_DISABLE, 0)
+
     def close(self) -> None:
         del self.data
         self.mm.close()
@@ -209,5 +215,6 @@ class PerfEvents:
             os.close(fd)
             raise BackendError(f"mmap of perf ring on cpu {cpu}: {err}") from err
         data = np.frombuffer(mm, np.uint8, ring_pages * PAGE_SIZE, PAGE_SIZE)
-        fcntl.ioctl(fd, abi.IOC_ENABLE, 0)
-        return Ring(fd, mm, data, spec.sample_type, spec.raw_addr_offset)
+        ring = Ring(fd, mm, data, spec.sample_type, spec.raw_addr_offset)
+        ring.enable()
+        return ring

@@ -27,6 +27,7 @@ from agent_guest.backend import (
     SampleSource,
 )
 from agent_guest.daemon import Daemon
+from agent_guest.errors import Unsupported
 from agent_guest.linux_backend import LinuxGuestBackend
 from hypertier_common.clock import SystemClock
 
@@ -152,6 +153,43 @@ def test_tracepoint_page_faults_carry_the_faulting_address(child: Child) -> None
         b.close()
     assert len(batch) >= 1000
     assert _inside(batch.addr, child, 4, 8) >= 0.99
+
+
+def _perf_fds() -> int:
+    fds = Path("/proc/self/fd")
+    links = []
+    for fd in fds.iterdir():
+        try:
+            links.append(os.readlink(fd))
+        except OSError:
+            continue
+    return sum(link == "anon_inode:[perf_event]" for link in links)
+
+
+def test_stopped_sampling_delivers_nothing_and_restarts_without_reopening(
+    backend: LinuxGuestBackend, child: Child
+) -> None:
+    """A pause keeps the events (no kernel text patching when the last target
+    goes away); what is faulted meanwhile is never delivered."""
+    settings = SamplerSettings(SampleSource.PAGE_FAULT, 1, ring_pages=256)
+    base = _perf_fds()
+    backend.start_sampling([child.pid], settings)
+    opened = _perf_fds()
+    assert opened > base
+    backend.stop_sampling()
+    with pytest.raises(Unsupported):
+        backend.read_samples()
+    child.send("touch 8 12")  # while stopped
+    backend.start_sampling([child.pid], settings)
+    assert _perf_fds() == opened
+    child.send("touch 12 16")
+    batch = backend.read_samples()
+    assert len(batch) >= 1000
+    assert _inside(batch.addr, child, 12, 16) >= 0.99
+    backend.start_sampling([child.pid], SamplerSettings(SampleSource.PAGE_FAULT, 2))
+    assert _perf_fds() == opened  # new period: new events, the old ones closed
+    backend.close()
+    assert _perf_fds() == base
 
 
 def test_an_overflowing_ring_counts_lost_records(

@@ -131,7 +131,10 @@ def test_pages_end_on_their_tier(
     the slow node while the hot ones stay."""
     placement = _need(report, step)
     assert placement[share] >= scenario.CONVERGED_SHARE, (
-        f"{nodes} {placement[nodes]}\n" + placement["agent_log_tail"]
+        f"{nodes} {placement[nodes]}\n"
+        + placement.get("agent_log_squeeze", "")
+        + "\n...\n"
+        + placement["agent_log_tail"]
     )
 
 

@@ -54,7 +54,11 @@ def spawn_guest_agent(link: GuestLink) -> int:
 
 def write_host_config(run_dir: Path) -> Path:
     """The host agent's TOML in ``run_dir``: libvirt backend, control socket beside
-    it, a resize every 2 s at most. Returns its path."""
+    it, a resize every 2 s at most, and 30 s for the guest to make room before its
+    fast tier is unplugged (the default 5 s suits a guest on KVM; under TCG the
+    agent needs ~10 s from the Allot to the end of its demotion, and an unplug
+    that starts earlier makes the guest kernel migrate whatever sits in the
+    blocks it removes, hot pages included, to the slow node). Returns its path."""
     path = run_dir / "host.toml"
     path.write_text(
         "[host]\n"
@@ -64,6 +68,7 @@ def write_host_config(run_dir: Path) -> Path:
         "[policy]\n"
         "interval_s = 1.0\n"
         "min_resize_interval_s = 2.0\n"
+        "shrink_notice_s = 30.0\n"
     )
     return path
 

@@ -264,7 +264,7 @@ class Scenario:
         tlbtrace.start(self.link)
 
     def tlb_trace_read(self) -> dict[str, int]:
-        counts = tlbtrace.read_and_stop(self.link)
+        counts = tlbtrace.read(self.link)
         self.say(f"[vm] guest tlb:tlb_flush counts: {counts}")
         return counts
 
@@ -451,6 +451,11 @@ class Scenario:
             "cold_nodes": status["cold_nodes"],
             "node_info": self.node_info(),
             "agent_log_tail": self.link.sh("tail -n 20 /tmp/agent.log", check=False),
+            # the agent's first epochs after the squeeze's Allot (its last one)
+            "agent_log_squeeze": self.link.sh(
+                "tac /tmp/agent.log | sed '/host allots/q' | tac | head -n 40",
+                check=False,
+            ),
         }
         self._demote_order(status)
         self.say(
