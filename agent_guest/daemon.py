@@ -90,6 +90,12 @@ class Daemon:
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
         self._fast_limit = FastLimit()
+        # A fit report is owed after a fast allotment went down: the host
+        # unplugs once a report says the fast node fits, or after its
+        # policy.shrink_notice_s, and the unplug path would pick the pages to
+        # move itself (hot ones too).
+        self._last_allot: int | None = None
+        self._fit_owed = False
         self._placement_view: tuple[int | None, int | None, int] = (None, None, -1)
         self.counters = _Counters()
         self._link = HostLink(backend, clock, self.counters, VERSION)
@@ -220,13 +226,17 @@ class Daemon:
         by_id = {n.node: n for n in nodes}
         fast = [by_id[n] for n in roles.fast]
         self._check_placement_cache()
+        allot = self._link.allot_fast_bytes
+        if allot is not None and self._last_allot is not None:
+            if allot < self._last_allot:
+                self._fit_owed = True
+        self._last_allot = allot
+        limit = self._fast_limit.limit(
+            sum(n.total_bytes for n in fast), allot, self._link.plugged_fast_bytes
+        )
         budget = fast_budget(
             fast,
-            self._fast_limit.limit(
-                sum(n.total_bytes for n in fast),
-                self._link.allot_fast_bytes,
-                self._link.plugged_fast_bytes,
-            ),
+            limit,
             sum(p.rss_bytes for p in self._target_infos),
             self._cfg.mover,
             keep_reserve=self._informed_epochs >= self._params.reuse_window
@@ -236,7 +246,7 @@ class Daemon:
         spent.lap("select")
         self.counters.hot_bytes = sel.hot_bytes
         self.counters.demand_bytes = sel.demand_bytes
-        promoted = demoted = 0
+        promoted = demoted = pending = 0
         if roles.fast and roles.slow and self._tables:
             fast_node = max(roles.fast, key=lambda n: by_id[n].free_bytes)
             slow_node = max(roles.slow, key=lambda n: by_id[n].free_bytes)
@@ -250,16 +260,24 @@ class Daemon:
                 budget.free_pages,
                 self._cfg.mover.move_cost(self._accesses_per_count()),
             )
+            pending = self._exchanger.pending
             # Migration CPU is bounded by the MiB/s limit, not by the sample rate.
             self._last_cpu += self._backend.cpu_time_s() - cpu_before
             for pid in self._exchanger.gone:
                 self._forget(pid)
         spent.lap("exchange")
-        self._report(nodes, roles, sel, budget.room_bytes, budget.unmanaged_bytes)
+        self._report(
+            nodes,
+            roles,
+            sel,
+            budget.room_bytes,
+            budget.unmanaged_bytes,
+            fits=budget.used_bytes <= limit,
+        )
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
         self._sampler.control.rate_hz = self._boost.after_round(
-            promoted, promoted + demoted, hot_samples, binned
+            promoted, promoted + demoted, hot_samples, binned, pending
         )
         if self._sampler.source is not SampleSource.SOFT_DIRTY:
             # Lost samples were generated at this period too: without them a
@@ -389,8 +407,11 @@ class Daemon:
         sel: Selection,
         room: int,
         unmanaged: int,
+        fits: bool = True,
     ) -> None:
-        """Tell the host what this guest uses and demands (docs/wire-protocol.md).
+        """Tell the host what this guest uses and demands (docs/wire-protocol.md),
+        every ``guest.report_interval_s``, and at once when the fast nodes
+        (``fits``) are back under a lowered allotment.
 
         ``hot_bytes`` is the fast memory the guest would fill if it had room:
         the targets' demand (whatever the fast tier holds now) plus memory on
@@ -401,10 +422,15 @@ class Daemon:
         if not self._link.available:
             return
         now = self._clock.monotonic()
-        if now < self._next_report or self.counters.epochs < self._params.reuse_window:
+        if self.counters.epochs < self._params.reuse_window:
             # Nothing before a full history window: a first report of "no hot
             # set" would have the host shrink a VM whose agent just started.
             return
+        owed = self._fit_owed and fits
+        if now < self._next_report and not owed:
+            return
+        if fits:
+            self._fit_owed = False
         self._next_report = now + self._cfg.guest.report_interval_s
         usage = tuple(
             wire.NodeUsage(

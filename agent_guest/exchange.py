@@ -116,6 +116,8 @@ class Exchanger:
         self.stats = ExchangeStats()
         self.gone: set[int] = set()
         self.denied: set[int] = set()
+        # promotion candidates of the last round that did not move
+        self.pending = 0
 
     def _find(
         self,
@@ -330,6 +332,7 @@ class Exchanger:
         ``cost`` what moves cost and gain (None: every worthwhile pair goes).
         """
         self.gone.clear()
+        self.pending = 0
         self._epoch += 1
         self._expire_recent()
         budget = self._limiter.take(self._limiter.available()) // PAGE_SIZE
@@ -389,6 +392,7 @@ class Exchanger:
             demoted += moved
             room += moved
         self._limiter.refund((budget - promoted - demoted) * PAGE_SIZE)
+        self.pending = len(promote) - promoted
         self.stats.promoted += promoted
         self.stats.demoted += demoted
         return promoted, demoted

@@ -153,7 +153,8 @@ class SampleBoost:
     (a hot set larger than what is resolved yet, a phase change), and more
     samples resolve it sooner. ``sampler.settled_rate_hz`` (at most
     ``sampler.rate_hz``) once ``sampler.settle_epochs`` rounds in a row moved
-    nothing and the sampled distribution held: placement has settled, and
+    nothing, left no promotion candidate waiting on more samples and the
+    sampled distribution held: placement has settled, and
     samples only need to notice change; each one costs the workload time (a
     PEBS assist) and buys nothing.
     Otherwise ``sampler.rate_hz``. A round that moves pages ends the settled
@@ -185,10 +186,14 @@ class SampleBoost:
         moved: int | None = None,
         hot_samples: float = 0.0,
         samples: float = 0.0,
+        pending: int = 0,
     ) -> float:
         """The target rate (samples/s) after a round that promoted ``promoted``
         and moved ``moved`` pages in all (None: ``promoted``), in an epoch
-        whose ``samples`` samples fell ``hot_samples`` on ranges selected hot."""
+        whose ``samples`` samples fell ``hot_samples`` on ranges selected hot,
+        leaving ``pending`` promotion candidates on the slow tier (pages
+        selected hot whose gain has not paid for a move yet: more samples
+        decide them, so a round with any is not quiet)."""
         moved = promoted if moved is None else moved
         # a fall of the hot share matters only to a settled sampler
         changed = self._changed(hot_samples, samples) and self.settled
@@ -196,7 +201,8 @@ class SampleBoost:
             self._left = self.cfg.boost_epochs
         elif self._left:
             self._left -= 1
-        self._quiet = 0 if moved or changed else self._quiet + 1
+        busy = moved or changed or pending
+        self._quiet = 0 if busy else self._quiet + 1
         if self.cfg.boost_rate_hz > 0 and self._left > 0:
             return float(self.cfg.boost_rate_hz)
         if self.settled:

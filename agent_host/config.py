@@ -94,7 +94,8 @@ class PolicyConfig:
     hot_headroom_ratio: float = 0.1
     max_step_bytes: int = 1 * GiB
     min_resize_interval_s: float = 5.0
-    shrink_notice_s: float = 5.0
+    # max_step_bytes at the guest's default 200 MiB/s takes 5.1 s of moves
+    shrink_notice_s: float = 10.0
     hysteresis_bytes: int = 32 * MiB
     hysteresis_ratio: float = 0.02
     report_timeout_s: float = 10.0

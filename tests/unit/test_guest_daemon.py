@@ -325,3 +325,37 @@ def test_samples_a_full_ring_lost_count_toward_the_rate() -> None:
         if ring_pages == 1:
             assert d.status()["lost"] > 0
     assert periods[1] >= periods[0] / 2, periods
+
+
+def _fast_used(report: wire.Report) -> int:
+    return sum(n.used_bytes for n in report.nodes if n.tier == "fast")
+
+
+@pytest.mark.parametrize("shrink", [False, True])
+def test_a_lowered_allotment_is_answered_by_a_report_once_it_fits(
+    shrink: bool,
+) -> None:
+    """The host unplugs after a report says the fast node fits (or its notice
+    runs out): the guest does not keep that report for its next interval."""
+    cfg = config.loads(
+        '[guest]\nbackend = "emu"\nreport_interval_s = 30.0\n'
+        "[sampler]\nwindow_s = 0.1\n"
+        "[mover]\nfast_reserve_bytes = 0\n"
+        "[targets]\nmin_rss_bytes = 0\nrefresh_s = 0.1\n"
+    )
+    w, _ = _world(npages=4096)
+    d, _ = _daemon(w, cfg)
+    vm = w.vm("vm")
+    vm.to_guest += wire.encode(wire.Allot(1, 16 * MiB, 64 * MiB))
+    _run(w, d, 8)
+    before = [m for m in _host_lines(w) if isinstance(m, wire.Report)]
+    assert len(before) == 1  # the first, once a history window is in
+    assert _fast_used(before[0]) > 8 * MiB
+    vm.to_guest += wire.encode(wire.Allot(2, (8 if shrink else 16) * MiB, 64 * MiB))
+    _run(w, d, 8)
+    after = [m for m in _host_lines(w) if isinstance(m, wire.Report)][1:]
+    if not shrink:
+        assert after == []
+        return
+    assert len(after) == 1
+    assert _fast_used(after[0]) <= 8 * MiB

@@ -255,24 +255,31 @@ def test_the_settled_rate_is_at_most_the_base_rate() -> None:
     assert boost.after_round(0) == 50
 
 
+def test_promotion_candidates_waiting_on_samples_keep_the_sampler_unsettled() -> None:
+    boost = _settling()
+    rates = [boost.after_round(0, 0, pending=p) for p in (0, 0, 5, 0, 0, 0)]
+    assert rates == [1000, 1000, 1000, 1000, 1000, 100]
+
+
 @given(
-    moves=st.lists(st.integers(0, 2), max_size=40),
+    rounds=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), max_size=40),
     k=st.integers(0, 6),
     share=st.sampled_from([0.0, 0.25, 0.5, 0.9, 1.0]),
     per_epoch=st.sampled_from([0, 4, 40, 400]),
 )
-def test_a_steady_sample_share_settles_exactly_k_rounds_after_the_last_move(
-    moves: list[int], k: int, share: float, per_epoch: int
+def test_a_steady_sample_share_settles_exactly_k_rounds_after_the_last_busy_one(
+    rounds: list[tuple[int, int]], k: int, share: float, per_epoch: int
 ) -> None:
+    """Busy: pages moved, or promotion candidates left waiting."""
     cfg = SamplerConfig(
         rate_hz=1000, boost_rate_hz=0, settled_rate_hz=100, settle_epochs=k
     )
     boost = SampleBoost(cfg)
     last = -1
-    for i, m in enumerate(moves):
-        if m:
+    for i, (moved, pending) in enumerate(rounds):
+        if moved or pending:
             last = i
-        rate = boost.after_round(0, m, share * per_epoch, per_epoch)
+        rate = boost.after_round(0, moved, share * per_epoch, per_epoch, pending)
         assert rate == (100.0 if k and i - last >= k else 1000.0)
 
 

@@ -379,7 +379,7 @@ def test_fast_shrink_waits_for_the_notice_period(clock: FakeClock) -> None:
     assert _allots(world, "vm0")[-1].fast_bytes == 64 * MiB
     assert _fast_mib(world, "vm0") == 128
     assert daemon.status()["vms"]["vm0"]["fast_shrink_noticed_s_ago"] == 0.0
-    clock.advance(4.0)
+    clock.advance(CFG.policy.shrink_notice_s - 1.0)
     daemon.tick()
     assert _fast_mib(world, "vm0") == 128
     clock.advance(1.0)
@@ -401,7 +401,7 @@ def test_the_guest_hears_the_plugged_size_until_the_unplug_is_done(
     daemon.tick()
     plugged = [m for m in _sent(world, "vm0") if isinstance(m, wire.Plugged)]
     assert [m.fast_bytes for m in plugged] == [128 * MiB]  # allotted 64: pending
-    for _ in range(12):
+    for _ in range(int(CFG.policy.shrink_notice_s) + 7):
         clock.advance(1.0)
         daemon.tick()
     assert world.vm("vm0").plugged[0] * PAGE_SIZE == 64 * MiB
