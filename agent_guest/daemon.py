@@ -232,7 +232,10 @@ class Daemon:
                 self._fit_owed = True
         self._last_allot = allot
         limit = self._fast_limit.limit(
-            sum(n.total_bytes for n in fast), allot, self._link.plugged_fast_bytes
+            sum(n.total_bytes for n in fast),
+            allot,
+            self._link.plugged_fast_bytes,
+            self._link.plugged_is_newer,
         )
         budget = fast_budget(
             fast,

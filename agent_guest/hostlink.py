@@ -38,7 +38,8 @@ class HostLink:
 
     ``allot_fast_bytes`` is the host's last fast allotment and
     ``plugged_fast_bytes`` what the fast device had plugged when the host last
-    looked (each None until the host says). Nothing here raises: a failing
+    looked (each None until the host says); ``plugged_is_newer`` whether that
+    size came after the last allotment (the host reads it again after each). Nothing here raises: a failing
     channel is counted and logged once, and placement goes on without the host.
     """
 
@@ -52,6 +53,7 @@ class HostLink:
         self._reader = wire.LineReader()
         self.allot_fast_bytes: int | None = None
         self.plugged_fast_bytes: int | None = None
+        self.plugged_is_newer = False
         self._seq = 0
         self._hello_sent = False
         self._hellos = 0  # hellos this process sent
@@ -99,8 +101,10 @@ class HostLink:
                         msg.slow_bytes >> 20,
                     )
                 self.allot_fast_bytes = msg.fast_bytes
+                self.plugged_is_newer = False
             elif isinstance(msg, wire.Plugged):
                 self.plugged_fast_bytes = msg.fast_bytes
+                self.plugged_is_newer = True
 
     def report(
         self,

@@ -11,12 +11,15 @@ boosted after rounds that promote, lowered once placement has settled
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent_guest.backend import PAGE_SIZE, NumaNode
 from agent_guest.config import MoverConfig, SamplerConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FastBudget", "FastLimit", "GrowthWatch", "SampleBoost", "fast_budget"]
 
@@ -52,8 +55,9 @@ class FastLimit:
     the node's memory was counted), which only the guest sees, so the limit is
     that fixed part plus the allotment. The fixed part is the nodes' total less
     the device's plugged size, learned while nothing is in flight (the host's
-    last plugged size equals its allotment and the total did not change since
-    the last call) and kept while the device (un)plugs: then the limit is
+    last plugged size, read after its last allotment, equals that allotment,
+    the total did not change since the last call and is at least the plugged
+    size) and kept while the device (un)plugs: then the limit is
     already the size the nodes will have, and the agent demotes before an
     unplug rather than after.
 
@@ -64,15 +68,36 @@ class FastLimit:
     fixed_bytes: int | None = None
     _last_total: int | None = None
 
-    def limit(self, total: int, allot: int | None, plugged: int | None) -> int:
+    def limit(
+        self,
+        total: int,
+        allot: int | None,
+        plugged: int | None,
+        plugged_is_newer: bool = True,
+    ) -> int:
         """The limit for fast nodes of ``total`` bytes now, the host's last
-        allotment ``allot`` and plugged size ``plugged`` (None: not received)."""
+        allotment ``allot`` and plugged size ``plugged`` (None: not received),
+        ``plugged_is_newer`` if the host read that size after it sent ``allot``
+        (an older one may be from before a resize that has happened since)."""
         steady = total == self._last_total
         self._last_total = total
         if allot is None:
             return total
-        if plugged is not None and plugged == allot and steady:
-            self.fixed_bytes = max(0, total - plugged)
+        # A node smaller than the device's plugged size is still onlining it.
+        if (
+            plugged is not None
+            and plugged == allot
+            and plugged_is_newer
+            and steady
+            and total >= plugged
+        ):
+            if total - plugged != self.fixed_bytes:
+                log.info(
+                    "fast nodes hold %d MiB beside the device (%d MiB plugged)",
+                    (total - plugged) >> 20,
+                    plugged >> 20,
+                )
+            self.fixed_bytes = total - plugged
         if self.fixed_bytes is not None:
             return min(total, self.fixed_bytes + allot)
         if plugged is not None:  # in flight since the agent started

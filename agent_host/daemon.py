@@ -81,6 +81,7 @@ class Daemon:
             )
         self._caps = backend.capabilities()
         self._since_discover = 0
+        self._discovered_s = -math.inf  # when the domains were last read
         self._never_discovered = True
         self._last: PolicyResult | None = None
         self.ticks = 0
@@ -165,6 +166,7 @@ class Daemon:
                 or HostCapability.EVENTS not in self._caps
             ):
                 self._discover(self._backend.domains())
+                self._discovered_s = now
             self._read_channels(now)
             resizes = 0
             if self._fleet.states:
@@ -375,21 +377,32 @@ class Daemon:
 
         The plugged sizes (as the last discovery read them) let the guest
         agent tell its node's fixed memory from the device's part, which only
-        the host knows (docs/wire-protocol.md, ``plugged``).
+        the host knows (docs/wire-protocol.md, ``plugged``). The guest pairs
+        the latest with its node's size now, so only a size read after the
+        VM's last resize goes out, and one goes out after every allotment, even
+        if unchanged: the guest trusts only a plugged size newer than the
+        allotment (an allotment that went 256 -> 512 -> 256 MiB before a
+        discovery saw the grow met the guest's plugged size of 256 from before
+        the grow, with its node at the grown size, and the grown part was
+        counted as fixed memory).
         """
         fleet = self._fleet
         if fleet.target.shape[1] != len(fleet.states):
             return  # VMs came or went during this tick; the next one sends
         fast, slow = fleet.target.tolist()
         plugged = fleet.current.T.tolist()
-        for st, f, s, (pf, ps) in zip(fleet.states, fast, slow, plugged, strict=True):
+        fresh = (self._discovered_s > fleet.last_resize_s.max(axis=0)).tolist()
+        for st, f, s, (pf, ps), ok in zip(
+            fleet.states, fast, slow, plugged, fresh, strict=True
+        ):
             if st.channel.hello is None:
                 continue
             if (f, s) != st.sent_allot:
                 st.allot_seq += 1
                 self._send(st, wire.Allot(st.allot_seq, f, s))
                 st.sent_allot = (f, s)
-            if (pf, ps) != st.sent_plugged:
+                st.sent_plugged = None  # the guest trusts only a size read after
+            if ok and (pf, ps) != st.sent_plugged:
                 st.allot_seq += 1
                 self._send(st, wire.Plugged(st.allot_seq, pf, ps))
                 st.sent_plugged = (pf, ps)

@@ -359,3 +359,17 @@ def test_a_lowered_allotment_is_answered_by_a_report_once_it_fits(
         return
     assert len(after) == 1
     assert _fast_used(after[0]) <= 8 * MiB
+
+
+def test_a_plugged_size_counts_as_newer_only_until_the_next_allotment() -> None:
+    w, _ = _world()
+    d, _ = _daemon(w)
+    vm = w.vm("vm")
+    vm.to_guest += wire.encode(wire.Allot(1, 16 * MiB, 64 * MiB))
+    vm.to_guest += wire.encode(wire.Plugged(2, 16 * MiB, 64 * MiB))
+    _run(w, d, 1)
+    assert d._link.plugged_is_newer
+    vm.to_guest += wire.encode(wire.Allot(3, 8 * MiB, 64 * MiB))
+    _run(w, d, 1)
+    assert not d._link.plugged_is_newer
+    assert d.status()["plugged_fast_bytes"] == 16 * MiB

@@ -93,6 +93,35 @@ def test_boot_memory_beside_the_device_counts_once_the_device_settled() -> None:
     assert lim.limit(346 * MiB, 512 * MiB, 160 * MiB) == 346 * MiB
 
 
+def test_a_node_smaller_than_the_plugged_device_teaches_nothing() -> None:
+    # A grow: the host plugged 512 MiB, the guest has not onlined it yet.
+    lim = FastLimit()
+    lim.limit(316 * MiB, 256 * MiB, 256 * MiB)
+    lim.limit(316 * MiB, 256 * MiB, 256 * MiB)
+    assert lim.fixed_bytes == 60 * MiB
+    lim.limit(316 * MiB, 512 * MiB, 512 * MiB)
+    assert lim.limit(316 * MiB, 512 * MiB, 512 * MiB) == 316 * MiB
+    assert lim.fixed_bytes == 60 * MiB
+    lim.limit(572 * MiB, 512 * MiB, 512 * MiB)
+    assert lim.limit(572 * MiB, 512 * MiB, 512 * MiB) == 572 * MiB
+    assert lim.fixed_bytes == 60 * MiB
+
+
+def test_a_plugged_size_older_than_the_allotment_teaches_nothing() -> None:
+    # Allotted 256 -> 512 -> 256 MiB before the host read the grow: the
+    # guest's plugged size (256) predates both allotments.
+    lim = FastLimit()
+    for _ in range(2):
+        lim.limit(316 * MiB, 256 * MiB, 256 * MiB, True)
+    assert lim.fixed_bytes == 60 * MiB
+    lim.limit(316 * MiB, 512 * MiB, 256 * MiB, False)
+    lim.limit(572 * MiB, 512 * MiB, 256 * MiB, False)
+    for _ in range(3):
+        assert lim.limit(572 * MiB, 256 * MiB, 256 * MiB, False) == 316 * MiB
+    assert lim.fixed_bytes == 60 * MiB
+    assert lim.limit(572 * MiB, 68 * MiB, 256 * MiB, False) == 128 * MiB
+
+
 def test_without_a_settled_device_the_plugged_size_still_counts() -> None:
     lim = FastLimit()
     lim.limit(400 * MiB, 100 * MiB, 200 * MiB)

@@ -400,16 +400,21 @@ def test_the_guest_hears_the_plugged_size_until_the_unplug_is_done(
     daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
     daemon.tick()
     plugged = [m for m in _sent(world, "vm0") if isinstance(m, wire.Plugged)]
-    assert [m.fast_bytes for m in plugged] == [128 * MiB]  # allotted 64: pending
+    # read again after the allotment of 64: still 128, the unplug is pending
+    assert [m.fast_bytes for m in plugged] == [128 * MiB, 128 * MiB]
     for _ in range(int(CFG.policy.shrink_notice_s) + 7):
         clock.advance(1.0)
         daemon.tick()
     assert world.vm("vm0").plugged[0] * PAGE_SIZE == 64 * MiB
     msgs = _sent(world, "vm0")[1:]  # after the host's hello
     plugged = [m for m in msgs if isinstance(m, wire.Plugged)]
-    assert [m.fast_bytes for m in plugged] == [128 * MiB, 64 * MiB]
+    assert [m.fast_bytes for m in plugged] == [128 * MiB, 128 * MiB, 64 * MiB]
     seqs = [m.seq for m in msgs if isinstance(m, wire.Allot | wire.Plugged)]
     assert seqs == sorted(set(seqs))  # one sequence for both kinds
+    kinds = [type(m) for m in msgs if isinstance(m, wire.Allot | wire.Plugged)]
+    # every allotment is followed by a plugged size read after it
+    assert all(b is wire.Plugged for a, b in zip(kinds, kinds[1:]) if a is wire.Allot)
+    assert kinds[-1] is wire.Plugged
 
 
 def test_fast_shrink_goes_ahead_once_the_guest_reports_it_fits(
