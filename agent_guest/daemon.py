@@ -227,9 +227,12 @@ class Daemon:
         fast = [by_id[n] for n in roles.fast]
         self._check_placement_cache()
         allot = self._link.allot_fast_bytes
-        if allot is not None and self._last_allot is not None:
-            if allot < self._last_allot:
-                self._fit_owed = True
+        if (
+            allot is not None
+            and self._last_allot is not None
+            and allot < self._last_allot
+        ):
+            self._fit_owed = True
         self._last_allot = allot
         limit = self._fast_limit.limit(
             sum(n.total_bytes for n in fast),

@@ -39,8 +39,9 @@ class HostLink:
     ``allot_fast_bytes`` is the host's last fast allotment and
     ``plugged_fast_bytes`` what the fast device had plugged when the host last
     looked (each None until the host says); ``plugged_is_newer`` whether that
-    size came after the last allotment (the host reads it again after each). Nothing here raises: a failing
-    channel is counted and logged once, and placement goes on without the host.
+    size came after the last allotment (the host reads it again after each).
+    Nothing here raises: a failing channel is counted and logged once, and
+    placement goes on without the host.
     """
 
     def __init__(

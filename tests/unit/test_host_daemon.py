@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -413,7 +414,8 @@ def test_the_guest_hears_the_plugged_size_until_the_unplug_is_done(
     assert seqs == sorted(set(seqs))  # one sequence for both kinds
     kinds = [type(m) for m in msgs if isinstance(m, wire.Allot | wire.Plugged)]
     # every allotment is followed by a plugged size read after it
-    assert all(b is wire.Plugged for a, b in zip(kinds, kinds[1:]) if a is wire.Allot)
+    after = [b for a, b in itertools.pairwise(kinds) if a is wire.Allot]
+    assert all(b is wire.Plugged for b in after)
     assert kinds[-1] is wire.Plugged
 
 
