@@ -45,6 +45,7 @@ class _Session:
     pids: frozenset[int]
     rings: list[Ring] = field(default_factory=list)
     scan_pids: tuple[int, ...] = ()
+    cpus: tuple[int, ...] = ()
     paused: bool = False
 
     @property
@@ -180,8 +181,9 @@ class LinuxGuestBackend:
         """One event (two for PEBS: loads and stores) per online CPU, pid=-1,
         filtered to ``pids`` when read; SOFT_DIRTY scans page tables instead.
 
-        Events open with the same settings (running, or paused by
-        :meth:`stop_sampling`) are kept: only the pid filter changes."""
+        Events open with the same settings on the same online CPUs (running,
+        or paused by :meth:`stop_sampling`) are kept: only the pid filter
+        changes."""
         cap = SOURCE_CAPABILITY[settings.source]
         if cap not in self.capabilities():
             raise Unsupported(
@@ -194,7 +196,8 @@ class LinuxGuestBackend:
             self._soft_dirty.rearm(self._session.scan_pids)
             return
         s = self._session
-        if s is not None and s.rings and s.settings == settings:
+        cpus = tuple(procfs.online_cpus(self._root))
+        if s is not None and s.rings and (s.settings, s.cpus) == (settings, cpus):
             if s.paused:
                 for ring in s.rings:
                     ring.drain()  # what came in before the pause is stale
@@ -213,11 +216,9 @@ class LinuxGuestBackend:
             specs = self._perf.event_specs(
                 settings, self._reasons.get(Capability.TRACEPOINTS, "tracefs missing")
             )
-            rings = self._perf.open_rings(
-                specs, procfs.online_cpus(self._root), settings.ring_pages
-            )
+            rings = self._perf.open_rings(specs, cpus, settings.ring_pages)
             self._close_rings()
-            self._session = _Session(settings, frozenset(pids), rings)
+            self._session = _Session(settings, frozenset(pids), rings, cpus=cpus)
         if settings.source is SampleSource.PAGE_FAULT and self._induce:
             self._soft_dirty.rearm(tuple(pids))
 
