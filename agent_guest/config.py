@@ -78,11 +78,11 @@ class SamplerConfig:
     # sample at boost_rate_hz, for boost_epochs epochs after the last such round.
     boost_rate_hz: int = 16000
     boost_epochs: int = 10
-    # Once settle_epochs rounds in a row moved nothing and the samples' share on
-    # the hot ranges held, sample at settled_rate_hz, at most rate_hz
-    # (settle_epochs = 0, the default: never settle; docs/guest.md says why).
+    # Once settle_epochs rounds in a row moved nothing, left no promotion
+    # candidate waiting and the samples' share on the hot ranges held, sample at
+    # settled_rate_hz, at most rate_hz (settle_epochs = 0: never settle).
     settled_rate_hz: int = 1000
-    settle_epochs: int = 0
+    settle_epochs: int = 20
     cpu_budget_pct: float = 0.5
     period: int = 1000
     min_period: int = 1
