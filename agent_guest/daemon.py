@@ -437,7 +437,8 @@ class Daemon:
             return
         if fits:
             self._fit_owed = False
-        self._next_report = now + self._cfg.guest.report_interval_s
+        if now >= self._next_report:  # a fit report leaves the schedule alone
+            self._next_report = now + self._cfg.guest.report_interval_s
         usage = tuple(
             wire.NodeUsage(
                 n.node,
