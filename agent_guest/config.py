@@ -80,9 +80,10 @@ class SamplerConfig:
     boost_epochs: int = 10
     # Once settle_epochs rounds in a row moved nothing, left no promotion
     # candidate waiting and the samples' share on the hot ranges held, sample at
-    # settled_rate_hz, at most rate_hz (settle_epochs = 0: never settle).
+    # settled_rate_hz, at most rate_hz (settle_epochs = 0, the default: never
+    # settle; docs/guest.md says why).
     settled_rate_hz: int = 1000
-    settle_epochs: int = 20
+    settle_epochs: int = 0
     cpu_budget_pct: float = 0.5
     period: int = 1000
     min_period: int = 1
