@@ -16,9 +16,7 @@ from emu.machine.params import MemoryProfile, Params
 from emu.machine.state import (
     FAST,
     I64,
-    PAGE_SIZE,
     SLOW,
-    BoolArray,
     EmuProcess,
     EmuVm,
     HostNodeState,
@@ -128,15 +126,6 @@ class Memory:
             tiers[proc.pt < 0] = -1
             proc._tier_cache = tiers
         return proc._tier_cache
-
-    def _vpns(
-        self, proc: EmuProcess, addrs: npt.NDArray[np.uint64]
-    ) -> tuple[I64, BoolArray]:
-        a = np.asarray(addrs, dtype=np.uint64)
-        off = a.astype(np.int64) - proc.base_addr
-        vpn = off // PAGE_SIZE
-        inside = (off >= 0) & (vpn < proc.npages)
-        return np.where(inside, vpn, 0), inside
 
     def _remap(self, vm: EmuVm, proc: EmuProcess, vpns: I64, frames: I64) -> None:
         old = proc.pt[vpns]

@@ -36,6 +36,8 @@ FAST, SLOW = 0, 1  # guest node ids and host tier codes
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
+U32 = npt.NDArray[np.uint32]  # sample weights
+U64 = npt.NDArray[np.uint64]  # guest virtual addresses
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -115,7 +117,7 @@ class EmuProcess:
     def running(self) -> bool:
         return self.alive and self.workload is not None and self.finished_at_s is None
 
-    def addr_of(self, vpn: npt.NDArray[np.integer]) -> npt.NDArray[np.uint64]:
+    def addr_of(self, vpn: npt.NDArray[np.integer]) -> U64:
         return (self.base_addr + vpn.astype(np.uint64) * PAGE_SIZE).astype(np.uint64)
 
 
@@ -164,9 +166,7 @@ class EmuVm:
     sample_ldlat_cycles: int = 0
     sample_pids: frozenset[int] = frozenset()
     ring_capacity: int = 0
-    ring: list[tuple[I32, npt.NDArray[np.uint64], npt.NDArray[np.uint32]]] = field(
-        default_factory=list
-    )
+    ring: list[tuple[I32, U64, U32]] = field(default_factory=list)
     ring_len: int = 0
     ring_lost: int = 0
     hint_scan_pages_per_s: int = 65536

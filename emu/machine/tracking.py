@@ -22,6 +22,8 @@ from emu.machine.state import (
     I32,
     I64,
     PAGE_SIZE,
+    U32,
+    U64,
     BoolArray,
     EmuProcess,
     EmuVm,
@@ -85,7 +87,7 @@ class Tracking(Flushes):
 
     def drain_samples(
         self, vm_name: str, dt_s: float = 0.0
-    ) -> tuple[I32, npt.NDArray[np.uint64], npt.NDArray[np.uint32], int]:
+    ) -> tuple[I32, U64, U32, int]:
         """Samples gathered since the last drain: (pid, addr, weight, lost).
 
         For "soft-dirty" this is the scan itself (pages written since the last
@@ -197,13 +199,7 @@ class Tracking(Flushes):
             vm.counters.guest_mgmt_ns += ns
             vm.pending_ns += ns
 
-    def _ring_push(
-        self,
-        vm: EmuVm,
-        pid: int,
-        addr: npt.NDArray[np.uint64],
-        weight: npt.NDArray[np.uint32],
-    ) -> None:
+    def _ring_push(self, vm: EmuVm, pid: int, addr: U64, weight: U32) -> None:
         room = vm.ring_capacity - vm.ring_len
         if len(addr) > room:
             vm.ring_lost += len(addr) - max(room, 0)

@@ -29,6 +29,7 @@ from emu.machine.state import (
     I64,
     PAGE_SIZE,
     SLOW,
+    U64,
     BoolArray,
     EmuProcess,
     EmuVm,
@@ -191,7 +192,7 @@ class World(Execution):
         del vm.procs[pid]
         self.oplog.append(("kill", vm_name, pid))
 
-    def page_nodes(self, vm_name: str, pid: int, addrs: npt.NDArray[np.uint64]) -> I32:
+    def page_nodes(self, vm_name: str, pid: int, addrs: U64) -> I32:
         """move_pages(2) with nodes=NULL: node per page, -EFAULT/-ENOENT otherwise."""
         vm = self.vm(vm_name)
         proc = self.process(vm_name, pid)
@@ -200,9 +201,7 @@ class World(Execution):
         status = np.where(gfn >= 0, vm.node_of_frame(np.maximum(gfn, 0)), -errno.ENOENT)
         return np.where(inside, status, -errno.EFAULT).astype(np.int32)
 
-    def move_pages(
-        self, vm_name: str, pid: int, addrs: npt.NDArray[np.uint64], node: int
-    ) -> I32:
+    def move_pages(self, vm_name: str, pid: int, addrs: U64, node: int) -> I32:
         """Guest move_pages(2) of ``addrs`` to guest ``node``; per-page status.
 
         Status: the node the page is on afterwards, or -EFAULT (outside any
@@ -241,6 +240,15 @@ class World(Execution):
         status[dup] = vm.node_of_frame(np.maximum(proc.pt[vpn[dup]], 0))
         self.oplog.append(("move_pages", vm_name, pid, node, len(ok)))
         return status
+
+    def _vpns(self, proc: EmuProcess, addrs: U64) -> tuple[I64, BoolArray]:
+        """The page index of each address in ``proc``'s mapping (0 outside it),
+        and whether it is inside."""
+        a = np.asarray(addrs, dtype=np.uint64)
+        off = a.astype(np.int64) - proc.base_addr
+        vpn = off // PAGE_SIZE
+        inside = (off >= 0) & (vpn < proc.npages)
+        return np.where(inside, vpn, 0), inside
 
     def place_free(self, vm_name: str, pid: int, fast: BoolArray) -> int:
         """Oracle support: put the pages where ``fast`` is True on node 0, the rest
