@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -54,46 +55,63 @@ def _ratio(text: str) -> int:
     return int(slow)
 
 
+# The flags that override a field of the preset's Matrix, in --help order:
+# (flag, the Matrix field, the parser of its value, help).
+_OVERRIDES: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
+    ("--workloads", "workloads", _names, "comma-separated workloads"),
+    (
+        "--scenarios",
+        "scenarios",
+        _names,
+        "comma-separated VM sets of a scenario preset (multi-tenant: tenants,gups)",
+    ),
+    (
+        "--policies",
+        "policies",
+        _names,
+        f"comma-separated, from {','.join(POLICY_NAMES)}",
+    ),
+    ("--profiles", "profiles", _names, "memory profiles: cxl,pmem"),
+    (
+        "--ratios",
+        "ratios",
+        lambda s: tuple(_ratio(x) for x in _names(s)),
+        "fast:slow ratios, e.g. 1:2,1:5",
+    ),
+    (
+        "--vms",
+        "vms",
+        lambda s: tuple(int(x) for x in _names(s)),
+        "VM counts, e.g. 1,4,9",
+    ),
+    ("--pages", "npages", int, "footprint per VM (4 KiB pages)"),
+    ("--accesses", "accesses", int, "LLC misses per VM"),
+    (
+        "--trace-accesses",
+        "trace_accesses",
+        int,
+        "LLC misses per VM of trace workloads (default: the preset's; "
+        "--accesses alone sets both)",
+    ),
+    ("--epoch-s", "epoch_s", float, "policy epoch (virtual s)"),
+    ("--max-s", "max_s", float, "virtual time limit per run"),
+    ("--seed", "seed", int, "random seed of every cell"),
+)
+
+
+def _dest(flag: str) -> str:
+    """The attribute argparse stores ``--flag-name`` in."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``compare`` subcommand's flags; each overrides the preset's value."""
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="default", help="base matrix"
     )
     parser.add_argument("--out", type=Path, default=Path("hypertier-compare"))
-    parser.add_argument("--workloads", type=_names, help="comma-separated workloads")
-    parser.add_argument(
-        "--scenarios",
-        type=_names,
-        help="comma-separated VM sets of a scenario preset (multi-tenant: "
-        "tenants,gups)",
-    )
-    parser.add_argument(
-        "--policies",
-        type=_names,
-        help=f"comma-separated, from {','.join(POLICY_NAMES)}",
-    )
-    parser.add_argument("--profiles", type=_names, help="memory profiles: cxl,pmem")
-    parser.add_argument(
-        "--ratios",
-        type=lambda s: tuple(_ratio(x) for x in _names(s)),
-        help="fast:slow ratios, e.g. 1:2,1:5",
-    )
-    parser.add_argument(
-        "--vms",
-        type=lambda s: tuple(int(x) for x in _names(s)),
-        help="VM counts, e.g. 1,4,9",
-    )
-    parser.add_argument("--pages", type=int, help="footprint per VM (4 KiB pages)")
-    parser.add_argument("--accesses", type=int, help="LLC misses per VM")
-    parser.add_argument(
-        "--trace-accesses",
-        type=int,
-        help="LLC misses per VM of trace workloads (default: the preset's; "
-        "--accesses alone sets both)",
-    )
-    parser.add_argument("--epoch-s", type=float, help="policy epoch (virtual s)")
-    parser.add_argument("--max-s", type=float, help="virtual time limit per run")
-    parser.add_argument("--seed", type=int, help="random seed of every cell")
+    for flag, _, parse, text in _OVERRIDES:
+        parser.add_argument(flag, type=parse, help=text)
     parser.add_argument(
         "--jobs", type=int, default=2, help="worker processes (default: %(default)s)"
     )
@@ -104,22 +122,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _matrix(args: argparse.Namespace) -> Matrix:
-    m = PRESETS[args.preset]
-    over = {
-        "workloads": args.workloads,
-        "policies": args.policies,
-        "profiles": args.profiles,
-        "ratios": args.ratios,
-        "vms": args.vms,
-        "npages": args.pages,
-        "accesses": args.accesses,
-        "trace_accesses": args.trace_accesses,
-        "epoch_s": args.epoch_s,
-        "max_s": args.max_s,
-        "seed": args.seed,
-        "scenarios": args.scenarios,
-    }
-    m = replace(m, **{k: v for k, v in over.items() if v is not None})
+    over = {field: getattr(args, _dest(flag)) for flag, field, _, _ in _OVERRIDES}
+    m = replace(
+        PRESETS[args.preset], **{k: v for k, v in over.items() if v is not None}
+    )
     if args.accesses is not None and args.trace_accesses is None:
         m = replace(m, trace_accesses=None)  # --accesses alone sizes every run
     return m
