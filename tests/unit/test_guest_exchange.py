@@ -408,13 +408,20 @@ def test_the_mover_respects_its_bandwidth_limit() -> None:
     assert sum(n for _, _, n in be.moves) <= 256
 
 
-def test_a_moved_page_does_not_move_again_during_the_cooldown() -> None:
-    be = _Backend(None, set())
-    # Without the node cache: this backend never shows a page where it moved.
+def _cooling_exchanger(cooldown_epochs: int) -> Exchanger:
+    """An exchanger whose moved pages cool down for ``cooldown_epochs``, without
+    the node cache: this backend never shows a page where it moved."""
     cfg = MoverConfig(
-        batch_pages=64, scan_pages=64, cooldown_epochs=2, placement_ttl_epochs=0
+        batch_pages=64,
+        scan_pages=64,
+        cooldown_epochs=cooldown_epochs,
+        placement_ttl_epochs=0,
     )
-    ex = Exchanger(be, cfg, _Clock())
+    return Exchanger(_Backend(None, set()), cfg, _Clock())
+
+
+def test_a_moved_page_does_not_move_again_during_the_cooldown() -> None:
+    ex = _cooling_exchanger(2)
     tables = _tables()
     assert ex.run(tables, [0], [1], 0, 1, 64) == (64, 0)  # free room: promote
     assert ex.run(tables, [0], [1], 0, 1, 64) == (0, 0)  # same pages: cooling down
@@ -422,11 +429,7 @@ def test_a_moved_page_does_not_move_again_during_the_cooldown() -> None:
 
 
 def test_the_cooldown_never_blocks_getting_under_the_allotment() -> None:
-    be = _Backend(None, set())
-    cfg = MoverConfig(
-        batch_pages=64, scan_pages=64, cooldown_epochs=8, placement_ttl_epochs=0
-    )
-    ex = Exchanger(be, cfg, _Clock())
+    ex = _cooling_exchanger(8)
     tables = _tables()
     ex.run(tables, [0], [1], 0, 1, 0)  # swaps: pid 2's pages demoted
     _, demoted = ex.run(tables, [0], [1], 0, 1, -64)
