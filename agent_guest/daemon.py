@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-import hypertier_wire as wire
 from agent_guest.backend import (
     GuestBackend,
     NumaNode,
@@ -30,7 +29,7 @@ from agent_guest.config import ClassifyConfig, Config
 from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.hostlink import HostLink
-from agent_guest.policy import FastLimit, GrowthWatch, SampleBoost, fast_budget
+from agent_guest.policy import FastBudget, GrowthWatch, SampleBoost, fast_budget
 from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
 from agent_guest.targets import NodeRoles, node_roles, pick_targets
@@ -81,7 +80,6 @@ class Daemon:
         self._vma_keys: dict[int, int] = {}
         self._targets: list[int] = []
         self._next_refresh = clock.monotonic()
-        self._next_report = clock.monotonic()
         self._last_cpu = backend.cpu_time_s()
         self._last_t = clock.monotonic()
         self._informed_epochs = 0  # epochs in which samples arrived
@@ -89,13 +87,6 @@ class Daemon:
         self._boost = SampleBoost(cfg.sampler)
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
-        self._fast_limit = FastLimit()
-        # A fit report is owed after a fast allotment went down: the host
-        # unplugs once a report says the fast node fits, or after its
-        # policy.shrink_notice_s, and the unplug path would pick the pages to
-        # move itself (hot ones too).
-        self._last_allot: int | None = None
-        self._fit_owed = False
         self._placement_view: tuple[int | None, int | None, int] = (None, None, -1)
         self.counters = _Counters()
         self._link = HostLink(backend, clock, self.counters, VERSION)
@@ -226,20 +217,7 @@ class Daemon:
         by_id = {n.node: n for n in nodes}
         fast = [by_id[n] for n in roles.fast]
         self._check_placement_cache()
-        allot = self._link.allot_fast_bytes
-        if (
-            allot is not None
-            and self._last_allot is not None
-            and allot < self._last_allot
-        ):
-            self._fit_owed = True
-        self._last_allot = allot
-        limit = self._fast_limit.limit(
-            sum(n.total_bytes for n in fast),
-            allot,
-            self._link.plugged_fast_bytes,
-            self._link.plugged_is_newer,
-        )
+        limit = self._link.fast_limit(sum(n.total_bytes for n in fast))
         budget = fast_budget(
             fast,
             limit,
@@ -272,14 +250,7 @@ class Daemon:
             for pid in self._exchanger.gone:
                 self._forget(pid)
         spent.lap("exchange")
-        self._report(
-            nodes,
-            roles,
-            sel,
-            budget.room_bytes,
-            budget.unmanaged_bytes,
-            fits=budget.used_bytes <= limit,
-        )
+        self._report(nodes, roles, sel, budget, fits=budget.used_bytes <= limit)
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
         self._sampler.control.rate_hz = self._boost.after_round(
@@ -411,8 +382,7 @@ class Daemon:
         nodes: Sequence[NumaNode],
         roles: NodeRoles,
         sel: Selection,
-        room: int,
-        unmanaged: int,
+        budget: FastBudget,
         fits: bool = True,
     ) -> None:
         """Tell the host what this guest uses and demands (docs/wire-protocol.md),
@@ -422,45 +392,24 @@ class Daemon:
         ``hot_bytes`` is the fast memory the guest would fill if it had room:
         the targets' demand (whatever the fast tier holds now) plus memory on
         the fast node the agent does not manage plus the mover's reserve;
-        ``pressure`` the part of that
-        demand the fast node's room for the targets (``room``) leaves unmet.
+        ``pressure`` the part of that demand the fast node's room for the
+        targets (``budget.room_bytes``) leaves unmet.
         """
-        if not self._link.available:
-            return
-        now = self._clock.monotonic()
         if self.counters.epochs < self._params.reuse_window:
             # Nothing before a full history window: a first report of "no hot
             # set" would have the host shrink a VM whose agent just started.
             return
-        owed = self._fit_owed and fits
-        if now < self._next_report and not owed:
+        if not self._link.report_due(self._cfg.guest.report_interval_s, fits):
             return
-        if fits:
-            self._fit_owed = False
-        if now >= self._next_report:  # a fit report leaves the schedule alone
-            self._next_report = now + self._cfg.guest.report_interval_s
-        usage = tuple(
-            wire.NodeUsage(
-                n.node,
-                "fast" if n.node in roles.fast else "slow",
-                n.total_bytes,
-                min(n.used_bytes, n.total_bytes),
-            )
-            for n in nodes[: wire.MAX_NODES]
-        )
         demand = sel.demand_bytes
-        unmet = max(0, demand - room)
+        unmet = max(0, demand - budget.room_bytes)
         pressure = unmet / demand if demand else 0.0
-        used = sum(u.used_bytes for u in usage)
         # The fast node must also hold the reserve the mover keeps free there,
         # or an allotment of exactly the demand leaves part of the hot set out.
-        wanted = self._cfg.mover.limit_for(demand + unmanaged)
+        wanted = self._cfg.mover.limit_for(demand + budget.unmanaged_bytes)
         stats = self._exchanger.stats
         self._link.report(
-            usage,
-            min(wanted, used, wire.MAX_BYTES),
-            pressure,
-            stats.promoted + stats.demoted,
+            nodes, roles.fast, wanted, pressure, stats.promoted + stats.demoted
         )
 
     # ------------------------------------------------------------------- status
@@ -505,7 +454,7 @@ class Daemon:
             "demand_bytes": self.counters.demand_bytes,
             "allot_fast_bytes": self._link.allot_fast_bytes,
             "plugged_fast_bytes": self._link.plugged_fast_bytes,
-            "fast_fixed_bytes": self._fast_limit.fixed_bytes,
+            "fast_fixed_bytes": self._link.fast_fixed_bytes,
             "reports_sent": self.counters.reports_sent,
             "allots_received": self.counters.allots_received,
             "channel_errors": self.counters.channel_errors,
