@@ -13,7 +13,6 @@ import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +25,7 @@ from agent_guest.backend import (
 )
 from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, Config
-from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
+from agent_guest.errors import AccessDenied, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.hostlink import HostLink
 from agent_guest.policy import FastBudget, GrowthWatch, SampleBoost, fast_budget
@@ -34,8 +33,8 @@ from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
 from agent_guest.targets import NodeRoles, node_roles, pick_targets
 from hypertier_common.clock import Clock
-from hypertier_common.metrics import CpuStopwatch, DurationHistogram
-from hypertier_common.service import tick_loop
+from hypertier_common.metrics import CpuStopwatch
+from hypertier_common.service import TickStats, tick_loop
 
 __all__ = ["VERSION", "Daemon"]
 
@@ -52,19 +51,6 @@ KERNEL_NODE_MIGRATIONS = (
 between nodes on its own (NUMA balancing, promotion, demotion): any change, and
 the mover asks the kernel again where the targets' pages are."""
 VERSION = "0.1.0"
-
-
-@dataclass
-class _Counters:
-    epochs: int = 0
-    tick_failures: int = 0
-    reports_sent: int = 0
-    allots_received: int = 0
-    channel_errors: int = 0
-    wire_errors: int = 0
-    last_tick_ms: float = 0.0
-    hot_bytes: int = 0
-    demand_bytes: int = 0
 
 
 class Daemon:
@@ -88,9 +74,9 @@ class Daemon:
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
         self._placement_view: tuple[int | None, int | None, int] = (None, None, -1)
-        self.counters = _Counters()
-        self._link = HostLink(backend, clock, self.counters, VERSION)
-        self.epoch_durations = DurationHistogram()
+        self.tick_stats = TickStats()  # a tick is an epoch
+        self._hot_bytes = self._demand_bytes = 0  # of the last selection
+        self._link = HostLink(backend, clock, VERSION)
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
 
@@ -171,12 +157,9 @@ class Daemon:
             self._stop,
             heartbeat,
             heartbeat_every_s,
-            self._tick_failed,
+            self.tick_stats.failed,
         )
         self.shutdown()
-
-    def _tick_failed(self, err: GuestError) -> None:
-        self.counters.tick_failures += 1
 
     def shutdown(self) -> None:
         """Stop sampling and release the backend (page placement stays)."""
@@ -228,8 +211,7 @@ class Daemon:
         )
         sel = select_hot(self._tables, budget.room_bytes, self._params.hysteresis)
         spent.lap("select")
-        self.counters.hot_bytes = sel.hot_bytes
-        self.counters.demand_bytes = sel.demand_bytes
+        self._hot_bytes, self._demand_bytes = sel.hot_bytes, sel.demand_bytes
         promoted = demoted = pending = 0
         if roles.fast and roles.slow and self._tables:
             fast_node = max(roles.fast, key=lambda n: by_id[n].free_bytes)
@@ -264,14 +246,12 @@ class Daemon:
             generated = len(batch) + batch.lost
             self._sampler.adapt(generated, cpu - self._last_cpu, now - self._last_t)
         self._last_cpu, self._last_t = cpu, now
-        self.counters.epochs += 1
-        self.counters.last_tick_ms = (now - t0) * 1e3
-        self.epoch_durations.observe(now - t0)
+        self.tick_stats.done(now - t0)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "epoch %d: %d samples (%d lost), %d pids, hot %d MiB, +%d/-%d "
                 "pages; CPU ms %s",
-                self.counters.epochs,
+                self.tick_stats.ticks,
                 len(batch),
                 batch.lost,
                 len(self._tables),
@@ -395,7 +375,7 @@ class Daemon:
         ``pressure`` the part of that demand the fast node's room for the
         targets (``budget.room_bytes``) leaves unmet.
         """
-        if self.counters.epochs < self._params.reuse_window:
+        if self.tick_stats.ticks < self._params.reuse_window:
             # Nothing before a full history window: a first report of "no hot
             # set" would have the host shrink a VM whose agent just started.
             return
@@ -419,9 +399,9 @@ class Daemon:
             stats = self._exchanger.stats
             return (
                 f"source {self._sampler.source.value}, {len(self._targets)} "
-                f"process(es), {self.counters.epochs} epochs, pages "
+                f"process(es), {self.tick_stats.ticks} epochs, pages "
                 f"+{stats.promoted}/-{stats.demoted}, "
-                f"hot {self.counters.hot_bytes >> 20} MiB"
+                f"hot {self._hot_bytes >> 20} MiB"
             )
 
     def status(self) -> Mapping[str, object]:
@@ -437,7 +417,7 @@ class Daemon:
             "capabilities": sorted(c.value for c in self._backend.capabilities()),
             "sample_period": self._sampler.control.period,
             "sample_rate_target_hz": self._sampler.control.rate_hz,
-            "epochs": self.counters.epochs,
+            "epochs": self.tick_stats.ticks,
             "targets": list(self._targets),
             "ranges": sum(len(t) for t in self._tables.values()),
             "samples": self._sampler.samples,
@@ -450,15 +430,15 @@ class Daemon:
             "failures": dict(stats.failures),
             "dropped_pids": stats.dropped_pids,
             "cpu_s": self._backend.cpu_time_s(),
-            "hot_bytes": self.counters.hot_bytes,
-            "demand_bytes": self.counters.demand_bytes,
+            "hot_bytes": self._hot_bytes,
+            "demand_bytes": self._demand_bytes,
             "allot_fast_bytes": self._link.allot_fast_bytes,
             "plugged_fast_bytes": self._link.plugged_fast_bytes,
             "fast_fixed_bytes": self._link.fast_fixed_bytes,
-            "reports_sent": self.counters.reports_sent,
-            "allots_received": self.counters.allots_received,
-            "channel_errors": self.counters.channel_errors,
-            "wire_errors": self.counters.wire_errors,
-            "tick_failures": self.counters.tick_failures,
-            "last_tick_ms": round(self.counters.last_tick_ms, 3),
+            "reports_sent": self._link.counters.reports_sent,
+            "allots_received": self._link.counters.allots_received,
+            "channel_errors": self._link.counters.channel_errors,
+            "wire_errors": self._link.counters.wire_errors,
+            "tick_failures": self.tick_stats.failures,
+            "last_tick_ms": round(self.tick_stats.last_ms, 3),
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Collection, Sequence
-from typing import Protocol
+from dataclasses import dataclass
 
 import hypertier_wire as wire
 from agent_guest.backend import Capability, GuestBackend, NumaNode
@@ -27,13 +27,14 @@ HELLO_ANSWER_INTERVALS = 4
 """A hello of ours unanswered for this many report intervals was lost."""
 
 
-class LinkCounters(Protocol):
-    """The daemon's counters this link adds to."""
+@dataclass
+class LinkCounters:
+    """What the link counts (the daemon's ``status`` shows them)."""
 
-    reports_sent: int
-    allots_received: int
-    channel_errors: int
-    wire_errors: int
+    reports_sent: int = 0
+    allots_received: int = 0
+    channel_errors: int = 0
+    wire_errors: int = 0
 
 
 class HostLink:
@@ -45,16 +46,14 @@ class HostLink:
     size came after the last allotment (the host reads it again after each).
     Reports go out every report interval from the link's creation, and at
     once when the fast nodes fit again after the allotment went down.
-    Nothing here raises: a failing channel is counted and logged once, and
-    placement goes on without the host.
+    Nothing here raises: a failing channel is counted (``counters``) and
+    logged once, and placement goes on without the host.
     """
 
-    def __init__(
-        self, backend: GuestBackend, clock: Clock, counters: LinkCounters, version: str
-    ) -> None:
+    def __init__(self, backend: GuestBackend, clock: Clock, version: str) -> None:
         self._backend = backend
         self._clock = clock
-        self._counters = counters
+        self.counters = LinkCounters()
         self._hello = wire.Hello("hypertier-guest", version)
         self._reader = wire.LineReader()
         self.allot_fast_bytes: int | None = None
@@ -119,13 +118,13 @@ class HostLink:
             try:
                 msg = wire.decode(line)
             except wire.WireError as err:
-                self._counters.wire_errors += 1
+                self.counters.wire_errors += 1
                 log.warning("bad message from host: %s", err)
                 continue
             if isinstance(msg, wire.Hello):
                 self._host_hello(report_interval_s)
             elif isinstance(msg, wire.Allot):
-                self._counters.allots_received += 1
+                self.counters.allots_received += 1
                 if msg.fast_bytes != self.allot_fast_bytes:
                     log.info(
                         "host allots %d MiB fast, %d MiB slow",
@@ -179,7 +178,7 @@ class HostLink:
         self._seq += 1
         msg = wire.Report(self._seq, usage, hot_bytes, pressure, pages_moved)
         if self._send(msg):
-            self._counters.reports_sent += 1
+            self.counters.reports_sent += 1
 
     def _say_hello(self) -> None:
         # The first hello of this process starts with a newline: it ends the
@@ -225,7 +224,7 @@ class HostLink:
         return True
 
     def _channel_failed(self, err: GuestError) -> None:
-        self._counters.channel_errors += 1
+        self.counters.channel_errors += 1
         if not self._channel_down:  # log the transition, not every tick
             log.warning("host channel: %s; placing pages without the host", err)
             self._channel_down = True

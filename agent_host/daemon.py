@@ -43,8 +43,7 @@ from agent_host.policy import (
     plan,
 )
 from hypertier_common.clock import Clock
-from hypertier_common.metrics import DurationHistogram
-from hypertier_common.service import tick_loop
+from hypertier_common.service import TickStats, tick_loop
 
 __all__ = ["HOST_AGENT", "Daemon"]
 
@@ -86,10 +85,7 @@ class Daemon:
         self._discovered_s = -math.inf  # when the domains were last read
         self._never_discovered = True
         self._last: PolicyResult | None = None
-        self.ticks = 0
-        self.tick_failures = 0
-        self.last_tick_ms = 0.0
-        self.tick_durations = DurationHistogram()
+        self.tick_stats = TickStats()
 
     @property
     def config(self) -> Config:
@@ -112,12 +108,9 @@ class Daemon:
             self._stop,
             heartbeat,
             heartbeat_every_s,
-            self._tick_failed,
+            self.tick_stats.failed,
         )
         log.info("host daemon stopped; tier sizes stay as they are")
-
-    def _tick_failed(self, err: HostError) -> None:
-        self.tick_failures += 1
 
     def stop(self) -> None:
         self._stop.set()
@@ -184,15 +177,13 @@ class Daemon:
                 resizes = self._apply(result, now)
                 self._links.send_allotments(self._fleet, self._discovered_s)
                 self._last = result
-            self.ticks += 1
-            self.last_tick_ms = (time.perf_counter() - start) * 1000.0
-            self.tick_durations.observe(self.last_tick_ms / 1000.0)
+            self.tick_stats.done(time.perf_counter() - start)
         log.debug(
             "tick %d: %d VM(s), %d resize(s), %.2f ms",
-            self.ticks,
+            self.tick_stats.ticks,
             len(self._fleet),
             resizes,
-            self.last_tick_ms,
+            self.tick_stats.last_ms,
         )
 
     def _apply_config(self, cfg: Config) -> None:
@@ -376,9 +367,10 @@ class Daemon:
     def summary(self) -> str:
         """One line for systemd's status (``systemctl status``)."""
         with self._lock:
+            ts = self.tick_stats
             return (
-                f"{len(self._fleet)} tiered VM(s), {self.ticks} ticks "
-                f"({self.tick_failures} failed), last {self.last_tick_ms:.1f} ms"
+                f"{len(self._fleet)} tiered VM(s), {ts.ticks} ticks "
+                f"({ts.failures} failed), last {ts.last_ms:.1f} ms"
             )
 
     def status(self) -> dict[str, Any]:
@@ -387,9 +379,9 @@ class Daemon:
             now = self._clock.monotonic()
             return {
                 "version": VERSION,
-                "ticks": self.ticks,
-                "tick_failures": self.tick_failures,
-                "last_tick_ms": round(self.last_tick_ms, 3),
+                "ticks": self.tick_stats.ticks,
+                "tick_failures": self.tick_stats.failures,
+                "last_tick_ms": round(self.tick_stats.last_ms, 3),
                 "backend": self._cfg.host.backend,
                 "capabilities": sorted(c.value for c in self._backend.capabilities()),
                 "host": {
