@@ -118,7 +118,7 @@ def _metrics_server(listen: str, daemon: Daemon) -> MetricsServer:
     from agent_guest.metrics import registry
     from hypertier_common.prometheus import render
 
-    reg = registry(daemon.status, daemon.epoch_durations, VERSION)
+    reg = registry(daemon.status, daemon.tick_stats.durations, VERSION)
     try:
         return MetricsServer(listen, lambda: render(reg), title="HyperTier guest agent")
     except MetricsError as err:

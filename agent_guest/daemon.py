@@ -13,12 +13,10 @@ import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-import hypertier_wire as wire
 from agent_guest.backend import (
     GuestBackend,
     NumaNode,
@@ -27,16 +25,16 @@ from agent_guest.backend import (
 )
 from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, Config
-from agent_guest.errors import AccessDenied, GuestError, NoSuchProcess
+from agent_guest.errors import AccessDenied, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.hostlink import HostLink
-from agent_guest.policy import FastLimit, GrowthWatch, SampleBoost, fast_budget
+from agent_guest.policy import FastBudget, GrowthWatch, SampleBoost, fast_budget
 from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
 from agent_guest.targets import NodeRoles, node_roles, pick_targets
 from hypertier_common.clock import Clock
-from hypertier_common.metrics import CpuStopwatch, DurationHistogram
-from hypertier_common.service import tick_loop
+from hypertier_common.metrics import CpuStopwatch
+from hypertier_common.service import TickStats, tick_loop
 
 __all__ = ["VERSION", "Daemon"]
 
@@ -55,19 +53,6 @@ the mover asks the kernel again where the targets' pages are."""
 VERSION = "0.1.0"
 
 
-@dataclass
-class _Counters:
-    epochs: int = 0
-    tick_failures: int = 0
-    reports_sent: int = 0
-    allots_received: int = 0
-    channel_errors: int = 0
-    wire_errors: int = 0
-    last_tick_ms: float = 0.0
-    hot_bytes: int = 0
-    demand_bytes: int = 0
-
-
 class Daemon:
     """The agent. ``tick()`` is one epoch; the emulator harness calls it directly."""
 
@@ -81,7 +66,6 @@ class Daemon:
         self._vma_keys: dict[int, int] = {}
         self._targets: list[int] = []
         self._next_refresh = clock.monotonic()
-        self._next_report = clock.monotonic()
         self._last_cpu = backend.cpu_time_s()
         self._last_t = clock.monotonic()
         self._informed_epochs = 0  # epochs in which samples arrived
@@ -89,17 +73,10 @@ class Daemon:
         self._boost = SampleBoost(cfg.sampler)
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
-        self._fast_limit = FastLimit()
-        # A fit report is owed after a fast allotment went down: the host
-        # unplugs once a report says the fast node fits, or after its
-        # policy.shrink_notice_s, and the unplug path would pick the pages to
-        # move itself (hot ones too).
-        self._last_allot: int | None = None
-        self._fit_owed = False
         self._placement_view: tuple[int | None, int | None, int] = (None, None, -1)
-        self.counters = _Counters()
-        self._link = HostLink(backend, clock, self.counters, VERSION)
-        self.epoch_durations = DurationHistogram()
+        self.tick_stats = TickStats()  # a tick is an epoch
+        self._hot_bytes = self._demand_bytes = 0  # of the last selection
+        self._link = HostLink(backend, clock, VERSION)
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
 
@@ -180,12 +157,9 @@ class Daemon:
             self._stop,
             heartbeat,
             heartbeat_every_s,
-            self._tick_failed,
+            self.tick_stats.failed,
         )
         self.shutdown()
-
-    def _tick_failed(self, err: GuestError) -> None:
-        self.counters.tick_failures += 1
 
     def shutdown(self) -> None:
         """Stop sampling and release the backend (page placement stays)."""
@@ -226,20 +200,7 @@ class Daemon:
         by_id = {n.node: n for n in nodes}
         fast = [by_id[n] for n in roles.fast]
         self._check_placement_cache()
-        allot = self._link.allot_fast_bytes
-        if (
-            allot is not None
-            and self._last_allot is not None
-            and allot < self._last_allot
-        ):
-            self._fit_owed = True
-        self._last_allot = allot
-        limit = self._fast_limit.limit(
-            sum(n.total_bytes for n in fast),
-            allot,
-            self._link.plugged_fast_bytes,
-            self._link.plugged_is_newer,
-        )
+        limit = self._link.fast_limit(sum(n.total_bytes for n in fast))
         budget = fast_budget(
             fast,
             limit,
@@ -250,8 +211,7 @@ class Daemon:
         )
         sel = select_hot(self._tables, budget.room_bytes, self._params.hysteresis)
         spent.lap("select")
-        self.counters.hot_bytes = sel.hot_bytes
-        self.counters.demand_bytes = sel.demand_bytes
+        self._hot_bytes, self._demand_bytes = sel.hot_bytes, sel.demand_bytes
         promoted = demoted = pending = 0
         if roles.fast and roles.slow and self._tables:
             fast_node = max(roles.fast, key=lambda n: by_id[n].free_bytes)
@@ -272,14 +232,7 @@ class Daemon:
             for pid in self._exchanger.gone:
                 self._forget(pid)
         spent.lap("exchange")
-        self._report(
-            nodes,
-            roles,
-            sel,
-            budget.room_bytes,
-            budget.unmanaged_bytes,
-            fits=budget.used_bytes <= limit,
-        )
+        self._report(nodes, roles, sel, budget, fits=budget.used_bytes <= limit)
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
         self._sampler.control.rate_hz = self._boost.after_round(
@@ -293,14 +246,12 @@ class Daemon:
             generated = len(batch) + batch.lost
             self._sampler.adapt(generated, cpu - self._last_cpu, now - self._last_t)
         self._last_cpu, self._last_t = cpu, now
-        self.counters.epochs += 1
-        self.counters.last_tick_ms = (now - t0) * 1e3
-        self.epoch_durations.observe(now - t0)
+        self.tick_stats.done(now - t0)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "epoch %d: %d samples (%d lost), %d pids, hot %d MiB, +%d/-%d "
                 "pages; CPU ms %s",
-                self.counters.epochs,
+                self.tick_stats.ticks,
                 len(batch),
                 batch.lost,
                 len(self._tables),
@@ -411,8 +362,7 @@ class Daemon:
         nodes: Sequence[NumaNode],
         roles: NodeRoles,
         sel: Selection,
-        room: int,
-        unmanaged: int,
+        budget: FastBudget,
         fits: bool = True,
     ) -> None:
         """Tell the host what this guest uses and demands (docs/wire-protocol.md),
@@ -422,45 +372,24 @@ class Daemon:
         ``hot_bytes`` is the fast memory the guest would fill if it had room:
         the targets' demand (whatever the fast tier holds now) plus memory on
         the fast node the agent does not manage plus the mover's reserve;
-        ``pressure`` the part of that
-        demand the fast node's room for the targets (``room``) leaves unmet.
+        ``pressure`` the part of that demand the fast node's room for the
+        targets (``budget.room_bytes``) leaves unmet.
         """
-        if not self._link.available:
-            return
-        now = self._clock.monotonic()
-        if self.counters.epochs < self._params.reuse_window:
+        if self.tick_stats.ticks < self._params.reuse_window:
             # Nothing before a full history window: a first report of "no hot
             # set" would have the host shrink a VM whose agent just started.
             return
-        owed = self._fit_owed and fits
-        if now < self._next_report and not owed:
+        if not self._link.report_due(self._cfg.guest.report_interval_s, fits):
             return
-        if fits:
-            self._fit_owed = False
-        if now >= self._next_report:  # a fit report leaves the schedule alone
-            self._next_report = now + self._cfg.guest.report_interval_s
-        usage = tuple(
-            wire.NodeUsage(
-                n.node,
-                "fast" if n.node in roles.fast else "slow",
-                n.total_bytes,
-                min(n.used_bytes, n.total_bytes),
-            )
-            for n in nodes[: wire.MAX_NODES]
-        )
         demand = sel.demand_bytes
-        unmet = max(0, demand - room)
+        unmet = max(0, demand - budget.room_bytes)
         pressure = unmet / demand if demand else 0.0
-        used = sum(u.used_bytes for u in usage)
         # The fast node must also hold the reserve the mover keeps free there,
         # or an allotment of exactly the demand leaves part of the hot set out.
-        wanted = self._cfg.mover.limit_for(demand + unmanaged)
+        wanted = self._cfg.mover.limit_for(demand + budget.unmanaged_bytes)
         stats = self._exchanger.stats
         self._link.report(
-            usage,
-            min(wanted, used, wire.MAX_BYTES),
-            pressure,
-            stats.promoted + stats.demoted,
+            nodes, roles.fast, wanted, pressure, stats.promoted + stats.demoted
         )
 
     # ------------------------------------------------------------------- status
@@ -470,9 +399,9 @@ class Daemon:
             stats = self._exchanger.stats
             return (
                 f"source {self._sampler.source.value}, {len(self._targets)} "
-                f"process(es), {self.counters.epochs} epochs, pages "
+                f"process(es), {self.tick_stats.ticks} epochs, pages "
                 f"+{stats.promoted}/-{stats.demoted}, "
-                f"hot {self.counters.hot_bytes >> 20} MiB"
+                f"hot {self._hot_bytes >> 20} MiB"
             )
 
     def status(self) -> Mapping[str, object]:
@@ -488,7 +417,7 @@ class Daemon:
             "capabilities": sorted(c.value for c in self._backend.capabilities()),
             "sample_period": self._sampler.control.period,
             "sample_rate_target_hz": self._sampler.control.rate_hz,
-            "epochs": self.counters.epochs,
+            "epochs": self.tick_stats.ticks,
             "targets": list(self._targets),
             "ranges": sum(len(t) for t in self._tables.values()),
             "samples": self._sampler.samples,
@@ -501,15 +430,15 @@ class Daemon:
             "failures": dict(stats.failures),
             "dropped_pids": stats.dropped_pids,
             "cpu_s": self._backend.cpu_time_s(),
-            "hot_bytes": self.counters.hot_bytes,
-            "demand_bytes": self.counters.demand_bytes,
+            "hot_bytes": self._hot_bytes,
+            "demand_bytes": self._demand_bytes,
             "allot_fast_bytes": self._link.allot_fast_bytes,
             "plugged_fast_bytes": self._link.plugged_fast_bytes,
-            "fast_fixed_bytes": self._fast_limit.fixed_bytes,
-            "reports_sent": self.counters.reports_sent,
-            "allots_received": self.counters.allots_received,
-            "channel_errors": self.counters.channel_errors,
-            "wire_errors": self.counters.wire_errors,
-            "tick_failures": self.counters.tick_failures,
-            "last_tick_ms": round(self.counters.last_tick_ms, 3),
+            "fast_fixed_bytes": self._link.fast_fixed_bytes,
+            "reports_sent": self._link.counters.reports_sent,
+            "allots_received": self._link.counters.allots_received,
+            "channel_errors": self._link.counters.channel_errors,
+            "wire_errors": self._link.counters.wire_errors,
+            "tick_failures": self.tick_stats.failures,
+            "last_tick_ms": round(self.tick_stats.last_ms, 3),
         }

@@ -1,7 +1,8 @@
 """The guest agent's session with the host agent over the virtio-serial channel.
 
 Hello, allotments in, reports out (docs/wire-protocol.md, "Sessions"): who says
-hello when, what an unasked host hello means, and that placement goes on
+hello when, what an unasked host hello means, what the allotment and plugged
+size make of the fast limit, when a report is due, and that placement goes on
 without the host when the channel fails.
 """
 
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Protocol
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import hypertier_wire as wire
-from agent_guest.backend import Capability, GuestBackend
+from agent_guest.backend import Capability, GuestBackend, NumaNode
 from agent_guest.errors import GuestError
+from agent_guest.policy import FastLimit
 from hypertier_common.clock import Clock
 
 __all__ = ["HELLO_ANSWER_INTERVALS", "HostLink", "LinkCounters"]
@@ -24,13 +27,14 @@ HELLO_ANSWER_INTERVALS = 4
 """A hello of ours unanswered for this many report intervals was lost."""
 
 
-class LinkCounters(Protocol):
-    """The daemon's counters this link adds to."""
+@dataclass
+class LinkCounters:
+    """What the link counts (the daemon's ``status`` shows them)."""
 
-    reports_sent: int
-    allots_received: int
-    channel_errors: int
-    wire_errors: int
+    reports_sent: int = 0
+    allots_received: int = 0
+    channel_errors: int = 0
+    wire_errors: int = 0
 
 
 class HostLink:
@@ -40,21 +44,28 @@ class HostLink:
     ``plugged_fast_bytes`` what the fast device had plugged when the host last
     looked (each None until the host says); ``plugged_is_newer`` whether that
     size came after the last allotment (the host reads it again after each).
-    Nothing here raises: a failing channel is counted and logged once, and
-    placement goes on without the host.
+    Reports go out every report interval from the link's creation, and at
+    once when the fast nodes fit again after the allotment went down.
+    Nothing here raises: a failing channel is counted (``counters``) and
+    logged once, and placement goes on without the host.
     """
 
-    def __init__(
-        self, backend: GuestBackend, clock: Clock, counters: LinkCounters, version: str
-    ) -> None:
+    def __init__(self, backend: GuestBackend, clock: Clock, version: str) -> None:
         self._backend = backend
         self._clock = clock
-        self._counters = counters
+        self.counters = LinkCounters()
         self._hello = wire.Hello("hypertier-guest", version)
         self._reader = wire.LineReader()
         self.allot_fast_bytes: int | None = None
         self.plugged_fast_bytes: int | None = None
         self.plugged_is_newer = False
+        self._fast_limit = FastLimit()
+        # A fit report is owed after a fast allotment went down: the host
+        # unplugs once a report says the fast node fits, or after its
+        # policy.shrink_notice_s, and the unplug path would pick the pages to
+        # move itself (hot ones too).
+        self._fit_owed = False
+        self._next_report = clock.monotonic()
         self._seq = 0
         self._hello_sent = False
         self._hellos = 0  # hellos this process sent
@@ -66,6 +77,18 @@ class HostLink:
     def available(self) -> bool:
         return Capability.HOST_CHANNEL in self._backend.capabilities()
 
+    @property
+    def fast_fixed_bytes(self) -> int | None:
+        """The fast nodes' memory beside the device (:class:`FastLimit`)."""
+        return self._fast_limit.fixed_bytes
+
+    def fast_limit(self, total: int) -> int:
+        """What fast nodes of ``total`` bytes now may hold under the host's
+        allotment (:meth:`FastLimit.limit`)."""
+        return self._fast_limit.limit(
+            total, self.allot_fast_bytes, self.plugged_fast_bytes, self.plugged_is_newer
+        )
+
     def receive(self, report_interval_s: float) -> None:
         """Say hello (again, if needed) and take the host's messages.
 
@@ -73,6 +96,13 @@ class HostLink:
         of ours means a host daemon that does not know this agent (it
         restarted): the agent says hello again (see :meth:`_host_hello`).
         """
+        before = self.allot_fast_bytes
+        self._receive(report_interval_s)
+        after = self.allot_fast_bytes
+        if after is not None and before is not None and after < before:
+            self._fit_owed = True
+
+    def _receive(self, report_interval_s: float) -> None:
         if not self.available:
             return
         if not self._hello_sent:
@@ -88,13 +118,13 @@ class HostLink:
             try:
                 msg = wire.decode(line)
             except wire.WireError as err:
-                self._counters.wire_errors += 1
+                self.counters.wire_errors += 1
                 log.warning("bad message from host: %s", err)
                 continue
             if isinstance(msg, wire.Hello):
                 self._host_hello(report_interval_s)
             elif isinstance(msg, wire.Allot):
-                self._counters.allots_received += 1
+                self.counters.allots_received += 1
                 if msg.fast_bytes != self.allot_fast_bytes:
                     log.info(
                         "host allots %d MiB fast, %d MiB slow",
@@ -107,18 +137,48 @@ class HostLink:
                 self.plugged_fast_bytes = msg.fast_bytes
                 self.plugged_is_newer = True
 
+    def report_due(self, report_interval_s: float, fits: bool) -> bool:
+        """Whether a report goes out now: every ``report_interval_s``, and at
+        once when the fast nodes (``fits``) are back under a lowered allotment
+        (such a fit report leaves the regular schedule alone)."""
+        if not self.available:
+            return False
+        now = self._clock.monotonic()
+        owed = self._fit_owed and fits
+        if fits:
+            self._fit_owed = False
+        if now < self._next_report and not owed:
+            return False
+        if now >= self._next_report:
+            self._next_report = now + report_interval_s
+        return True
+
     def report(
         self,
-        usage: tuple[wire.NodeUsage, ...],
+        nodes: Sequence[NumaNode],
+        fast: Collection[int],
         hot_bytes: int,
         pressure: float,
         pages_moved: int,
     ) -> None:
-        """Send the next report (sequence numbers from 1 in this process)."""
+        """Send the next report (sequence numbers from 1 in this process):
+        the usage of ``nodes`` (those in ``fast`` as the fast tier), and
+        ``hot_bytes`` capped at what they use and at the wire's maximum."""
+        usage = tuple(
+            wire.NodeUsage(
+                n.node,
+                "fast" if n.node in fast else "slow",
+                n.total_bytes,
+                min(n.used_bytes, n.total_bytes),
+            )
+            for n in nodes[: wire.MAX_NODES]
+        )
+        used = sum(u.used_bytes for u in usage)
+        hot_bytes = min(hot_bytes, used, wire.MAX_BYTES)
         self._seq += 1
         msg = wire.Report(self._seq, usage, hot_bytes, pressure, pages_moved)
         if self._send(msg):
-            self._counters.reports_sent += 1
+            self.counters.reports_sent += 1
 
     def _say_hello(self) -> None:
         # The first hello of this process starts with a newline: it ends the
@@ -164,7 +224,7 @@ class HostLink:
         return True
 
     def _channel_failed(self, err: GuestError) -> None:
-        self._counters.channel_errors += 1
+        self.counters.channel_errors += 1
         if not self._channel_down:  # log the transition, not every tick
             log.warning("host channel: %s; placing pages without the host", err)
             self._channel_down = True

@@ -77,7 +77,7 @@ def serve(
         extra = []
         if cfg.metrics.listen:
             reg = metrics_registry(
-                daemon.status, daemon.domain_stats, daemon.tick_durations, VERSION
+                daemon.status, daemon.domain_stats, daemon.tick_stats.durations, VERSION
             )
             extra.append(MetricsServer(cfg.metrics.listen, lambda: render(reg)))
         server = ControlServer(Controller(daemon, reload), cfg.host.control_socket)

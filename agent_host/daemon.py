@@ -32,6 +32,7 @@ from agent_host.channel import GuestChannel
 from agent_host.config import Config
 from agent_host.errors import ConfigError, HostError, NoSuchDomain
 from agent_host.fleet import Fleet, VmState, initial_metadata, tiered
+from agent_host.guestlink import GuestLinks
 from agent_host.metadata import TieringMetadata, metadata_xml, parse_metadata
 from agent_host.policy import (
     TIERS,
@@ -42,8 +43,7 @@ from agent_host.policy import (
     plan,
 )
 from hypertier_common.clock import Clock
-from hypertier_common.metrics import DurationHistogram
-from hypertier_common.service import tick_loop
+from hypertier_common.service import TickStats, tick_loop
 
 __all__ = ["HOST_AGENT", "Daemon"]
 
@@ -71,6 +71,7 @@ class Daemon:
         self._stop = threading.Event()
         self._lock = threading.RLock()
         self._fleet = Fleet()
+        self._links = GuestLinks(backend, wire.Hello(HOST_AGENT, VERSION))
         self._pending: Config | None = None
         self._nodes = tuple(backend.host_nodes())
         self._fast_cap, self._slow_cap, self._emulated = host_capacity(self._nodes, cfg)
@@ -84,10 +85,7 @@ class Daemon:
         self._discovered_s = -math.inf  # when the domains were last read
         self._never_discovered = True
         self._last: PolicyResult | None = None
-        self.ticks = 0
-        self.tick_failures = 0
-        self.last_tick_ms = 0.0
-        self.tick_durations = DurationHistogram()
+        self.tick_stats = TickStats()
 
     @property
     def config(self) -> Config:
@@ -110,12 +108,9 @@ class Daemon:
             self._stop,
             heartbeat,
             heartbeat_every_s,
-            self._tick_failed,
+            self.tick_stats.failed,
         )
         log.info("host daemon stopped; tier sizes stay as they are")
-
-    def _tick_failed(self, err: HostError) -> None:
-        self.tick_failures += 1
 
     def stop(self) -> None:
         self._stop.set()
@@ -167,7 +162,9 @@ class Daemon:
             ):
                 self._discover(self._backend.domains())
                 self._discovered_s = now
-            self._read_channels(now)
+            self._links.read(
+                self._fleet, now, self._cfg.policy.report_timeout_s, self._store_report
+            )
             resizes = 0
             if self._fleet.states:
                 inputs = self._fleet.policy_inputs(
@@ -178,17 +175,15 @@ class Daemon:
                 )
                 result = plan(inputs, self._cfg.policy)
                 resizes = self._apply(result, now)
-                self._send_allotments()
+                self._links.send_allotments(self._fleet, self._discovered_s)
                 self._last = result
-            self.ticks += 1
-            self.last_tick_ms = (time.perf_counter() - start) * 1000.0
-            self.tick_durations.observe(self.last_tick_ms / 1000.0)
+            self.tick_stats.done(time.perf_counter() - start)
         log.debug(
             "tick %d: %d VM(s), %d resize(s), %.2f ms",
-            self.ticks,
+            self.tick_stats.ticks,
             len(self._fleet),
             resizes,
-            self.last_tick_ms,
+            self.tick_stats.last_ms,
         )
 
     def _apply_config(self, cfg: Config) -> None:
@@ -270,57 +265,6 @@ class Daemon:
         self._backend.set_metadata(info.vm, metadata_xml(meta))
         return meta
 
-    def _read_channels(self, now: float) -> None:
-        """Feed each guest's bytes to its channel; answer hellos, ask for them.
-
-        A guest hello starts a session: the host answers with its own hello and
-        the current allotment. A guest that reports but has not said hello to
-        this daemon (the host restarted) is asked for one with a host hello, at
-        most once per ``policy.report_timeout_s``.
-        """
-        recv = self._backend.channel_recv
-        ask_every_s = self._cfg.policy.report_timeout_s
-        for st in self._fleet:
-            try:
-                data = recv(st.vm)
-            except HostError as err:
-                log.debug("channel of %s: %s", st.vm, err)
-                continue
-            if not data:
-                continue
-            chan = st.channel
-            conn = self._backend.channel_connection(st.vm)
-            if conn != st.channel_connection:
-                st.channel_connection = conn
-                chan.reconnected()  # no line continues across connections
-                st.sent_allot = st.sent_plugged = None  # in flight, maybe lost
-            if chan.feed(data, now, self._fleet.limits_by_name(st)):
-                if chan.sessions > 1:
-                    log.info("guest agent of %s said hello again", st.vm)
-                self._send(st, wire.Hello(HOST_AGENT, VERSION))
-                st.sent_allot = st.sent_plugged = None  # the new session's
-            elif (
-                chan.hello is None
-                and chan.latest is not None
-                and now - st.hello_asked_s >= ask_every_s
-            ):
-                st.hello_asked_s = now
-                log.info("guest agent of %s reports without hello: asking", st.vm)
-                self._send(st, wire.Hello(HOST_AGENT, VERSION))
-            if chan.latest is not st.seen_report:
-                self._store_report(st)
-
-    def _send(self, st: VmState, msg: wire.Message) -> None:
-        line = wire.encode(msg)
-        if isinstance(msg, wire.Hello):
-            # A newline first ends whatever line an earlier host process left
-            # unfinished in the guest's reader, so this hello is read whole.
-            line = b"\n" + line
-        try:
-            self._backend.channel_send(st.vm, line)
-        except HostError as err:
-            log.debug("cannot send to %s: %s", st.vm, err)
-
     def _apply(self, result: PolicyResult, now: float) -> int:
         """Issue the resizes in the order and within the budget of
         :func:`agent_host.policy.order_resizes`; the rest wait for the next tick."""
@@ -371,41 +315,6 @@ class Daemon:
         if f.stale:
             self._rebuild()
         return done
-
-    def _send_allotments(self) -> None:
-        """Each guest's allotment and its devices' plugged sizes, when changed.
-
-        The plugged sizes (as the last discovery read them) let the guest
-        agent tell its node's fixed memory from the device's part, which only
-        the host knows (docs/wire-protocol.md, ``plugged``). The guest pairs
-        the latest with its node's size now, so only a size read after the
-        VM's last resize goes out, and one goes out after every allotment, even
-        if unchanged: the guest trusts only a plugged size newer than the
-        allotment (an allotment that went 256 -> 512 -> 256 MiB before a
-        discovery saw the grow met the guest's plugged size of 256 from before
-        the grow, with its node at the grown size, and the grown part was
-        counted as fixed memory).
-        """
-        fleet = self._fleet
-        if fleet.target.shape[1] != len(fleet.states):
-            return  # VMs came or went during this tick; the next one sends
-        fast, slow = fleet.target.tolist()
-        plugged = fleet.current.T.tolist()
-        fresh = (self._discovered_s > fleet.last_resize_s.max(axis=0)).tolist()
-        for st, f, s, (pf, ps), ok in zip(
-            fleet.states, fast, slow, plugged, fresh, strict=True
-        ):
-            if st.channel.hello is None:
-                continue
-            if (f, s) != st.sent_allot:
-                st.allot_seq += 1
-                self._send(st, wire.Allot(st.allot_seq, f, s))
-                st.sent_allot = (f, s)
-                st.sent_plugged = None  # the guest trusts only a size read after
-            if ok and (pf, ps) != st.sent_plugged:
-                st.allot_seq += 1
-                self._send(st, wire.Plugged(st.allot_seq, pf, ps))
-                st.sent_plugged = (pf, ps)
 
     # -- control API (called from the control server thread) -----------------
 
@@ -458,9 +367,10 @@ class Daemon:
     def summary(self) -> str:
         """One line for systemd's status (``systemctl status``)."""
         with self._lock:
+            ts = self.tick_stats
             return (
-                f"{len(self._fleet)} tiered VM(s), {self.ticks} ticks "
-                f"({self.tick_failures} failed), last {self.last_tick_ms:.1f} ms"
+                f"{len(self._fleet)} tiered VM(s), {ts.ticks} ticks "
+                f"({ts.failures} failed), last {ts.last_ms:.1f} ms"
             )
 
     def status(self) -> dict[str, Any]:
@@ -469,9 +379,9 @@ class Daemon:
             now = self._clock.monotonic()
             return {
                 "version": VERSION,
-                "ticks": self.ticks,
-                "tick_failures": self.tick_failures,
-                "last_tick_ms": round(self.last_tick_ms, 3),
+                "ticks": self.tick_stats.ticks,
+                "tick_failures": self.tick_stats.failures,
+                "last_tick_ms": round(self.tick_stats.last_ms, 3),
                 "backend": self._cfg.host.backend,
                 "capabilities": sorted(c.value for c in self._backend.capabilities()),
                 "host": {

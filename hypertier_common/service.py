@@ -13,15 +13,17 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from hypertier_common.clock import Clock
 from hypertier_common.control import ControlServer
 from hypertier_common.errors import AgentError
+from hypertier_common.metrics import DurationHistogram
 from hypertier_common.signals import Signals
 from hypertier_common.systemd import Notifier, wait_beating
 
-__all__ = ["Server", "Service", "once", "serve", "tick_loop"]
+__all__ = ["Server", "Service", "TickStats", "once", "serve", "tick_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,27 @@ def serve(
         server.close()
         for other in extra:
             other.close()
+
+
+@dataclass
+class TickStats:
+    """What a daemon's loop counts of itself, for ``status`` and the metrics:
+    ticks done (:meth:`done`) and failed (:meth:`failed`, ``on_failure`` of
+    :func:`tick_loop`), the last one's duration and the histogram of them."""
+
+    ticks: int = 0
+    failures: int = 0
+    last_ms: float = 0.0
+    durations: DurationHistogram = field(default_factory=DurationHistogram)
+
+    def done(self, seconds: float) -> None:
+        """One tick finished, after ``seconds``."""
+        self.ticks += 1
+        self.last_ms = seconds * 1e3
+        self.durations.observe(seconds)
+
+    def failed(self, err: AgentError) -> None:
+        self.failures += 1
 
 
 def tick_loop(
