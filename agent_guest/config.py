@@ -76,7 +76,7 @@ class SamplerConfig:
     rate_hz: int = 4000
     # While the mover keeps finding moves that pay (placement still learning),
     # sample at boost_rate_hz, for boost_epochs epochs after the last such round.
-    boost_rate_hz: int = 16000
+    boost_rate_hz: int = 32000
     boost_epochs: int = 10
     # Once settle_epochs rounds in a row moved nothing, left no promotion
     # candidate waiting and the samples' share on the hot ranges held, sample at
@@ -84,7 +84,7 @@ class SamplerConfig:
     # settle; docs/guest.md says why).
     settled_rate_hz: int = 1000
     settle_epochs: int = 0
-    cpu_budget_pct: float = 0.5
+    cpu_budget_pct: float = 1.0
     period: int = 1000
     min_period: int = 1
     max_period: int = 1_000_000

@@ -28,7 +28,13 @@ from agent_guest.config import ClassifyConfig, Config
 from agent_guest.errors import AccessDenied, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.hostlink import HostLink
-from agent_guest.policy import FastBudget, GrowthWatch, SampleBoost, fast_budget
+from agent_guest.policy import (
+    AccessRate,
+    FastBudget,
+    GrowthWatch,
+    SampleBoost,
+    fast_budget,
+)
 from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
 from agent_guest.targets import NodeRoles, node_roles, pick_targets
@@ -69,7 +75,7 @@ class Daemon:
         self._last_cpu = backend.cpu_time_s()
         self._last_t = clock.monotonic()
         self._informed_epochs = 0  # epochs in which samples arrived
-        self._sample_rate = 0.0  # samples/s, smoothed over epochs
+        self._access_rate = AccessRate()
         self._boost = SampleBoost(cfg.sampler)
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
@@ -273,22 +279,19 @@ class Daemon:
             self._placement_view = view
 
     def _note_rate(self, samples: int, now: float) -> None:
-        """Smooth the sampled rate: ``samples`` arrived since the last tick ended."""
-        dt = now - self._last_t
-        if dt > 0:
-            self._sample_rate += 0.3 * (samples / dt - self._sample_rate)
+        """``samples`` arrived since the last tick ended, taken at the current
+        period (it changes only after this tick's read)."""
+        period = self._sampler.control.period
+        self._access_rate.note(samples, period, now - self._last_t)
 
     def _accesses_per_count(self) -> float:
         """Accesses per second that one unit of the tables' decayed counts
-        stands for: the sampled rate times the sampling period, over the
-        counts' total (0 where a sample is no fixed number of accesses: page
-        faults, soft-dirty)."""
+        stands for (:class:`AccessRate`; 0 where a sample is no fixed number
+        of accesses: page faults, soft-dirty)."""
         if self._sampler.source not in (SampleSource.PEBS, SampleSource.IBS):
             return 0.0
         total = sum(float(t.count.sum()) for t in self._tables.values())
-        if total <= 0.0:
-            return 0.0
-        return self._sample_rate * self._sampler.control.period / total
+        return self._access_rate.per_count(total)
 
     def _bin(self, pid: npt.NDArray[np.int32], addr: npt.NDArray[np.uint64]) -> None:
         if pid.shape[0] == 0:

@@ -6,7 +6,7 @@ processes' hot set may take, from the fast nodes' sizes, the host's allotment
 and the mover's reserve (docs/guest.md, "Fast-tier budget"); whether the managed
 processes are growing (the reserve is kept only then); and the sampling rate:
 boosted after rounds that promote, lowered once placement has settled
-(docs/guest.md, "Sampling rate").
+(docs/guest.md, "Sampling rate"), and what a sample is worth to the mover.
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from agent_guest.config import MoverConfig, SamplerConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FastBudget", "FastLimit", "GrowthWatch", "SampleBoost", "fast_budget"]
+__all__ = [
+    "AccessRate",
+    "FastBudget",
+    "FastLimit",
+    "GrowthWatch",
+    "SampleBoost",
+    "fast_budget",
+]
 
 
 @dataclass(frozen=True)
@@ -258,3 +265,29 @@ class SampleBoost:
         if changed:
             self._new_hot = self._new_all = 0.0
         return changed
+
+
+@dataclass
+class AccessRate:
+    """The access rate the samples stand for, smoothed over epochs (by
+    ``smoothing`` an epoch): each sample counts the period it was taken at.
+
+    The mover values a sample moved from the slow tier to the fast one by the
+    accesses per second it stands for (``mover.payback_s``). While the period
+    settles (it moves up to 4x a window, most at start), the current period
+    times a rate of samples taken at another one misstates that several-fold:
+    moves between pages of equal heat then look as if they paid.
+    """
+
+    smoothing: float = 0.3
+    per_s: float = 0.0
+
+    def note(self, samples: int, period: int, dt_s: float) -> None:
+        """``samples`` taken at ``period`` arrived over ``dt_s`` seconds."""
+        if dt_s > 0:
+            self.per_s += self.smoothing * (samples * period / dt_s - self.per_s)
+
+    def per_count(self, total_count: float) -> float:
+        """Accesses per second one unit of ``total_count`` decayed samples
+        stands for (0 before any sample)."""
+        return self.per_s / total_count if total_count > 0 else 0.0

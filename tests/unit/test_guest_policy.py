@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from agent_guest.backend import PAGE_SIZE, NumaNode, Tier
 from agent_guest.config import MoverConfig, SamplerConfig
 from agent_guest.policy import (
+    AccessRate,
     FastBudget,
     FastLimit,
     GrowthWatch,
@@ -326,3 +327,28 @@ def test_a_fall_of_the_hot_share_ends_the_settled_state_within_a_few_epochs(
     assert rate == 100
     rates = [boost.after_round(0, 0, 0.0, per_epoch) for _ in range(6)]
     assert 1000 in rates
+
+
+@given(
+    rate=st.floats(1e3, 1e9),
+    periods=st.lists(st.integers(1, 100_000), min_size=1, max_size=20),
+)
+def test_the_access_rate_holds_while_the_period_changes(
+    rate: float, periods: list[int]
+) -> None:
+    """A steady access rate sampled at whatever periods reads as that rate:
+    each epoch's samples count at the period they were taken at."""
+    r = AccessRate(per_s=rate)
+    err = 0.0
+    for period in periods:
+        r.note(round(rate * 0.01 / period), period, 0.01)
+        err = max(err, 0.5 * period / 0.01)  # rounding to whole samples
+        assert abs(r.per_s - rate) <= err + 1e-9 * rate
+
+
+def test_a_sample_is_worth_the_rate_over_the_decayed_counts() -> None:
+    r = AccessRate()
+    assert r.per_count(100.0) == 0.0
+    r.note(40, 1000, 0.01)  # 4 M accesses/s, one smoothing step
+    assert r.per_count(0.0) == 0.0
+    assert r.per_count(80.0) == 0.3 * 4e6 / 80.0
