@@ -341,7 +341,7 @@ class LinuxGuestBackend:
     # ----------------------------------------------------------------- counters
     def cpu_time_s(self) -> float:
         # clock_gettime(CLOCK_PROCESS_CPUTIME_ID): ns resolution. os.times() ticks
-        # at 1/CLK_TCK (10 ms), too coarse for a 0.5 % budget over 1 s windows.
+        # at 1/CLK_TCK (10 ms), too coarse for a 1 % budget over 1 s windows.
         return time.process_time()
 
     def counters(self) -> Mapping[str, int]:
