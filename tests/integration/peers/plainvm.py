@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.integration.peers.programs import _cache_root
+from tests.integration.vm.tlbtrace import BOOT_PARAM as TLB_TRACE_BOOT_PARAM
 
 __all__ = ["GuestRun", "PlainVm", "base_image"]
 
@@ -85,7 +86,8 @@ class PlainVm:
             "-m", f"{self.node0_mib + self.node1_mib}M",
             "-nodefaults", "-display", "none", *numa,
             "-kernel", str(base / "vmlinuz"), "-initrd", str(base / "initrd.img"),
-            "-append", "console=ttyS0 root=/dev/vda rw init=/sbin/ht-init loglevel=4",
+            "-append", "console=ttyS0 root=/dev/vda rw init=/sbin/ht-init loglevel=4 "
+            + TLB_TRACE_BOOT_PARAM,
             "-drive", f"file={overlay},if=virtio,format=qcow2",
             "-drive", f"file={payload},if=virtio,format=raw,readonly=on",
             "-serial", f"file:{console}", *self.extra_args,

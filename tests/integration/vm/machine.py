@@ -26,6 +26,7 @@ from agent_host.vmspec import TieredVmSpec
 from .accel import Accel
 from .guestlink import TEST_CHANNEL, GuestLink
 from .image import BaseImage
+from .tlbtrace import BOOT_PARAM as TLB_TRACE_BOOT_PARAM
 
 log = logging.getLogger(__name__)
 MiB = 1 << 20
@@ -93,7 +94,7 @@ class TestVm:
             initrd=str(self.base.initrd),
             cmdline=(
                 "console=ttyS0 root=/dev/vda rw init=/sbin/ht-init "
-                "memhp_default_state=online_movable loglevel=4"
+                f"memhp_default_state=online_movable loglevel=4 {TLB_TRACE_BOOT_PARAM}"
             ),
             domain_type="kvm" if self.accel.domain_type == "kvm" else "qemu",
             emulator=shutil.which("qemu-system-x86_64")

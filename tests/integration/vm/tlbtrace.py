@@ -9,6 +9,13 @@ import re
 from .guestlink import GuestLink
 
 TRACE = "/sys/kernel/tracing/events/tlb/tlb_flush"
+# On the guest's kernel command line: the tracepoint is enabled at boot, before
+# the second vCPU runs, so :func:`start` flips no static key. Enabling it later
+# patches the running kernel's text across both vCPUs, and under QEMU TCG that
+# can hang the vCPU that patches (seen: "soft lockup - CPU#0 stuck for 22s!
+# [sh]" on the echo into the trigger file, the guest lost for the whole run).
+# Records also go to the ring buffer, which wraps: a few hundred bytes per flush.
+BOOT_PARAM = "trace_event=tlb:tlb_flush"
 # x86 enum tlb_flush_reason (arch/x86/include/asm/tlbflush.h, v6.1, unchanged to 6.12)
 TLB_REASONS = {
     0: "task_switch",
@@ -20,7 +27,8 @@ TLB_REASONS = {
 
 
 def start(link: GuestLink) -> None:
-    """Install the histogram trigger keyed by reason."""
+    """Install the histogram trigger keyed by reason (on a guest booted with
+    :data:`BOOT_PARAM`, this adds a trigger to an event already on)."""
     link.sh(f"echo 'hist:keys=reason' > {TRACE}/trigger")
 
 
