@@ -81,13 +81,20 @@ SOURCE_CAPABILITY: Mapping[SampleSource, Capability] = {
 
 @dataclass(frozen=True)
 class NumaNode:
-    """One guest NUMA node as the guest sees it (sizes follow host resizes)."""
+    """One guest NUMA node as the guest sees it (sizes follow host resizes).
+
+    ``reserved_bytes`` is the part of ``free_bytes`` that page migration into
+    the node cannot take: the kernel keeps each zone's free pages above its
+    watermark (plus the protection of lower zones from movable allocations),
+    and move_pages(2) into a node at that mark fails with -ENOMEM.
+    """
 
     node: int
     tier: Tier
     total_bytes: int
     free_bytes: int
     has_cpus: bool
+    reserved_bytes: int = 0
 
     @property
     def used_bytes(self) -> int:

@@ -82,6 +82,7 @@ class Daemon:
         self._placement_view: tuple[int | None, int | None, int] = (None, None, -1)
         self.tick_stats = TickStats()  # a tick is an epoch
         self._hot_bytes = self._demand_bytes = 0  # of the last selection
+        self._kernel_reserved = 0  # NumaNode.reserved_bytes of the fast nodes
         self._link = HostLink(backend, clock, VERSION)
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
@@ -215,6 +216,7 @@ class Daemon:
             keep_reserve=self._informed_epochs >= self._params.reuse_window
             and self._growth.growing(t0),
         )
+        self._kernel_reserved = budget.kernel_bytes
         sel = select_hot(self._tables, budget.room_bytes, self._params.hysteresis)
         spent.lap("select")
         self._hot_bytes, self._demand_bytes = sel.hot_bytes, sel.demand_bytes
@@ -438,6 +440,8 @@ class Daemon:
             "allot_fast_bytes": self._link.allot_fast_bytes,
             "plugged_fast_bytes": self._link.plugged_fast_bytes,
             "fast_fixed_bytes": self._link.fast_fixed_bytes,
+            "fast_kernel_reserved_bytes": self._kernel_reserved,
+            "fast_short_pages": self._exchanger.short_pages,
             "reports_sent": self._link.counters.reports_sent,
             "allots_received": self._link.counters.allots_received,
             "channel_errors": self._link.counters.channel_errors,

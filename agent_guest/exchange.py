@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # Errno rules for per-page move_pages statuses.
 RETRY = frozenset({errno.EBUSY, errno.ENOMEM, errno.EAGAIN})
+# Rounds without -ENOMEM after which Exchanger.short_pages halves.
+SHORT_HALVING = 16
 DROP = frozenset({errno.EFAULT, errno.ENOENT, errno.EACCES, errno.EPERM})
 
 
@@ -118,6 +120,11 @@ class Exchanger:
         self.denied: set[int] = set()
         # promotion candidates of the last round that did not move
         self.pending = 0
+        # Pages of room the budget counts that the fast node does not give:
+        # promotions into it failed with -ENOMEM (docs/guest.md, "kernel
+        # reserve"); halved every SHORT_HALVING rounds without such a failure.
+        self.short_pages = 0
+        self._calm = 0
 
     def _find(
         self,
@@ -126,12 +133,19 @@ class Exchanger:
         on_nodes: Sequence[int],
         limit: int,
         cooldown: bool = True,
+        want: int | None = None,
     ) -> Candidates:
         """Candidate pages that are on ``on_nodes`` now; at most ``limit`` pages are
         examined. Promotion (``want_hot``): resolved pages selected hot, and the
         other pages of hot ranges, densest first. Demotion: resolved pages not
         selected and the other pages of cold ranges, then of hot ranges, least
-        dense first; never a resolved page selected hot."""
+        dense first; never a resolved page selected hot.
+
+        With ``want``, range pages are examined in chunks, in that order, until
+        ``want`` candidates are found: a round uses no more, and each page
+        examined may cost a page-table walk (``page_nodes``) where its node is
+        not cached. The search stops at a chunk's end, so it may return more.
+        """
         pids: list[npt.NDArray[np.int64]] = []
         idx: list[npt.NDArray[np.intp]] = []
         dens: list[npt.NDArray[np.float64]] = []
@@ -158,9 +172,10 @@ class Exchanger:
         else:
             order = np.lexsort((d, np.concatenate(hotflag)))
         budget = limit - len(out)
+        chunk = limit if want is None else max(self._cfg.batch_pages, 2 * want)
         # Group consecutive ranges of one pid so page_nodes runs once per pid.
         for pid in dict.fromkeys(all_pid[order].tolist()):
-            if budget <= 0:
+            if budget <= 0 or (want is not None and len(out) >= want):
                 break
             if pid in self.gone:
                 continue
@@ -168,23 +183,26 @@ class Exchanger:
             t = tables[pid]
             ri = all_idx[sel]
             addr, which = pages_of_ranges(t.start[ri], t.end[ri], budget)
-            if addr.shape[0] == 0:
-                continue
-            budget -= int(addr.shape[0])
-            nodes = self._nodes(pid, addr)
-            if nodes is None:
-                continue
-            keep = self._eligible(pid, addr, nodes, on_nodes, cooldown)
-            # resolved pages are candidates on their own density (above)
-            keep &= ~in_sorted(addr, t.resolved().addr)
-            out = out.then(
-                Candidates(
-                    np.full(int(keep.sum()), pid, np.int32),
-                    addr[keep],
-                    d[sel][which][keep],
-                    sd[sel][which][keep],
+            resolved = t.resolved().addr
+            for lo in range(0, addr.shape[0], chunk):
+                part, w = addr[lo : lo + chunk], which[lo : lo + chunk]
+                budget -= int(part.shape[0])
+                nodes = self._nodes(pid, part)
+                if nodes is None:
+                    break
+                keep = self._eligible(pid, part, nodes, on_nodes, cooldown)
+                # resolved pages are candidates on their own density (above)
+                keep &= ~in_sorted(part, resolved)
+                out = out.then(
+                    Candidates(
+                        np.full(int(keep.sum()), pid, np.int32),
+                        part[keep],
+                        d[sel][w][keep],
+                        sd[sel][w][keep],
+                    )
                 )
-            )
+                if want is not None and len(out) >= want:
+                    break
         # Pages of several pids (and resolved pages): one global density order.
         key = -out.density if want_hot else out.density
         order = np.argsort(key, kind="stable")
@@ -335,6 +353,11 @@ class Exchanger:
         self.pending = 0
         self._epoch += 1
         self._expire_recent()
+        self._calm += 1
+        if self._calm >= SHORT_HALVING:
+            self.short_pages //= 2
+            self._calm = 0
+        free_pages -= self.short_pages
         budget = self._limiter.take(self._limiter.available()) // PAGE_SIZE
         if budget == 0:
             return 0, 0
@@ -347,7 +370,9 @@ class Exchanger:
         if need_demote:
             # Over the allotment, demotion is not optional: no cool-down.
             must = free_pages < 0
-            demote = self._find(tables, False, fast_nodes, scan, cooldown=not must)
+            demote = self._find(
+                tables, False, fast_nodes, scan, cooldown=not must, want=need_demote
+            )
         log.debug(
             "exchange: %d pages free under the limit, budget %d, candidates +%d/-%d",
             free_pages,
@@ -372,11 +397,17 @@ class Exchanger:
             if batch.to == "fast":
                 # Never overflow: cap each promote batch at the room actually made.
                 n = min(len(batch.pages), max(0, room))
-                moved = self._move(batch.pages.take(0, n), fast_node)
+                moved, full = self._move(batch.pages.take(0, n), fast_node)
                 promoted += moved
                 room -= moved
+                if full:
+                    # The node is full though the budget saw room: what is left
+                    # of that room is not there (this round and later ones).
+                    self.short_pages += max(0, room)
+                    self._calm = 0
+                    room = 0
             else:
-                moved = self._move(batch.pages, slow_node)
+                moved, _ = self._move(batch.pages, slow_node)
                 demoted += moved
                 room += moved
         # Pages that would not move (busy, gone) leave the tier over its limit:
@@ -387,7 +418,7 @@ class Exchanger:
             n = min(n, budget - promoted - demoted)
             if n <= 0:
                 break
-            moved = self._move(demote.take(pos, pos + n), slow_node)
+            moved, _ = self._move(demote.take(pos, pos + n), slow_node)
             pos += n
             demoted += moved
             room += moved
@@ -397,8 +428,9 @@ class Exchanger:
         self.stats.demoted += demoted
         return promoted, demoted
 
-    def _move(self, pages: Candidates, node: int) -> int:
-        moved = 0
+    def _move(self, pages: Candidates, node: int) -> tuple[int, int]:
+        """Move ``pages`` to ``node``: (pages moved, pages refused -ENOMEM)."""
+        moved = full = 0
         for pid in np.unique(pages.pid).tolist():
             if pid in self.gone:
                 continue
@@ -422,4 +454,5 @@ class Exchanger:
                 busy = res.status == -errno.EBUSY
                 if busy.any():
                     self._note_busy(pid, addr[busy])
-        return moved
+                full += int(np.count_nonzero(res.status == -errno.ENOMEM))
+        return moved, full

@@ -16,20 +16,66 @@ from agent_guest.backend import PAGE_SIZE, NumaNode, ProcessInfo, Tier, Vma
 from agent_guest.errors import AccessDenied, BackendError, NoSuchProcess
 from hypertier_common.cpulist import parse_cpulist
 
-__all__ = ["numa_nodes", "online_cpus", "processes", "vmas", "vmstat_counters"]
+__all__ = [
+    "numa_nodes",
+    "online_cpus",
+    "processes",
+    "reserved_pages",
+    "vmas",
+    "vmstat_counters",
+]
 
 _SKIP_VMAS = ("[vsyscall]", "[vvar]", "[vdso]", "[vvar_vclock]")
 _MEMINFO = re.compile(rb"Node \d+ (MemTotal|MemFree):\s+(\d+) kB")
+# One zone of /proc/zoneinfo (mm/vmstat.c: zoneinfo_show_print): its node, free
+# pages, high watermark, managed pages and lowmem protection, in that order.
+_ZONE = re.compile(
+    rb"^Node (\d+), zone +\S+\n"
+    rb"(?:.*\n)*?  pages free +(\d+)\n"
+    rb"(?:.*\n)*? +high +(\d+)\n"
+    rb"(?:.*\n)*? +managed +(\d+)\n"
+    rb"(?:.*\n)*? +protection: \(([\d, ]*)\)",
+    re.MULTILINE,
+)
 _VMSTAT_PREFIXES = ("nr_tlb_", "pgmigrate_", "numa_", "pgpromote_", "pgdemote_")
+
+
+def reserved_pages(zoneinfo: bytes) -> dict[int, int]:
+    """Free pages per node that page migration into it cannot take.
+
+    move_pages(2) allocates its target pages as movable user memory on that node
+    only (``GFP_HIGHUSER_MOVABLE | __GFP_THISNODE``): a zone gives them while its
+    free pages stay above its watermark plus its protection from allocations
+    that could have used a higher zone (``lowmem_reserve``, the last column of
+    ``protection``). The high watermark is used, not the low or min one the
+    allocator itself stops at: filling a node to those marks wakes kswapd to
+    reclaim the node's page cache. Per zone the reserve is at most the zone's
+    free pages; zones without managed pages have none.
+    """
+    out: dict[int, int] = {}
+    for node, free, high, managed, prot in _ZONE.findall(zoneinfo):
+        if int(managed) == 0:
+            continue
+        marks = [int(x) for x in prot.replace(b",", b" ").split()]
+        keep = int(high) + (marks[-1] if marks else 0)
+        out[int(node)] = out.get(int(node), 0) + min(int(free), keep)
+    return out
 
 
 def numa_nodes(root: Path) -> list[NumaNode]:
     """The NUMA nodes: nodes with CPUs are the fast tier, CPU-less ones slow.
 
+    ``reserved_bytes`` comes from /proc/zoneinfo (:func:`reserved_pages`); 0
+    where it cannot be read.
+
     Raises:
         BackendError: a node's meminfo or cpulist cannot be read.
     """
     base = root / "sys/devices/system/node"
+    try:
+        reserved = reserved_pages((root / "proc/zoneinfo").read_bytes())
+    except OSError:
+        reserved = {}
     out = []
     for d in sorted(base.glob("node[0-9]*"), key=lambda p: int(p.name[4:])):
         try:
@@ -39,13 +85,15 @@ def numa_nodes(root: Path) -> list[NumaNode]:
             raise BackendError(f"cannot read {d}: {err}") from err
         total = int(info.get(b"MemTotal", b"0")) * 1024
         free = int(info.get(b"MemFree", b"0")) * 1024
+        node = int(d.name[4:])
         out.append(
             NumaNode(
-                node=int(d.name[4:]),
+                node=node,
                 tier=Tier.FAST if cpus else Tier.SLOW,
                 total_bytes=total,
                 free_bytes=free,
                 has_cpus=bool(cpus),
+                reserved_bytes=min(free, reserved.get(node, 0) * PAGE_SIZE),
             )
         )
     return out

@@ -38,19 +38,22 @@ class FastBudget:
     ``limit_bytes``: fast memory the agent may fill (the fast nodes' size, or
     the host's allotment if smaller, less the mover's reserve once it is kept);
     ``used_bytes``: in use on the fast nodes now; ``unmanaged_bytes``: the part
-    of it the managed processes do not hold; ``room_bytes``: what the managed
-    processes' hot set may take (the limit less the unmanaged memory).
+    of it the managed processes do not hold; ``kernel_bytes``: free memory the
+    kernel keeps on them (``NumaNode.reserved_bytes``: a migration into it
+    fails); ``room_bytes``: what the managed processes' hot set may take (the
+    limit less the unmanaged memory and the kernel's reserve).
     """
 
     limit_bytes: int
     used_bytes: int
     unmanaged_bytes: int
     room_bytes: int
+    kernel_bytes: int = 0
 
     @property
     def free_pages(self) -> int:
         """Pages the exchange may add to the fast nodes (negative: over the limit)."""
-        return (self.limit_bytes - self.used_bytes) // PAGE_SIZE
+        return (self.limit_bytes - self.used_bytes - self.kernel_bytes) // PAGE_SIZE
 
 
 @dataclass
@@ -129,11 +132,14 @@ def fast_budget(
     known, and demotions to make room would be blind).
     """
     used = sum(n.used_bytes for n in fast_nodes)
+    kernel = sum(n.reserved_bytes for n in fast_nodes)
     limit = limit_bytes
     if keep_reserve:
         limit = max(0, limit - mover.reserve_bytes(limit))
     unmanaged = max(0, used - managed_rss_bytes)
-    return FastBudget(limit, used, unmanaged, max(0, limit - unmanaged))
+    return FastBudget(
+        limit, used, unmanaged, max(0, limit - unmanaged - kernel), kernel
+    )
 
 
 @dataclass

@@ -69,14 +69,16 @@ class EmuGuestBackend:
         out = []
         for node in (0, 1):
             total = vm.plugged[node]
-            used = vm.used_pages(node)
+            free = total - vm.used_pages(node)
+            kept = min(free, self._world.node_reserve_pages(vm, node))
             out.append(
                 NumaNode(
                     node=node,
                     tier=Tier.FAST if node == FAST else Tier.SLOW,
                     total_bytes=total * PAGE_SIZE,
-                    free_bytes=(total - used) * PAGE_SIZE,
+                    free_bytes=free * PAGE_SIZE,
                     has_cpus=node == FAST,
+                    reserved_bytes=kept * PAGE_SIZE,
                 )
             )
         return out

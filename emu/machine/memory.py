@@ -53,9 +53,15 @@ class Memory:
             raise NoSuchProcessError(pid)
         return proc
 
+    def node_reserve_pages(self, vm: EmuVm, node: int) -> int:
+        """Free frames the guest kernel keeps on ``node`` (``node_reserve_pct``)."""
+        return int(vm.plugged[node] * self.params.node_reserve_pct / 100.0)
+
     def _free_frames(self, vm: EmuVm, node: int, k: int) -> I64:
+        """Up to ``k`` free frames of ``node`` above the kernel's reserve."""
         b = vm.node_base[node]
         free = np.flatnonzero(vm.f.pid[b : b + vm.plugged[node]] < 0)
+        free = free[: max(0, len(free) - self.node_reserve_pages(vm, node))]
         return (free[:k] + b).astype(np.int64)
 
     def _back(self, vm: EmuVm, gfns: I64) -> None:

@@ -116,6 +116,11 @@ class Params:
     tlb: TlbModel = field(default_factory=TlbModel)
     cost: CostModel = field(default_factory=CostModel)
     block_bytes: int = 2 << 20  # virtio-mem block size
+    # Share (%) of each guest node's plugged memory its kernel keeps free: the
+    # zones' watermarks, below which neither a fault nor move_pages(2) gets a
+    # page there (a fault falls back to the other node, a move fails -ENOMEM).
+    # Linux keeps about 0.5-1 % (more with lowmem protection); 0 models none.
+    node_reserve_pct: float = 0.0
 
     def with_profile(self, name: str) -> Params:
         return replace(self, memory=profile(name))

@@ -43,6 +43,23 @@ def test_first_touch_fills_fast_node_then_slow() -> None:
     assert np.all(nodes[16384:] == SLOW)
 
 
+def test_the_guest_kernel_keeps_its_reserve_free_on_each_node() -> None:
+    w = World(1 << 30, 4 << 30, Params(node_reserve_pct=1.0), seed=1)
+    w.add_vm("vm", 2, 64 * MIB, 256 * MIB)
+    kept = w.node_reserve_pages(w.vm("vm"), FAST)
+    assert kept == 16384 // 100
+    pid = _spawn(w, npages=32768)
+    # first touch falls back to the slow node at the reserve, not at full
+    nodes = w.page_nodes("vm", pid, _addrs(w, pid, np.arange(32768)))
+    assert int(np.count_nonzero(nodes == FAST)) == 16384 - kept
+    # a move into the reserve fails as on a full node; one out makes room
+    slow = _addrs(w, pid, np.flatnonzero(nodes == SLOW)[:4])
+    assert np.all(w.move_pages("vm", pid, slow, FAST) == -errno.ENOMEM)
+    fast = _addrs(w, pid, np.flatnonzero(nodes == FAST)[:4])
+    assert np.all(w.move_pages("vm", pid, fast, SLOW) == SLOW)
+    assert np.all(w.move_pages("vm", pid, slow, FAST) == FAST)
+
+
 def test_move_to_full_node_reports_enomem() -> None:
     w = _world(fast_mib=64)
     pid = _spawn(w, npages=32768)

@@ -24,7 +24,7 @@ from agent_guest.backend import (
 from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, MoverConfig
 from agent_guest.errors import AccessDenied, NoSuchProcess
-from agent_guest.exchange import Exchanger, RateLimiter, errno_name
+from agent_guest.exchange import SHORT_HALVING, Exchanger, RateLimiter, errno_name
 from agent_guest.plan import (
     Candidates,
     MoveCost,
@@ -353,6 +353,49 @@ def test_partial_failures_are_counted_by_errno() -> None:
         "ENOENT": 1,
         "ENOMEM": 1,
     }
+
+
+class _FullNode(_Backend):
+    """Node 0 takes ``room`` more pages; each page moved off it makes room."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__(None, set())
+        self.room = room
+
+    def move_pages(
+        self, pid: int, addrs: npt.NDArray[np.uint64], node: int
+    ) -> MoveResult:
+        self.moves.append((pid, node, int(addrs.shape[0])))
+        st = np.full(addrs.shape[0], node, np.int32)
+        if node == 0:
+            st[self.room :] = -errno.ENOMEM
+            self.room = max(0, self.room - addrs.shape[0])
+        else:
+            self.room += addrs.shape[0]
+        return MoveResult(st.shape[0], int((st == node).sum()), st)
+
+
+def test_room_the_node_refuses_is_learnt_and_exchanged_for() -> None:
+    # The budget sees 32 free pages; the kernel keeps them (its watermark).
+    be = _FullNode(room=0)
+    ex = Exchanger(be, MoverConfig(batch_pages=16, scan_pages=64), _Clock())
+    # the first batch into the room fails; the round goes on with exchanges
+    assert ex.run(_tables(), [0], [1], 0, 1, 32) == (32, 32)
+    assert ex.stats.failures["ENOMEM"] == 16
+    assert ex.short_pages == 32
+    # Next round: no room assumed, so the other hot pages come in by exchange.
+    assert ex.run(_tables(), [0], [1], 0, 1, 32) == (32, 32)
+    assert ex.stats.failures["ENOMEM"] == 16
+    # While the node keeps refusing, it is probed once per SHORT_HALVING rounds
+    for _ in range(4 * SHORT_HALVING):
+        ex.run(_tables(), [0], [1], 0, 1, 32)
+    assert ex.stats.failures["ENOMEM"] <= 16 + 4 * 16
+    assert ex.short_pages >= 16
+    # once the node has the room, the learnt shortfall fades
+    be.room = 1 << 20
+    for _ in range(7 * SHORT_HALVING):
+        ex.run(_tables(), [0], [1], 0, 1, 32)
+    assert ex.short_pages == 0
 
 
 def test_demotions_that_fail_over_the_limit_are_made_up_by_others() -> None:

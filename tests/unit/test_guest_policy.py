@@ -73,6 +73,17 @@ def test_memory_the_targets_do_not_hold_is_not_room_for_them() -> None:
     assert b.room_bytes == 40 * MiB
 
 
+def test_free_memory_the_kernel_keeps_is_neither_room_nor_free() -> None:
+    # 100 MiB node, 40 used, 3 of the 60 free below the zones' watermarks
+    node = NumaNode(0, Tier.FAST, 100 * MiB, 60 * MiB, True, reserved_bytes=3 * MiB)
+    b = _budget([node], None, 40 * MiB)
+    assert b.kernel_bytes == 3 * MiB
+    assert b.free_pages == 57 * MiB // PAGE_SIZE
+    assert b.room_bytes == 97 * MiB
+    # what the guest reports as used stays what the node holds
+    assert b.used_bytes == 40 * MiB
+
+
 def test_a_shrunk_allotment_makes_free_pages_negative() -> None:
     b = _budget([_node(100, 90)], 50 * MiB, 90 * MiB)
     assert b.free_pages == -40 * MiB // PAGE_SIZE
@@ -161,20 +172,27 @@ def test_the_limit_never_exceeds_the_nodes_or_fixed_part_plus_allotment(
     managed=st.integers(0, 1 << 41),
     pct=st.floats(0, 50),
     keep=st.booleans(),
+    kept_share=st.floats(0, 1),
 )
 def test_room_fits_in_the_limit(
     total: int,
     used_share: float,
+    kept_share: float,
     limit: int,
     managed: int,
     pct: float,
     keep: bool,
 ) -> None:
     used = int(total * used_share)
-    node = NumaNode(0, Tier.FAST, total, total - used, True)
+    kept = int((total - used) * kept_share)
+    node = NumaNode(0, Tier.FAST, total, total - used, True, kept)
     b = fast_budget([node], limit, managed, MoverConfig(fast_reserve_pct=pct), keep)
     assert 0 <= b.room_bytes <= b.limit_bytes <= limit
     assert 0 <= b.unmanaged_bytes <= used
+    # within the node's size (FastLimit's limits are), the exchange never
+    # counts on free memory the kernel keeps
+    if limit <= total:
+        assert b.free_pages * PAGE_SIZE <= total - used - kept
 
 
 def test_a_process_seen_first_is_not_growing() -> None:

@@ -13,7 +13,7 @@ import hypertier_wire as wire
 from agent_guest import config
 from agent_guest.daemon import Daemon
 from emu.backends.guest import EmuGuestBackend
-from emu.machine import FAST, SLOW, World
+from emu.machine import FAST, SLOW, Params, World
 from emu.workloads.synthetic import Gups
 
 pytestmark = pytest.mark.slow
@@ -32,8 +32,8 @@ CFG = config.loads(
 class Scenario:
     """A VM (128 MiB fast, 512 MiB slow) running GUPS over 200 MiB, 10% hot."""
 
-    def __init__(self, seed: int, pmu: str = "pebs") -> None:
-        self.world = World(8 << 30, 32 << 30, seed=seed)
+    def __init__(self, seed: int, pmu: str = "pebs", params: Params | None = None) -> None:
+        self.world = World(8 << 30, 32 << 30, params, seed=seed)
         self.world.add_vm("vm", 2, 128 * MiB, 512 * MiB)
         self.workload = Gups(50_000, seed=seed, hot_fraction=0.1)
         self.pid = self.world.spawn("vm", self.workload, total_accesses=10**13)
@@ -119,3 +119,16 @@ def test_fast_allotment_shrink_demotes_first_and_never_overflows() -> None:
     assert after[0][3] == SLOW  # demotion comes first
     assert all(u <= allot for u in used[1:])  # under the new allotment at once
     assert s.hot_on_fast() >= 0.95  # the hot set still fits and stays
+
+
+def test_the_kernels_free_reserve_is_left_alone() -> None:
+    """The guest kernel keeps 2 % of the fast node free (its watermarks): a
+    move into that fails with -ENOMEM. The agent counts it out of its room, so
+    the hot set comes back by exchange and no move is refused."""
+    s = Scenario(seed=2, params=Params(node_reserve_pct=2.0))
+    kept = s.world.node_reserve_pages(s.world.vm("vm"), FAST)
+    s.epochs(12)  # past the growth hold: no mover reserve kept
+    _hot_set_comes_back_within_four_epochs(s)
+    s.epochs(8)
+    assert s.daemon._exchanger.stats.failures["ENOMEM"] == 0
+    assert s.backend.numa_nodes()[FAST].free_bytes >= kept * 4096
