@@ -142,9 +142,11 @@ class Exchanger:
         dense first; never a resolved page selected hot.
 
         With ``want``, range pages are examined in chunks, in that order, until
-        ``want`` candidates are found: a round uses no more, and each page
+        ``want`` of them are candidates: a round uses no more, and each page
         examined may cost a page-table walk (``page_nodes``) where its node is
-        not cached. The search stops at a chunk's end, so it may return more.
+        not cached. The resolved pages do not count toward ``want``: they are
+        all candidates, and one may be less or more dense than any range page.
+        The search stops at a chunk's end, so it may return more.
         """
         pids: list[npt.NDArray[np.int64]] = []
         idx: list[npt.NDArray[np.intp]] = []
@@ -173,9 +175,10 @@ class Exchanger:
             order = np.lexsort((d, np.concatenate(hotflag)))
         budget = limit - len(out)
         chunk = limit if want is None else max(self._cfg.batch_pages, 2 * want)
+        found = 0  # range pages that are candidates
         # Group consecutive ranges of one pid so page_nodes runs once per pid.
         for pid in dict.fromkeys(all_pid[order].tolist()):
-            if budget <= 0 or (want is not None and len(out) >= want):
+            if budget <= 0 or (want is not None and found >= want):
                 break
             if pid in self.gone:
                 continue
@@ -193,6 +196,7 @@ class Exchanger:
                 keep = self._eligible(pid, part, nodes, on_nodes, cooldown)
                 # resolved pages are candidates on their own density (above)
                 keep &= ~in_sorted(part, resolved)
+                found += int(keep.sum())
                 out = out.then(
                     Candidates(
                         np.full(int(keep.sum()), pid, np.int32),
@@ -201,7 +205,7 @@ class Exchanger:
                         sd[sel][w][keep],
                     )
                 )
-                if want is not None and len(out) >= want:
+                if want is not None and found >= want:
                     break
         # Pages of several pids (and resolved pages): one global density order.
         key = -out.density if want_hot else out.density

@@ -511,6 +511,24 @@ def test_a_hot_page_in_a_cold_range_is_promoted_and_never_demoted() -> None:
     assert promote.addr.tolist() == [hot_page]
 
 
+def test_a_search_cut_short_still_offers_the_coldest_pages() -> None:
+    # pid 2's first 16 pages are warm (sampled, resolved, not selected hot);
+    # its other 48 pages are never touched: those go first
+    tables = _tables()
+    cold = tables[2]
+    warm = BASE + np.arange(16, dtype=np.uint64) * np.uint64(4096)
+    for _ in range(3):
+        cold.add_samples(np.repeat(warm, 10))
+        cold.end_epoch()
+    select_hot({2: cold}, 0, 0.0)
+    assert len(cold.resolved().addr) == 16
+    ex = Exchanger(
+        _Backend(None, set()), MoverConfig(batch_pages=4, scan_pages=64), _Clock()
+    )
+    demote = ex._find({2: cold}, False, [0], 64, want=8)
+    assert not np.isin(demote.addr[:8], warm).any()
+
+
 def test_the_node_of_a_page_seen_or_moved_is_not_asked_again_while_fresh() -> None:
     be = _Backend(None, set())
     cfg = MoverConfig(

@@ -32,7 +32,9 @@ CFG = config.loads(
 class Scenario:
     """A VM (128 MiB fast, 512 MiB slow) running GUPS over 200 MiB, 10% hot."""
 
-    def __init__(self, seed: int, pmu: str = "pebs", params: Params | None = None) -> None:
+    def __init__(
+        self, seed: int, pmu: str = "pebs", params: Params | None = None
+    ) -> None:
         self.world = World(8 << 30, 32 << 30, params, seed=seed)
         self.world.add_vm("vm", 2, 128 * MiB, 512 * MiB)
         self.workload = Gups(50_000, seed=seed, hot_fraction=0.1)
