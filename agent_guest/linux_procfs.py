@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 _SKIP_VMAS = ("[vsyscall]", "[vvar]", "[vdso]", "[vvar_vclock]")
-_MEMINFO = re.compile(rb"Node \d+ (MemTotal|MemFree):\s+(\d+) kB")
+_MEMINFO = re.compile(rb"Node \d+ (MemTotal|MemFree|Inactive\(file\)):\s+(\d+) kB")
 # One zone of /proc/zoneinfo (mm/vmstat.c: zoneinfo_show_print): its node, free
 # pages, high watermark, managed pages and lowmem protection, in that order.
 _ZONE = re.compile(
@@ -85,6 +85,7 @@ def numa_nodes(root: Path) -> list[NumaNode]:
             raise BackendError(f"cannot read {d}: {err}") from err
         total = int(info.get(b"MemTotal", b"0")) * 1024
         free = int(info.get(b"MemFree", b"0")) * 1024
+        inactive_file = int(info.get(b"Inactive(file)", b"0")) * 1024
         node = int(d.name[4:])
         out.append(
             NumaNode(
@@ -94,6 +95,7 @@ def numa_nodes(root: Path) -> list[NumaNode]:
                 free_bytes=free,
                 has_cpus=bool(cpus),
                 reserved_bytes=min(free, reserved.get(node, 0) * PAGE_SIZE),
+                reclaimable_bytes=inactive_file,
             )
         )
     return out

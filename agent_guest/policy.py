@@ -40,8 +40,10 @@ class FastBudget:
     ``used_bytes``: in use on the fast nodes now; ``unmanaged_bytes``: the part
     of it the managed processes do not hold; ``kernel_bytes``: free memory the
     kernel keeps on them (``NumaNode.reserved_bytes``: a migration into it
-    fails); ``room_bytes``: what the managed processes' hot set may take (the
-    limit less the unmanaged memory and the kernel's reserve).
+    fails); ``reclaim_bytes``: the part of the used memory the kernel reclaims
+    for a promotion (inactive page cache, with ``mover.reclaim_file_pages``);
+    ``room_bytes``: what the managed processes' hot set may take (the limit
+    less the unmanaged memory it cannot reclaim and the kernel's reserve).
     """
 
     limit_bytes: int
@@ -49,11 +51,13 @@ class FastBudget:
     unmanaged_bytes: int
     room_bytes: int
     kernel_bytes: int = 0
+    reclaim_bytes: int = 0
 
     @property
     def free_pages(self) -> int:
         """Pages the exchange may add to the fast nodes (negative: over the limit)."""
-        return (self.limit_bytes - self.used_bytes - self.kernel_bytes) // PAGE_SIZE
+        taken = self.used_bytes - self.reclaim_bytes + self.kernel_bytes
+        return (self.limit_bytes - taken) // PAGE_SIZE
 
 
 @dataclass
@@ -137,9 +141,11 @@ def fast_budget(
     if keep_reserve:
         limit = max(0, limit - mover.reserve_bytes(limit))
     unmanaged = max(0, used - managed_rss_bytes)
-    return FastBudget(
-        limit, used, unmanaged, max(0, limit - unmanaged - kernel), kernel
-    )
+    reclaim = 0
+    if mover.reclaim_file_pages:
+        reclaim = min(unmanaged, sum(n.reclaimable_bytes for n in fast_nodes))
+    room = min(limit, max(0, limit - unmanaged + reclaim - kernel))
+    return FastBudget(limit, used, unmanaged, room, kernel, reclaim)
 
 
 @dataclass

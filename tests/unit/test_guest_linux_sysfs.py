@@ -59,7 +59,8 @@ def _tree(root: Path, pmu: str = "intel") -> Path:
     _put(
         root,
         f"{node}/node0/meminfo",
-        "Node 0 MemTotal:        8388608 kB\nNode 0 MemFree:         4194304 kB\n",
+        "Node 0 MemTotal:        8388608 kB\nNode 0 MemFree:         4194304 kB\n"
+        "Node 0 Active(file):     524288 kB\nNode 0 Inactive(file):  1048576 kB\n",
     )
     _put(root, f"{node}/node0/cpulist", "0-3\n")
     _put(
@@ -170,6 +171,8 @@ def test_nodes_with_cpus_are_fast_and_cpuless_nodes_slow(tmp_path: Path) -> None
     ]
     assert nodes[0].total_bytes == 8 << 30
     assert nodes[0].free_bytes == 4 << 30
+    # the inactive page cache only (the active part is in use)
+    assert [n.reclaimable_bytes for n in nodes] == [1 << 30, 0]
 
 
 # /proc/zoneinfo as Linux 6.12's mm/vmstat.c prints it (per-node stats and

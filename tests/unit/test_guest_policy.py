@@ -84,6 +84,19 @@ def test_free_memory_the_kernel_keeps_is_neither_room_nor_free() -> None:
     assert b.used_bytes == 40 * MiB
 
 
+def test_inactive_page_cache_is_room_unless_configured_not_to_be() -> None:
+    # 100 MiB node: 40 MiB of the targets, 30 of page cache (20 inactive), 30 free
+    node = NumaNode(0, Tier.FAST, 100 * MiB, 30 * MiB, True, reclaimable_bytes=20 * MiB)
+    b = _budget([node], None, 40 * MiB)
+    assert (b.unmanaged_bytes, b.reclaim_bytes) == (30 * MiB, 20 * MiB)
+    assert b.free_pages == 50 * MiB // PAGE_SIZE
+    assert b.room_bytes == 90 * MiB
+    keep_cache = MoverConfig(fast_reserve_pct=0.0, reclaim_file_pages=False)
+    b = _budget([node], None, 40 * MiB, keep_cache)
+    assert (b.reclaim_bytes, b.free_pages) == (0, 30 * MiB // PAGE_SIZE)
+    assert b.room_bytes == 70 * MiB
+
+
 def test_a_shrunk_allotment_makes_free_pages_negative() -> None:
     b = _budget([_node(100, 90)], 50 * MiB, 90 * MiB)
     assert b.free_pages == -40 * MiB // PAGE_SIZE
@@ -173,11 +186,13 @@ def test_the_limit_never_exceeds_the_nodes_or_fixed_part_plus_allotment(
     pct=st.floats(0, 50),
     keep=st.booleans(),
     kept_share=st.floats(0, 1),
+    cache_share=st.floats(0, 1),
 )
 def test_room_fits_in_the_limit(
     total: int,
     used_share: float,
     kept_share: float,
+    cache_share: float,
     limit: int,
     managed: int,
     pct: float,
@@ -185,14 +200,17 @@ def test_room_fits_in_the_limit(
 ) -> None:
     used = int(total * used_share)
     kept = int((total - used) * kept_share)
-    node = NumaNode(0, Tier.FAST, total, total - used, True, kept)
+    cache = int(used * cache_share)
+    node = NumaNode(0, Tier.FAST, total, total - used, True, kept, cache)
     b = fast_budget([node], limit, managed, MoverConfig(fast_reserve_pct=pct), keep)
     assert 0 <= b.room_bytes <= b.limit_bytes <= limit
     assert 0 <= b.unmanaged_bytes <= used
+    # only page cache the managed processes do not hold is taken for room
+    assert 0 <= b.reclaim_bytes <= min(cache, b.unmanaged_bytes)
     # within the node's size (FastLimit's limits are), the exchange never
     # counts on free memory the kernel keeps
     if limit <= total:
-        assert b.free_pages * PAGE_SIZE <= total - used - kept
+        assert b.free_pages * PAGE_SIZE <= total - used + b.reclaim_bytes - kept
 
 
 def test_a_process_seen_first_is_not_growing() -> None:
