@@ -361,7 +361,8 @@ class Exchanger:
         if self._calm >= SHORT_HALVING:
             self.short_pages //= 2
             self._calm = 0
-        free_pages -= self.short_pages
+        if free_pages > 0:  # room only: demotions over the limit stay due
+            free_pages = max(0, free_pages - self.short_pages)
         budget = self._limiter.take(self._limiter.available()) // PAGE_SIZE
         if budget == 0:
             return 0, 0

@@ -55,9 +55,17 @@ class FastBudget:
 
     @property
     def free_pages(self) -> int:
-        """Pages the exchange may add to the fast nodes (negative: over the limit)."""
+        """Pages the exchange may add to the fast nodes; negative: pages it must
+        take off them, as they hold more than the limit.
+
+        The kernel's reserve and the reclaimable cache change only the room
+        for promotions: free memory below the reserve (page cache grew into
+        it) or a cache that promotions reclaimed is no reason to demote.
+        """
+        if self.used_bytes > self.limit_bytes:
+            return -((self.used_bytes - self.limit_bytes) // PAGE_SIZE)
         taken = self.used_bytes - self.reclaim_bytes + self.kernel_bytes
-        return (self.limit_bytes - taken) // PAGE_SIZE
+        return max(0, (self.limit_bytes - taken) // PAGE_SIZE)
 
 
 @dataclass

@@ -82,6 +82,11 @@ def test_free_memory_the_kernel_keeps_is_neither_room_nor_free() -> None:
     assert b.room_bytes == 97 * MiB
     # what the guest reports as used stays what the node holds
     assert b.used_bytes == 40 * MiB
+    # free memory below the reserve (page cache grew into it) is no room, and
+    # no reason to demote either: the limit is not exceeded
+    low = NumaNode(0, Tier.FAST, 100 * MiB, 2 * MiB, True, reserved_bytes=3 * MiB)
+    assert _budget([low], None, 40 * MiB).free_pages == 0
+    assert _budget([low], 90 * MiB, 40 * MiB).free_pages == -8 * MiB // PAGE_SIZE
 
 
 def test_inactive_page_cache_is_room_unless_configured_not_to_be() -> None:
