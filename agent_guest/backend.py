@@ -247,6 +247,13 @@ class GuestBackend(Protocol):
         """Kernel counters (vmstat names: nr_tlb_remote_flush, ...)."""
         ...
 
+    def keep_own_memory(self, node: int) -> int:
+        """Put this agent's own memory on ``node``: its later allocations
+        prefer the node and its private pages move there. Returns how many of
+        them are on the node afterwards. Raises an agent_guest error where the
+        OS refuses."""
+        ...
+
     def close(self) -> None: ...
 
 

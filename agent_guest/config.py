@@ -53,6 +53,9 @@ class GuestConfig:
     fast_nodes: tuple[int, ...] = ()
     slow_nodes: tuple[int, ...] = ()
     report_interval_s: float = 5.0
+    # Keep the agent's own memory (its tables, caches and interpreter heap) on
+    # a slow node: the fast tier is the workloads'.
+    own_memory_on_slow: bool = True
 
     def __post_init__(self) -> None:
         require(

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent_guest.backend import (
+    PAGE_SIZE,
     GuestBackend,
     NumaNode,
     ProcessInfo,
@@ -25,7 +26,7 @@ from agent_guest.backend import (
 )
 from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, Config
-from agent_guest.errors import AccessDenied, NoSuchProcess
+from agent_guest.errors import AccessDenied, AgentError, NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.hostlink import HostLink
 from agent_guest.policy import (
@@ -83,6 +84,8 @@ class Daemon:
         self.tick_stats = TickStats()  # a tick is an epoch
         self._hot_bytes = self._demand_bytes = 0  # of the last selection
         self._kernel_reserved = 0  # NumaNode.reserved_bytes of the fast nodes
+        # guest.own_memory_on_slow: done (or not wanted)
+        self._self_placed = not cfg.guest.own_memory_on_slow
         self._link = HostLink(backend, clock, VERSION)
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
@@ -207,6 +210,8 @@ class Daemon:
         by_id = {n.node: n for n in nodes}
         fast = [by_id[n] for n in roles.fast]
         self._check_placement_cache()
+        if roles.slow and not self._self_placed:
+            self._place_self(max(roles.slow, key=lambda n: by_id[n].free_bytes))
         limit = self._link.fast_limit(sum(n.total_bytes for n in fast))
         budget = fast_budget(
             fast,
@@ -353,6 +358,22 @@ class Daemon:
         self._sampler.start(self._targets)
         self._growth.note(
             {p.pid: p.rss_bytes for p in self._target_infos}, self._clock.monotonic()
+        )
+
+    def _place_self(self, node: int) -> None:
+        """Once: the agent's own memory to slow ``node`` (guest.own_memory_on_slow).
+        A refusal is logged, not fatal: the agent works as well from fast memory."""
+        self._self_placed = True
+        try:
+            pages = self._backend.keep_own_memory(node)
+        except AgentError as err:
+            log.warning("own memory stays where it is: %s", err)
+            return
+        log.info(
+            "own memory on node %d (%d MiB of private pages; new allocations"
+            " prefer it)",
+            node,
+            pages * PAGE_SIZE >> 20,
         )
 
     def _forget(self, pid: int) -> None:

@@ -8,6 +8,7 @@ Documentation/admin-guide/mm/soft-dirty.rst, .../idle_page_tracking.rst.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy.typing as npt
 from agent_guest import linux_procfs as procfs
 from agent_guest import perf_abi as abi
 from agent_guest.backend import (
+    PAGE_SIZE,
     SOURCE_CAPABILITY,
     AccessSamples,
     Capability,
@@ -34,9 +36,16 @@ from agent_guest.errors import ConfigError, NoSuchProcess, Unsupported
 from agent_guest.linux_channel import HostChannel
 from agent_guest.linux_perf import PerfEvents, Ring
 from agent_guest.linux_softdirty import SoftDirty
-from agent_guest.linux_syscalls import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, Syscalls
+from agent_guest.linux_syscalls import (
+    MPOL_MF_MOVE,
+    MPOL_MF_MOVE_ALL,
+    MPOL_PREFERRED,
+    Syscalls,
+)
 
 __all__ = ["LinuxGuestBackend"]
+
+_OWN_CHUNK = 65536  # pages per move_pages(2) call of keep_own_memory
 
 
 @dataclass
@@ -329,6 +338,26 @@ class LinuxGuestBackend:
         codes, counts = np.unique(neg, return_counts=True)
         failures = {int(c): int(k) for c, k in zip(codes, counts, strict=True)}
         return MoveResult(int(status.shape[0]), moved, status, failures)
+
+    def keep_own_memory(self, node: int) -> int:
+        """MPOL_PREFERRED ``node`` for this thread (the daemon's main thread,
+        which allocates the agent's tables) and the threads it starts, then
+        move_pages(2) of this process's private writable mappings there, pages
+        mapped by no other process only (MPOL_MF_MOVE), in chunks."""
+        self._sys.set_mempolicy(MPOL_PREFERRED, node)
+        pid = os.getpid()
+        on_node = 0
+        for vma in procfs.vmas(self._root, pid):
+            first = np.uint64(vma.start)
+            n = vma.size_bytes // PAGE_SIZE
+            for lo in range(0, n, _OWN_CHUNK):
+                k = min(_OWN_CHUNK, n - lo)
+                addr = first + np.arange(lo, lo + k, dtype=np.uint64) * np.uint64(
+                    PAGE_SIZE
+                )
+                status = self._sys.move_pages(pid, addr, node, MPOL_MF_MOVE)
+                on_node += int(np.count_nonzero(status == node))
+        return on_node
 
     # ------------------------------------------------------------ host channel
     def channel_send(self, line: bytes) -> None:

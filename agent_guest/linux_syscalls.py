@@ -1,7 +1,9 @@
-"""perf_event_open(2) and move_pages(2) through libc's syscall(2), with ctypes.
+"""perf_event_open(2), move_pages(2) and set_mempolicy(2) through libc's
+syscall(2), with ctypes.
 
-glibc wraps neither, so both go through ``syscall(2)`` by number; errno values
-become agent_guest errors here. Man pages: perf_event_open(2), move_pages(2).
+glibc wraps none of them, so all go through ``syscall(2)`` by number; errno
+values become agent_guest errors here. Man pages: perf_event_open(2),
+move_pages(2), set_mempolicy(2).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import numpy.typing as npt
 from agent_guest.backend import PAGE_SIZE
 from agent_guest.errors import AccessDenied, BackendError, NoSuchProcess, Unsupported
 
-__all__ = ["MPOL_MF_MOVE", "MPOL_MF_MOVE_ALL", "Syscalls"]
+__all__ = ["MPOL_MF_MOVE", "MPOL_MF_MOVE_ALL", "MPOL_PREFERRED", "Syscalls"]
 
 # Syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic).
 _SYSCALLS = {
-    "x86_64": {"perf_event_open": 298, "move_pages": 279},
-    "aarch64": {"perf_event_open": 241, "move_pages": 239},
+    "x86_64": {"perf_event_open": 298, "move_pages": 279, "set_mempolicy": 238},
+    "aarch64": {"perf_event_open": 241, "move_pages": 239, "set_mempolicy": 237},
 }
+MPOL_PREFERRED = 1  # include/uapi/linux/mempolicy.h
 MPOL_MF_MOVE = 1 << 1  # pages mapped only by the target
 MPOL_MF_MOVE_ALL = 1 << 2  # shared pages too; needs CAP_SYS_NICE
 _UNSET = np.iinfo(np.int32).min
@@ -80,6 +83,27 @@ class Syscalls:
         if e == errno.ESRCH:
             raise NoSuchProcess(pid)
         raise Unsupported(what, os.strerror(e))
+
+    def set_mempolicy(self, mode: int, node: int) -> None:
+        """set_mempolicy(2) of the calling thread (threads it starts inherit it):
+        ``mode`` over the one node ``node``.
+
+        Raises:
+            BackendError: the kernel refused (EINVAL: no such node or mode).
+        """
+        mask = (ctypes.c_ulong * (node // 64 + 1))()
+        mask[node // 64] = 1 << (node % 64)
+        rc = int(
+            self._libc.syscall(
+                ctypes.c_long(self._number("set_mempolicy")),
+                ctypes.c_int(mode),
+                ctypes.byref(mask),
+                ctypes.c_ulong(64 * len(mask) + 1),
+            )
+        )
+        if rc < 0:
+            e = ctypes.get_errno()
+            raise BackendError(f"set_mempolicy(node {node}): {os.strerror(e)}")
 
     def move_pages(
         self, pid: int, addrs: npt.NDArray[np.uint64], node: int | None, flags: int

@@ -26,8 +26,8 @@ from agent_guest.backend import (
     Tier,
     Vma,
 )
-from agent_guest.errors import NoSuchProcess, Unsupported
-from emu.machine import FAST, EmuProcess, NoSuchProcessError, World
+from agent_guest.errors import BackendError, NoSuchProcess, Unsupported
+from emu.machine import FAST, SLOW, EmuProcess, NoSuchProcessError, World
 
 __all__ = ["EmuGuestBackend"]
 
@@ -63,6 +63,12 @@ class EmuGuestBackend:
 
     def capabilities(self) -> frozenset[Capability]:
         return frozenset(self._caps)
+
+    def keep_own_memory(self, node: int) -> int:
+        """The emulator does not model the agent's own memory: nothing moves."""
+        if node not in (FAST, SLOW):
+            raise BackendError(f"node {node} does not exist")
+        return 0
 
     def numa_nodes(self) -> Sequence[NumaNode]:
         vm = self._vm

@@ -8,6 +8,7 @@ missing in their skip reason.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -379,3 +380,49 @@ def test_hot_region_reaches_the_fast_node(child: Child) -> None:
         assert (backend.page_nodes(child.pid, hot) == fast).mean() >= 0.95
     finally:
         d.shutdown()
+
+
+OWN_MEMORY = r"""
+import json, sys
+import numpy as np
+from agent_guest.errors import BackendError
+from agent_guest.linux_backend import LinuxGuestBackend
+node = int(sys.argv[1])
+b = LinuxGuestBackend(induce_write_faults=False)
+table = np.ones(1 << 20)  # 8 MiB of the agent's own tables
+try:
+    pages = b.keep_own_memory(node)
+except BackendError as err:
+    print(json.dumps({"error": str(err)}))
+    raise SystemExit(0)
+later = np.ones(1 << 20)  # allocated after: follows the preference
+maps = open("/proc/self/numa_maps").read()
+print(json.dumps({"pages": pages, "maps": maps}))
+"""
+
+
+def _own_memory(node: int) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", OWN_MEMORY, str(node)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_the_agent_keeps_its_own_memory_on_the_node_asked() -> None:
+    # the last node with memory: the slow node of a two-node guest, node 0 here
+    node = [n for n in LinuxGuestBackend().numa_nodes() if n.total_bytes][-1].node
+    got = _own_memory(node)
+    pages = got["pages"]
+    assert isinstance(pages, int)
+    assert pages >= 2048  # the 8 MiB table at least
+    assert f"prefer:{node}" in str(got["maps"])
+    assert f"N{node}=" in str(got["maps"])
+
+
+def test_own_memory_on_a_node_that_does_not_exist_is_refused_with_its_cause() -> None:
+    got = _own_memory(1023)
+    assert "set_mempolicy(node 1023)" in str(got["error"])

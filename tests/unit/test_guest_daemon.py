@@ -373,3 +373,39 @@ def test_a_plugged_size_counts_as_newer_only_until_the_next_allotment() -> None:
     _run(w, d, 1)
     assert not d._link.plugged_is_newer
     assert d.status()["plugged_fast_bytes"] == 16 * MiB
+
+
+class _OwnMemory(EmuGuestBackend):
+    """Records keep_own_memory calls; refuses them with ``refuse``."""
+
+    def __init__(self, world: World, refuse: bool = False) -> None:
+        super().__init__(world, "vm")
+        self.placed: list[int] = []
+        self._refuse = refuse
+
+    def keep_own_memory(self, node: int) -> int:
+        self.placed.append(node)
+        if self._refuse:
+            raise Unsupported("set_mempolicy", "not here")
+        return 0
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_the_agents_own_memory_goes_to_the_slow_node_once(refuse: bool) -> None:
+    w, _ = _world()
+    be = _OwnMemory(w, refuse)
+    d = Daemon(CFG, be, w.clock)
+    _run(w, d, 3)
+    assert be.placed == [1]  # the slow node, once, refused or not
+    assert d.status()["epochs"] == 3  # a refusal stops nothing
+
+
+def test_the_agents_own_memory_stays_put_when_configured_so() -> None:
+    w, _ = _world()
+    be = _OwnMemory(w)
+    cfg = config.loads(
+        '[guest]\nbackend = "emu"\nown_memory_on_slow = false\n'
+        "[targets]\nmin_rss_bytes = 0\n"
+    )
+    _run(w, Daemon(cfg, be, w.clock), 3)
+    assert be.placed == []
