@@ -87,9 +87,9 @@ class NumaNode:
     the node cannot take: the kernel keeps each zone's free pages above its
     watermark (plus the protection of lower zones from movable allocations),
     and move_pages(2) into a node at that mark fails with -ENOMEM.
-    ``reclaimable_bytes`` is the node's page cache on the inactive list: an
-    allocation on the node (a promotion) reclaims it when free memory runs
-    short.
+    ``reclaimable_bytes`` is the node's page cache (file pages on the LRU
+    lists): an allocation on the node (a promotion) reclaims it, least
+    recently used first, when free memory runs short.
     """
 
     node: int

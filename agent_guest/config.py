@@ -229,8 +229,8 @@ class MoverConfig:
     # A page's node, once asked (move_pages status) or moved, is trusted this
     # many epochs before the kernel is asked again (agent_guest/nodecache.py).
     placement_ttl_epochs: int = 8
-    # Count the fast nodes' inactive page cache as room for promotions: the
-    # kernel reclaims it for them (docs/guest.md, "kernel reserve").
+    # Count the fast nodes' page cache as room for promotions: the kernel
+    # reclaims it for them (docs/guest.md, "Page cache is room").
     reclaim_file_pages: bool = True
 
     def __post_init__(self) -> None:

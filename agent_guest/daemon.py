@@ -86,6 +86,7 @@ class Daemon:
         self._kernel_reserved = 0  # NumaNode.reserved_bytes of the fast nodes
         # guest.own_memory_on_slow: done (or not wanted)
         self._self_placed = not cfg.guest.own_memory_on_slow
+        self._own_node: int | None = None  # where it went
         self._link = HostLink(backend, clock, VERSION)
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
@@ -369,6 +370,7 @@ class Daemon:
         except AgentError as err:
             log.warning("own memory stays where it is: %s", err)
             return
+        self._own_node = node
         log.info(
             "own memory on node %d (%d MiB of private pages; new allocations"
             " prefer it)",
@@ -463,6 +465,7 @@ class Daemon:
             "fast_fixed_bytes": self._link.fast_fixed_bytes,
             "fast_kernel_reserved_bytes": self._kernel_reserved,
             "fast_short_pages": self._exchanger.short_pages,
+            "own_memory_node": self._own_node,
             "reports_sent": self._link.counters.reports_sent,
             "allots_received": self._link.counters.allots_received,
             "channel_errors": self._link.counters.channel_errors,

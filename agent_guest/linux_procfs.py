@@ -26,7 +26,9 @@ __all__ = [
 ]
 
 _SKIP_VMAS = ("[vsyscall]", "[vvar]", "[vdso]", "[vvar_vclock]")
-_MEMINFO = re.compile(rb"Node \d+ (MemTotal|MemFree|Inactive\(file\)):\s+(\d+) kB")
+_MEMINFO = re.compile(
+    rb"Node \d+ (MemTotal|MemFree|Active\(file\)|Inactive\(file\)):\s+(\d+) kB"
+)
 # One zone of /proc/zoneinfo (mm/vmstat.c: zoneinfo_show_print): its node, free
 # pages, high watermark, managed pages and lowmem protection, in that order.
 _ZONE = re.compile(
@@ -85,7 +87,9 @@ def numa_nodes(root: Path) -> list[NumaNode]:
             raise BackendError(f"cannot read {d}: {err}") from err
         total = int(info.get(b"MemTotal", b"0")) * 1024
         free = int(info.get(b"MemFree", b"0")) * 1024
-        inactive_file = int(info.get(b"Inactive(file)", b"0")) * 1024
+        cache = sum(
+            int(info.get(k, b"0")) for k in (b"Active(file)", b"Inactive(file)")
+        )
         node = int(d.name[4:])
         out.append(
             NumaNode(
@@ -95,7 +99,7 @@ def numa_nodes(root: Path) -> list[NumaNode]:
                 free_bytes=free,
                 has_cpus=bool(cpus),
                 reserved_bytes=min(free, reserved.get(node, 0) * PAGE_SIZE),
-                reclaimable_bytes=inactive_file,
+                reclaimable_bytes=cache * 1024,
             )
         )
     return out

@@ -41,7 +41,7 @@ class FastBudget:
     of it the managed processes do not hold; ``kernel_bytes``: free memory the
     kernel keeps on them (``NumaNode.reserved_bytes``: a migration into it
     fails); ``reclaim_bytes``: the part of the used memory the kernel reclaims
-    for a promotion (inactive page cache, with ``mover.reclaim_file_pages``);
+    for a promotion (page cache, with ``mover.reclaim_file_pages``);
     ``room_bytes``: what the managed processes' hot set may take (the limit
     less the unmanaged memory it cannot reclaim and the kernel's reserve).
     """

@@ -398,6 +398,7 @@ def test_the_agents_own_memory_goes_to_the_slow_node_once(refuse: bool) -> None:
     _run(w, d, 3)
     assert be.placed == [1]  # the slow node, once, refused or not
     assert d.status()["epochs"] == 3  # a refusal stops nothing
+    assert d.status()["own_memory_node"] == (None if refuse else 1)
 
 
 def test_the_agents_own_memory_stays_put_when_configured_so() -> None:

@@ -89,8 +89,8 @@ def test_free_memory_the_kernel_keeps_is_neither_room_nor_free() -> None:
     assert _budget([low], 90 * MiB, 40 * MiB).free_pages == -8 * MiB // PAGE_SIZE
 
 
-def test_inactive_page_cache_is_room_unless_configured_not_to_be() -> None:
-    # 100 MiB node: 40 MiB of the targets, 30 of page cache (20 inactive), 30 free
+def test_page_cache_is_room_unless_configured_not_to_be() -> None:
+    # 100 MiB node: 40 MiB of the targets, 20 of page cache, 10 of others, 30 free
     node = NumaNode(0, Tier.FAST, 100 * MiB, 30 * MiB, True, reclaimable_bytes=20 * MiB)
     b = _budget([node], None, 40 * MiB)
     assert (b.unmanaged_bytes, b.reclaim_bytes) == (30 * MiB, 20 * MiB)
