@@ -83,7 +83,7 @@ class Daemon:
         self._placement_view: tuple[int | None, int | None, int] = (None, None, -1)
         self.tick_stats = TickStats()  # a tick is an epoch
         self._hot_bytes = self._demand_bytes = 0  # of the last selection
-        self._kernel_reserved = 0  # NumaNode.reserved_bytes of the fast nodes
+        self._budget: FastBudget | None = None  # the last epoch's
         # guest.own_memory_on_slow: done (or not wanted)
         self._self_placed = not cfg.guest.own_memory_on_slow
         self._own_node: int | None = None  # where it went
@@ -222,7 +222,7 @@ class Daemon:
             keep_reserve=self._informed_epochs >= self._params.reuse_window
             and self._growth.growing(t0),
         )
-        self._kernel_reserved = budget.kernel_bytes
+        self._budget = budget
         sel = select_hot(self._tables, budget.room_bytes, self._params.hysteresis)
         spent.lap("select")
         self._hot_bytes, self._demand_bytes = sel.hot_bytes, sel.demand_bytes
@@ -463,7 +463,9 @@ class Daemon:
             "allot_fast_bytes": self._link.allot_fast_bytes,
             "plugged_fast_bytes": self._link.plugged_fast_bytes,
             "fast_fixed_bytes": self._link.fast_fixed_bytes,
-            "fast_kernel_reserved_bytes": self._kernel_reserved,
+            "fast_budget": None
+            if self._budget is None
+            else dataclasses.asdict(self._budget),
             "fast_short_pages": self._exchanger.short_pages,
             "own_memory_node": self._own_node,
             "reports_sent": self._link.counters.reports_sent,
