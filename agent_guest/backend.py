@@ -177,7 +177,8 @@ class MoveResult:
 
     ``status`` has one entry per requested page: the node it is on now, or a
     negative errno (-ENOMEM full node, -EFAULT not mapped, -ENOENT not present,
-    -EBUSY pinned or under I/O, -EACCES shared and not ours).
+    -EBUSY pinned or under I/O, -EACCES shared and not ours, -EAGAIN not tried:
+    the call stopped at a batch that failed in part).
     """
 
     requested: int

@@ -147,4 +147,10 @@ class Syscalls:
             # ENODEV: target node has no memory; EINVAL: node id out of range.
             # Pages before the failing chunk have real statuses; the rest get -e.
             status[status == _UNSET] = -e
+        elif rc > 0:
+            # rc pages did not migrate (mm/migrate.c do_pages_move): the call
+            # stopped at a batch that failed in part, whose statuses and those
+            # of every later page it never writes. They stay where they were,
+            # to be tried again.
+            status[status == _UNSET] = -errno.EAGAIN
         return status

@@ -8,10 +8,13 @@ node meminfo as drivers/base/node.c prints it.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent_guest import perf_abi as abi
@@ -381,3 +384,29 @@ def test_a_full_host_channel_never_tears_a_line(tmp_path: Path) -> None:
     finally:
         b.close()
         os.close(reader)
+
+
+class _PartialMoveLibc:
+    """A libc whose move_pages(2) writes the first ``done`` statuses (node 1)
+    and returns ``rc``, as the kernel does when a batch fails in part."""
+
+    def __init__(self, done: int, rc: int) -> None:
+        self.done, self.rc = done, rc
+
+    def syscall(self, nr: object, pid: object, n: object, *rest: object) -> int:
+        status = rest[2]
+        assert isinstance(status, ctypes.c_void_p)
+        assert status.value is not None
+        assert isinstance(n, ctypes.c_ulong)
+        out = (ctypes.c_int32 * n.value).from_address(status.value)
+        for i in range(self.done):
+            out[i] = 1
+        return self.rc
+
+
+def test_pages_a_partly_failed_move_never_tried_are_to_try_again() -> None:
+    sys_ = Syscalls()
+    sys_._libc = _PartialMoveLibc(done=3, rc=5)  # type: ignore[assignment]
+    addrs = np.arange(8, dtype=np.uint64) * np.uint64(4096)
+    status = sys_.move_pages(1, addrs, 1, 0)
+    assert status.tolist() == [1, 1, 1] + [-errno.EAGAIN] * 5
