@@ -30,11 +30,11 @@ _MEMINFO = re.compile(
     rb"Node \d+ (MemTotal|MemFree|Active\(file\)|Inactive\(file\)):\s+(\d+) kB"
 )
 # One zone of /proc/zoneinfo (mm/vmstat.c: zoneinfo_show_print): its node, free
-# pages, high watermark, managed pages and lowmem protection, in that order.
+# pages, low watermark, managed pages and lowmem protection, in that order.
 _ZONE = re.compile(
     rb"^Node (\d+), zone +\S+\n"
     rb"(?:.*\n)*?  pages free +(\d+)\n"
-    rb"(?:.*\n)*? +high +(\d+)\n"
+    rb"(?:.*\n)*? +low +(\d+)\n"
     rb"(?:.*\n)*? +managed +(\d+)\n"
     rb"(?:.*\n)*? +protection: \(([\d, ]*)\)",
     re.MULTILINE,
@@ -49,17 +49,19 @@ def reserved_pages(zoneinfo: bytes) -> dict[int, int]:
     only (``GFP_HIGHUSER_MOVABLE | __GFP_THISNODE``): a zone gives them while its
     free pages stay above its watermark plus its protection from allocations
     that could have used a higher zone (``lowmem_reserve``, the last column of
-    ``protection``). The high watermark is used, not the low or min one the
-    allocator itself stops at: filling a node to those marks wakes kswapd to
-    reclaim the node's page cache. Per zone the reserve is at most the zone's
-    free pages; zones without managed pages have none.
+    ``protection``). The low watermark is used: below it an allocation wakes
+    kswapd, which reclaims the node's page cache and reclaimable slab up to the
+    high mark, so promotions that fill the node to its low mark make room for
+    the next ones out of what the kernel can reclaim, and never reach the min
+    mark where they would fail. Per zone the reserve is at most the zone's free
+    pages; zones without managed pages have none.
     """
     out: dict[int, int] = {}
-    for node, free, high, managed, prot in _ZONE.findall(zoneinfo):
+    for node, free, low, managed, prot in _ZONE.findall(zoneinfo):
         if int(managed) == 0:
             continue
         marks = [int(x) for x in prot.replace(b",", b" ").split()]
-        keep = int(high) + (marks[-1] if marks else 0)
+        keep = int(low) + (marks[-1] if marks else 0)
         out[int(node)] = out.get(int(node), 0) + min(int(free), keep)
     return out
 

@@ -254,12 +254,12 @@ Node 1, zone   Normal
 """
 
 
-def test_kernel_reserve_is_each_zones_high_mark_and_protection() -> None:
-    # node 0: DMA all of its 3,840 free pages (25 + 14,411 exceeds them), DMA32
-    # 5,304 + 11,392, Normal 20,012, Movable none (no managed pages); node 1:
+def test_kernel_reserve_is_each_zones_low_mark_and_protection() -> None:
+    # node 0: DMA all of its 3,840 free pages (21 + 14,411 exceeds them), DMA32
+    # 4,420 + 11,392, Normal 16,677, Movable none (no managed pages); node 1:
     # below its mark, so all of its 100 free pages
     assert reserved_pages(ZONEINFO.encode()) == {
-        0: 3840 + 5304 + 11392 + 20012,
+        0: 3840 + 4420 + 11392 + 16677,
         1: 100,
     }
 
@@ -268,7 +268,7 @@ def test_nodes_carry_the_kernel_reserve_from_zoneinfo(tmp_path: Path) -> None:
     _tree(tmp_path)
     _put(tmp_path, "proc/zoneinfo", ZONEINFO)
     nodes = LinuxGuestBackend(root=tmp_path, channel_path="no").numa_nodes()
-    assert [n.reserved_bytes for n in nodes] == [40548 * 4096, 100 * 4096]
+    assert [n.reserved_bytes for n in nodes] == [36329 * 4096, 100 * 4096]
     # without zoneinfo: no reserve known
     (tmp_path / "proc/zoneinfo").unlink()
     nodes = LinuxGuestBackend(root=tmp_path, channel_path="no").numa_nodes()
