@@ -18,7 +18,7 @@ from agent_guest.backend import BACKENDS
 from agent_guest.errors import ConfigError
 from agent_guest.plan import MoveCost
 from hypertier_common import tomlconfig
-from hypertier_common.metrics import MetricsError, parse_listen
+from hypertier_common.metrics import MetricsConfig
 from hypertier_common.tomlconfig import in_range, non_negative, positive, require
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ClassifyConfig",
     "Config",
     "GuestConfig",
+    "MetricsConfig",
     "MoverConfig",
     "SamplerConfig",
     "TargetsConfig",
@@ -289,23 +290,6 @@ class TargetsConfig:
             re.compile(self.comm_pattern)
         except re.error as err:
             raise ConfigError(f"targets.comm_pattern: invalid regex: {err}") from err
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """``[metrics]``: the agent's Prometheus endpoint, "address:port"; off ("")
-    by default. The packaged unit runs without a network: see docs/operations.md."""
-
-    listen: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.listen:
-            return
-        try:
-            _, port = parse_listen(self.listen)
-        except MetricsError as err:
-            raise ConfigError(str(err)) from err
-        require(port > 0, f"metrics.listen needs a port from 1, got {self.listen!r}")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from agent_host.backend import BACKENDS
 from agent_host.errors import ConfigError
 from hypertier_common import tomlconfig
-from hypertier_common.metrics import MetricsError, parse_listen
+from hypertier_common.metrics import MetricsConfig, split_listen
 from hypertier_common.tomlconfig import in_range, non_negative, positive
 
 __all__ = [
@@ -158,34 +158,6 @@ class ClassConfig:
     def __post_init__(self) -> None:
         if not 0 < self.weight <= 1000 or not math.isfinite(self.weight):
             raise ConfigError(f"weight must be in (0, 1000], got {self.weight}")
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """``[metrics]``: Prometheus text exposition; ``listen = ""`` turns it off."""
-
-    listen: str = ""
-
-    def __post_init__(self) -> None:
-        if self.listen and split_listen(self.listen)[1] == 0:
-            raise ConfigError(
-                f"metrics.listen needs a port from 1, got {self.listen!r}"
-            )
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """``"address:port"`` as (address, port); IPv6 literals go in brackets.
-
-    ``"127.0.0.1:9464"``, ``"[::1]:9464"``, ``"localhost:9464"``; port 0 means
-    any free port (for tests).
-
-    Raises:
-        ConfigError: not of that form, naming ``metrics.listen``.
-    """
-    try:
-        return parse_listen(listen)
-    except MetricsError as err:
-        raise ConfigError(str(err)) from err
 
 
 def _default_classes() -> dict[str, ClassConfig]:

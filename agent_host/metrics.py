@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent_host.backend import DomainStats
-from agent_host.errors import BackendError, ConfigError
+from agent_host.errors import BackendError
 from hypertier_common import metrics as common
 from hypertier_common.metrics import DurationHistogram
 from hypertier_common.prometheus import base_registry, histogram_family
@@ -221,10 +221,7 @@ class MetricsServer(common.MetricsServer):
     def __init__(
         self, listen: str, source: Callable[[], bytes | str], **options: Any
     ) -> None:
-        try:
-            common.parse_listen(listen)
-        except common.MetricsError as err:
-            raise ConfigError(str(err)) from err
+        common.split_listen(listen)
         try:
             super().__init__(listen, source, title="HyperTier host agent", **options)
         except common.MetricsError as err:

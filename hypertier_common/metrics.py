@@ -24,13 +24,17 @@ from http import HTTPStatus
 
 import numpy as np
 
+from hypertier_common.errors import ConfigError
+
 __all__ = [
     "CONTENT_TYPE",
     "CpuStopwatch",
     "DurationHistogram",
+    "MetricsConfig",
     "MetricsError",
     "MetricsServer",
     "parse_listen",
+    "split_listen",
 ]
 
 # prometheus_client.CONTENT_TYPE_LATEST (text format 0.0.4).
@@ -67,6 +71,33 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not host:
         raise MetricsError(f"{usage}: the address is missing (0.0.0.0 for any)")
     return host, int(port)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """:func:`parse_listen` for a configuration file.
+
+    Raises:
+        ConfigError: not of that form, naming ``metrics.listen``.
+    """
+    try:
+        return parse_listen(listen)
+    except MetricsError as err:
+        raise ConfigError(str(err)) from err
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the agent's Prometheus endpoint, ``"address:port"``
+    (:func:`parse_listen`); ``listen = ""``, the default, turns it off. The
+    packaged units need a change to serve it: see docs/operations.md."""
+
+    listen: str = ""
+
+    def __post_init__(self) -> None:
+        if self.listen and split_listen(self.listen)[1] == 0:
+            raise ConfigError(
+                f"metrics.listen needs a port from 1, got {self.listen!r}"
+            )
 
 
 # Tick durations: 1 ms to 10 s (a tick waits on libvirt or moves pages).
