@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_host.config import ClassConfig, Config, dumps, load, loads, split_listen
+from agent_host.config import ClassConfig, Config, dumps, load, loads
 from agent_host.errors import ConfigError
 
 FULL = """
@@ -97,38 +97,6 @@ def test_load_reads_file(tmp_path: Path) -> None:
 def test_invalid_config_names_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         loads(text)
-
-
-@pytest.mark.parametrize(
-    ("listen", "host", "port"),
-    [
-        pytest.param("127.0.0.1:9464", "127.0.0.1", 9464, id="ipv4"),
-        pytest.param("[::1]:9464", "::1", 9464, id="ipv6-loopback"),
-        pytest.param("[::]:9464", "::", 9464, id="ipv6-any"),
-        pytest.param("localhost:9464", "localhost", 9464, id="name"),
-    ],
-)
-def test_metrics_listen_accepts_ipv4_bracketed_ipv6_and_names(
-    listen: str, host: str, port: int
-) -> None:
-    cfg = loads(f'[metrics]\nlisten = "{listen}"\n')
-    assert split_listen(cfg.metrics.listen) == (host, port)
-
-
-@pytest.mark.parametrize(
-    ("listen", "message"),
-    [
-        pytest.param("::1:9464", "in brackets", id="ipv6-unbracketed"),
-        pytest.param("[::1:9464", "in brackets", id="ipv6-half-bracketed"),
-        pytest.param("[10.0.0.1]:9464", "not an IPv6 address", id="ipv4-bracketed"),
-        pytest.param("[::1]:99999", "port", id="port-range"),
-        pytest.param("[::1]:0", "port", id="port-zero"),
-        pytest.param(":9464", "address", id="no-address"),
-    ],
-)
-def test_metrics_listen_rejects_what_cannot_be_bound(listen: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=f"metrics.listen.*{message}"):
-        loads(f'[metrics]\nlisten = "{listen}"\n')
 
 
 def test_unknown_class_uses_default_weight() -> None:
