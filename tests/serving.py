@@ -13,11 +13,11 @@ from typing import Any
 
 from emu.clock import FakeClock
 from hypertier_common.signals import Signals
+from tests import DATA
 
 __all__ = ["TIMEOUT_S", "Served", "host_config_file", "serving", "start"]
 
 TIMEOUT_S = 60.0  # a guard against a hang, never a timing
-DATA = Path(__file__).resolve().parent / "data"
 
 
 def host_config_file(directory: Path, extra: str = "") -> Path:

@@ -37,10 +37,10 @@ from agent_host.metadata import (
 from agent_host.vmspec import TieredVmSpec
 from emu.backends.host import EmuHostBackend
 from emu.machine import World
+from tests import DATA
 from tests.needs import requires_libvirt
 
 MiB = 1 << 20
-DATA = Path(__file__).parents[1] / "data"
 INITIAL = 128 * MiB
 MAXIMUM = 512 * MiB
 EVENT_WAIT_S = 10.0

@@ -34,12 +34,11 @@ from emu.clock import FakeClock
 from emu.machine import World
 from hypertier_common.control import ControlClient
 from hypertier_common.signals import Signals
-from tests import serving
+from tests import DATA, serving
 from tests.needs import requires_libvirt
 from tests.serving import TIMEOUT_S, host_config_file
 
 MiB = 1 << 20
-DATA = Path(__file__).parents[1] / "data"
 
 
 def _clock() -> FakeClock:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from agent_host.errors import AccessDenied, BackendError, NoSuchDomain, Unsupported
+from tests import DATA
 from tests.needs import requires_libvirt
 
 pytestmark = requires_libvirt
@@ -17,8 +16,6 @@ from agent_host.libvirt_backend import (  # noqa: E402 - after the skip
     _map_error,
     stats_from_record,
 )
-
-DATA = Path(__file__).parents[1] / "data"
 
 
 def test_stats_sum_query_stats_fields() -> None:

@@ -9,8 +9,7 @@ import pytest
 from agent_host.backend import Tier
 from agent_host.errors import BackendError
 from agent_host.linux_nodes import read_host_nodes
-
-DATA = Path(__file__).parents[1] / "data"
+from tests import DATA
 
 
 def _node(root: Path, node: int, cpus: str, total_kib: int) -> None:
