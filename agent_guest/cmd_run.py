@@ -11,7 +11,6 @@ from agent_guest import config
 from agent_guest.backend import BACKENDS, GuestBackend
 from agent_guest.control import Controller
 from agent_guest.daemon import VERSION, Daemon
-from agent_guest.errors import BackendError
 from agent_guest.status import format_status
 from hypertier_common import service
 from hypertier_common.cli import (
@@ -21,6 +20,7 @@ from hypertier_common.cli import (
 )
 from hypertier_common.clock import Clock, SystemClock
 from hypertier_common.control import ControlServer
+from hypertier_common.errors import BackendError
 from hypertier_common.metrics import MetricsError, MetricsServer
 from hypertier_common.signals import Signals
 

@@ -26,7 +26,7 @@ from agent_guest.backend import (
 )
 from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, Config
-from agent_guest.errors import AccessDenied, AgentError, NoSuchProcess
+from agent_guest.errors import NoSuchProcess
 from agent_guest.exchange import Exchanger
 from agent_guest.hostlink import HostLink
 from agent_guest.policy import (
@@ -40,6 +40,7 @@ from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
 from agent_guest.targets import NodeRoles, node_roles, pick_targets
 from hypertier_common.clock import Clock
+from hypertier_common.errors import AccessDenied, AgentError
 from hypertier_common.metrics import CpuStopwatch
 from hypertier_common.service import TickStats, tick_loop
 

@@ -18,11 +18,12 @@ import numpy.typing as npt
 from agent_guest.backend import PAGE_SIZE, GuestBackend
 from agent_guest.classify import RangeTable
 from agent_guest.config import MoverConfig
-from agent_guest.errors import AccessDenied, NoSuchProcess
+from agent_guest.errors import NoSuchProcess
 from agent_guest.nodecache import NodeCache
 from agent_guest.pages import in_sorted
 from agent_guest.plan import Candidates, MoveCost, pages_of_ranges, plan_exchange
 from hypertier_common.clock import Clock
+from hypertier_common.errors import AccessDenied
 
 __all__ = [
     "ExchangeStats",

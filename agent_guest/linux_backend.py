@@ -32,7 +32,7 @@ from agent_guest.backend import (
     Vma,
 )
 from agent_guest.config import FAULT_EVENTS
-from agent_guest.errors import ConfigError, NoSuchProcess, Unsupported
+from agent_guest.errors import NoSuchProcess
 from agent_guest.linux_channel import HostChannel
 from agent_guest.linux_perf import PerfEvents, Ring
 from agent_guest.linux_softdirty import SoftDirty
@@ -42,6 +42,7 @@ from agent_guest.linux_syscalls import (
     MPOL_PREFERRED,
     Syscalls,
 )
+from hypertier_common.errors import ConfigError, Unsupported
 
 __all__ = ["LinuxGuestBackend"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent_guest.errors import AccessDenied, BackendError, Unsupported
+from hypertier_common.errors import AccessDenied, BackendError, Unsupported
 
 __all__ = ["HostChannel"]
 

@@ -21,8 +21,8 @@ import numpy.typing as npt
 
 from agent_guest import perf_abi as abi
 from agent_guest.backend import PAGE_SIZE, SamplerSettings, SampleSource
-from agent_guest.errors import AccessDenied, BackendError, Unsupported
 from agent_guest.linux_syscalls import Syscalls
+from hypertier_common.errors import AccessDenied, BackendError, Unsupported
 
 __all__ = ["EventSpec", "PerfEvents", "Ring"]
 

@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 
 from agent_guest.backend import PAGE_SIZE, NumaNode, ProcessInfo, Tier, Vma
-from agent_guest.errors import AccessDenied, BackendError, NoSuchProcess
+from agent_guest.errors import NoSuchProcess
 from hypertier_common.cpulist import parse_cpulist
+from hypertier_common.errors import AccessDenied, BackendError
 
 __all__ = [
     "numa_nodes",

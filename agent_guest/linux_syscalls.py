@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE
-from agent_guest.errors import AccessDenied, BackendError, NoSuchProcess, Unsupported
+from agent_guest.errors import NoSuchProcess
+from hypertier_common.errors import AccessDenied, BackendError, Unsupported
 
 __all__ = ["MPOL_MF_MOVE", "MPOL_MF_MOVE_ALL", "MPOL_PREFERRED", "Syscalls"]
 

@@ -23,7 +23,7 @@ from agent_guest.backend import (
     SampleSource,
 )
 from agent_guest.config import SamplerConfig
-from agent_guest.errors import Unsupported
+from hypertier_common.errors import Unsupported
 
 __all__ = ["PREFERENCE", "RateControl", "Sampler", "select_source"]
 

@@ -13,7 +13,6 @@ import copy
 import xml.etree.ElementTree as ET
 
 from agent_host.backend import Allotment, Tier
-from agent_host.errors import BackendError
 from agent_host.vmspec import (
     ALIASES,
     DEFAULT_BLOCK_BYTES,
@@ -23,6 +22,7 @@ from agent_host.vmspec import (
     check_tier_sizes,
 )
 from hypertier_common.cpulist import parse_cpulist
+from hypertier_common.errors import BackendError
 
 __all__ = ["parse_allotments", "parse_domain", "resize_device_xml"]
 

@@ -13,8 +13,8 @@ import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
-from agent_host.errors import BackendError
 from agent_host.vmspec import CHANNEL_NAME
+from hypertier_common.errors import BackendError
 
 __all__ = ["ChannelSockets", "channel_path"]
 

@@ -18,10 +18,10 @@ from typing import Any
 from agent_host.backend import Tier
 from agent_host.cmd_common import DEFAULT_CONFIG, load_config
 from agent_host.config import Config
-from agent_host.errors import ConfigError
 from agent_host.linux_nodes import read_host_nodes
 from hypertier_common.cli import add_config_flag, config_path
 from hypertier_common.cpulist import parse_cpulist
+from hypertier_common.errors import ConfigError
 
 HELP = "show the host's memory tiers: which NUMA nodes are fast, which slow"
 EPILOG = """examples:

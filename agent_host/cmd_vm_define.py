@@ -18,9 +18,9 @@ from agent_host import domxml
 from agent_host.cmd_common import DEFAULT_CONFIG, load_config, mib
 from agent_host.cmd_tiers import tiers
 from agent_host.config import Config
-from agent_host.errors import ConfigError
 from agent_host.vmspec import CHANNEL_NAME, TieredVmSpec
 from hypertier_common.cli import add_config_flag, config_path
+from hypertier_common.errors import ConfigError
 
 HELP = "write the domain XML of a tiered VM (or convert a domain) and define it"
 EPILOG = """examples:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent_host.backend import BACKENDS
-from agent_host.errors import ConfigError
 from hypertier_common import tomlconfig
+from hypertier_common.errors import ConfigError
 from hypertier_common.metrics import MetricsConfig, split_listen
 from hypertier_common.tomlconfig import in_range, non_negative, positive
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from agent_host.backend import Tier
 from agent_host.daemon import Daemon
-from agent_host.errors import ConfigError
 from hypertier_common.control import BaseController
+from hypertier_common.errors import ConfigError
 
 __all__ = ["Controller"]
 

@@ -30,7 +30,7 @@ from agent_host.backend import (
 )
 from agent_host.channel import GuestChannel
 from agent_host.config import Config
-from agent_host.errors import ConfigError, HostError, NoSuchDomain
+from agent_host.errors import HostError, NoSuchDomain
 from agent_host.fleet import Fleet, VmState, initial_metadata, tiered
 from agent_host.guestlink import GuestLinks
 from agent_host.metadata import TieringMetadata, metadata_xml, parse_metadata
@@ -43,6 +43,7 @@ from agent_host.policy import (
     plan,
 )
 from hypertier_common.clock import Clock
+from hypertier_common.errors import ConfigError
 from hypertier_common.service import TickStats, tick_loop
 
 __all__ = ["HOST_AGENT", "Daemon"]

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 
 from agent_host.allotments import parse_domain
 from agent_host.backend import Tier
-from agent_host.errors import BackendError
 from agent_host.metadata import METADATA_NS, METADATA_PREFIX, metadata_element
 from agent_host.vmspec import (
     ALIASES,
@@ -52,6 +51,7 @@ from agent_host.vmspec import (
     KiB,
     TieredVmSpec,
 )
+from hypertier_common.errors import BackendError
 
 __all__ = ["TieredDomainXml", "convert_domain_xml", "new_domain_xml"]
 

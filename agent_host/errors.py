@@ -8,14 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hypertier_common.errors import AccessDenied as AccessDenied
-from hypertier_common.errors import AgentError as AgentError
-from hypertier_common.errors import BackendError as BackendError
-from hypertier_common.errors import ConfigError as ConfigError
-from hypertier_common.errors import InternalError as InternalError
-from hypertier_common.errors import NotRunning as NotRunning
-from hypertier_common.errors import Unsupported as Unsupported
-from hypertier_common.errors import kinds
+from hypertier_common.errors import AgentError, kinds
 
 __all__ = ["ERROR_KINDS", "HostError", "NoSuchDomain"]
 

@@ -18,9 +18,9 @@ import numpy.typing as npt
 
 from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
-from agent_host.errors import ConfigError
 from agent_host.metadata import TieringMetadata, TierMetadata
 from agent_host.policy import TIERS, PolicyInputs, TierInputs
+from hypertier_common.errors import ConfigError
 
 __all__ = ["Fleet", "VmState", "initial_metadata", "tiered"]
 

@@ -31,15 +31,10 @@ from agent_host.backend import (
     Tier,
 )
 from agent_host.channel_sockets import ChannelSockets, channel_path
-from agent_host.errors import (
-    AccessDenied,
-    BackendError,
-    HostError,
-    NoSuchDomain,
-    Unsupported,
-)
+from agent_host.errors import HostError, NoSuchDomain
 from agent_host.linux_nodes import read_host_nodes
 from agent_host.metadata import METADATA_NS, METADATA_PREFIX
+from hypertier_common.errors import AccessDenied, BackendError, Unsupported
 
 __all__ = ["LibvirtHostBackend", "stats_from_record"]
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent_host.backend import HostNode, Tier
-from agent_host.errors import BackendError
 from hypertier_common.cpulist import parse_cpulist
+from hypertier_common.errors import BackendError
 
 __all__ = ["read_host_nodes"]
 

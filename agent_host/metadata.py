@@ -13,8 +13,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from agent_host.backend import Tier
-from agent_host.errors import BackendError
 from hypertier_common.cpulist import parse_cpulist
+from hypertier_common.errors import BackendError
 
 __all__ = [
     "METADATA_NS",

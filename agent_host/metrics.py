@@ -17,8 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent_host.backend import DomainStats
-from agent_host.errors import BackendError
 from hypertier_common import metrics as common
+from hypertier_common.errors import BackendError
 from hypertier_common.metrics import DurationHistogram
 from hypertier_common.prometheus import base_registry, histogram_family
 from hypertier_common.prometheus import render as render_registry

@@ -43,7 +43,7 @@ import numpy.typing as npt
 
 from agent_host.backend import HostNode, Tier
 from agent_host.config import Config, PolicyConfig
-from agent_host.errors import ConfigError
+from hypertier_common.errors import ConfigError
 
 __all__ = [
     "TIERS",

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent_host.backend import Tier
-from agent_host.errors import ConfigError
 from agent_host.metadata import TieringMetadata, TierMetadata
+from hypertier_common.errors import ConfigError
 
 __all__ = [
     "ALIASES",

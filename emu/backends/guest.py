@@ -26,8 +26,9 @@ from agent_guest.backend import (
     Tier,
     Vma,
 )
-from agent_guest.errors import BackendError, NoSuchProcess, Unsupported
+from agent_guest.errors import NoSuchProcess
 from emu.machine import FAST, SLOW, EmuProcess, NoSuchProcessError, World
+from hypertier_common.errors import BackendError, Unsupported
 
 __all__ = ["EmuGuestBackend"]
 

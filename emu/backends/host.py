@@ -19,8 +19,9 @@ from agent_host.backend import (
     HostNode,
     Tier,
 )
-from agent_host.errors import BackendError, NoSuchDomain
+from agent_host.errors import NoSuchDomain
 from emu.machine import FAST, PAGE_SIZE, EmuVm, NoSuchVmError, World
+from hypertier_common.errors import BackendError
 
 __all__ = ["EmuHostBackend"]
 

@@ -25,7 +25,8 @@ from agent_guest.backend import (
     SampleSource,
     Tier,
 )
-from agent_guest.errors import NoSuchProcess, Unsupported
+from agent_guest.errors import NoSuchProcess
+from hypertier_common.errors import Unsupported
 
 MiB = 1 << 20
 UNMAPPED = 0x1000  # page 1: never mapped by Linux (mmap_min_addr) nor by emu

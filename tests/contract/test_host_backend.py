@@ -27,7 +27,7 @@ from agent_host.backend import (
     HostCapability,
     Tier,
 )
-from agent_host.errors import BackendError, HostError, NoSuchDomain
+from agent_host.errors import HostError, NoSuchDomain
 from agent_host.metadata import (
     TieringMetadata,
     TierMetadata,
@@ -37,6 +37,7 @@ from agent_host.metadata import (
 from agent_host.vmspec import TieredVmSpec
 from emu.backends.host import EmuHostBackend
 from emu.machine import World
+from hypertier_common.errors import BackendError
 from tests import DATA
 from tests.needs import requires_libvirt
 

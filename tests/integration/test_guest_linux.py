@@ -28,9 +28,9 @@ from agent_guest.backend import (
     SampleSource,
 )
 from agent_guest.daemon import Daemon
-from agent_guest.errors import Unsupported
 from agent_guest.linux_backend import LinuxGuestBackend
 from hypertier_common.clock import SystemClock
+from hypertier_common.errors import Unsupported
 
 pytestmark = pytest.mark.integration
 
@@ -385,7 +385,7 @@ def test_hot_region_reaches_the_fast_node(child: Child) -> None:
 OWN_MEMORY = r"""
 import json, sys
 import numpy as np
-from agent_guest.errors import BackendError
+from hypertier_common.errors import BackendError
 from agent_guest.linux_backend import LinuxGuestBackend
 node = int(sys.argv[1])
 b = LinuxGuestBackend(induce_write_faults=False)

@@ -15,9 +15,9 @@ import pytest
 from agent_host.allotments import parse_allotments, resize_device_xml
 from agent_host.backend import Tier
 from agent_host.domxml import convert_domain_xml, new_domain_xml
-from agent_host.errors import BackendError, ConfigError
 from agent_host.metadata import METADATA_NS, parse_metadata
 from agent_host.vmspec import ALIASES, CHANNEL_NAME, TieredVmSpec
+from hypertier_common.errors import BackendError, ConfigError
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "libvirt-9.0"
 MiB = 1 << 20

@@ -16,10 +16,10 @@ import pytest
 
 from agent_guest import cli, cmd_run, config
 from agent_guest.daemon import Daemon
-from agent_guest.errors import BackendError
 from emu.backends.guest import EmuGuestBackend
 from emu.clock import FakeClock
 from emu.machine import World
+from hypertier_common.errors import BackendError
 from tests import serving
 from tests.serving import TIMEOUT_S
 

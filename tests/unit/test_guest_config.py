@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent_guest import config
-from agent_guest.errors import ConfigError
+from hypertier_common.errors import ConfigError
 
 ANSIBLE_LIKE = """
 [guest]

@@ -9,11 +9,11 @@ import hypertier_wire as wire
 from agent_guest import config
 from agent_guest.backend import GuestBackend, NumaNode, Tier
 from agent_guest.daemon import Daemon
-from agent_guest.errors import Unsupported
 from agent_guest.targets import node_roles, pick_targets
 from emu.backends.guest import EmuGuestBackend
 from emu.machine import World
 from emu.workloads.synthetic import Gups
+from hypertier_common.errors import Unsupported
 
 MiB = 1 << 20
 CFG = config.loads(
@@ -264,7 +264,7 @@ def test_samples_are_binned_only_for_targets() -> None:
 
 def test_a_dead_host_channel_does_not_stop_placement() -> None:
     """Channel errors are counted and logged once; pages still move."""
-    from agent_guest.errors import BackendError
+    from hypertier_common.errors import BackendError
 
     w, _ = _world(npages=16384)  # 64 MiB: does not fit the 16 MiB fast node
     d, be = _daemon(w)

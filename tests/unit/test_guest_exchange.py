@@ -23,7 +23,7 @@ from agent_guest.backend import (
 )
 from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, MoverConfig
-from agent_guest.errors import AccessDenied, NoSuchProcess
+from agent_guest.errors import NoSuchProcess
 from agent_guest.exchange import SHORT_HALVING, Exchanger, RateLimiter, errno_name
 from agent_guest.plan import (
     Candidates,
@@ -34,6 +34,7 @@ from agent_guest.plan import (
     plan_exchange,
 )
 from agent_guest.selection import select_hot
+from hypertier_common.errors import AccessDenied
 
 BASE = 0x7F0000000000
 

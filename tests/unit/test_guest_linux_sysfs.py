@@ -347,7 +347,7 @@ def test_a_full_host_channel_never_tears_a_line(tmp_path: Path) -> None:
     """A FIFO stands in for the virtio-serial port: fill it, drain it, compare."""
     import os
 
-    from agent_guest.errors import BackendError
+    from hypertier_common.errors import BackendError
 
     fifo = tmp_path / "port"
     os.mkfifo(fifo)

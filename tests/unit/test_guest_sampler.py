@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent_guest.backend import Capability, SampleSource
-from agent_guest.errors import Unsupported
 from agent_guest.sampler import RateControl, select_source
+from hypertier_common.errors import Unsupported
 
 NO_PMU = frozenset({Capability.PAGE_FAULT_SAMPLING, Capability.MOVE_PAGES})
 

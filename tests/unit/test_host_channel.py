@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import hypertier_wire as wire
 from agent_host.channel import GuestChannel
 from agent_host.config import ChannelConfig, loads
-from agent_host.errors import ConfigError
+from hypertier_common.errors import ConfigError
 
 GiB = 1 << 30
 LIMITS = {"fast": 8 * GiB, "slow": 8 * GiB}

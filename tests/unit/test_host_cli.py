@@ -20,19 +20,14 @@ from agent_host import cli, cmd_run, config
 from agent_host.allotments import parse_allotments
 from agent_host.backend import Tier
 from agent_host.daemon import Daemon
-from agent_host.errors import (
-    ERROR_KINDS,
-    BackendError,
-    ConfigError,
-    NoSuchDomain,
-    NotRunning,
-)
+from agent_host.errors import ERROR_KINDS, NoSuchDomain
 from agent_host.metadata import parse_metadata
 from agent_host.metrics import MetricsServer, render
 from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock
 from emu.machine import World
 from hypertier_common.control import ControlClient
+from hypertier_common.errors import BackendError, ConfigError, NotRunning
 from hypertier_common.signals import Signals
 from tests import DATA, serving
 from tests.needs import requires_libvirt

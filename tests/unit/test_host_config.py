@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent_host.config import ClassConfig, Config, dumps, load, loads
-from agent_host.errors import ConfigError
+from hypertier_common.errors import ConfigError
 
 FULL = """
 [host]

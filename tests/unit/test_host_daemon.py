@@ -11,12 +11,13 @@ import hypertier_wire as wire
 from agent_host.backend import Tier
 from agent_host.config import Config, loads
 from agent_host.daemon import Daemon
-from agent_host.errors import ConfigError, NoSuchDomain
+from agent_host.errors import NoSuchDomain
 from agent_host.metadata import parse_metadata
 from agent_host.metrics import render
 from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock
 from emu.machine import PAGE_SIZE, World
+from hypertier_common.errors import ConfigError
 
 MiB = 1 << 20
 CLASSES = {"gold": 4.0, "silver": 2.0, "bronze": 1.0}

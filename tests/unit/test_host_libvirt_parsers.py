@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent_host.errors import AccessDenied, BackendError, NoSuchDomain, Unsupported
+from agent_host.errors import NoSuchDomain
+from hypertier_common.errors import AccessDenied, BackendError, Unsupported
 from tests import DATA
 from tests.needs import requires_libvirt
 

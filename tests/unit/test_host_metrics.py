@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent_host.errors import BackendError, HostError
+from agent_host.errors import HostError
 from agent_host.metrics import MetricsServer
+from hypertier_common.errors import BackendError
 
 
 def _ipv6_loopback_missing() -> str:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent_host.backend import Tier
-from agent_host.errors import BackendError
 from agent_host.linux_nodes import read_host_nodes
+from hypertier_common.errors import BackendError
 from tests import DATA
 
 
