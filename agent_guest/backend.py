@@ -58,6 +58,12 @@ class SampleSource(enum.Enum):
     PAGE_FAULT = "page-fault"
     SOFT_DIRTY = "soft-dirty"
 
+    @property
+    def samples_accesses(self) -> bool:
+        """Does a sample stand for a fixed number of accesses (one in
+        ``period``)? Fault and soft-dirty samples are events, not a draw."""
+        return self in (SampleSource.PEBS, SampleSource.IBS)
+
 
 class Capability(enum.Enum):
     """Optional features a guest backend may offer (see ``capabilities()``)."""

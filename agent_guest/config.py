@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent_guest.backend import BACKENDS
-from agent_guest.errors import ConfigError
 from agent_guest.plan import MoveCost
 from hypertier_common import tomlconfig
+from hypertier_common.errors import ConfigError
 from hypertier_common.metrics import MetricsConfig
 from hypertier_common.tomlconfig import in_range, non_negative, positive, require
 
@@ -84,10 +84,10 @@ class SamplerConfig:
     boost_epochs: int = 10
     # Once settle_epochs rounds in a row moved nothing, left no promotion
     # candidate waiting and the samples' share on the hot ranges held, sample at
-    # settled_rate_hz, at most rate_hz (settle_epochs = 0, the default: never
-    # settle; docs/guest.md says why).
-    settled_rate_hz: int = 1000
-    settle_epochs: int = 0
+    # settled_rate_hz, at most rate_hz (0: never settle). Only sources whose
+    # samples are a draw of the accesses (PEBS, IBS) settle: docs/guest.md.
+    settled_rate_hz: int = 250
+    settle_epochs: int = 20
     cpu_budget_pct: float = 1.0
     period: int = 1000
     min_period: int = 1

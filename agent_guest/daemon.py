@@ -78,7 +78,6 @@ class Daemon:
         self._last_t = clock.monotonic()
         self._informed_epochs = 0  # epochs in which samples arrived
         self._access_rate = AccessRate()
-        self._boost = SampleBoost(cfg.sampler)
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
         self._placement_view: tuple[int | None, int | None, int] = (None, None, -1)
@@ -91,6 +90,7 @@ class Daemon:
         self._link = HostLink(backend, clock, VERSION)
         self._cfg = cfg
         self._sampler, self._exchanger, self._params = self._build(cfg)
+        self._boost = SampleBoost(cfg.sampler, self._sampler.source.samples_accesses)
 
     def _build(self, cfg: Config) -> tuple[Sampler, Exchanger, ClassifyConfig]:
         """The config-dependent parts; raises (GuestError) before anything changes."""
@@ -147,6 +147,8 @@ class Daemon:
             exchanger,
             params,
         )
+        self._boost.cfg = cfg.sampler
+        self._boost.can_settle = sampler.source.samples_accesses
         for t in self._tables.values():
             t.params = params
         self._next_refresh = self._clock.monotonic()
@@ -297,7 +299,7 @@ class Daemon:
         """Accesses per second that one unit of the tables' decayed counts
         stands for (:class:`AccessRate`; 0 where a sample is no fixed number
         of accesses: page faults, soft-dirty)."""
-        if self._sampler.source not in (SampleSource.PEBS, SampleSource.IBS):
+        if not self._sampler.source.samples_accesses:
             return 0.0
         total = sum(float(t.count.sum()) for t in self._tables.values())
         return self._access_rate.per_count(total)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -410,3 +412,23 @@ def test_the_agents_own_memory_stays_put_when_configured_so() -> None:
     )
     _run(w, Daemon(cfg, be, w.clock), 3)
     assert be.placed == []
+
+
+@pytest.mark.parametrize(("pmu", "settles"), [("pebs", True), ("none", False)])
+def test_sampling_settles_only_where_a_sample_is_a_draw_of_the_accesses(
+    pmu: str, settles: bool
+) -> None:
+    """A hot set that fits the fast tier leaves nothing to move: PEBS samples
+    settle at the settled rate, page-fault samples (events) never do, and a
+    reload that turns settling off is obeyed."""
+    w, _ = _world(npages=1024)
+    text = re.sub(r"settled_rate_hz = \d+", "settled_rate_hz = 100", config.dumps(CFG))
+    text = re.sub(r"settle_epochs = \d+", "settle_epochs = 3", text)
+    cfg = config.loads(text)
+    d = Daemon(cfg, EmuGuestBackend(w, "vm", pmu=pmu), w.clock)
+    _run(w, d, 20, dt=0.01)
+    assert d.status()["source"] == ("pebs" if settles else "page-fault")
+    assert (d.status()["sample_rate_target_hz"] == 100) is settles
+    d.reload(config.loads(re.sub(r"settle_epochs = 3", "settle_epochs = 0", text)))
+    _run(w, d, 2, dt=0.01)
+    assert d.status()["sample_rate_target_hz"] != 100

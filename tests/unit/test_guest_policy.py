@@ -393,3 +393,13 @@ def test_a_sample_is_worth_the_rate_over_the_decayed_counts() -> None:
     r.note(40, 1000, 0.01)  # 4 M accesses/s, one smoothing step
     assert r.per_count(0.0) == 0.0
     assert r.per_count(80.0) == 0.3 * 4e6 / 80.0
+
+
+def test_a_source_whose_samples_are_events_never_settles() -> None:
+    cfg = SamplerConfig(
+        rate_hz=1000, boost_rate_hz=0, settled_rate_hz=100, settle_epochs=2
+    )
+    events = SampleBoost(cfg, can_settle=False)
+    draws = SampleBoost(cfg)
+    assert [events.after_round(0) for _ in range(6)] == [1000.0] * 6
+    assert [draws.after_round(0) for _ in range(4)] == [1000, 100, 100, 100]
