@@ -21,7 +21,13 @@ from agent_guest.config import MoverConfig
 from agent_guest.errors import NoSuchProcess
 from agent_guest.nodecache import NodeCache
 from agent_guest.pages import in_sorted
-from agent_guest.plan import Candidates, MoveCost, pages_of_ranges, plan_exchange
+from agent_guest.plan import (
+    Candidates,
+    MoveCost,
+    pages_of_ranges,
+    plan_exchange,
+    waiting,
+)
 from hypertier_common.clock import Clock
 from hypertier_common.errors import AccessDenied
 
@@ -119,7 +125,8 @@ class Exchanger:
         self.stats = ExchangeStats()
         self.gone: set[int] = set()
         self.denied: set[int] = set()
-        # promotion candidates of the last round that did not move
+        # promotion candidates the last round left unmoved that more samples
+        # could still move (plan.waiting)
         self.pending = 0
         # Pages of room the budget counts that the fast node does not give:
         # promotions into it failed with -ENOMEM (docs/guest.md, "kernel
@@ -289,6 +296,19 @@ class Exchanger:
             )
         return out
 
+    @staticmethod
+    def _resolved_mask(
+        tables: Mapping[int, RangeTable], c: Candidates
+    ) -> npt.NDArray[np.bool_]:
+        """Which of ``c`` are resolved pages (counted one by one)."""
+        out = np.zeros(len(c), bool)
+        for pid in np.unique(c.pid).tolist():
+            t = tables.get(int(pid))
+            if t is not None:
+                sel = np.flatnonzero(c.pid == pid)
+                out[sel] = in_sorted(c.addr[sel], t.resolved().addr)
+        return out
+
     def _banned(self, pid: int, addr: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
         b = self._busy.get(pid)
         if b is None or b.addr.shape[0] == 0:
@@ -429,7 +449,14 @@ class Exchanger:
             demoted += moved
             room += moved
         self._limiter.refund((budget - promoted - demoted) * PAGE_SIZE)
-        self.pending = len(promote) - promoted
+        self.pending = waiting(
+            promote,
+            demote,
+            free_pages,
+            promoted,
+            self._resolved_mask(tables, promote),
+            self._cfg.min_gain,
+        )
         self.stats.promoted += promoted
         self.stats.demoted += demoted
         return promoted, demoted

@@ -20,6 +20,7 @@ __all__ = [
     "pages_of_ranges",
     "paying_prefix",
     "plan_exchange",
+    "waiting",
 ]
 
 
@@ -185,6 +186,39 @@ def paying_prefix(
     net = np.cumsum(gain) - calls * cost.call_ns - pages * cost.page_ns
     best = int(np.argmax(net))
     return best + 1 if net[best] > 0.0 else 0
+
+
+def waiting(
+    promote: Candidates,
+    demote: Candidates,
+    free_pages: int,
+    moved: int,
+    long_memory: npt.NDArray[np.bool_],
+    min_gain: float,
+    z: float = 2.0,
+) -> int:
+    """How many promotion candidates a round left unmoved that more samples
+    could still move (the round had ``free_pages`` of room, the demotion
+    candidates ``demote`` and moved the first ``moved`` of ``promote``).
+
+    A candidate waits on samples if its estimate grows with them
+    (``long_memory``: a resolved page, whose count is kept over many epochs)
+    or if it already passes the round's noise test (into free room, or
+    :func:`clearly_denser` than the cold page it pairs with) and waits only
+    for its gain to pay for a move, or for bandwidth. A page of a hot range
+    that fails the noise test does not: the range's count reaches its steady
+    level in a few epochs, and more epochs at the same rate leave it there.
+    """
+    room = min(max(0, free_pages), len(promote))
+    pairs = min(len(promote) - room, len(demote))
+    passes = np.zeros(len(promote), bool)
+    passes[:room] = True
+    if pairs:
+        hot, cold = promote.take(room, room + pairs), demote.take(0, pairs)
+        passes[room : room + pairs] = clearly_denser(hot, cold, min_gain, z)
+    left = passes | long_memory
+    left[: min(moved, len(promote))] = False
+    return int(np.count_nonzero(left))
 
 
 def _counts(c: Candidates) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:

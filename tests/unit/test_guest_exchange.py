@@ -32,6 +32,7 @@ from agent_guest.plan import (
     pages_of_ranges,
     paying_prefix,
     plan_exchange,
+    waiting,
 )
 from agent_guest.selection import select_hot
 from hypertier_common.errors import AccessDenied
@@ -165,6 +166,51 @@ def test_the_cost_gate_only_shortens_the_optional_moves(
     promoted = sum(len(b.pages) for b in gated if b.to == "fast")
     assert demoted >= due
     assert promoted <= max(0, free) + demoted - due
+
+
+def test_only_candidates_more_samples_can_move_are_waiting() -> None:
+    no = np.zeros(4, bool)
+    # into free room every unmoved candidate waits (on its gain paying)
+    hot = _cands(4, 500.0)
+    assert waiting(hot, Candidates.empty(), 4, 1, no, 0.25) == 3
+    # swaps: one clearly denser than its cold page waits, one lost in the noise
+    # of a range that will not gather more evidence does not
+    cold = _cands(4, 0.0, base=BASE + (1 << 30))
+    noisy = Candidates(hot.pid, hot.addr, np.r_[500.0, 500.0, 1.0, 1.0],
+                       np.r_[0.1, 0.1, 5.0, 5.0])  # fmt: skip
+    assert waiting(noisy, cold, 0, 0, no, 0.25) == 2
+    # ... unless it is a resolved page, whose count grows with samples
+    resolved = np.array([False, False, False, True])
+    assert waiting(noisy, cold, 0, 0, resolved, 0.25) == 3
+    # a candidate with no cold page to pair with waits only if resolved
+    assert waiting(noisy, Candidates.empty(), 0, 0, resolved, 0.25) == 1
+    # the moved prefix never waits
+    assert waiting(noisy, cold, 0, 2, resolved, 0.25) == 1
+
+
+@given(
+    n=st.integers(0, 30),
+    n_cold=st.integers(0, 30),
+    free=st.integers(-10, 40),
+    moved=st.integers(0, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_waiting_candidates_are_unmoved_and_include_every_resolved_one(
+    n: int, n_cold: int, free: int, moved: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    hot = _cands(n, 0.0)
+    hot = Candidates(hot.pid, hot.addr, np.sort(rng.uniform(0, 100, n))[::-1],
+                     rng.uniform(0, 10, n))  # fmt: skip
+    cold = _cands(n_cold, 0.0, base=BASE + (1 << 30))
+    cold = Candidates(cold.pid, cold.addr, np.sort(rng.uniform(0, 10, n_cold)),
+                      rng.uniform(0, 2, n_cold))  # fmt: skip
+    resolved = rng.random(n) < 0.3
+    w = waiting(hot, cold, free, moved, resolved, 0.25)
+    unmoved = max(0, n - moved)
+    assert int(resolved[min(moved, n) :].sum()) <= w <= unmoved
+    room = max(0, min(free, n) - moved)
+    assert w >= room
 
 
 def test_noisy_densities_never_swap() -> None:
@@ -339,6 +385,23 @@ def _tables() -> dict[int, RangeTable]:
     cold.count, cold.hot = np.array([0.0]), np.array([False])
     hot.mass, cold.mass = hot.count.copy(), cold.count.copy()
     return {1: hot, 2: cold}
+
+
+def test_a_round_counts_as_waiting_only_candidates_more_samples_can_move() -> None:
+    cfg = MoverConfig(batch_pages=64, scan_pages=64)
+    # a hot range clearly denser than the cold one, whose swap does not pay
+    # yet (a call costs 1 s): all 64 pages wait on samples
+    ex = Exchanger(_Backend(None, set()), cfg, _Clock())
+    dear = MoveCost(call_ns=1e9, page_ns=1e3, sample_ns=1.0)
+    assert ex.run(_tables(), [0], [1], 0, 1, 0, dear) == (0, 0)
+    assert ex.pending == 64
+    # a range with 2 samples against none is noise that the range's count,
+    # steady within a few epochs, will not resolve: nothing waits
+    tables = _tables()
+    tables[1].count = tables[1].mass = np.array([2.0])
+    ex = Exchanger(_Backend(None, set()), cfg, _Clock())
+    assert ex.run(tables, [0], [1], 0, 1, 0, dear) == (0, 0)
+    assert ex.pending == 0
 
 
 def test_partial_failures_are_counted_by_errno() -> None:
