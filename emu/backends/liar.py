@@ -1,7 +1,9 @@
-"""A guest backend whose agent lies: every report replaced by a maximal claim.
+"""A guest backend whose agent lies: every report replaced by a maximal claim,
+or (flapping) by a maximal claim and a claim of nothing in turn.
 
 The multi-tenant preset (emu.evaluation.tenants) runs it to check that the host
-agent holds a lying VM to what its class may have (docs/baselines.md).
+agent holds a lying VM to what its class may have, and what a lie costs the
+honest VMs (docs/baselines.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ class LyingGuestBackend(EmuGuestBackend):
     Every report the agent sends is replaced by a valid maximal claim: each
     node full (``used_bytes = total_bytes``), ``hot_bytes`` = all its memory,
     ``pressure`` 1.0. Node totals are the true ones, or ``claim_node_bytes``
-    each (the "huge" liar). Other fields keep the agent's values; hellos and
+    each (the "huge" liar). With ``flap_s``, the lie alternates: the maximal
+    claim for ``flap_s`` emulated seconds, then no hot set at all (``hot_bytes``
+    0, ``pressure`` 0, the true usage) for as long, and so on: each turn moves
+    the host's split between the VMs, which the honest ones pay for in
+    demotions and promotions. Other fields keep the agent's values; hellos and
     anything that is not a report pass unchanged. ``lies`` counts rewrites.
     """
 
@@ -31,14 +37,23 @@ class LyingGuestBackend(EmuGuestBackend):
         vm: str,
         pmu: str = "pebs",
         claim_node_bytes: int | None = None,
+        flap_s: float | None = None,
     ) -> None:
         super().__init__(world, vm, pmu)
+        if flap_s is not None and not flap_s > 0:
+            raise ValueError(f"flap_s must be > 0, got {flap_s}")
         self._claim = claim_node_bytes
+        self._flap_s = flap_s
         self._partial = b""
         self.lies = 0
 
     def lie(self, report: wire.Report) -> wire.Report:
-        """The maximal claim that replaces ``report``."""
+        """The claim that replaces ``report``: the maximal one, or while a
+        flapping liar is in its off turn, no hot set."""
+        if self._flap_s is not None:
+            turn = int(self._world.clock.monotonic() / self._flap_s)
+            if turn % 2:
+                return replace(report, hot_bytes=0, pressure=0.0)
         nodes = tuple(
             wire.NodeUsage(
                 n.node,

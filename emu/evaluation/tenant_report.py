@@ -22,6 +22,7 @@ from emu.evaluation.tenants import (
     scenario_shares,
 )
 from emu.machine import PAGE_SIZE
+from emu.policies.base import LIAR_VARIANTS
 
 if TYPE_CHECKING:
     from emu.evaluation.compare import Matrix
@@ -310,7 +311,7 @@ def format_report(
             line += ["-" if x is None else f"{x:.3f}", "-" if h is None else f"{h:.3f}"]
         body.append(line)
     out.append(text_table(heads, body, 1))
-    for variant in ("hypertier-liar", "hypertier-liar-huge"):
+    for variant in LIAR_VARIANTS:
         eff = liar_effect(rows, scenario.liar, variant) if scenario.liar else None
         if eff is None:
             continue
@@ -417,7 +418,7 @@ def report(
         summary[f"{scenario.name}/{profile}"] = {
             "liar": {
                 v: liar_effect(mine, scenario.liar, v)
-                for v in ("hypertier-liar", "hypertier-liar-huge")
+                for v in LIAR_VARIANTS
                 if scenario.liar
             },
             "ablation": ablation(mine, matrix.accesses),

@@ -25,12 +25,13 @@ from emu.backends.liar import LyingGuestBackend
 from emu.machine import PAGE_SIZE, World
 from emu.policies import Policy, VmSpec
 from emu.policies.balloon import BalloonPolicy
-from emu.policies.base import TENANT_POLICY_NAMES
+from emu.policies.base import LIAR_VARIANTS, TENANT_POLICY_NAMES
 
 if TYPE_CHECKING:
     pass
 
 __all__ = [
+    "FLAP_S",
     "HUGE_NODE_BYTES",
     "SCENARIOS",
     "HostShareProbe",
@@ -48,6 +49,9 @@ MIB = 1 << 20
 # What the "huge" liar claims per node: 1 TiB, far within the wire format's
 # bound (1 PiB) and, today, within the host's plausibility slack for boot memory.
 HUGE_NODE_BYTES = 1 << 40
+# How long each turn of the flapping liar lasts (emulated s): a few of the
+# host agent's minimum resize intervals (0.3 s), so every turn moves the split.
+FLAP_S = 0.5
 # Demeter (SOSP'25): GUPS throughput with per-tier over tier-unaware balloons.
 DEMETER_PER_TIER_GAIN = 0.68
 
@@ -286,15 +290,16 @@ def make_scenario_policy(name: str, scenario: Scenario) -> Policy:
     """
     from emu.policies import make_policy
 
-    if name in ("hypertier-liar", "hypertier-liar-huge"):
+    if name in LIAR_VARIANTS:
         liar = scenario.liar
         if liar is None:
             raise ValueError(f"scenario {scenario.name!r} has no lying VM")
         claim = HUGE_NODE_BYTES if name.endswith("-huge") else None
+        flap = FLAP_S if name.endswith("-flap") else None
 
         def backend(world: World, vm: str, pmu: str) -> EmuGuestBackend:
             if vm == liar:
-                return LyingGuestBackend(world, vm, pmu, claim_node_bytes=claim)
+                return LyingGuestBackend(world, vm, pmu, claim, flap)
             return EmuGuestBackend(world, vm, pmu)
 
         return make_policy("hypertier", column=name, guest_backend=backend)

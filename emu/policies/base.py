@@ -16,6 +16,7 @@ from emu.machine import EmuProcess, EmuVm, World
 from emu.workloads import Workload
 
 __all__ = [
+    "LIAR_VARIANTS",
     "ORACLE_NAMES",
     "POLICY_NAMES",
     "TENANT_POLICY_NAMES",
@@ -40,8 +41,10 @@ POLICY_NAMES = (
 # default matrix.
 ORACLE_NAMES = ("oracle", "oracle-phase")
 # Policies that exist only in a multi-tenant scenario (emu.evaluation.tenants):
-# they need its liar or its host size.
-VARIANT_NAMES = ("hypertier-liar", "hypertier-liar-huge", "balloon")
+# they need its liar or its host size. The liar variants: a plausible lie, an
+# implausible one, a lie switched on and off (emu.backends.liar).
+LIAR_VARIANTS = ("hypertier-liar", "hypertier-liar-huge", "hypertier-liar-flap")
+VARIANT_NAMES = (*LIAR_VARIANTS, "balloon")
 # What the multi-tenant scenarios compare.
 TENANT_POLICY_NAMES = ("none", "all-fast", "hypertier", *VARIANT_NAMES)
 

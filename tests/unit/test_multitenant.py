@@ -28,6 +28,7 @@ from emu.evaluation.tenants import (
 )
 from emu.machine import FAST, PAGE_SIZE, World
 from emu.machine.params import Params
+from emu.policies.base import LIAR_VARIANTS
 from emu.policies.hypertier import HOST_TOML, HyperTierPolicy
 from emu.workloads import make_workload
 
@@ -38,7 +39,13 @@ CFG = host_config.loads(HOST_TOML, "<test>")
 PAIR = Scenario(
     name="pair",
     vms=(TenantVm("liar", "bronze", 0.1), TenantVm("honest", "gold", 0.5)),
-    policies=("hypertier", "hypertier-liar", "hypertier-liar-huge", "balloon"),
+    policies=(
+        "hypertier",
+        "hypertier-liar",
+        "hypertier-liar-huge",
+        "hypertier-liar-flap",
+        "balloon",
+    ),
     liar="liar",
 )
 
@@ -175,8 +182,8 @@ def test_spec_hot_fraction_is_the_workloads_hot_region() -> None:
 def test_preset_cells_run_each_scenario_with_its_policies() -> None:
     cells = cells_of(PRESETS["multi-tenant"])
     by = {(c.scenario, c.policy) for c in cells}
-    assert len(cells) == len(by) == 10
-    assert ("tenants", "hypertier-liar") in by
+    assert len(cells) == len(by) == 11
+    assert {("tenants", v) for v in LIAR_VARIANTS} <= by
     assert ("gups", "hypertier-liar") not in by
     assert {c.vms for c in cells} == {8}
     tenants = next(c for c in cells if c.scenario == "tenants")
@@ -217,6 +224,24 @@ def test_liar_reports_are_valid_maximal_claims(claim: int | None) -> None:
     assert (lie.seq, lie.pages_moved) == (1, 7)
     if claim is not None:
         assert {n.total_bytes for n in lie.nodes} == {claim}
+
+
+def test_a_flapping_liar_claims_everything_and_nothing_in_turn() -> None:
+    w = _world()
+    backend = LyingGuestBackend(w, "vm", flap_s=0.5)
+    hot = []
+    for _ in range(6):  # reports at 0, 0.25, ..., 1.25 s
+        vm = w.vm("vm")
+        vm.to_host.clear()
+        backend.channel_send(wire.encode(_honest()))
+        lie = wire.decode(bytes(vm.to_host).rstrip(b"\n"))
+        assert isinstance(lie, wire.Report)
+        hot.append(lie.hot_bytes)
+        w.clock.advance(0.25)
+    full = sum(n.total_bytes for n in _honest().nodes)
+    assert hot == [full, full, 0, 0, full, full]
+    with pytest.raises(ValueError, match="flap_s"):
+        LyingGuestBackend(w, "vm", flap_s=0.0)
 
 
 def test_liar_passes_hellos_and_reassembles_split_lines() -> None:
