@@ -99,6 +99,9 @@ class PolicyConfig:
     hysteresis_bytes: int = 32 * MiB
     hysteresis_ratio: float = 0.02
     report_timeout_s: float = 10.0
+    # A VM's demand is the largest its guest reported within this window
+    # (docs/host.md, "Trust model": falls are released once they last).
+    demand_release_s: float = 30.0
     default_class: str = "standard"
     discover_every_ticks: int = 5
     max_resizes_per_tick: int = 64
@@ -116,6 +119,7 @@ class PolicyConfig:
             "hysteresis_bytes",
             "min_resize_interval_s",
             "shrink_notice_s",
+            "demand_release_s",
         ):
             non_negative(f"policy.{key}", getattr(self, key))
         for key in ("safety_margin_ratio", "hysteresis_ratio", "hot_headroom_ratio"):

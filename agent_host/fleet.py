@@ -9,6 +9,7 @@ fleet alone assigns rows: ``states[r].row == r`` after every :meth:`rebuild`.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -86,6 +87,10 @@ class VmState:
     implausible: int = 0  # reports that claim more than the host sees plugged
     last_implausible: str = ""
     seen_report: GuestReport | None = None
+    # (received_s, hot_bytes) of the guest's reports within the last
+    # policy.demand_release_s, in order: its demand is the largest of them.
+    # Kept across guest sessions: a restarted agent does not shed its peak.
+    recent_hot: deque[tuple[float, float]] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         self.allot = _ordered(self.info)
@@ -360,9 +365,15 @@ class Fleet:
             return False
         return rep.fast_used_bytes <= new + int(self.boot[0, st.row])
 
-    def store_report(self, st: VmState) -> str:
+    def store_report(self, st: VmState, release_s: float = 0.0) -> str:
         """Take ``st``'s latest guest report into the arrays; say why it is
         implausible ("" if it is not).
+
+        Its hot set counts as the largest the guest reported within the last
+        ``release_s`` (``policy.demand_release_s``): a fall of demand frees
+        memory for the others only once it has lasted that long, so a guest
+        that makes its claim rise and fall cannot make the others shrink and
+        grow again on every turn (each shrink costs them demotions).
 
         A report that claims more than the host provisioned forfeits its demand
         (hot set 0): the VM keeps its floors (its used memory, capped by what is
@@ -376,7 +387,9 @@ class Fleet:
             self.received_s[r] = -math.inf
             return ""
         self.received_s[r] = rep.received_s
-        self.hot[r] = rep.report.hot_bytes
+        self.hot[r] = _held_peak(
+            st.recent_hot, rep.received_s, float(rep.report.hot_bytes), release_s
+        )
         self.used[r] = rep.used_bytes
         why = self._implausible(rep, r)
         if why:
@@ -430,3 +443,19 @@ class Fleet:
     def limits_by_name(self, st: VmState) -> dict[str, int]:
         """``st``'s limits as the guest channel checks reports against them."""
         return {t.value: int(self.limit[k, st.row]) for k, t in enumerate(TIERS)}
+
+
+def _held_peak(
+    recent: deque[tuple[float, float]], t: float, value: float, window_s: float
+) -> float:
+    """Add ``value`` seen at ``t`` to ``recent`` (a report seen again, at the
+    same ``t``, is not added twice); drop what is older than ``window_s``;
+    the largest value left."""
+    if not recent or recent[-1][0] < t:
+        # a value no larger than a newer one can never be the peak again
+        while recent and recent[-1][1] <= value:
+            recent.pop()
+        recent.append((t, value))
+    while recent[0][0] < t - window_s:
+        recent.popleft()
+    return recent[0][1]

@@ -58,6 +58,7 @@ shrink_notice_s = 0.3
 host_reserved_bytes = 0
 safety_margin_bytes = 8388608
 report_timeout_s = 1.0
+demand_release_s = 1.0
 """
 
 

@@ -272,7 +272,8 @@ def test_domain_stats_come_from_the_backend(clock: FakeClock) -> None:
 @pytest.mark.slow
 def test_fast_tier_follows_shifting_demand_by_class_weight(clock: FakeClock) -> None:
     """Three classes whose demands exceed the fast tier, then gold goes idle;
-    the fast tier splits 4:2:1, then gold's part goes to the others; pages are
+    the fast tier splits 4:2:1, then, once gold has been idle for
+    ``policy.demand_release_s``, gold's part goes to the others; pages are
     never lost."""
     names = {"gold": "vm0", "silver": "vm1", "bronze": "vm2"}
     world, daemon = _classed(
@@ -311,8 +312,13 @@ def test_fast_tier_follows_shifting_demand_by_class_weight(clock: FakeClock) -> 
         share = status[vm]["tiers"]["fast"]["share_bytes"] // MiB
         assert fast[cls] == pytest.approx(share, abs=2)
 
-    run(20, {names["gold"]: (0.0, 0.0), names["silver"]: busy, names["bronze"]: busy})
-    # Gold's demand drops to what it has on the slow node (the helper's hot set
+    idle = {names["gold"]: (0.0, 0.0), names["silver"]: busy, names["bronze"]: busy}
+    # Gold's demand drops, but counts only once the fall has lasted
+    # policy.demand_release_s (30 s): until then it keeps its part.
+    run(25, idle)
+    assert _fast_mib(world, names["gold"]) == pytest.approx(fast["gold"], abs=2)
+    run(25, idle)
+    # Gold's demand is now what it has on the slow node (the helper's hot set
     # is the slow node's used memory plus a ratio of the fast node's): below
     # its share, it gets its demand; silver and bronze split the rest 2:1.
     gold = world.vm(names["gold"])
