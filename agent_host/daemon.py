@@ -242,7 +242,7 @@ class Daemon:
             self._store_report(st)  # after the allotments: checks need them
 
     def _store_report(self, st: VmState) -> None:
-        why = self._fleet.store_report(st, self._cfg.policy.demand_release_s)
+        why = self._fleet.store_report(st, self._cfg.policy)
         if why:
             st.implausible += 1
             st.last_implausible = why

@@ -19,8 +19,9 @@ import numpy.typing as npt
 
 from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
+from agent_host.config import PolicyConfig
 from agent_host.metadata import TieringMetadata, TierMetadata
-from agent_host.policy import TIERS, PolicyInputs, TierInputs
+from agent_host.policy import TIERS, PolicyInputs, TierInputs, band_bytes
 from hypertier_common.errors import ConfigError
 
 __all__ = ["Fleet", "VmState", "initial_metadata", "tiered"]
@@ -365,15 +366,17 @@ class Fleet:
             return False
         return rep.fast_used_bytes <= new + int(self.boot[0, st.row])
 
-    def store_report(self, st: VmState, release_s: float = 0.0) -> str:
+    def store_report(self, st: VmState, policy: PolicyConfig) -> str:
         """Take ``st``'s latest guest report into the arrays; say why it is
         implausible ("" if it is not).
 
         Its hot set counts as the largest the guest reported within the last
-        ``release_s`` (``policy.demand_release_s``): a fall of demand frees
-        memory for the others only once it has lasted that long, so a guest
-        that makes its claim rise and fall cannot make the others shrink and
-        grow again on every turn (each shrink costs them demotions).
+        ``policy.demand_release_s``, unless it is within the VM's hysteresis
+        band of that (a change too small to act on; a guest's estimate of its
+        hot set jitters): a fall of demand frees memory for the others only
+        once it has lasted that long, so a guest that makes its claim rise and
+        fall cannot make the others shrink and grow again on every turn (each
+        shrink costs them demotions).
 
         A report that claims more than the host provisioned forfeits its demand
         (hot set 0): the VM keeps its floors (its used memory, capped by what is
@@ -387,9 +390,10 @@ class Fleet:
             self.received_s[r] = -math.inf
             return ""
         self.received_s[r] = rep.received_s
-        self.hot[r] = _held_peak(
-            st.recent_hot, rep.received_s, float(rep.report.hot_bytes), release_s
-        )
+        hot = float(rep.report.hot_bytes)
+        peak = _held_peak(st.recent_hot, rep.received_s, hot, policy.demand_release_s)
+        band = band_bytes(self.limit[:1, r], self.block[:1, r], policy)[0]
+        self.hot[r] = peak if peak - hot > band else hot
         self.used[r] = rep.used_bytes
         why = self._implausible(rep, r)
         if why:

@@ -166,13 +166,14 @@ def fair_split(
     return out
 
 
-def band_bytes(tier: TierInputs, cfg: PolicyConfig) -> FloatArray:
-    """Each VM's hysteresis band on one tier: at least a block, at most
-    ``hysteresis_bytes``, else ``hysteresis_ratio`` x the tier's limit."""
+def band_bytes(limit: IntArray, block: IntArray, cfg: PolicyConfig) -> FloatArray:
+    """The hysteresis band of VMs with these limits and blocks on a tier: at
+    least a block, at most ``hysteresis_bytes``, else ``hysteresis_ratio`` x
+    the limit."""
     scaled = np.minimum(
-        float(cfg.hysteresis_bytes), cfg.hysteresis_ratio * tier.limit.astype(float)
+        float(cfg.hysteresis_bytes), cfg.hysteresis_ratio * limit.astype(float)
     )
-    out: FloatArray = np.maximum(tier.block.astype(np.float64), scaled)
+    out: FloatArray = np.maximum(block.astype(np.float64), scaled)
     return out
 
 
@@ -191,7 +192,7 @@ def _limit_changes(
     target = np.floor(target / block) * block
     forced = (req < floor) | (req > limit)
     delta = target - req
-    band = band_bytes(tier, cfg)
+    band = band_bytes(tier.limit, tier.block, cfg)
     due = (now_s - tier.last_resize_s) >= cfg.min_resize_interval_s
     # Growth is cheap (a plug, no demotions): any whole block. A shrink costs
     # the guest demotions: it waits for the band, unless another VM waits.

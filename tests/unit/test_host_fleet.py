@@ -8,9 +8,10 @@ from collections import deque
 from hypothesis import given
 from hypothesis import strategies as hs
 
+import hypertier_wire as wire
 from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel
-from agent_host.config import ChannelConfig
+from agent_host.config import ChannelConfig, PolicyConfig
 from agent_host.fleet import Fleet, VmState, _held_peak
 from agent_host.metadata import TieringMetadata, TierMetadata
 
@@ -104,3 +105,41 @@ def test_the_demand_is_the_largest_hot_set_reported_within_the_window(
         assert got == max(v for s, v in seen if s >= t - window)
         assert _held_peak(recent, t, 0.0, window) == got  # the same report again
         assert len(recent) <= len(seen)
+
+
+def test_a_fall_of_demand_beyond_the_band_counts_once_it_has_lasted() -> None:
+    """Jitter within the VM's band (2 % of its 256 MiB fast limit: 5.12 MiB) is
+    believed at once; a larger fall only once it has lasted
+    ``demand_release_s``; a rise at once."""
+    fleet = Fleet()
+    vm = _state("a", fast_limit=256 * MiB)
+    fleet.add(vm)
+    fleet.rebuild(lambda _: 1.0)
+    policy = PolicyConfig(demand_release_s=10.0)
+    seen = []
+    for t, hot_mib in (
+        (0, 100),
+        (1, 97),
+        (2, 20),
+        (5, 20),
+        (11, 20),
+        (12, 20),
+        (13, 150),
+    ):
+        report = wire.Report(
+            seq=t + 1,
+            nodes=(
+                wire.NodeUsage(0, "fast", 128 * MiB, 120 * MiB),
+                wire.NodeUsage(1, "slow", 64 * MiB, 60 * MiB),
+            ),
+            hot_bytes=hot_mib * MiB,
+            pressure=0.5,
+        )
+        vm.channel.feed(
+            wire.encode(report), float(t), {"fast": MiB << 20, "slow": MiB << 20}
+        )
+        assert fleet.store_report(vm, policy) == ""
+        seen.append(int(fleet.hot[vm.row]) // MiB)
+    # 97 within the band of 100; 20 held at 100 until 100 and 97 (t = 0, 1)
+    # are older than 10 s; the rise to 150 at once
+    assert seen == [100, 97, 100, 100, 97, 20, 150]
