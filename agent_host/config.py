@@ -99,8 +99,9 @@ class PolicyConfig:
     hysteresis_bytes: int = 32 * MiB
     hysteresis_ratio: float = 0.02
     report_timeout_s: float = 10.0
-    # A VM's demand is the largest its guest reported within this window
-    # (docs/host.md, "Trust model": falls are released once they last).
+    # A fall of a VM's demand beyond its hysteresis band counts once it has
+    # lasted this long (docs/host.md, "Trust model": a guest that flaps its
+    # claim makes the others shrink and grow on every turn).
     demand_release_s: float = 30.0
     default_class: str = "standard"
     discover_every_ticks: int = 5

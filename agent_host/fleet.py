@@ -89,7 +89,8 @@ class VmState:
     last_implausible: str = ""
     seen_report: GuestReport | None = None
     # (received_s, hot_bytes) of the guest's reports within the last
-    # policy.demand_release_s, in order: its demand is the largest of them.
+    # policy.demand_release_s whose hot set may still be the largest (a
+    # falling sequence): a fall beyond the band is held at the first.
     # Kept across guest sessions: a restarted agent does not shed its peak.
     recent_hot: deque[tuple[float, float]] = field(default_factory=deque)
 
@@ -379,9 +380,10 @@ class Fleet:
         shrink costs them demotions).
 
         A report that claims more than the host provisioned forfeits its demand
-        (hot set 0): the VM keeps its floors (its used memory, capped by what is
-        plugged) and shrinks toward them when others claim the memory. It is
-        not rejected, or it would count as silent, which keeps memory.
+        (hot set 0, a fall like any other): the VM keeps its floors (its used
+        memory, capped by what is plugged) and shrinks toward them when others
+        claim the memory. It is not rejected, or it would count as silent,
+        which keeps memory.
         """
         r = st.row
         rep = st.channel.latest
@@ -390,14 +392,13 @@ class Fleet:
             self.received_s[r] = -math.inf
             return ""
         self.received_s[r] = rep.received_s
-        hot = float(rep.report.hot_bytes)
+        why = self._implausible(rep, r)
+        # a flagged report's demand is none; it never enters the window
+        hot = 0.0 if why else float(rep.report.hot_bytes)
         peak = _held_peak(st.recent_hot, rep.received_s, hot, policy.demand_release_s)
         band = band_bytes(self.limit[:1, r], self.block[:1, r], policy)[0]
         self.hot[r] = peak if peak - hot > band else hot
         self.used[r] = rep.used_bytes
-        why = self._implausible(rep, r)
-        if why:
-            self.hot[r] = 0.0
         return why
 
     def _implausible(self, rep: GuestReport, r: int) -> str:

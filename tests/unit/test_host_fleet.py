@@ -107,14 +107,32 @@ def test_the_demand_is_the_largest_hot_set_reported_within_the_window(
         assert len(recent) <= len(seen)
 
 
-def test_a_fall_of_demand_beyond_the_band_counts_once_it_has_lasted() -> None:
-    """Jitter within the VM's band (2 % of its 256 MiB fast limit: 5.12 MiB) is
-    believed at once; a larger fall only once it has lasted
-    ``demand_release_s``; a rise at once."""
+def _send(vm: VmState, t: float, hot_mib: int, fast_total_mib: int = 128) -> None:
+    report = wire.Report(
+        seq=int(t) + 1,
+        nodes=(
+            wire.NodeUsage(0, "fast", fast_total_mib * MiB, 120 * MiB),
+            wire.NodeUsage(1, "slow", 64 * MiB, 60 * MiB),
+        ),
+        hot_bytes=hot_mib * MiB,
+        pressure=0.5,
+    )
+    vm.channel.feed(wire.encode(report), t, {"fast": MiB << 20, "slow": MiB << 20})
+
+
+def _one_vm() -> tuple[Fleet, VmState]:
     fleet = Fleet()
     vm = _state("a", fast_limit=256 * MiB)
     fleet.add(vm)
     fleet.rebuild(lambda _: 1.0)
+    return fleet, vm
+
+
+def test_a_fall_of_demand_beyond_the_band_counts_once_it_has_lasted() -> None:
+    """Jitter within the VM's band (2 % of its 256 MiB fast limit: 5.12 MiB) is
+    believed at once; a larger fall only once it has lasted
+    ``demand_release_s``; a rise at once."""
+    fleet, vm = _one_vm()
     policy = PolicyConfig(demand_release_s=10.0)
     seen = []
     for t, hot_mib in (
@@ -126,20 +144,28 @@ def test_a_fall_of_demand_beyond_the_band_counts_once_it_has_lasted() -> None:
         (12, 20),
         (13, 150),
     ):
-        report = wire.Report(
-            seq=t + 1,
-            nodes=(
-                wire.NodeUsage(0, "fast", 128 * MiB, 120 * MiB),
-                wire.NodeUsage(1, "slow", 64 * MiB, 60 * MiB),
-            ),
-            hot_bytes=hot_mib * MiB,
-            pressure=0.5,
-        )
-        vm.channel.feed(
-            wire.encode(report), float(t), {"fast": MiB << 20, "slow": MiB << 20}
-        )
+        _send(vm, float(t), hot_mib)
         assert fleet.store_report(vm, policy) == ""
         seen.append(int(fleet.hot[vm.row]) // MiB)
     # 97 within the band of 100; 20 held at 100 until 100 and 97 (t = 0, 1)
     # are older than 10 s; the rise to 150 at once
     assert seen == [100, 97, 100, 100, 97, 20, 150]
+
+
+def test_a_flagged_report_is_no_demand_and_falls_like_any_other() -> None:
+    """An implausible report (a fast node larger than plugged) claims nothing:
+    alternating it with a plausible claim is no way to flap the split."""
+    fleet, vm = _one_vm()
+    policy = PolicyConfig(demand_release_s=10.0)
+    seen = []
+    for t, total in ((0, 128), (1, 4096), (2, 128), (3, 4096), (14, 4096)):
+        _send(vm, float(t), 100, fast_total_mib=total)
+        flagged = fleet.store_report(vm, policy) != ""
+        assert flagged == (total > 128)
+        seen.append(int(fleet.hot[vm.row]) // MiB)
+    assert seen == [100, 100, 100, 100, 0]
+    # flagged from the start: no demand at all
+    fleet, vm = _one_vm()
+    _send(vm, 0.0, 100, fast_total_mib=4096)
+    assert fleet.store_report(vm, policy) != ""
+    assert fleet.hot[vm.row] == 0.0
