@@ -93,6 +93,9 @@ class VmState:
     # falling sequence): a fall beyond the band is held at the first.
     # Kept across guest sessions: a restarted agent does not shed its peak.
     recent_hot: deque[tuple[float, float]] = field(default_factory=deque)
+    # The hot set the demand is held at while a fall waits out the window
+    # (None: the last report's own hot set counts).
+    held_hot_bytes: int | None = None
 
     def __post_init__(self) -> None:
         self.allot = _ordered(self.info)
@@ -124,6 +127,7 @@ class VmState:
             "last_error": chan.last_error,
             "implausible_reports": self.implausible,
             "last_implausible": self.last_implausible,
+            "held_hot_bytes": self.held_hot_bytes,
         }
 
     def with_settings(
@@ -397,7 +401,9 @@ class Fleet:
         hot = 0.0 if why else float(rep.report.hot_bytes)
         peak = _held_peak(st.recent_hot, rep.received_s, hot, policy.demand_release_s)
         band = band_bytes(self.limit[:1, r], self.block[:1, r], policy)[0]
-        self.hot[r] = peak if peak - hot > band else hot
+        held = peak - hot > band
+        st.held_hot_bytes = int(peak) if held else None
+        self.hot[r] = peak if held else hot
         self.used[r] = rep.used_bytes
         return why
 

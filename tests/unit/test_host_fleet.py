@@ -147,6 +147,8 @@ def test_a_fall_of_demand_beyond_the_band_counts_once_it_has_lasted() -> None:
         _send(vm, float(t), hot_mib)
         assert fleet.store_report(vm, policy) == ""
         seen.append(int(fleet.hot[vm.row]) // MiB)
+        held = vm.guest_status(float(t))["held_hot_bytes"]
+        assert held == (None if seen[-1] == hot_mib else seen[-1] * MiB)
     # 97 within the band of 100; 20 held at 100 until 100 and 97 (t = 0, 1)
     # are older than 10 s; the rise to 150 at once
     assert seen == [100, 97, 100, 100, 97, 20, 150]
