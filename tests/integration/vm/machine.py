@@ -41,14 +41,15 @@ class VmShape:
     vcpus: int = 2
     # Small, so a fast allotment can squeeze node 0: the squeeze needs node 0's
     # memory beside the device, less what the guest's own use takes of it, to
-    # be below the workload's hot memory (~61 MiB). At 128 MiB that held only
-    # while the guest's other use on node 0 exceeded ~63 MiB (52 MiB seen, once
-    # the guest agent kept its own memory on node 1). The boot total stays
+    # be below the workload's hot memory (~61 MiB). The guest's own use can
+    # read as nearly nothing (2 MiB in one run: the agent counts the workload's
+    # whole RSS, wherever its pages are), so the boot memory alone has to be
+    # below that: 96 MiB (92 MiB in MemTotal) failed. The boot total stays
     # 256 MiB.
-    fast_boot_mib: int = 96
-    slow_boot_mib: int = 160
-    fast_mib: int = 256  # requested virtio-mem; node 0 = 352 MiB once plugged
-    slow_mib: int = 384  # node 1 = 512 MiB once plugged
+    fast_boot_mib: int = 48
+    slow_boot_mib: int = 208
+    fast_mib: int = 256  # requested virtio-mem; node 0 = 304 MiB once plugged
+    slow_mib: int = 384  # node 1 = 592 MiB once plugged
     fast_max_mib: int = 1024
     slow_max_mib: int = 1024
 
