@@ -192,23 +192,8 @@ def node_cache_epoch_ms(pages: int = 1 << 18, batch: int = 512) -> float:
     return best * 1e3
 
 
-# One zone of /proc/zoneinfo as Linux 6.12 prints it, before and after its
-# per-CPU pagesets (mm/vmstat.c: zoneinfo_show_print).
-_ZONE_HEAD = """Node %d, zone   Normal
-  pages free     2397823
-        boost    0
-        min      13342
-        low      16677
-        high     20012
-        promo    23347
-        spanned  2949120
-        present  2949120
-        managed  2916352
-        cma      0
-        protection: (0, 0, 0, 0, 0)
-      nr_free_pages 2397823
-  pagesets
-"""
+# Per-CPU pageset of one zone in /proc/zoneinfo (Linux 6.12, mm/vmstat.c:
+# zoneinfo_show_print): on a large machine these make most of the file.
 _PAGESET = """    cpu: %d
               count: 61
               high:  5280
@@ -217,13 +202,23 @@ _PAGESET = """    cpu: %d
 """
 
 
+def _zone(node: int) -> str:
+    """One Normal zone of a 12 GiB node in /proc/zoneinfo, up to its pagesets."""
+    marks = dict(boost=0, min=13342, low=16677, high=20012, promo=23347)
+    sizes = dict(spanned=2949120, present=2949120, managed=2916352, cma=0)
+    lines = [f"Node {node}, zone   Normal", "  pages free     2397823"]
+    lines += [f"        {k:<8} {v}" for k, v in (marks | sizes).items()]
+    lines += ["        protection: (0, 0, 0, 0, 0)", "  pagesets", ""]
+    return "\n".join(lines)
+
+
 def zoneinfo_parse_ms(nodes: int = 2, zones: int = 4, cpus: int = 256) -> float:
     """Ms to read the kernel's reserve per node out of /proc/zoneinfo
     (``linux_procfs.reserved_pages``, every epoch) on a machine of ``cpus``
     CPUs, whose per-CPU pagesets make most of the file."""
     pagesets = "".join(_PAGESET % c for c in range(cpus))
     text = "".join(
-        (_ZONE_HEAD % n) + pagesets for n in range(nodes) for _ in range(zones)
+        _zone(n) + pagesets for n in range(nodes) for _ in range(zones)
     ).encode()
     best = float("inf")
     for _ in range(20):

@@ -25,6 +25,7 @@ from agent_guest.linux_channel import HostChannel
 from agent_guest.linux_perf import PerfEvents
 from agent_guest.linux_procfs import reserved_pages
 from agent_guest.linux_syscalls import Syscalls
+from tests import DATA
 
 MAPS = """\
 55d0c0a00000-55d0c0a21000 r--p 00000000 fe:00 1234   /usr/bin/app
@@ -178,80 +179,7 @@ def test_nodes_with_cpus_are_fast_and_cpuless_nodes_slow(tmp_path: Path) -> None
     assert [n.reclaimable_bytes for n in nodes] == [3 << 29, 0]
 
 
-# /proc/zoneinfo as Linux 6.12's mm/vmstat.c prints it (per-node stats and
-# pagesets cut short); node 0's first three zones are this project's host's.
-ZONEINFO = """\
-Node 0, zone      DMA
-  per-node stats
-      nr_inactive_anon 6402
-      nr_free_pages 3840
-  pages free     3840
-        boost    0
-        min      17
-        low      21
-        high     25
-        promo    29
-        spanned  4095
-        present  3998
-        managed  3840
-        cma      0
-        protection: (0, 3019, 14411, 14411, 14411)
-      nr_free_pages 3840
-  pagesets
-    cpu: 0
-              count: 0
-              high:  0
-Node 0, zone    DMA32
-  pages free     772792
-        boost    0
-        min      3536
-        low      4420
-        high     5304
-        promo    6188
-        spanned  1044480
-        present  782304
-        managed  772918
-        cma      0
-        protection: (0, 0, 11392, 11392, 11392)
-Node 0, zone   Normal
-  pages free     2397823
-        boost    0
-        min      13342
-        low      16677
-        high     20012
-        promo    23347
-        spanned  2949120
-        present  2949120
-        managed  2916352
-        cma      0
-        protection: (0, 0, 0, 0, 0)
-Node 0, zone  Movable
-  pages free     0
-        boost    0
-        min      32
-        low      32
-        high     32
-        promo    32
-        spanned  0
-        present  0
-        managed  0
-        cma      0
-        protection: (0, 0, 0, 0, 0)
-Node 1, zone   Normal
-  per-node stats
-      nr_inactive_anon 0
-  pages free     100
-        boost    0
-        min      300
-        low      400
-        high     500
-        promo    600
-        spanned  65536
-        present  65536
-        managed  65536
-        cma      0
-        protection: (0, 0, 0, 0, 0)
-"""
+ZONEINFO = (DATA / "proc-6.12" / "zoneinfo").read_text()
 
 
 def test_kernel_reserve_is_each_zones_low_mark_and_protection() -> None:
