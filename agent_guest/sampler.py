@@ -25,7 +25,14 @@ from agent_guest.backend import (
 from agent_guest.config import SamplerConfig
 from hypertier_common.errors import Unsupported
 
-__all__ = ["PREFERENCE", "RateControl", "Sampler", "select_source"]
+__all__ = [
+    "PREFERENCE",
+    "TRUSTED_SAMPLES",
+    "TRUSTED_STEP",
+    "RateControl",
+    "Sampler",
+    "select_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +69,24 @@ def select_source(wanted: str, caps: frozenset[Capability]) -> SampleSource:
     )
 
 
+# A window with at least this many samples measures the rate to ~1/sqrt(n)
+# (12 % at 64): the period may then go where it aims in one step, up to
+# TRUSTED_STEP either way. A thinner window moves it at most 4x.
+TRUSTED_SAMPLES = 64
+TRUSTED_STEP = 256.0
+
+
 @dataclass
 class RateControl:
     """Multiplicative period control: toward ``rate_hz``, and away from the CPU cap.
 
-    ``update`` returns the new period; it moves at most 4x per step so one noisy
-    window cannot swing it far.
+    ``update`` returns the new period. A window of ``TRUSTED_SAMPLES`` or more
+    moves it by what it measured (at most ``TRUSTED_STEP``); a thinner one at
+    most 4x, so a noisy window cannot swing it far. Before this, every window
+    moved it at most 4x, and each change discarded the next window: from the
+    configured period to the one a workload needed took 7 epochs, in which an
+    emulated liblinear VM drew two thirds of its run's samples (4,456 of 6,733)
+    while aiming at 4,000/s.
     """
 
     rate_hz: float
@@ -75,20 +94,43 @@ class RateControl:
     min_period: int
     max_period: int
     period: int
+    # events/s of the last whole window that had samples (0: none yet)
+    events_hz: float = 0.0
 
-    def update(self, samples: int, cpu_s: float, wall_s: float) -> int:
+    def update(
+        self, samples: int, cpu_s: float, wall_s: float, *, partial: bool = False
+    ) -> int:
+        """The period after a window of ``wall_s`` seconds that generated
+        ``samples`` and cost ``cpu_s`` of the agent's CPU. ``partial``: sampling
+        started within the window, so its rate is a lower bound and its CPU
+        holds the start-up: it may only lengthen the period, by its samples."""
         if wall_s <= 0:
             return self.period
         factor = 1.0
         rate = samples / wall_s
         if rate > 0:
             factor = rate / self.rate_hz
-        elif samples == 0:
-            factor = 0.5  # nothing seen: sample more often
+            if not partial:
+                self.events_hz = rate * self.period
+        else:
+            # Nothing seen: sample more often, but not below a quarter of the
+            # period the last window with samples called for. The target may
+            # only be idle (a server between clients): at period 1 its next
+            # busy window would take a sample per event. Before any sample
+            # there is no such floor: a fault source may see nothing at the
+            # configured period, and PEBS's first busy window, however dense
+            # (the kernel throttles it), resolves the start of placement.
+            factor = 0.5
+            if self.events_hz > 0:
+                floor = self.events_hz / self.rate_hz / 4.0
+                factor = min(1.0, max(factor, floor / self.period))
         cpu_frac = cpu_s / wall_s
-        if cpu_frac > self.cpu_budget_frac:
+        if partial:
+            factor = max(1.0, factor)
+        elif cpu_frac > self.cpu_budget_frac:
             factor = max(factor, cpu_frac / self.cpu_budget_frac)
-        factor = min(4.0, max(0.25, factor))
+        step = TRUSTED_STEP if samples >= TRUSTED_SAMPLES else 4.0
+        factor = min(step, max(1.0 / step, factor))
         new = round(self.period * factor)
         self.period = min(self.max_period, max(self.min_period, new))
         return self.period
@@ -132,7 +174,7 @@ class Sampler:
             return
         self._backend.start_sampling(list(key), self.settings())
         self._pids = key
-        self._fresh = True  # the start-up window says nothing about the rate
+        self._fresh = True  # the window under way is partial (RateControl.update)
         log.info(
             "sampling %d pids with %s, period %d",
             len(key),
@@ -167,16 +209,16 @@ class Sampler:
         (delivered or lost); restart sampling if it changed."""
         if not self._pids:
             return
-        if self._fresh:
-            self._fresh = False
-            return
+        partial, self._fresh = self._fresh, False
         old = self.control.period
-        new = self.control.update(samples, cpu_s, wall_s)
+        new = self.control.update(samples, cpu_s, wall_s, partial=partial)
         if new != old and self._pids is not None:
             log.debug("sample period %d -> %d", old, new)
             pids = self._pids
             self._pids = None
             self.start(pids)
+            # the next window is whole: the events reopen as it begins
+            self._fresh = False
 
     def stop(self) -> None:
         if self._pids is not None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from agent_guest.backend import Capability, SampleSource
-from agent_guest.sampler import RateControl, select_source
+from agent_guest.sampler import (
+    TRUSTED_SAMPLES,
+    TRUSTED_STEP,
+    RateControl,
+    select_source,
+)
 from hypertier_common.errors import Unsupported
 
 NO_PMU = frozenset({Capability.PAGE_FAULT_SAMPLING, Capability.MOVE_PAGES})
@@ -64,8 +69,27 @@ def test_cpu_over_budget_lengthens_the_period_even_when_samples_are_few() -> Non
     assert _rc().update(samples=1000, cpu_s=0.01, wall_s=1.0) == 2000
 
 
-def test_one_step_changes_the_period_at_most_fourfold() -> None:
-    assert _rc().update(samples=10**9, cpu_s=0.0, wall_s=1.0) == 4000
+def test_a_thin_window_changes_the_period_at_most_fourfold() -> None:
+    # 63 samples in 1 ms: 63,000/s, 16x the aim, from too few samples to trust
+    assert _rc().update(samples=TRUSTED_SAMPLES - 1, cpu_s=0.0, wall_s=0.001) == 4000
+    assert _rc(4000).update(samples=1, cpu_s=0.0, wall_s=1.0) == 1000
+
+
+def test_a_window_with_enough_samples_sets_the_period_in_one_step() -> None:
+    assert _rc().update(samples=TRUSTED_SAMPLES, cpu_s=0.0, wall_s=0.001) == 16_000
+    assert _rc(16_000).update(samples=250, cpu_s=0.0, wall_s=1.0) == 1000
+
+
+def test_even_a_trusted_step_is_bounded() -> None:
+    assert _rc().update(samples=10**9, cpu_s=0.0, wall_s=1.0) == int(
+        1000 * TRUSTED_STEP
+    )
+
+
+def test_a_partial_window_only_lengthens_the_period() -> None:
+    rc = _rc()
+    assert rc.update(samples=10, cpu_s=5.0, wall_s=1.0, partial=True) == 1000
+    assert rc.update(samples=400_000, cpu_s=5.0, wall_s=1.0, partial=True) == 100_000
 
 
 def test_period_stays_within_bounds() -> None:
@@ -76,7 +100,7 @@ def test_period_stays_within_bounds() -> None:
     assert rc.period == 100
 
 
-def test_the_start_up_window_does_not_retune_the_period() -> None:
+def test_the_start_up_window_does_not_shorten_the_period() -> None:
     from agent_guest.config import SamplerConfig
     from agent_guest.sampler import Sampler
     from emu.backends.guest import EmuGuestBackend
@@ -90,3 +114,25 @@ def test_the_start_up_window_does_not_retune_the_period() -> None:
     assert s.control.period == 1000
     s.adapt(samples=0, cpu_s=0.0, wall_s=1.0)
     assert s.control.period == 500
+    # the reopened events start with the next window: it is whole
+    s.adapt(samples=0, cpu_s=0.0, wall_s=1.0)
+    assert s.control.period == 250
+
+
+def test_an_idle_target_does_not_drive_the_period_below_a_quarter_of_its_need() -> None:
+    rc = _rc()
+    # busy: 4,000 samples at period 1000 is 4 M events/s, period 1000 is right
+    assert rc.update(samples=4000, cpu_s=0.0, wall_s=1.0) == 1000
+    for _ in range(10):  # idle: empty windows
+        rc.update(samples=0, cpu_s=0.0, wall_s=1.0)
+    assert rc.period == 250
+    # busy again: 16,000/s at 4x the aim, one trusted step back
+    assert rc.update(samples=16_000, cpu_s=0.0, wall_s=1.0) == 1000
+
+
+def test_with_no_sample_yet_empty_windows_shorten_the_period_to_the_minimum() -> None:
+    # a fault source may see nothing at the configured period
+    rc = RateControl(4000.0, 0.005, 1, 1_000_000, 1000)
+    for _ in range(12):
+        rc.update(samples=0, cpu_s=0.0, wall_s=1.0)
+    assert rc.period == 1
