@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent_guest.backend import Capability, SampleSource
 from agent_guest.sampler import (
@@ -136,3 +138,31 @@ def test_with_no_sample_yet_empty_windows_shorten_the_period_to_the_minimum() ->
     for _ in range(12):
         rc.update(samples=0, cpu_s=0.0, wall_s=1.0)
     assert rc.period == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    windows=st.lists(
+        st.tuples(
+            st.integers(0, 10**7),  # samples
+            st.floats(0.0, 2.0),  # agent CPU s
+            st.floats(0.001, 2.0),  # wall s
+            st.booleans(),  # partial
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    period=st.integers(1, 1_000_000),
+)
+def test_every_step_is_bounded_and_a_partial_window_never_shortens(
+    windows: list[tuple[int, float, float, bool]], period: int
+) -> None:
+    rc = RateControl(4000.0, 0.01, 1, 1_000_000, period)
+    for samples, cpu_s, wall_s, partial in windows:
+        old = rc.period
+        new = rc.update(samples, cpu_s, wall_s, partial=partial)
+        assert 1 <= new <= 1_000_000
+        step = TRUSTED_STEP if samples >= TRUSTED_SAMPLES else 4.0
+        assert old / step - 1 <= new <= old * step + 1
+        if partial:
+            assert new >= old
