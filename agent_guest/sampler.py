@@ -106,7 +106,6 @@ class RateControl:
         holds the start-up: it may only lengthen the period, by its samples."""
         if wall_s <= 0:
             return self.period
-        factor = 1.0
         rate = samples / wall_s
         if rate > 0:
             factor = rate / self.rate_hz
@@ -172,9 +171,13 @@ class Sampler:
         if not key:  # no targets: sample nothing rather than the whole system
             self.stop()
             return
+        self._open(key)
+        self._fresh = True  # the window under way is partial (RateControl.update)
+
+    def _open(self, key: tuple[int, ...]) -> None:
+        """Sample ``key`` at the current period."""
         self._backend.start_sampling(list(key), self.settings())
         self._pids = key
-        self._fresh = True  # the window under way is partial (RateControl.update)
         log.info(
             "sampling %d pids with %s, period %d",
             len(key),
@@ -212,13 +215,10 @@ class Sampler:
         partial, self._fresh = self._fresh, False
         old = self.control.period
         new = self.control.update(samples, cpu_s, wall_s, partial=partial)
-        if new != old and self._pids is not None:
+        if new != old:
             log.debug("sample period %d -> %d", old, new)
-            pids = self._pids
-            self._pids = None
-            self.start(pids)
-            # the next window is whole: the events reopen as it begins
-            self._fresh = False
+            pids, self._pids = self._pids, None  # not sampling if reopening fails
+            self._open(pids)  # the next window is whole: the events reopen as it begins
 
     def stop(self) -> None:
         if self._pids is not None:
