@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import numpy.typing as npt
 
+from hypertier_common.arrays import I32, U32, U64
 from hypertier_common.registry import Registry
 
 __all__ = [
@@ -156,10 +156,10 @@ class AccessSamples:
     """
 
     source: SampleSource
-    pid: npt.NDArray[np.int32]
-    addr: npt.NDArray[np.uint64]
-    time_ns: npt.NDArray[np.uint64]
-    weight: npt.NDArray[np.uint32]
+    pid: I32
+    addr: U64
+    time_ns: U64
+    weight: U32
     lost: int = 0
     throttled: int = 0
 
@@ -189,7 +189,7 @@ class MoveResult:
 
     requested: int
     moved: int
-    status: npt.NDArray[np.int32]
+    status: I32
     failures: Mapping[int, int] = field(default_factory=dict)
 
 
@@ -226,15 +226,11 @@ class GuestBackend(Protocol):
 
     def stop_sampling(self) -> None: ...
 
-    def page_nodes(
-        self, pid: int, addrs: npt.NDArray[np.uint64]
-    ) -> npt.NDArray[np.int32]:
+    def page_nodes(self, pid: int, addrs: U64) -> I32:
         """The node of each page (move_pages with nodes=NULL); -errno where unknown."""
         ...
 
-    def move_pages(
-        self, pid: int, addrs: npt.NDArray[np.uint64], node: int
-    ) -> MoveResult:
+    def move_pages(self, pid: int, addrs: U64, node: int) -> MoveResult:
         """Move the pages at ``addrs`` of ``pid`` to ``node``. Raises NoSuchProcess."""
         ...
 

@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE, Vma
 from agent_guest.config import ClassifyConfig
 from agent_guest.pages import PageTable, Resolved
+from hypertier_common.arrays import F64, I64, U8, U64, BoolArray
 
 __all__ = ["RangeTable", "Residual"]
 
 
-def _empty_u64() -> npt.NDArray[np.uint64]:
+def _empty_u64() -> U64:
     return np.empty(0, np.uint64)
 
 
@@ -36,16 +36,14 @@ class Residual:
     ``hot`` for ranking it up (lesser of two time scales), ``cold`` for ranking
     it down (greater); ``size``, the bytes of those pages."""
 
-    hot: npt.NDArray[np.float64]
-    hot_sd: npt.NDArray[np.float64]
-    cold: npt.NDArray[np.float64]
-    cold_sd: npt.NDArray[np.float64]
-    size: npt.NDArray[np.float64]
+    hot: F64
+    hot_sd: F64
+    cold: F64
+    cold_sd: F64
+    size: F64
 
 
-def _reused(
-    seen: npt.NDArray[np.uint8], params: ClassifyConfig
-) -> npt.NDArray[np.bool_]:
+def _reused(seen: U8, params: ClassifyConfig) -> BoolArray:
     """Sampled in at least ``reuse_epochs`` of the last ``reuse_window`` epochs.
 
     One pass of a sequential scan touches a range (or page) in one epoch, two if
@@ -54,7 +52,7 @@ def _reused(
     working set, the failure LRU-like and count-only policies share.
     """
     bits = _POPCOUNT[np.bitwise_and(seen, params.window_mask)]
-    ok: npt.NDArray[np.bool_] = bits >= params.reuse_epochs
+    ok: BoolArray = bits >= params.reuse_epochs
     return ok
 
 
@@ -90,9 +88,7 @@ class RangeTable:
         # Sample history: bit i set = samples in the epoch i epochs ago.
         self.seen = np.empty(0, np.uint8)
         self.epoch = 0
-        self._grid: (
-            tuple[int, int, npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None
-        ) = None
+        self._grid: tuple[int, int, I64, BoolArray] | None = None
         self._mid = _empty_u64()
         self._next_start = _empty_u64()
         self._any_multi = False
@@ -104,21 +100,21 @@ class RangeTable:
         return int(self.start.shape[0])
 
     @property
-    def size_bytes(self) -> npt.NDArray[np.float64]:
+    def size_bytes(self) -> F64:
         return (self.end - self.start).astype(np.float64)
 
     @property
-    def density(self) -> npt.NDArray[np.float64]:
+    def density(self) -> F64:
         """Decayed samples per MiB."""
         return self.count / np.maximum(self.size_bytes, 1.0) * float(1 << 20)
 
     @property
-    def reused(self) -> npt.NDArray[np.bool_]:
+    def reused(self) -> BoolArray:
         """Ranges with samples in enough recent epochs (see ``_reused``)."""
         return _reused(self.seen, self.params)
 
     @property
-    def density_std(self) -> npt.NDArray[np.float64]:
+    def density_std(self) -> F64:
         """Poisson standard error of ``density`` (same unit)."""
         return (
             np.sqrt(self.count + 1.0)
@@ -182,12 +178,12 @@ class RangeTable:
 
     def _assign(
         self,
-        start: npt.NDArray[np.uint64],
-        end: npt.NDArray[np.uint64],
-        count: npt.NDArray[np.float64],
-        hot: npt.NDArray[np.bool_],
-        seen: npt.NDArray[np.uint8],
-        mass: npt.NDArray[np.float64],
+        start: U64,
+        end: U64,
+        count: F64,
+        hot: BoolArray,
+        seen: U8,
+        mass: F64,
     ) -> None:
         self._grid = None
         self.pages.invalidate()  # resolved densities use the ranges' counts
@@ -220,7 +216,7 @@ class RangeTable:
         self._mid = self.start + (self.end - self.start) // np.uint64(2)
         self._next_start = np.append(self.start[1:], np.uint64(2**64 - 1))
 
-    def locate(self, addr: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+    def locate(self, addr: U64) -> I64:
         """Index of the range holding each address, or -1."""
         if len(self) == 0:
             return np.full(addr.shape[0], -1, np.int64)
@@ -234,9 +230,7 @@ class RangeTable:
             self._ws = _Scratch(max(n, 1 << 16))
         return self._ws
 
-    def _locate(
-        self, addr: npt.NDArray[np.uint64]
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    def _locate(self, addr: U64) -> tuple[I64, BoolArray]:
         """(range index, whether the address is inside that range) as views into
         the scratch buffers. By construction start[j] <= addr for addr >= lo."""
         if self._grid is None:
@@ -265,7 +259,7 @@ class RangeTable:
         np.logical_and(ok, ok2, out=ok)
         return j, ok
 
-    def add_samples(self, addr: npt.NDArray[np.uint64]) -> int:
+    def add_samples(self, addr: U64) -> int:
         """Bin sample addresses into ranges (and their halves); return how many
         fell in a range. O(samples), vectorised."""
         n = len(self)
@@ -286,7 +280,7 @@ class RangeTable:
         self.pages.track(addr)
         return int(both.sum())
 
-    def hot_pages(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
+    def hot_pages(self) -> tuple[U64, F64]:
         """Resolved pages (see :meth:`resolved`) and their long-memory counts."""
         r = self.resolved()
         return r.addr, r.count

@@ -19,7 +19,7 @@ from agent_guest.plan import MoveCost
 from hypertier_common import tomlconfig
 from hypertier_common.errors import ConfigError
 from hypertier_common.metrics import MetricsConfig
-from hypertier_common.tomlconfig import in_range, non_negative, positive, require
+from hypertier_common.tomlconfig import check, in_range, require
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -70,7 +70,7 @@ class GuestConfig:
             all(0 <= n < 1024 for n in self.fast_nodes + self.slow_nodes),
             "guest.fast_nodes/slow_nodes: node ids must be in [0, 1023]",
         )
-        positive("guest.report_interval_s", self.report_interval_s)
+        check("guest", self, positive="report_interval_s")
 
 
 @dataclass(frozen=True)
@@ -115,16 +115,17 @@ class SamplerConfig:
             self.source in SOURCES,
             f"sampler.source: {self.source!r} not one of {list(SOURCES)}",
         )
-        positive("sampler.window_s", self.window_s)
-        positive("sampler.rate_hz", self.rate_hz)
+        check(
+            "sampler",
+            self,
+            positive="window_s rate_hz settled_rate_hz",
+            non_negative="boost_epochs settle_epochs",
+        )
         require(
             self.boost_rate_hz == 0 or self.boost_rate_hz >= self.rate_hz,
             "sampler.boost_rate_hz must be 0 (off) or >= sampler.rate_hz, "
             f"got {self.boost_rate_hz}",
         )
-        non_negative("sampler.boost_epochs", self.boost_epochs)
-        positive("sampler.settled_rate_hz", self.settled_rate_hz)
-        non_negative("sampler.settle_epochs", self.settle_epochs)
         require(
             0 < self.cpu_budget_pct <= 100,
             f"sampler.cpu_budget_pct must be in (0, 100], got {self.cpu_budget_pct}",
@@ -176,17 +177,12 @@ class ClassifyConfig:
         require(
             0 <= self.decay < 1, f"classify.decay must be in [0, 1), got {self.decay}"
         )
-        positive("classify.split_min_samples", self.split_min_samples)
-        non_negative("classify.split_z", self.split_z)
-        non_negative("classify.merge_tolerance", self.merge_tolerance)
-        non_negative("classify.hysteresis", self.hysteresis)
-        positive("classify.hot_page_min_samples", self.hot_page_min_samples)
-        non_negative("classify.max_tracked_pages", self.max_tracked_pages)
-        require(
-            self.page_track_samples >= 1, "classify.page_track_samples must be >= 1"
-        )
-        require(
-            self.hot_page_min_epochs >= 1, "classify.hot_page_min_epochs must be >= 1"
+        check(
+            "classify",
+            self,
+            positive="split_min_samples hot_page_min_samples page_track_samples"
+            " hot_page_min_epochs",
+            non_negative="split_z merge_tolerance hysteresis max_tracked_pages",
         )
         require(
             self.page_cooling_samples >= 1,
@@ -235,21 +231,20 @@ class MoverConfig:
     reclaim_file_pages: bool = True
 
     def __post_init__(self) -> None:
-        positive("mover.max_bandwidth_mib_s", self.max_bandwidth_mib_s)
         in_range("mover.batch_pages", self.batch_pages, 1, 65536)
         require(self.scan_pages >= self.batch_pages, "mover.scan_pages < batch_pages")
-        non_negative("mover.fast_reserve_bytes", self.fast_reserve_bytes)
         require(
             0 <= self.fast_reserve_pct < 100,
             f"mover.fast_reserve_pct must be in [0, 100), got {self.fast_reserve_pct}",
         )
-        non_negative("mover.min_gain", self.min_gain)
-        for key in ("payback_s", "slow_penalty_ns", "call_cost_us", "page_cost_us"):
-            v = getattr(self, key)
-            non_negative(f"mover.{key}", v)
-        non_negative("mover.max_busy_retries", self.max_busy_retries)
-        non_negative("mover.cooldown_epochs", self.cooldown_epochs)
-        non_negative("mover.placement_ttl_epochs", self.placement_ttl_epochs)
+        check(
+            "mover",
+            self,
+            positive="max_bandwidth_mib_s",
+            non_negative="fast_reserve_bytes min_gain payback_s slow_penalty_ns"
+            " call_cost_us page_cost_us max_busy_retries cooldown_epochs"
+            " placement_ttl_epochs",
+        )
 
     def move_cost(self, accesses_per_sample: float) -> MoveCost:
         """The mover's :class:`~agent_guest.plan.MoveCost` when one sample (a
@@ -283,9 +278,8 @@ class TargetsConfig:
     refresh_s: float = 10.0
 
     def __post_init__(self) -> None:
-        non_negative("targets.min_rss_bytes", self.min_rss_bytes)
+        check("targets", self, positive="refresh_s", non_negative="min_rss_bytes")
         require(all(p > 0 for p in self.pids), "targets.pids must be positive")
-        positive("targets.refresh_s", self.refresh_s)
         try:
             re.compile(self.comm_pattern)
         except re.error as err:

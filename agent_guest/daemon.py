@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import numpy.typing as npt
 
 from agent_guest.backend import (
     PAGE_SIZE,
@@ -39,6 +38,7 @@ from agent_guest.policy import (
 from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
 from agent_guest.targets import NodeRoles, node_roles, pick_targets
+from hypertier_common.arrays import I32, U64
 from hypertier_common.clock import Clock
 from hypertier_common.errors import AccessDenied, AgentError
 from hypertier_common.metrics import CpuStopwatch
@@ -304,7 +304,7 @@ class Daemon:
         total = sum(float(t.count.sum()) for t in self._tables.values())
         return self._access_rate.per_count(total)
 
-    def _bin(self, pid: npt.NDArray[np.int32], addr: npt.NDArray[np.uint64]) -> None:
+    def _bin(self, pid: I32, addr: U64) -> None:
         if pid.shape[0] == 0:
             return
         order = np.argsort(pid, kind="stable")

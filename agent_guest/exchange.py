@@ -28,6 +28,7 @@ from agent_guest.plan import (
     plan_exchange,
     waiting,
 )
+from hypertier_common.arrays import F64, I32, I64, U64, BoolArray
 from hypertier_common.clock import Clock
 from hypertier_common.errors import AccessDenied
 
@@ -96,8 +97,8 @@ class ExchangeStats:
 
 @dataclass
 class _Busy:
-    addr: npt.NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
-    tries: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    addr: U64 = field(default_factory=lambda: np.empty(0, np.uint64))
+    tries: I64 = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 class Exchanger:
@@ -117,9 +118,7 @@ class Exchanger:
         self._busy: dict[int, _Busy] = {}
         # Pages moved in the last ``cooldown_epochs`` epochs, per pid: they may not
         # move again until then (no ping-pong, whatever the sample source says).
-        self._recent: dict[
-            int, tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]
-        ] = {}
+        self._recent: dict[int, tuple[U64, I64]] = {}
         self._epoch = 0
         self._where = NodeCache(cfg.placement_ttl_epochs)
         self.stats = ExchangeStats()
@@ -156,11 +155,11 @@ class Exchanger:
         all candidates, and one may be less or more dense than any range page.
         The search stops at a chunk's end, so it may return more.
         """
-        pids: list[npt.NDArray[np.int64]] = []
+        pids: list[I64] = []
         idx: list[npt.NDArray[np.intp]] = []
-        dens: list[npt.NDArray[np.float64]] = []
-        noise: list[npt.NDArray[np.float64]] = []
-        hotflag: list[npt.NDArray[np.bool_]] = []
+        dens: list[F64] = []
+        noise: list[F64] = []
+        hotflag: list[BoolArray] = []
         for pid, t in tables.items():
             sel = np.flatnonzero(t.hot) if want_hot else np.arange(len(t))
             res = t.residual()
@@ -223,11 +222,11 @@ class Exchanger:
     def _eligible(
         self,
         pid: int,
-        addr: npt.NDArray[np.uint64],
-        nodes: npt.NDArray[np.int32],
+        addr: U64,
+        nodes: I32,
         on_nodes: Sequence[int],
         cooldown: bool,
-    ) -> npt.NDArray[np.bool_]:
+    ) -> BoolArray:
         """On ``on_nodes``, not given up on (EBUSY), not moved recently."""
         keep = np.isin(nodes, np.asarray(on_nodes, np.int32))
         keep &= ~self._banned(pid, addr)
@@ -236,9 +235,7 @@ class Exchanger:
             keep &= ~in_sorted(addr, recent[0])
         return keep
 
-    def _nodes(
-        self, pid: int, addr: npt.NDArray[np.uint64]
-    ) -> npt.NDArray[np.int32] | None:
+    def _nodes(self, pid: int, addr: U64) -> I32 | None:
         """The node of each page: from the cache where it is fresh, else asked."""
         node, known = self._where.lookup(pid, addr, self._epoch)
         ask = ~known
@@ -297,9 +294,7 @@ class Exchanger:
         return out
 
     @staticmethod
-    def _resolved_mask(
-        tables: Mapping[int, RangeTable], c: Candidates
-    ) -> npt.NDArray[np.bool_]:
+    def _resolved_mask(tables: Mapping[int, RangeTable], c: Candidates) -> BoolArray:
         """Which of ``c`` are resolved pages (counted one by one)."""
         out = np.zeros(len(c), bool)
         for pid in np.unique(c.pid).tolist():
@@ -309,14 +304,14 @@ class Exchanger:
                 out[sel] = in_sorted(c.addr[sel], t.resolved().addr)
         return out
 
-    def _banned(self, pid: int, addr: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    def _banned(self, pid: int, addr: U64) -> BoolArray:
         b = self._busy.get(pid)
         if b is None or b.addr.shape[0] == 0:
             return np.zeros(addr.shape[0], bool)
         over = b.addr[b.tries > self._cfg.max_busy_retries]  # sorted (np.unique)
         return in_sorted(addr, over)
 
-    def _note_busy(self, pid: int, addr: npt.NDArray[np.uint64]) -> None:
+    def _note_busy(self, pid: int, addr: U64) -> None:
         b = self._busy.setdefault(pid, _Busy())
         allv = np.concatenate((b.addr, addr))
         tries = np.concatenate((b.tries, np.ones(addr.shape[0], np.int64)))
@@ -324,7 +319,7 @@ class Exchanger:
         b.addr = uniq
         b.tries = np.bincount(inv, weights=tries).astype(np.int64)
 
-    def _note_moved(self, pid: int, addr: npt.NDArray[np.uint64]) -> None:
+    def _note_moved(self, pid: int, addr: U64) -> None:
         if self._cfg.cooldown_epochs == 0 or addr.shape[0] == 0:
             return
         old_a, old_e = self._recent.get(

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from agent_guest import linux_procfs as procfs
 from agent_guest import perf_abi as abi
@@ -42,6 +41,7 @@ from agent_guest.linux_syscalls import (
     MPOL_PREFERRED,
     Syscalls,
 )
+from hypertier_common.arrays import I32, U64
 from hypertier_common.errors import ConfigError, Unsupported
 
 __all__ = ["LinuxGuestBackend"]
@@ -324,14 +324,10 @@ class LinuxGuestBackend:
             self._session = None
 
     # -------------------------------------------------------------- move_pages
-    def page_nodes(
-        self, pid: int, addrs: npt.NDArray[np.uint64]
-    ) -> npt.NDArray[np.int32]:
+    def page_nodes(self, pid: int, addrs: U64) -> I32:
         return self._sys.move_pages(pid, addrs, None, self._move_flags)
 
-    def move_pages(
-        self, pid: int, addrs: npt.NDArray[np.uint64], node: int
-    ) -> MoveResult:
+    def move_pages(self, pid: int, addrs: U64, node: int) -> MoveResult:
         before = self._sys.move_pages(pid, addrs, None, self._move_flags)
         status = self._sys.move_pages(pid, addrs, node, self._move_flags)
         moved = int(np.count_nonzero((status == node) & (before != node)))

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from agent_guest import perf_abi as abi
 from agent_guest.backend import PAGE_SIZE, SamplerSettings, SampleSource
 from agent_guest.linux_syscalls import Syscalls
+from hypertier_common.arrays import U8
 from hypertier_common.errors import AccessDenied, BackendError, Unsupported
 
 __all__ = ["EventSpec", "PerfEvents", "Ring"]
@@ -45,11 +45,11 @@ class Ring:
 
     fd: int
     mm: mmap.mmap
-    data: npt.NDArray[np.uint8]
+    data: U8
     sample_type: int
     raw_addr_offset: int = -1
 
-    def drain(self) -> npt.NDArray[np.uint8]:
+    def drain(self) -> U8:
         (head,) = struct.unpack_from("<Q", self.mm, abi.MMAP_DATA_HEAD)
         (tail,) = struct.unpack_from("<Q", self.mm, abi.MMAP_DATA_TAIL)
         # data_head is read before the data (x86-TSO keeps load order; other

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE, Vma
 from agent_guest.errors import NoSuchProcess
+from hypertier_common.arrays import U64
 
 __all__ = ["SoftDirty"]
 
@@ -81,7 +81,7 @@ class SoftDirty:
                     pid,
                 )
 
-    def dirty_pages(self, pid: int, vmas: Sequence[Vma]) -> npt.NDArray[np.uint64]:
+    def dirty_pages(self, pid: int, vmas: Sequence[Vma]) -> U64:
         """Addresses of the present, soft-dirty pages of ``vmas`` of ``pid``.
 
         Raises:

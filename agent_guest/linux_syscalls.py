@@ -14,10 +14,10 @@ import os
 import platform
 
 import numpy as np
-import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE
 from agent_guest.errors import NoSuchProcess
+from hypertier_common.arrays import I32, U64
 from hypertier_common.errors import AccessDenied, BackendError, Unsupported
 
 __all__ = ["MPOL_MF_MOVE", "MPOL_MF_MOVE_ALL", "MPOL_PREFERRED", "Syscalls"]
@@ -106,9 +106,7 @@ class Syscalls:
             e = ctypes.get_errno()
             raise BackendError(f"set_mempolicy(node {node}): {os.strerror(e)}")
 
-    def move_pages(
-        self, pid: int, addrs: npt.NDArray[np.uint64], node: int | None, flags: int
-    ) -> npt.NDArray[np.int32]:
+    def move_pages(self, pid: int, addrs: U64, node: int | None, flags: int) -> I32:
         """The per-page status of move_pages(2): the node, or ``-errno``.
 
         ``node=None`` moves nothing and reports where each page is.

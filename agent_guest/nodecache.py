@@ -17,13 +17,10 @@ kernel's own counters of node migrations move.
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
+
+from hypertier_common.arrays import I32, I64, U64, BoolArray
 
 __all__ = ["NodeCache"]
-
-_U64 = npt.NDArray[np.uint64]
-_I32 = npt.NDArray[np.int32]
-_I64 = npt.NDArray[np.int64]
 
 
 class NodeCache:
@@ -34,11 +31,9 @@ class NodeCache:
     def __init__(self, ttl_epochs: int, max_pages: int = 1 << 21) -> None:
         self._ttl = ttl_epochs
         self._max = max_pages
-        self._by_pid: dict[int, tuple[_U64, _I32, _I64]] = {}
+        self._by_pid: dict[int, tuple[U64, I32, I64]] = {}
 
-    def lookup(
-        self, pid: int, addr: _U64, epoch: int
-    ) -> tuple[_I32, npt.NDArray[np.bool_]]:
+    def lookup(self, pid: int, addr: U64, epoch: int) -> tuple[I32, BoolArray]:
         """(node, known) for each of ``addr``: ``known`` where an entry is at
         most ``ttl_epochs`` old at ``epoch`` (``node`` is -1 elsewhere)."""
         node = np.full(addr.shape[0], -1, np.int32)
@@ -52,7 +47,7 @@ class NodeCache:
         node[known] = n[i[known]]
         return node, known
 
-    def learn(self, pid: int, addr: _U64, node: _I32, epoch: int) -> None:
+    def learn(self, pid: int, addr: U64, node: I32, epoch: int) -> None:
         """The pages ``addr`` are on ``node`` at ``epoch`` (negative: unknown,
         e.g. not present or a failed move; not recorded).
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE
 from agent_guest.config import ClassifyConfig
+from hypertier_common.arrays import F64, U64, BoolArray
 
 __all__ = ["PageTable", "Resolved", "in_sorted"]
 
@@ -26,25 +26,23 @@ class Resolved:
     its standard error ``noise`` in the ranges' unit, and ``hot`` (selected
     last epoch)."""
 
-    addr: npt.NDArray[np.uint64]
-    count: npt.NDArray[np.float64]
-    recent: npt.NDArray[np.float64]
-    mass: npt.NDArray[np.float64]
-    density: npt.NDArray[np.float64]
-    noise: npt.NDArray[np.float64]
-    hot: npt.NDArray[np.bool_]
+    addr: U64
+    count: F64
+    recent: F64
+    mass: F64
+    density: F64
+    noise: F64
+    hot: BoolArray
 
 
-def in_sorted(
-    x: npt.NDArray[np.uint64], ref: npt.NDArray[np.uint64]
-) -> npt.NDArray[np.bool_]:
+def in_sorted(x: U64, ref: U64) -> BoolArray:
     """``np.isin(x, ref)`` for a sorted ``ref``: a binary search per element,
     without sorting ``x`` (the candidate lists are long, ``ref`` is sorted)."""
     if ref.shape[0] == 0:
         return np.zeros(x.shape[0], bool)
     i = np.searchsorted(ref, x)
     np.minimum(i, ref.shape[0] - 1, out=i)
-    found: npt.NDArray[np.bool_] = ref[i] == x
+    found: BoolArray = ref[i] == x
     return found
 
 
@@ -71,19 +69,19 @@ class PageTable:
         self.total = 0.0  # all samples, cooled like count
         self.hot_addr = np.empty(0, np.uint64)
         self._since_cooling = 0.0
-        self._pending: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]] = []
+        self._pending: list[tuple[U64, F64]] = []
         self._resolved: tuple[float, Resolved] | None = None
 
     def invalidate(self) -> None:
         """Forget the cached :meth:`resolved` (the inputs changed)."""
         self._resolved = None
 
-    def set_hot(self, addr: npt.NDArray[np.uint64]) -> None:
+    def set_hot(self, addr: U64) -> None:
         """The pages selected hot this epoch (sorted)."""
         self.hot_addr = addr
         self.invalidate()
 
-    def track(self, addr: npt.NDArray[np.uint64]) -> None:
+    def track(self, addr: U64) -> None:
         """Count one batch of sample addresses (at the end of the epoch)."""
         # A strided subsample bounds the sort; each kept sample stands for ``step``.
         step = max(1, addr.shape[0] // self.params.page_track_samples)

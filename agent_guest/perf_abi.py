@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
+
+from hypertier_common.arrays import I32, U8, U32, U64
 
 __all__ = [
     "ATTR_SIZE",
@@ -159,12 +160,12 @@ class Decoded:
 
     The arrays may be strided views into the decoded bytes (zero copy)."""
 
-    pid: npt.NDArray[np.int32]
-    tid: npt.NDArray[np.int32]
-    time_ns: npt.NDArray[np.uint64]
-    addr: npt.NDArray[np.uint64]
-    weight: npt.NDArray[np.uint32]
-    phys_addr: npt.NDArray[np.uint64]
+    pid: I32
+    tid: I32
+    time_ns: U64
+    addr: U64
+    weight: U32
+    phys_addr: U64
     lost: int
     throttled: int
     unthrottled: int
@@ -191,9 +192,7 @@ def _field_offsets(sample_type: int) -> tuple[dict[str, int], dict[str, int]]:
     return front, back
 
 
-def decode(
-    buf: npt.NDArray[np.uint8], sample_type: int, raw_addr_offset: int = -1
-) -> Decoded:
+def decode(buf: U8, sample_type: int, raw_addr_offset: int = -1) -> Decoded:
     """Decode linear ring bytes (whole records, 8-byte aligned) in bulk.
 
     Runs of PERF_RECORD_SAMPLE of one size are decoded as strided numpy columns;
@@ -205,9 +204,9 @@ def decode(
     n = int(buf.shape[0]) - int(buf.shape[0]) % 8
     mem = buf.data
     pos = 0
-    cols: dict[str, list[npt.NDArray[np.uint64]]] = {}
-    pids: list[npt.NDArray[np.int32]] = []
-    tids: list[npt.NDArray[np.int32]] = []
+    cols: dict[str, list[U64]] = {}
+    pids: list[I32] = []
+    tids: list[I32] = []
     lost = throttled = unthrottled = bad = 0
     while pos + 8 <= n:
         rtype, _misc, size = struct.unpack_from("<IHH", mem, pos)
@@ -250,15 +249,15 @@ def decode(
 
 
 def _take(
-    block: npt.NDArray[np.uint8],
+    block: U8,
     k: int,
     size: int,
     front: dict[str, int],
     back: dict[str, int],
     raw_addr_offset: int,
-    cols: dict[str, list[npt.NDArray[np.uint64]]],
-    pids: list[npt.NDArray[np.int32]],
-    tids: list[npt.NDArray[np.int32]],
+    cols: dict[str, list[U64]],
+    pids: list[I32],
+    tids: list[I32],
 ) -> None:
     """Append strided column views of ``k`` records (no copy: they alias
     ``block``, which the caller owns; ring bytes are copied out before decode)."""
@@ -289,7 +288,7 @@ def _take(
         )
 
 
-def _cat64(parts: list[npt.NDArray[np.uint64]]) -> npt.NDArray[np.uint64]:
+def _cat64(parts: list[U64]) -> U64:
     if not parts:
         return np.empty(0, np.uint64)
     if len(parts) == 1:  # the common case: one run of samples, a zero-copy view
@@ -297,7 +296,7 @@ def _cat64(parts: list[npt.NDArray[np.uint64]]) -> npt.NDArray[np.uint64]:
     return np.concatenate(parts).astype(np.uint64, copy=False)
 
 
-def _cat32(parts: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.int32]:
+def _cat32(parts: list[I32]) -> I32:
     if not parts:
         return np.empty(0, np.int32)
     if len(parts) == 1:
@@ -305,7 +304,7 @@ def _cat32(parts: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.int32]:
     return np.concatenate(parts).astype(np.int32, copy=False)
 
 
-def _cat_u32(parts: list[npt.NDArray[np.uint64]], n: int) -> npt.NDArray[np.uint32]:
+def _cat_u32(parts: list[U64], n: int) -> U32:
     if not parts:
         return np.zeros(n, np.uint32)
     if len(parts) == 1:
@@ -313,9 +312,7 @@ def _cat_u32(parts: list[npt.NDArray[np.uint64]], n: int) -> npt.NDArray[np.uint
     return np.concatenate(parts).view(np.uint32)
 
 
-def ring_slice(
-    data: npt.NDArray[np.uint8], tail: int, head: int
-) -> npt.NDArray[np.uint8]:
+def ring_slice(data: U8, tail: int, head: int) -> U8:
     """Copy the bytes [tail, head) out of a power-of-two ring ``data`` (unwrapped).
 
     The caller reads data_head (then, on weakly ordered CPUs, a read barrier; x86 is
@@ -343,7 +340,7 @@ def synthetic_ring(
     addr_base: int = 0x7F0000000000,
     span_bytes: int = 1 << 30,
     seed: int = 0,
-) -> npt.NDArray[np.uint8]:
+) -> U8:
     """Ring bytes holding ``n_samples`` PERF_RECORD_SAMPLE records (tests, bench)."""
     front, back = _field_offsets(sample_type)
     if "raw" in front:

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE
+from hypertier_common.arrays import F64, I32, U64, BoolArray
 
 __all__ = [
     "Batch",
@@ -29,10 +30,10 @@ class Candidates:
     """Pages in priority order: parallel ``pid``, ``addr``, and the ``density`` and
     its standard error ``noise`` of the range each page is in."""
 
-    pid: npt.NDArray[np.int32]
-    addr: npt.NDArray[np.uint64]
-    density: npt.NDArray[np.float64]
-    noise: npt.NDArray[np.float64]
+    pid: I32
+    addr: U64
+    density: F64
+    noise: F64
 
     def __len__(self) -> int:
         return int(self.addr.shape[0])
@@ -46,9 +47,7 @@ class Candidates:
     def take(self, start: int, stop: int) -> Candidates:
         return self.pick(slice(start, stop))
 
-    def pick(
-        self, sel: slice | npt.NDArray[np.intp] | npt.NDArray[np.bool_]
-    ) -> Candidates:
+    def pick(self, sel: slice | npt.NDArray[np.intp] | BoolArray) -> Candidates:
         return Candidates(
             self.pid[sel], self.addr[sel], self.density[sel], self.noise[sel]
         )
@@ -193,7 +192,7 @@ def waiting(
     demote: Candidates,
     free_pages: int,
     moved: int,
-    long_memory: npt.NDArray[np.bool_],
+    long_memory: BoolArray,
     min_gain: float,
     z: float = 2.0,
 ) -> int:
@@ -221,7 +220,7 @@ def waiting(
     return int(np.count_nonzero(left))
 
 
-def _counts(c: Candidates) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+def _counts(c: Candidates) -> tuple[F64, F64]:
     """(samples, density per sample) behind each candidate's estimate.
 
     A unit (range or page) with ``n`` samples has ``density = n * s`` and
@@ -235,7 +234,7 @@ def _counts(c: Candidates) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.floa
 
 def clearly_denser(
     hot: Candidates, cold: Candidates, min_gain: float, z: float
-) -> npt.NDArray[np.bool_]:
+) -> BoolArray:
     """Per pair: is the hot unit denser than ``(1 + min_gain)`` x the cold one's
     plausible density, beyond Poisson noise?
 
@@ -250,15 +249,13 @@ def clearly_denser(
     bound = s_cold * (n_cold + z * np.sqrt(n_cold + 1.0)) * (1.0 + min_gain)
     expect = bound / s_hot  # in the hot unit's samples
     stat = 2.0 * (np.sqrt(n_hot + 0.375) - np.sqrt(expect + 0.375))
-    ok: npt.NDArray[np.bool_] = (stat > z) & (
-        hot.density > (1.0 + min_gain) * cold.density
-    )
+    ok: BoolArray = (stat > z) & (hot.density > (1.0 + min_gain) * cold.density)
     return ok
 
 
 def pages_of_ranges(
-    start: npt.NDArray[np.uint64], end: npt.NDArray[np.uint64], limit: int
-) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.intp]]:
+    start: U64, end: U64, limit: int
+) -> tuple[U64, npt.NDArray[np.intp]]:
     """Page addresses of the ranges in the given order, at most ``limit`` of them,
     and the index of the range each came from (vectorised)."""
     pages = ((end - start) // np.uint64(PAGE_SIZE)).astype(np.int64)

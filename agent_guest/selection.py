@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from agent_guest.backend import PAGE_SIZE
 from agent_guest.classify import RangeTable
+from hypertier_common.arrays import F64, BoolArray
 
 __all__ = ["Selection", "coverage_bytes", "select_hot"]
 
@@ -22,7 +22,7 @@ class Selection:
     """Hot ranges chosen this epoch: per pid a bool mask over its table, ordered
     lists for the exchange, and the hot-set size estimate."""
 
-    hot: Mapping[int, npt.NDArray[np.bool_]]
+    hot: Mapping[int, BoolArray]
     hot_bytes: int
     demand_bytes: int
 
@@ -80,7 +80,7 @@ def select_hot(
     fits = np.cumsum(size[order]) <= capacity_bytes
     chosen = np.zeros(dens.shape[0], bool)
     chosen[order[fits]] = True
-    hot: dict[int, npt.NDArray[np.bool_]] = {}
+    hot: dict[int, BoolArray] = {}
     c_ranges, c_pages = chosen[:n_ranges], chosen[n_ranges:]
     o_ranges, o_pages = owner[:n_ranges], owner[n_ranges:]
     for k, p in enumerate(pids):
@@ -97,9 +97,7 @@ def select_hot(
     )
 
 
-def coverage_bytes(
-    mass: npt.NDArray[np.float64], size: npt.NDArray[np.float64], coverage: float
-) -> int:
+def coverage_bytes(mass: F64, size: F64, coverage: float) -> int:
     """The least memory that serves ``coverage`` of the sampled accesses: ranges
     by decreasing density until their samples reach that fraction (the last one
     in proportion). Independent of what the fast tier holds now."""

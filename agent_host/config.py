@@ -17,7 +17,7 @@ from agent_host.backend import BACKENDS
 from hypertier_common import tomlconfig
 from hypertier_common.errors import ConfigError
 from hypertier_common.metrics import MetricsConfig, split_listen
-from hypertier_common.tomlconfig import in_range, non_negative, positive
+from hypertier_common.tomlconfig import check, in_range
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -77,7 +77,7 @@ class HostConfig:
                 "host.fast_nodes and host.slow_nodes overlap; "
                 "set host.emulate_slow_tier = true to share nodes"
             )
-        non_negative("host.fast_capacity_bytes", self.fast_capacity_bytes)
+        check("host", self, non_negative="fast_capacity_bytes")
         if not self.control_socket:
             raise ConfigError("host.control_socket must not be empty")
 
@@ -108,27 +108,20 @@ class PolicyConfig:
     max_resizes_per_tick: int = 64
 
     def __post_init__(self) -> None:
-        positive("policy.interval_s", self.interval_s)
         if not 1.0 <= self.slow_overcommit_ratio <= 16.0:
             raise ConfigError(
                 "policy.slow_overcommit_ratio must be in [1, 16], "
                 f"got {self.slow_overcommit_ratio}"
             )
-        for key in (
-            "safety_margin_bytes",
-            "host_reserved_bytes",
-            "hysteresis_bytes",
-            "min_resize_interval_s",
-            "shrink_notice_s",
-            "demand_release_s",
-        ):
-            non_negative(f"policy.{key}", getattr(self, key))
-        for key in ("safety_margin_ratio", "hysteresis_ratio", "hot_headroom_ratio"):
-            in_range(f"policy.{key}", getattr(self, key), 0, 1)
-        positive("policy.max_step_bytes", self.max_step_bytes)
-        positive("policy.report_timeout_s", self.report_timeout_s)
-        positive("policy.discover_every_ticks", self.discover_every_ticks)
-        positive("policy.max_resizes_per_tick", self.max_resizes_per_tick)
+        check(
+            "policy",
+            self,
+            positive="interval_s max_step_bytes report_timeout_s"
+            " discover_every_ticks max_resizes_per_tick",
+            non_negative="safety_margin_bytes host_reserved_bytes hysteresis_bytes"
+            " min_resize_interval_s shrink_notice_s demand_release_s",
+            unit="safety_margin_ratio hysteresis_ratio hot_headroom_ratio",
+        )
 
 
 @dataclass(frozen=True)
@@ -146,10 +139,12 @@ class ChannelConfig:
     max_bytes_per_tick: int = 16384
 
     def __post_init__(self) -> None:
-        positive("channel.max_msgs_per_s", self.max_msgs_per_s)
-        positive("channel.burst_msgs", self.burst_msgs)
-        positive("channel.max_invalid", self.max_invalid)
-        non_negative("channel.throttle_s", self.throttle_s)
+        check(
+            "channel",
+            self,
+            positive="max_msgs_per_s burst_msgs max_invalid",
+            non_negative="throttle_s",
+        )
         for key in ("max_read_bytes", "max_bytes_per_tick"):
             in_range(f"channel.{key}", getattr(self, key), 4096, 1 << 24)
 

@@ -1,29 +1,17 @@
-"""The exception hierarchy of agent_host.
-
-The base and the common kinds are hypertier_common's, so both agents' errors
-cross the control socket alike; ``HostError`` is this agent's name for the base.
+"""What agent_host raises: hypertier_common's error base (``HostError`` is its
+name here, so errors cross the control socket as the guest's do), the common
+kinds, and :class:`NoSuchDomain`, the kind only this agent raises.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hypertier_common.errors import AgentError, kinds
+from hypertier_common.errors import AgentError, NoSuchDomain, kinds
 
 __all__ = ["ERROR_KINDS", "HostError", "NoSuchDomain"]
 
 HostError = AgentError
 """Base of every error agent_host raises on purpose."""
-
-
-class NoSuchDomain(HostError):
-    """The VM is not (or no longer) defined or running."""
-
-    WIRE_ATTRS = ("vm",)
-
-    def __init__(self, vm: str) -> None:
-        super().__init__(f"domain {vm!r} not found")
-        self.vm = vm
-
 
 ERROR_KINDS: Mapping[str, type[AgentError]] = kinds(NoSuchDomain)

@@ -15,19 +15,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
 from agent_host.config import PolicyConfig
 from agent_host.metadata import TieringMetadata, TierMetadata
 from agent_host.policy import TIERS, PolicyInputs, TierInputs, band_bytes
+from hypertier_common.arrays import F64, I64
 from hypertier_common.errors import ConfigError
 
 __all__ = ["Fleet", "VmState", "initial_metadata", "tiered"]
 
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
 
 _NO_LIMIT = -1  # a tier without a limit in the metadata: the device size is the limit
 
@@ -180,21 +178,21 @@ class Fleet:
         self._alloc(0)
 
     def _alloc(self, n: int) -> None:
-        self.weight: FloatArray = np.ones(n)
-        self.requested: IntArray = np.zeros((2, n), np.int64)
-        self.current: IntArray = np.zeros((2, n), np.int64)
-        self.block: IntArray = np.ones((2, n), np.int64)
-        self.boot: IntArray = np.zeros((2, n), np.int64)  # host-known, from the domain
-        self.max: IntArray = np.zeros((2, n), np.int64)  # the device size
-        self.meta_limit: IntArray = np.full((2, n), _NO_LIMIT, np.int64)
-        self.limit: IntArray = np.zeros((2, n), np.int64)
-        self.reservation: IntArray = np.zeros((2, n), np.int64)
-        self.last_resize_s: FloatArray = np.full((2, n), -math.inf)
-        self.received_s: FloatArray = np.full(n, -math.inf)
-        self.hot: FloatArray = np.full(n, np.nan)
-        self.used: FloatArray = np.full(n, np.nan)
+        self.weight: F64 = np.ones(n)
+        self.requested: I64 = np.zeros((2, n), np.int64)
+        self.current: I64 = np.zeros((2, n), np.int64)
+        self.block: I64 = np.ones((2, n), np.int64)
+        self.boot: I64 = np.zeros((2, n), np.int64)  # host-known, from the domain
+        self.max: I64 = np.zeros((2, n), np.int64)  # the device size
+        self.meta_limit: I64 = np.full((2, n), _NO_LIMIT, np.int64)
+        self.limit: I64 = np.zeros((2, n), np.int64)
+        self.reservation: I64 = np.zeros((2, n), np.int64)
+        self.last_resize_s: F64 = np.full((2, n), -math.inf)
+        self.received_s: F64 = np.full(n, -math.inf)
+        self.hot: F64 = np.full(n, np.nan)
+        self.used: F64 = np.full(n, np.nan)
         # The policy's latest targets; (2, 0) until a tick plans for these rows.
-        self.target: IntArray = np.zeros((2, 0), np.int64)
+        self.target: I64 = np.zeros((2, 0), np.int64)
 
     # -- membership -----------------------------------------------------------
 
@@ -342,7 +340,7 @@ class Fleet:
             slow_capacity_bytes=slow_capacity_bytes,
         )
 
-    def track_shrink_notices(self, target: IntArray, now: float) -> None:
+    def track_shrink_notices(self, target: I64, now: float) -> None:
         """Start the notice of each fast shrink the guest has not heard of yet."""
         shrinking = (target[0] < self.requested[0]).tolist()
         for st, shrink in zip(self.states, shrinking, strict=True):
@@ -430,7 +428,7 @@ class Fleet:
         return ""
 
     def tier_status(
-        self, st: VmState, shares: tuple[IntArray, IntArray] | None
+        self, st: VmState, shares: tuple[I64, I64] | None
     ) -> dict[str, Any]:
         """``st``'s tiers as ``status`` reports them (``shares``: the policy's
         last, None before it ran)."""

@@ -39,10 +39,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from agent_host.backend import HostNode, Tier
 from agent_host.config import Config, PolicyConfig
+from hypertier_common.arrays import F64, I64, BoolArray
 from hypertier_common.errors import ConfigError
 
 __all__ = [
@@ -60,10 +60,6 @@ __all__ = [
     "plan",
 ]
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
-
 
 @dataclass(frozen=True)
 class TierInputs:
@@ -73,15 +69,15 @@ class TierInputs:
     knows it (the domain's NUMA cell), never as a guest says it.
     """
 
-    requested: IntArray
-    current: IntArray
-    reservation: IntArray
-    limit: IntArray
-    block: IntArray
-    last_resize_s: FloatArray  # -inf: never resized by us
-    boot: IntArray | None = None
+    requested: I64
+    current: I64
+    reservation: I64
+    limit: I64
+    block: I64
+    last_resize_s: F64  # -inf: never resized by us
+    boot: I64 | None = None
 
-    def boot_bytes(self) -> FloatArray:
+    def boot_bytes(self) -> F64:
         if self.boot is None:
             return np.zeros(self.requested.shape[0])
         return self.boot.astype(np.float64)
@@ -98,9 +94,9 @@ class PolicyInputs:
     """
 
     now_s: float
-    weight: FloatArray
-    hot_bytes: FloatArray
-    used_bytes: FloatArray
+    weight: F64
+    hot_bytes: F64
+    used_bytes: F64
     fast: TierInputs
     slow: TierInputs
     fast_capacity_bytes: int
@@ -114,10 +110,10 @@ class PolicyInputs:
 class TierResult:
     """Per-VM share, floor, demand and target (bytes) of one tier."""
 
-    share: IntArray
-    floor: IntArray
-    want: IntArray
-    target: IntArray
+    share: I64
+    floor: I64
+    want: I64
+    target: I64
     overcommitted: bool  # the floors alone exceed the tier's capacity
 
 
@@ -127,9 +123,7 @@ class PolicyResult:
     slow: TierResult
 
 
-def fair_split(
-    lo: FloatArray, hi: FloatArray, weight: FloatArray, capacity: float
-) -> FloatArray:
+def fair_split(lo: F64, hi: F64, weight: F64, capacity: float) -> F64:
     """Weighted max-min fair split: ``clip(weight x level, lo, hi)`` summing to
     ``capacity``.
 
@@ -162,29 +156,29 @@ def fair_split(
     level = float(levels[k])
     if active_w[k] > 0:
         level += (capacity - float(total[k])) / float(active_w[k])
-    out: FloatArray = np.clip(w * level, lo, hi)
+    out: F64 = np.clip(w * level, lo, hi)
     return out
 
 
-def band_bytes(limit: IntArray, block: IntArray, cfg: PolicyConfig) -> FloatArray:
+def band_bytes(limit: I64, block: I64, cfg: PolicyConfig) -> F64:
     """The hysteresis band of VMs with these limits and blocks on a tier: at
     least a block, at most ``hysteresis_bytes``, else ``hysteresis_ratio`` x
     the limit."""
     scaled = np.minimum(
         float(cfg.hysteresis_bytes), cfg.hysteresis_ratio * limit.astype(float)
     )
-    out: FloatArray = np.maximum(block.astype(np.float64), scaled)
+    out: F64 = np.maximum(block.astype(np.float64), scaled)
     return out
 
 
 def _limit_changes(
     tier: TierInputs,
-    floor: IntArray,
-    target: FloatArray,
+    floor: I64,
+    target: F64,
     capacity: float,
     now_s: float,
     cfg: PolicyConfig,
-) -> IntArray:
+) -> I64:
     """Hysteresis, the resize interval, the step limit and free capacity."""
     req = tier.requested.astype(np.float64)
     block = tier.block.astype(np.float64)
@@ -216,20 +210,20 @@ def _limit_changes(
         np.maximum(aligned, base),
         np.maximum(aligned, floor.astype(np.float64)),
     )
-    result: IntArray = np.minimum(aligned, tier.limit).astype(np.int64)
+    result: I64 = np.minimum(aligned, tier.limit).astype(np.int64)
     return result
 
 
 def _fit(
     tier: TierInputs,
-    floor: IntArray,
-    req: FloatArray,
-    target: FloatArray,
+    floor: I64,
+    req: F64,
+    target: F64,
     forced: BoolArray,
     move: BoolArray,
     capacity: float,
     cfg: PolicyConfig,
-) -> tuple[FloatArray, BoolArray, bool]:
+) -> tuple[F64, BoolArray, bool]:
     """New requests of the VMs that move (cut to the step limit), their growth
     cut to memory that is free now; which VMs grow; True if optional growth had
     to be cut.
@@ -261,25 +255,23 @@ def _fit(
     return new, growing, bool((short & ~below).any())
 
 
-def _align_up(value: FloatArray, block: IntArray) -> IntArray:
+def _align_up(value: F64, block: I64) -> I64:
     b = block.astype(np.float64)
-    out: IntArray = (np.ceil(value / b) * b).astype(np.int64)
+    out: I64 = (np.ceil(value / b) * b).astype(np.int64)
     return out
 
 
-def _want_blocks(want: FloatArray, tier: TierInputs) -> FloatArray:
+def _want_blocks(want: F64, tier: TierInputs) -> F64:
     """A want in whole blocks, rounded up (a VM that wants 523.6 MiB can use the
     524th), never past the VM's limit: the rounding of a fair split of wants may
     then hand out every block of the capacity instead of leaving a block per VM
     unclaimed, and held by whoever had it."""
     b = tier.block.astype(np.float64)
-    up: FloatArray = np.minimum(np.ceil(want / b) * b, tier.limit.astype(np.float64))
+    up: F64 = np.minimum(np.ceil(want / b) * b, tier.limit.astype(np.float64))
     return up
 
 
-def _align_split(
-    value: FloatArray, block: IntArray, limit: FloatArray, capacity: float
-) -> FloatArray:
+def _align_split(value: F64, block: I64, limit: F64, capacity: float) -> F64:
     """``value`` in whole blocks without losing capacity to rounding: each VM
     rounded down, then the blocks that rounding left go to the largest
     remainders (never past a limit), so the split is within one block of exact
@@ -372,26 +364,20 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     )
 
 
-def _share(
-    tier: TierInputs, limit: FloatArray, weight: FloatArray, cap: float
-) -> FloatArray:
+def _share(tier: TierInputs, limit: F64, weight: F64, cap: float) -> F64:
     """Each VM's weighted share of ``cap`` in whole blocks, its reservation at least."""
     res = tier.reservation.astype(np.float64)
     share = _align_split(fair_split(res, limit, weight, cap), tier.block, limit, cap)
     return np.maximum(share, res)
 
 
-def _fair(
-    tier: TierInputs, floor: IntArray, want: FloatArray, weight: FloatArray, cap: float
-) -> FloatArray:
+def _fair(tier: TierInputs, floor: I64, want: F64, weight: F64, cap: float) -> F64:
     """The split of ``cap`` between the floors and the demand, in whole blocks."""
     fair = fair_split(floor.astype(np.float64), want, weight, cap)
     return _align_split(fair, tier.block, _want_blocks(want, tier), cap)
 
 
-def _result(
-    share: FloatArray, floor: IntArray, want: FloatArray, target: IntArray, cap: float
-) -> TierResult:
+def _result(share: F64, floor: I64, want: F64, target: I64, cap: float) -> TierResult:
     return TierResult(
         share=share.astype(np.int64),
         floor=floor,
@@ -457,9 +443,7 @@ class Resize:
     new_bytes: int
 
 
-def order_resizes(
-    requested: IntArray, target: IntArray, floor: IntArray, budget: int
-) -> list[Resize]:
+def order_resizes(requested: I64, target: I64, floor: I64, budget: int) -> list[Resize]:
     """The resizes of one tick, at most ``budget`` of them, in issue order.
 
     Arrays are (2, n): axis 0 is :data:`TIERS`, axis 1 the VMs. A VM whose

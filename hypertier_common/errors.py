@@ -1,9 +1,11 @@
 """The error base of both agents and the error kinds the control wire carries.
 
 Each agent names this base after itself (``agent_guest.errors.GuestError``,
-``agent_host.errors.HostError``) and adds its own kinds (``NoSuchProcess``,
-``NoSuchDomain``). An error crosses the control socket as its kind, its message
-and its ``WIRE_ATTRS`` (docs/wire-protocol.md), and comes back out of
+``agent_host.errors.HostError``) and carries the common kinds plus its own
+(``NoSuchProcess`` the guest's, ``NoSuchDomain`` the host's: both are defined
+here so that a vanished target is told the same way by both agents). An error
+crosses the control socket as its kind, its message and its ``WIRE_ATTRS``
+(docs/wire-protocol.md), and comes back out of
 :class:`hypertier_common.control.ControlClient` as the same class.
 """
 
@@ -18,6 +20,8 @@ __all__ = [
     "BackendError",
     "ConfigError",
     "InternalError",
+    "NoSuchDomain",
+    "NoSuchProcess",
     "NotRunning",
     "Unsupported",
     "error_from_wire",
@@ -76,6 +80,26 @@ class NotRunning(AgentError):
         super().__init__(f"no daemon is running at {path} ({reason})")
         self.path = path
         self.reason = reason
+
+
+class NoSuchProcess(AgentError):
+    """A guest process exited (ESRCH, or /proc/<pid> vanished)."""
+
+    WIRE_ATTRS = ("pid",)
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"process {pid} no longer exists")
+        self.pid = pid
+
+
+class NoSuchDomain(AgentError):
+    """A VM is not (or no longer) defined or running."""
+
+    WIRE_ATTRS = ("vm",)
+
+    def __init__(self, vm: str) -> None:
+        super().__init__(f"domain {vm!r} not found")
+        self.vm = vm
 
 
 class InternalError(AgentError):

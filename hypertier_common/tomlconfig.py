@@ -24,7 +24,16 @@ from typing import Any, TypeVar
 
 from hypertier_common.errors import ConfigError
 
-__all__ = ["dumps", "in_range", "load", "loads", "non_negative", "positive", "require"]
+__all__ = [
+    "check",
+    "dumps",
+    "in_range",
+    "load",
+    "loads",
+    "non_negative",
+    "positive",
+    "require",
+]
 
 T = TypeVar("T")
 
@@ -37,17 +46,40 @@ def require(cond: bool, message: str) -> None:
 
 def positive(key: str, value: float) -> None:
     """``key`` (its full name, ``policy.interval_s``) must be finite and > 0."""
-    require(value > 0 and math.isfinite(value), f"{key} must be > 0, got {value}")
+    _above_zero(key, value, strict=True)
 
 
 def non_negative(key: str, value: float) -> None:
     """``key`` must be finite and >= 0."""
-    require(value >= 0 and math.isfinite(value), f"{key} must be >= 0, got {value}")
+    _above_zero(key, value, strict=False)
+
+
+def _above_zero(key: str, value: float, strict: bool) -> None:
+    ok = (value > 0 if strict else value >= 0) and math.isfinite(value)
+    require(ok, f"{key} must be {'>' if strict else '>='} 0, got {value}")
 
 
 def in_range(key: str, value: float, low: float, high: float) -> None:
     """``key`` must lie in the closed interval [``low``, ``high``]."""
     require(low <= value <= high, f"{key} must be in [{low}, {high}], got {value}")
+
+
+def check(
+    table: str,
+    cfg: object,
+    *,
+    positive: str = "",
+    non_negative: str = "",
+    unit: str = "",
+) -> None:
+    """The plain bounds of a config table's fields, by name (space-separated):
+    each of ``positive`` finite and > 0, of ``non_negative`` finite and >= 0,
+    of ``unit`` in [0, 1]. Errors name the key as ``table.field``."""
+    for names, strict in ((positive, True), (non_negative, False)):
+        for key in names.split():
+            _above_zero(f"{table}.{key}", getattr(cfg, key), strict)
+    for key in unit.split():
+        in_range(f"{table}.{key}", getattr(cfg, key), 0, 1)
 
 
 _VALUE_NAMES = {

@@ -11,30 +11,18 @@ import errno
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import numpy.typing as npt
 
-from agent_guest.backend import (
-    PAGE_SIZE,
-    SOURCE_CAPABILITY,
-    AccessSamples,
-    Capability,
-    MoveResult,
-    NumaNode,
-    ProcessInfo,
-    SamplerSettings,
-    SampleSource,
-    Tier,
-    Vma,
-)
+from agent_guest import backend as api
 from agent_guest.errors import NoSuchProcess
 from emu.machine import FAST, SLOW, EmuProcess, NoSuchProcessError, World
+from hypertier_common.arrays import I32, U64
 from hypertier_common.errors import BackendError, Unsupported
 
 __all__ = ["EmuGuestBackend"]
 
 _PMU_CAPS = {
-    "pebs": frozenset({Capability.PEBS}),
-    "ibs": frozenset({Capability.IBS}),
+    "pebs": frozenset({api.Capability.PEBS}),
+    "ibs": frozenset({api.Capability.IBS}),
     "none": frozenset(),
 }
 
@@ -53,16 +41,16 @@ class EmuGuestBackend:
         self._vm = world.vm(vm)
         self._name = vm
         self._caps = _PMU_CAPS[pmu] | {
-            Capability.PAGE_FAULT_SAMPLING,
-            Capability.SOFT_DIRTY_SCAN,
-            Capability.MOVE_PAGES,
-            Capability.HOST_CHANNEL,
+            api.Capability.PAGE_FAULT_SAMPLING,
+            api.Capability.SOFT_DIRTY_SCAN,
+            api.Capability.MOVE_PAGES,
+            api.Capability.HOST_CHANNEL,
         }
-        self._source: SampleSource | None = None
+        self._source: api.SampleSource | None = None
         self._last_drain_s = world.clock.monotonic()
         self._own_moved = 0  # pages this backend's move_pages moved
 
-    def capabilities(self) -> frozenset[Capability]:
+    def capabilities(self) -> frozenset[api.Capability]:
         return frozenset(self._caps)
 
     def keep_own_memory(self, node: int) -> int:
@@ -71,7 +59,7 @@ class EmuGuestBackend:
             raise BackendError(f"node {node} does not exist")
         return 0
 
-    def numa_nodes(self) -> Sequence[NumaNode]:
+    def numa_nodes(self) -> Sequence[api.NumaNode]:
         vm = self._vm
         out = []
         for node in (0, 1):
@@ -79,23 +67,23 @@ class EmuGuestBackend:
             free = total - vm.used_pages(node)
             kept = min(free, self._world.node_reserve_pages(vm, node))
             out.append(
-                NumaNode(
+                api.NumaNode(
                     node=node,
-                    tier=Tier.FAST if node == FAST else Tier.SLOW,
-                    total_bytes=total * PAGE_SIZE,
-                    free_bytes=free * PAGE_SIZE,
+                    tier=api.Tier.FAST if node == FAST else api.Tier.SLOW,
+                    total_bytes=total * api.PAGE_SIZE,
+                    free_bytes=free * api.PAGE_SIZE,
                     has_cpus=node == FAST,
-                    reserved_bytes=kept * PAGE_SIZE,
+                    reserved_bytes=kept * api.PAGE_SIZE,
                 )
             )
         return out
 
-    def processes(self) -> Sequence[ProcessInfo]:
+    def processes(self) -> Sequence[api.ProcessInfo]:
         return [
-            ProcessInfo(
+            api.ProcessInfo(
                 pid=p.pid,
                 comm=p.comm,
-                rss_bytes=int(np.count_nonzero(p.pt >= 0)) * PAGE_SIZE,
+                rss_bytes=int(np.count_nonzero(p.pt >= 0)) * api.PAGE_SIZE,
                 cmdline=p.comm,
                 cgroup=f"/machine/{self._name}/{p.comm}",
             )
@@ -103,12 +91,16 @@ class EmuGuestBackend:
             if p.alive
         ]
 
-    def vmas(self, pid: int) -> Sequence[Vma]:
+    def vmas(self, pid: int) -> Sequence[api.Vma]:
         p = self._proc(pid)
-        return [Vma(p.base_addr, p.base_addr + p.npages * PAGE_SIZE, "rw-p", "")]
+        return [
+            api.Vma(p.base_addr, p.base_addr + p.npages * api.PAGE_SIZE, "rw-p", "")
+        ]
 
-    def start_sampling(self, pids: Sequence[int], settings: SamplerSettings) -> None:
-        cap = SOURCE_CAPABILITY[settings.source]
+    def start_sampling(
+        self, pids: Sequence[int], settings: api.SamplerSettings
+    ) -> None:
+        cap = api.SOURCE_CAPABILITY[settings.source]
         if cap not in self._caps:
             raise Unsupported(
                 f"sample source {settings.source.value}",
@@ -121,13 +113,13 @@ class EmuGuestBackend:
             period=settings.period,
             ring_pages=settings.ring_pages,
             ldlat_cycles=settings.ldlat_cycles
-            if settings.source is SampleSource.PEBS
+            if settings.source is api.SampleSource.PEBS
             else 0,
         )
         self._source = settings.source
         self._last_drain_s = self._world.clock.monotonic()
 
-    def read_samples(self) -> AccessSamples:
+    def read_samples(self) -> api.AccessSamples:
         if self._source is None:
             raise Unsupported("read_samples", "sampling was not started")
         now = self._world.clock.monotonic()
@@ -136,26 +128,22 @@ class EmuGuestBackend:
         )
         self._last_drain_s = now
         t = np.full(len(addr), int(now * 1e9), np.uint64)
-        return AccessSamples(self._source, pid, addr, t, weight, lost=lost)
+        return api.AccessSamples(self._source, pid, addr, t, weight, lost=lost)
 
     def stop_sampling(self) -> None:
         self._world.stop_sampling(self._name)
         self._source = None
 
-    def page_nodes(
-        self, pid: int, addrs: npt.NDArray[np.uint64]
-    ) -> npt.NDArray[np.int32]:
+    def page_nodes(self, pid: int, addrs: U64) -> I32:
         try:
             return self._world.page_nodes(self._name, pid, addrs)
         except NoSuchProcessError as err:
             raise NoSuchProcess(pid) from err
 
-    def move_pages(
-        self, pid: int, addrs: npt.NDArray[np.uint64], node: int
-    ) -> MoveResult:
+    def move_pages(self, pid: int, addrs: U64, node: int) -> api.MoveResult:
         if node not in (0, 1):
             status = np.full(len(addrs), -errno.ENODEV, np.int32)
-            return MoveResult(len(addrs), 0, status, {errno.ENODEV: len(addrs)})
+            return api.MoveResult(len(addrs), 0, status, {errno.ENODEV: len(addrs)})
         try:
             before = self._world.page_nodes(self._name, pid, addrs)
             status = self._world.move_pages(self._name, pid, addrs, node)
@@ -166,7 +154,7 @@ class EmuGuestBackend:
         neg = -status[status < 0]
         codes, counts = np.unique(neg, return_counts=True)
         failures = {int(c): int(n) for c, n in zip(codes, counts, strict=True)}
-        return MoveResult(len(addrs), moved, status, failures)
+        return api.MoveResult(len(addrs), moved, status, failures)
 
     def channel_send(self, line: bytes) -> None:
         self._vm.to_host += line

@@ -9,23 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent_host.backend import (
-    Allotment,
-    DomainEvent,
-    DomainInfo,
-    DomainStats,
-    EventKind,
-    HostCapability,
-    HostNode,
-    Tier,
-)
+from agent_host import backend as api
 from agent_host.errors import NoSuchDomain
 from emu.machine import FAST, PAGE_SIZE, EmuVm, NoSuchVmError, World
 from hypertier_common.errors import BackendError
 
 __all__ = ["EmuHostBackend"]
 
-_TIER_NODE = {Tier.FAST: 0, Tier.SLOW: 1}
+_TIER_NODE = {api.Tier.FAST: 0, api.Tier.SLOW: 1}
 
 
 class EmuHostBackend:
@@ -37,22 +28,22 @@ class EmuHostBackend:
         self._channel_opens: dict[str, int] = {}
         self.closed = False
 
-    def capabilities(self) -> frozenset[HostCapability]:
+    def capabilities(self) -> frozenset[api.HostCapability]:
         return frozenset(
             {
-                HostCapability.VIRTIO_MEM_RESIZE,
-                HostCapability.KVM_STATS,
-                HostCapability.GUEST_CHANNEL,
-                HostCapability.METADATA,
-                HostCapability.EVENTS,
+                api.HostCapability.VIRTIO_MEM_RESIZE,
+                api.HostCapability.KVM_STATS,
+                api.HostCapability.GUEST_CHANNEL,
+                api.HostCapability.METADATA,
+                api.HostCapability.EVENTS,
             }
         )
 
-    def host_nodes(self) -> Sequence[HostNode]:
+    def host_nodes(self) -> Sequence[api.HostNode]:
         return [
-            HostNode(
+            api.HostNode(
                 node=n.node,
-                tier=Tier.FAST if n.tier == FAST else Tier.SLOW,
+                tier=api.Tier.FAST if n.tier == FAST else api.Tier.SLOW,
                 total_bytes=n.capacity_pages * PAGE_SIZE,
                 free_bytes=max(0, n.capacity_pages - n.used_pages) * PAGE_SIZE,
                 has_cpus=n.tier == FAST,
@@ -60,13 +51,13 @@ class EmuHostBackend:
             for n in self._world.host_nodes
         ]
 
-    def domains(self) -> Sequence[DomainInfo]:
+    def domains(self) -> Sequence[api.DomainInfo]:
         return [self._info(vm) for vm in self._world.vms.values()]
 
-    def _info(self, vm: EmuVm) -> DomainInfo:
+    def _info(self, vm: EmuVm) -> api.DomainInfo:
         blk = self._world.params.block_bytes
         allots = tuple(
-            Allotment(
+            api.Allotment(
                 tier=tier,
                 guest_node=node,
                 requested_bytes=vm.requested[node] * PAGE_SIZE,
@@ -77,7 +68,7 @@ class EmuHostBackend:
             )
             for tier, node in _TIER_NODE.items()
         )
-        return DomainInfo(vm.name, vm.uuid, vm.vcpus, True, allots)
+        return api.DomainInfo(vm.name, vm.uuid, vm.vcpus, True, allots)
 
     def _vm(self, vm: str) -> EmuVm:
         try:
@@ -85,7 +76,7 @@ class EmuHostBackend:
         except NoSuchVmError as err:
             raise NoSuchDomain(vm) from err
 
-    def resize(self, vm: str, tier: Tier, size_bytes: int) -> None:
+    def resize(self, vm: str, tier: api.Tier, size_bytes: int) -> None:
         emu_vm = self._vm(vm)
         node = _TIER_NODE[tier]
         if size_bytes < 0 or size_bytes > emu_vm.node_max[node] * PAGE_SIZE:
@@ -95,9 +86,9 @@ class EmuHostBackend:
             )
         self._world.resize(vm, node, size_bytes)
 
-    def domain_stats(self, vm: str) -> DomainStats:
+    def domain_stats(self, vm: str) -> api.DomainStats:
         c = self._vm(vm).counters
-        return DomainStats(
+        return api.DomainStats(
             vm=vm,
             remote_tlb_flush=c.remote_tlb_flush,
             tlb_flush=c.tlb_flush,
@@ -133,11 +124,11 @@ class EmuHostBackend:
         self._vm(vm)
         self._channel_opens[vm] = self._channel_opens.get(vm, 0) + 1
 
-    def events(self) -> Sequence[DomainEvent]:
+    def events(self) -> Sequence[api.DomainEvent]:
         new = self._world.events[self._event_cursor :]
         self._event_cursor = len(self._world.events)
-        kinds = {"started": EventKind.STARTED, "stopped": EventKind.STOPPED}
-        return [DomainEvent(vm, kinds[k]) for vm, k in new]
+        kinds = {"started": api.EventKind.STARTED, "stopped": api.EventKind.STOPPED}
+        return [api.DomainEvent(vm, kinds[k]) for vm, k in new]
 
     def close(self) -> None:
         self.closed = True

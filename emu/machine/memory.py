@@ -15,7 +15,6 @@ from emu.clock import FakeClock
 from emu.machine.params import MemoryProfile, Params
 from emu.machine.state import (
     FAST,
-    I64,
     SLOW,
     EmuProcess,
     EmuVm,
@@ -23,6 +22,7 @@ from emu.machine.state import (
     NoSuchProcessError,
     NoSuchVmError,
 )
+from hypertier_common.arrays import I64
 
 __all__ = ["Memory"]
 

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from emu.workloads.synthetic import Workload
+from hypertier_common.arrays import I32, I64, U32, U64, BoolArray
 
 __all__ = [
     "FAST",
@@ -33,12 +34,6 @@ __all__ = [
 
 PAGE_SIZE = 4096
 FAST, SLOW = 0, 1  # guest node ids and host tier codes
-
-I32 = npt.NDArray[np.int32]
-I64 = npt.NDArray[np.int64]
-U32 = npt.NDArray[np.uint32]  # sample weights
-U64 = npt.NDArray[np.uint64]  # guest virtual addresses
-BoolArray = npt.NDArray[np.bool_]
 
 
 class NoSuchVmError(LookupError):

@@ -19,15 +19,11 @@ import numpy.typing as npt
 from emu.machine.flush import Flushes
 from emu.machine.state import (
     FAST,
-    I32,
-    I64,
     PAGE_SIZE,
-    U32,
-    U64,
-    BoolArray,
     EmuProcess,
     EmuVm,
 )
+from hypertier_common.arrays import I32, I64, U32, U64, BoolArray
 
 __all__ = ["SOURCES", "Tracking"]
 

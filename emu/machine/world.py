@@ -25,18 +25,15 @@ from emu.machine.invariants import check_invariants
 from emu.machine.params import Params
 from emu.machine.state import (
     FAST,
-    I32,
-    I64,
     PAGE_SIZE,
     SLOW,
-    U64,
-    BoolArray,
     EmuProcess,
     EmuVm,
     HostNodeState,
     round_up,
 )
 from emu.workloads.synthetic import Workload
+from hypertier_common.arrays import I32, I64, U64, BoolArray
 
 __all__ = ["World"]
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from emu.machine import FAST, SLOW, EmuProcess, EmuVm, World
-from emu.policies.mechanisms import F64, I64, exchange, guest_nodes
+from emu.policies.mechanisms import exchange, guest_nodes
 from emu.policies.pebs import PebsPolicy
+from hypertier_common.arrays import F64, I64
 
 __all__ = ["HememPolicy"]
 

@@ -13,12 +13,11 @@ import numpy as np
 import numpy.typing as npt
 
 from emu.machine import FAST, PAGE_SIZE, SLOW, EmuProcess, EmuVm, World
+from hypertier_common.arrays import I32, I64, U64, BoolArray
 
 __all__ = [
     "DEFAULT_MIGRATE_PAGES_PER_S",
     "DEFAULT_PEBS_PERIOD",
-    "F64",
-    "I64",
     "NEVER",
     "epoch_budget",
     "exchange",
@@ -29,8 +28,6 @@ __all__ = [
     "sample_vpns",
 ]
 
-I64 = npt.NDArray[np.int64]
-F64 = npt.NDArray[np.float64]
 
 # Migration bandwidth every design gets, so that none wins by moving faster:
 # 512 MiB/s of 4 KiB pages (HeMem and Memtis report a few hundred MiB/s to a
@@ -54,13 +51,11 @@ def guest_nodes(vm: EmuVm, proc: EmuProcess) -> npt.NDArray[np.int8]:
     return out
 
 
-def sample_vpns(
-    proc: EmuProcess, pids: npt.NDArray[np.int32], addrs: npt.NDArray[np.uint64]
-) -> I64:
+def sample_vpns(proc: EmuProcess, pids: I32, addrs: U64) -> I64:
     """vpns of the samples of ``proc`` that fall inside its mapping."""
     a = addrs[pids == proc.pid].astype(np.int64) - proc.base_addr
     vpn: I64 = a // PAGE_SIZE
-    inside: npt.NDArray[np.bool_] = (a >= 0) & (vpn < proc.npages)
+    inside: BoolArray = (a >= 0) & (vpn < proc.npages)
     out: I64 = vpn[inside]
     return out
 

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from emu.machine import FAST, EmuProcess, EmuVm, World
 from emu.policies.base import PolicyBase
+from hypertier_common.arrays import F64
 
 __all__ = [
     "CONVERGED_FRACTION",
@@ -46,8 +47,6 @@ METRIC_FIELDS = (
     "t90_change_s",
     "changes_unconverged",
 )
-
-F64 = npt.NDArray[np.float64]
 
 
 def top_k_share(counts: npt.NDArray[np.number], k: int) -> float:

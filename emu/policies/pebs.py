@@ -12,11 +12,10 @@ from emu.policies.base import PolicyBase
 from emu.policies.mechanisms import (
     DEFAULT_MIGRATE_PAGES_PER_S,
     DEFAULT_PEBS_PERIOD,
-    F64,
-    I64,
     epoch_budget,
     sample_vpns,
 )
+from hypertier_common.arrays import F64, I64
 
 __all__ = ["PebsPolicy"]
 

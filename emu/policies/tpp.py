@@ -13,8 +13,6 @@ from emu.machine import FAST, SLOW, World
 from emu.policies.base import PolicyBase
 from emu.policies.mechanisms import (
     DEFAULT_MIGRATE_PAGES_PER_S,
-    F64,
-    I64,
     NEVER,
     epoch_budget,
     exchange,
@@ -22,6 +20,7 @@ from emu.policies.mechanisms import (
     plan_moves,
     sample_vpns,
 )
+from hypertier_common.arrays import F64, I64
 
 __all__ = ["HostTppPolicy", "TppGuestPolicy"]
 

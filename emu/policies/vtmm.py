@@ -15,13 +15,12 @@ from emu.machine import FAST, PAGE_SIZE, SLOW, EmuProcess, EmuVm, World
 from emu.policies.base import PolicyBase
 from emu.policies.mechanisms import (
     DEFAULT_MIGRATE_PAGES_PER_S,
-    F64,
-    I64,
     epoch_budget,
     exchange,
     free_fast,
     guest_nodes,
 )
+from hypertier_common.arrays import F64, I64
 
 __all__ = ["VtmmPolicy", "split_pool"]
 

@@ -16,14 +16,12 @@ import numpy as np
 import numpy.typing as npt
 
 from emu.workloads.trace import (
-    I64,
     LINE_SHIFT,
     PAGE_SHIFT,
-    U64,
-    BoolArray,
     LlcFilter,
     PageNumbering,
 )
+from hypertier_common.arrays import I64, U8, U64, BoolArray
 
 __all__ = ["KERNEL_WRITE_SYSCALLS", "LackeyParser", "ParsedBlock", "miss_stream"]
 
@@ -135,7 +133,7 @@ class LackeyParser:
         buf: bytes,
         starts: I64,
         ends: npt.NDArray[np.intp],
-        c0: npt.NDArray[np.uint8],
+        c0: U8,
     ) -> tuple[list[tuple[int, U64]], list[int]]:
         out: list[tuple[int, U64]] = []
         marks: list[int] = []

@@ -24,7 +24,6 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
-import numpy.typing as npt
 
 from emu.workloads.lackey import KERNEL_WRITE_SYSCALLS, LackeyParser
 from emu.workloads.trace import (
@@ -33,6 +32,7 @@ from emu.workloads.trace import (
     Trace,
     build_trace,
 )
+from hypertier_common.arrays import I64, BoolArray
 
 __all__ = ["RecordError", "record"]
 
@@ -82,7 +82,7 @@ class _Recorder:
         self.parser = LackeyParser(marker_path)
         self.llc = LlcFilter(cache_bytes, ways)
         self.numbering = PageNumbering()
-        self.chunks: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = []
+        self.chunks: list[tuple[I64, BoolArray]] = []
         self.misses = 0
         self.marks: list[int] = []
         self.max_accesses = max_accesses

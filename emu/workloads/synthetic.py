@@ -15,26 +15,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
+
+from hypertier_common.arrays import F64, I32, I64, BoolArray
 
 __all__ = ["TRACE_PREFIX", "WORKLOADS", "Workload", "make_workload", "workload_pages"]
 
 _TABLE_BITS = 20
 TRACE_PREFIX = "trace:"
 _LINES_PER_PAGE = 64
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
 
 
-def _zipf_weights(n: int, s: float) -> FloatArray:
-    w: FloatArray = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** s
+def _zipf_weights(n: int, s: float) -> F64:
+    w: F64 = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** s
     w /= w.sum()
     return w
 
 
 def _clustered_placement(
     rng: np.random.Generator, n: int, block: int = 512, jitter: float = 0.2
-) -> IntArray:
+) -> I64:
     """Map page-rank -> page: ranks fill random 2 MiB blocks, some pages swapped.
 
     Models allocators that place objects of similar age (and popularity) together
@@ -74,7 +73,7 @@ class Workload:
         self.rng = np.random.default_rng(seed)
         self.streams: list[_Stream] = []
         self.phase = 0
-        self.weights: FloatArray = np.zeros(npages)
+        self.weights: F64 = np.zeros(npages)
         self._build()
         self._make_table()
 
@@ -86,7 +85,7 @@ class Workload:
         random page after each phase change (so the hot set moves)."""
         return int(self.rng.integers(0, self.npages - size)) if self.phase else 0
 
-    def _power_law_then_streamed(self, placement: IntArray, s: float) -> None:
+    def _power_law_then_streamed(self, placement: I64, s: float) -> None:
         """The first ``len(placement)`` pages read with zipf(``s``) popularity,
         rank ``i`` at page ``placement[i]``; the rest of the footprint scanned
         as one stream (a graph's vertex data, then its edge list)."""
@@ -106,11 +105,11 @@ class Workload:
             np.int32
         )
 
-    def generate(self, n: int) -> npt.NDArray[np.int32]:
+    def generate(self, n: int) -> I32:
         """``n`` page indices in access order."""
         m = int(n * self.stream_share) if self.streams else 0
         idx = self.rng.integers(0, 1 << _TABLE_BITS, n - m, dtype=np.uint32)
-        rand: npt.NDArray[np.int32] = self._table[idx]
+        rand: I32 = self._table[idx]
         if m == 0:
             return rand
         parts = [rand]
@@ -121,7 +120,7 @@ class Workload:
             st.cursor = (st.cursor + per) % (st.length * _LINES_PER_PAGE)
         return np.concatenate(parts)[:n]
 
-    def rates(self) -> FloatArray:
+    def rates(self) -> F64:
         """Expected share of accesses per page (random and streaming parts)."""
         r = self.weights * (1.0 - self.stream_share if self.streams else 1.0)
         for st in self.streams:
@@ -130,16 +129,16 @@ class Workload:
             )
         return r
 
-    def last_writes(self) -> npt.NDArray[np.bool_] | None:
+    def last_writes(self) -> BoolArray | None:
         """Store flags of the last ``generate``'s accesses; None: use
         ``write_fraction``."""
         return None
 
-    def expected_counts(self, n: int) -> FloatArray:
+    def expected_counts(self, n: int) -> F64:
         """Expected accesses per page over the next ``n`` (the current phase)."""
         return self.rates() * n
 
-    def hot_set(self, n: int) -> IntArray:
+    def hot_set(self, n: int) -> I64:
         """The ``n`` pages with the highest expected access rate."""
         n = min(n, self.npages)
         return np.argsort(-self.rates(), kind="stable")[:n].astype(np.int64)

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from emu.workloads.synthetic import Workload
+from hypertier_common.arrays import F64, I32, I64, U64, BoolArray
 
 __all__ = [
     "FORMAT",
@@ -35,10 +36,6 @@ FORMAT = "hypertier-trace"
 VERSION = 1
 PAGE_SHIFT = 12
 LINE_SHIFT = 6
-
-U64 = npt.NDArray[np.uint64]
-I64 = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 
 # ------------------------------------------------------------------ format
@@ -160,7 +157,7 @@ class TraceWorkload(Workload):
         self._bounds = np.array([s for s, _ in trace.segments], np.int64)
         self._pos = 0
         self._last_writes: BoolArray | None = None
-        self._seg_counts: dict[int, npt.NDArray[np.float64]] = {}
+        self._seg_counts: dict[int, F64] = {}
         self.weights = self.rates()
 
     @classmethod
@@ -176,7 +173,7 @@ class TraceWorkload(Workload):
     def _segment_at(self, pos: int) -> int:
         return int(np.searchsorted(self._bounds, pos, side="right")) - 1
 
-    def generate(self, n: int) -> npt.NDArray[np.int32]:
+    def generate(self, n: int) -> I32:
         """The next ``n`` page indices in recorded order (wrapping at the end)."""
         total = len(self._acc)
         s = self._pos
@@ -197,7 +194,7 @@ class TraceWorkload(Workload):
         """Store flags of the accesses the last ``generate`` returned."""
         return self._last_writes
 
-    def segment_counts(self, seg: int) -> npt.NDArray[np.float64]:
+    def segment_counts(self, seg: int) -> F64:
         """Accesses per page in phase segment ``seg`` of one pass of the trace."""
         if seg not in self._seg_counts:
             s, e = self.trace.segments[seg]
@@ -206,12 +203,12 @@ class TraceWorkload(Workload):
             ).astype(np.float64)
         return self._seg_counts[seg]
 
-    def rates(self) -> npt.NDArray[np.float64]:
+    def rates(self) -> F64:
         c = self.segment_counts(self.phase)
-        out: npt.NDArray[np.float64] = c / max(1.0, float(c.sum()))
+        out: F64 = c / max(1.0, float(c.sum()))
         return out
 
-    def expected_counts(self, n: int) -> npt.NDArray[np.float64]:
+    def expected_counts(self, n: int) -> F64:
         """Accesses per page over the next ``n`` accesses of the replay."""
         total = len(self._acc)
         full, rest = divmod(n, total)

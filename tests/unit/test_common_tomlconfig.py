@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -176,6 +176,21 @@ def test_both_agents_name_a_missing_file_as_unreadable(
             id="range",
         ),
         pytest.param(lambda: tomlconfig.require(False, "said so"), "said so", id="req"),
+        pytest.param(
+            lambda: tomlconfig.check("t", SimpleNamespace(a=1, b=0), positive="a b"),
+            r"t.b must be > 0, got 0",
+            id="check-positive",
+        ),
+        pytest.param(
+            lambda: tomlconfig.check("t", SimpleNamespace(a=-2), non_negative="a"),
+            r"t.a must be >= 0, got -2",
+            id="check-non-negative",
+        ),
+        pytest.param(
+            lambda: tomlconfig.check("t", SimpleNamespace(a=0, b=1.5), unit="a b"),
+            r"t.b must be in \[0, 1\], got 1.5",
+            id="check-unit",
+        ),
     ],
 )
 def test_range_checks_name_the_key_and_the_value(
@@ -190,3 +205,6 @@ def test_range_checks_pass_values_inside() -> None:
     tomlconfig.non_negative("t.k", 0)
     tomlconfig.in_range("t.k", 8, 1, 8)
     tomlconfig.require(True, "unused")
+    tomlconfig.check(
+        "t", SimpleNamespace(a=1, b=0, c=1), positive="a", non_negative="b", unit="c"
+    )

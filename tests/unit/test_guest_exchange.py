@@ -12,15 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent_guest.backend import (
-    AccessSamples,
-    Capability,
-    MoveResult,
-    NumaNode,
-    ProcessInfo,
-    SamplerSettings,
-    Vma,
-)
+from agent_guest import backend as api
 from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, MoverConfig
 from agent_guest.errors import NoSuchProcess
@@ -315,22 +307,24 @@ class _Backend:
         self.forbidden: set[int] = set()
         self.moves: list[tuple[int, int, int]] = []
 
-    def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.MOVE_PAGES})
+    def capabilities(self) -> frozenset[api.Capability]:
+        return frozenset({api.Capability.MOVE_PAGES})
 
-    def numa_nodes(self) -> Sequence[NumaNode]:
+    def numa_nodes(self) -> Sequence[api.NumaNode]:
         return []
 
-    def processes(self) -> Sequence[ProcessInfo]:
+    def processes(self) -> Sequence[api.ProcessInfo]:
         return []
 
-    def vmas(self, pid: int) -> Sequence[Vma]:
+    def vmas(self, pid: int) -> Sequence[api.Vma]:
         return []
 
-    def start_sampling(self, pids: Sequence[int], settings: SamplerSettings) -> None:
+    def start_sampling(
+        self, pids: Sequence[int], settings: api.SamplerSettings
+    ) -> None:
         pass
 
-    def read_samples(self) -> AccessSamples:
+    def read_samples(self) -> api.AccessSamples:
         raise NotImplementedError
 
     def stop_sampling(self) -> None:
@@ -348,7 +342,7 @@ class _Backend:
 
     def move_pages(
         self, pid: int, addrs: npt.NDArray[np.uint64], node: int
-    ) -> MoveResult:
+    ) -> api.MoveResult:
         if pid in self.dead:
             raise NoSuchProcess(pid)
         self.moves.append((pid, node, int(addrs.shape[0])))
@@ -359,7 +353,7 @@ class _Backend:
             i = ((addrs - BASE) // 4096).astype(np.int64)
             has = i < given.shape[0]
             st[has] = given[i[has]]
-        return MoveResult(st.shape[0], int((st == node).sum()), st)
+        return api.MoveResult(st.shape[0], int((st == node).sum()), st)
 
     def channel_send(self, line: bytes) -> None:
         pass
@@ -379,8 +373,8 @@ class _Backend:
 
 def _tables() -> dict[int, RangeTable]:
     hot, cold = RangeTable(ClassifyConfig()), RangeTable(ClassifyConfig())
-    hot.set_vmas([Vma(BASE, BASE + (64 << 12), "rw-p")], max_ranges=1)
-    cold.set_vmas([Vma(BASE, BASE + (64 << 12), "rw-p")], max_ranges=1)
+    hot.set_vmas([api.Vma(BASE, BASE + (64 << 12), "rw-p")], max_ranges=1)
+    cold.set_vmas([api.Vma(BASE, BASE + (64 << 12), "rw-p")], max_ranges=1)
     hot.count, hot.hot = np.array([1000.0]), np.array([True])
     cold.count, cold.hot = np.array([0.0]), np.array([False])
     hot.mass, cold.mass = hot.count.copy(), cold.count.copy()
@@ -428,7 +422,7 @@ class _FullNode(_Backend):
 
     def move_pages(
         self, pid: int, addrs: npt.NDArray[np.uint64], node: int
-    ) -> MoveResult:
+    ) -> api.MoveResult:
         self.moves.append((pid, node, int(addrs.shape[0])))
         st = np.full(addrs.shape[0], node, np.int32)
         if node == 0:
@@ -436,7 +430,7 @@ class _FullNode(_Backend):
             self.room = max(0, self.room - addrs.shape[0])
         else:
             self.room += addrs.shape[0]
-        return MoveResult(st.shape[0], int((st == node).sum()), st)
+        return api.MoveResult(st.shape[0], int((st == node).sum()), st)
 
 
 def test_room_the_node_refuses_is_learnt_and_exchanged_for() -> None:
