@@ -13,19 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent_guest.errors import ERROR_KINDS as GUEST_KINDS
-from agent_guest.errors import NoSuchProcess
 from agent_host.errors import ERROR_KINDS as HOST_KINDS
-from agent_host.errors import NoSuchDomain
+from hypertier_common import errors
 from hypertier_common.control import ControlClient, ControlServer
-from hypertier_common.errors import (
-    AccessDenied,
-    AgentError,
-    BackendError,
-    ConfigError,
-    InternalError,
-    NotRunning,
-    Unsupported,
-)
 
 KINDS = {**GUEST_KINDS, **HOST_KINDS}
 
@@ -35,7 +25,7 @@ class _Controller:
 
     def __init__(self) -> None:
         self.calls = 0
-        self.error: AgentError = BackendError("x")
+        self.error: errors.AgentError = errors.BackendError("x")
 
     def echo(self, text: str, times: int = 1) -> dict[str, str]:
         self.calls += 1
@@ -79,17 +69,20 @@ def test_a_result_comes_back_in_the_one_reply_shape(served) -> None:  # type: ig
 @pytest.mark.parametrize(
     "error",
     [
-        pytest.param(ConfigError("bad value"), id="ConfigError"),
-        pytest.param(BackendError("libvirt went away"), id="BackendError"),
-        pytest.param(Unsupported("virtio-mem", "no driver"), id="Unsupported"),
-        pytest.param(AccessDenied("/dev/x", "run as root"), id="AccessDenied"),
-        pytest.param(NotRunning("/run/x.sock", "refused"), id="NotRunning"),
-        pytest.param(InternalError("internal"), id="InternalError"),
-        pytest.param(NoSuchDomain("web1"), id="NoSuchDomain"),
-        pytest.param(NoSuchProcess(42), id="NoSuchProcess"),
+        pytest.param(errors.ConfigError("bad value"), id="ConfigError"),
+        pytest.param(errors.BackendError("libvirt went away"), id="BackendError"),
+        pytest.param(errors.Unsupported("virtio-mem", "no driver"), id="Unsupported"),
+        pytest.param(errors.AccessDenied("/dev/x", "run as root"), id="AccessDenied"),
+        pytest.param(errors.NotRunning("/run/x.sock", "refused"), id="NotRunning"),
+        pytest.param(errors.InternalError("internal"), id="InternalError"),
+        pytest.param(errors.NoSuchDomain("web1"), id="NoSuchDomain"),
+        pytest.param(errors.NoSuchProcess(42), id="NoSuchProcess"),
     ],
 )
-def test_every_error_kind_comes_back_as_itself(served, error: AgentError) -> None:  # type: ignore[no-untyped-def]
+def test_every_error_kind_comes_back_as_itself(
+    served,  # type: ignore[no-untyped-def]
+    error: errors.AgentError,
+) -> None:
     controller, client, path = served
     controller.error = error
     with pytest.raises(type(error)) as got:
@@ -109,9 +102,9 @@ def test_every_error_kind_comes_back_as_itself(served, error: AgentError) -> Non
 
 def test_bad_parameters_are_refused_before_the_call(served) -> None:  # type: ignore[no-untyped-def]
     controller, client, _ = served
-    with pytest.raises(ConfigError, match="echo: missing a required argument"):
+    with pytest.raises(errors.ConfigError, match="echo: missing a required argument"):
         client.call("echo")
-    with pytest.raises(ConfigError, match="unexpected keyword argument 'color'"):
+    with pytest.raises(errors.ConfigError, match="unexpected keyword argument 'color'"):
         client.call("echo", text="x", color="red")
     assert controller.calls == 0
 
@@ -121,7 +114,10 @@ def test_a_type_error_inside_a_method_is_a_bug_not_bad_parameters(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, client, _ = served
-    with caplog.at_level(logging.ERROR), pytest.raises(InternalError, match="a bug"):
+    with (
+        caplog.at_level(logging.ERROR),
+        pytest.raises(errors.InternalError, match="a bug"),
+    ):
         client.call("bug")
     assert "Traceback" in caplog.text
 
@@ -151,19 +147,19 @@ def test_an_unknown_kind_from_a_newer_daemon_is_a_backend_error() -> None:
     from hypertier_common.errors import error_from_wire
 
     err = error_from_wire({"kind": "Quota", "message": "over", "attrs": {}}, KINDS)
-    assert type(err) is BackendError
+    assert type(err) is errors.BackendError
     assert "Quota" in str(err)
 
 
 def test_no_daemon_is_not_running(tmp_path: Path) -> None:
-    with pytest.raises(NotRunning) as got:
+    with pytest.raises(errors.NotRunning) as got:
         ControlClient(tmp_path / "none.sock", KINDS).call("status")
     assert got.value.path == str(tmp_path / "none.sock")
 
 
 def test_a_dead_daemons_socket_is_replaced_a_live_one_is_not(served) -> None:  # type: ignore[no-untyped-def]
     _, _, path = served
-    with pytest.raises(BackendError, match="another daemon is running"):
+    with pytest.raises(errors.BackendError, match="another daemon is running"):
         ControlServer(_Controller(), path)
     dead = path.parent / "dead.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
