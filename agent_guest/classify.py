@@ -88,6 +88,7 @@ class RangeTable:
         # Sample history: bit i set = samples in the epoch i epochs ago.
         self.seen = np.empty(0, np.uint8)
         self.epoch = 0
+        self._layout = 0  # bumped whenever the ranges change
         self._grid: tuple[int, int, I64, BoolArray] | None = None
         self._mid = _empty_u64()
         self._next_start = _empty_u64()
@@ -95,6 +96,8 @@ class RangeTable:
         self._ws: _Scratch | None = None
         # pages tracked one by one, for hot pages ranges cannot separate
         self.pages = PageTable(params)
+        # RangeTable.dispersion, for the (ranges, pages) version it was made of
+        self._dispersion: tuple[tuple[int, int], F64] | None = None
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
@@ -186,6 +189,7 @@ class RangeTable:
         mass: F64,
     ) -> None:
         self._grid = None
+        self._layout += 1
         self.pages.invalidate()  # resolved densities use the ranges' counts
         self.start, self.end = start, end
         self.count = count.astype(np.float64)
@@ -288,6 +292,44 @@ class RangeTable:
     def resolved(self) -> Resolved:
         """This table's resolved pages (:meth:`PageTable.resolved`)."""
         return self.pages.resolved(float(self.count.sum()))
+
+    def dispersion(self, z: float = 2.0) -> F64:
+        """Per range, how far its pages' own long-memory counts can be believed
+        against the range's estimate: the empirical-Bayes (gamma-Poisson)
+        weight ``B`` in [0, 1] of a page's count in its rate's estimate.
+
+        A range whose pages' counts vary no more than Poisson noise would (a
+        uniform or streamed region) has ``B`` 0: a page that drew more samples
+        there was lucky, not hot. Where they vary more (hot pages scattered
+        among cold ones), ``B = tau2 / (tau2 + m)``, ``m`` the mean count per
+        page and ``tau2`` the variance of the pages' rates beyond Poisson's
+        (``var - m``, less ``z`` standard errors of a Poisson variance over
+        the range's pages). Pages not tracked count at the tracking floor
+        (:meth:`PageTable.floor`) and tracked ones at least at it: censoring
+        at the floor adds no variance, so a full page table cannot fake
+        dispersion. Cached until the ranges or the pages change.
+        """
+        key = (self._layout, self.pages.version)
+        if self._dispersion is not None and self._dispersion[0] == key:
+            return self._dispersion[1]
+        n = len(self)
+        pt = self.pages
+        out = np.zeros(n)
+        if n and pt.addr.shape[0]:
+            pages = np.maximum(self.size_bytes / PAGE_SIZE, 1.0)
+            f = pt.floor()
+            j = self.locate(pt.addr)
+            inside = j >= 0
+            jj = j[inside]
+            k = np.maximum(pt.count[inside], f)
+            rest = np.maximum(pages - np.bincount(jj, minlength=n), 0.0)
+            m = (np.bincount(jj, weights=k, minlength=n) + f * rest) / pages
+            sq = (np.bincount(jj, weights=k * k, minlength=n) + f * f * rest) / pages
+            se = np.sqrt((m + 6.0 * m * m + 4.0 * m * m * m) / pages)
+            tau2 = np.maximum(sq - m * m - m - z * se, 0.0)
+            np.divide(tau2, tau2 + m, out=out, where=m > 0.0)
+        self._dispersion = (key, out)
+        return out
 
     def residual(self) -> Residual:
         """Per range, the density of the pages not resolved: the range's samples
@@ -413,6 +455,7 @@ class RangeTable:
         self.seen, self.mass = seen, mass
         self.left, self.right = lt, rt
         self._grid = None
+        self._layout += 1
 
     def _merge(self) -> None:
         """Merge agreeing neighbours, only while at least half the range budget
@@ -449,3 +492,4 @@ class RangeTable:
         self.seen = self.seen[keep]
         self.left, self.right = self.left[keep], self.right[keep]
         self._grid = None
+        self._layout += 1

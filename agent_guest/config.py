@@ -153,7 +153,7 @@ class ClassifyConfig:
     hot_page_min_samples: float = 3.0
     hot_page_min_epochs: int = 2
     page_cooling_samples: float = 131072.0
-    max_tracked_pages: int = 16384
+    max_tracked_pages: int = 65536
     page_track_samples: int = 8192
     reuse_epochs: int = 3
     reuse_window: int = 4
@@ -212,6 +212,10 @@ class MoverConfig:
     # min_gain) beyond sampling noise: near-equals never swap. The same default
     # as classify.hysteresis, which it was until it had a key of its own.
     min_gain: float = 0.25
+    # The noise test's z for a resolved page whose range's pages differ beyond
+    # Poisson noise (RangeTable.dispersion 1; in proportion below): there a
+    # page's own count is evidence, not a lucky draw. Elsewhere the test's 2.
+    own_count_z: float = 1.0
     # Moves go only where they pay for themselves within payback_s
     # (plan.paying_prefix): each access moved to the fast tier saves
     # slow_penalty_ns; each move_pages call costs call_cost_us (the TLB flush
@@ -241,9 +245,9 @@ class MoverConfig:
             "mover",
             self,
             positive="max_bandwidth_mib_s",
-            non_negative="fast_reserve_bytes min_gain payback_s slow_penalty_ns"
-            " call_cost_us page_cost_us max_busy_retries cooldown_epochs"
-            " placement_ttl_epochs",
+            non_negative="fast_reserve_bytes min_gain own_count_z payback_s"
+            " slow_penalty_ns call_cost_us page_cost_us max_busy_retries"
+            " cooldown_epochs placement_ttl_epochs",
         )
 
     def move_cost(self, accesses_per_sample: float) -> MoveCost:

@@ -269,7 +269,8 @@ class Exchanger:
         cooldown: bool,
     ) -> Candidates:
         """Resolved pages on ``on_nodes``: those selected hot (promotion) or the
-        others (demotion), each with its own density."""
+        others (demotion), each with its own density; a promotion candidate's
+        ``trust`` is its range's :meth:`RangeTable.dispersion`."""
         out = Candidates.empty()
         for pid, t in tables.items():
             if pid in self.gone:
@@ -283,12 +284,17 @@ class Exchanger:
             if nodes is None:
                 continue
             keep = self._eligible(pid, addr, nodes, on_nodes, cooldown)
+            trust = None
+            if want_hot:  # how far a page's own count can be believed
+                j = t.locate(addr[keep])
+                trust = np.where(j >= 0, t.dispersion()[np.maximum(j, 0)], 0.0)
             out = out.then(
                 Candidates(
                     np.full(int(keep.sum()), pid, np.int32),
                     addr[keep],
                     r.density[pick][keep],
                     r.noise[pick][keep],
+                    trust,
                 )
             )
         return out
@@ -409,6 +415,7 @@ class Exchanger:
             self._cfg.batch_pages,
             self._cfg.min_gain,
             cost=cost,
+            z_own=self._cfg.own_count_z,
         )
         promoted = demoted = 0
         room = free_pages
@@ -451,6 +458,7 @@ class Exchanger:
             promoted,
             self._resolved_mask(tables, promote),
             self._cfg.min_gain,
+            z_own=self._cfg.own_count_z,
         )
         self.stats.promoted += promoted
         self.stats.demoted += demoted

@@ -71,6 +71,7 @@ class PageTable:
         self._since_cooling = 0.0
         self._pending: list[tuple[U64, F64]] = []
         self._resolved: tuple[float, Resolved] | None = None
+        self.version = 0  # bumped whenever the counts change
 
     def invalidate(self) -> None:
         """Forget the cached :meth:`resolved` (the inputs changed)."""
@@ -148,7 +149,16 @@ class PageTable:
         self.recent, self.epochs = recent[keep], epochs[keep]
         self.mass = pmass[keep]
         self.seen = seen[keep]
+        self.version += 1
         self.invalidate()
+
+    def floor(self) -> float:
+        """The count below which an untracked page's count may lie: the least
+        tracked count once the table is full (the others were dropped for
+        it), else 0 (only counts under 1/2 were dropped)."""
+        if self.addr.shape[0] and self.addr.shape[0] >= self.params.max_tracked_pages:
+            return float(self.count.min())
+        return 0.0
 
     def resolved(self, recent_total: float) -> Resolved:
         """Tracked pages whose own samples say how hot they are.

@@ -28,12 +28,19 @@ __all__ = [
 @dataclass(frozen=True, eq=False)
 class Candidates:
     """Pages in priority order: parallel ``pid``, ``addr``, and the ``density`` and
-    its standard error ``noise`` of the range each page is in."""
+    its standard error ``noise`` of each page's estimate; ``trust`` (None: 0
+    for all) how much of that estimate is the page's own count rather than its
+    range's (:meth:`agent_guest.classify.RangeTable.dispersion`)."""
 
     pid: I32
     addr: U64
     density: F64
     noise: F64
+    trust: F64 | None = None
+
+    def trusted(self) -> F64:
+        """``trust``, zeros where it is None."""
+        return np.zeros(len(self)) if self.trust is None else self.trust
 
     def __len__(self) -> int:
         return int(self.addr.shape[0])
@@ -49,8 +56,9 @@ class Candidates:
 
     def pick(self, sel: slice | npt.NDArray[np.intp] | BoolArray) -> Candidates:
         return Candidates(
-            self.pid[sel], self.addr[sel], self.density[sel], self.noise[sel]
-        )
+            self.pid[sel], self.addr[sel], self.density[sel], self.noise[sel],
+            None if self.trust is None else self.trust[sel],
+        )  # fmt: skip
 
     def then(self, other: Candidates) -> Candidates:
         """These candidates followed by ``other``."""
@@ -59,6 +67,9 @@ class Candidates:
             np.concatenate((self.addr, other.addr)),
             np.concatenate((self.density, other.density)),
             np.concatenate((self.noise, other.noise)),
+            None
+            if self.trust is None and other.trust is None
+            else np.concatenate((self.trusted(), other.trusted())),
         )
 
 
@@ -97,6 +108,7 @@ def plan_exchange(
     min_gain: float = 0.0,
     z: float = 2.0,
     cost: MoveCost | None = None,
+    z_own: float | None = None,
 ) -> list[Batch]:
     """Plan the epoch's batches (pure).
 
@@ -130,7 +142,7 @@ def plan_exchange(
     pairs = min(len(promote) - p, len(demote) - d, budget // 2)
     if pairs > 0:
         hot, cold = promote.take(p, p + pairs), demote.take(d, d + pairs)
-        gain = clearly_denser(hot, cold, min_gain, z)
+        gain = clearly_denser(hot, cold, min_gain, pair_z(hot, z, z_own))
         if not gain.all():
             pairs = int(np.argmin(gain))
     if cost is not None and cost.sample_ns > 0.0 and p + pairs > 0:
@@ -195,6 +207,7 @@ def waiting(
     long_memory: BoolArray,
     min_gain: float,
     z: float = 2.0,
+    z_own: float | None = None,
 ) -> int:
     """How many promotion candidates a round left unmoved that more samples
     could still move (the round had ``free_pages`` of room, the demotion
@@ -214,10 +227,21 @@ def waiting(
     passes[:room] = True
     if pairs:
         hot, cold = promote.take(room, room + pairs), demote.take(0, pairs)
-        passes[room : room + pairs] = clearly_denser(hot, cold, min_gain, z)
+        passes[room : room + pairs] = clearly_denser(
+            hot, cold, min_gain, pair_z(hot, z, z_own)
+        )
     left = passes | long_memory
     left[: min(moved, len(promote))] = False
     return int(np.count_nonzero(left))
+
+
+def pair_z(hot: Candidates, z: float, z_own: float | None) -> float | F64:
+    """The noise test's ``z`` per pair: ``z`` where the hot page's estimate is
+    its range's, ``z_own`` where it is its own count in a range whose pages
+    differ beyond Poisson noise (``trust`` 1), in proportion between."""
+    if z_own is None or hot.trust is None:
+        return z
+    return z + (z_own - z) * hot.trust
 
 
 def _counts(c: Candidates) -> tuple[F64, F64]:
@@ -233,7 +257,10 @@ def _counts(c: Candidates) -> tuple[F64, F64]:
 
 
 def clearly_denser(
-    hot: Candidates, cold: Candidates, min_gain: float, z: float
+    hot: Candidates,
+    cold: Candidates,
+    min_gain: float,
+    z: float | F64,
 ) -> BoolArray:
     """Per pair: is the hot unit denser than ``(1 + min_gain)`` x the cold one's
     plausible density, beyond Poisson noise?

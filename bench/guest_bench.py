@@ -83,8 +83,9 @@ def decode_samples_per_s(
 def classify_epoch_ms(
     space_bytes: int = TiB, ranges: int = 2048, samples: int = 1_000_000
 ) -> float:
-    """CPU ms of one epoch (bin samples, decay, split/merge, select) over
-    ``ranges`` ranges covering ``space_bytes``, median of several epochs.
+    """CPU ms of one epoch (bin samples, decay, split/merge, select, and the
+    ranges' dispersion the exchange's noise test reads) over ``ranges``
+    ranges covering ``space_bytes``, median of several epochs.
     CPU time, not wall time, so other load on the machine does not count."""
     t = RangeTable(ClassifyConfig(max_ranges=2 * ranges))
     vmas = [
@@ -104,6 +105,7 @@ def classify_epoch_ms(
         t.add_samples(addr)
         t.end_epoch()
         select_hot({1: t}, space_bytes // 8, 0.25)
+        t.dispersion()
         times.append(time.process_time() - t0)
     return float(np.median(times)) * 1e3
 

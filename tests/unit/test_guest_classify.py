@@ -268,3 +268,62 @@ def test_tracked_pages_are_bounded_and_cooled_by_samples_not_epochs() -> None:
         t.add_samples(np.full(1000, other, np.uint64))
         t.end_epoch()
     assert t.pages.addr.tolist() == [other]
+
+
+def _sampled(
+    weights: np.ndarray, samples_per_epoch: int, epochs: int, **kw: float
+) -> RangeTable:  # type: ignore[type-arg]
+    """One 64 MiB range whose pages draw samples in proportion to ``weights``."""
+    kw = {"split_min_samples": 1e9, **kw}
+    t = _table(size=64 * MiB, **kw)
+    rng = np.random.default_rng(7)
+    p = weights / weights.sum()
+    for _ in range(epochs):
+        page = rng.choice(weights.shape[0], samples_per_epoch, p=p)
+        t.add_samples((BASE + page * 4096 + 64).astype(np.uint64))
+        t.end_epoch()
+    return t
+
+
+PAGES = (64 * MiB) // 4096
+
+
+def test_dispersion_is_zero_where_pages_differ_only_by_sampling_noise() -> None:
+    """Uniform accesses: a page that drew more samples was lucky, not hot."""
+    t = _sampled(np.ones(PAGES), 8000, 8)
+    assert len(t) == 1
+    assert t.dispersion()[0] < 0.05
+
+
+def test_dispersion_trusts_own_counts_where_hot_pages_are_scattered() -> None:
+    """Power-law popularity over a permuted page order (a graph's vertices):
+    ranges cannot separate the hot pages, their own counts can."""
+    rank = np.random.default_rng(3).permutation(PAGES) + 1.0
+    t = _sampled(rank**-0.8, 8000, 8)
+    assert len(t) == 1
+    assert t.dispersion()[0] > 0.5
+
+
+def test_a_full_page_table_does_not_fake_dispersion() -> None:
+    """Keeping only the most sampled pages of a uniform range must not read as
+    hot pages among cold ones: untracked pages count at the tracking floor."""
+    t = _sampled(np.ones(PAGES), 8000, 8, max_tracked_pages=1024)
+    assert t.pages.addr.shape[0] == 1024
+    assert t.dispersion()[0] < 0.05
+
+
+@given(
+    st.lists(st.integers(0, PAGES - 1), min_size=0, max_size=3000),
+    st.integers(1, 5),
+)
+def test_dispersion_is_a_weight_in_zero_one(pages: list[int], epochs: int) -> None:
+    t = _table(size=64 * MiB, max_tracked_pages=256)
+    t.set_vmas([Vma(BASE, BASE + 64 * MiB, "rw-p")], max_ranges=16)
+    addr = (BASE + np.array(pages, np.int64) * 4096).astype(np.uint64)
+    for _ in range(epochs):
+        t.add_samples(addr)
+        t.end_epoch()
+    b = t.dispersion()
+    assert b.shape == (len(t),)
+    assert np.all((b >= 0.0) & (b <= 1.0))
+    assert np.array_equal(t.dispersion(), b)  # cached, and the same

@@ -22,6 +22,7 @@ from agent_guest.plan import (
     MoveCost,
     clearly_denser,
     pages_of_ranges,
+    pair_z,
     paying_prefix,
     plan_exchange,
     waiting,
@@ -603,3 +604,49 @@ def test_the_node_of_a_page_seen_or_moved_is_not_asked_again_while_fresh() -> No
     ex.forget_placement()  # e.g. an unplug: ask again (this backend says node 1)
     assert ex.run(tables, [0], [1], 0, 1, 64) == (64, 0)
     assert ex.stats.scanned > asked
+
+
+def _unit(n: float, trust: float | None = None) -> Candidates:
+    """One candidate of ``n`` samples (density per sample 1)."""
+    return Candidates(
+        np.ones(1, np.int32),
+        np.zeros(1, np.uint64),
+        np.array([n]),
+        np.array([np.sqrt(n + 1.0)]),
+        None if trust is None else np.array([trust]),
+    )
+
+
+def test_a_page_whose_own_count_is_trusted_passes_on_fewer_samples() -> None:
+    """6 samples against a partner's 1: noise where pages differ only by chance
+    (trust 0: z stays 2), evidence where its range's pages are overdispersed
+    (trust 1: z falls to ``own_count_z``)."""
+    cold = _unit(1.0)
+    untrusted, trusted = _unit(6.0, 0.0), _unit(6.0, 1.0)
+    assert not clearly_denser(untrusted, cold, 0.25, pair_z(untrusted, 2.0, 1.0))[0]
+    assert clearly_denser(trusted, cold, 0.25, pair_z(trusted, 2.0, 1.0))[0]
+    # without a z_own or a trust, the test is the plain z = 2 one
+    assert pair_z(trusted, 2.0, None) == 2.0
+    assert pair_z(_unit(3.0), 2.0, 1.0) == 2.0
+
+
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=20), st.floats(0.0, 2.0))
+def test_pair_z_lies_between_the_plain_and_the_own_count_z(
+    trust: list[float], z_own: float
+) -> None:
+    t = np.array(trust)
+    hot = Candidates(
+        np.ones(len(t), np.int32),
+        np.zeros(len(t), np.uint64),
+        np.ones(len(t)),
+        np.ones(len(t)),
+        t,
+    )
+    z = np.asarray(pair_z(hot, 2.0, z_own))
+    assert np.all(z <= 2.0 + 1e-12)
+    assert np.all(z >= z_own - 1e-12)
+    # trust survives picking and joining
+    assert np.array_equal(hot.pick(slice(0, 1)).trust, t[:1])  # type: ignore[arg-type]
+    joined = hot.then(_unit(1.0))
+    assert joined.trust is not None
+    assert joined.trust[-1] == 0.0
