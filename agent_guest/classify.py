@@ -21,6 +21,10 @@ from hypertier_common.arrays import F64, I64, U8, U64, BoolArray
 
 __all__ = ["RangeTable", "Residual"]
 
+# Standard errors of the Poisson variance a range's count variance must exceed
+# before its pages' own counts are believed (RangeTable.dispersion).
+DISPERSION_Z = 2.0
+
 
 def _empty_u64() -> U64:
     return np.empty(0, np.uint64)
@@ -88,7 +92,6 @@ class RangeTable:
         # Sample history: bit i set = samples in the epoch i epochs ago.
         self.seen = np.empty(0, np.uint8)
         self.epoch = 0
-        self._layout = 0  # bumped whenever the ranges change
         self._grid: tuple[int, int, I64, BoolArray] | None = None
         self._mid = _empty_u64()
         self._next_start = _empty_u64()
@@ -96,8 +99,8 @@ class RangeTable:
         self._ws: _Scratch | None = None
         # pages tracked one by one, for hot pages ranges cannot separate
         self.pages = PageTable(params)
-        # RangeTable.dispersion, for the (ranges, pages) version it was made of
-        self._dispersion: tuple[tuple[int, int], F64] | None = None
+        # RangeTable.dispersion until the ranges or the page counts change
+        self._dispersion: F64 | None = None
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
@@ -189,7 +192,7 @@ class RangeTable:
         mass: F64,
     ) -> None:
         self._grid = None
-        self._layout += 1
+        self._dispersion = None
         self.pages.invalidate()  # resolved densities use the ranges' counts
         self.start, self.end = start, end
         self.count = count.astype(np.float64)
@@ -293,7 +296,7 @@ class RangeTable:
         """This table's resolved pages (:meth:`PageTable.resolved`)."""
         return self.pages.resolved(float(self.count.sum()))
 
-    def dispersion(self, z: float = 2.0) -> F64:
+    def dispersion(self) -> F64:
         """Per range, how far its pages' own long-memory counts can be believed
         against the range's estimate: the empirical-Bayes (gamma-Poisson)
         weight ``B`` in [0, 1] of a page's count in its rate's estimate.
@@ -303,15 +306,14 @@ class RangeTable:
         there was lucky, not hot. Where they vary more (hot pages scattered
         among cold ones), ``B = tau2 / (tau2 + m)``, ``m`` the mean count per
         page and ``tau2`` the variance of the pages' rates beyond Poisson's
-        (``var - m``, less ``z`` standard errors of a Poisson variance over
+        (``var - m``, less ``DISPERSION_Z`` standard errors of a Poisson variance over
         the range's pages). Pages not tracked count at the tracking floor
         (:meth:`PageTable.floor`) and tracked ones at least at it: censoring
         at the floor adds no variance, so a full page table cannot fake
         dispersion. Cached until the ranges or the pages change.
         """
-        key = (self._layout, self.pages.version)
-        if self._dispersion is not None and self._dispersion[0] == key:
-            return self._dispersion[1]
+        if self._dispersion is not None:
+            return self._dispersion
         n = len(self)
         pt = self.pages
         out = np.zeros(n)
@@ -326,9 +328,9 @@ class RangeTable:
             m = (np.bincount(jj, weights=k, minlength=n) + f * rest) / pages
             sq = (np.bincount(jj, weights=k * k, minlength=n) + f * f * rest) / pages
             se = np.sqrt((m + 6.0 * m * m + 4.0 * m * m * m) / pages)
-            tau2 = np.maximum(sq - m * m - m - z * se, 0.0)
+            tau2 = np.maximum(sq - m * m - m - DISPERSION_Z * se, 0.0)
             np.divide(tau2, tau2 + m, out=out, where=m > 0.0)
-        self._dispersion = (key, out)
+        self._dispersion = out
         return out
 
     def residual(self) -> Residual:
@@ -391,6 +393,7 @@ class RangeTable:
         sampled = ((self.left + self.right) > 0).astype(np.uint8)
         self.seen = np.left_shift(self.seen, 1) | sampled
         self.pages.end_epoch()
+        self._dispersion = None  # the page counts changed; split and merge follow
         self._split()
         self._merge()
         self.left = np.zeros(len(self))
@@ -455,7 +458,6 @@ class RangeTable:
         self.seen, self.mass = seen, mass
         self.left, self.right = lt, rt
         self._grid = None
-        self._layout += 1
 
     def _merge(self) -> None:
         """Merge agreeing neighbours, only while at least half the range budget
@@ -492,4 +494,3 @@ class RangeTable:
         self.seen = self.seen[keep]
         self.left, self.right = self.left[keep], self.right[keep]
         self._grid = None
-        self._layout += 1

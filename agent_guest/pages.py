@@ -71,7 +71,6 @@ class PageTable:
         self._since_cooling = 0.0
         self._pending: list[tuple[U64, F64]] = []
         self._resolved: tuple[float, Resolved] | None = None
-        self.version = 0  # bumped whenever the counts change
 
     def invalidate(self) -> None:
         """Forget the cached :meth:`resolved` (the inputs changed)."""
@@ -149,7 +148,6 @@ class PageTable:
         self.recent, self.epochs = recent[keep], epochs[keep]
         self.mass = pmass[keep]
         self.seen = seen[keep]
-        self.version += 1
         self.invalidate()
 
     def floor(self) -> float:

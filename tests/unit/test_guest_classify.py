@@ -327,3 +327,14 @@ def test_dispersion_is_a_weight_in_zero_one(pages: list[int], epochs: int) -> No
     assert b.shape == (len(t),)
     assert np.all((b >= 0.0) & (b <= 1.0))
     assert np.array_equal(t.dispersion(), b)  # cached, and the same
+
+
+def test_dispersion_follows_the_page_counts_epoch_by_epoch() -> None:
+    """The cached weight is recomputed once an epoch changes the counts."""
+    t = _sampled(np.ones(PAGES), 8000, 4)
+    assert t.dispersion()[0] < 0.05
+    hot = (BASE + np.arange(0, PAGES, 16, dtype=np.uint64) * 4096).astype(np.uint64)
+    for _ in range(4):  # one page in 16 now draws 8 samples an epoch
+        t.add_samples(np.repeat(hot, 8))
+        t.end_epoch()
+    assert t.dispersion()[0] > 0.5
