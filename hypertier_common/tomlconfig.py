@@ -30,8 +30,6 @@ __all__ = [
     "in_range",
     "load",
     "loads",
-    "non_negative",
-    "positive",
     "require",
 ]
 
@@ -44,17 +42,9 @@ def require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def positive(key: str, value: float) -> None:
-    """``key`` (its full name, ``policy.interval_s``) must be finite and > 0."""
-    _above_zero(key, value, strict=True)
-
-
-def non_negative(key: str, value: float) -> None:
-    """``key`` must be finite and >= 0."""
-    _above_zero(key, value, strict=False)
-
-
 def _above_zero(key: str, value: float, strict: bool) -> None:
+    """``key`` (its full name, ``policy.interval_s``) must be finite and > 0
+    (``strict``) or >= 0."""
     ok = (value > 0 if strict else value >= 0) and math.isfinite(value)
     require(ok, f"{key} must be {'>' if strict else '>='} 0, got {value}")
 

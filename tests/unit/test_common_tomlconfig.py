@@ -159,16 +159,26 @@ def test_both_agents_name_a_missing_file_as_unreadable(
     ("check", "message"),
     [
         pytest.param(
-            lambda: tomlconfig.positive("t.k", 0), r"t.k must be > 0", id="gt"
+            lambda: tomlconfig.check("t", SimpleNamespace(k=0), positive="k"),
+            r"t.k must be > 0",
+            id="gt",
         ),
         pytest.param(
-            lambda: tomlconfig.positive("t.k", math.nan), "t.k must be > 0", id="nan"
+            lambda: tomlconfig.check("t", SimpleNamespace(k=math.nan), positive="k"),
+            "t.k must be > 0",
+            id="nan",
         ),
         pytest.param(
-            lambda: tomlconfig.non_negative("t.k", -1), "t.k must be >= 0", id="ge"
+            lambda: tomlconfig.check("t", SimpleNamespace(k=-1), non_negative="k"),
+            "t.k must be >= 0",
+            id="ge",
         ),
         pytest.param(
-            lambda: tomlconfig.non_negative("t.k", math.inf), "t.k must be >=", id="inf"
+            lambda: tomlconfig.check(
+                "t", SimpleNamespace(k=math.inf), non_negative="k"
+            ),
+            "t.k must be >=",
+            id="inf",
         ),
         pytest.param(
             lambda: tomlconfig.in_range("t.k", 9, 1, 8),
@@ -201,8 +211,8 @@ def test_range_checks_name_the_key_and_the_value(
 
 
 def test_range_checks_pass_values_inside() -> None:
-    tomlconfig.positive("t.k", 0.5)
-    tomlconfig.non_negative("t.k", 0)
+    tomlconfig.check("t", SimpleNamespace(k=0.5), positive="k")
+    tomlconfig.check("t", SimpleNamespace(k=0), non_negative="k")
     tomlconfig.in_range("t.k", 8, 1, 8)
     tomlconfig.require(True, "unused")
     tomlconfig.check(
