@@ -213,6 +213,12 @@ class GuestBackend(Protocol):
         """Private anonymous/file mappings of ``pid``. Raises NoSuchProcess."""
         ...
 
+    def node_bytes(self, pid: int) -> Mapping[int, int]:
+        """``pid``'s resident bytes per NUMA node. Costs a walk of its page
+        tables on Linux (/proc/pid/numa_maps): call it rarely. Raises
+        NoSuchProcess or AccessDenied."""
+        ...
+
     def start_sampling(self, pids: Sequence[int], settings: SamplerSettings) -> None:
         """Start (or restart) sampling ``pids`` (empty: system-wide).
 

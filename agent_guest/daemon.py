@@ -31,13 +31,13 @@ from agent_guest.hostlink import HostLink
 from agent_guest.policy import (
     AccessRate,
     FastBudget,
+    FastResidency,
     GrowthWatch,
     SampleBoost,
-    fast_budget,
 )
 from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
-from agent_guest.targets import NodeRoles, node_roles, pick_targets
+from agent_guest.targets import NodeRoles, bytes_on_nodes, node_roles, pick_targets
 from hypertier_common.arrays import I32, U64
 from hypertier_common.clock import Clock
 from hypertier_common.errors import AccessDenied, AgentError
@@ -80,6 +80,7 @@ class Daemon:
         self._access_rate = AccessRate()
         # the mover keeps its fast reserve while the managed processes grow
         self._growth = GrowthWatch(2 * cfg.targets.refresh_s)
+        self._residency = FastResidency(cfg.targets.refresh_s)
         self._placement_view: tuple[int | None, int | None, int] = (None, None, -1)
         self.tick_stats = TickStats()  # a tick is an epoch
         self._hot_bytes = self._demand_bytes = 0  # of the last selection
@@ -134,19 +135,12 @@ class Daemon:
         sampler, exchanger, params = self._build(cfg)
         old = self._sampler
         old.stop()
-        sampler.samples, sampler.lost, sampler.throttled = (
-            old.samples,
-            old.lost,
-            old.throttled,
-        )
+        for counter in ("samples", "lost", "throttled"):
+            setattr(sampler, counter, getattr(old, counter))
         exchanger.stats = self._exchanger.stats
         exchanger.denied = self._exchanger.denied
-        self._cfg, self._sampler, self._exchanger, self._params = (
-            cfg,
-            sampler,
-            exchanger,
-            params,
-        )
+        self._cfg, self._params = cfg, params
+        self._sampler, self._exchanger = sampler, exchanger
         self._boost.cfg = cfg.sampler
         self._boost.can_settle = sampler.source.samples_accesses
         for t in self._tables.values():
@@ -191,7 +185,8 @@ class Daemon:
         t0 = self._clock.monotonic()
         spent = CpuStopwatch()  # this process's CPU per step, for the debug log
         self._link.receive(self._cfg.guest.report_interval_s)
-        if t0 >= self._next_refresh:
+        fresh = t0 >= self._next_refresh  # the targets' RSS is read this epoch
+        if fresh:
             self._refresh_targets()
             self._next_refresh = t0 + self._cfg.targets.refresh_s
         spent.lap("targets")
@@ -217,15 +212,8 @@ class Daemon:
         if roles.slow and not self._self_placed:
             self._place_self(max(roles.slow, key=lambda n: by_id[n].free_bytes))
         limit = self._link.fast_limit(sum(n.total_bytes for n in fast))
-        budget = fast_budget(
-            fast,
-            limit,
-            sum(p.rss_bytes for p in self._target_infos),
-            self._cfg.mover,
-            keep_reserve=self._informed_epochs >= self._params.reuse_window
-            and self._growth.growing(t0),
-        )
-        self._budget = budget
+        used_all = sum(n.used_bytes for n in nodes)
+        self._budget = budget = self._fast_budget(fast, used_all, limit, t0, fresh)
         sel = select_hot(self._tables, budget.room_bytes, self._params.hysteresis)
         spent.lap("select")
         self._hot_bytes, self._demand_bytes = sel.hot_bytes, sel.demand_bytes
@@ -244,6 +232,7 @@ class Daemon:
                 self._cfg.mover.move_cost(self._accesses_per_count()),
             )
             pending = self._exchanger.pending
+            self._residency.moved(promoted, demoted)
             # Migration CPU is bounded by the MiB/s limit, not by the sample rate.
             self._last_cpu += self._backend.cpu_time_s() - cpu_before
             for pid in self._exchanger.gone:
@@ -287,7 +276,41 @@ class Daemon:
         view = (self._link.allot_fast_bytes, self._link.plugged_fast_bytes, kernel)
         if view != self._placement_view:
             self._exchanger.forget_placement()
+            _, plugged, moved = self._placement_view
+            unplugged = (view[1] or 0) < (plugged or 0)
+            if unplugged or moved != kernel:  # the targets' pages changed node
+                self._residency.invalidate(at_once=unplugged)
             self._placement_view = view
+
+    def _fast_budget(
+        self,
+        fast: Sequence[NumaNode],
+        used_all: int,
+        limit: int,
+        now: float,
+        fresh: bool,
+    ) -> FastBudget:
+        """FastResidency.budget; measured only as the RSS is read (``fresh``: a
+        stale one looks open), its CPU not the sampler's to account for."""
+        rss = sum(p.rss_bytes for p in self._target_infos)
+        is_open = FastResidency.is_open(rss, sum(n.used_bytes for n in fast), used_all)
+        if fresh and is_open and self._residency.due(now):
+            cpu = self._backend.cpu_time_s()
+            pids = [p.pid for p in self._target_infos]
+            on_fast = bytes_on_nodes(self._backend, pids, [n.node for n in fast])
+            cost = self._backend.cpu_time_s() - cpu
+            self._last_cpu += cost
+            self._residency.measured(on_fast, rss, cost, now)
+        return self._residency.budget(
+            fast,
+            limit,
+            rss,
+            self._cfg.mover,
+            keep_reserve=self._informed_epochs >= self._params.reuse_window
+            and self._growth.growing(now),
+            unplugging=self._link.fast_fixed_bytes is not None,
+            is_open=is_open,
+        )
 
     def _note_rate(self, samples: int, now: float) -> None:
         """``samples`` arrived since the last tick ended, taken at the current
@@ -327,9 +350,8 @@ class Daemon:
         infos = {p.pid: p for p in procs}
         for pid in sorted(set(self._tables) - set(pids)):
             if pid not in infos and pid not in self._exchanger.denied:
-                # Not listed at all: one of its /proc reads failed during the
-                # scan (it races with the process). Only a process that is
-                # gone (vmas: NoSuchProcess, below) stops being managed.
+                # Not listed: a /proc read raced with the process. Only one
+                # that is gone (vmas: NoSuchProcess, below) stops being managed.
                 pids.append(pid)
             else:
                 self._forget(pid)
@@ -358,6 +380,8 @@ class Daemon:
                 table.set_vmas(vmas, self._params.max_ranges // max(1, len(pids)))
                 self._vma_keys[pid] = key
         self._target_infos = [infos[p] for p in self._tables if p in infos]
+        if sorted(self._tables) != self._targets:
+            self._residency.invalidate(at_once=True)
         self._targets = sorted(self._tables)
         self._sampler.start(self._targets)
         self._growth.note(
@@ -374,12 +398,8 @@ class Daemon:
             log.warning("own memory stays where it is: %s", err)
             return
         self._own_node = node
-        log.info(
-            "own memory on node %d (%d MiB of private pages; new allocations"
-            " prefer it)",
-            node,
-            pages * PAGE_SIZE >> 20,
-        )
+        mib = pages * PAGE_SIZE >> 20
+        log.info("own memory on node %d (%d MiB; new allocations prefer it)", node, mib)
 
     def _forget(self, pid: int) -> None:
         self._vma_keys.pop(pid, None)

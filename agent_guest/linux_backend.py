@@ -186,6 +186,9 @@ class LinuxGuestBackend:
         """Private writable mappings (heap, anonymous, data) from /proc/pid/maps."""
         return procfs.vmas(self._root, pid)
 
+    def node_bytes(self, pid: int) -> Mapping[int, int]:
+        return procfs.node_bytes(self._root, pid)
+
     # ---------------------------------------------------------------- sampling
     def start_sampling(self, pids: Sequence[int], settings: SamplerSettings) -> None:
         """One event (two for PEBS: loads and stores) per online CPU, pid=-1,

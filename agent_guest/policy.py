@@ -25,6 +25,7 @@ __all__ = [
     "AccessRate",
     "FastBudget",
     "FastLimit",
+    "FastResidency",
     "GrowthWatch",
     "SampleBoost",
     "fast_budget",
@@ -127,28 +128,148 @@ class FastLimit:
         return min(total, allot)
 
 
+# The CPU share (of one CPU) that measuring FastResidency may take.
+RESIDENCY_CPU_SHARE = 0.0002
+# How far the resident sets may leave the targets' fast memory open
+# (FastResidency.is_open) before it is worth measuring.
+RESIDENCY_OPEN_BYTES = 4 << 20
+
+
+@dataclass
+class FastResidency:
+    """The managed processes' memory on the fast nodes, for :func:`fast_budget`.
+
+    Their resident set over-counts it wherever they hold pages on a slow node
+    (demoted, allocated there while the fast node was full, or moved there by
+    an unplug): the budget would then take other memory on the fast nodes for
+    theirs, give the hot set room the nodes do not have, and find nothing to
+    demote once over the limit. The figure per node costs a walk of the
+    processes' page tables (``GuestBackend.node_bytes``: /proc/pid/numa_maps,
+    ~50 ns a page, 0.4 s for 32 GiB), so it is measured every
+    ``min_interval_s`` seconds or more rarely, keeping its CPU under
+    ``cpu_share`` of one CPU; sooner when the kernel moved pages (still within
+    that share), regardless of it when the targets changed or an unplug ended
+    (it may have migrated their pages to another node; the host rate-limits
+    resizes); the daemon measures only as it reads the processes' RSS. In
+    between it is carried by the mover's own moves, and growth counts as fast
+    memory (first touch).
+    """
+
+    min_interval_s: float
+    cpu_share: float = RESIDENCY_CPU_SHARE
+    _fast: int | None = None  # at the last measurement, plus moves since
+    _rss: int = 0  # the processes' resident set then
+    _next: float = -math.inf
+    _steady_unmanaged: int | None = None  # the last while no unplug was in flight
+    _last: float = -math.inf  # when it was last measured
+    _cost: float = 0.0  # and the CPU seconds that took
+
+    def budget(
+        self,
+        fast_nodes: Sequence[NumaNode],
+        limit_bytes: int,
+        rss_bytes: int,
+        mover: MoverConfig,
+        keep_reserve: bool,
+        unplugging: bool,
+        is_open: bool = True,
+    ) -> FastBudget:
+        """:func:`fast_budget` for processes now ``rss_bytes`` resident. With
+        ``unplugging`` (the fast nodes' fixed part is known) and the nodes
+        still larger than the limit, an unplug is in flight: the kernel counts
+        the free pages of the blocks it offlines as used, so the memory the
+        processes do not hold is taken as at most what it was before (and
+        the rest as free). ``is_open``: see :meth:`fast_bytes`."""
+        shrinking = unplugging and limit_bytes < sum(n.total_bytes for n in fast_nodes)
+        out = fast_budget(
+            fast_nodes,
+            limit_bytes,
+            self.fast_bytes(rss_bytes, is_open),
+            mover,
+            keep_reserve,
+            self._steady_unmanaged if shrinking else None,
+        )
+        if not shrinking:
+            self._steady_unmanaged = out.unmanaged_bytes
+        return out
+
+    def due(self, now: float) -> bool:
+        return now >= self._next
+
+    def invalidate(self, at_once: bool = False) -> None:
+        """Measure again as soon as the CPU share allows, or ``at_once``."""
+        soon = -math.inf if at_once else self._last + self._cost / self.cpu_share
+        self._next = min(self._next, soon)
+
+    def measured(
+        self, fast_bytes: int, rss_bytes: int, cost_s: float, now: float
+    ) -> None:
+        """``fast_bytes`` of the processes' ``rss_bytes`` are on the fast nodes
+        (measured at ``now`` for ``cost_s`` CPU seconds)."""
+        log.debug(
+            "targets hold %d of %d MiB on the fast nodes (%.1f ms to read)",
+            fast_bytes >> 20,
+            rss_bytes >> 20,
+            cost_s * 1e3,
+        )
+        self._fast, self._rss = fast_bytes, rss_bytes
+        self._last, self._cost = now, cost_s
+        self._next = now + max(self.min_interval_s, cost_s / self.cpu_share)
+
+    def moved(self, promoted_pages: int, demoted_pages: int) -> None:
+        if self._fast is not None:
+            self._fast += (promoted_pages - demoted_pages) * PAGE_SIZE
+
+    @staticmethod
+    def is_open(rss_bytes: int, used_fast: int, used_all: int) -> bool:
+        """Do the resident sets leave the processes' fast memory open? What the
+        fast nodes hold that is not theirs lies between ``used_fast - rss``
+        and ``used_all - rss`` (``used_all``: every node's use); only a span
+        over RESIDENCY_OPEN_BYTES is worth measuring (one process alone on
+        its nodes needs no measurement)."""
+        span = max(0, used_all - rss_bytes) - max(0, used_fast - rss_bytes)
+        return span > RESIDENCY_OPEN_BYTES
+
+    def fast_bytes(self, rss_bytes: int, is_open: bool = True) -> int:
+        """The estimate for processes now ``rss_bytes`` resident: all of it
+        before the first measurement or where that is not open."""
+        if self._fast is None or not is_open:
+            return rss_bytes
+        grown = max(0, rss_bytes - self._rss)
+        return max(0, min(rss_bytes, self._fast + grown))
+
+
 def fast_budget(
     fast_nodes: Sequence[NumaNode],
     limit_bytes: int,
-    managed_rss_bytes: int,
+    managed_fast_bytes: int,
     mover: MoverConfig,
     keep_reserve: bool,
+    unmanaged_cap: int | None = None,
 ) -> FastBudget:
     """The budget of the fast nodes ``fast_nodes``.
 
     ``limit_bytes`` is what they may hold (:class:`FastLimit`);
-    ``managed_rss_bytes`` the managed processes' resident memory. The reserve
+    ``managed_fast_bytes`` the managed processes' memory on them
+    (:class:`FastResidency`). The reserve
     (``mover.reserve_bytes``) is kept only with ``keep_reserve``: the daemon
     keeps it while the managed processes grow (:class:`GrowthWatch`) and once a
     full history window of samples is in (before that the coldest pages are not
-    known, and demotions to make room would be blind).
+    known, and demotions to make room would be blind). ``unmanaged_cap``: at
+    most this much of the used memory is taken as not the processes', and
+    the rest of it as not used: while an unplug is in flight the free pages of
+    the blocks being offlined read as used, and would empty the room and have
+    the mover demote for nothing.
     """
     used = sum(n.used_bytes for n in fast_nodes)
     kernel = sum(n.reserved_bytes for n in fast_nodes)
     limit = limit_bytes
     if keep_reserve:
         limit = max(0, limit - mover.reserve_bytes(limit))
-    unmanaged = max(0, used - managed_rss_bytes)
+    unmanaged = max(0, used - managed_fast_bytes)
+    if unmanaged_cap is not None and unmanaged > unmanaged_cap:
+        used -= unmanaged - unmanaged_cap
+        unmanaged = unmanaged_cap
     reclaim = 0
     if mover.reclaim_file_pages:
         reclaim = min(unmanaged, sum(n.reclaimable_bytes for n in fast_nodes))

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 from agent_guest.backend import GuestBackend, NumaNode, ProcessInfo, Tier
 from agent_guest.config import Config
+from agent_guest.errors import NoSuchProcess
+from hypertier_common.errors import AccessDenied
 
-__all__ = ["NodeRoles", "node_roles", "pick_targets"]
+__all__ = ["NodeRoles", "bytes_on_nodes", "node_roles", "pick_targets"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,18 @@ def pick_targets(
             continue
         out.append(p.pid)
     return sorted(out)
+
+
+def bytes_on_nodes(
+    backend: GuestBackend, pids: Sequence[int], nodes: Sequence[int]
+) -> int:
+    """The resident bytes of ``pids`` on ``nodes`` (``GuestBackend.node_bytes``:
+    costly, a page-table walk); a process gone or denied counts nothing."""
+    out = 0
+    for pid in pids:
+        try:
+            by_node = backend.node_bytes(pid)
+        except (NoSuchProcess, AccessDenied):
+            continue  # the next target refresh drops it
+        out += sum(by_node.get(n, 0) for n in nodes)
+    return out

@@ -134,6 +134,12 @@ class EmuGuestBackend:
         self._world.stop_sampling(self._name)
         self._source = None
 
+    def node_bytes(self, pid: int) -> Mapping[int, int]:
+        try:
+            return self._world.node_bytes(self._name, pid)
+        except NoSuchProcessError as err:
+            raise NoSuchProcess(pid) from err
+
     def page_nodes(self, pid: int, addrs: U64) -> I32:
         try:
             return self._world.page_nodes(self._name, pid, addrs)

@@ -90,6 +90,9 @@ class CostModel:
     # return): a minor fault without the NUMA-balancing bookkeeping
     wp_fault_ns: float = 1000.0
     pte_scan_ns: float = 25.0  # test-and-clear one guest PTE.A
+    # read one present guest PTE's node (/proc/pid/numa_maps: 4 GiB of 4 KiB
+    # pages in 50 ms on the reference machine)
+    numa_maps_page_ns: float = 48.0
     ept_scan_ns: float = 35.0  # host: test-and-clear one EPT A bit (rmap walk)
     pml_entry_ns: float = 5.0  # host: drain one PML log entry
     pml_exit_ns: float = 2000.0  # a PML-full VM exit (512 entries)

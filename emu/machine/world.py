@@ -198,6 +198,18 @@ class World(Execution):
         status = np.where(gfn >= 0, vm.node_of_frame(np.maximum(gfn, 0)), -errno.ENOENT)
         return np.where(inside, status, -errno.EFAULT).astype(np.int32)
 
+    def node_bytes(self, vm_name: str, pid: int) -> dict[int, int]:
+        """/proc/pid/numa_maps: the process's present pages per guest node, in
+        bytes; the page-table walk is billed to the VM's vCPUs."""
+        vm = self.vm(vm_name)
+        proc = self.process(vm_name, pid)
+        gfn = proc.pt[proc.pt >= 0]
+        ns = len(gfn) * self.params.cost.numa_maps_page_ns
+        vm.counters.guest_mgmt_ns += ns
+        vm.pending_ns += ns
+        count = np.bincount(vm.node_of_frame(gfn), minlength=2)
+        return {n: int(c) * PAGE_SIZE for n, c in enumerate(count.tolist()) if c}
+
     def move_pages(self, vm_name: str, pid: int, addrs: U64, node: int) -> I32:
         """Guest move_pages(2) of ``addrs`` to guest ``node``; per-page status.
 

@@ -261,7 +261,25 @@ def test_move_to_the_current_node_moves_nothing(
     assert res.moved == 0
 
 
-@pytest.mark.parametrize("call", ["move_pages", "page_nodes", "vmas"])
+def test_node_bytes_follow_a_move_and_stay_within_the_rss(
+    harness: Harness, target: Target
+) -> None:
+    """What the process holds per node: its touched pages where page_nodes
+    says, and no more than its resident set."""
+    harness.touch(target)
+    b = harness.backend
+    addrs = _pages(target, 8)
+    node = int(b.page_nodes(target.pid, addrs)[0])
+    b.move_pages(target.pid, addrs, node)
+    by_node = b.node_bytes(target.pid)
+    present = {n.node for n in b.numa_nodes()}
+    rss = {p.pid: p.rss_bytes for p in b.processes()}[target.pid]
+    assert set(by_node) <= present
+    assert by_node[node] >= 8 * PAGE_SIZE
+    assert sum(by_node.values()) <= rss + 64 * PAGE_SIZE  # read apart: may grow
+
+
+@pytest.mark.parametrize("call", ["move_pages", "page_nodes", "vmas", "node_bytes"])
 def test_a_dead_process_raises_no_such_process(
     harness: Harness, target: Target, call: str
 ) -> None:
@@ -271,6 +289,7 @@ def test_a_dead_process_raises_no_such_process(
         "move_pages": lambda: b.move_pages(target.pid, _pages(target, 2), 0),
         "page_nodes": lambda: b.page_nodes(target.pid, _pages(target, 2)),
         "vmas": lambda: b.vmas(target.pid),
+        "node_bytes": lambda: b.node_bytes(target.pid),
     }
     with pytest.raises(NoSuchProcess) as info:
         calls[call]()

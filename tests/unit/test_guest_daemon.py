@@ -432,3 +432,27 @@ def test_sampling_settles_only_where_a_sample_is_a_draw_of_the_accesses(
     d.reload(config.loads(re.sub(r"settle_epochs = 3", "settle_epochs = 0", text)))
     _run(w, d, 2, dt=0.01)
     assert d.status()["sample_rate_target_hz"] != 100
+
+
+def test_other_memory_on_the_fast_node_is_not_room_for_a_target_on_both_nodes() -> None:
+    """A target spilled onto the slow node, the fast node half held by another
+    process: the budget counts only the target's fast pages as its own, so
+    the other process's memory is no room for the target's hot set."""
+    w = World(1 << 30, 4 << 30, seed=1)
+    w.add_vm("vm", 2, 16 * MiB, 64 * MiB)
+    pid = w.spawn("vm", Gups(2048, seed=1), 10**12, comm="other")  # 8 MiB, fast
+    w.spawn("vm", Gups(8192, seed=2), 10**12, comm="app")  # 32 MiB: 8 fast
+    cfg = config.loads(
+        '[guest]\nbackend = "emu"\nreport_interval_s = 0.1\n'
+        "[mover]\nfast_reserve_bytes = 0\nfast_reserve_pct = 0\n"
+        '[targets]\nmin_rss_bytes = 0\nrefresh_s = 0.1\ncomm_pattern = "app"\n'
+    )
+    d, be = _daemon(w, cfg)
+    _run(w, d, 3)
+    budget = d.status()["fast_budget"]
+    assert isinstance(budget, dict)
+    other_fast = be.node_bytes(pid).get(0, 0)
+    assert other_fast >= 6 * MiB
+    # the target's RSS (32 MiB) exceeds the node: by RSS it would be 0
+    assert budget["unmanaged_bytes"] >= other_fast
+    assert budget["room_bytes"] <= 16 * MiB - other_fast

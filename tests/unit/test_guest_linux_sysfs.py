@@ -338,3 +338,31 @@ def test_pages_a_partly_failed_move_never_tried_are_to_try_again() -> None:
     addrs = np.arange(8, dtype=np.uint64) * np.uint64(4096)
     status = sys_.move_pages(1, addrs, 1, 0)
     assert status.tolist() == [1, 1, 1] + [-errno.EAGAIN] * 5
+
+
+# /proc/<pid>/numa_maps lines as Linux 6.1 prints them: base pages, a THP
+# mapping (counted in base pages), a hugetlb mapping (counted in huge pages)
+# and a mapping with nothing resident.
+NUMA_MAPS = b"""\
+55d0c0c00000 default file=/usr/bin/app mapped=10 active=0 N0=10 kernelpagesize_kB=4
+55d0c1000000 default heap anon=300 dirty=300 N0=200 N1=100 kernelpagesize_kB=4
+7f0000000000 default anon=1024 dirty=1024 N1=1024 kernelpagesize_kB=4
+7f4000000000 default file=/dev/hugepages/x huge dirty=3 N0=2 N1=1 kernelpagesize_kB=2048
+7ffd00000000 default stack
+"""
+
+
+def test_node_bytes_sum_numa_maps_in_each_mappings_page_size(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    (tmp_path / "proc/4242/numa_maps").write_bytes(NUMA_MAPS)
+    assert backend.node_bytes(4242) == {
+        0: 210 * 4096 + 2 * (2 << 20),
+        1: 1124 * 4096 + 1 * (2 << 20),
+    }
+
+
+def test_node_bytes_of_a_vanished_process_raise_no_such_process(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(NoSuchProcess):
+        _backend(tmp_path).node_bytes(999)

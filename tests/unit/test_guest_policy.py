@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 from agent_guest.backend import PAGE_SIZE, NumaNode, Tier
 from agent_guest.config import MoverConfig, SamplerConfig
 from agent_guest.policy import (
+    RESIDENCY_OPEN_BYTES,
     AccessRate,
     FastBudget,
     FastLimit,
+    FastResidency,
     GrowthWatch,
     SampleBoost,
     fast_budget,
@@ -403,3 +405,102 @@ def test_a_source_whose_samples_are_events_never_settles() -> None:
     draws = SampleBoost(cfg)
     assert [events.after_round(0) for _ in range(6)] == [1000.0] * 6
     assert [draws.after_round(0) for _ in range(4)] == [1000, 100, 100, 100]
+
+
+def test_residency_is_the_rss_until_measured_then_follows_moves() -> None:
+    r = FastResidency(min_interval_s=10.0, cpu_share=0.001)
+    assert r.due(0.0)
+    assert r.fast_bytes(100 * MiB) == 100 * MiB
+    r.measured(40 * MiB, 100 * MiB, cost_s=0.001, now=0.0)
+    assert not r.due(9.9)
+    assert r.due(10.0)
+    r.moved(promoted_pages=0, demoted_pages=10 * MiB // PAGE_SIZE)
+    assert r.fast_bytes(100 * MiB) == 30 * MiB
+    assert r.fast_bytes(104 * MiB) == 34 * MiB  # growth: first touch, fast
+    r.invalidate()  # pages moved: again once the CPU share allows (1 ms / 0.1 %)
+    assert not r.due(0.99)
+    assert r.due(1.0)
+    r.invalidate(at_once=True)  # an unplug ended: at once
+    assert r.due(0.0)
+
+
+def test_a_costly_measurement_is_taken_less_often() -> None:
+    r = FastResidency(min_interval_s=10.0, cpu_share=0.001)
+    r.measured(0, 0, cost_s=0.1, now=5.0)  # 100 ms: once per 100 s at most
+    r.invalidate()
+    assert not r.due(104.9)
+    assert r.due(105.0)
+
+
+@given(
+    fast=st.integers(0, 1 << 36),
+    rss=st.integers(0, 1 << 36),
+    now_rss=st.integers(0, 1 << 36),
+    moves=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 1 << 20))),
+)
+def test_the_residency_estimate_lies_within_the_resident_set(
+    fast: int, rss: int, now_rss: int, moves: list[tuple[int, int]]
+) -> None:
+    r = FastResidency(min_interval_s=1.0)
+    r.measured(min(fast, rss), rss, 0.0, 0.0)
+    for promoted, demoted in moves:
+        r.moved(promoted, demoted)
+        assert 0 <= r.fast_bytes(now_rss) <= now_rss
+
+
+def test_memory_off_the_fast_nodes_is_not_the_targets_room() -> None:
+    """A target half on the slow node: the fast node's other 60 MiB are not its."""
+    node = _node(100, 80)
+    by_rss = fast_budget([node], 100 * MiB, 40 * MiB, NO_RESERVE, False)
+    by_node = fast_budget([node], 100 * MiB, 20 * MiB, NO_RESERVE, False)
+    assert (by_rss.unmanaged_bytes, by_node.unmanaged_bytes) == (40 * MiB, 60 * MiB)
+    assert by_node.room_bytes == 40 * MiB
+
+
+def test_an_unplug_in_flight_does_not_read_offlined_free_pages_as_other_memory() -> (
+    None
+):
+    """While the node still exceeds the limit (an unplug offlining its blocks,
+    their free pages counted as used), the memory the targets do not hold is
+    at most what it was before; once the node has shrunk it counts again."""
+    r = FastResidency(min_interval_s=10.0)
+    r.measured(40 * MiB, 40 * MiB, 0.0, 0.0)
+    before = r.budget([_node(300, 80)], 300 * MiB, 40 * MiB, NO_RESERVE, False, True)
+    assert before.unmanaged_bytes == 40 * MiB
+    # allotment cut: limit 100 MiB, node still 300 MiB with 150 MiB read as used
+    during = r.budget([_node(300, 230)], 100 * MiB, 40 * MiB, NO_RESERVE, False, True)
+    assert (during.unmanaged_bytes, during.used_bytes) == (40 * MiB, 80 * MiB)
+    assert during.room_bytes == 60 * MiB
+    assert during.free_pages == 20 * MiB // PAGE_SIZE  # nothing to demote
+    # the targets' own pages over the limit are still demoted before the unplug
+    over = r.budget([_node(300, 170)], 100 * MiB, 130 * MiB, NO_RESERVE, False, True)
+    assert over.free_pages == -70 * MiB // PAGE_SIZE
+    after = r.budget([_node(100, 90)], 100 * MiB, 40 * MiB, NO_RESERVE, False, True)
+    assert after.unmanaged_bytes == 50 * MiB
+    # without a fixed part known the limit may stay below the node for good
+    legacy = r.budget([_node(300, 230)], 100 * MiB, 40 * MiB, NO_RESERVE, False, False)
+    assert legacy.unmanaged_bytes == 190 * MiB
+
+
+@given(
+    managed_fast=st.integers(0, 1 << 32),
+    managed_slow=st.integers(0, 1 << 32),
+    other_fast=st.integers(0, 1 << 32),
+    other_slow=st.integers(0, 1 << 32),
+)
+def test_where_the_rss_leaves_nothing_open_it_gives_the_other_memory(
+    managed_fast: int, managed_slow: int, other_fast: int, other_slow: int
+) -> None:
+    """Not open: the RSS alone tells the memory on the fast nodes that is not
+    the targets' to within RESIDENCY_OPEN_BYTES, so no measurement is needed."""
+    rss = managed_fast + managed_slow
+    used_fast = managed_fast + other_fast
+    used_all = used_fast + managed_slow + other_slow
+    if not FastResidency.is_open(rss, used_fast, used_all):
+        by_rss = max(0, used_fast - rss)
+        assert abs(by_rss - other_fast) <= RESIDENCY_OPEN_BYTES
+
+
+def test_a_process_alone_on_its_nodes_is_never_measured() -> None:
+    assert not FastResidency.is_open(300 * MiB, 100 * MiB, 300 * MiB)
+    assert FastResidency.is_open(300 * MiB, 100 * MiB, 340 * MiB)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent_guest.linux_procfs import numa_maps_bytes
 from agent_host.backend import Tier
 
 from . import accel as accel_mod
@@ -491,23 +492,29 @@ class Scenario:
         The guest agent's fast limit is node 0's memory beside the device (its
         ``MemTotal`` less the plugged size) plus the allotment; its room for the
         workload is that less node 0's use the workload does not explain
-        (``agent_guest.policy.fast_budget``). The allotment asked for leaves room
-        for the workload's memory other than the cold set (the hot array and the
-        interpreter) less ``squeeze_spare_mib``. The page cache is dropped first:
-        what the guest frees after the measurement would be room for cold pages.
+        (``agent_guest.policy.fast_budget``: the workload's pages on node 0,
+        from its numa_maps, not its whole resident set, part of which an
+        earlier unplug may have migrated to node 1). The allotment asked for
+        leaves room for the workload's memory other than the cold set (the hot
+        array and the interpreter) less ``squeeze_spare_mib``. The page cache
+        is dropped first: what the guest frees after the measurement would be
+        room for cold pages.
         """
         assert self.vm is not None
         total_kib, free_kib, rss_kib = self._settled_node0()
+        maps = self.link.sh(f"cat /proc/{self.workload_pid}/numa_maps")
+        on_node0 = numa_maps_bytes(maps.encode()).get(0, 0)
         fast = self.vm.allotments()[Tier.FAST]
         cold = self.cfg.cold_mib * MiB
         fig = {
             "node0_total_bytes": total_kib * 1024,
             "node0_used_bytes": (total_kib - free_kib) * 1024,
             "workload_rss_bytes": rss_kib * 1024,
+            "workload_node0_bytes": on_node0,
             "plugged_bytes": fast.current_bytes,
         }
         fixed = fig["node0_total_bytes"] - fast.current_bytes
-        unexplained = max(0, fig["node0_used_bytes"] - fig["workload_rss_bytes"])
+        unexplained = max(0, fig["node0_used_bytes"] - on_node0)
         room = fig["workload_rss_bytes"] - cold - self.cfg.squeeze_spare_mib * MiB
         need = unexplained + room - fixed
         if need <= 0:
