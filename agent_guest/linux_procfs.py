@@ -157,6 +157,21 @@ def processes(root: Path) -> list[ProcessInfo]:
     return sorted(out, key=lambda p: p.pid)
 
 
+def _read_pid_file(root: Path, pid: int, name: str) -> bytes:
+    """/proc/<pid>/<name> (a file that needs ptrace access to the process).
+
+    Raises:
+        NoSuchProcess: the process is gone.
+        AccessDenied: no ptrace access to it.
+    """
+    try:
+        return (root / f"proc/{pid}/{name}").read_bytes()
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise NoSuchProcess(pid) from err
+    except PermissionError as err:
+        raise AccessDenied(f"/proc/{pid}/{name}", "needs ptrace access") from err
+
+
 def numa_maps_bytes(text: bytes) -> dict[int, int]:
     """Resident bytes per node from the text of a /proc/<pid>/numa_maps."""
     out: dict[int, int] = {}
@@ -176,12 +191,7 @@ def node_bytes(root: Path, pid: int) -> dict[int, int]:
         NoSuchProcess: the process is gone.
         AccessDenied: no ptrace access to it.
     """
-    try:
-        return numa_maps_bytes((root / f"proc/{pid}/numa_maps").read_bytes())
-    except (FileNotFoundError, ProcessLookupError) as err:
-        raise NoSuchProcess(pid) from err
-    except PermissionError as err:
-        raise AccessDenied(f"/proc/{pid}/numa_maps", "needs ptrace access") from err
+    return numa_maps_bytes(_read_pid_file(root, pid, "numa_maps"))
 
 
 def vmas(root: Path, pid: int) -> list[Vma]:
@@ -194,12 +204,7 @@ def vmas(root: Path, pid: int) -> list[Vma]:
         NoSuchProcess: the process is gone.
         AccessDenied: no ptrace access to it.
     """
-    try:
-        text = os.fsdecode((root / f"proc/{pid}/maps").read_bytes())
-    except (FileNotFoundError, ProcessLookupError) as err:
-        raise NoSuchProcess(pid) from err
-    except PermissionError as err:
-        raise AccessDenied(f"/proc/{pid}/maps", "needs ptrace access") from err
+    text = os.fsdecode(_read_pid_file(root, pid, "maps"))
     out = []
     # Only "\n" ends a line: splitlines() would also split a name at U+2028.
     for line in text.split("\n"):
