@@ -19,6 +19,7 @@ from hypertier_common.registry import Registry
 
 __all__ = [
     "BACKENDS",
+    "KERNEL_NODE_MIGRATIONS",
     "PAGE_SIZE",
     "AccessSamples",
     "Capability",
@@ -191,6 +192,19 @@ class MoveResult:
     moved: int
     status: I32
     failures: Mapping[int, int] = field(default_factory=dict)
+
+
+KERNEL_NODE_MIGRATIONS = (
+    "numa_pages_migrated",
+    "pgpromote_success",
+    "pgdemote_kswapd",
+    "pgdemote_direct",
+    "pgdemote_khugepaged",
+)
+"""Of :meth:`GuestBackend.counters` (the kernel's vmstat names), those of pages
+the kernel moved between nodes on its own (NUMA balancing, promotion,
+demotion): any change, and the agent asks the kernel again where the targets'
+pages are."""
 
 
 @runtime_checkable

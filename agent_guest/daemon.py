@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from agent_guest.backend import (
+    KERNEL_NODE_MIGRATIONS,
     PAGE_SIZE,
     GuestBackend,
     NumaNode,
@@ -48,16 +49,6 @@ __all__ = ["VERSION", "Daemon"]
 
 log = logging.getLogger(__name__)
 
-KERNEL_NODE_MIGRATIONS = (
-    "numa_pages_migrated",
-    "pgpromote_success",
-    "pgdemote_kswapd",
-    "pgdemote_direct",
-    "pgdemote_khugepaged",
-)
-"""The backend's counters (the kernel's vmstat names) of pages the kernel moved
-between nodes on its own (NUMA balancing, promotion, demotion): any change, and
-the mover asks the kernel again where the targets' pages are."""
 VERSION = "0.1.0"
 
 
@@ -135,8 +126,7 @@ class Daemon:
         sampler, exchanger, params = self._build(cfg)
         old = self._sampler
         old.stop()
-        for counter in ("samples", "lost", "throttled"):
-            setattr(sampler, counter, getattr(old, counter))
+        sampler.carry_counts(old)
         exchanger.stats = self._exchanger.stats
         exchanger.denied = self._exchanger.denied
         self._cfg, self._params = cfg, params
@@ -398,8 +388,12 @@ class Daemon:
             log.warning("own memory stays where it is: %s", err)
             return
         self._own_node = node
-        mib = pages * PAGE_SIZE >> 20
-        log.info("own memory on node %d (%d MiB; new allocations prefer it)", node, mib)
+        log.info(
+            "own memory on node %d (%d MiB of private pages; new allocations"
+            " prefer it)",
+            node,
+            pages * PAGE_SIZE >> 20,
+        )
 
     def _forget(self, pid: int) -> None:
         self._vma_keys.pop(pid, None)

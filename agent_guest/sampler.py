@@ -155,6 +155,10 @@ class Sampler:
         self.lost = 0
         self.throttled = 0
 
+    def carry_counts(self, old: Sampler) -> None:
+        """Continue ``old``'s counters (a reload replaces the sampler)."""
+        self.samples, self.lost, self.throttled = old.samples, old.lost, old.throttled
+
     def settings(self) -> SamplerSettings:
         return SamplerSettings(
             source=self.source,
