@@ -457,9 +457,7 @@ def test_memory_off_the_fast_nodes_is_not_the_targets_room() -> None:
     assert by_node.room_bytes == 40 * MiB
 
 
-def test_an_unplug_in_flight_does_not_read_offlined_free_pages_as_other_memory() -> (
-    None
-):
+def test_an_unplug_in_flight_does_not_read_offlined_pages_as_other_memory() -> None:
     """While the node still exceeds the limit (an unplug offlining its blocks,
     their free pages counted as used), the memory the targets do not hold is
     at most what it was before; once the node has shrunk it counts again."""
