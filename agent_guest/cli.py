@@ -11,10 +11,9 @@ import argparse
 from collections.abc import Sequence
 
 from agent_guest import cmd_run, config
-from agent_guest.daemon import VERSION
 from agent_guest.errors import ERROR_KINDS
 from agent_guest.status import format_status
-from hypertier_common import cli
+from hypertier_common import VERSION, cli
 
 __all__ = ["AGENT", "build_parser", "main"]
 

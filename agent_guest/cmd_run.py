@@ -10,9 +10,9 @@ from collections.abc import Callable
 from agent_guest import config
 from agent_guest.backend import BACKENDS, GuestBackend
 from agent_guest.control import Controller
-from agent_guest.daemon import VERSION, Daemon
+from agent_guest.daemon import Daemon
 from agent_guest.status import format_status
-from hypertier_common import service
+from hypertier_common import VERSION, service
 from hypertier_common.cli import (
     add_run_flags,
     check_standalone,

@@ -39,17 +39,16 @@ from agent_guest.policy import (
 from agent_guest.sampler import Sampler
 from agent_guest.selection import Selection, select_hot
 from agent_guest.targets import NodeRoles, bytes_on_nodes, node_roles, pick_targets
+from hypertier_common import VERSION
 from hypertier_common.arrays import I32, U64
 from hypertier_common.clock import Clock
 from hypertier_common.errors import AccessDenied, AgentError
 from hypertier_common.metrics import CpuStopwatch
 from hypertier_common.service import TickStats, tick_loop
 
-__all__ = ["VERSION", "Daemon"]
+__all__ = ["Daemon"]
 
 log = logging.getLogger(__name__)
-
-VERSION = "0.1.0"
 
 
 class Daemon:

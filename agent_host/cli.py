@@ -11,10 +11,9 @@ import argparse
 from collections.abc import Sequence
 
 from agent_host import cmd_run, cmd_tiers, cmd_vm_define, cmd_vm_set, config
-from agent_host.daemon import VERSION
 from agent_host.errors import ERROR_KINDS
 from agent_host.status import format_status
-from hypertier_common import cli
+from hypertier_common import VERSION, cli
 
 __all__ = ["AGENT", "build_parser", "main"]
 

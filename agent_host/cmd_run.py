@@ -13,11 +13,11 @@ from agent_host import config
 from agent_host.backend import BACKENDS, HostBackend
 from agent_host.cmd_common import DEFAULT_CONFIG, load_config
 from agent_host.control import Controller
-from agent_host.daemon import VERSION, Daemon
+from agent_host.daemon import Daemon
 from agent_host.metrics import MetricsServer
 from agent_host.metrics import registry as metrics_registry
 from agent_host.status import format_status
-from hypertier_common import service
+from hypertier_common import VERSION, service
 from hypertier_common.cli import (
     add_run_flags,
     check_standalone,

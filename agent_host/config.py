@@ -8,16 +8,22 @@ configuration back as TOML ``load`` accepts.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from agent_host.backend import BACKENDS
 from hypertier_common import tomlconfig
-from hypertier_common.errors import ConfigError
 from hypertier_common.metrics import MetricsConfig, split_listen
-from hypertier_common.tomlconfig import check, in_range
+from hypertier_common.tomlconfig import (
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT,
+    Bound,
+    Table,
+    require,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -39,7 +45,7 @@ DEFAULT_CONFIG = Path("/etc/hypertier/host.toml")
 
 
 @dataclass(frozen=True)
-class HostConfig:
+class HostConfig(Table, table="host"):
     """``[host]``: backend, libvirt URI, control socket and host tier nodes.
 
     Empty ``fast_nodes``/``slow_nodes`` mean "discover from sysfs": nodes with
@@ -57,107 +63,76 @@ class HostConfig:
     slow_nodes: tuple[int, ...] = ()
     emulate_slow_tier: bool = True
     sysfs_root: str = "/"
-    fast_capacity_bytes: int = 0
+    fast_capacity_bytes: Annotated[int, NON_NEGATIVE] = 0
     # Where QEMU creates the channel sockets: must be writable by the QEMU user,
     # as libvirt's own directory for guest-agent channels is.
     channel_dir: str = "/var/lib/libvirt/qemu/channel/target"
 
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(
-                f"host.backend: {self.backend!r} unknown; "
-                f"choose from {sorted(BACKENDS)}"
-            )
+    def validate(self) -> None:
+        require(
+            self.backend in BACKENDS,
+            f"host.backend: {self.backend!r} unknown; choose from {sorted(BACKENDS)}",
+        )
         for key in ("fast_nodes", "slow_nodes"):
             nodes = getattr(self, key)
-            if any(n < 0 for n in nodes) or len(set(nodes)) != len(nodes):
-                raise ConfigError(f"host.{key}: distinct node ids >= 0, got {nodes}")
-        if set(self.fast_nodes) & set(self.slow_nodes) and not self.emulate_slow_tier:
-            raise ConfigError(
-                "host.fast_nodes and host.slow_nodes overlap; "
-                "set host.emulate_slow_tier = true to share nodes"
+            require(
+                all(n >= 0 for n in nodes) and len(set(nodes)) == len(nodes),
+                f"host.{key}: distinct node ids >= 0, got {nodes}",
             )
-        check("host", self, non_negative="fast_capacity_bytes")
-        if not self.control_socket:
-            raise ConfigError("host.control_socket must not be empty")
+        require(
+            not set(self.fast_nodes) & set(self.slow_nodes) or self.emulate_slow_tier,
+            "host.fast_nodes and host.slow_nodes overlap; "
+            "set host.emulate_slow_tier = true to share nodes",
+        )
+        require(bool(self.control_socket), "host.control_socket must not be empty")
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class PolicyConfig(Table, table="policy"):
     """``[policy]``: tick interval, safety margin, rate limit and hysteresis."""
 
-    interval_s: float = 1.0
-    slow_overcommit_ratio: float = 1.0
-    safety_margin_bytes: int = 128 * MiB
-    safety_margin_ratio: float = 0.05
-    host_reserved_bytes: int = 1 * GiB
-    hot_headroom_ratio: float = 0.1
-    max_step_bytes: int = 1 * GiB
-    min_resize_interval_s: float = 5.0
+    interval_s: Annotated[float, POSITIVE] = 1.0
+    slow_overcommit_ratio: Annotated[float, Bound(ge=1, le=16)] = 1.0
+    safety_margin_bytes: Annotated[int, NON_NEGATIVE] = 128 * MiB
+    safety_margin_ratio: Annotated[float, UNIT] = 0.05
+    host_reserved_bytes: Annotated[int, NON_NEGATIVE] = 1 * GiB
+    hot_headroom_ratio: Annotated[float, UNIT] = 0.1
+    max_step_bytes: Annotated[int, POSITIVE] = 1 * GiB
+    min_resize_interval_s: Annotated[float, NON_NEGATIVE] = 5.0
     # max_step_bytes at the guest's default 200 MiB/s takes 5.1 s of moves
-    shrink_notice_s: float = 10.0
-    hysteresis_bytes: int = 32 * MiB
-    hysteresis_ratio: float = 0.02
-    report_timeout_s: float = 10.0
+    shrink_notice_s: Annotated[float, NON_NEGATIVE] = 10.0
+    hysteresis_bytes: Annotated[int, NON_NEGATIVE] = 32 * MiB
+    hysteresis_ratio: Annotated[float, UNIT] = 0.02
+    report_timeout_s: Annotated[float, POSITIVE] = 10.0
     # A fall of a VM's demand beyond its hysteresis band counts once it has
     # lasted this long (docs/host.md, "Trust model": a guest that flaps its
     # claim makes the others shrink and grow on every turn).
-    demand_release_s: float = 30.0
+    demand_release_s: Annotated[float, NON_NEGATIVE] = 30.0
     default_class: str = "standard"
-    discover_every_ticks: int = 5
-    max_resizes_per_tick: int = 64
-
-    def __post_init__(self) -> None:
-        if not 1.0 <= self.slow_overcommit_ratio <= 16.0:
-            raise ConfigError(
-                "policy.slow_overcommit_ratio must be in [1, 16], "
-                f"got {self.slow_overcommit_ratio}"
-            )
-        check(
-            "policy",
-            self,
-            positive="interval_s max_step_bytes report_timeout_s"
-            " discover_every_ticks max_resizes_per_tick",
-            non_negative="safety_margin_bytes host_reserved_bytes hysteresis_bytes"
-            " min_resize_interval_s shrink_notice_s demand_release_s",
-            unit="safety_margin_ratio hysteresis_ratio hot_headroom_ratio",
-        )
+    discover_every_ticks: Annotated[int, POSITIVE] = 5
+    max_resizes_per_tick: Annotated[int, POSITIVE] = 64
 
 
 @dataclass(frozen=True)
-class ChannelConfig:
+class ChannelConfig(Table, table="channel"):
     """``[channel]``: what a guest may send before it is throttled."""
 
-    max_msgs_per_s: float = 10.0
-    burst_msgs: int = 20
-    max_invalid: int = 5
-    throttle_s: float = 60.0
-    max_read_bytes: int = 65536
+    max_msgs_per_s: Annotated[float, POSITIVE] = 10.0
+    burst_msgs: Annotated[int, POSITIVE] = 20
+    max_invalid: Annotated[int, POSITIVE] = 5
+    throttle_s: Annotated[float, NON_NEGATIVE] = 60.0
+    max_read_bytes: Annotated[int, Bound(ge=4096, le=1 << 24)] = 65536
     # Bytes of one guest parsed per tick (blank lines and junk included); the
     # rest is discarded unread and is a strike. An honest guest sends a few
     # hundred bytes per report.
-    max_bytes_per_tick: int = 16384
-
-    def __post_init__(self) -> None:
-        check(
-            "channel",
-            self,
-            positive="max_msgs_per_s burst_msgs max_invalid",
-            non_negative="throttle_s",
-        )
-        for key in ("max_read_bytes", "max_bytes_per_tick"):
-            in_range(f"channel.{key}", getattr(self, key), 4096, 1 << 24)
+    max_bytes_per_tick: Annotated[int, Bound(ge=4096, le=1 << 24)] = 16384
 
 
 @dataclass(frozen=True)
-class ClassConfig:
+class ClassConfig(Table):
     """``[classes.<name>]``: a QoS class; ``weight`` scales its fast-tier share."""
 
-    weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.weight <= 1000 or not math.isfinite(self.weight):
-            raise ConfigError(f"weight must be in (0, 1000], got {self.weight}")
+    weight: Annotated[float, Bound(gt=0, le=1000)] = 1.0
 
 
 def _default_classes() -> dict[str, ClassConfig]:
@@ -170,7 +145,7 @@ def _default_classes() -> dict[str, ClassConfig]:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(Table):
     """The whole configuration; ``classes`` given in a file replace the defaults."""
 
     host: HostConfig = field(default_factory=HostConfig)
@@ -179,17 +154,15 @@ class Config:
     classes: Mapping[str, ClassConfig] = field(default_factory=_default_classes)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
-    def __post_init__(self) -> None:
-        if not self.classes:
-            raise ConfigError("classes: at least one class is needed")
+    def validate(self) -> None:
+        require(bool(self.classes), "classes: at least one class is needed")
         for name in self.classes:
-            if not name.isidentifier():
-                raise ConfigError(f"classes.{name}: class names are identifiers")
-        if self.policy.default_class not in self.classes:
-            raise ConfigError(
-                f"policy.default_class: {self.policy.default_class!r} is not one of "
-                f"the classes {sorted(self.classes)}"
-            )
+            require(name.isidentifier(), f"classes.{name}: class names are identifiers")
+        require(
+            self.policy.default_class in self.classes,
+            f"policy.default_class: {self.policy.default_class!r} is not one of "
+            f"the classes {sorted(self.classes)}",
+        )
 
     @property
     def control_socket(self) -> str:

@@ -42,6 +42,7 @@ from agent_host.policy import (
     order_resizes,
     plan,
 )
+from hypertier_common import VERSION
 from hypertier_common.clock import Clock
 from hypertier_common.errors import ConfigError
 from hypertier_common.service import TickStats, tick_loop
@@ -51,7 +52,6 @@ __all__ = ["HOST_AGENT", "Daemon"]
 log = logging.getLogger(__name__)
 
 HOST_AGENT = "hypertier-host"
-VERSION = "0.1.0"
 _GONE = (EventKind.STOPPED, EventKind.MIGRATED, EventKind.UNDEFINED)
 
 

@@ -25,6 +25,7 @@ from http import HTTPStatus
 import numpy as np
 
 from hypertier_common.errors import ConfigError
+from hypertier_common.tomlconfig import Table, require
 
 __all__ = [
     "CONTENT_TYPE",
@@ -86,18 +87,18 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(Table, table="metrics"):
     """``[metrics]``: the agent's Prometheus endpoint, ``"address:port"``
     (:func:`parse_listen`); ``listen = ""``, the default, turns it off. The
     packaged units need a change to serve it: see docs/operations.md."""
 
     listen: str = ""
 
-    def __post_init__(self) -> None:
-        if self.listen and split_listen(self.listen)[1] == 0:
-            raise ConfigError(
-                f"metrics.listen needs a port from 1, got {self.listen!r}"
-            )
+    def validate(self) -> None:
+        require(
+            not self.listen or split_listen(self.listen)[1] != 0,
+            f"metrics.listen needs a port from 1, got {self.listen!r}",
+        )
 
 
 # Tick durations: 1 ms to 10 s (a tick waits on libvirt or moves pages).

@@ -7,8 +7,10 @@ infinities are not), ``str`` and ``tuple[<value>, ...]`` (a TOML array; lists
 are never kept, so configs stay hashable and immutable). Unknown keys and
 wrong types stop loading with a :class:`ConfigError` that names the file and
 the full key (``guest.toml: mover.batch_pgaes: unknown key``); so do the
-dataclasses' own ``__post_init__`` checks. :func:`dumps` writes the effective
-values back as TOML that :func:`loads` accepts.
+bounds a :class:`Table` declares with its fields' types
+(``Annotated[int, Bound(ge=1)]``) and its own :meth:`Table.validate` rules.
+:func:`dumps` writes the effective values back as TOML that :func:`loads`
+accepts, each bounded key with its bounds in a comment.
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hypertier_common.errors import ConfigError
 
 __all__ = [
-    "check",
+    "NON_NEGATIVE",
+    "POSITIVE",
+    "UNIT",
+    "Bound",
+    "Table",
+    "bounds",
     "dumps",
-    "in_range",
     "load",
     "loads",
     "require",
@@ -37,39 +44,101 @@ T = TypeVar("T")
 
 
 def require(cond: bool, message: str) -> None:
-    """A ``__post_init__`` check: raise ``ConfigError(message)`` unless ``cond``."""
+    """A cross-field check in :meth:`Table.validate`: raise
+    ``ConfigError(message)`` unless ``cond``."""
     if not cond:
         raise ConfigError(message)
 
 
-def _above_zero(key: str, value: float, strict: bool) -> None:
-    """``key`` (its full name, ``policy.interval_s``) must be finite and > 0
-    (``strict``) or >= 0."""
-    ok = (value > 0 if strict else value >= 0) and math.isfinite(value)
-    require(ok, f"{key} must be {'>' if strict else '>='} 0, got {value}")
+@dataclass(frozen=True)
+class Bound:
+    """The values a number field takes, declared with its type and checked
+    whenever its table is built (from a file or in code)::
+
+        batch_pages: Annotated[int, Bound(ge=1, le=65536)] = 512
+
+    ``ge``/``gt`` and ``le``/``lt`` are the closed and open ends; a value must
+    also be finite. :data:`POSITIVE`, :data:`NON_NEGATIVE` and :data:`UNIT` are
+    the common ones.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return (
+            math.isfinite(value)
+            and (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def __str__(self) -> str:
+        low = f"[{_number(self.ge)}" if self.ge is not None else None
+        low = f"({_number(self.gt)}" if self.gt is not None else low
+        high = f"{_number(self.le)}]" if self.le is not None else None
+        high = f"{_number(self.lt)})" if self.lt is not None else high
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>=' if low[0] == '[' else '>'} {low[1:]}"
+        if high:
+            return f"{'<=' if high[-1] == ']' else '<'} {high[:-1]}"
+        return "finite"
 
 
-def in_range(key: str, value: float, low: float, high: float) -> None:
-    """``key`` must lie in the closed interval [``low``, ``high``]."""
-    require(low <= value <= high, f"{key} must be in [{low}, {high}], got {value}")
+def _number(end: float) -> str:
+    """``4096`` for 4096 and 4096.0, ``0.5`` for 0.5."""
+    return str(int(end)) if float(end).is_integer() else repr(float(end))
 
 
-def check(
-    table: str,
-    cfg: object,
-    *,
-    positive: str = "",
-    non_negative: str = "",
-    unit: str = "",
-) -> None:
-    """The plain bounds of a config table's fields, by name (space-separated):
-    each of ``positive`` finite and > 0, of ``non_negative`` finite and >= 0,
-    of ``unit`` in [0, 1]. Errors name the key as ``table.field``."""
-    for names, strict in ((positive, True), (non_negative, False)):
-        for key in names.split():
-            _above_zero(f"{table}.{key}", getattr(cfg, key), strict)
-    for key in unit.split():
-        in_range(f"{table}.{key}", getattr(cfg, key), 0, 1)
+POSITIVE = Bound(gt=0)
+NON_NEGATIVE = Bound(ge=0)
+UNIT = Bound(ge=0, le=1)
+
+
+_BOUNDS: dict[type, tuple[tuple[str, Bound], ...]] = {}
+
+
+def bounds(cls: type) -> tuple[tuple[str, Bound], ...]:
+    """The declared :class:`Bound` of each field of the dataclass ``cls``."""
+    found = _BOUNDS.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        found = tuple(
+            (f.name, extra)
+            for f in dataclasses.fields(cls)
+            for extra in getattr(hints[f.name], "__metadata__", ())
+            if isinstance(extra, Bound)
+        )
+        _BOUNDS[cls] = found
+    return found
+
+
+class Table:
+    """Base of a config table (a frozen dataclass): on construction each
+    field's declared :class:`Bound` is checked, then :meth:`validate`.
+    ``class MoverConfig(Table, table="mover")`` names the table in errors
+    (``mover.batch_pages must be in [1, 65536], got 0``)."""
+
+    _table: typing.ClassVar[str] = ""
+
+    def __init_subclass__(cls, *, table: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._table = table
+
+    def __post_init__(self) -> None:
+        prefix = f"{self._table}." if self._table else ""
+        for name, bound in bounds(type(self)):
+            value = getattr(self, name)
+            require(bound.holds(value), f"{prefix}{name} must be {bound}, got {value}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Rules over more than one field, or beyond a :class:`Bound`."""
 
 
 _VALUE_NAMES = {
@@ -190,6 +259,7 @@ def _toml_value(value: object) -> str:
 def _dump_table(header: str, obj: Any) -> list[str]:
     lines = [f"[{header}]"]
     nested: list[str] = []
+    declared = dict(bounds(type(obj)))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         full = f"{header}.{f.name}"
@@ -198,6 +268,8 @@ def _dump_table(header: str, obj: Any) -> list[str]:
         elif isinstance(value, Mapping):
             for name, sub in sorted(value.items()):
                 nested += _dump_table(f"{full}.{name}", sub)
+        elif f.name in declared:
+            lines.append(f"{f.name} = {_toml_value(value)}  # {declared[f.name]}")
         else:
             lines.append(f"{f.name} = {_toml_value(value)}")
     return [*lines, "", *nested]

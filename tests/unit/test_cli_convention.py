@@ -8,6 +8,7 @@ as ``PROG: error: MESSAGE``; every ``--help`` has examples, and they parse.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import shlex
@@ -50,6 +51,8 @@ def test_version_prints_name_and_version(
 ) -> None:
     assert cli.main(agent, ["--version"]) == cli.EXIT_OK
     assert capsys.readouterr().out.strip() == f"{agent.prog} {agent.version}"
+    # One version: the installed package's (pyproject.toml reads hypertier_common's).
+    assert agent.version == importlib.metadata.version("hypertier")
 
 
 @pytest.mark.parametrize("agent", AGENTS)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
+from typing import Annotated
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent_guest import config as guest_config
 from agent_host import config as host_config
@@ -17,15 +22,11 @@ from hypertier_common.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class _Part:
-    rate: float = 1.0
+class _Part(tomlconfig.Table):
+    rate: Annotated[float, tomlconfig.NON_NEGATIVE] = 1.0
     nodes: tuple[int, ...] = ()
     on: bool = True
     name: str = "x"
-
-    def __post_init__(self) -> None:
-        if self.rate < 0:
-            raise ConfigError(f"rate must be >= 0, got {self.rate}")
 
 
 @dataclass(frozen=True)
@@ -155,66 +156,108 @@ def test_both_agents_name_a_missing_file_as_unreadable(
         module.load(tmp_path / "nope.toml")
 
 
+_ENDS = st.one_of(st.none(), st.integers(-5, 5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ge=_ENDS,
+    gt=_ENDS,
+    le=_ENDS,
+    lt=_ENDS,
+    value=st.one_of(
+        st.integers(-7, 7),
+        st.floats(-7, 7),
+        st.sampled_from([math.nan, math.inf, -math.inf]),
+    ),
+)
+def test_a_bound_holds_exactly_on_its_interval_and_says_which(
+    ge: int | None, gt: int | None, le: int | None, lt: int | None, value: float
+) -> None:
+    bound = tomlconfig.Bound(ge=ge, gt=gt, le=le, lt=lt)
+    inside = (
+        math.isfinite(value)
+        and all(value >= e for e in (ge,) if e is not None)
+        and all(value > e for e in (gt,) if e is not None)
+        and all(value <= e for e in (le,) if e is not None)
+        and all(value < e for e in (lt,) if e is not None)
+    )
+    assert bound.holds(value) == inside
+
+
 @pytest.mark.parametrize(
-    ("check", "message"),
+    ("bound", "text"),
     [
-        pytest.param(
-            lambda: tomlconfig.check("t", SimpleNamespace(k=0), positive="k"),
-            r"t.k must be > 0",
-            id="gt",
-        ),
-        pytest.param(
-            lambda: tomlconfig.check("t", SimpleNamespace(k=math.nan), positive="k"),
-            "t.k must be > 0",
-            id="nan",
-        ),
-        pytest.param(
-            lambda: tomlconfig.check("t", SimpleNamespace(k=-1), non_negative="k"),
-            "t.k must be >= 0",
-            id="ge",
-        ),
-        pytest.param(
-            lambda: tomlconfig.check(
-                "t", SimpleNamespace(k=math.inf), non_negative="k"
-            ),
-            "t.k must be >=",
-            id="inf",
-        ),
-        pytest.param(
-            lambda: tomlconfig.in_range("t.k", 9, 1, 8),
-            r"t.k must be in \[1, 8\], got 9",
-            id="range",
-        ),
-        pytest.param(lambda: tomlconfig.require(False, "said so"), "said so", id="req"),
-        pytest.param(
-            lambda: tomlconfig.check("t", SimpleNamespace(a=1, b=0), positive="a b"),
-            r"t.b must be > 0, got 0",
-            id="check-positive",
-        ),
-        pytest.param(
-            lambda: tomlconfig.check("t", SimpleNamespace(a=-2), non_negative="a"),
-            r"t.a must be >= 0, got -2",
-            id="check-non-negative",
-        ),
-        pytest.param(
-            lambda: tomlconfig.check("t", SimpleNamespace(a=0, b=1.5), unit="a b"),
-            r"t.b must be in \[0, 1\], got 1.5",
-            id="check-unit",
-        ),
+        pytest.param(tomlconfig.POSITIVE, "> 0", id="positive"),
+        pytest.param(tomlconfig.NON_NEGATIVE, ">= 0", id="non-negative"),
+        pytest.param(tomlconfig.UNIT, "in [0, 1]", id="unit"),
+        pytest.param(tomlconfig.Bound(gt=0, le=100), "in (0, 100]", id="half-open"),
+        pytest.param(tomlconfig.Bound(ge=0, lt=1), "in [0, 1)", id="open-top"),
+        pytest.param(tomlconfig.Bound(ge=4096, le=1 << 24), "in [4096, 16777216]"),
+        pytest.param(tomlconfig.Bound(lt=3), "< 3", id="below"),
     ],
 )
-def test_range_checks_name_the_key_and_the_value(
-    check: Callable[[], None], message: str
+def test_a_bound_reads_as_an_interval(bound: tomlconfig.Bound, text: str) -> None:
+    assert str(bound) == text
+
+
+def _bounded_fields(module: ModuleType) -> list[tuple[str, str, tomlconfig.Bound]]:
+    """(table, key, bound) of every bounded field of an agent's tables."""
+    cfg = module.Config()
+    found = []
+    for table in dataclasses.fields(cfg):
+        value = getattr(cfg, table.name)
+        if dataclasses.is_dataclass(value):
+            for key, bound in tomlconfig.bounds(type(value)):
+                found.append((table.name, key, bound))
+    return found
+
+
+def _just_outside(bound: tomlconfig.Bound) -> float:
+    if bound.ge is not None:
+        return bound.ge - 1
+    if bound.gt is not None:
+        return bound.gt
+    return (bound.le + 1) if bound.le is not None else bound.lt  # type: ignore[operator,return-value]
+
+
+@pytest.mark.parametrize(("module", "table", "float_key"), AGENTS)
+def test_every_declared_bound_refuses_a_value_outside_it_naming_the_key(
+    module: ModuleType, table: str, float_key: str
 ) -> None:
-    with pytest.raises(ConfigError, match=message):
-        check()
+    fields = _bounded_fields(module)
+    assert len(fields) >= 10, "the agent's tables declare their bounds"
+    for name, key, bound in fields:
+        outside = _just_outside(bound)
+        value = int(outside) if outside == int(outside) else outside
+        text = f"[{name}]\n{key} = {value!r}\n"
+        message = f"f.toml: {name}.{key} must be {bound}, got"
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            module.loads(text, "f.toml")
 
 
-def test_range_checks_pass_values_inside() -> None:
-    tomlconfig.check("t", SimpleNamespace(k=0.5), positive="k")
-    tomlconfig.check("t", SimpleNamespace(k=0), non_negative="k")
-    tomlconfig.in_range("t.k", 8, 1, 8)
-    tomlconfig.require(True, "unused")
-    tomlconfig.check(
-        "t", SimpleNamespace(a=1, b=0, c=1), positive="a", non_negative="b", unit="c"
-    )
+@pytest.mark.parametrize(("module", "table", "float_key"), AGENTS)
+def test_the_dump_gives_each_bounded_key_its_bounds(
+    module: ModuleType, table: str, float_key: str
+) -> None:
+    lines = module.dumps(module.Config()).splitlines()
+    for name, key, bound in _bounded_fields(module):
+        at = lines.index(f"[{name}]")
+        entry = next(line for line in lines[at:] if line.startswith(f"{key} = "))
+        assert entry.endswith(f"  # {bound}"), entry
+
+
+def test_a_table_checks_its_bounds_before_its_own_rules() -> None:
+    @dataclass(frozen=True)
+    class Sized(tomlconfig.Table, table="t"):
+        low: Annotated[int, tomlconfig.POSITIVE] = 1
+        high: Annotated[int, tomlconfig.POSITIVE] = 2
+
+        def validate(self) -> None:
+            tomlconfig.require(self.low <= self.high, "t: low > high")
+
+    with pytest.raises(ConfigError, match=r"t.low must be > 0, got 0"):
+        Sized(low=0, high=-1)
+    with pytest.raises(ConfigError, match="t: low > high"):
+        Sized(low=3)
+    assert Sized(low=2).high == 2

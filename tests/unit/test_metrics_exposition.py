@@ -15,14 +15,13 @@ import pytest
 
 from agent_guest import cmd_run as guest_run
 from agent_guest import config as guest_config
-from agent_guest.daemon import VERSION as GUEST_VERSION
 from agent_host import cmd_run as host_run
 from agent_host import config as host_config
-from agent_host.daemon import VERSION as HOST_VERSION
 from emu.backends.guest import EmuGuestBackend
 from emu.backends.host import EmuHostBackend
 from emu.machine import World
 from emu.workloads.synthetic import Gups
+from hypertier_common import VERSION
 from tests.serving import host_config_file, serving
 
 MiB = 1 << 20
@@ -73,7 +72,7 @@ def test_host_metrics_pass_promtool(short_dir: Path) -> None:
     assert "process_cpu_seconds_total " in text
     assert "process_resident_memory_bytes " in text
     assert 'hypertier_host_build_info{python="' in text
-    assert f'version="{HOST_VERSION}"' in text
+    assert f'version="{VERSION}"' in text
     inf = re.search(
         r'hypertier_host_tick_duration_seconds_bucket\{le="\+Inf"\} (\S+)', text
     )
@@ -116,7 +115,7 @@ listen = "127.0.0.1:{port}"
             served.daemon.tick()
         text = _scrape(port)
     assert "process_cpu_seconds_total " in text
-    assert f'version="{GUEST_VERSION}"' in text
+    assert f'version="{VERSION}"' in text
     assert 'hypertier_guest_sampling_source{source="' in text
     assert "hypertier_guest_epoch_duration_seconds_count " in text
     assert "hypertier_guest_samples_total " in text
