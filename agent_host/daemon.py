@@ -279,7 +279,7 @@ class Daemon:
         wanted = int((target != f.requested).sum())
         if len(ops) < wanted:
             log.debug("resizes over budget: %d deferred", wanted - len(ops))
-        f.track_shrink_notices(target, now)
+        f.track_shrink_notices(target, now, self._cfg.policy.min_resize_interval_s)
         done = 0
         for op in ops:
             st, k, new = f.states[op.row], TIERS.index(op.tier), op.new_bytes
@@ -423,5 +423,6 @@ class Daemon:
                 if st.shrink_notice_s is None
                 else round(now - st.shrink_notice_s, 3)
             ),
+            "fast_shrink_notice_forfeited": st.notice_forfeited,
             "guest": st.guest_status(now),
         }

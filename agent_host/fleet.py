@@ -80,6 +80,11 @@ class VmState:
     hello_asked_s: float = -math.inf
     # When the guest agent was first told of a fast-tier shrink still pending.
     shrink_notice_s: float | None = None
+    # A notice of the fast shrink under way ran out unanswered: its further
+    # steps go without one, until the VM reaches its target (docs/host.md,
+    # rule 6). Else a guest that never answers would hold every
+    # max_step_bytes step for min_resize_interval_s + shrink_notice_s.
+    notice_forfeited: bool = False
     allot_seq: int = 0
     resizes: int = 0
     resize_errors: int = 0
@@ -340,12 +345,20 @@ class Fleet:
             slow_capacity_bytes=slow_capacity_bytes,
         )
 
-    def track_shrink_notices(self, target: I64, now: float) -> None:
-        """Start the notice of each fast shrink the guest has not heard of yet."""
+    def track_shrink_notices(self, target: I64, now: float, interval_s: float) -> None:
+        """Start the notice of each fast shrink the guest has not heard of yet.
+
+        A fast tier that is not shrinking while its last resize is
+        ``interval_s`` (``policy.min_resize_interval_s``) or more ago has
+        reached its target: a forfeited notice is restored. Within the
+        interval the shrink may only be paused between two steps.
+        """
         shrinking = (target[0] < self.requested[0]).tolist()
-        for st, shrink in zip(self.states, shrinking, strict=True):
+        due = (now - self.last_resize_s[0] >= interval_s).tolist()
+        for st, shrink, over in zip(self.states, shrinking, due, strict=True):
             if not shrink:
                 st.shrink_notice_s = None
+                st.notice_forfeited = st.notice_forfeited and not over
             elif st.shrink_notice_s is None and st.channel.hello is not None:
                 st.shrink_notice_s = now  # the Allot goes out at the end of this tick
 
@@ -356,13 +369,15 @@ class Fleet:
         coldest pages itself instead of leaving the choice to the unplug path.
         The host does not wait on the guest: the shrink goes ahead once the
         guest reports that its fast node fits, or ``notice_s``
-        (``policy.shrink_notice_s``) after the notice, whichever comes first.
-        Guests without an agent do not wait.
+        (``policy.shrink_notice_s``) after the notice, whichever comes first;
+        a notice that runs out forfeits those of the shrink's further steps
+        (``VmState.notice_forfeited``). Guests without an agent do not wait.
         """
         since = st.shrink_notice_s
-        if since is None:
+        if since is None or st.notice_forfeited:
             return True
         if now - since >= notice_s:
+            st.notice_forfeited = True
             return True
         rep = st.channel.latest
         if rep is None or rep.received_s <= since:

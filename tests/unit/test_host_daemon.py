@@ -446,6 +446,49 @@ def test_fast_shrink_goes_ahead_once_the_guest_reports_it_fits(
     assert _fast_mib(world, "vm0") == 64
 
 
+def test_a_notice_left_unanswered_is_not_given_again_until_the_shrink_ends(
+    clock: FakeClock,
+) -> None:
+    """A guest that never reports fitting its lowered allotment delays its
+    shrink by one notice, not by one per ``max_step_bytes`` step (each step
+    would otherwise wait out the resize interval and then a new notice)."""
+    cfg = loads(
+        "[policy]\nhost_reserved_bytes = 0\nmin_resize_interval_s = 5\n"
+        "max_step_bytes = 33554432\nshrink_notice_s = 10\n"
+    )
+    world = World(host_fast_bytes=512 * MiB, host_slow_bytes=4096 * MiB, clock=clock)
+    world.add_vm("stall", 2, 384 * MiB, 128 * MiB, 768 * MiB, 1024 * MiB)
+    world.add_vm("other", 2, 64 * MiB, 1024 * MiB, 768 * MiB, 1024 * MiB)
+    daemon = _daemon(world, clock, cfg)
+    _hello(world, "stall")
+    daemon.tick()
+    for vm in ("stall", "other"):  # adopted with their allotments reserved
+        daemon.vm_set(vm, reservations={Tier.FAST: 0})
+
+    def reports(seq: int) -> None:
+        for vm, slow_used, hot in (("stall", 100, 300), ("other", 1000, 900)):
+            v = world.vm(vm)
+            fast = v.plugged[0] * PAGE_SIZE  # the stalling guest's node is full
+            nodes = (
+                wire.NodeUsage(0, "fast", fast, fast),
+                wire.NodeUsage(1, "slow", v.plugged[1] * PAGE_SIZE, slow_used * MiB),
+            )
+            v.to_host += wire.encode(wire.Report(seq, nodes, hot * MiB, 1.0))
+
+    steps, size = [], _fast_mib(world, "stall")
+    for t in range(70):
+        reports(t + 1)
+        daemon.tick()
+        if _fast_mib(world, "stall") != size:
+            size = _fast_mib(world, "stall")
+            steps.append((t, size))
+        clock.advance(1.0)
+    # 384 -> 256 MiB (the equal share) in 32 MiB steps: one notice, then a
+    # step each min_resize_interval_s (before: 10, 25, 40, 55 s)
+    assert steps == [(10, 352), (15, 320), (20, 288), (25, 256)]
+    assert daemon.status()["vms"]["stall"]["fast_shrink_notice_forfeited"] is False
+
+
 def test_fast_shrink_of_a_vm_without_agent_is_immediate(clock: FakeClock) -> None:
     world = _world(clock, vms=1)
     daemon = _daemon(world, clock)
