@@ -20,7 +20,7 @@ from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
 from agent_host.config import PolicyConfig
 from agent_host.metadata import TieringMetadata, TierMetadata
-from agent_host.policy import TIERS, PolicyInputs, TierInputs, band_bytes
+from agent_host.policy import TIERS, PolicyInputs, TierInputs
 from hypertier_common.arrays import F64, I64
 from hypertier_common.errors import ConfigError
 
@@ -389,12 +389,13 @@ class Fleet:
         implausible ("" if it is not).
 
         Its hot set counts as the largest the guest reported within the last
-        ``policy.demand_release_s``, unless it is within the VM's hysteresis
-        band of that (a change too small to act on; a guest's estimate of its
-        hot set jitters): a fall of demand frees memory for the others only
-        once it has lasted that long, so a guest that makes its claim rise and
-        fall cannot make the others shrink and grow again on every turn (each
-        shrink costs them demotions).
+        ``policy.demand_release_s``: a fall of demand frees memory for the
+        others only once it has lasted that long, so a guest that makes its
+        claim rise and fall cannot make the others shrink and grow again on
+        every turn (each shrink costs them demotions). Falls within the VM's
+        hysteresis band too: believed at once, each rise back was growth cut
+        for want of memory, which releases the others' small shrinks
+        (policy._limit_changes).
 
         A report that claims more than the host provisioned forfeits its demand
         (hot set 0, a fall like any other): the VM keeps its floors (its used
@@ -413,10 +414,8 @@ class Fleet:
         # a flagged report's demand is none; it never enters the window
         hot = 0.0 if why else float(rep.report.hot_bytes)
         peak = _held_peak(st.recent_hot, rep.received_s, hot, policy.demand_release_s)
-        band = band_bytes(self.limit[:1, r], self.block[:1, r], policy)[0]
-        held = peak - hot > band
-        st.held_hot_bytes = int(peak) if held else None
-        self.hot[r] = peak if held else hot
+        st.held_hot_bytes = int(peak) if peak > hot else None
+        self.hot[r] = peak
         self.used[r] = rep.used_bytes
         return why
 

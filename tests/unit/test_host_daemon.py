@@ -446,6 +446,51 @@ def test_fast_shrink_goes_ahead_once_the_guest_reports_it_fits(
     assert _fast_mib(world, "vm0") == 64
 
 
+def test_demand_swinging_inside_the_band_does_not_churn_the_others(
+    clock: FakeClock,
+) -> None:
+    """A VM whose claimed hot set swings within its hysteresis band (here
+    between 100 and 90 MiB every 6 s) makes no other VM shrink and grow: its
+    falls count once they have lasted ``policy.demand_release_s`` like any
+    other (believed at once, each rise back was growth cut for want of
+    memory, which released the others' small shrinks)."""
+    names = {"gold": "vm0", "silver": "vm1", "bronze": "vm2"}
+    world, daemon = _classed(
+        clock,
+        fast_mib=768,
+        vm_fast_mib=(256, 768),
+        classes={vm: cls for cls, vm in names.items()},
+        reserve_mib=64,
+    )
+    flapper = world.vm("vm2")
+
+    def run(ticks: int, start: int) -> None:
+        for t in range(start, start + ticks):
+            _report(world, "vm0", t, 1.0, 1.0)
+            _report(world, "vm1", t, 1.0, 1.0)
+            hot = (90 if (t // 6) % 2 else 100) * MiB
+            nodes = tuple(
+                wire.NodeUsage(
+                    i,
+                    tier,
+                    flapper.plugged[i] * PAGE_SIZE,
+                    flapper.used_pages(i) * PAGE_SIZE,
+                )
+                for i, tier in ((0, "fast"), (1, "slow"))
+            )
+            flapper.to_host += wire.encode(wire.Report(t, nodes, hot, 0.0))
+            clock.advance(1.0)
+            daemon.tick()
+
+    run(60, 1)
+    before = {vm: daemon.status()["vms"][vm]["resizes"] for vm in ("vm0", "vm1")}
+    fast = {vm: _fast_mib(world, vm) for vm in ("vm0", "vm1")}
+    run(120, 61)
+    after = {vm: daemon.status()["vms"][vm]["resizes"] for vm in ("vm0", "vm1")}
+    assert after == before
+    assert {vm: _fast_mib(world, vm) for vm in ("vm0", "vm1")} == fast
+
+
 def test_a_notice_left_unanswered_is_not_given_again_until_the_shrink_ends(
     clock: FakeClock,
 ) -> None:
