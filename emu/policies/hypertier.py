@@ -33,7 +33,9 @@ GuestBackendFactory = Callable[[World, str, str], EmuGuestBackend]
 # traces of 60-70 MiB, 8 MiB). The fast reserve is a share of the fast limit, not
 # a fixed size: a fixed 4 MiB was half of an 8 MiB fast tier. A move must pay
 # for itself within 0.5 s (`mover.payback_s`, 10 s on a real guest): the default
-# matrix's synthetic cells run 2-5 emulated s, its trace cells 18-30 s.
+# matrix's synthetic cells run 2-5 emulated s, its trace cells 18-30 s. Guests
+# report 50x as often as on a real host, so the host's channel takes 50x the
+# messages a second.
 GUEST_TOML = """
 [guest]
 backend = "emu"
@@ -59,6 +61,8 @@ host_reserved_bytes = 0
 safety_margin_bytes = 8388608
 report_timeout_s = 1.0
 demand_release_s = 1.0
+[channel]
+max_msgs_per_s = 50.0
 """
 
 
