@@ -411,7 +411,7 @@ class Daemon:
     def _vm_status(self, st: VmState, now: float) -> dict[str, Any]:
         last = self._last
         tiers = self._fleet.tier_status(
-            st, (last.fast.share, last.slow.share) if last is not None else None
+            st, (last.fast.share, last.slow.share) if last is not None else None, now
         )
         return {
             "class": st.meta.qos_class,

@@ -445,13 +445,18 @@ class Fleet:
         return ""
 
     def tier_status(
-        self, st: VmState, shares: tuple[I64, I64] | None
+        self, st: VmState, shares: tuple[I64, I64] | None, now: float
     ) -> dict[str, Any]:
         """``st``'s tiers as ``status`` reports them (``shares``: the policy's
-        last, None before it ran)."""
+        last, None before it ran). ``unplug_pending_s``: how long ago the host
+        asked for the size the guest has not come down to yet (None: none
+        pending). A guest kernel may refuse an unplug (pages it cannot move):
+        the memory stays counted as that VM's (docs/host.md, "Trust model")."""
         r = st.row
         planned = r < self.target.shape[1]
         shared = shares is not None and r < shares[0].shape[0]
+        pending = (self.current[:, r] > self.requested[:, r]).tolist()
+        since = (now - self.last_resize_s[:, r]).round(3).tolist()
         return {
             tier.value: {
                 "requested_bytes": int(self.requested[k, r]),
@@ -462,6 +467,7 @@ class Fleet:
                 "reservation_bytes": int(self.reservation[k, r]),
                 "limit_bytes": int(self.limit[k, r]),
                 "host_nodes": list(st.allot[k].host_nodes),
+                "unplug_pending_s": since[k] if pending[k] else None,
             }
             for k, tier in enumerate(TIERS)
         }

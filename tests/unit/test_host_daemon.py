@@ -534,6 +534,28 @@ def test_a_notice_left_unanswered_is_not_given_again_until_the_shrink_ends(
     assert daemon.status()["vms"]["stall"]["fast_shrink_notice_forfeited"] is False
 
 
+def test_status_shows_how_long_an_unplug_the_guest_cannot_do_is_pending(
+    clock: FakeClock,
+) -> None:
+    """Both of the guest's nodes full: the unplug cannot go, the memory stays
+    the VM's, and ``status`` says for how long it has waited."""
+    world = World(host_fast_bytes=1024 * MiB, host_slow_bytes=4096 * MiB, clock=clock)
+    world.add_vm("vm0", 2, 256 * MiB, 64 * MiB, 768 * MiB, 64 * MiB)
+    world.spawn("vm0", None, npages=320 * MiB // PAGE_SIZE)
+    daemon = _daemon(world, clock)
+    daemon.tick()
+    fast = daemon.status()["vms"]["vm0"]["tiers"]["fast"]
+    assert fast["unplug_pending_s"] is None
+    daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
+    for _ in range(5):
+        clock.advance(1.0)
+        daemon.tick()
+    fast = daemon.status()["vms"]["vm0"]["tiers"]["fast"]
+    assert fast["requested_bytes"] == 64 * MiB
+    assert fast["current_bytes"] == 256 * MiB
+    assert fast["unplug_pending_s"] == pytest.approx(5.0, abs=1.0)
+
+
 def test_fast_shrink_of_a_vm_without_agent_is_immediate(clock: FakeClock) -> None:
     world = _world(clock, vms=1)
     daemon = _daemon(world, clock)
