@@ -173,7 +173,6 @@ class Daemon:
                     self._cfg.policy.report_timeout_s,
                     self._fast_cap,
                     self._slow_cap,
-                    shared_capacity=self._emulated,
                 )
                 result = plan(inputs, self._cfg.policy)
                 resizes = self._apply(result, now)

@@ -310,8 +310,6 @@ class Fleet:
         report_timeout_s: float,
         fast_capacity_bytes: int,
         slow_capacity_bytes: int,
-        *,
-        shared_capacity: bool = False,
     ) -> PolicyInputs:
         """What :func:`agent_host.policy.plan` needs, as copies of the arrays.
 
@@ -345,7 +343,6 @@ class Fleet:
             slow=tier(1),
             fast_capacity_bytes=fast_capacity_bytes,
             slow_capacity_bytes=slow_capacity_bytes,
-            shared_capacity=shared_capacity,
         )
 
     def track_shrink_notices(self, target: I64, now: float, interval_s: float) -> None:

@@ -91,8 +91,6 @@ class PolicyInputs:
     ``used_bytes`` is the guest's used memory over all its nodes, boot memory
     included; ``hot_bytes`` its demand for fast memory (docs/wire-protocol.md).
     Both are claims: the policy caps them by what the host sees plugged.
-    ``shared_capacity``: the slow tier is emulated on the fast nodes' memory
-    (no CPU-less host node), so both tiers draw on one pool of that memory.
     """
 
     now_s: float
@@ -103,7 +101,6 @@ class PolicyInputs:
     slow: TierInputs
     fast_capacity_bytes: int
     slow_capacity_bytes: int
-    shared_capacity: bool = False
 
     def __len__(self) -> int:
         return int(self.weight.shape[0])
@@ -349,13 +346,6 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     s_cap = float(inputs.slow_capacity_bytes) * cfg.slow_overcommit_ratio
     s_share = _share(slow, s_limit, weight, s_cap)
     f_new = f_target.astype(np.float64)
-    if inputs.shared_capacity:
-        # One pool: the slow tier grows only into what the fast tier neither
-        # holds nor is on its way to (its fair split: it gets there in steps).
-        # Floors still win (reported as overcommit).
-        f_cur = fast.current.astype(np.float64)
-        f_held = float(np.maximum(np.maximum(f_new, f_cur), f_fair).sum())
-        s_cap = max(min(s_cap, f_cap - f_held), 0.0)
     rest = need - f_new
     s_floor_f = np.maximum(
         s_res,

@@ -187,31 +187,6 @@ def test_bounds_hold_every_round(h: Host) -> None:
         assert (fast % BLOCK == 0).all()
 
 
-@given(h=hosts(), claim_all=st.booleans())
-def test_an_emulated_slow_tier_grows_only_into_what_the_fast_tier_leaves(
-    h: Host, claim_all: bool
-) -> None:
-    """Without a CPU-less node both tiers draw on the fast nodes' memory: the
-    slow tier grows past its floors only into what the fast tier neither holds
-    nor is due, whatever the guests claim as used (``claim_all``: all of it)."""
-    fast = h.start.astype(np.int64)
-    inputs = _inputs(h, fast)
-    plugged = inputs.fast.requested + inputs.slow.requested
-    used = plugged.astype(np.float64) if claim_all else inputs.used_bytes
-    inputs = replace(
-        inputs,
-        used_bytes=used,
-        slow_capacity_bytes=h.capacity,
-        shared_capacity=True,
-    )
-    result = plan(inputs, CFG)
-    held = np.maximum(result.fast.target, inputs.fast.current)
-    room = max(h.capacity - int(held.sum()), 0)
-    past = np.maximum(result.slow.floor, inputs.slow.requested)
-    grown = np.maximum(result.slow.target - past, 0)
-    assert int(grown.sum()) <= room
-
-
 @settings(max_examples=200, deadline=None)
 @given(h=hosts(min_vms=2))
 def test_every_vm_demanding_more_than_its_share_gets_its_share(h: Host) -> None:
