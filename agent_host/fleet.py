@@ -80,10 +80,14 @@ class VmState:
     hello_asked_s: float = -math.inf
     # When the guest agent was first told of a fast-tier shrink still pending.
     shrink_notice_s: float | None = None
-    # A notice of the fast shrink under way ran out unanswered: its further
-    # steps go without one, until the VM reaches its target (docs/host.md,
-    # rule 6). Else a guest that never answers would hold every
-    # max_step_bytes step for min_resize_interval_s + shrink_notice_s.
+    # The guest's fast memory in use when the notice began (its last report's,
+    # or all of the node's without one): a guest that has demoted since is
+    # answering, though the target may have moved past its report.
+    notice_fast_used: int = 0
+    # A notice of the fast shrink under way ran out with no demotion since it
+    # began: the shrink's further steps go without one, until the VM reaches
+    # its target (docs/host.md, rule 6). Else a guest that never answers would
+    # hold every max_step_bytes step for min_resize_interval_s + shrink_notice_s.
     notice_forfeited: bool = False
     allot_seq: int = 0
     resizes: int = 0
@@ -361,6 +365,9 @@ class Fleet:
                 st.notice_forfeited = st.notice_forfeited and not over
             elif st.shrink_notice_s is None and st.channel.hello is not None:
                 st.shrink_notice_s = now  # the Allot goes out at the end of this tick
+                rep = st.channel.latest
+                full = int(self.current[0, st.row] + self.boot[0, st.row])
+                st.notice_fast_used = full if rep is None else rep.fast_used_bytes
 
     def shrink_due(self, st: VmState, new: int, now: float, notice_s: float) -> bool:
         """May the fast tier of ``st`` shrink to ``new`` bytes now?
@@ -370,19 +377,24 @@ class Fleet:
         The host does not wait on the guest: the shrink goes ahead once the
         guest reports that its fast node fits, or ``notice_s``
         (``policy.shrink_notice_s``) after the notice, whichever comes first;
-        a notice that runs out forfeits those of the shrink's further steps
+        a notice that runs out with no demotion reported since it began
+        forfeits those of the shrink's further steps
         (``VmState.notice_forfeited``). Guests without an agent do not wait.
         """
         since = st.shrink_notice_s
         if since is None or st.notice_forfeited:
             return True
-        if now - since >= notice_s:
-            st.notice_forfeited = True
-            return True
         rep = st.channel.latest
-        if rep is None or rep.received_s <= since:
-            return False
-        return rep.fast_used_bytes <= new + int(self.boot[0, st.row])
+        if rep is not None and rep.received_s <= since:
+            rep = None  # from before the notice
+        if now - since >= notice_s:
+            st.notice_forfeited = (
+                rep is None or rep.fast_used_bytes >= st.notice_fast_used
+            )
+            return True
+        return rep is not None and rep.fast_used_bytes <= new + int(
+            self.boot[0, st.row]
+        )
 
     def store_report(self, st: VmState, policy: PolicyConfig) -> str:
         """Take ``st``'s latest guest report into the arrays; say why it is

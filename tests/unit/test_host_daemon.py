@@ -491,12 +491,25 @@ def test_demand_swinging_inside_the_band_does_not_churn_the_others(
     assert {vm: _fast_mib(world, vm) for vm in ("vm0", "vm1")} == fast
 
 
+@pytest.mark.parametrize(
+    ("demotes", "steps"),
+    [
+        # one notice, then a step each min_resize_interval_s (the notice
+        # given again at each step: 10, 25, 40, 55 s)
+        pytest.param(False, [(10, 352), (15, 320), (20, 288), (25, 256)], id="stalls"),
+        # demoting, too slowly to fit before the notice runs out: it answers,
+        # and each step is announced and waited for
+        pytest.param(True, [(10, 352), (25, 320), (40, 288), (55, 256)], id="slow"),
+    ],
+)
 def test_a_notice_left_unanswered_is_not_given_again_until_the_shrink_ends(
-    clock: FakeClock,
+    clock: FakeClock, demotes: bool, steps: list[tuple[int, int]]
 ) -> None:
-    """A guest that never reports fitting its lowered allotment delays its
+    """A guest that reports no demotion while its notice runs delays its
     shrink by one notice, not by one per ``max_step_bytes`` step (each step
-    would otherwise wait out the resize interval and then a new notice)."""
+    would otherwise wait out the resize interval and then a new notice). A
+    guest that demotes keeps its notices, though it never fits in time (a
+    co-tenant's rising claim can move the target faster than it demotes)."""
     cfg = loads(
         "[policy]\nhost_reserved_bytes = 0\nmin_resize_interval_s = 5\n"
         "max_step_bytes = 33554432\nshrink_notice_s = 10\n"
@@ -510,27 +523,32 @@ def test_a_notice_left_unanswered_is_not_given_again_until_the_shrink_ends(
     for vm in ("stall", "other"):  # adopted with their allotments reserved
         daemon.vm_set(vm, reservations={Tier.FAST: 0})
 
+    node = {"size": 0, "since": 0}  # the demoting guest: 1 MiB a second
+
     def reports(seq: int) -> None:
         for vm, slow_used, hot in (("stall", 100, 300), ("other", 1000, 900)):
             v = world.vm(vm)
             fast = v.plugged[0] * PAGE_SIZE  # the stalling guest's node is full
+            if fast != node["size"] and vm == "stall":
+                node.update(size=fast, since=seq)
+            done = min(seq - node["since"], 31) * MiB  # never the 32 MiB step
+            used = fast - done if demotes and vm == "stall" else fast
             nodes = (
-                wire.NodeUsage(0, "fast", fast, fast),
+                wire.NodeUsage(0, "fast", fast, used),
                 wire.NodeUsage(1, "slow", v.plugged[1] * PAGE_SIZE, slow_used * MiB),
             )
             v.to_host += wire.encode(wire.Report(seq, nodes, hot * MiB, 1.0))
 
-    steps, size = [], _fast_mib(world, "stall")
+    seen, size = [], _fast_mib(world, "stall")
     for t in range(70):
         reports(t + 1)
         daemon.tick()
         if _fast_mib(world, "stall") != size:
             size = _fast_mib(world, "stall")
-            steps.append((t, size))
+            seen.append((t, size))
         clock.advance(1.0)
-    # 384 -> 256 MiB (the equal share) in 32 MiB steps: one notice, then a
-    # step each min_resize_interval_s (before: 10, 25, 40, 55 s)
-    assert steps == [(10, 352), (15, 320), (20, 288), (25, 256)]
+    # 384 -> 256 MiB (the equal share) in 32 MiB steps
+    assert seen == steps
     assert daemon.status()["vms"]["stall"]["fast_shrink_notice_forfeited"] is False
 
 
