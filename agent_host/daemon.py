@@ -69,6 +69,9 @@ class Daemon:
         self._cfg = cfg
         self._backend = backend
         self._clock = clock
+        # A guest agent says hello again only once it has heard this daemon:
+        # until then a VM without one may still have an agent mid-demotion.
+        self._started_s = clock.monotonic()
         self._stop = threading.Event()
         self._lock = threading.RLock()
         self._fleet = Fleet()
@@ -287,7 +290,10 @@ class Daemon:
                 continue
             old = int(f.requested[k, op.row])
             notice_s = self._cfg.policy.shrink_notice_s
-            if op.step is Step.FAST_SHRINK and not f.shrink_due(st, new, now, notice_s):
+            if op.step is Step.FAST_SHRINK and (
+                not f.shrink_due(st, new, now, notice_s)
+                or (st.channel.hello is None and now - self._started_s < notice_s)
+            ):
                 continue
             try:
                 self._backend.resize(st.vm, op.tier, new)

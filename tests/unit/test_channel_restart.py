@@ -168,6 +168,23 @@ def test_fast_shrink_after_a_host_restart_is_announced_first() -> None:
     assert rig.world.vm(VM).requested[0] * PAGE_SIZE == 128 * MiB  # not yet
 
 
+def test_a_restarted_host_does_not_shrink_before_the_guest_can_say_hello() -> None:
+    """The new daemon has no hello yet (the guest answers its own hello on its
+    next tick): a fast shrink waits up to ``policy.shrink_notice_s`` for one,
+    the guest agent may be mid-demotion on the old daemon's notice."""
+    rig = _Rig()
+    rig.run(30)
+    rig.host_backend, rig.host = rig.new_host()
+    rig.host.tick()
+    rig.host.vm_set(VM, reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
+    rig.clock.advance(1.0)
+    rig.host.tick()
+    assert rig.world.vm(VM).requested[0] * PAGE_SIZE == 128 * MiB
+    # the guest says hello; the shrink is announced before it goes
+    rig.run_until(lambda: rig.host_vm()["fast_shrink_noticed_s_ago"] is not None, 5)
+    assert rig.world.vm(VM).requested[0] * PAGE_SIZE == 128 * MiB
+
+
 def test_host_restart_costs_one_hello_each_way_and_no_ping_pong() -> None:
     rig = _Rig()
     rig.run(30)
