@@ -20,7 +20,7 @@ from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
 from agent_host.config import PolicyConfig
 from agent_host.metadata import TieringMetadata, TierMetadata
-from agent_host.policy import TIERS, PolicyInputs, TierInputs
+from agent_host.policy import TIERS, PolicyInputs, TierInputs, band_bytes
 from hypertier_common.arrays import F64, I64
 from hypertier_common.errors import ConfigError
 
@@ -103,6 +103,10 @@ class VmState:
     # The hot set the demand is held at while a fall waits out the window
     # (None: the last report's own hot set counts).
     held_hot_bytes: int | None = None
+    # When falls of its demand beyond its band took effect, over the last
+    # RELEASE_MEMORY windows: each one doubles the window (a claim that rises
+    # and falls in turn ends as a steady claim of its peak).
+    releases: deque[float] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         self.allot = _ordered(self.info)
@@ -425,7 +429,14 @@ class Fleet:
         why = self._implausible(rep, r)
         # a flagged report's demand is none; it never enters the window
         hot = 0.0 if why else float(rep.report.hot_bytes)
-        peak = _held_peak(st.recent_hot, rep.received_s, hot, policy.demand_release_s)
+        t, base = rep.received_s, policy.demand_release_s
+        while st.releases and st.releases[0] < t - RELEASE_MEMORY * base:
+            st.releases.popleft()
+        window = base * 2 ** min(len(st.releases), RELEASE_DOUBLINGS)
+        peak = _held_peak(st.recent_hot, t, hot, window)
+        band = float(band_bytes(self.limit[:1, r], self.block[:1, r], policy)[0])
+        if not math.isnan(self.hot[r]) and self.hot[r] - peak > band:
+            st.releases.append(t)
         st.held_hot_bytes = int(peak) if peak > hot else None
         self.hot[r] = peak
         self.used[r] = rep.used_bytes
@@ -484,6 +495,13 @@ class Fleet:
     def limits_by_name(self, st: VmState) -> dict[str, int]:
         """``st``'s limits as the guest channel checks reports against them."""
         return {t.value: int(self.limit[k, st.row]) for k, t in enumerate(TIERS)}
+
+
+# A fall of demand beyond the band that took effect within the last
+# RELEASE_MEMORY x policy.demand_release_s doubles the window the next fall
+# waits, up to RELEASE_DOUBLINGS times (30 s -> 16 min by default).
+RELEASE_MEMORY = 20
+RELEASE_DOUBLINGS = 5
 
 
 def _held_peak(

@@ -564,6 +564,7 @@ def test_status_shows_how_long_an_unplug_the_guest_cannot_do_is_pending(
     daemon.tick()
     fast = daemon.status()["vms"]["vm0"]["tiers"]["fast"]
     assert fast["unplug_pending_s"] is None
+    clock.advance(CFG.policy.shrink_notice_s)  # no agent: past the start's wait
     daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
     for _ in range(5):
         clock.advance(1.0)
@@ -574,11 +575,18 @@ def test_status_shows_how_long_an_unplug_the_guest_cannot_do_is_pending(
     assert fast["unplug_pending_s"] == pytest.approx(5.0, abs=1.0)
 
 
-def test_fast_shrink_of_a_vm_without_agent_is_immediate(clock: FakeClock) -> None:
+def test_fast_shrink_of_a_vm_without_agent_waits_only_after_a_daemon_start(
+    clock: FakeClock,
+) -> None:
+    """Without a hello the shrink goes at once, once the daemon has run
+    ``shrink_notice_s``: before, an agent may not have heard it yet."""
     world = _world(clock, vms=1)
     daemon = _daemon(world, clock)
     daemon.tick()
     daemon.vm_set("vm0", reservations={Tier.FAST: 0}, limits={Tier.FAST: 64 * MiB})
+    daemon.tick()
+    assert _fast_mib(world, "vm0") == 128
+    clock.advance(CFG.policy.shrink_notice_s)
     daemon.tick()
     assert _fast_mib(world, "vm0") == 64
 

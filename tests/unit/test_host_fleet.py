@@ -153,6 +153,25 @@ def test_a_fall_of_demand_counts_once_it_has_lasted() -> None:
     assert seen == [100, 100, 100, 100, 97, 20, 150]
 
 
+def test_each_fall_that_takes_effect_doubles_the_next_ones_wait() -> None:
+    """A claim that rises for one report and falls, again and again, is held
+    10, 20, then 40 s (``demand_release_s`` 10): its rises stop moving the
+    split, as a steady claim of its peak would not."""
+    fleet, vm = _one_vm()
+    policy = PolicyConfig(demand_release_s=10.0)
+    pulses = (0, 30, 80)  # one report of 100 MiB each, 20 MiB otherwise
+    held = []
+    for t in range(140):
+        _send(vm, float(t), 100 if t in pulses else 20)
+        assert fleet.store_report(vm, policy) == ""
+        held.append(int(fleet.hot[vm.row]) // MiB == 100)
+    starts = [t for t in range(140) if held[t] and (t == 0 or not held[t - 1])]
+    lengths = [held[t:].index(False) for t in starts]
+    assert starts == list(pulses)
+    assert lengths == [11, 21, 41]
+    assert len(vm.releases) == 3
+
+
 def test_a_flagged_report_is_no_demand_and_falls_like_any_other() -> None:
     """An implausible report (a fast node larger than plugged) claims nothing:
     alternating it with a plausible claim is no way to flap the split."""
