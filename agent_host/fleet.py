@@ -28,6 +28,11 @@ __all__ = ["Fleet", "VmState", "initial_metadata", "tiered"]
 
 
 _NO_LIMIT = -1  # a tier without a limit in the metadata: the device size is the limit
+# A fall of demand beyond the band that took effect within the last
+# RELEASE_MEMORY x policy.demand_release_s doubles the window the next fall
+# waits, up to RELEASE_DOUBLINGS times (30 s -> 16 min by default).
+RELEASE_MEMORY = 20
+RELEASE_DOUBLINGS = 5
 
 
 def tiered(info: DomainInfo) -> bool:
@@ -487,7 +492,9 @@ class Fleet:
                 "reservation_bytes": int(self.reservation[k, r]),
                 "limit_bytes": int(self.limit[k, r]),
                 "host_nodes": list(st.allot[k].host_nodes),
-                "unplug_pending_s": since[k] if pending[k] else None,
+                "unplug_pending_s": (
+                    since[k] if pending[k] and math.isfinite(since[k]) else None
+                ),
             }
             for k, tier in enumerate(TIERS)
         }
@@ -495,13 +502,6 @@ class Fleet:
     def limits_by_name(self, st: VmState) -> dict[str, int]:
         """``st``'s limits as the guest channel checks reports against them."""
         return {t.value: int(self.limit[k, st.row]) for k, t in enumerate(TIERS)}
-
-
-# A fall of demand beyond the band that took effect within the last
-# RELEASE_MEMORY x policy.demand_release_s doubles the window the next fall
-# waits, up to RELEASE_DOUBLINGS times (30 s -> 16 min by default).
-RELEASE_MEMORY = 20
-RELEASE_DOUBLINGS = 5
 
 
 def _held_peak(
