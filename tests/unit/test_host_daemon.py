@@ -269,6 +269,18 @@ def test_domain_stats_come_from_the_backend(clock: FakeClock) -> None:
     assert daemon.domain_stats()["vm0"].remote_tlb_flush is not None
 
 
+def _three_classes(clock: FakeClock, names: dict[str, str]) -> tuple[World, Daemon]:
+    """Gold, silver and bronze VMs (``names``: class -> VM) on 768 MiB of fast
+    memory, each starting at 256 MiB of fast memory with 64 reserved."""
+    return _classed(
+        clock,
+        fast_mib=768,
+        vm_fast_mib=(256, 768),
+        classes={vm: cls for cls, vm in names.items()},
+        reserve_mib=64,
+    )
+
+
 @pytest.mark.slow
 def test_fast_tier_follows_shifting_demand_by_class_weight(clock: FakeClock) -> None:
     """Three classes whose demands exceed the fast tier, then gold goes idle;
@@ -276,13 +288,7 @@ def test_fast_tier_follows_shifting_demand_by_class_weight(clock: FakeClock) -> 
     ``policy.demand_release_s``, gold's part goes to the others; pages are
     never lost."""
     names = {"gold": "vm0", "silver": "vm1", "bronze": "vm2"}
-    world, daemon = _classed(
-        clock,
-        fast_mib=768,
-        vm_fast_mib=(256, 768),
-        classes={vm: cls for cls, vm in names.items()},
-        reserve_mib=64,
-    )
+    world, daemon = _three_classes(clock, names)
     seq = 0
 
     def run(ticks: int, load: dict[str, tuple[float, float]]) -> None:
@@ -455,13 +461,7 @@ def test_demand_swinging_inside_the_band_does_not_churn_the_others(
     other (believed at once, each rise back was growth cut for want of
     memory, which released the others' small shrinks)."""
     names = {"gold": "vm0", "silver": "vm1", "bronze": "vm2"}
-    world, daemon = _classed(
-        clock,
-        fast_mib=768,
-        vm_fast_mib=(256, 768),
-        classes={vm: cls for cls, vm in names.items()},
-        reserve_mib=64,
-    )
+    world, daemon = _three_classes(clock, names)
     flapper = world.vm("vm2")
 
     def run(ticks: int, start: int) -> None:
