@@ -282,7 +282,10 @@ class Daemon:
         wanted = int((target != f.requested).sum())
         if len(ops) < wanted:
             log.debug("resizes over budget: %d deferred", wanted - len(ops))
-        f.track_shrink_notices(target, now, self._cfg.policy.min_resize_interval_s)
+        policy = self._cfg.policy
+        f.track_shrink_notices(
+            target, now, policy.min_resize_interval_s, policy.max_step_bytes
+        )
         done = 0
         for op in ops:
             st, k, new = f.states[op.row], TIERS.index(op.tier), op.new_bytes

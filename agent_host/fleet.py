@@ -20,7 +20,7 @@ from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
 from agent_host.config import PolicyConfig
 from agent_host.metadata import TieringMetadata, TierMetadata
-from agent_host.policy import TIERS, PolicyInputs, TierInputs, band_bytes
+from agent_host.policy import TIERS, PolicyInputs, TierInputs
 from hypertier_common.arrays import F64, I64
 from hypertier_common.errors import ConfigError
 
@@ -28,11 +28,6 @@ __all__ = ["Fleet", "VmState", "initial_metadata", "tiered"]
 
 
 _NO_LIMIT = -1  # a tier without a limit in the metadata: the device size is the limit
-# A fall of demand beyond the band that took effect within the last
-# RELEASE_MEMORY x policy.demand_release_s doubles the window the next fall
-# waits, up to RELEASE_DOUBLINGS times (30 s -> 16 min by default).
-RELEASE_MEMORY = 20
-RELEASE_DOUBLINGS = 5
 
 
 def tiered(info: DomainInfo) -> bool:
@@ -85,14 +80,16 @@ class VmState:
     hello_asked_s: float = -math.inf
     # When the guest agent was first told of a fast-tier shrink still pending.
     shrink_notice_s: float | None = None
-    # The guest's fast memory in use when the notice began (its last report's,
-    # or all of the node's without one): a guest that has demoted since is
-    # answering, though the target may have moved past its report.
-    notice_fast_used: int = 0
-    # A notice of the fast shrink under way ran out with no demotion since it
-    # began: the shrink's further steps go without one, until the VM reaches
-    # its target (docs/host.md, rule 6). Else a guest that never answers would
-    # hold every max_step_bytes step for min_resize_interval_s + shrink_notice_s.
+    # The fast memory in use the notice asked the guest to come down to (its
+    # node's boot memory + the target then, at most max_step_bytes below what
+    # it used): a guest that reports fitting it answered, though the target
+    # may have moved lower since (a co-tenant's claim rising step by step).
+    notice_goal: int = 0
+    # A notice of the fast shrink under way ran out and the guest never
+    # reported fitting its goal: the shrink's further steps go without one,
+    # until the VM reaches its target (docs/host.md, rule 6). Else a guest that
+    # never answers would hold every max_step_bytes step for
+    # min_resize_interval_s + shrink_notice_s.
     notice_forfeited: bool = False
     allot_seq: int = 0
     resizes: int = 0
@@ -108,10 +105,6 @@ class VmState:
     # The hot set the demand is held at while a fall waits out the window
     # (None: the last report's own hot set counts).
     held_hot_bytes: int | None = None
-    # When falls of its demand beyond its band took effect, over the last
-    # RELEASE_MEMORY windows: each one doubles the window (a claim that rises
-    # and falls in turn ends as a steady claim of its peak).
-    releases: deque[float] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         self.allot = _ordered(self.info)
@@ -358,7 +351,9 @@ class Fleet:
             slow_capacity_bytes=slow_capacity_bytes,
         )
 
-    def track_shrink_notices(self, target: I64, now: float, interval_s: float) -> None:
+    def track_shrink_notices(
+        self, target: I64, now: float, interval_s: float, step_bytes: int
+    ) -> None:
         """Start the notice of each fast shrink the guest has not heard of yet.
 
         A fast tier that is not shrinking while its last resize is
@@ -375,8 +370,10 @@ class Fleet:
             elif st.shrink_notice_s is None and st.channel.hello is not None:
                 st.shrink_notice_s = now  # the Allot goes out at the end of this tick
                 rep = st.channel.latest
-                full = int(self.current[0, st.row] + self.boot[0, st.row])
-                st.notice_fast_used = full if rep is None else rep.fast_used_bytes
+                boot = int(self.boot[0, st.row])
+                used = int(self.current[0, st.row]) + boot
+                used = used if rep is None else rep.fast_used_bytes
+                st.notice_goal = max(int(target[0, st.row]) + boot, used - step_bytes)
 
     def shrink_due(self, st: VmState, new: int, now: float, notice_s: float) -> bool:
         """May the fast tier of ``st`` shrink to ``new`` bytes now?
@@ -386,8 +383,9 @@ class Fleet:
         The host does not wait on the guest: the shrink goes ahead once the
         guest reports that its fast node fits, or ``notice_s``
         (``policy.shrink_notice_s``) after the notice, whichever comes first;
-        a notice that runs out with no demotion reported since it began
-        forfeits those of the shrink's further steps
+        a notice that runs out before the guest reported fitting the goal it
+        announced (``VmState.notice_goal``) forfeits those of the shrink's
+        further steps
         (``VmState.notice_forfeited``). Guests without an agent do not wait.
         """
         since = st.shrink_notice_s
@@ -397,9 +395,7 @@ class Fleet:
         if rep is not None and rep.received_s <= since:
             rep = None  # from before the notice
         if now - since >= notice_s:
-            st.notice_forfeited = (
-                rep is None or rep.fast_used_bytes >= st.notice_fast_used
-            )
+            st.notice_forfeited = rep is None or rep.fast_used_bytes > st.notice_goal
             return True
         return rep is not None and rep.fast_used_bytes <= new + int(
             self.boot[0, st.row]
@@ -434,14 +430,7 @@ class Fleet:
         why = self._implausible(rep, r)
         # a flagged report's demand is none; it never enters the window
         hot = 0.0 if why else float(rep.report.hot_bytes)
-        t, base = rep.received_s, policy.demand_release_s
-        while st.releases and st.releases[0] < t - RELEASE_MEMORY * base:
-            st.releases.popleft()
-        window = base * 2 ** min(len(st.releases), RELEASE_DOUBLINGS)
-        peak = _held_peak(st.recent_hot, t, hot, window)
-        band = float(band_bytes(self.limit[:1, r], self.block[:1, r], policy)[0])
-        if not math.isnan(self.hot[r]) and self.hot[r] - peak > band:
-            st.releases.append(t)
+        peak = _held_peak(st.recent_hot, rep.received_s, hot, policy.demand_release_s)
         st.held_hot_bytes = int(peak) if peak > hot else None
         self.hot[r] = peak
         self.used[r] = rep.used_bytes

@@ -153,23 +153,34 @@ def test_a_fall_of_demand_counts_once_it_has_lasted() -> None:
     assert seen == [100, 100, 100, 100, 97, 20, 150]
 
 
-def test_each_fall_that_takes_effect_doubles_the_next_ones_wait() -> None:
-    """A claim that rises for one report and falls, again and again, is held
-    10, 20, then 40 s (``demand_release_s`` 10): its rises stop moving the
-    split, as a steady claim of its peak would not."""
-    fleet, vm = _one_vm()
-    policy = PolicyConfig(demand_release_s=10.0)
-    pulses = (0, 30, 80)  # one report of 100 MiB each, 20 MiB otherwise
-    held = []
-    for t in range(140):
-        _send(vm, float(t), 100 if t in pulses else 20)
-        assert fleet.store_report(vm, policy) == ""
-        held.append(int(fleet.hot[vm.row]) // MiB == 100)
-    starts = [t for t in range(140) if held[t] and (t == 0 or not held[t - 1])]
-    lengths = [held[t:].index(False) for t in starts]
-    assert starts == list(pulses)
-    assert lengths == [11, 21, 41]
-    assert len(vm.releases) == 3
+def _fast_used(vm: VmState, t: float, seq: int, used_mib: int) -> None:
+    nodes = (
+        wire.NodeUsage(0, "fast", 129 * MiB, used_mib * MiB),
+        wire.NodeUsage(1, "slow", 64 * MiB, 10 * MiB),
+    )
+    report = wire.Report(seq=seq, nodes=nodes, hot_bytes=0, pressure=0.0)
+    vm.channel.feed(wire.encode(report), t, {"fast": MiB << 20, "slow": MiB << 20})
+
+
+def test_a_notice_is_forfeited_unless_the_guest_reached_the_goal_it_announced() -> None:
+    """Fast node at 128 MiB + 1 MiB boot memory, a shrink to 96 announced at
+    t = 1 (goal 97 MiB in use). By t = 11 the target has moved to 64 (a
+    co-tenant's claim rose): a guest that reported 97 answered and keeps its
+    notices; one that reported a little less than before, or nothing, did not."""
+    for used_mib, forfeited in ((97, False), (120, True), (None, True)):
+        fleet, vm = _one_vm()
+        hello = wire.encode(wire.Hello("hypertier-guest", "0.1.0"))
+        vm.channel.feed(hello, 0.0, {})
+        _fast_used(vm, 0.5, 1, 121)
+        target = fleet.requested.copy()
+        target[0, vm.row] = 96 * MiB
+        fleet.track_shrink_notices(target, 1.0, 5.0, 1 << 30)
+        assert vm.notice_goal == 97 * MiB
+        if used_mib is not None:
+            _fast_used(vm, 3.0, 2, used_mib)
+        assert not fleet.shrink_due(vm, 64 * MiB, 10.0, 10.0)  # 9 s: waits
+        assert fleet.shrink_due(vm, 64 * MiB, 11.0, 10.0)
+        assert vm.notice_forfeited is forfeited
 
 
 def test_a_flagged_report_is_no_demand_and_falls_like_any_other() -> None:
