@@ -20,7 +20,7 @@ from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
 from agent_host.config import PolicyConfig
 from agent_host.metadata import TieringMetadata, TierMetadata
-from agent_host.policy import TIERS, PolicyInputs, TierInputs
+from agent_host.policy import TIERS, PolicyInputs, TierInputs, band_bytes
 from hypertier_common.arrays import F64, I64
 from hypertier_common.errors import ConfigError
 
@@ -28,6 +28,9 @@ __all__ = ["Fleet", "VmState", "initial_metadata", "tiered"]
 
 
 _NO_LIMIT = -1  # a tier without a limit in the metadata: the device size is the limit
+# A change of a VM's demand within this share of it (or within its hysteresis
+# band) is noise of the guest's estimate: the demand the policy sees stays.
+DEMAND_DEADBAND = 0.05
 
 
 def tiered(info: DomainInfo) -> bool:
@@ -431,6 +434,11 @@ class Fleet:
         # a flagged report's demand is none; it never enters the window
         hot = 0.0 if why else float(rep.report.hot_bytes)
         peak = _held_peak(st.recent_hot, rep.received_s, hot, policy.demand_release_s)
+        prev = float(self.hot[r])
+        band = float(band_bytes(self.limit[:1, r], self.block[:1, r], policy)[0])
+        noise = max(band, DEMAND_DEADBAND * prev)
+        if not math.isnan(prev) and abs(peak - prev) <= noise:
+            peak = prev
         st.held_hot_bytes = int(peak) if peak > hot else None
         self.hot[r] = peak
         self.used[r] = rep.used_bytes

@@ -129,8 +129,9 @@ def _one_vm() -> tuple[Fleet, VmState]:
 
 
 def test_a_fall_of_demand_counts_once_it_has_lasted() -> None:
-    """A fall counts once it has lasted ``demand_release_s``, one within the
-    VM's band (2 % of its 256 MiB fast limit: 5.12 MiB) too; a rise at once."""
+    """A fall counts once it has lasted ``demand_release_s``; a rise at once;
+    a change within the VM's band (2 % of its 256 MiB fast limit: 5.12 MiB)
+    or 5 % of the demand never."""
     fleet, vm = _one_vm()
     policy = PolicyConfig(demand_release_s=10.0)
     seen = []
@@ -148,9 +149,26 @@ def test_a_fall_of_demand_counts_once_it_has_lasted() -> None:
         seen.append(int(fleet.hot[vm.row]) // MiB)
         held = vm.guest_status(float(t))["held_hot_bytes"]
         assert held == (None if seen[-1] == hot_mib else seen[-1] * MiB)
-    # held at 100 until it is older than 10 s (t = 11), then at 97 until that
-    # is (t = 12); the rise to 150 at once
-    assert seen == [100, 100, 100, 100, 97, 20, 150]
+    # held at 100 until it is older than 10 s (t = 11: 97 is within the band
+    # of 100), then 20 once 97 is too (t = 12); the rise to 150 at once
+    assert seen == [100, 100, 100, 100, 100, 20, 150]
+
+
+@given(jitter=hs.lists(hs.floats(-0.045, 0.045), min_size=1, max_size=30))
+def test_an_estimate_jittering_within_5_percent_leaves_the_demand_alone(
+    jitter: list[float],
+) -> None:
+    """Noise of the guest's estimate (each report within 5 % of 150 MiB)
+    never moves the demand the policy sees; a change beyond it does."""
+    fleet, vm = _one_vm()
+    policy = PolicyConfig(demand_release_s=10.0)
+    for t, j in enumerate([0.0, *jitter]):
+        _send(vm, float(t), int(150 * (1 + j)))
+        assert fleet.store_report(vm, policy) == ""
+        assert fleet.hot[vm.row] == 150 * MiB
+    _send(vm, 100.0, 170)
+    fleet.store_report(vm, policy)
+    assert fleet.hot[vm.row] == 170 * MiB
 
 
 def _fast_used(vm: VmState, t: float, seq: int, used_mib: int) -> None:
