@@ -69,8 +69,8 @@ class Daemon:
         self._cfg = cfg
         self._backend = backend
         self._clock = clock
-        # A guest agent says hello again only once it has heard this daemon:
-        # until then a VM without one may still have an agent mid-demotion.
+        # A guest agent says hello again only once it has heard this daemon
+        # (Fleet.shrink_due: until then a VM may have an agent mid-demotion).
         self._started_s = clock.monotonic()
         self._stop = threading.Event()
         self._lock = threading.RLock()
@@ -293,9 +293,8 @@ class Daemon:
                 continue
             old = int(f.requested[k, op.row])
             notice_s = self._cfg.policy.shrink_notice_s
-            if op.step is Step.FAST_SHRINK and (
-                not f.shrink_due(st, new, now, notice_s)
-                or (st.channel.hello is None and now - self._started_s < notice_s)
+            if op.step is Step.FAST_SHRINK and not f.shrink_due(
+                st, new, now, notice_s, self._started_s
             ):
                 continue
             try:

@@ -378,7 +378,9 @@ class Fleet:
                 used = used if rep is None else rep.fast_used_bytes
                 st.notice_goal = max(int(target[0, st.row]) + boot, used - step_bytes)
 
-    def shrink_due(self, st: VmState, new: int, now: float, notice_s: float) -> bool:
+    def shrink_due(
+        self, st: VmState, new: int, now: float, notice_s: float, started_s: float
+    ) -> bool:
         """May the fast tier of ``st`` shrink to ``new`` bytes now?
 
         A guest with an agent is told first (the Allot), so it demotes its
@@ -388,9 +390,13 @@ class Fleet:
         (``policy.shrink_notice_s``) after the notice, whichever comes first;
         a notice that runs out before the guest reported fitting the goal it
         announced (``VmState.notice_goal``) forfeits those of the shrink's
-        further steps
-        (``VmState.notice_forfeited``). Guests without an agent do not wait.
+        further steps (``VmState.notice_forfeited``). Guests without an agent
+        do not wait, once the daemon has run ``notice_s`` since ``started_s``:
+        before, an agent may not have answered its hello yet, and may be
+        demoting on an earlier daemon's notice.
         """
+        if st.channel.hello is None and now - started_s < notice_s:
+            return False
         since = st.shrink_notice_s
         if since is None or st.notice_forfeited:
             return True
@@ -400,9 +406,8 @@ class Fleet:
         if now - since >= notice_s:
             st.notice_forfeited = rep is None or rep.fast_used_bytes > st.notice_goal
             return True
-        return rep is not None and rep.fast_used_bytes <= new + int(
-            self.boot[0, st.row]
-        )
+        boot = int(self.boot[0, st.row])
+        return rep is not None and rep.fast_used_bytes <= new + boot
 
     def store_report(self, st: VmState, policy: PolicyConfig) -> str:
         """Take ``st``'s latest guest report into the arrays; say why it is
@@ -415,7 +420,9 @@ class Fleet:
         every turn (each shrink costs them demotions). Falls within the VM's
         hysteresis band too: believed at once, each rise back was growth cut
         for want of memory, which releases the others' small shrinks
-        (policy._limit_changes).
+        (policy._limit_changes). A change within the band or
+        ``DEMAND_DEADBAND`` of the demand is the estimate's noise: the demand
+        stays where it was.
 
         A report that claims more than the host provisioned forfeits its demand
         (hot set 0, a fall like any other): the VM keeps its floors (its used
@@ -439,7 +446,7 @@ class Fleet:
         noise = max(band, DEMAND_DEADBAND * prev)
         if not math.isnan(prev) and abs(peak - prev) <= noise:
             peak = prev
-        st.held_hot_bytes = int(peak) if peak > hot else None
+        st.held_hot_bytes = int(peak) if peak != hot else None
         self.hot[r] = peak
         self.used[r] = rep.used_bytes
         return why

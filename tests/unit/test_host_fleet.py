@@ -196,8 +196,8 @@ def test_a_notice_is_forfeited_unless_the_guest_reached_the_goal_it_announced() 
         assert vm.notice_goal == 97 * MiB
         if used_mib is not None:
             _fast_used(vm, 3.0, 2, used_mib)
-        assert not fleet.shrink_due(vm, 64 * MiB, 10.0, 10.0)  # 9 s: waits
-        assert fleet.shrink_due(vm, 64 * MiB, 11.0, 10.0)
+        assert not fleet.shrink_due(vm, 64 * MiB, 10.0, 10.0, 0.0)  # 9 s: waits
+        assert fleet.shrink_due(vm, 64 * MiB, 11.0, 10.0, 0.0)
         assert vm.notice_forfeited is forfeited
 
 
