@@ -9,7 +9,6 @@ fleet alone assigns rows: ``states[r].row == r`` after every :meth:`rebuild`.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
 from agent_host.config import PolicyConfig
+from agent_host.demand import DEMAND_DEADBAND, DemandFilter
 from agent_host.metadata import TieringMetadata, TierMetadata
 from agent_host.policy import TIERS, PolicyInputs, TierInputs, band_bytes
 from hypertier_common.arrays import F64, I64
@@ -28,9 +28,6 @@ __all__ = ["Fleet", "VmState", "initial_metadata", "tiered"]
 
 
 _NO_LIMIT = -1  # a tier without a limit in the metadata: the device size is the limit
-# A change of a VM's demand within this share of it (or within its hysteresis
-# band) is noise of the guest's estimate: the demand the policy sees stays.
-DEMAND_DEADBAND = 0.05
 
 
 def tiered(info: DomainInfo) -> bool:
@@ -100,14 +97,9 @@ class VmState:
     implausible: int = 0  # reports that claim more than the host sees plugged
     last_implausible: str = ""
     seen_report: GuestReport | None = None
-    # (received_s, hot_bytes) of the guest's reports within the last
-    # policy.demand_release_s whose hot set may still be the largest (a
-    # falling sequence): a fall beyond the band is held at the first.
-    # Kept across guest sessions: a restarted agent does not shed its peak.
-    recent_hot: deque[tuple[float, float]] = field(default_factory=deque)
-    # The hot set the demand is held at while a fall waits out the window
-    # (None: the last report's own hot set counts).
-    held_hot_bytes: int | None = None
+    # The guest's reports as demand; kept across guest sessions: a restarted
+    # agent does not shed its peak nor its retracted rises.
+    demand: DemandFilter = field(default_factory=DemandFilter)
 
     def __post_init__(self) -> None:
         self.allot = _ordered(self.info)
@@ -139,7 +131,8 @@ class VmState:
             "last_error": chan.last_error,
             "implausible_reports": self.implausible,
             "last_implausible": self.last_implausible,
-            "held_hot_bytes": self.held_hot_bytes,
+            "held_hot_bytes": self.demand.held,
+            "retracted_rises": self.demand.retractions,
         }
 
     def with_settings(
@@ -413,16 +406,14 @@ class Fleet:
         """Take ``st``'s latest guest report into the arrays; say why it is
         implausible ("" if it is not).
 
-        Its hot set counts as the largest the guest reported within the last
-        ``policy.demand_release_s``: a fall of demand frees memory for the
-        others only once it has lasted that long, so a guest that makes its
-        claim rise and fall cannot make the others shrink and grow again on
-        every turn (each shrink costs them demotions). Falls within the VM's
-        hysteresis band too: believed at once, each rise back was growth cut
-        for want of memory, which releases the others' small shrinks
-        (policy._limit_changes). A change within the band or
-        ``DEMAND_DEADBAND`` of the demand is the estimate's noise: the demand
-        stays where it was.
+        Its hot set becomes the VM's demand through the VM's
+        :class:`~agent_host.demand.DemandFilter`: a change within the band or
+        ``DEMAND_DEADBAND`` of the demand is noise, a fall counts once it has
+        lasted ``policy.demand_release_s``, a rise at once unless the VM's
+        rises have lately been retracted within that window (then once it has
+        lasted its confirmation time). Each shrink of the others costs them
+        demotions, so a guest whose claim rises and falls must not make them
+        shrink and grow on every turn.
 
         A report that claims more than the host provisioned forfeits its demand
         (hot set 0, a fall like any other): the VM keeps its floors (its used
@@ -440,14 +431,12 @@ class Fleet:
         why = self._implausible(rep, r)
         # a flagged report's demand is none; it never enters the window
         hot = 0.0 if why else float(rep.report.hot_bytes)
-        peak = _held_peak(st.recent_hot, rep.received_s, hot, policy.demand_release_s)
-        prev = float(self.hot[r])
+        prev = st.demand.demand
         band = float(band_bytes(self.limit[:1, r], self.block[:1, r], policy)[0])
-        noise = max(band, DEMAND_DEADBAND * prev)
-        if not math.isnan(prev) and abs(peak - prev) <= noise:
-            peak = prev
-        st.held_hot_bytes = int(peak) if peak != hot else None
-        self.hot[r] = peak
+        noise = max(band, DEMAND_DEADBAND * (0.0 if math.isnan(prev) else prev))
+        self.hot[r] = st.demand.update(
+            rep.received_s, hot, noise, policy.demand_release_s
+        )
         self.used[r] = rep.used_bytes
         return why
 
@@ -506,19 +495,3 @@ class Fleet:
     def limits_by_name(self, st: VmState) -> dict[str, int]:
         """``st``'s limits as the guest channel checks reports against them."""
         return {t.value: int(self.limit[k, st.row]) for k, t in enumerate(TIERS)}
-
-
-def _held_peak(
-    recent: deque[tuple[float, float]], t: float, value: float, window_s: float
-) -> float:
-    """Add ``value`` seen at ``t`` to ``recent`` (a report seen again, at the
-    same ``t``, is not added twice); drop what is older than ``window_s``;
-    the largest value left."""
-    if not recent or recent[-1][0] < t:
-        # a value no larger than a newer one can never be the peak again
-        while recent and recent[-1][1] <= value:
-            recent.pop()
-        recent.append((t, value))
-    while recent[0][0] < t - window_s:
-        recent.popleft()
-    return recent[0][1]

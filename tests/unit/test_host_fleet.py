@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import deque
 
 from hypothesis import given
 from hypothesis import strategies as hs
@@ -12,7 +11,7 @@ import hypertier_wire as wire
 from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel
 from agent_host.config import ChannelConfig, PolicyConfig
-from agent_host.fleet import Fleet, VmState, _held_peak
+from agent_host.fleet import Fleet, VmState
 from agent_host.metadata import TieringMetadata, TierMetadata
 
 MiB = 1 << 20
@@ -82,29 +81,6 @@ def test_a_rebuild_keeps_each_vms_last_resize_time() -> None:
     assert fleet.last_resize_s[:, c.row].tolist() == [5.0, 6.0]
     assert fleet.last_resize_s[:, b.row].tolist() == [-math.inf, -math.inf]
     assert fleet.target.shape == (2, 0)  # planned for the old rows: dropped
-
-
-@given(
-    reports=hs.lists(
-        hs.tuples(hs.floats(0.0, 5.0), hs.floats(0.0, 1e9)), min_size=1, max_size=60
-    ),
-    window=hs.floats(0.0, 20.0),
-)
-def test_the_demand_is_the_largest_hot_set_reported_within_the_window(
-    reports: list[tuple[float, float]], window: float
-) -> None:
-    """A fall of demand counts only once it has lasted ``window``; a report
-    seen again (same time) changes nothing."""
-    recent: deque[tuple[float, float]] = deque()
-    t, seen = 0.0, []
-    for dt, hot in reports:
-        t += dt
-        got = _held_peak(recent, t, hot, window)
-        if not seen or seen[-1][0] < t:
-            seen.append((t, hot))
-        assert got == max(v for s, v in seen if s >= t - window)
-        assert _held_peak(recent, t, 0.0, window) == got  # the same report again
-        assert len(recent) <= len(seen)
 
 
 def _send(vm: VmState, t: float, hot_mib: int, fast_total_mib: int = 128) -> None:

@@ -1,0 +1,143 @@
+"""agent_host.demand: a VM's reported hot sets as the demand the policy sees."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as hs
+
+from agent_host.demand import (
+    FORGET_WINDOWS,
+    DemandFilter,
+    _held_peak,
+    confirm_s,
+)
+
+RELEASE = 30.0
+NOISE = 1.0
+
+
+@given(
+    reports=hs.lists(
+        hs.tuples(hs.floats(0.0, 5.0), hs.floats(0.0, 1e9)), min_size=1, max_size=60
+    ),
+    window=hs.floats(0.0, 20.0),
+)
+def test_the_held_peak_is_the_largest_hot_set_reported_within_the_window(
+    reports: list[tuple[float, float]], window: float
+) -> None:
+    """A fall of demand counts only once it has lasted ``window``; a report
+    seen again (same time) changes nothing."""
+    recent: deque[tuple[float, float]] = deque()
+    t, seen = 0.0, []
+    for dt, hot in reports:
+        t += dt
+        got = _held_peak(recent, t, hot, window)
+        if not seen or seen[-1][0] < t:
+            seen.append((t, hot))
+        assert got == max(v for s, v in seen if s >= t - window)
+        assert _held_peak(recent, t, 0.0, window) == got  # the same report again
+        assert len(recent) <= len(seen)
+
+
+def _reference(reports: list[tuple[float, float]]) -> list[float]:
+    """The demand without confirmation of rises: the held peak, noise aside."""
+    recent: deque[tuple[float, float]] = deque()
+    prev, out = math.nan, []
+    for t, hot in reports:
+        peak = _held_peak(recent, t, hot, RELEASE)
+        if not math.isnan(prev) and abs(peak - prev) <= NOISE:
+            peak = prev
+        out.append(prev := peak)
+    return out
+
+
+# phases of a workload: (level, length in reports of 5 s)
+_PHASES = hs.lists(
+    hs.tuples(hs.integers(0, 100), hs.integers(1, 40)), min_size=1, max_size=12
+)
+
+
+def _reports(phases: list[tuple[int, int]]) -> list[tuple[float, float]]:
+    levels = [float(level) for level, n in phases for _ in range(n)]
+    return [(5.0 * (i + 1), v) for i, v in enumerate(levels)]
+
+
+@given(phases=_PHASES)
+def test_a_vm_whose_rises_last_the_window_is_believed_at_once(
+    phases: list[tuple[int, int]],
+) -> None:
+    """Where no phase that rose ends within ``release_s`` (an honest workload
+    whose phases last), the demand is the held peak of its reports: every rise
+    counts at once, every fall after the window."""
+    phases = [(v, max(n, 7)) for v, n in phases]  # 35 s at least
+    reports = _reports(phases)
+    f = DemandFilter()
+    got = [f.update(t, v, NOISE, RELEASE) for t, v in reports]
+    assert got == _reference(reports)
+    assert f.retractions == 0
+
+
+@given(
+    period=hs.integers(2, 200),  # reports of 5 s
+    width=hs.integers(1, 2),  # the claim lasts 5-10 s, under release_s / 2
+    high=hs.floats(10.0, 1e6),
+)
+def test_a_claim_pulsed_again_and_again_counts_once_a_forget_window(
+    period: int, width: int, high: float
+) -> None:
+    """A guest that claims ``high`` for a report or two out of ``period``
+    makes the demand rise at most once per ``FORGET_WINDOWS * release_s``
+    (else on every pulse: each rise shrinks the others, each fall grows them
+    back)."""
+    width = min(width, period - 1)
+    horizon = 400  # reports: 2000 s
+    f = DemandFilter()
+    prev, rises = 0.0, 0
+    for i in range(horizon):
+        d = f.update(5.0 * (i + 1), high if i % period < width else 0.0, NOISE, RELEASE)
+        rises += d > prev + NOISE
+        prev = d
+    forget = FORGET_WINDOWS * RELEASE
+    pulses = math.ceil(horizon / period)
+    assert rises <= min(pulses, 1 + math.ceil(5.0 * horizon / forget))
+
+
+@given(retractions=hs.integers(0, 50), release=hs.floats(0.0, 1e4))
+def test_the_wait_doubles_from_half_a_window_up_to_eight(
+    retractions: int, release: float
+) -> None:
+    wait = confirm_s(retractions, release)
+    if retractions == 0:
+        assert wait == 0.0
+    else:
+        want = min(release / 2 * 2 ** (retractions - 1), 8 * release)
+        assert wait == pytest.approx(want, rel=1e-12, abs=1e-300)
+
+
+def test_a_rise_after_a_pulse_counts_once_it_has_lasted_its_wait() -> None:
+    """One pulse (10 s of 100 after 10): the next rise waits ``release_s / 2``
+    (15 s), then counts; a report seen again changes nothing; that rise too
+    is retracted within the window, so it counts as a second pulse."""
+    f = DemandFilter()
+    seen = []
+    for t, v in (
+        (0, 10),
+        (5, 100),
+        (10, 100),
+        (15, 10),
+        (60, 10),
+        (100, 100),
+        (105, 100),
+        (110, 100),
+        (115, 100),
+        (115, 100),
+        (120, 10),
+    ):
+        seen.append(f.update(float(t), float(v), NOISE, RELEASE))
+    assert seen == [10, 100, 100, 100, 10, 10, 10, 10, 100, 100, 100]
+    assert f.retractions == 2
+    assert f.held == 100  # the fall at 120 is held
