@@ -459,6 +459,8 @@ class Exchanger:
             self._resolved_mask(tables, promote),
             self._cfg.min_gain,
             z_own=self._cfg.own_count_z,
+            cost=cost,
+            batch_pages=self._cfg.batch_pages,
         )
         self.stats.promoted += promoted
         self.stats.demoted += demoted

@@ -208,6 +208,8 @@ def waiting(
     min_gain: float,
     z: float = 2.0,
     z_own: float | None = None,
+    cost: MoveCost | None = None,
+    batch_pages: int = 1,
 ) -> int:
     """How many promotion candidates a round left unmoved that more samples
     could still move (the round had ``free_pages`` of room, the demotion
@@ -220,6 +222,12 @@ def waiting(
     for its gain to pay for a move, or for bandwidth. A page of a hot range
     that fails the noise test does not: the range's count reaches its steady
     level in a few epochs, and more epochs at the same rate leave it there.
+
+    With ``cost`` (a known value of a sample), those candidates wait only as
+    far as they would pay for their moves at their current estimates
+    (:func:`paying_prefix` without the standard error it counts toward no
+    gain): more samples narrow an estimate, they do not raise it, so moves
+    that would not pay if the estimates were exact wait on nothing.
     """
     room = min(max(0, free_pages), len(promote))
     pairs = min(len(promote) - room, len(demote))
@@ -232,7 +240,35 @@ def waiting(
         )
     left = passes | long_memory
     left[: min(moved, len(promote))] = False
-    return int(np.count_nonzero(left))
+    if cost is None or cost.sample_ns <= 0.0 or not left.any():
+        return int(np.count_nonzero(left))
+    return _paying_at_estimates(promote, demote, room, left, batch_pages, cost)
+
+
+def _paying_at_estimates(
+    promote: Candidates,
+    demote: Candidates,
+    room: int,
+    left: BoolArray,
+    batch_pages: int,
+    cost: MoveCost,
+) -> int:
+    """How many of the candidates ``left`` (a mask over ``promote``; the first
+    ``room`` go into free room, the others pair with ``demote`` in order, or
+    with a page of no density where it runs out) are in the prefix that pays
+    for its moves at the estimates themselves, noise not counted."""
+    idx = np.flatnonzero(left)
+    into_room = int(np.count_nonzero(idx < room))
+    j = idx[into_room:] - room
+    cold = np.zeros(j.shape[0])
+    paired = j < len(demote)
+    cold[paired] = demote.density[j[paired]]
+    n = int(j.shape[0])
+    zero = np.zeros(n)
+    hot = promote.pick(idx)
+    exact = Candidates(hot.pid, hot.addr, hot.density, np.zeros(len(hot)))
+    partner = Candidates(np.zeros(n, np.int32), np.zeros(n, np.uint64), cold, zero)
+    return paying_prefix(exact, partner, into_room, batch_pages, cost)
 
 
 def pair_z(hot: Candidates, z: float, z_own: float | None) -> float | F64:

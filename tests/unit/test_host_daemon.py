@@ -42,15 +42,21 @@ def _world(clock: FakeClock, fast_mib: int = 1024, vms: int = 3) -> World:
     return world
 
 
-def _report(world: World, vm: str, seq: int, hot_ratio: float, pressure: float) -> None:
-    """What a guest agent would send: its nodes, a hot set and a pressure."""
+def _claim(world: World, vm: str, seq: int, hot: int, pressure: float = 0.0) -> None:
+    """A report of ``vm``'s true nodes with a hot set of ``hot`` bytes."""
     v = world.vm(vm)
     nodes = tuple(
         wire.NodeUsage(i, t, v.plugged[i] * PAGE_SIZE, v.used_pages(i) * PAGE_SIZE)
         for i, t in ((0, "fast"), (1, "slow"))
     )
-    hot = int(hot_ratio * v.used_pages(0) * PAGE_SIZE + v.used_pages(1) * PAGE_SIZE)
     v.to_host += wire.encode(wire.Report(seq, nodes, hot, pressure))
+
+
+def _report(world: World, vm: str, seq: int, hot_ratio: float, pressure: float) -> None:
+    """What a guest agent would send: its nodes, a hot set and a pressure."""
+    v = world.vm(vm)
+    hot = int(hot_ratio * v.used_pages(0) * PAGE_SIZE + v.used_pages(1) * PAGE_SIZE)
+    _claim(world, vm, seq, hot, pressure)
 
 
 def _fast_mib(world: World, vm: str) -> int:
@@ -462,23 +468,12 @@ def test_demand_swinging_inside_the_band_does_not_churn_the_others(
     memory, which released the others' small shrinks)."""
     names = {"gold": "vm0", "silver": "vm1", "bronze": "vm2"}
     world, daemon = _three_classes(clock, names)
-    flapper = world.vm("vm2")
 
     def run(ticks: int, start: int) -> None:
         for t in range(start, start + ticks):
             _report(world, "vm0", t, 1.0, 1.0)
             _report(world, "vm1", t, 1.0, 1.0)
-            hot = (90 if (t // 6) % 2 else 100) * MiB
-            nodes = tuple(
-                wire.NodeUsage(
-                    i,
-                    tier,
-                    flapper.plugged[i] * PAGE_SIZE,
-                    flapper.used_pages(i) * PAGE_SIZE,
-                )
-                for i, tier in ((0, "fast"), (1, "slow"))
-            )
-            flapper.to_host += wire.encode(wire.Report(t, nodes, hot, 0.0))
+            _claim(world, "vm2", t, (90 if (t // 6) % 2 else 100) * MiB)
             clock.advance(1.0)
             daemon.tick()
 
@@ -500,23 +495,12 @@ def test_a_claim_pulsed_once_a_minute_does_not_churn_the_others(
     Before, gold and silver resized 40 and 38 times in 1,200 s."""
     names = {"gold": "vm0", "silver": "vm1", "bronze": "vm2"}
     world, daemon = _three_classes(clock, names)
-    pulser = world.vm("vm2")
     resizes = []
     for t in range(1, 601):
         if t % 5 == 0:
             _report(world, "vm0", t // 5, 1.0, 1.0)
             _report(world, "vm1", t // 5, 1.0, 1.0)
-            hot = (490 if t % 60 < 5 else 64) * MiB
-            nodes = tuple(
-                wire.NodeUsage(
-                    i,
-                    tier,
-                    pulser.plugged[i] * PAGE_SIZE,
-                    pulser.used_pages(i) * PAGE_SIZE,
-                )
-                for i, tier in ((0, "fast"), (1, "slow"))
-            )
-            pulser.to_host += wire.encode(wire.Report(t // 5, nodes, hot, 0.0))
+            _claim(world, "vm2", t // 5, (490 if t % 60 < 5 else 64) * MiB)
         clock.advance(1.0)
         daemon.tick()
         if t in (120, 600):

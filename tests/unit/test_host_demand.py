@@ -123,21 +123,12 @@ def test_a_rise_after_a_pulse_counts_once_it_has_lasted_its_wait() -> None:
     (15 s), then counts; a report seen again changes nothing; that rise too
     is retracted within the window, so it counts as a second pulse."""
     f = DemandFilter()
-    seen = []
-    for t, v in (
-        (0, 10),
-        (5, 100),
-        (10, 100),
-        (15, 10),
-        (60, 10),
-        (100, 100),
-        (105, 100),
-        (110, 100),
-        (115, 100),
-        (115, 100),
-        (120, 10),
-    ):
-        seen.append(f.update(float(t), float(v), NOISE, RELEASE))
+    times = [0, 5, 10, 15, 60, 100, 105, 110, 115, 115, 120]
+    claims = [10, 100, 100, 10, 10, 100, 100, 100, 100, 100, 10]
+    seen = [
+        f.update(float(t), float(v), NOISE, RELEASE)
+        for t, v in zip(times, claims, strict=True)
+    ]
     assert seen == [10, 100, 100, 100, 10, 10, 10, 10, 100, 100, 100]
     assert f.retractions == 2
     assert f.held == 100  # the fall at 120 is held
