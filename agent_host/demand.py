@@ -60,8 +60,10 @@ class DemandFilter:
     rise_since: float | None = None
     rise_from: float = 0.0
     rise_counted_s: float | None = None
-    # Rises retracted before they had lasted a release window, and the last.
+    # Rises retracted before they had lasted a release window (those still
+    # remembered, all of them), and when the last was.
     retractions: int = 0
+    retracted_total: int = 0
     retracted_s: float = -math.inf
 
     def active_retractions(self, t: float, release_s: float) -> int:
@@ -101,6 +103,7 @@ class DemandFilter:
                     self.retracted_s = t
             elif t - counted < release_s:
                 self.retractions = self.active_retractions(t, release_s) + 1
+                self.retracted_total += 1
                 self.retracted_s = t
             self.rise_since = self.rise_counted_s = None
         elif self.rise_since is None and not math.isnan(prev) and hot > prev + noise:

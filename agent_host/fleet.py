@@ -132,7 +132,7 @@ class VmState:
             "implausible_reports": self.implausible,
             "last_implausible": self.last_implausible,
             "held_hot_bytes": self.demand.held,
-            "retracted_rises": self.demand.retractions,
+            "retracted_rises": self.demand.retracted_total,
         }
 
     def with_settings(

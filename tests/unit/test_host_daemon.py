@@ -509,6 +509,8 @@ def test_a_claim_pulsed_once_a_minute_does_not_churn_the_others(
             )
     assert resizes[1] == resizes[0]  # none after the first two minutes
     assert daemon.status()["vms"]["vm2"]["guest"]["retracted_rises"] == 1
+    text = render(daemon.status(), {})
+    assert 'hypertier_vm_guest_retracted_rises_total{domain="vm2"} 1' in text
 
 
 @pytest.mark.parametrize(
