@@ -53,7 +53,8 @@ class HostConfig(Table, table="host"):
     CPU-less node and with ``emulate_slow_tier``, the fast nodes back the slow
     tier too (a separate guest node with fast-memory latency), and we say so.
     ``fast_capacity_bytes`` = 0 means total of the fast nodes minus
-    ``policy.host_reserved_bytes``.
+    ``policy.host_reserved_bytes`` (times ``emulated_fast_share`` when the slow
+    tier is emulated on them: the slow tier then gets the rest).
     """
 
     backend: str = "libvirt"
@@ -64,6 +65,10 @@ class HostConfig(Table, table="host"):
     emulate_slow_tier: bool = True
     sysfs_root: str = "/"
     fast_capacity_bytes: Annotated[int, NON_NEGATIVE] = 0
+    # With the slow tier emulated on the fast nodes: the part of their memory
+    # (less policy.host_reserved_bytes) the fast tier may allot; the slow tier
+    # gets the rest, so the two tiers never allot the same memory twice.
+    emulated_fast_share: Annotated[float, UNIT] = 0.5
     # Where QEMU creates the channel sockets: must be writable by the QEMU user,
     # as libvirt's own directory for guest-agent channels is.
     channel_dir: str = "/var/lib/libvirt/qemu/channel/target"

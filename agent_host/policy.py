@@ -392,22 +392,28 @@ def host_capacity(nodes: Sequence[HostNode], cfg: Config) -> tuple[int, int, boo
 
     The fast capacity is ``host.fast_capacity_bytes``, or the fast nodes less
     ``policy.host_reserved_bytes``. Without a slow node the slow tier is
-    emulated on the fast nodes' memory (``status`` says so).
+    emulated on the fast nodes' memory (``status`` says so), and the two tiers
+    split it: the fast tier ``host.emulated_fast_share`` of it (or
+    ``host.fast_capacity_bytes``, at most all of it), the slow tier the rest.
 
     Raises:
         ConfigError: no slow node and ``host.emulate_slow_tier`` is false.
     """
     fast = sum(n.total_bytes for n in nodes if n.tier is Tier.FAST)
     slow = sum(n.total_bytes for n in nodes if n.tier is Tier.SLOW)
-    fast_cap = cfg.host.fast_capacity_bytes or max(
-        0, fast - cfg.policy.host_reserved_bytes
-    )
+    usable = max(0, fast - cfg.policy.host_reserved_bytes)
     emulated = slow == 0
-    if emulated and not cfg.host.emulate_slow_tier:
+    if not emulated:
+        return cfg.host.fast_capacity_bytes or usable, slow, False
+    if not cfg.host.emulate_slow_tier:
         raise ConfigError(
             "host has no slow-tier node and host.emulate_slow_tier is false"
         )
-    return fast_cap, (fast_cap if emulated else slow), emulated
+    fast_cap = min(
+        usable,
+        cfg.host.fast_capacity_bytes or int(usable * cfg.host.emulated_fast_share),
+    )
+    return fast_cap, usable - fast_cap, True
 
 
 TIERS = (Tier.FAST, Tier.SLOW)

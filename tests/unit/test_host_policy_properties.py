@@ -16,8 +16,16 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from agent_host.config import PolicyConfig
-from agent_host.policy import PolicyInputs, PolicyResult, TierInputs, fair_split, plan
+from agent_host.backend import HostNode, Tier
+from agent_host.config import Config, HostConfig, PolicyConfig
+from agent_host.policy import (
+    PolicyInputs,
+    PolicyResult,
+    TierInputs,
+    fair_split,
+    host_capacity,
+    plan,
+)
 
 MiB = 1 << 20
 BLOCK = 2 * MiB
@@ -363,3 +371,47 @@ def test_claimed_usage_cannot_raise_a_floor_past_the_share() -> None:
         t = replace(inputs.fast, requested=fast, current=fast)
         result = plan(replace(inputs, fast=t), CFG)
     assert (np.abs(result.fast.target - share) <= BLOCK).all()
+
+
+@given(
+    node_gib=st.lists(st.integers(0, 64), min_size=1, max_size=4),
+    slow_gib=st.lists(st.integers(0, 64), max_size=2),
+    reserved_gib=st.integers(0, 8),
+    fast_cap_gib=st.integers(0, 80),
+    share=st.floats(0.0, 1.0),
+)
+def test_the_tiers_never_count_the_same_memory_twice(
+    node_gib: list[int],
+    slow_gib: list[int],
+    reserved_gib: int,
+    fast_cap_gib: int,
+    share: float,
+) -> None:
+    """With the slow tier emulated on the fast nodes, the two capacities
+    together fit their memory less the host's reserve; with a slow node, the
+    slow capacity is that node's memory."""
+    nodes = [
+        HostNode(i, Tier.FAST, g << 30, g << 30, True) for i, g in enumerate(node_gib)
+    ]
+    nodes += [
+        HostNode(10 + i, Tier.SLOW, g << 30, g << 30, False)
+        for i, g in enumerate(slow_gib)
+    ]
+    cfg = Config(
+        host=HostConfig(
+            fast_capacity_bytes=fast_cap_gib << 30, emulated_fast_share=share
+        ),
+        policy=PolicyConfig(host_reserved_bytes=reserved_gib << 30),
+    )
+    fast_cap, slow_cap, emulated = host_capacity(nodes, cfg)
+    usable = max(0, sum(node_gib) - reserved_gib) << 30
+    assert emulated == (sum(slow_gib) == 0)
+    assert fast_cap >= 0
+    assert slow_cap >= 0
+    if emulated:
+        assert fast_cap + slow_cap == usable
+        if fast_cap_gib == 0:
+            assert fast_cap == int(usable * share)
+    else:
+        assert slow_cap == sum(slow_gib) << 30
+        assert fast_cap == (fast_cap_gib << 30 or usable)
