@@ -378,7 +378,7 @@ class SampleBoost:
         moved = promoted if moved is None else moved
         # a fall of the hot share matters only to a settled sampler
         changed = self._changed(hot_samples, samples) and self.settled
-        if promoted or changed:
+        if promoted or changed or pending:
             self._left = self.cfg.boost_epochs
         elif self._left:
             self._left -= 1

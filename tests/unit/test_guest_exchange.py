@@ -23,6 +23,7 @@ from agent_guest.plan import (
     clearly_denser,
     pages_of_ranges,
     pair_z,
+    passing_first,
     paying_prefix,
     plan_exchange,
     waiting,
@@ -181,15 +182,43 @@ def test_only_candidates_more_samples_can_move_are_waiting() -> None:
     assert waiting(noisy, cold, 0, 2, resolved, 0.25) == 1
 
 
+def test_a_candidate_waits_only_if_its_move_would_pay_at_its_estimate() -> None:
+    """XSBench at 1/8: a resolved page with 3 samples whose move the payback
+    gate defers every round, and whose estimate, even exact, does not pay a
+    round's two move_pages calls, held the sampler unsettled for 1.2 s."""
+    resolved = np.ones(1, bool)
+    hot = Candidates(np.ones(1, np.int32), np.full(1, BASE, np.uint64),
+                     np.r_[10.2], np.r_[6.8])  # fmt: skip
+    cold = _cands(1, 0.2, base=BASE + (1 << 30))
+    assert waiting(hot, cold, 0, 0, resolved, 0.25) == 1  # no cost: it waits
+    # a sample of density moved is worth 12 µs; 10 of density per MiB is 0.04
+    # samples a page: 0.5 ms saved against 1 ms of calls, even if exact
+    cost = MoveCost(500e3, 3e3, 12.2e6)
+    assert paying_prefix(hot, cold, 0, 512, cost) == 0
+    assert waiting(hot, cold, 0, 0, resolved, 0.25, cost=cost, batch_pages=512) == 0
+    # the same page when a sample is worth 4x as much: exact, it would pay
+    # (with its noise counted it does not yet): more samples may move it
+    dear = MoveCost(500e3, 3e3, 4 * 12.2e6)
+    assert paying_prefix(hot, cold, 0, 512, dear) == 0
+    assert waiting(hot, cold, 0, 0, resolved, 0.25, cost=dear, batch_pages=512) == 1
+    # many such pages pay together where one alone does not
+    many = Candidates(np.ones(8, np.int32), BASE + np.arange(8, dtype=np.uint64)
+                      * np.uint64(4096), np.full(8, 10.2), np.full(8, 6.8))  # fmt: skip
+    colds = _cands(8, 0.2, base=BASE + (1 << 30))
+    assert waiting(many, colds, 0, 0, np.ones(8, bool), 0.25, cost=cost,
+                   batch_pages=512) == 8  # fmt: skip
+
+
 @given(
     n=st.integers(0, 30),
     n_cold=st.integers(0, 30),
     free=st.integers(-10, 40),
     moved=st.integers(0, 40),
     seed=st.integers(0, 2**16),
+    priced=st.booleans(),
 )
 def test_waiting_candidates_are_unmoved_and_include_every_resolved_one(
-    n: int, n_cold: int, free: int, moved: int, seed: int
+    n: int, n_cold: int, free: int, moved: int, seed: int, priced: bool
 ) -> None:
     rng = np.random.default_rng(seed)
     hot = _cands(n, 0.0)
@@ -204,6 +233,30 @@ def test_waiting_candidates_are_unmoved_and_include_every_resolved_one(
     assert int(resolved[min(moved, n) :].sum()) <= w <= unmoved
     room = max(0, min(free, n) - moved)
     assert w >= room
+    if priced:  # with a price, a subset of them: those whose moves would pay
+        cost = MoveCost(500e3, 3e3, float(rng.uniform(0.0, 1e9)))
+        assert 0 <= waiting(hot, cold, free, moved, resolved, 0.25, cost=cost) <= w
+
+
+def test_a_pair_that_fails_the_noise_test_does_not_hold_back_those_after_it() -> None:
+    """BFS at 1/8: a page of a range whose pages do not differ (trust 0, z 2)
+    between pages of ranges whose pages do (trust 1, z_own 1) failed where
+    the pages after it passed, and each round stopped at it."""
+    n = 6
+    hot = Candidates(np.ones(n, np.int32),
+                     BASE + np.arange(n, dtype=np.uint64) * np.uint64(4096),
+                     np.full(n, 1.3), np.full(n, 0.72),
+                     np.r_[1.0, 1.0, 0.0, 1.0, 1.0, 1.0])  # fmt: skip
+    cold = _cands(n, 0.14, base=BASE + (1 << 30))
+    passes = clearly_denser(hot, cold, 0.25, pair_z(hot, 2.0, 1.0))
+    assert passes.tolist() == [True, True, False, True, True, True]
+    ordered = passing_first(hot, cold, 0, 0, n, 0.25, 2.0, 1.0)
+    assert ordered.addr.tolist() == hot.addr[[0, 1, 3, 4, 5, 2]].tolist()
+    batches = plan_exchange(hot, cold, 0, 100, 16, 0.25, z_own=1.0)
+    promoted = [int(a) for b in batches if b.to == "fast" for a in b.pages.addr]
+    assert promoted == ordered.addr[:5].tolist()
+    # nothing to reorder: the same candidates come back
+    assert passing_first(cold, hot, 0, 0, n, 0.25, 2.0, 1.0) is cold
 
 
 def test_noisy_densities_never_swap() -> None:
@@ -384,12 +437,20 @@ def _tables() -> dict[int, RangeTable]:
 
 def test_a_round_counts_as_waiting_only_candidates_more_samples_can_move() -> None:
     cfg = MoverConfig(batch_pages=64, scan_pages=64)
-    # a hot range clearly denser than the cold one, whose swap does not pay
-    # yet (a call costs 1 s): all 64 pages wait on samples
+    # a hot range clearly denser than the cold one (4,000 +- 127 samples a
+    # MiB: 15.6 a page, 15.1 less a standard error), whose swap does not pay
+    # yet with its noise counted (64 x 15.1 against two calls of 492) but
+    # would if the estimates were exact (64 x 15.6): all 64 pages wait
+    ex = Exchanger(_Backend(None, set()), cfg, _Clock())
+    near = MoveCost(call_ns=492.0, page_ns=0.0, sample_ns=1.0)
+    assert ex.run(_tables(), [0], [1], 0, 1, 0, near) == (0, 0)
+    assert ex.pending == 64
+    # a swap that would not pay even if the estimates were exact (a call
+    # costs 1 s) waits on nothing: more samples narrow them, not raise them
     ex = Exchanger(_Backend(None, set()), cfg, _Clock())
     dear = MoveCost(call_ns=1e9, page_ns=1e3, sample_ns=1.0)
     assert ex.run(_tables(), [0], [1], 0, 1, 0, dear) == (0, 0)
-    assert ex.pending == 64
+    assert ex.pending == 0
     # a range with 2 samples against none is noise that the range's count,
     # steady within a few epochs, will not resolve: nothing waits
     tables = _tables()
