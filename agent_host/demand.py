@@ -45,6 +45,9 @@ def confirm_s(retractions: int, release_s: float) -> float:
 
 @dataclass
 class DemandFilter:
+    """One VM's reports, one :meth:`update` each, as its demand (the module's
+    three rules). Kept across the guest agent's sessions."""
+
     # (received_s, hot_bytes) of the reports within the release window whose
     # hot set may still be the largest (a falling sequence).
     recent: deque[tuple[float, float]] = field(default_factory=deque)
