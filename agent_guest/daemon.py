@@ -206,7 +206,7 @@ class Daemon:
         sel = select_hot(self._tables, budget.room_bytes, self._params.hysteresis)
         spent.lap("select")
         self._hot_bytes, self._demand_bytes = sel.hot_bytes, sel.demand_bytes
-        promoted = demoted = pending = 0
+        promoted = demoted = pending = deferred = 0
         if roles.fast and roles.slow and self._tables:
             fast_node = max(roles.fast, key=lambda n: by_id[n].free_bytes)
             slow_node = max(roles.slow, key=lambda n: by_id[n].free_bytes)
@@ -220,7 +220,7 @@ class Daemon:
                 budget.free_pages,
                 self._cfg.mover.move_cost(self._accesses_per_count()),
             )
-            pending = self._exchanger.pending
+            pending, deferred = self._exchanger.pending, self._exchanger.deferred
             self._residency.moved(promoted, demoted)
             # Migration CPU is bounded by the MiB/s limit, not by the sample rate.
             self._last_cpu += self._backend.cpu_time_s() - cpu_before
@@ -231,7 +231,7 @@ class Daemon:
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
         self._sampler.control.rate_hz = self._boost.after_round(
-            promoted, promoted + demoted, hot_samples, binned, pending
+            promoted, promoted + demoted, hot_samples, binned, pending, deferred
         )
         if self._sampler.source is not SampleSource.SOFT_DIRTY:
             # Lost samples were generated at this period too: without them a

@@ -125,8 +125,10 @@ class Exchanger:
         self.gone: set[int] = set()
         self.denied: set[int] = set()
         # promotion candidates the last round left unmoved that more samples
-        # could still move (plan.waiting)
+        # could still move (plan.waiting): whose moves would pay at their
+        # estimates, and the others
         self.pending = 0
+        self.deferred = 0
         # Pages of room the budget counts that the fast node does not give:
         # promotions into it failed with -ENOMEM (docs/guest.md, "kernel
         # reserve"); halved every SHORT_HALVING rounds without such a failure.
@@ -376,7 +378,7 @@ class Exchanger:
         ``cost`` what moves cost and gain (None: every worthwhile pair goes).
         """
         self.gone.clear()
-        self.pending = 0
+        self.pending = self.deferred = 0
         self._epoch += 1
         self._expire_recent()
         self._calm += 1
@@ -451,17 +453,16 @@ class Exchanger:
             demoted += moved
             room += moved
         self._limiter.refund((budget - promoted - demoted) * PAGE_SIZE)
-        self.pending = waiting(
-            promote,
-            demote,
-            free_pages,
-            promoted,
-            self._resolved_mask(tables, promote),
-            self._cfg.min_gain,
+        resolved = self._resolved_mask(tables, promote)
+        waits = waiting(
+            promote, demote, free_pages, promoted, resolved, self._cfg.min_gain,
             z_own=self._cfg.own_count_z,
-            cost=cost,
-            batch_pages=self._cfg.batch_pages,
-        )
+        )  # fmt: skip
+        self.pending = waiting(
+            promote, demote, free_pages, promoted, resolved, self._cfg.min_gain,
+            z_own=self._cfg.own_count_z, cost=cost, batch_pages=self._cfg.batch_pages,
+        )  # fmt: skip
+        self.deferred = waits - self.pending
         self.stats.promoted += promoted
         self.stats.demoted += demoted
         return promoted, demoted

@@ -19,7 +19,6 @@ __all__ = [
     "MoveCost",
     "clearly_denser",
     "pages_of_ranges",
-    "passing_first",
     "paying_prefix",
     "plan_exchange",
     "waiting",
@@ -142,7 +141,6 @@ def plan_exchange(
     p, budget = n, budget - n
     pairs = min(len(promote) - p, len(demote) - d, budget // 2)
     if pairs > 0:
-        promote = passing_first(promote, demote, p, d, pairs, min_gain, z, z_own)
         hot, cold = promote.take(p, p + pairs), demote.take(d, d + pairs)
         gain = clearly_denser(hot, cold, min_gain, pair_z(hot, z, z_own))
         if not gain.all():
@@ -160,39 +158,6 @@ def plan_exchange(
         batches.append(Batch("slow", demote.take(d + s, d + s + k)))
         batches.append(Batch("fast", promote.take(p + s, p + s + k)))
     return batches
-
-
-def passing_first(
-    promote: Candidates,
-    demote: Candidates,
-    into_room: int,
-    over: int,
-    pairs: int,
-    min_gain: float,
-    z: float = 2.0,
-    z_own: float | None = None,
-) -> Candidates:
-    """``promote`` with, of the ``pairs`` that follow its first ``into_room``
-    (paired in order with ``demote`` after its first ``over``), those that pass
-    the noise test (:func:`clearly_denser`) ahead of those that fail, each
-    group in its order.
-
-    The test's ``z`` differs per page (:func:`pair_z`), so in density order a
-    page of a range whose pages do not differ (``trust`` 0) can fail where the
-    pages after it pass: the round goes up to the first pair that fails, and
-    one such page held back every page behind it. Moved ahead, a page that
-    passed meets a colder (or as cold) page than before.
-    """
-    hot = promote.take(into_room, into_room + pairs)
-    cold = demote.take(over, over + pairs)
-    gain = clearly_denser(hot, cold, min_gain, pair_z(hot, z, z_own))
-    if gain.all() or not gain.any():
-        return promote
-    order = np.concatenate((
-        np.arange(into_room), into_room + np.flatnonzero(gain),
-        into_room + np.flatnonzero(~gain), np.arange(into_room + pairs, len(promote)),
-    ))  # fmt: skip
-    return promote.pick(order)
 
 
 def paying_prefix(

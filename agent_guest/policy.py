@@ -368,22 +368,30 @@ class SampleBoost:
         hot_samples: float = 0.0,
         samples: float = 0.0,
         pending: int = 0,
+        deferred: int = 0,
     ) -> float:
         """The target rate (samples/s) after a round that promoted ``promoted``
         and moved ``moved`` pages in all (None: ``promoted``), in an epoch
         whose ``samples`` samples fell ``hot_samples`` on ranges selected hot,
         leaving ``pending`` promotion candidates on the slow tier (pages
         selected hot whose gain has not paid for a move yet: more samples
-        decide them, so a round with any is not quiet)."""
+        decide them, so a round with any is not quiet) and ``deferred`` others
+        that wait on samples but would not pay even at their estimates
+        (:func:`agent_guest.plan.waiting`): a round with those only is
+        neither quiet nor busy, it leaves the count of quiet rounds as it is
+        (a settled sampler stays settled)."""
         moved = promoted if moved is None else moved
         # a fall of the hot share matters only to a settled sampler
         changed = self._changed(hot_samples, samples) and self.settled
-        if promoted or changed or pending:
+        if promoted or changed:
             self._left = self.cfg.boost_epochs
         elif self._left:
             self._left -= 1
         busy = moved or changed or pending
-        self._quiet = 0 if busy else self._quiet + 1
+        if busy:
+            self._quiet = 0
+        elif not deferred:
+            self._quiet += 1
         if self.cfg.boost_rate_hz > 0 and self._left > 0:
             return float(self.cfg.boost_rate_hz)
         if self.settled:

@@ -328,6 +328,26 @@ def test_the_settled_rate_is_at_most_the_base_rate() -> None:
     assert boost.after_round(0) == 50
 
 
+def test_candidates_that_would_not_pay_neither_settle_nor_unsettle() -> None:
+    """XSBench at 1/8: a resolved page whose move would not pay even at its
+    estimate waited from 3.8 s on and held the settled sampler at the base
+    rate to the end; at start, such a page must not let a sampler that has
+    not moved anything yet settle either (B-tree at 1/4: settled before its
+    first round, at 250 samples a second nothing passed the noise test)."""
+    boost = SampleBoost(SamplerConfig(settled_rate_hz=100, settle_epochs=3))
+    rates = [boost.after_round(0, 0) for _ in range(3)]
+    assert rates == [4000, 4000, 100]
+    # settled: deferred candidates leave it settled; a paying one ends it
+    rates = [boost.after_round(0, 0, pending=0, deferred=d) for d in (2, 2, 2)]
+    assert rates == [100, 100, 100]
+    assert boost.after_round(0, 0, pending=1, deferred=2) == 4000
+    # not settled: rounds with deferred candidates do not count as quiet
+    rates = [boost.after_round(0, 0, deferred=1) for _ in range(5)]
+    assert rates == [4000] * 5
+    rates = [boost.after_round(0, 0) for _ in range(3)]
+    assert rates == [4000, 4000, 100]
+
+
 def test_promotion_candidates_waiting_on_samples_keep_the_sampler_unsettled() -> None:
     boost = _settling()
     rates = [boost.after_round(0, 0, pending=p) for p in (0, 0, 5, 0, 0, 0)]
