@@ -8,13 +8,17 @@ its estimate's noise) could make the other VMs shrink and grow for nothing:
   :data:`DEMAND_DEADBAND` of the demand) leaves the demand where it was;
 - a fall counts once it has lasted ``release_s``: until then the largest hot
   set reported within the window counts;
-- a rise counts at once, unless the VM's rises have lately been retracted
-  before they had lasted ``release_s`` (a pulse: the others shrank and grew
-  back while the VM used the memory for less time than the host held it).
-  Then a rise counts once it has lasted :func:`confirm_s`, which doubles with
-  each such retraction, up to ``8 * release_s``; a retraction is forgotten
-  every ``10 * release_s`` without a new one. A rise retracted before it
-  counted costs nobody, so it only keeps the VM's count from being forgotten.
+- a rise counts at once, unless the VM's demand has lately risen and fallen
+  again within ``2 * release_s`` (a pulse: the others shrank and grew back for
+  a claim that lasted less than the window the host holds it anyway): each
+  such retraction makes the VM's next rise count only once it has lasted
+  :func:`confirm_s`, ``release_s / 2`` doubling with each up to
+  ``8 * release_s``. A rise whose demand lasted takes one retraction off, and
+  all are forgotten after ``10 * release_s`` without a new one. A claim given
+  up before it counted cost nobody: it only keeps the count it waited on.
+
+Judged on the demand the policy sees, not on single reports: a report that
+does not move the demand (noise, a dip during a held fall) is no retraction.
 """
 
 from __future__ import annotations
@@ -28,19 +32,22 @@ __all__ = ["DEMAND_DEADBAND", "DemandFilter", "confirm_s"]
 # A change of a VM's demand within this share of it (or within its hysteresis
 # band) is noise of the guest's estimate: the demand the policy sees stays.
 DEMAND_DEADBAND = 0.05
-# A retraction is forgotten after this many release windows without another.
+# Retractions are forgotten after this many release windows without another.
 FORGET_WINDOWS = 10
-# The longest a rise waits, in release windows.
+# The longest a rise waits, in release windows, and the retractions that take
+# it there (release_s / 2 * 2 ** (5 - 1) = 8 * release_s): more count no more.
 MAX_CONFIRM_WINDOWS = 8
+MAX_RETRACTIONS = 5
 
 
 def confirm_s(retractions: int, release_s: float) -> float:
     """How long a rise must last before it counts, after ``retractions``
-    recent rises that were retracted within ``release_s``: none at first, then
-    ``release_s / 2`` doubling with each, at most ``8 * release_s``."""
+    recent retractions: none at first, then ``release_s / 2`` doubling with
+    each, at most ``8 * release_s``."""
     if retractions <= 0:
         return 0.0
-    return min(release_s * 2.0 ** (retractions - 2), MAX_CONFIRM_WINDOWS * release_s)
+    exponent = min(retractions, MAX_RETRACTIONS) - 2
+    return min(release_s * 2.0**exponent, MAX_CONFIRM_WINDOWS * release_s)
 
 
 @dataclass
@@ -57,14 +64,14 @@ class DemandFilter:
     # The hot set the demand is held at while a fall waits out the window, or
     # a rise its confirmation, or a change is noise (None: the report's own).
     held: int | None = None
-    # The last hot set that counted as reported (not held).
+    # The last hot set that counted as reported (not held back).
     accepted: float = 0.0
-    # A rise under way: since when, from which demand, and when it counted.
-    rise_since: float | None = None
-    rise_from: float = 0.0
-    rise_counted_s: float | None = None
-    # Rises retracted before they had lasted a release window (those still
-    # remembered, all of them), and when the last was.
+    # Since when a rise of the claim waits to count (None: none waits), and
+    # when the demand last rose (None: it has fallen since).
+    waiting_s: float | None = None
+    rose_s: float | None = None
+    # Retractions (at most MAX_RETRACTIONS; all of them, for status), and when
+    # the last was.
     retractions: int = 0
     retracted_total: int = 0
     retracted_s: float = -math.inf
@@ -73,8 +80,9 @@ class DemandFilter:
         """Retractions not yet forgotten at ``t``."""
         if release_s <= 0 or self.retractions == 0:
             return 0
-        forgotten = int((t - self.retracted_s) // (FORGET_WINDOWS * release_s))
-        return max(0, self.retractions - forgotten)
+        if t - self.retracted_s >= FORGET_WINDOWS * release_s:
+            return 0
+        return self.retractions
 
     def update(self, t: float, hot: float, noise: float, release_s: float) -> float:
         """The demand after a report of ``hot`` received at ``t`` (the same
@@ -86,8 +94,13 @@ class DemandFilter:
         prev = self.demand
         value = self._confirmed(t, hot, prev, noise, release_s)
         peak = _held_peak(self.recent, t, value, release_s)
-        if not math.isnan(prev) and abs(peak - prev) <= noise:
-            peak = prev
+        if not math.isnan(prev):
+            if abs(peak - prev) <= noise:
+                peak = prev
+            elif peak > prev:
+                self.rose_s, self.waiting_s = t, None
+            else:
+                self._fell(t, release_s)
         self.held = int(peak) if peak != hot else None
         self.demand = peak
         return peak
@@ -95,29 +108,37 @@ class DemandFilter:
     def _confirmed(
         self, t: float, hot: float, prev: float, noise: float, release_s: float
     ) -> float:
-        """``hot``, or the last hot set accepted while a rise waits to count."""
-        if self.rise_since is not None and hot <= self.rise_from + noise:
-            # the rise is over: retracted before it had lasted the window?
-            counted = self.rise_counted_s
-            if counted is None:  # never counted: keeps the count it waited on
-                if self.retractions:
-                    since = self.rise_since
-                    self.retractions = self.active_retractions(since, release_s)
-                    self.retracted_s = t
-            elif t - counted < release_s:
-                self.retractions = self.active_retractions(t, release_s) + 1
-                self.retracted_total += 1
+        """``hot``, or the last hot set accepted while a rise of the claim
+        above the demand waits to count."""
+        if math.isnan(prev) or hot <= prev + noise:
+            if self.waiting_s is not None and self.retractions:
+                # given up before it counted: keeps the count it waited on
+                self.retractions = self.active_retractions(self.waiting_s, release_s)
                 self.retracted_s = t
-            self.rise_since = self.rise_counted_s = None
-        elif self.rise_since is None and not math.isnan(prev) and hot > prev + noise:
-            self.rise_since, self.rise_from = t, prev
-        if self.rise_since is not None and self.rise_counted_s is None:
+            self.waiting_s = None
+        else:
+            if self.waiting_s is None:
+                self.waiting_s = t
             wait = confirm_s(self.active_retractions(t, release_s), release_s)
-            if t - self.rise_since < wait:
+            if t - self.waiting_s < wait:
                 return min(hot, self.accepted)
-            self.rise_counted_s = t
         self.accepted = hot
         return hot
+
+    def _fell(self, t: float, release_s: float) -> None:
+        """The demand fell: a retraction if it had risen within
+        ``2 * release_s`` (the claim lasted less than the window), else the
+        rise lasted and takes one off."""
+        if self.rose_s is None:
+            return
+        active = self.active_retractions(t, release_s)
+        if t - self.rose_s < 2 * release_s:
+            self.retractions = min(active + 1, MAX_RETRACTIONS)
+            self.retracted_total += 1
+            self.retracted_s = t
+        else:
+            self.retractions = max(0, active - 1)
+        self.rose_s = None
 
 
 def _held_peak(
