@@ -207,6 +207,7 @@ class Daemon:
         spent.lap("select")
         self._hot_bytes, self._demand_bytes = sel.hot_bytes, sel.demand_bytes
         promoted = demoted = pending = deferred = 0
+        pending_ns = 0.0
         if roles.fast and roles.slow and self._tables:
             fast_node = max(roles.fast, key=lambda n: by_id[n].free_bytes)
             slow_node = max(roles.slow, key=lambda n: by_id[n].free_bytes)
@@ -221,6 +222,7 @@ class Daemon:
                 self._cfg.mover.move_cost(self._accesses_per_count()),
             )
             pending, deferred = self._exchanger.pending, self._exchanger.deferred
+            pending_ns = self._exchanger.pending_ns
             self._residency.moved(promoted, demoted)
             # Migration CPU is bounded by the MiB/s limit, not by the sample rate.
             self._last_cpu += self._backend.cpu_time_s() - cpu_before
@@ -230,15 +232,17 @@ class Daemon:
         self._report(nodes, roles, sel, budget, fits=budget.used_bytes <= limit)
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
+        generated = len(batch) + batch.lost
+        self._boost.sampled(generated, cpu - self._last_cpu, now - self._last_t)
         self._sampler.control.rate_hz = self._boost.after_round(
-            promoted, promoted + demoted, hot_samples, binned, pending, deferred
-        )
+            promoted, promoted + demoted, hot_samples, binned, pending, deferred,
+            pending_ns,
+        )  # fmt: skip
         if self._sampler.source is not SampleSource.SOFT_DIRTY:
             # Lost samples were generated at this period too: without them a
             # ring too small for the rate reads as too few samples, and the
             # period falls until every window overflows (page faults under
             # soft-dirty re-arm: 16 k faults at once, an 8 k-sample ring).
-            generated = len(batch) + batch.lost
             self._sampler.adapt(generated, cpu - self._last_cpu, now - self._last_t)
         self._last_cpu, self._last_t = cpu, now
         self.tick_stats.done(now - t0)

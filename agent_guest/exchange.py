@@ -27,6 +27,7 @@ from agent_guest.plan import (
     pages_of_ranges,
     plan_exchange,
     waiting,
+    waiting_value,
 )
 from hypertier_common.arrays import F64, I32, I64, U64, BoolArray
 from hypertier_common.clock import Clock
@@ -126,8 +127,10 @@ class Exchanger:
         self.denied: set[int] = set()
         # promotion candidates the last round left unmoved that more samples
         # could still move (plan.waiting): whose moves would pay at their
-        # estimates, and the others
+        # estimates (and their moves' net saving over the payback horizon, ns,
+        # at those estimates), and the others
         self.pending = 0
+        self.pending_ns = 0.0
         self.deferred = 0
         # Pages of room the budget counts that the fast node does not give:
         # promotions into it failed with -ENOMEM (docs/guest.md, "kernel
@@ -379,6 +382,7 @@ class Exchanger:
         """
         self.gone.clear()
         self.pending = self.deferred = 0
+        self.pending_ns = 0.0
         self._epoch += 1
         self._expire_recent()
         self._calm += 1
@@ -458,7 +462,7 @@ class Exchanger:
             promote, demote, free_pages, promoted, resolved, self._cfg.min_gain,
             z_own=self._cfg.own_count_z,
         )  # fmt: skip
-        self.pending = waiting(
+        self.pending, self.pending_ns = waiting_value(
             promote, demote, free_pages, promoted, resolved, self._cfg.min_gain,
             z_own=self._cfg.own_count_z, cost=cost, batch_pages=self._cfg.batch_pages,
         )  # fmt: skip

@@ -22,6 +22,7 @@ __all__ = [
     "paying_prefix",
     "plan_exchange",
     "waiting",
+    "waiting_value",
 ]
 
 
@@ -187,8 +188,17 @@ def paying_prefix(
     gain = np.concatenate((hot[:free], np.maximum(hot[free:] - cold, 0.0))) * (
         per_page * cost.sample_ns
     )
+    return _best_prefix(gain, free, batch_pages, cost)[0]
+
+
+def _best_prefix(
+    gain: F64, free: int, batch_pages: int, cost: MoveCost
+) -> tuple[int, float]:
+    """(k, net): the prefix of moves worth ``gain`` (ns each, the first
+    ``free`` into room, the rest swaps) with the largest saving less the cost
+    of its calls and pages, and that net saving; (0, 0.0) if none is positive."""
     if gain.shape[0] == 0:
-        return 0
+        return 0, 0.0
     k = np.arange(1, gain.shape[0] + 1)
     into_room = np.minimum(k, free)
     swapped = k - into_room
@@ -196,7 +206,7 @@ def paying_prefix(
     pages = into_room + 2 * swapped
     net = np.cumsum(gain) - calls * cost.call_ns - pages * cost.page_ns
     best = int(np.argmax(net))
-    return best + 1 if net[best] > 0.0 else 0
+    return (best + 1, float(net[best])) if net[best] > 0.0 else (0, 0.0)
 
 
 def waiting(
@@ -212,8 +222,29 @@ def waiting(
     batch_pages: int = 1,
 ) -> int:
     """How many promotion candidates a round left unmoved that more samples
-    could still move (the round had ``free_pages`` of room, the demotion
-    candidates ``demote`` and moved the first ``moved`` of ``promote``).
+    could still move: :func:`waiting_value`'s count."""
+    return waiting_value(
+        promote, demote, free_pages, moved, long_memory, min_gain, z, z_own,
+        cost, batch_pages,
+    )[0]  # fmt: skip
+
+
+def waiting_value(
+    promote: Candidates,
+    demote: Candidates,
+    free_pages: int,
+    moved: int,
+    long_memory: BoolArray,
+    min_gain: float,
+    z: float = 2.0,
+    z_own: float | None = None,
+    cost: MoveCost | None = None,
+    batch_pages: int = 1,
+) -> tuple[int, float]:
+    """How many promotion candidates a round left unmoved that more samples
+    could still move, and what moving them would save (the round had
+    ``free_pages`` of room, the demotion candidates ``demote`` and moved the
+    first ``moved`` of ``promote``).
 
     A candidate waits on samples if its estimate grows with them
     (``long_memory``: a resolved page, whose count is kept over many epochs)
@@ -227,7 +258,11 @@ def waiting(
     far as they would pay for their moves at their current estimates
     (:func:`paying_prefix` without the standard error it counts toward no
     gain): more samples narrow an estimate, they do not raise it, so moves
-    that would not pay if the estimates were exact wait on nothing.
+    that would not pay if the estimates were exact wait on nothing. The
+    saving is then their moves' net value at those estimates (ns over the
+    payback horizon, the moves' cost deducted): what resolving them is worth,
+    for the sampling boost (:class:`agent_guest.policy.SampleBoost`); 0.0
+    without ``cost``.
     """
     room = min(max(0, free_pages), len(promote))
     pairs = min(len(promote) - room, len(demote))
@@ -241,7 +276,7 @@ def waiting(
     left = passes | long_memory
     left[: min(moved, len(promote))] = False
     if cost is None or cost.sample_ns <= 0.0 or not left.any():
-        return int(np.count_nonzero(left))
+        return int(np.count_nonzero(left)), 0.0
     return _paying_at_estimates(promote, demote, room, left, batch_pages, cost)
 
 
@@ -252,23 +287,23 @@ def _paying_at_estimates(
     left: BoolArray,
     batch_pages: int,
     cost: MoveCost,
-) -> int:
+) -> tuple[int, float]:
     """How many of the candidates ``left`` (a mask over ``promote``; the first
     ``room`` go into free room, the others pair with ``demote`` in order, or
     with a page of no density where it runs out) are in the prefix that pays
-    for its moves at the estimates themselves, noise not counted."""
+    for its moves at the estimates themselves, noise not counted, and that
+    prefix's net saving (ns)."""
     idx = np.flatnonzero(left)
     into_room = int(np.count_nonzero(idx < room))
     j = idx[into_room:] - room
     cold = np.zeros(j.shape[0])
     paired = j < len(demote)
     cold[paired] = demote.density[j[paired]]
-    n = int(j.shape[0])
-    zero = np.zeros(n)
-    hot = promote.pick(idx)
-    exact = Candidates(hot.pid, hot.addr, hot.density, np.zeros(len(hot)))
-    partner = Candidates(np.zeros(n, np.int32), np.zeros(n, np.uint64), cold, zero)
-    return paying_prefix(exact, partner, into_room, batch_pages, cost)
+    hot = promote.density[idx]
+    per_page = PAGE_SIZE / float(1 << 20)  # density (per MiB) -> per page
+    gain = np.concatenate((hot[:into_room], np.maximum(hot[into_room:] - cold, 0.0)))
+    gain *= per_page * cost.sample_ns
+    return _best_prefix(gain, into_room, batch_pages, cost)
 
 
 def pair_z(hot: Candidates, z: float, z_own: float | None) -> float | F64:

@@ -348,6 +348,10 @@ class SampleBoost:
     can_settle: bool = True
     _left: int = 0
     _quiet: int = 0  # rounds in a row that moved nothing
+    # CPU (ns) the samples beyond sampler.rate_hz cost since the last round
+    # that promoted (or the last change): what the boost has spent on the
+    # candidates that wait since then
+    _spent_ns: float = 0.0
     # Samples on the hot ranges and in all, decayed over two time scales: the
     # reference (~20 epochs) and the recent window (~4 epochs).
     _ref_hot: float = 0.0
@@ -369,6 +373,7 @@ class SampleBoost:
         samples: float = 0.0,
         pending: int = 0,
         deferred: int = 0,
+        pending_ns: float = 0.0,
     ) -> float:
         """The target rate (samples/s) after a round that promoted ``promoted``
         and moved ``moved`` pages in all (None: ``promoted``), in an epoch
@@ -379,12 +384,21 @@ class SampleBoost:
         that wait on samples but would not pay even at their estimates
         (:func:`agent_guest.plan.waiting`): a round with those only is
         neither quiet nor busy, it leaves the count of quiet rounds as it is
-        (a settled sampler stays settled)."""
+        (a settled sampler stays settled).
+
+        ``pending_ns``: what the pending candidates' moves would save at their
+        estimates (ns over the payback horizon, less the moves' cost;
+        :func:`agent_guest.plan.waiting_value`). Past its ``boost_epochs`` the
+        boost goes on (or starts again) while that exceeds what the samples
+        beyond ``sampler.rate_hz`` have cost since the last promoting round
+        (:meth:`sampled`): more samples resolve those candidates sooner, and
+        the boost never spends more on them than they are worth."""
         moved = promoted if moved is None else moved
         # a fall of the hot share matters only to a settled sampler
         changed = self._changed(hot_samples, samples) and self.settled
         if promoted or changed:
             self._left = self.cfg.boost_epochs
+            self._spent_ns = 0.0
         elif self._left:
             self._left -= 1
         busy = moved or changed or pending
@@ -392,11 +406,20 @@ class SampleBoost:
             self._quiet = 0
         elif not deferred:
             self._quiet += 1
-        if self.cfg.boost_rate_hz > 0 and self._left > 0:
+        worth = pending > 0 and pending_ns > self._spent_ns
+        if self.cfg.boost_rate_hz > 0 and (self._left > 0 or worth):
             return float(self.cfg.boost_rate_hz)
         if self.settled:
             return float(min(self.cfg.settled_rate_hz, self.cfg.rate_hz))
         return float(self.cfg.rate_hz)
+
+    def sampled(self, samples: int, cpu_s: float, wall_s: float) -> None:
+        """A window of ``wall_s`` seconds generated ``samples`` for ``cpu_s``
+        of the agent's CPU: count the share of that CPU the samples beyond
+        ``sampler.rate_hz`` took (the measured CPU per sample) as spent."""
+        extra = samples - self.cfg.rate_hz * wall_s
+        if extra > 0 and cpu_s > 0:
+            self._spent_ns += extra * cpu_s / samples * 1e9
 
     def _changed(self, hot: float, n: float) -> bool:
         """Fold in an epoch's samples; did the hot ranges' share of them fall?

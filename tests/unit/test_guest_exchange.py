@@ -26,6 +26,7 @@ from agent_guest.plan import (
     paying_prefix,
     plan_exchange,
     waiting,
+    waiting_value,
 )
 from agent_guest.selection import select_hot
 from hypertier_common.errors import AccessDenied
@@ -200,6 +201,16 @@ def test_a_candidate_waits_only_if_its_move_would_pay_at_its_estimate() -> None:
     dear = MoveCost(500e3, 3e3, 4 * 12.2e6)
     assert paying_prefix(hot, cold, 0, 512, dear) == 0
     assert waiting(hot, cold, 0, 0, resolved, 0.25, cost=dear, batch_pages=512) == 1
+    # what resolving it is worth: its gain at the estimate (10 samples per
+    # MiB more than its cold partner) less two calls and two pages
+    worth = 10.0 * PER_PAGE * dear.sample_ns - 2 * 500e3 - 2 * 3e3
+    count, value = waiting_value(hot, cold, 0, 0, resolved, 0.25, cost=dear,
+                                 batch_pages=512)  # fmt: skip
+    assert count == 1
+    assert value == pytest.approx(worth)
+    assert waiting_value(hot, cold, 0, 0, resolved, 0.25, cost=cost,
+                         batch_pages=512) == (0, 0.0)  # fmt: skip
+    assert waiting_value(hot, cold, 0, 0, resolved, 0.25) == (1, 0.0)
     # many such pages pay together where one alone does not
     many = Candidates(np.ones(8, np.int32), BASE + np.arange(8, dtype=np.uint64)
                       * np.uint64(4096), np.full(8, 10.2), np.full(8, 6.8))  # fmt: skip

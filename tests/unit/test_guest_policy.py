@@ -281,6 +281,34 @@ def test_boost_rate_zero_switches_boosting_off() -> None:
     assert {boost.after_round(n) for n in (5, 0, 9)} == {1000.0}
 
 
+def test_the_boost_goes_on_while_waiting_moves_are_worth_more_than_it_spent() -> None:
+    """BFS at 1/8: hundreds of resolved pages waited on samples from ~2.4 s
+    on, after the boost had ended; at the base rate they never resolved."""
+    boost = SampleBoost(
+        SamplerConfig(rate_hz=1000, boost_rate_hz=4000, boost_epochs=2, settle_epochs=0)
+    )
+    cpu_s = 4000 * 250e-9  # a window of 4,000 samples at 250 ns each
+    assert boost.after_round(5) == 4000
+    rates = []
+    for _ in range(4):
+        boost.sampled(4000, cpu_s, 1.0)  # 3,000 beyond the base rate: 0.75 ms
+        rates.append(boost.after_round(0, pending=10, pending_ns=2e6))
+    # the boost's second epoch, then on while 2 ms > what it spent (1.5 ms),
+    # off once it spent more (2.25 ms)
+    assert rates == [4000, 4000, 1000, 1000]
+    # samples at the base rate cost nothing extra: the boost starts again
+    # once the waiting moves are worth more than it spent
+    boost.sampled(1000, 1000 * 250e-9, 1.0)
+    assert boost.after_round(0, pending=10, pending_ns=2e6) == 1000
+    assert boost.after_round(0, pending=10, pending_ns=4e6) == 4000
+    # a promoting round starts the count afresh
+    boost.after_round(1)
+    boost.after_round(0)
+    assert boost.after_round(0, pending=10, pending_ns=1.0) == 4000
+    # no candidate waiting, no boost whatever the figure
+    assert boost.after_round(0, pending=0, pending_ns=1e9) == 1000
+
+
 @given(
     rounds=st.lists(st.integers(0, 3), max_size=30),
     epochs=st.integers(0, 5),
