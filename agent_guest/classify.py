@@ -99,8 +99,9 @@ class RangeTable:
         self._ws: _Scratch | None = None
         # pages tracked one by one, for hot pages ranges cannot separate
         self.pages = PageTable(params)
-        # RangeTable.dispersion until the ranges or the page counts change
-        self._dispersion: F64 | None = None
+        # RangeTable.dispersion and page_mean until the ranges or the page
+        # counts change
+        self._dispersion: tuple[F64, F64] | None = None
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
@@ -312,11 +313,22 @@ class RangeTable:
         at the floor adds no variance, so a full page table cannot fake
         dispersion. Cached until the ranges or the pages change.
         """
+        return self._empirical_bayes()[0]
+
+    def page_mean(self) -> F64:
+        """Per range, the mean long-memory count of its pages (tracked ones at
+        least at the tracking floor, the others at it): the prior mean that
+        :meth:`dispersion`'s weight shrinks a page's own count toward."""
+        return self._empirical_bayes()[1]
+
+    def _empirical_bayes(self) -> tuple[F64, F64]:
+        """(:meth:`dispersion`, :meth:`page_mean`), cached."""
         if self._dispersion is not None:
             return self._dispersion
         n = len(self)
         pt = self.pages
         out = np.zeros(n)
+        m = np.zeros(n)
         if n and pt.addr.shape[0]:
             pages = np.maximum(self.size_bytes / PAGE_SIZE, 1.0)
             f = pt.floor()
@@ -330,8 +342,8 @@ class RangeTable:
             se = np.sqrt((m + 6.0 * m * m + 4.0 * m * m * m) / pages)
             tau2 = np.maximum(sq - m * m - m - DISPERSION_Z * se, 0.0)
             np.divide(tau2, tau2 + m, out=out, where=m > 0.0)
-        self._dispersion = out
-        return out
+        self._dispersion = (out, m)
+        return self._dispersion
 
     def residual(self) -> Residual:
         """Per range, the density of the pages not resolved: the range's samples

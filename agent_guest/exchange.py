@@ -289,17 +289,25 @@ class Exchanger:
             if nodes is None:
                 continue
             keep = self._eligible(pid, addr, nodes, on_nodes, cooldown)
-            trust = None
+            dens = r.density[pick][keep]
+            trust = shrunk = None
             if want_hot:  # how far a page's own count can be believed
                 j = t.locate(addr[keep])
-                trust = np.where(j >= 0, t.dispersion()[np.maximum(j, 0)], 0.0)
+                jj = np.maximum(j, 0)
+                trust = np.where(j >= 0, t.dispersion()[jj], 0.0)
+                # its count shrunk toward its range's mean page by that weight
+                # (counts >= hot_page_min_samples > 0: density / count is the
+                # density of one sample)
+                mean = t.page_mean()[jj] * dens / r.count[pick][keep]
+                shrunk = np.where(j >= 0, trust * dens + (1.0 - trust) * mean, dens)
             out = out.then(
                 Candidates(
                     np.full(int(keep.sum()), pid, np.int32),
                     addr[keep],
-                    r.density[pick][keep],
+                    dens,
                     r.noise[pick][keep],
                     trust,
+                    shrunk,
                 )
             )
         return out

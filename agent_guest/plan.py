@@ -31,17 +31,26 @@ class Candidates:
     """Pages in priority order: parallel ``pid``, ``addr``, and the ``density`` and
     its standard error ``noise`` of each page's estimate; ``trust`` (None: 0
     for all) how much of that estimate is the page's own count rather than its
-    range's (:meth:`agent_guest.classify.RangeTable.dispersion`)."""
+    range's (:meth:`agent_guest.classify.RangeTable.dispersion`); ``shrunk``
+    (None: ``density``) the estimate with the page's own count shrunk toward
+    its range's mean page by that weight: what a page picked for its high
+    count is worth on average (its count overstates it; a range's estimate is
+    not picked page by page and is its own ``shrunk``)."""
 
     pid: I32
     addr: U64
     density: F64
     noise: F64
     trust: F64 | None = None
+    shrunk: F64 | None = None
 
     def trusted(self) -> F64:
         """``trust``, zeros where it is None."""
         return np.zeros(len(self)) if self.trust is None else self.trust
+
+    def expected(self) -> F64:
+        """``shrunk``, ``density`` where it is None."""
+        return self.density if self.shrunk is None else self.shrunk
 
     def __len__(self) -> int:
         return int(self.addr.shape[0])
@@ -59,6 +68,7 @@ class Candidates:
         return Candidates(
             self.pid[sel], self.addr[sel], self.density[sel], self.noise[sel],
             None if self.trust is None else self.trust[sel],
+            None if self.shrunk is None else self.shrunk[sel],
         )  # fmt: skip
 
     def then(self, other: Candidates) -> Candidates:
@@ -71,6 +81,9 @@ class Candidates:
             None
             if self.trust is None and other.trust is None
             else np.concatenate((self.trusted(), other.trusted())),
+            None
+            if self.shrunk is None and other.shrunk is None
+            else np.concatenate((self.expected(), other.expected())),
         )
 
 
@@ -259,10 +272,12 @@ def waiting_value(
     (:func:`paying_prefix` without the standard error it counts toward no
     gain): more samples narrow an estimate, they do not raise it, so moves
     that would not pay if the estimates were exact wait on nothing. The
-    saving is then their moves' net value at those estimates (ns over the
-    payback horizon, the moves' cost deducted): what resolving them is worth,
-    for the sampling boost (:class:`agent_guest.policy.SampleBoost`); 0.0
-    without ``cost``.
+    saving is then their moves' net value (ns over the payback horizon, the
+    moves' cost deducted) at the shrunk estimates
+    (:meth:`Candidates.expected`: a resolved page picked for its high count
+    overstates its rate on average): what resolving them is worth, for the
+    sampling boost (:class:`agent_guest.policy.SampleBoost`); 0.0 without
+    ``cost``.
     """
     room = min(max(0, free_pages), len(promote))
     pairs = min(len(promote) - room, len(demote))
@@ -291,19 +306,28 @@ def _paying_at_estimates(
     """How many of the candidates ``left`` (a mask over ``promote``; the first
     ``room`` go into free room, the others pair with ``demote`` in order, or
     with a page of no density where it runs out) are in the prefix that pays
-    for its moves at the estimates themselves, noise not counted, and that
-    prefix's net saving (ns)."""
+    for its moves at the estimates themselves, noise not counted, and what
+    moving them is worth on average: the best prefix's net saving (ns) at the
+    shrunk estimates (:meth:`Candidates.expected`), picked for high counts as
+    they are."""
     idx = np.flatnonzero(left)
     into_room = int(np.count_nonzero(idx < room))
     j = idx[into_room:] - room
     cold = np.zeros(j.shape[0])
     paired = j < len(demote)
     cold[paired] = demote.density[j[paired]]
-    hot = promote.density[idx]
     per_page = PAGE_SIZE / float(1 << 20)  # density (per MiB) -> per page
-    gain = np.concatenate((hot[:into_room], np.maximum(hot[into_room:] - cold, 0.0)))
-    gain *= per_page * cost.sample_ns
-    return _best_prefix(gain, into_room, batch_pages, cost)
+
+    def gain(hot: F64) -> F64:
+        g = np.concatenate((hot[:into_room], np.maximum(hot[into_room:] - cold, 0.0)))
+        return g * (per_page * cost.sample_ns)
+
+    count = _best_prefix(gain(promote.density[idx]), into_room, batch_pages, cost)[0]
+    if count == 0:
+        return 0, 0.0
+    return count, _best_prefix(
+        gain(promote.expected()[idx]), into_room, batch_pages, cost
+    )[1]
 
 
 def pair_z(hot: Candidates, z: float, z_own: float | None) -> float | F64:

@@ -219,6 +219,61 @@ def test_a_candidate_waits_only_if_its_move_would_pay_at_its_estimate() -> None:
                    batch_pages=512) == 8  # fmt: skip
 
 
+def test_waiting_moves_are_worth_their_shrunk_estimates() -> None:
+    """BFS at 1/8: 3,500 resolved pages of ~3 samples, picked for their high
+    counts, were valued at those counts (~80 ms over the horizon) and kept the
+    boost on to the end of the run; shrunk toward their ranges' mean page
+    they are worth less, and the count that waits is the same."""
+    cost = MoveCost(500e3, 3e3, 4 * 12.2e6)
+    cold = _cands(1, 0.2, base=BASE + (1 << 30))
+    resolved = np.ones(1, bool)
+
+    def page(shrunk: float | None) -> Candidates:
+        return Candidates(np.ones(1, np.int32), np.full(1, BASE, np.uint64),
+                          np.r_[10.2], np.r_[6.8], np.r_[0.5],
+                          None if shrunk is None else np.r_[shrunk])  # fmt: skip
+
+    face = waiting_value(page(None), cold, 0, 0, resolved, 0.25, cost=cost,
+                         batch_pages=512)  # fmt: skip
+    shrunk = waiting_value(page(8.2), cold, 0, 0, resolved, 0.25, cost=cost,
+                           batch_pages=512)  # fmt: skip
+    assert face[0] == shrunk[0] == 1
+    assert face[1] - shrunk[1] == pytest.approx(2.0 * PER_PAGE * cost.sample_ns)
+    # shrunk below what its move costs: still waiting, worth nothing
+    assert waiting_value(page(1.0), cold, 0, 0, resolved, 0.25, cost=cost,
+                         batch_pages=512) == (1, 0.0)  # fmt: skip
+    # the shrunk estimate survives picking and joining
+    both = page(8.2).then(_cands(2, 3.0))
+    assert both.expected().tolist() == [8.2, 3.0, 3.0]
+    assert both.pick(np.r_[2, 0]).expected().tolist() == [3.0, 8.2]
+
+
+def test_a_resolved_candidate_is_shrunk_toward_its_ranges_mean_page() -> None:
+    """Pages of a range that differ only by Poisson noise (trust 0): the one
+    that drew the most samples is worth the range's mean page, not its count."""
+    t = RangeTable(ClassifyConfig(split_min_samples=1e9))
+    t.set_vmas([api.Vma(BASE, BASE + (64 << 12), "rw-p")], max_ranges=1)
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        page = rng.integers(0, 64, 400)
+        t.add_samples((BASE + page * 4096).astype(np.uint64))
+        t.end_epoch()
+    select_hot({1: t}, 16 * 4096, 0.0)
+    ex = Exchanger(_Backend(None, set()), MoverConfig(batch_pages=64), _Clock())
+    c = ex._resolved_pages({1: t}, [1], True, False)
+    assert len(c) > 0
+    assert c.trust is not None
+    assert c.shrunk is not None
+    assert np.all(c.trust < 0.05)
+    r = t.resolved()
+    per_sample = r.density[0] / r.count[0]
+    mean = float(t.page_mean()[0])
+    assert mean == pytest.approx(r.count.sum() / 64, rel=0.05)
+    assert np.allclose(c.shrunk, per_sample * mean, rtol=0.05)
+    assert np.all(c.shrunk <= c.density.max())
+    assert c.shrunk.max() < c.density.max()
+
+
 @given(
     n=st.integers(0, 30),
     n_cold=st.integers(0, 30),
