@@ -8,17 +8,16 @@ its estimate's noise) could make the other VMs shrink and grow for nothing:
   :data:`DEMAND_DEADBAND` of the demand) leaves the demand where it was;
 - a fall counts once it has lasted ``release_s``: until then the largest hot
   set reported within the window counts;
-- a rise counts at once, unless the VM's demand has lately risen and fallen
-  again within ``2 * release_s`` (a pulse: the others shrank and grew back for
-  a claim that lasted less than the window the host holds it anyway): each
-  such retraction makes the VM's next rise count only once it has lasted
-  :func:`confirm_s`, ``release_s / 2`` doubling with each up to
-  ``8 * release_s``. A rise whose demand lasted takes one retraction off, and
-  all are forgotten after ``10 * release_s`` without a new one. A claim given
-  up before it counted cost nobody: it only keeps the count it waited on.
-
-Judged on the demand the policy sees, not on single reports: a report that
-does not move the demand (noise, a dip during a held fall) is no retraction.
+- a rise counts at once, unless the VM has lately retracted a claim: its
+  demand fell (the first fall since it rose, by more than ``RETRACT_SHARE`` of
+  it), giving back memory it had first claimed (reported above the midpoint of
+  the fall) less than ``2 * release_s`` before, i.e. a claim that
+  lasted less than the window the host holds it anyway, for which the others
+  shrank and will grow back. Each retraction makes the VM's next rises count
+  only once the claim has lasted :func:`confirm_s`, ``release_s / 2`` doubling
+  with each up to ``8 * release_s``; they are forgotten ``10 * release_s``
+  after the last. Judged on the reported claims over time, not on single
+  steps: noise, staircases and warm-ups within a claim that lasted are none.
 """
 
 from __future__ import annotations
@@ -32,12 +31,17 @@ __all__ = ["DEMAND_DEADBAND", "DemandFilter", "confirm_s"]
 # A change of a VM's demand within this share of it (or within its hysteresis
 # band) is noise of the guest's estimate: the demand the policy sees stays.
 DEMAND_DEADBAND = 0.05
-# Retractions are forgotten after this many release windows without another.
+# Retractions are forgotten this many release windows after the last.
 FORGET_WINDOWS = 10
 # The longest a rise waits, in release windows, and the retractions that take
 # it there (release_s / 2 * 2 ** (5 - 1) = 8 * release_s): more count no more.
 MAX_CONFIRM_WINDOWS = 8
 MAX_RETRACTIONS = 5
+# A claim given back is a retraction if first claimed within this many windows
+# and more than this share of the demand (less is the noise of an estimate: a
+# spike of +1.5 sd at 10 % (sd) expiring from the fall window).
+RETRACT_WINDOWS = 2
+RETRACT_SHARE = 0.25
 
 
 def confirm_s(retractions: int, release_s: float) -> float:
@@ -58,6 +62,9 @@ class DemandFilter:
     # (received_s, hot_bytes) of the reports within the release window whose
     # hot set may still be the largest (a falling sequence).
     recent: deque[tuple[float, float]] = field(default_factory=deque)
+    # (received_s, hot_bytes) of every report of the last 2 * release_s, and
+    # the newest one older than that.
+    claims: deque[tuple[float, float]] = field(default_factory=deque)
     # The demand the last report gave, and that report's time.
     demand: float = math.nan
     seen_s: float = -math.inf
@@ -67,9 +74,9 @@ class DemandFilter:
     # The last hot set that counted as reported (not held back).
     accepted: float = 0.0
     # Since when a rise of the claim waits to count (None: none waits), and
-    # when the demand last rose (None: it has fallen since).
+    # whether the demand rose since it last fell (a fall in steps is one).
     waiting_s: float | None = None
-    rose_s: float | None = None
+    rose: bool = False
     # Retractions (at most MAX_RETRACTIONS; all of them, for status), and when
     # the last was.
     retractions: int = 0
@@ -78,9 +85,7 @@ class DemandFilter:
 
     def active_retractions(self, t: float, release_s: float) -> int:
         """Retractions not yet forgotten at ``t``."""
-        if release_s <= 0 or self.retractions == 0:
-            return 0
-        if t - self.retracted_s >= FORGET_WINDOWS * release_s:
+        if release_s <= 0 or t - self.retracted_s >= FORGET_WINDOWS * release_s:
             return 0
         return self.retractions
 
@@ -91,19 +96,49 @@ class DemandFilter:
         if t <= self.seen_s:
             return self.demand
         self.seen_s = t
+        claims = self.claims
+        claims.append((t, hot))
+        while len(claims) > 1 and claims[1][0] < t - RETRACT_WINDOWS * release_s:
+            claims.popleft()
         prev = self.demand
+        # the report the demand stands at (a fall gives back what it claimed)
+        source_s = self.recent[0][0] if self.recent else t
         value = self._confirmed(t, hot, prev, noise, release_s)
         peak = _held_peak(self.recent, t, value, release_s)
         if not math.isnan(prev):
             if abs(peak - prev) <= noise:
                 peak = prev
             elif peak > prev:
-                self.rose_s, self.waiting_s = t, None
-            else:
-                self._fell(t, release_s)
+                self.rose = True
+            elif self.rose:  # the first fall since the demand rose decides
+                self.rose = False
+                since = self._claimed_since(0.5 * (peak + prev), source_s)
+                if (
+                    prev - peak > RETRACT_SHARE * prev
+                    and since > t - RETRACT_WINDOWS * release_s
+                ):
+                    self.retractions = min(
+                        self.active_retractions(t, release_s) + 1, MAX_RETRACTIONS
+                    )
+                    self.retracted_total += 1
+                    self.retracted_s = t
         self.held = int(peak) if peak != hot else None
         self.demand = peak
         return peak
+
+    def _claimed_since(self, mid: float, source_s: float) -> float:
+        """When the claim that the report at ``source_s`` belongs to rose
+        above ``mid``: the time of the first report after the last one at or
+        below ``mid`` before it (-inf if it was above ``mid`` all through the
+        history)."""
+        start = -math.inf
+        for t, v in reversed(self.claims):
+            if t > source_s:
+                continue
+            if v <= mid:
+                return start
+            start = t
+        return -math.inf
 
     def _confirmed(
         self, t: float, hot: float, prev: float, noise: float, release_s: float
@@ -111,10 +146,6 @@ class DemandFilter:
         """``hot``, or the last hot set accepted while a rise of the claim
         above the demand waits to count."""
         if math.isnan(prev) or hot <= prev + noise:
-            if self.waiting_s is not None and self.retractions:
-                # given up before it counted: keeps the count it waited on
-                self.retractions = self.active_retractions(self.waiting_s, release_s)
-                self.retracted_s = t
             self.waiting_s = None
         else:
             if self.waiting_s is None:
@@ -124,21 +155,6 @@ class DemandFilter:
                 return min(hot, self.accepted)
         self.accepted = hot
         return hot
-
-    def _fell(self, t: float, release_s: float) -> None:
-        """The demand fell: a retraction if it had risen within
-        ``2 * release_s`` (the claim lasted less than the window), else the
-        rise lasted and takes one off."""
-        if self.rose_s is None:
-            return
-        active = self.active_retractions(t, release_s)
-        if t - self.rose_s < 2 * release_s:
-            self.retractions = min(active + 1, MAX_RETRACTIONS)
-            self.retracted_total += 1
-            self.retracted_s = t
-        else:
-            self.retractions = max(0, active - 1)
-        self.rose_s = None
 
 
 def _held_peak(

@@ -409,9 +409,9 @@ class Fleet:
         Its hot set becomes the VM's demand through the VM's
         :class:`~agent_host.demand.DemandFilter`: a change within the band or
         ``DEMAND_DEADBAND`` of the demand is noise, a fall counts once it has
-        lasted ``policy.demand_release_s``, a rise at once unless the VM's
-        rises have lately been retracted within that window (then once it has
-        lasted its confirmation time). Each shrink of the others costs them
+        lasted ``policy.demand_release_s``, a rise at once unless the VM
+        lately gave back claims that did not last two such windows (then once
+        it has lasted its confirmation time). Each shrink of the others costs them
         demotions, so a guest whose claim rises and falls must not make them
         shrink and grow on every turn.
 

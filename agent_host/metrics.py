@@ -42,7 +42,7 @@ _CHANNEL = (
     ("sessions", "Guest agent sessions (hellos) seen by this daemon."),
     ("invalid_messages", "Invalid guest messages."),
     ("implausible_reports", "Guest reports claiming more than the host sees plugged."),
-    ("retracted_rises", "Rises of demand retracted within policy.demand_release_s."),
+    ("retracted_rises", "Claims given back within 2 release windows (retractions)."),
 )
 _STATS = (
     ("remote_tlb_flush", "KVM remote TLB flushes (query-stats)."),

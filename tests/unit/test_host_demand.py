@@ -82,6 +82,23 @@ def test_a_vm_whose_rises_last_the_window_is_believed_at_once(
 
 
 @given(
+    phases=_PHASES,
+    noise=hs.lists(hs.floats(-0.1, 0.1), min_size=1, max_size=50),
+)
+def test_noise_within_phases_that_last_is_no_retraction(
+    phases: list[tuple[int, int]], noise: list[float]
+) -> None:
+    """An honest estimate within 10 % of its phase's level, phases of 35 s
+    or longer: no fall of its demand counts as a retraction, so its rises
+    never wait."""
+    phases = [(v, max(n, 7)) for v, n in phases]
+    f = DemandFilter()
+    for i, (t, v) in enumerate(_reports(phases)):
+        f.update(t, v * (1.0 + noise[i % len(noise)]), NOISE, RELEASE)
+    assert f.retracted_total == 0
+
+
+@given(
     period=hs.integers(2, 200),  # reports of 5 s
     width=hs.integers(1, 2),  # the claim lasts 5-10 s, under release_s / 2
     high=hs.floats(10.0, 1e6),
