@@ -26,7 +26,6 @@ from agent_guest.plan import (
     MoveCost,
     pages_of_ranges,
     plan_exchange,
-    waiting,
     waiting_value,
 )
 from hypertier_common.arrays import F64, I32, I64, U64, BoolArray
@@ -126,7 +125,7 @@ class Exchanger:
         self.gone: set[int] = set()
         self.denied: set[int] = set()
         # promotion candidates the last round left unmoved that more samples
-        # could still move (plan.waiting): whose moves would pay at their
+        # could still move (plan.waiting_value): whose moves would pay at their
         # estimates (and their moves' net saving over the payback horizon, ns,
         # at those estimates), and the others
         self.pending = 0
@@ -466,7 +465,7 @@ class Exchanger:
             room += moved
         self._limiter.refund((budget - promoted - demoted) * PAGE_SIZE)
         resolved = self._resolved_mask(tables, promote)
-        waits = waiting(
+        waits, _ = waiting_value(
             promote, demote, free_pages, promoted, resolved, self._cfg.min_gain,
             z_own=self._cfg.own_count_z,
         )  # fmt: skip

@@ -21,7 +21,6 @@ __all__ = [
     "pages_of_ranges",
     "paying_prefix",
     "plan_exchange",
-    "waiting",
     "waiting_value",
 ]
 
@@ -220,26 +219,6 @@ def _best_prefix(
     net = np.cumsum(gain) - calls * cost.call_ns - pages * cost.page_ns
     best = int(np.argmax(net))
     return (best + 1, float(net[best])) if net[best] > 0.0 else (0, 0.0)
-
-
-def waiting(
-    promote: Candidates,
-    demote: Candidates,
-    free_pages: int,
-    moved: int,
-    long_memory: BoolArray,
-    min_gain: float,
-    z: float = 2.0,
-    z_own: float | None = None,
-    cost: MoveCost | None = None,
-    batch_pages: int = 1,
-) -> int:
-    """How many promotion candidates a round left unmoved that more samples
-    could still move: :func:`waiting_value`'s count."""
-    return waiting_value(
-        promote, demote, free_pages, moved, long_memory, min_gain, z, z_own,
-        cost, batch_pages,
-    )[0]  # fmt: skip
 
 
 def waiting_value(

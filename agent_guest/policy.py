@@ -382,7 +382,7 @@ class SampleBoost:
         selected hot whose gain has not paid for a move yet: more samples
         decide them, so a round with any is not quiet) and ``deferred`` others
         that wait on samples but would not pay even at their estimates
-        (:func:`agent_guest.plan.waiting`): a round with those only is
+        (:func:`agent_guest.plan.waiting_value`): a round with those only is
         neither quiet nor busy, it leaves the count of quiet rounds as it is
         (a settled sampler stays settled).
 

@@ -25,7 +25,6 @@ from agent_guest.plan import (
     pair_z,
     paying_prefix,
     plan_exchange,
-    waiting,
     waiting_value,
 )
 from agent_guest.selection import select_hot
@@ -166,20 +165,20 @@ def test_only_candidates_more_samples_can_move_are_waiting() -> None:
     no = np.zeros(4, bool)
     # into free room every unmoved candidate waits (on its gain paying)
     hot = _cands(4, 500.0)
-    assert waiting(hot, Candidates.empty(), 4, 1, no, 0.25) == 3
+    assert waiting_value(hot, Candidates.empty(), 4, 1, no, 0.25)[0] == 3
     # swaps: one clearly denser than its cold page waits, one lost in the noise
     # of a range that will not gather more evidence does not
     cold = _cands(4, 0.0, base=BASE + (1 << 30))
     noisy = Candidates(hot.pid, hot.addr, np.r_[500.0, 500.0, 1.0, 1.0],
                        np.r_[0.1, 0.1, 5.0, 5.0])  # fmt: skip
-    assert waiting(noisy, cold, 0, 0, no, 0.25) == 2
+    assert waiting_value(noisy, cold, 0, 0, no, 0.25)[0] == 2
     # ... unless it is a resolved page, whose count grows with samples
     resolved = np.array([False, False, False, True])
-    assert waiting(noisy, cold, 0, 0, resolved, 0.25) == 3
+    assert waiting_value(noisy, cold, 0, 0, resolved, 0.25)[0] == 3
     # a candidate with no cold page to pair with waits only if resolved
-    assert waiting(noisy, Candidates.empty(), 0, 0, resolved, 0.25) == 1
+    assert waiting_value(noisy, Candidates.empty(), 0, 0, resolved, 0.25)[0] == 1
     # the moved prefix never waits
-    assert waiting(noisy, cold, 0, 2, resolved, 0.25) == 1
+    assert waiting_value(noisy, cold, 0, 2, resolved, 0.25)[0] == 1
 
 
 def test_a_candidate_waits_only_if_its_move_would_pay_at_its_estimate() -> None:
@@ -190,17 +189,23 @@ def test_a_candidate_waits_only_if_its_move_would_pay_at_its_estimate() -> None:
     hot = Candidates(np.ones(1, np.int32), np.full(1, BASE, np.uint64),
                      np.r_[10.2], np.r_[6.8])  # fmt: skip
     cold = _cands(1, 0.2, base=BASE + (1 << 30))
-    assert waiting(hot, cold, 0, 0, resolved, 0.25) == 1  # no cost: it waits
+    assert waiting_value(hot, cold, 0, 0, resolved, 0.25)[0] == 1  # no cost: it waits
     # a sample of density moved is worth 12 µs; 10 of density per MiB is 0.04
     # samples a page: 0.5 ms saved against 1 ms of calls, even if exact
     cost = MoveCost(500e3, 3e3, 12.2e6)
     assert paying_prefix(hot, cold, 0, 512, cost) == 0
-    assert waiting(hot, cold, 0, 0, resolved, 0.25, cost=cost, batch_pages=512) == 0
+    waits, _ = waiting_value(
+        hot, cold, 0, 0, resolved, 0.25, cost=cost, batch_pages=512
+    )
+    assert waits == 0
     # the same page when a sample is worth 4x as much: exact, it would pay
     # (with its noise counted it does not yet): more samples may move it
     dear = MoveCost(500e3, 3e3, 4 * 12.2e6)
     assert paying_prefix(hot, cold, 0, 512, dear) == 0
-    assert waiting(hot, cold, 0, 0, resolved, 0.25, cost=dear, batch_pages=512) == 1
+    waits, _ = waiting_value(
+        hot, cold, 0, 0, resolved, 0.25, cost=dear, batch_pages=512
+    )
+    assert waits == 1
     # what resolving it is worth: its gain at the estimate (10 samples per
     # MiB more than its cold partner) less two calls and two pages
     worth = 10.0 * PER_PAGE * dear.sample_ns - 2 * 500e3 - 2 * 3e3
@@ -215,8 +220,8 @@ def test_a_candidate_waits_only_if_its_move_would_pay_at_its_estimate() -> None:
     many = Candidates(np.ones(8, np.int32), BASE + np.arange(8, dtype=np.uint64)
                       * np.uint64(4096), np.full(8, 10.2), np.full(8, 6.8))  # fmt: skip
     colds = _cands(8, 0.2, base=BASE + (1 << 30))
-    assert waiting(many, colds, 0, 0, np.ones(8, bool), 0.25, cost=cost,
-                   batch_pages=512) == 8  # fmt: skip
+    assert waiting_value(many, colds, 0, 0, np.ones(8, bool), 0.25, cost=cost,
+                         batch_pages=512)[0] == 8  # fmt: skip
 
 
 def test_waiting_moves_are_worth_their_shrunk_estimates() -> None:
@@ -293,14 +298,15 @@ def test_waiting_candidates_are_unmoved_and_include_every_resolved_one(
     cold = Candidates(cold.pid, cold.addr, np.sort(rng.uniform(0, 10, n_cold)),
                       rng.uniform(0, 2, n_cold))  # fmt: skip
     resolved = rng.random(n) < 0.3
-    w = waiting(hot, cold, free, moved, resolved, 0.25)
+    w, _ = waiting_value(hot, cold, free, moved, resolved, 0.25)
     unmoved = max(0, n - moved)
     assert int(resolved[min(moved, n) :].sum()) <= w <= unmoved
     room = max(0, min(free, n) - moved)
     assert w >= room
     if priced:  # with a price, a subset of them: those whose moves would pay
         cost = MoveCost(500e3, 3e3, float(rng.uniform(0.0, 1e9)))
-        assert 0 <= waiting(hot, cold, free, moved, resolved, 0.25, cost=cost) <= w
+        priced_w, _ = waiting_value(hot, cold, free, moved, resolved, 0.25, cost=cost)
+        assert 0 <= priced_w <= w
 
 
 def test_noisy_densities_never_swap() -> None:
