@@ -16,7 +16,7 @@ import numpy as np
 
 from agent_guest.backend import PAGE_SIZE, Vma
 from agent_guest.config import ClassifyConfig
-from agent_guest.pages import PageTable, Resolved
+from agent_guest.pages import PageTable, Resolved, gamma_poisson
 from hypertier_common.arrays import F64, I64, U8, U64, BoolArray
 
 __all__ = ["RangeTable", "Residual"]
@@ -305,10 +305,8 @@ class RangeTable:
         A range whose pages' counts vary no more than Poisson noise would (a
         uniform or streamed region) has ``B`` 0: a page that drew more samples
         there was lucky, not hot. Where they vary more (hot pages scattered
-        among cold ones), ``B = tau2 / (tau2 + m)``, ``m`` the mean count per
-        page and ``tau2`` the variance of the pages' rates beyond Poisson's
-        (``var - m``, less ``DISPERSION_Z`` standard errors of a Poisson variance over
-        the range's pages). Pages not tracked count at the tracking floor
+        among cold ones), ``B = tau2 / (tau2 + m)`` (:func:`gamma_poisson`,
+        ``DISPERSION_Z`` standard errors). Pages not tracked count at the tracking floor
         (:meth:`PageTable.floor`) and tracked ones at least at it: censoring
         at the floor adds no variance, so a full page table cannot fake
         dispersion. Cached until the ranges or the pages change.
@@ -325,24 +323,16 @@ class RangeTable:
         """(:meth:`dispersion`, :meth:`page_mean`), cached."""
         if self._dispersion is not None:
             return self._dispersion
-        n = len(self)
-        pt = self.pages
-        out = np.zeros(n)
-        m = np.zeros(n)
-        if n and pt.addr.shape[0]:
-            pages = np.maximum(self.size_bytes / PAGE_SIZE, 1.0)
-            f = pt.floor()
-            j = self.locate(pt.addr)
-            inside = j >= 0
-            jj = j[inside]
-            k = np.maximum(pt.count[inside], f)
-            rest = np.maximum(pages - np.bincount(jj, minlength=n), 0.0)
-            m = (np.bincount(jj, weights=k, minlength=n) + f * rest) / pages
-            sq = (np.bincount(jj, weights=k * k, minlength=n) + f * f * rest) / pages
-            se = np.sqrt((m + 6.0 * m * m + 4.0 * m * m * m) / pages)
-            tau2 = np.maximum(sq - m * m - m - DISPERSION_Z * se, 0.0)
-            np.divide(tau2, tau2 + m, out=out, where=m > 0.0)
-        self._dispersion = (out, m)
+        n, pt = len(self), self.pages
+        if not (n and pt.addr.shape[0]):
+            self._dispersion = (np.zeros(n), np.zeros(n))
+            return self._dispersion
+        pages = np.maximum(self.size_bytes / PAGE_SIZE, 1.0)
+        j = self.locate(pt.addr)
+        inside = j >= 0
+        self._dispersion = gamma_poisson(
+            j[inside], pt.count[inside], pt.floor(), pages, DISPERSION_Z
+        )
         return self._dispersion
 
     def residual(self) -> Residual:

@@ -28,6 +28,7 @@ from agent_guest.plan import (
     plan_exchange,
     waiting_value,
 )
+from agent_guest.ratelimit import RateLimiter
 from hypertier_common.arrays import F64, I32, I64, U64, BoolArray
 from hypertier_common.clock import Clock
 from hypertier_common.errors import AccessDenied
@@ -51,36 +52,6 @@ DROP = frozenset({errno.EFAULT, errno.ENOENT, errno.EACCES, errno.EPERM})
 def errno_name(code: int) -> str:
     """``EBUSY`` for 16 or -16; ``E123`` for unknown codes."""
     return errno.errorcode.get(abs(code), f"E{abs(code)}")
-
-
-class RateLimiter:
-    """Token bucket in bytes/s on an injected clock; never sleeps.
-
-    ``take(n)`` grants up to ``n`` bytes from what has accrued (at most
-    ``burst_s`` seconds' worth), so the mover moves at most the configured rate
-    averaged over any window longer than ``burst_s``.
-    """
-
-    def __init__(self, rate_mib_s: float, clock: Clock, burst_s: float = 1.0) -> None:
-        self._rate = rate_mib_s * (1 << 20)
-        self._cap = self._rate * burst_s
-        self._clock = clock
-        self._tokens = self._cap
-        self._last = clock.monotonic()
-
-    def available(self) -> int:
-        now = self._clock.monotonic()
-        self._tokens = min(self._cap, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        return int(self._tokens)
-
-    def take(self, want_bytes: int) -> int:
-        granted = max(0, min(want_bytes, self.available()))
-        self._tokens -= granted
-        return granted
-
-    def refund(self, unused_bytes: int) -> None:
-        self._tokens = min(self._cap, self._tokens + max(0, unused_bytes))
 
 
 @dataclass

@@ -12,9 +12,9 @@ import numpy as np
 
 from agent_guest.backend import PAGE_SIZE
 from agent_guest.config import ClassifyConfig
-from hypertier_common.arrays import F64, U64, BoolArray
+from hypertier_common.arrays import F64, I64, U64, BoolArray
 
-__all__ = ["PageTable", "Resolved", "in_sorted"]
+__all__ = ["PageTable", "Resolved", "gamma_poisson", "in_sorted"]
 
 _PAGES_PER_MIB = float((1 << 20) // PAGE_SIZE)
 
@@ -44,6 +44,28 @@ def in_sorted(x: U64, ref: U64) -> BoolArray:
     np.minimum(i, ref.shape[0] - 1, out=i)
     found: BoolArray = ref[i] == x
     return found
+
+
+def gamma_poisson(
+    rng: I64, count: F64, floor: float, pages: F64, z: float
+) -> tuple[F64, F64]:
+    """Per range of ``pages`` pages, (``B``, ``m``) of a gamma-Poisson prior
+    fitted to its pages' long-memory counts (``count`` of the tracked pages
+    in ranges ``rng``; every page at least at ``floor``, the untracked ones at
+    it): ``m`` the mean count per page, ``B = tau2 / (tau2 + m)`` the weight of
+    a page's own count in its rate's estimate, ``tau2`` the variance beyond
+    Poisson's less ``z`` standard errors of a Poisson variance over the range's
+    pages (0 where its pages vary no more than Poisson noise would)."""
+    n = pages.shape[0]
+    k = np.maximum(count, floor)
+    rest = np.maximum(pages - np.bincount(rng, minlength=n), 0.0)
+    m = (np.bincount(rng, weights=k, minlength=n) + floor * rest) / pages
+    sq = (np.bincount(rng, weights=k * k, minlength=n) + floor * floor * rest) / pages
+    se = np.sqrt((m + 6.0 * m * m + 4.0 * m * m * m) / pages)
+    tau2 = np.maximum(sq - m * m - m - z * se, 0.0)
+    weight = np.zeros(n)
+    np.divide(tau2, tau2 + m, out=weight, where=m > 0.0)
+    return weight, m
 
 
 class PageTable:

@@ -16,7 +16,7 @@ from agent_guest import backend as api
 from agent_guest.classify import RangeTable
 from agent_guest.config import ClassifyConfig, MoverConfig
 from agent_guest.errors import NoSuchProcess
-from agent_guest.exchange import SHORT_HALVING, Exchanger, RateLimiter, errno_name
+from agent_guest.exchange import SHORT_HALVING, Exchanger, errno_name
 from agent_guest.plan import (
     Candidates,
     MoveCost,
@@ -27,6 +27,7 @@ from agent_guest.plan import (
     plan_exchange,
     waiting_value,
 )
+from agent_guest.ratelimit import RateLimiter
 from agent_guest.selection import select_hot
 from hypertier_common.errors import AccessDenied
 
