@@ -233,7 +233,8 @@ class Daemon:
         now = self._clock.monotonic()
         cpu = self._backend.cpu_time_s()
         generated = len(batch) + batch.lost
-        self._boost.sampled(generated, cpu - self._last_cpu, now - self._last_t)
+        cpu_s, wall_s = cpu - self._last_cpu, now - self._last_t
+        self._boost.sampled(generated, cpu_s, wall_s)
         self._sampler.control.rate_hz = self._boost.after_round(
             promoted, promoted + demoted, hot_samples, binned, pending, deferred,
             pending_ns,
@@ -243,7 +244,7 @@ class Daemon:
             # ring too small for the rate reads as too few samples, and the
             # period falls until every window overflows (page faults under
             # soft-dirty re-arm: 16 k faults at once, an 8 k-sample ring).
-            self._sampler.adapt(generated, cpu - self._last_cpu, now - self._last_t)
+            self._sampler.adapt(generated, cpu_s, wall_s)
         self._last_cpu, self._last_t = cpu, now
         self.tick_stats.done(now - t0)
         if log.isEnabledFor(logging.DEBUG):
