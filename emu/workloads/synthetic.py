@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,21 @@ class Workload:
     prefault = True  # pages touched in address order at spawn (a load phase)
     stream_share = 0.0  # share of accesses that scan ``streams`` (if any)
 
+    def __init_subclass__(
+        cls,
+        *,
+        name: str,
+        mlp: float,
+        write_fraction: float,
+        stream_share: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        """Each workload states its profile (the attributes above) in its class
+        line: ``class Bfs(Workload, name="bfs", mlp=3.0, ...)``."""
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.mlp = name, mlp
+        cls.write_fraction, cls.stream_share = write_fraction, stream_share
+
     def __init__(self, npages: int, seed: int = 0) -> None:
         if npages < 1024:
             raise ValueError(f"{self.name}: footprint of {npages} pages is too small")
@@ -84,6 +100,12 @@ class Workload:
         """Where a region of ``size`` pages starts: page 0 in the first phase, a
         random page after each phase change (so the hot set moves)."""
         return int(self.rng.integers(0, self.npages - size)) if self.phase else 0
+
+    def _hot_region(self, divisor: int) -> tuple[int, int]:
+        """``(start, size)`` of a hot region of ``1 / divisor`` of the footprint,
+        at least 64 pages, placed by ``_region_start``."""
+        size = max(64, self.npages // divisor)
+        return self._region_start(size), size
 
     def _power_law_then_streamed(self, placement: I64, s: float) -> None:
         """The first ``len(placement)`` pages read with zipf(``s``) popularity,
@@ -150,12 +172,8 @@ class Workload:
         self._make_table()
 
 
-class Gups(Workload):
+class Gups(Workload, name="gups", mlp=8.0, write_fraction=0.5):
     """GUPS with a hot set: a contiguous hot region taking ``hot_prob`` of updates."""
-
-    name = "gups"
-    mlp = 8.0
-    write_fraction = 0.5
 
     def __init__(
         self,
@@ -177,12 +195,8 @@ class Gups(Workload):
         self.hot_start = start
 
 
-class KvZipf(Workload):
+class KvZipf(Workload, name="kv-zipf", mlp=2.0, write_fraction=0.1):
     """Key-value store (silo/memcached-like): zipf(0.99) keys, items clustered."""
-
-    name = "kv-zipf"
-    mlp = 2.0
-    write_fraction = 0.1
 
     def _build(self) -> None:
         ranked = _zipf_weights(self.npages, 0.99)
@@ -191,12 +205,8 @@ class KvZipf(Workload):
         self.weights = w
 
 
-class Btree(Workload):
+class Btree(Workload, name="btree", mlp=1.5, write_fraction=0.05):
     """B-tree lookups: inner levels hot, leaves zipf(0.6) over clustered keys."""
-
-    name = "btree"
-    mlp = 1.5
-    write_fraction = 0.05
 
     def _build(self) -> None:
         fanout, n = 64, self.npages
@@ -219,42 +229,29 @@ class Btree(Workload):
         self.weights = w / w.sum()
 
 
-class Bfs(Workload):
+class Bfs(Workload, name="bfs", mlp=3.0, write_fraction=0.1, stream_share=0.4):
     """Graph500-style BFS: power-law vertex reads (scattered), edge list scans."""
-
-    name = "bfs"
-    mlp = 3.0
-    write_fraction = 0.1
-    stream_share = 0.4
 
     def _build(self) -> None:
         self._power_law_then_streamed(self.rng.permutation(self.npages // 4), 0.8)
 
 
-class Pagerank(Workload):
+class Pagerank(
+    Workload, name="pagerank", mlp=4.0, write_fraction=0.3, stream_share=0.3
+):
     """PageRank: edges streamed, rank arrays read by in-degree (power law)."""
-
-    name = "pagerank"
-    mlp = 4.0
-    write_fraction = 0.3
-    stream_share = 0.3
 
     def _build(self) -> None:
         ranks = _clustered_placement(self.rng, self.npages // 5, jitter=0.5)
         self._power_law_then_streamed(ranks, 0.9)
 
 
-class XsBench(Workload):
+class XsBench(Workload, name="xsbench", mlp=2.0, write_fraction=0.01):
     """XSBench-like: binary search over a small grid (hot), nuclide grids uniform."""
-
-    name = "xsbench"
-    mlp = 2.0
-    write_fraction = 0.01
 
     def _build(self) -> None:
         n = self.npages
-        grid = max(64, n // 10)
-        start = self._region_start(grid)
+        start, grid = self._hot_region(10)
         w = np.full(n, 0.5 / n)
         depth = np.arange(grid)
         w[start : start + grid] += (
@@ -263,18 +260,14 @@ class XsBench(Workload):
         self.weights = w / w.sum()
 
 
-class Liblinear(Workload):
+class Liblinear(
+    Workload, name="liblinear", mlp=6.0, write_fraction=0.2, stream_share=0.5
+):
     """liblinear-like training: streaming over samples, hot model weights."""
-
-    name = "liblinear"
-    mlp = 6.0
-    write_fraction = 0.2
-    stream_share = 0.5
 
     def _build(self) -> None:
         n = self.npages
-        nw = max(64, n // 20)
-        start = self._region_start(nw)
+        start, nw = self._hot_region(20)
         w = np.zeros(n)
         w[start : start + nw] = 1.0 / nw
         self.weights = w

@@ -131,7 +131,7 @@ def _cached(path: str) -> Trace:
 
 
 # ------------------------------------------------------------------ replay
-class TraceWorkload(Workload):
+class TraceWorkload(Workload, name="trace", mlp=2.0, write_fraction=0.0):
     """Replays a trace in recorded order, from the start, wrapping at its end.
 
     ``phase`` is the index of the trace's current phase segment; a wrap starts
