@@ -436,15 +436,12 @@ class Exchanger:
             room += moved
         self._limiter.refund((budget - promoted - demoted) * PAGE_SIZE)
         resolved = self._resolved_mask(tables, promote)
-        waits, _ = waiting_value(
-            promote, demote, free_pages, promoted, resolved, self._cfg.min_gain,
-            z_own=self._cfg.own_count_z,
-        )  # fmt: skip
-        self.pending, self.pending_ns = waiting_value(
+        waits = waiting_value(
             promote, demote, free_pages, promoted, resolved, self._cfg.min_gain,
             z_own=self._cfg.own_count_z, cost=cost, batch_pages=self._cfg.batch_pages,
         )  # fmt: skip
-        self.deferred = waits - self.pending
+        self.pending, self.pending_ns = waits.paying, waits.value_ns
+        self.deferred = waits.waiting - waits.paying
         self.stats.promoted += promoted
         self.stats.demoted += demoted
         return promoted, demoted

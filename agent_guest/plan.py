@@ -6,6 +6,7 @@ the pages; this module only decides.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,7 @@ __all__ = [
     "Batch",
     "Candidates",
     "MoveCost",
+    "Waiting",
     "clearly_denser",
     "pages_of_ranges",
     "paying_prefix",
@@ -221,6 +223,14 @@ def _best_prefix(
     return (best + 1, float(net[best])) if net[best] > 0.0 else (0, 0.0)
 
 
+class Waiting(NamedTuple):
+    """What a round left waiting on samples (:func:`waiting_value`)."""
+
+    waiting: int  # candidates more samples could still move
+    paying: int  # of those, the ones whose moves would pay at their estimates
+    value_ns: float  # what moving those would save, net (0.0 without a cost)
+
+
 def waiting_value(
     promote: Candidates,
     demote: Candidates,
@@ -232,11 +242,11 @@ def waiting_value(
     z_own: float | None = None,
     cost: MoveCost | None = None,
     batch_pages: int = 1,
-) -> tuple[int, float]:
-    """How many promotion candidates a round left unmoved that more samples
-    could still move, and what moving them would save (the round had
-    ``free_pages`` of room, the demotion candidates ``demote`` and moved the
-    first ``moved`` of ``promote``).
+) -> Waiting:
+    """What a round left waiting on samples (the round had ``free_pages`` of
+    room, the demotion candidates ``demote`` and moved the first ``moved`` of
+    ``promote``): the unmoved promotion candidates more samples could still
+    move, those of them whose moves would pay, and what moving them would save.
 
     A candidate waits on samples if its estimate grows with them
     (``long_memory``: a resolved page, whose count is kept over many epochs)
@@ -246,17 +256,17 @@ def waiting_value(
     that fails the noise test does not: the range's count reaches its steady
     level in a few epochs, and more epochs at the same rate leave it there.
 
-    With ``cost`` (a known value of a sample), those candidates wait only as
-    far as they would pay for their moves at their current estimates
-    (:func:`paying_prefix` without the standard error it counts toward no
-    gain): more samples narrow an estimate, they do not raise it, so moves
-    that would not pay if the estimates were exact wait on nothing. The
-    saving is then their moves' net value (ns over the payback horizon, the
+    With ``cost`` (a known value of a sample), ``paying`` counts the waiting
+    candidates in the prefix that would pay for its moves at their current
+    estimates (:func:`paying_prefix` without the standard error it counts
+    toward no gain): more samples narrow an estimate, they do not raise it,
+    so moves that would not pay if the estimates were exact wait on nothing.
+    ``value_ns`` is their moves' net value (ns over the payback horizon, the
     moves' cost deducted) at the shrunk estimates
     (:meth:`Candidates.expected`: a resolved page picked for its high count
     overstates its rate on average): what resolving them is worth, for the
-    sampling boost (:class:`agent_guest.policy.SampleBoost`); 0.0 without
-    ``cost``.
+    sampling boost (:class:`agent_guest.policy.SampleBoost`). Without
+    ``cost``, every waiting candidate counts as paying, worth 0.0.
     """
     room = min(max(0, free_pages), len(promote))
     pairs = min(len(promote) - room, len(demote))
@@ -269,9 +279,11 @@ def waiting_value(
         )
     left = passes | long_memory
     left[: min(moved, len(promote))] = False
-    if cost is None or cost.sample_ns <= 0.0 or not left.any():
-        return int(np.count_nonzero(left)), 0.0
-    return _paying_at_estimates(promote, demote, room, left, batch_pages, cost)
+    waiting = int(np.count_nonzero(left))
+    if cost is None or cost.sample_ns <= 0.0 or not waiting:
+        return Waiting(waiting, waiting, 0.0)
+    paying, value = _paying_at_estimates(promote, demote, room, left, batch_pages, cost)
+    return Waiting(waiting, paying, value)
 
 
 def _paying_at_estimates(
@@ -301,9 +313,11 @@ def _paying_at_estimates(
         g = np.concatenate((hot[:into_room], np.maximum(hot[into_room:] - cold, 0.0)))
         return g * (per_page * cost.sample_ns)
 
-    count = _best_prefix(gain(promote.density[idx]), into_room, batch_pages, cost)[0]
-    if count == 0:
-        return 0, 0.0
+    count, value = _best_prefix(
+        gain(promote.density[idx]), into_room, batch_pages, cost
+    )
+    if count == 0 or promote.shrunk is None:
+        return count, value
     return count, _best_prefix(
         gain(promote.expected()[idx]), into_room, batch_pages, cost
     )[1]

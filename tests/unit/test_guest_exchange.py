@@ -195,34 +195,30 @@ def test_a_candidate_waits_only_if_its_move_would_pay_at_its_estimate() -> None:
     # samples a page: 0.5 ms saved against 1 ms of calls, even if exact
     cost = MoveCost(500e3, 3e3, 12.2e6)
     assert paying_prefix(hot, cold, 0, 512, cost) == 0
-    waits, _ = waiting_value(
-        hot, cold, 0, 0, resolved, 0.25, cost=cost, batch_pages=512
-    )
-    assert waits == 0
+    waits = waiting_value(hot, cold, 0, 0, resolved, 0.25, cost=cost, batch_pages=512)
+    assert (waits.waiting, waits.paying) == (1, 0)
     # the same page when a sample is worth 4x as much: exact, it would pay
     # (with its noise counted it does not yet): more samples may move it
     dear = MoveCost(500e3, 3e3, 4 * 12.2e6)
     assert paying_prefix(hot, cold, 0, 512, dear) == 0
-    waits, _ = waiting_value(
-        hot, cold, 0, 0, resolved, 0.25, cost=dear, batch_pages=512
-    )
-    assert waits == 1
+    waits = waiting_value(hot, cold, 0, 0, resolved, 0.25, cost=dear, batch_pages=512)
+    assert (waits.waiting, waits.paying) == (1, 1)
     # what resolving it is worth: its gain at the estimate (10 samples per
     # MiB more than its cold partner) less two calls and two pages
     worth = 10.0 * PER_PAGE * dear.sample_ns - 2 * 500e3 - 2 * 3e3
-    count, value = waiting_value(hot, cold, 0, 0, resolved, 0.25, cost=dear,
-                                 batch_pages=512)  # fmt: skip
+    _, count, value = waiting_value(hot, cold, 0, 0, resolved, 0.25, cost=dear,
+                                    batch_pages=512)  # fmt: skip
     assert count == 1
     assert value == pytest.approx(worth)
     assert waiting_value(hot, cold, 0, 0, resolved, 0.25, cost=cost,
-                         batch_pages=512) == (0, 0.0)  # fmt: skip
-    assert waiting_value(hot, cold, 0, 0, resolved, 0.25) == (1, 0.0)
+                         batch_pages=512) == (1, 0, 0.0)  # fmt: skip
+    assert waiting_value(hot, cold, 0, 0, resolved, 0.25) == (1, 1, 0.0)
     # many such pages pay together where one alone does not
     many = Candidates(np.ones(8, np.int32), BASE + np.arange(8, dtype=np.uint64)
                       * np.uint64(4096), np.full(8, 10.2), np.full(8, 6.8))  # fmt: skip
     colds = _cands(8, 0.2, base=BASE + (1 << 30))
     assert waiting_value(many, colds, 0, 0, np.ones(8, bool), 0.25, cost=cost,
-                         batch_pages=512)[0] == 8  # fmt: skip
+                         batch_pages=512).paying == 8  # fmt: skip
 
 
 def test_waiting_moves_are_worth_their_shrunk_estimates() -> None:
@@ -243,11 +239,13 @@ def test_waiting_moves_are_worth_their_shrunk_estimates() -> None:
                          batch_pages=512)  # fmt: skip
     shrunk = waiting_value(page(8.2), cold, 0, 0, resolved, 0.25, cost=cost,
                            batch_pages=512)  # fmt: skip
-    assert face[0] == shrunk[0] == 1
-    assert face[1] - shrunk[1] == pytest.approx(2.0 * PER_PAGE * cost.sample_ns)
+    assert face.paying == shrunk.paying == 1
+    assert face.value_ns - shrunk.value_ns == pytest.approx(
+        2.0 * PER_PAGE * cost.sample_ns
+    )
     # shrunk below what its move costs: still waiting, worth nothing
     assert waiting_value(page(1.0), cold, 0, 0, resolved, 0.25, cost=cost,
-                         batch_pages=512) == (1, 0.0)  # fmt: skip
+                         batch_pages=512) == (1, 1, 0.0)  # fmt: skip
     # the shrunk estimate survives picking and joining
     both = page(8.2).then(_cands(2, 3.0))
     assert both.expected().tolist() == [8.2, 3.0, 3.0]
@@ -299,15 +297,17 @@ def test_waiting_candidates_are_unmoved_and_include_every_resolved_one(
     cold = Candidates(cold.pid, cold.addr, np.sort(rng.uniform(0, 10, n_cold)),
                       rng.uniform(0, 2, n_cold))  # fmt: skip
     resolved = rng.random(n) < 0.3
-    w, _ = waiting_value(hot, cold, free, moved, resolved, 0.25)
+    w, paying, _ = waiting_value(hot, cold, free, moved, resolved, 0.25)
+    assert paying == w
     unmoved = max(0, n - moved)
     assert int(resolved[min(moved, n) :].sum()) <= w <= unmoved
     room = max(0, min(free, n) - moved)
     assert w >= room
     if priced:  # with a price, a subset of them: those whose moves would pay
         cost = MoveCost(500e3, 3e3, float(rng.uniform(0.0, 1e9)))
-        priced_w, _ = waiting_value(hot, cold, free, moved, resolved, 0.25, cost=cost)
-        assert 0 <= priced_w <= w
+        priced = waiting_value(hot, cold, free, moved, resolved, 0.25, cost=cost)
+        assert priced.waiting == w
+        assert 0 <= priced.paying <= w
 
 
 def test_noisy_densities_never_swap() -> None:
