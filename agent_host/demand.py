@@ -4,20 +4,21 @@ Pure and per VM: :class:`DemandFilter` turns the guest's reports, one at a time,
 into the demand the policy sees. Three rules, each against a way a guest (or
 its estimate's noise) could make the other VMs shrink and grow for nothing:
 
-- a change within ``noise`` (the VM's hysteresis band, or
-  :data:`DEMAND_DEADBAND` of the demand) leaves the demand where it was;
+- a change within the VM's hysteresis band, or :data:`DEMAND_DEADBAND` of
+  the demand, leaves the demand where it was;
 - a fall counts once it has lasted ``release_s``: until then the largest hot
   set reported within the window counts;
 - a rise counts at once, unless the VM has lately retracted a claim: its
-  demand fell (the first fall since it rose, by more than ``RETRACT_SHARE`` of
-  it), giving back memory it had first claimed (reported above the midpoint of
-  the fall) less than ``2 * release_s`` before, i.e. a claim that
-  lasted less than the window the host holds it anyway, for which the others
-  shrank and will grow back. Each retraction makes the VM's next rises count
-  only once the claim has lasted :func:`confirm_s`, ``release_s / 2`` doubling
-  with each up to ``8 * release_s``; they are forgotten ``10 * release_s``
-  after the last. Judged on the reported claims over time, not on single
-  steps: noise, staircases and warm-ups within a claim that lasted are none.
+  demand fell (since it last rose, in one step or several, by more than
+  ``RETRACT_SHARE`` of where it fell from), giving back memory it had first
+  claimed (the demand rose above the midpoint of the fall) less than
+  ``2 * release_s`` before, i.e. a claim that lasted less than the window the
+  host holds it anyway, for which the others shrank and will grow back. Each
+  retraction makes the VM's next rises count only once the claim has lasted
+  :func:`confirm_s`, ``release_s / 2`` doubling with each up to
+  ``8 * release_s``; they are forgotten ``10 * release_s`` after the last.
+  Judged on the demand over time, not on single reports: noise, staircases
+  and warm-ups within a claim that lasted are none.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ class DemandFilter:
     # (received_s, hot_bytes) of the reports within the release window whose
     # hot set may still be the largest (a falling sequence).
     recent: deque[tuple[float, float]] = field(default_factory=deque)
-    # (received_s, hot_bytes) of every report of the last 2 * release_s, and
-    # the newest one older than that.
-    claims: deque[tuple[float, float]] = field(default_factory=deque)
+    # (received_s, the demand or the reported hot set if larger) of every
+    # report of the last 2 * release_s, and the newest one older than that.
+    history: deque[tuple[float, float]] = field(default_factory=deque)
     # The demand the last report gave, and that report's time.
     demand: float = math.nan
     seen_s: float = -math.inf
@@ -73,9 +74,12 @@ class DemandFilter:
     held: int | None = None
     # The last hot set that counted as reported (not held back).
     accepted: float = 0.0
-    # Since when a rise of the claim waits to count (None: none waits), and
-    # whether the demand rose since it last fell (a fall in steps is one).
+    # Since when a rise of the claim waits to count (None: none waits).
     waiting_s: float | None = None
+    # The demand a fall under way since the demand last rose fell from, while
+    # the fall is not yet judged (None: none). A fall in steps is judged as a
+    # whole, once.
+    fall: float | None = None
     rose: bool = False
     # Retractions (at most MAX_RETRACTIONS; all of them, for status), and when
     # the last was.
@@ -89,53 +93,65 @@ class DemandFilter:
             return 0
         return self.retractions
 
-    def update(self, t: float, hot: float, noise: float, release_s: float) -> float:
+    def update(self, t: float, hot: float, band: float, release_s: float) -> float:
         """The demand after a report of ``hot`` received at ``t`` (the same
-        report again changes nothing); ``noise``: the change that does not
-        count."""
+        report again changes nothing); ``band``: the VM's hysteresis band, a
+        change within it (or within :data:`DEMAND_DEADBAND` of the demand)
+        does not count."""
         if t <= self.seen_s:
             return self.demand
         self.seen_s = t
-        claims = self.claims
-        claims.append((t, hot))
-        while len(claims) > 1 and claims[1][0] < t - RETRACT_WINDOWS * release_s:
-            claims.popleft()
         prev = self.demand
-        # the report the demand stands at (a fall gives back what it claimed)
-        source_s = self.recent[0][0] if self.recent else t
+        noise = max(band, DEMAND_DEADBAND * (0.0 if math.isnan(prev) else prev))
         value = self._confirmed(t, hot, prev, noise, release_s)
         peak = _held_peak(self.recent, t, value, release_s)
         if not math.isnan(prev):
             if abs(peak - prev) <= noise:
                 peak = prev
             elif peak > prev:
-                self.rose = True
-            elif self.rose:  # the first fall since the demand rose decides
-                self.rose = False
-                since = self._claimed_since(0.5 * (peak + prev), source_s)
-                if (
-                    prev - peak > RETRACT_SHARE * prev
-                    and since > t - RETRACT_WINDOWS * release_s
-                ):
-                    self.retractions = min(
-                        self.active_retractions(t, release_s) + 1, MAX_RETRACTIONS
-                    )
-                    self.retracted_total += 1
-                    self.retracted_s = t
+                self.rose, self.fall = True, None
+            else:
+                if self.rose:  # a fall begins: judged from where it began
+                    self.rose, self.fall = False, prev
+                self._judge_fall(t, peak, release_s)
         self.held = int(peak) if peak != hot else None
         self.demand = peak
+        # what the VM claimed, as its claim began: a rise that waits on its
+        # confirmation is claimed from its first report
+        history = self.history
+        history.append((t, max(peak, hot)))
+        while len(history) > 1 and history[1][0] < t - RETRACT_WINDOWS * release_s:
+            history.popleft()
         return peak
 
-    def _claimed_since(self, mid: float, source_s: float) -> float:
-        """When the claim that the report at ``source_s`` belongs to rose
-        above ``mid``: the time of the first report after the last one at or
-        below ``mid`` before it (-inf if it was above ``mid`` all through the
-        history)."""
+    def _judge_fall(self, t: float, demand: float, release_s: float) -> None:
+        """Count a retraction if the fall under way, from where it began to
+        ``demand``, gives back more than ``RETRACT_SHARE`` of the demand it
+        fell from, of memory the demand first rose to less than
+        ``RETRACT_WINDOWS`` windows before ``t``. A fall is judged once, when
+        it passes that share (a claim given back in steps each under it is
+        given back all the same)."""
+        top = self.fall
+        if top is None or top - demand <= RETRACT_SHARE * top:
+            return
+        self.fall = None
+        if self._above_since(0.5 * (demand + top)) > t - RETRACT_WINDOWS * release_s:
+            self.retractions = min(
+                self.active_retractions(t, release_s) + 1, MAX_RETRACTIONS
+            )
+            self.retracted_total += 1
+            self.retracted_s = t
+
+    def _above_since(self, mid: float) -> float:
+        """Since when the demand, or a claim above it, has stood above ``mid``
+        (-inf: all through the history). Not the reports alone: the demand
+        holds a claim through the release window, so an estimate's noise
+        around ``mid`` within a claim that lasted does not cut it short; and
+        not the demand alone: a rise that waited on its confirmation was
+        claimed from its first report."""
         start = -math.inf
-        for t, v in reversed(self.claims):
-            if t > source_s:
-                continue
-            if v <= mid:
+        for t, v in reversed(self.history):
+            if not v > mid:
                 return start
             start = t
         return -math.inf

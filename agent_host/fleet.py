@@ -18,7 +18,7 @@ import numpy as np
 from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
 from agent_host.config import PolicyConfig
-from agent_host.demand import DEMAND_DEADBAND, DemandFilter
+from agent_host.demand import DemandFilter
 from agent_host.metadata import TieringMetadata, TierMetadata
 from agent_host.policy import TIERS, PolicyInputs, TierInputs, band_bytes
 from hypertier_common.arrays import F64, I64
@@ -365,11 +365,16 @@ class Fleet:
                 st.notice_forfeited = st.notice_forfeited and not over
             elif st.shrink_notice_s is None and st.channel.hello is not None:
                 st.shrink_notice_s = now  # the Allot goes out at the end of this tick
+                # what the guest uses, at most what the host has plugged (a
+                # report may claim a block more: the goal would never be met,
+                # nor the notice forfeited)
                 rep = st.channel.latest
                 boot = int(self.boot[0, st.row])
-                used = int(self.current[0, st.row]) + boot
-                used = used if rep is None else rep.fast_used_bytes
-                st.notice_goal = max(int(target[0, st.row]) + boot, used - step_bytes)
+                r = st.row
+                used = int(max(self.requested[0, r], self.current[0, r])) + boot
+                if rep is not None:
+                    used = min(used, rep.fast_used_bytes)
+                st.notice_goal = max(int(target[0, r]) + boot, used - step_bytes)
 
     def shrink_due(
         self, st: VmState, new: int, now: float, notice_s: float, started_s: float
@@ -408,7 +413,7 @@ class Fleet:
 
         Its hot set becomes the VM's demand through the VM's
         :class:`~agent_host.demand.DemandFilter`: a change within the band or
-        ``DEMAND_DEADBAND`` of the demand is noise, a fall counts once it has
+        5 % of the demand is noise, a fall counts once it has
         lasted ``policy.demand_release_s``, a rise at once unless the VM
         lately gave back claims that did not last two such windows (then once
         it has lasted its confirmation time). Each shrink of the others costs them
@@ -431,11 +436,9 @@ class Fleet:
         why = self._implausible(rep, r)
         # a flagged report's demand is none; it never enters the window
         hot = 0.0 if why else float(rep.report.hot_bytes)
-        prev = st.demand.demand
         band = float(band_bytes(self.limit[:1, r], self.block[:1, r], policy)[0])
-        noise = max(band, DEMAND_DEADBAND * (0.0 if math.isnan(prev) else prev))
         self.hot[r] = st.demand.update(
-            rep.received_s, hot, noise, policy.demand_release_s
+            rep.received_s, hot, band, policy.demand_release_s
         )
         self.used[r] = rep.used_bytes
         return why
