@@ -101,15 +101,17 @@ class GuestLinks:
                 continue
             if (f, s) != st.sent_allot:
                 st.allot_seq += 1
-                self._send(st, wire.Allot(st.allot_seq, f, s))
+                if not self._send(st, wire.Allot(st.allot_seq, f, s)):
+                    continue  # not sent (the channel is full): the next tick
                 st.sent_allot = (f, s)
                 st.sent_plugged = None  # the guest trusts only a size read after
             if ok and (pf, ps) != st.sent_plugged:
                 st.allot_seq += 1
-                self._send(st, wire.Plugged(st.allot_seq, pf, ps))
-                st.sent_plugged = (pf, ps)
+                if self._send(st, wire.Plugged(st.allot_seq, pf, ps)):
+                    st.sent_plugged = (pf, ps)
 
-    def _send(self, st: VmState, msg: wire.Message) -> None:
+    def _send(self, st: VmState, msg: wire.Message) -> bool:
+        """Send ``msg`` to ``st``'s guest; False if it could not go out."""
         line = wire.encode(msg)
         if isinstance(msg, wire.Hello):
             # A newline first ends whatever line an earlier host process left
@@ -119,3 +121,5 @@ class GuestLinks:
             self._backend.channel_send(st.vm, line)
         except HostError as err:
             log.debug("cannot send to %s: %s", st.vm, err)
+            return False
+        return True

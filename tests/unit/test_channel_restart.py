@@ -13,6 +13,7 @@ from agent_guest.daemon import Daemon as GuestDaemon
 from agent_host.backend import Tier
 from agent_host.config import loads as host_loads
 from agent_host.daemon import Daemon as HostDaemon
+from agent_host.errors import HostError
 from emu.backends.guest import EmuGuestBackend
 from emu.backends.host import EmuHostBackend
 from emu.clock import FakeClock
@@ -34,13 +35,17 @@ HOST_CFG = host_loads(
 
 
 class _Host(EmuHostBackend):
-    """The emulated host backend, recording every line it sends."""
+    """The emulated host backend, recording every line it sends; while
+    ``full``, a send fails as a full socket's does."""
 
     def __init__(self, world: World) -> None:
         super().__init__(world)
         self.sent: list[bytes] = []
+        self.full = False
 
     def channel_send(self, vm: str, line: bytes) -> None:
+        if self.full:
+            raise HostError(f"channel of {vm} is full")
         self.sent += [x for x in line.split(b"\n") if x]
         super().channel_send(vm, line)
 
@@ -274,3 +279,19 @@ def test_guest_hello_lost_long_ago_does_not_swallow_a_host_request() -> None:
     )
     assert took <= 2 * REPORT_INTERVAL_S
     assert rig.host._fleet[VM].channel.sessions == 1
+
+
+def test_an_allotment_that_could_not_go_out_goes_out_next() -> None:
+    """A send that fails (the guest's socket buffer full) is not recorded as
+    sent: once the channel drains, the guest hears its allotment, rather
+    than only at the allotment's next change."""
+    rig = _Rig()
+    rig.run(10)
+    assert _allots(rig.guest) >= 1
+    received = _allots(rig.guest)
+    rig.host_backend.full = True
+    rig.host.vm_set(VM, reservations={Tier.FAST: 256 * MiB})  # a new allotment
+    rig.run(10)
+    assert _allots(rig.guest) == received
+    rig.host_backend.full = False
+    rig.run_until(lambda: _allots(rig.guest) > received, 2 * REPORT_INTERVAL_S)

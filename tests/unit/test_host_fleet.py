@@ -147,9 +147,11 @@ def test_an_estimate_jittering_within_5_percent_leaves_the_demand_alone(
     assert fleet.hot[vm.row] == 170 * MiB
 
 
-def _fast_used(vm: VmState, t: float, seq: int, used_mib: int) -> None:
+def _fast_used(
+    vm: VmState, t: float, seq: int, used_mib: int, total_mib: int = 129
+) -> None:
     nodes = (
-        wire.NodeUsage(0, "fast", 129 * MiB, used_mib * MiB),
+        wire.NodeUsage(0, "fast", total_mib * MiB, used_mib * MiB),
         wire.NodeUsage(1, "slow", 64 * MiB, 10 * MiB),
     )
     report = wire.Report(seq=seq, nodes=nodes, hot_bytes=0, pressure=0.0)
@@ -175,6 +177,24 @@ def test_a_notice_is_forfeited_unless_the_guest_reached_the_goal_it_announced() 
         assert not fleet.shrink_due(vm, 64 * MiB, 10.0, 10.0, 0.0)  # 9 s: waits
         assert fleet.shrink_due(vm, 64 * MiB, 11.0, 10.0, 0.0)
         assert vm.notice_forfeited is forfeited
+
+
+def test_a_notice_goal_counts_no_more_in_use_than_the_host_plugged() -> None:
+    """Fast node at 128 MiB + 1 MiB boot memory, a shrink by steps of 16 MiB.
+    A guest may report its node a block larger than plugged (a resize may be
+    under way); counted as in use, that block would put the goal a block
+    above the step, a goal the guest could report reaching while never
+    fitting the step, keeping every notice of the shrink."""
+    fleet, vm = _one_vm()
+    vm.channel.feed(wire.encode(wire.Hello("hypertier-guest", "0.1.0")), 0.0, {})
+    _fast_used(vm, 0.5, 1, 131, total_mib=131)  # a block more than plugged
+    target = fleet.requested.copy()
+    target[0, vm.row] = 64 * MiB
+    fleet.track_shrink_notices(target, 1.0, 5.0, 16 * MiB)
+    assert vm.notice_goal == (128 + 1 - 16) * MiB
+    _fast_used(vm, 3.0, 2, 115, total_mib=131)  # the goal 131 MiB would set
+    assert fleet.shrink_due(vm, 112 * MiB, 11.0, 10.0, 0.0)
+    assert vm.notice_forfeited
 
 
 def test_a_flagged_report_is_no_demand_and_falls_like_any_other() -> None:
