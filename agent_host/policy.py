@@ -349,8 +349,14 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     rest = need - f_new
     s_floor_f = np.maximum(
         s_res,
-        np.where(
-            known, np.minimum(np.maximum(keep_alive - f_new, 0.0), s_share), s_req
+        _slow_floors(
+            np.maximum(keep_alive - f_new, 0.0),
+            np.maximum(np.minimum(in_allot, keep_alive) - f_new, 0.0),
+            s_req,
+            known,
+            s_share,
+            weight,
+            s_cap,
         ),
     )
     s_floor = np.minimum(_align_up(s_floor_f, slow.block), slow.limit)
@@ -362,6 +368,38 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
         _result(f_share, f_floor, f_want, f_target, inputs.fast_capacity_bytes),
         _result(s_share, s_floor, s_want, s_target, s_cap),
     )
+
+
+def _slow_floors(
+    held: F64,
+    used: F64,
+    requested: F64,
+    known: BoolArray,
+    share: F64,
+    weight: F64,
+    cap: float,
+) -> F64:
+    """Each VM's slow floor: its need (used memory and margin) that the new
+    fast target leaves to the slow tier (``held``), capped by its share; or
+    without a report what it has (``requested``).
+
+    Where the slow tier has room for every VM's used memory (``used``: that
+    part without the margin), a VM's floor holds its used memory past the
+    share, before anyone's margin or headroom (the split between floors and
+    demand serves the floors first); where it has not, the weighted fair
+    split of the room between those used memories. Capped at the share while
+    others' margin and headroom took the room, a VM whose both nodes were full
+    was asked to shrink its slow tier below what it used and to demote into
+    a slow tier with no room: both unplugs stayed pending, and a gold VM held
+    292 MiB of its 438 MiB fast share for the 10 minutes measured
+    (docs/host.md, rule 2)."""
+    floor = np.where(known, np.minimum(held, share), requested)
+    if known.any():
+        room = max(cap - float(requested[~known].sum()), 0.0)
+        floor[known] = fair_split(
+            floor[known], np.maximum(used, floor)[known], weight[known], room
+        )
+    return floor
 
 
 def _share(tier: TierInputs, limit: F64, weight: F64, cap: float) -> F64:

@@ -415,3 +415,53 @@ def test_the_tiers_never_count_the_same_memory_twice(
     else:
         assert slow_cap == sum(slow_gib) << 30
         assert fast_cap == (fast_cap_gib << 30 or usable)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fast_mib=st.lists(st.integers(0, 512), min_size=2, max_size=8),
+    slow_mib=st.lists(st.integers(0, 512), min_size=8, max_size=8),
+    weights=st.lists(st.sampled_from([1.0, 2.0, 4.0]), min_size=8, max_size=8),
+    silent=st.lists(st.booleans(), min_size=8, max_size=8),
+    fast_cap_mib=st.integers(64, 2048),
+    slow_cap_mib=st.integers(64, 4096),
+)
+def test_the_slow_tier_holds_every_used_page_before_any_margin(
+    fast_mib: list[int],
+    slow_mib: list[int],
+    weights: list[float],
+    silent: list[bool],
+    fast_cap_mib: int,
+    slow_cap_mib: int,
+) -> None:
+    """VMs whose both nodes are full (each uses all it has), and a fast tier
+    that asks some to shrink. Where the slow tier has room for the used
+    memory every VM's new fast target leaves it (and for what silent VMs
+    hold), no VM's slow floor is below that: it is never asked to shrink its
+    slow tier below what it uses, nor to demote into no room. Where it has
+    not, each floor is at least what it was before, the share-capped need."""
+    n = len(fast_mib)
+    fast = np.array(fast_mib, np.int64) * MiB
+    slow = np.array(slow_mib[:n], np.int64) * MiB
+    quiet = np.array(silent[:n])
+    used = np.where(quiet, np.nan, (fast + slow).astype(np.float64))
+    limit = np.full(n, 1 << 30, np.int64)
+    inputs = PolicyInputs(
+        now_s=0.0,
+        weight=np.array(weights[:n]),
+        hot_bytes=used.copy(),
+        used_bytes=used,
+        fast=_tier(fast, np.zeros(n), limit),
+        slow=_tier(slow, np.zeros(n), limit),
+        fast_capacity_bytes=fast_cap_mib * MiB,
+        slow_capacity_bytes=slow_cap_mib * MiB,
+    )
+    result = plan(inputs, CFG)
+    left = np.maximum(fast + slow - result.fast.target, 0)
+    share_capped = np.minimum(left, result.slow.share)  # what is plugged, no more
+    floor = result.slow.floor
+    known = ~quiet
+    assert (floor[known] >= np.minimum(share_capped[known], limit[known])).all()
+    if int(left[known].sum() + slow[quiet].sum()) <= slow_cap_mib * MiB:
+        assert (floor[known] >= left[known]).all()
+    assert (floor[quiet] >= slow[quiet]).all()
