@@ -27,7 +27,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["DEMAND_DEADBAND", "DemandFilter", "confirm_s"]
+__all__ = ["DEMAND_DEADBAND", "DemandFilter", "confirm_s", "held_peak"]
 
 # A change of a VM's demand within this share of it (or within its hysteresis
 # band) is noise of the guest's estimate: the demand the policy sees stays.
@@ -104,7 +104,7 @@ class DemandFilter:
         prev = self.demand
         noise = max(band, DEMAND_DEADBAND * (0.0 if math.isnan(prev) else prev))
         value = self._confirmed(t, hot, prev, noise, release_s)
-        peak = _held_peak(self.recent, t, value, release_s)
+        peak = held_peak(self.recent, t, value, release_s)
         if not math.isnan(prev):
             if abs(peak - prev) <= noise:
                 peak = prev
@@ -173,7 +173,7 @@ class DemandFilter:
         return hot
 
 
-def _held_peak(
+def held_peak(
     recent: deque[tuple[float, float]], t: float, value: float, window_s: float
 ) -> float:
     """Add ``value`` seen at ``t`` to ``recent`` (a report seen again, at the

@@ -9,6 +9,7 @@ fleet alone assigns rows: ``states[r].row == r`` after every :meth:`rebuild`.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
 from agent_host.config import PolicyConfig
-from agent_host.demand import DemandFilter
+from agent_host.demand import DemandFilter, held_peak
 from agent_host.metadata import TieringMetadata, TierMetadata
 from agent_host.policy import TIERS, PolicyInputs, TierInputs, band_bytes
 from hypertier_common.arrays import F64, I64
@@ -100,6 +101,9 @@ class VmState:
     # The guest's reports as demand; kept across guest sessions: a restarted
     # agent does not shed its peak nor its retracted rises.
     demand: DemandFilter = field(default_factory=DemandFilter)
+    # (received_s, used_bytes) of the reports whose used memory may still be
+    # the largest within the release window (demand.held_peak).
+    used_recent: deque[tuple[float, float]] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         self.allot = _ordered(self.info)
@@ -440,7 +444,12 @@ class Fleet:
         self.hot[r] = st.demand.update(
             rep.received_s, hot, band, policy.demand_release_s
         )
-        self.used[r] = rep.used_bytes
+        # a fall of used memory, like one of demand, counts once it has lasted
+        # the window: a guest swinging it report by report moved its floors
+        # and made its co-tenants resize (14 / 19 times in 30 min, against 5)
+        self.used[r] = held_peak(
+            st.used_recent, rep.received_s, rep.used_bytes, policy.demand_release_s
+        )
         return why
 
     def _implausible(self, rep: GuestReport, r: int) -> str:

@@ -353,6 +353,7 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
             np.maximum(keep_alive - f_new, 0.0),
             np.maximum(np.minimum(in_allot, keep_alive) - f_new, 0.0),
             s_req,
+            known & (f_new < fast.current),
             known,
             s_share,
             weight,
@@ -374,6 +375,7 @@ def _slow_floors(
     held: F64,
     used: F64,
     requested: F64,
+    demoting: BoolArray,
     known: BoolArray,
     share: F64,
     weight: F64,
@@ -383,21 +385,24 @@ def _slow_floors(
     fast target leaves to the slow tier (``held``), capped by its share; or
     without a report what it has (``requested``).
 
-    Where the slow tier has room for every VM's used memory (``used``: that
-    part without the margin), a VM's floor holds its used memory past the
-    share, before anyone's margin or headroom (the split between floors and
-    demand serves the floors first); where it has not, the weighted fair
-    split of the room between those used memories. Capped at the share while
-    others' margin and headroom took the room, a VM whose both nodes were full
-    was asked to shrink its slow tier below what it used and to demote into
-    a slow tier with no room: both unplugs stayed pending, and a gold VM held
-    292 MiB of its 438 MiB fast share for the 10 minutes measured
-    (docs/host.md, rule 2)."""
+    A VM whose fast tier is to shrink (``demoting``) must find room in the
+    slow tier for the pages it demotes: where the slow tier has room for
+    every such VM's used memory (``used``: that part without the margin), its
+    floor holds it past the share, before anyone's margin or headroom (the
+    split between floors and demand serves the floors first); where it has
+    not, the weighted fair split of the room between those used memories.
+    Capped at the share while others' margin and headroom took the room, a VM
+    whose both nodes were full was asked to shrink its slow tier below what it
+    used and to demote into a slow tier with no room: both unplugs stayed
+    pending, and a gold VM held 292 MiB of its 438 MiB fast share for the 10
+    minutes measured (docs/host.md, rule 2). Only while it demotes: a guest
+    that claims all it has as used would otherwise keep slow memory past its
+    share against the others' margin and headroom."""
     floor = np.where(known, np.minimum(held, share), requested)
-    if known.any():
-        room = max(cap - float(requested[~known].sum()), 0.0)
-        floor[known] = fair_split(
-            floor[known], np.maximum(used, floor)[known], weight[known], room
+    if demoting.any():
+        room = max(cap - float(floor[~demoting].sum()), 0.0)
+        floor[demoting] = fair_split(
+            floor[demoting], np.maximum(used, floor)[demoting], weight[demoting], room
         )
     return floor
 

@@ -13,8 +13,8 @@ from agent_host.demand import (
     DEMAND_DEADBAND,
     FORGET_WINDOWS,
     DemandFilter,
-    _held_peak,
     confirm_s,
+    held_peak,
 )
 
 RELEASE = 30.0
@@ -32,7 +32,7 @@ def _noise(demand: float) -> float:
     ),
     window=hs.floats(0.0, 20.0),
 )
-def test_the_held_peak_is_the_largest_hot_set_reported_within_the_window(
+def test_theheld_peak_is_the_largest_hot_set_reported_within_the_window(
     reports: list[tuple[float, float]], window: float
 ) -> None:
     """A fall of demand counts only once it has lasted ``window``; a report
@@ -41,11 +41,11 @@ def test_the_held_peak_is_the_largest_hot_set_reported_within_the_window(
     t, seen = 0.0, []
     for dt, hot in reports:
         t += dt
-        got = _held_peak(recent, t, hot, window)
+        got = held_peak(recent, t, hot, window)
         if not seen or seen[-1][0] < t:
             seen.append((t, hot))
         assert got == max(v for s, v in seen if s >= t - window)
-        assert _held_peak(recent, t, 0.0, window) == got  # the same report again
+        assert held_peak(recent, t, 0.0, window) == got  # the same report again
         assert len(recent) <= len(seen)
 
 
@@ -54,7 +54,7 @@ def _reference(reports: list[tuple[float, float]]) -> list[float]:
     recent: deque[tuple[float, float]] = deque()
     prev, out = math.nan, []
     for t, hot in reports:
-        peak = _held_peak(recent, t, hot, RELEASE)
+        peak = held_peak(recent, t, hot, RELEASE)
         if not math.isnan(prev) and abs(peak - prev) <= _noise(prev):
             peak = prev
         out.append(prev := peak)

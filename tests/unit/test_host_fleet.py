@@ -147,6 +147,20 @@ def test_an_estimate_jittering_within_5_percent_leaves_the_demand_alone(
     assert fleet.hot[vm.row] == 170 * MiB
 
 
+def test_a_fall_of_used_memory_counts_once_it_has_lasted() -> None:
+    """Used memory (the floors' measure) swinging report by report counts as
+    its largest within the release window, as the demand does; a fall that
+    lasted counts."""
+    fleet, vm = _one_vm()
+    policy = PolicyConfig(demand_release_s=10.0)
+    seen = []
+    for t, used_mib in ((0, 121), (2, 11), (4, 121), (6, 11), (8, 11), (20, 11)):
+        _fast_used(vm, float(t), t + 1, used_mib)
+        fleet.store_report(vm, policy)
+        seen.append(int(fleet.used[vm.row]) // MiB)
+    assert seen == [131, 131, 131, 131, 131, 21]  # + 10 MiB on the slow node
+
+
 def _fast_used(
     vm: VmState, t: float, seq: int, used_mib: int, total_mib: int = 129
 ) -> None:
