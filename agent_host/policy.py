@@ -30,6 +30,11 @@ millisecond. docs/host.md states the rules and the properties they guarantee
    rebalancing, never freezes it. Restoring a floor bypasses all of
    this. Growth never exceeds memory that is free now (a shrinking VM's
    ``current`` counts until its guest has unplugged); floors are served first.
+
+The slow tier follows the same rules on what the fast tier leaves (capacity x
+``slow_overcommit_ratio``), except that a VM whose fast tier is to shrink may
+hold its used memory past its slow share where there is room, for the pages
+it demotes (:func:`_slow_floors`).
 """
 
 from __future__ import annotations
