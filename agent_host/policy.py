@@ -30,11 +30,6 @@ millisecond. docs/host.md states the rules and the properties they guarantee
    rebalancing, never freezes it. Restoring a floor bypasses all of
    this. Growth never exceeds memory that is free now (a shrinking VM's
    ``current`` counts until its guest has unplugged); floors are served first.
-
-The slow tier follows the same rules on what the fast tier leaves (capacity x
-``slow_overcommit_ratio``), except that a VM whose fast tier is to shrink may
-hold its used memory past its slow share where there is room, for the pages
-it demotes (:func:`_slow_floors`).
 """
 
 from __future__ import annotations
@@ -354,15 +349,8 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     rest = need - f_new
     s_floor_f = np.maximum(
         s_res,
-        _slow_floors(
-            np.maximum(keep_alive - f_new, 0.0),
-            np.maximum(np.minimum(in_allot, keep_alive) - f_new, 0.0),
-            s_req,
-            known & (f_new < fast.current),
-            known,
-            s_share,
-            weight,
-            s_cap,
+        np.where(
+            known, np.minimum(np.maximum(keep_alive - f_new, 0.0), s_share), s_req
         ),
     )
     s_floor = np.minimum(_align_up(s_floor_f, slow.block), slow.limit)
@@ -374,42 +362,6 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
         _result(f_share, f_floor, f_want, f_target, inputs.fast_capacity_bytes),
         _result(s_share, s_floor, s_want, s_target, s_cap),
     )
-
-
-def _slow_floors(
-    held: F64,
-    used: F64,
-    requested: F64,
-    demoting: BoolArray,
-    known: BoolArray,
-    share: F64,
-    weight: F64,
-    cap: float,
-) -> F64:
-    """Each VM's slow floor: its need (used memory and margin) that the new
-    fast target leaves to the slow tier (``held``), capped by its share; or
-    without a report what it has (``requested``).
-
-    A VM whose fast tier is to shrink (``demoting``) must find room in the
-    slow tier for the pages it demotes: where the slow tier has room for
-    every such VM's used memory (``used``: that part without the margin), its
-    floor holds it past the share, before anyone's margin or headroom (the
-    split between floors and demand serves the floors first); where it has
-    not, the weighted fair split of the room between those used memories.
-    Capped at the share while others' margin and headroom took the room, a VM
-    whose both nodes were full was asked to shrink its slow tier below what it
-    used and to demote into a slow tier with no room: both unplugs stayed
-    pending, and a gold VM held 292 MiB of its 438 MiB fast share for the 10
-    minutes measured (docs/host.md, rule 2). Only while it demotes: a guest
-    that claims all it has as used would otherwise keep slow memory past its
-    share against the others' margin and headroom."""
-    floor = np.where(known, np.minimum(held, share), requested)
-    if demoting.any():
-        room = max(cap - float(floor[~demoting].sum()), 0.0)
-        floor[demoting] = fair_split(
-            floor[demoting], np.maximum(used, floor)[demoting], weight[demoting], room
-        )
-    return floor
 
 
 def _share(tier: TierInputs, limit: F64, weight: F64, cap: float) -> F64:
