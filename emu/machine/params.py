@@ -119,6 +119,12 @@ class Params:
     tlb: TlbModel = field(default_factory=TlbModel)
     cost: CostModel = field(default_factory=CostModel)
     block_bytes: int = 2 << 20  # virtio-mem block size
+    # The guest's virtio-mem driver tries an unplug that stopped short (-EBUSY:
+    # pages it could not move) again after 50 s, doubling to 300 s, and at once
+    # on a new request (Linux drivers/virtio/virtio_mem.c,
+    # VIRTIO_MEM_RETRY_TIMER_MIN_MS / _MAX_MS).
+    unplug_retry_min_s: float = 50.0
+    unplug_retry_max_s: float = 300.0
     # Share (%) of each guest node's plugged memory its kernel keeps free: the
     # zones' watermarks, below which neither a fault nor move_pages(2) gets a
     # page there (a fault falls back to the other node, a move fails -ENOMEM).

@@ -9,6 +9,7 @@ per process, the guest page table ``pt`` (vpn -> gPFN, -1 not present).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,6 +173,10 @@ class EmuVm:
     pml_pending: int = 0
     to_guest: bytearray = field(default_factory=bytearray)
     to_host: bytearray = field(default_factory=bytearray)
+    # virtio-mem: when the driver tries again an unplug that stopped short,
+    # per node (inf: none pending), and its back-off (s)
+    unplug_retry_at: list[float] = field(default_factory=lambda: [math.inf] * 2)
+    unplug_retry_s: list[float] = field(default_factory=lambda: [0.0] * 2)
     _frames: Frames | None = None
 
     @property

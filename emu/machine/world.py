@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import math
 import uuid as uuidlib
 
 import numpy as np
@@ -288,17 +289,45 @@ class World(Execution):
         Growing plugs blocks at once. Shrinking unplugs blocks from the top; used
         pages there are migrated by the guest to free frames of the same node,
         then of the other node; if none is free, unplugging stops short and the
-        plugged size (libvirt's ``<current>``) stays above the request.
+        plugged size (libvirt's ``<current>``) stays above the request, and the
+        guest's driver tries again ``params.unplug_retry_min_s`` later,
+        doubling to ``unplug_retry_max_s`` (:meth:`advance`).
         Returns the plugged size in bytes.
         """
         vm = self.vm(vm_name)
         blk = self.params.block_bytes // PAGE_SIZE
         want = min(round_up(max(0, size_bytes) // PAGE_SIZE, blk), vm.node_max[node])
         vm.requested[node] = want
+        vm.unplug_retry_s[node] = self.params.unplug_retry_min_s
         if want >= vm.plugged[node]:
             vm.plugged[node] = want
+            vm.unplug_retry_at[node] = math.inf
             self.oplog.append(("resize", vm_name, node, want))
             return want * PAGE_SIZE
+        new = self._unplug(vm, node)
+        self.oplog.append(("resize", vm_name, node, new))
+        return new * PAGE_SIZE
+
+    def advance(self, dt_s: float) -> None:
+        """Run the workloads for ``dt_s`` (clock listener), then the guest
+        drivers' unplug retries that came due."""
+        super().advance(dt_s)
+        now = self.clock.monotonic()
+        for vm in self.vms.values():
+            for node in (0, 1):
+                if vm.unplug_retry_at[node] <= now:
+                    vm.unplug_retry_s[node] = min(
+                        2.0 * vm.unplug_retry_s[node], self.params.unplug_retry_max_s
+                    )
+                    new = self._unplug(vm, node)
+                    self.oplog.append(("unplug_retry", vm.name, node, new))
+
+    def _unplug(self, vm: EmuVm, node: int) -> int:
+        """Unplug ``vm``'s ``node`` down to its request, as far as its used
+        pages can move; if they cannot all, try again after the back-off.
+        Returns the plugged size in pages."""
+        blk = self.params.block_bytes // PAGE_SIZE
+        want = vm.requested[node]
         b = vm.node_base[node]
         region = np.arange(b + want, b + vm.plugged[node])
         used = region[vm.f.pid[region] >= 0]
@@ -328,9 +357,11 @@ class World(Execution):
         vm.f.host[backed] = -1
         self._host_remote_flush(vm, -(-len(gone) // blk) if len(backed) else 0)
         vm.plugged[node] = new
+        vm.unplug_retry_at[node] = (
+            self.clock.monotonic() + vm.unplug_retry_s[node] if new > want else math.inf
+        )
         self._invalidate_tiers(vm)
-        self.oplog.append(("resize", vm_name, node, new))
-        return new * PAGE_SIZE
+        return new
 
     def host_migrate(self, vm_name: str, gfns: I64, host_node: int) -> int:
         """Host: move the backing of guest frames to ``host_node`` (host TPP).

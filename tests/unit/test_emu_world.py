@@ -179,6 +179,33 @@ def test_shrink_migrates_pages_out_of_unplugged_blocks() -> None:
     w.check_invariants()
 
 
+def test_an_unplug_that_stopped_short_is_tried_again_with_back_off() -> None:
+    """Both nodes full: the unplug stops short. The guest's driver tries again
+    50 s later, doubling to 300 s (Linux virtio_mem's retry timer); once the
+    pages are gone it completes; a new request tries at once."""
+    w = _world(fast_mib=64, slow_mib=64)
+    pid = _spawn(w, npages=32768, accesses=1000)  # fills both nodes
+    assert w.resize("vm", FAST, 32 * MIB) == 64 * MIB
+    vm = w.vm("vm")
+    w.clock.advance(49.0)
+    assert vm.plugged[FAST] * PAGE_SIZE == 64 * MIB
+    w.clock.advance(1.0)  # the first retry: still stuck, next in 100 s
+    assert [op[0] for op in w.oplog[-1:]] == ["unplug_retry"]
+    assert vm.unplug_retry_s[FAST] == 100.0
+    w.kill("vm", pid)
+    w.clock.advance(99.0)
+    assert vm.plugged[FAST] * PAGE_SIZE == 64 * MIB
+    w.clock.advance(1.0)
+    assert vm.plugged[FAST] * PAGE_SIZE == 32 * MIB
+    assert vm.unplug_retry_at[FAST] == float("inf")
+    w.check_invariants()
+    # no retry when nothing is pending; a request goes through at once
+    n = len(w.oplog)
+    w.clock.advance(600.0)
+    assert len(w.oplog) == n
+    assert w.resize("vm", FAST, 16 * MIB) == 16 * MIB
+
+
 def test_pebs_samples_fall_inside_the_mapping_and_favour_the_hot_set() -> None:
     w = _world()
     pid = _spawn(w, npages=32768, accesses=10**8)
