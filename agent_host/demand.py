@@ -76,10 +76,10 @@ class DemandFilter:
     accepted: float = 0.0
     # Since when a rise of the claim waits to count (None: none waits).
     waiting_s: float | None = None
-    # The demand a fall under way since the demand last rose fell from, while
-    # the fall is not yet judged (None: none). A fall in steps is judged as a
-    # whole, once.
-    fall: float | None = None
+    # The demand a fall under way since the demand last rose fell from, and
+    # the time of the last report before it fell, while the fall is not yet
+    # judged (None: none). A fall in steps is judged as a whole, once.
+    fall: tuple[float, float] | None = None
     rose: bool = False
     # Retractions (at most MAX_RETRACTIONS; all of them, for status), and when
     # the last was.
@@ -100,7 +100,7 @@ class DemandFilter:
         does not count."""
         if t <= self.seen_s:
             return self.demand
-        self.seen_s = t
+        prev_s, self.seen_s = self.seen_s, t
         prev = self.demand
         noise = max(band, DEMAND_DEADBAND * (0.0 if math.isnan(prev) else prev))
         value = self._confirmed(t, hot, prev, noise, release_s)
@@ -112,7 +112,7 @@ class DemandFilter:
                 self.rose, self.fall = True, None
             else:
                 if self.rose:  # a fall begins: judged from where it began
-                    self.rose, self.fall = False, prev
+                    self.rose, self.fall = False, (prev, prev_s)
                 self._judge_fall(t, peak, release_s)
         self.held = int(peak) if peak != hot else None
         self.demand = peak
@@ -131,26 +131,32 @@ class DemandFilter:
         ``RETRACT_WINDOWS`` windows before ``t``. A fall is judged once, when
         it passes that share (a claim given back in steps each under it is
         given back all the same)."""
-        top = self.fall
-        if top is None or top - demand <= RETRACT_SHARE * top:
+        if self.fall is None:
+            return
+        top, top_s = self.fall
+        if top - demand <= RETRACT_SHARE * top:
             return
         self.fall = None
-        if self._above_since(0.5 * (demand + top)) > t - RETRACT_WINDOWS * release_s:
+        since = self._above_since(0.5 * (demand + top), top_s)
+        if since > t - RETRACT_WINDOWS * release_s:
             self.retractions = min(
                 self.active_retractions(t, release_s) + 1, MAX_RETRACTIONS
             )
             self.retracted_total += 1
             self.retracted_s = t
 
-    def _above_since(self, mid: float) -> float:
-        """Since when the demand, or a claim above it, has stood above ``mid``
-        (-inf: all through the history). Not the reports alone: the demand
+    def _above_since(self, mid: float, until_s: float) -> float:
+        """Since when the demand, or a claim above it, stood above ``mid`` up
+        to ``until_s`` (when the fall began; -inf: all through the history, or
+        ``until_s`` is no longer in it). Not the reports alone: the demand
         holds a claim through the release window, so an estimate's noise
         around ``mid`` within a claim that lasted does not cut it short; and
         not the demand alone: a rise that waited on its confirmation was
         claimed from its first report."""
         start = -math.inf
         for t, v in reversed(self.history):
+            if t > until_s:
+                continue
             if not v > mid:
                 return start
             start = t
