@@ -31,9 +31,15 @@ from agent_host.backend import (
 from agent_host.channel import GuestChannel
 from agent_host.config import Config
 from agent_host.errors import HostError, NoSuchDomain
-from agent_host.fleet import Fleet, VmState, initial_metadata, tiered
+from agent_host.fleet import Fleet, VmState
 from agent_host.guestlink import GuestLinks
-from agent_host.metadata import TieringMetadata, metadata_xml, parse_metadata
+from agent_host.metadata import (
+    TieringMetadata,
+    initial_metadata,
+    metadata_xml,
+    parse_metadata,
+    tiered,
+)
 from agent_host.policy import (
     TIERS,
     PolicyResult,

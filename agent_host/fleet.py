@@ -20,38 +20,15 @@ from agent_host.backend import Allotment, DomainInfo, Tier
 from agent_host.channel import GuestChannel, GuestReport
 from agent_host.config import PolicyConfig
 from agent_host.demand import DemandFilter, held_peak
-from agent_host.metadata import TieringMetadata, TierMetadata
+from agent_host.metadata import TieringMetadata
 from agent_host.policy import TIERS, PolicyInputs, TierInputs, band_bytes
 from hypertier_common.arrays import F64, I64
 from hypertier_common.errors import ConfigError
 
-__all__ = ["Fleet", "VmState", "initial_metadata", "tiered"]
+__all__ = ["Fleet", "VmState"]
 
 
 _NO_LIMIT = -1  # a tier without a limit in the metadata: the device size is the limit
-
-
-def tiered(info: DomainInfo) -> bool:
-    """A VM HyperTier manages: one allotment per tier."""
-    a = info.allotments
-    return len(a) == 2 and a[0].tier is not a[1].tier
-
-
-def initial_metadata(
-    info: DomainInfo, found: TieringMetadata | None, default_class: str
-) -> TieringMetadata:
-    """The metadata of a VM first seen without one for both tiers: its current
-    allotments as reservations, its device sizes as limits, the class it had
-    (or ``default_class``)."""
-    tiers = []
-    for tier in Tier:
-        allot = info.allotment(tier)
-        assert allot is not None  # a tiered() VM has both
-        tiers.append(
-            TierMetadata(tier, allot.requested_bytes, allot.max_bytes, allot.host_nodes)
-        )
-    qos = found.qos_class if found and found.qos_class else default_class
-    return TieringMetadata(qos, tuple(tiers))
 
 
 def _ordered(info: DomainInfo) -> tuple[Allotment, Allotment]:

@@ -12,7 +12,7 @@ import decimal
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from agent_host.backend import Tier
+from agent_host.backend import DomainInfo, Tier
 from hypertier_common.cpulist import parse_cpulist
 from hypertier_common.errors import BackendError
 
@@ -21,9 +21,11 @@ __all__ = [
     "METADATA_PREFIX",
     "TierMetadata",
     "TieringMetadata",
+    "initial_metadata",
     "metadata_element",
     "metadata_xml",
     "parse_metadata",
+    "tiered",
 ]
 
 METADATA_NS = "https://hypertier.dev/xmlns/domain/1"
@@ -141,3 +143,26 @@ def parse_metadata(xml: str) -> TieringMetadata | None:
     return TieringMetadata(
         qos_class=elem.findtext(ns + "class") or "", tiers=tuple(tiers)
     )
+
+
+def tiered(info: DomainInfo) -> bool:
+    """A VM HyperTier manages: one allotment per tier."""
+    a = info.allotments
+    return len(a) == 2 and a[0].tier is not a[1].tier
+
+
+def initial_metadata(
+    info: DomainInfo, found: TieringMetadata | None, default_class: str
+) -> TieringMetadata:
+    """The metadata of a VM first seen without one for both tiers: its current
+    allotments as reservations, its device sizes as limits, the class it had
+    (or ``default_class``)."""
+    tiers = []
+    for tier in Tier:
+        allot = info.allotment(tier)
+        assert allot is not None  # a tiered() VM has both
+        tiers.append(
+            TierMetadata(tier, allot.requested_bytes, allot.max_bytes, allot.host_nodes)
+        )
+    qos = found.qos_class if found and found.qos_class else default_class
+    return TieringMetadata(qos, tuple(tiers))
