@@ -11,14 +11,14 @@ its estimate's noise) could make the other VMs shrink and grow for nothing:
 - a rise counts at once, unless the VM has lately retracted a claim: its
   demand fell (since it last rose, in one step or several, by more than
   ``RETRACT_SHARE`` of where it fell from), giving back memory it had first
-  claimed (the demand rose above the midpoint of the fall) less than
+  claimed (reported above :data:`DATE_SHARE` of the fall) less than
   ``2 * release_s`` before, i.e. a claim that lasted less than the window the
   host holds it anyway, for which the others shrank and will grow back. Each
   retraction makes the VM's next rises count only once the claim has lasted
   :func:`confirm_s`, ``release_s / 2`` doubling with each up to
   ``8 * release_s``; they are forgotten ``10 * release_s`` after the last.
-  Judged on the demand over time, not on single reports: noise, staircases
-  and warm-ups within a claim that lasted are none.
+  Judged on the claims over time, not on single steps: noise, staircases and
+  warm-ups within a claim that lasted are none.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ MAX_RETRACTIONS = 5
 # spike of +1.5 sd at 10 % (sd) expiring from the fall window).
 RETRACT_WINDOWS = 2
 RETRACT_SHARE = 0.25
+# A claim is dated from when the reports rose above this share of the way from
+# where a fall ends to where it began: above the noise of an estimate (within
+# 10 % of its level, a phase's reports stay above it for any fall that
+# counts), below the midpoint, which such noise crossed.
+DATE_SHARE = 0.25
 
 
 def confirm_s(retractions: int, release_s: float) -> float:
@@ -63,9 +68,9 @@ class DemandFilter:
     # (received_s, hot_bytes) of the reports within the release window whose
     # hot set may still be the largest (a falling sequence).
     recent: deque[tuple[float, float]] = field(default_factory=deque)
-    # (received_s, the demand or the reported hot set if larger) of every
-    # report of the last 2 * release_s, and the newest one older than that.
-    history: deque[tuple[float, float]] = field(default_factory=deque)
+    # (received_s, hot_bytes) of every report of the last 2 * release_s, and
+    # the newest one older than that.
+    claims: deque[tuple[float, float]] = field(default_factory=deque)
     # The demand the last report gave, and that report's time.
     demand: float = math.nan
     seen_s: float = -math.inf
@@ -77,7 +82,7 @@ class DemandFilter:
     # Since when a rise of the claim waits to count (None: none waits).
     waiting_s: float | None = None
     # The demand a fall under way since the demand last rose fell from, and
-    # the time of the last report before it fell, while the fall is not yet
+    # the time of the report that demand stood at, while the fall is not yet
     # judged (None: none). A fall in steps is judged as a whole, once.
     fall: tuple[float, float] | None = None
     rose: bool = False
@@ -100,8 +105,14 @@ class DemandFilter:
         does not count."""
         if t <= self.seen_s:
             return self.demand
-        prev_s, self.seen_s = self.seen_s, t
+        self.seen_s = t
+        claims = self.claims
+        claims.append((t, hot))
+        while len(claims) > 1 and claims[1][0] < t - RETRACT_WINDOWS * release_s:
+            claims.popleft()
         prev = self.demand
+        # the report the demand stands at (a fall gives back what it claimed)
+        source_s = self.recent[0][0] if self.recent else t
         noise = max(band, DEMAND_DEADBAND * (0.0 if math.isnan(prev) else prev))
         value = self._confirmed(t, hot, prev, noise, release_s)
         peak = held_peak(self.recent, t, value, release_s)
@@ -112,16 +123,10 @@ class DemandFilter:
                 self.rose, self.fall = True, None
             else:
                 if self.rose:  # a fall begins: judged from where it began
-                    self.rose, self.fall = False, (prev, prev_s)
+                    self.rose, self.fall = False, (prev, source_s)
                 self._judge_fall(t, peak, release_s)
         self.held = int(peak) if peak != hot else None
         self.demand = peak
-        # what the VM claimed, as its claim began: a rise that waits on its
-        # confirmation is claimed from its first report
-        history = self.history
-        history.append((t, max(peak, hot)))
-        while len(history) > 1 and history[1][0] < t - RETRACT_WINDOWS * release_s:
-            history.popleft()
         return peak
 
     def _judge_fall(self, t: float, demand: float, release_s: float) -> None:
@@ -137,7 +142,7 @@ class DemandFilter:
         if top - demand <= RETRACT_SHARE * top:
             return
         self.fall = None
-        since = self._above_since(0.5 * (demand + top), top_s)
+        since = self._claimed_since(demand + DATE_SHARE * (top - demand), top_s)
         if since > t - RETRACT_WINDOWS * release_s:
             self.retractions = min(
                 self.active_retractions(t, release_s) + 1, MAX_RETRACTIONS
@@ -145,19 +150,19 @@ class DemandFilter:
             self.retracted_total += 1
             self.retracted_s = t
 
-    def _above_since(self, mid: float, until_s: float) -> float:
-        """Since when the demand, or a claim above it, stood above ``mid`` up
-        to ``until_s`` (when the fall began; -inf: all through the history, or
-        ``until_s`` is no longer in it). Not the reports alone: the demand
-        holds a claim through the release window, so an estimate's noise
-        around ``mid`` within a claim that lasted does not cut it short; and
-        not the demand alone: a rise that waited on its confirmation was
-        claimed from its first report."""
+    def _claimed_since(self, level: float, source_s: float) -> float:
+        """When the claim that the report at ``source_s`` belongs to rose
+        above ``level``: the time of the first report after the last one at
+        or below ``level`` before it (-inf if it was above ``level`` all
+        through the history). The reports, not the demand: a rise that waited
+        on its confirmation is claimed from its first report, and a claim
+        given up between pulses, which the demand holds through the window,
+        is not one claim that lasted."""
         start = -math.inf
-        for t, v in reversed(self.history):
-            if t > until_s:
+        for t, v in reversed(self.claims):
+            if t > source_s:
                 continue
-            if not v > mid:
+            if v <= level:
                 return start
             start = t
         return -math.inf
