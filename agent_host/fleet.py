@@ -349,9 +349,8 @@ class Fleet:
                 # what the guest uses, at most what the host has plugged (a
                 # report may claim a block more: the goal would never be met,
                 # nor the notice forfeited)
-                rep = st.channel.latest
-                boot = int(self.boot[0, st.row])
-                r = st.row
+                rep, r = st.channel.latest, st.row
+                boot = int(self.boot[0, r])
                 used = int(max(self.requested[0, r], self.current[0, r])) + boot
                 if rep is not None:
                     used = min(used, rep.fast_used_bytes)
@@ -394,10 +393,11 @@ class Fleet:
 
         Its hot set becomes the VM's demand through the VM's
         :class:`~agent_host.demand.DemandFilter`: a change within the band or
-        5 % of the demand is noise, a fall counts once it has
-        lasted ``policy.demand_release_s``, a rise at once unless the VM
-        lately gave back claims that did not last two such windows (then once
-        it has lasted its confirmation time). Each shrink of the others costs them
+        :data:`~agent_host.demand.DEMAND_DEADBAND` of the demand is noise, a
+        fall counts once it has lasted ``policy.demand_release_s``, a rise at
+        once unless the VM lately gave back claims that did not last two such
+        windows (then once it has lasted its confirmation time). Each shrink
+        of the others costs them
         demotions, so a guest whose claim rises and falls must not make them
         shrink and grow on every turn.
 
