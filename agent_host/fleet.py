@@ -397,9 +397,8 @@ class Fleet:
         fall counts once it has lasted ``policy.demand_release_s``, a rise at
         once unless the VM lately gave back claims that did not last two such
         windows (then once it has lasted its confirmation time). Each shrink
-        of the others costs them
-        demotions, so a guest whose claim rises and falls must not make them
-        shrink and grow on every turn.
+        of the others costs them demotions, so a guest whose claim rises and
+        falls must not make them shrink and grow on every turn.
 
         A report that claims more than the host provisioned forfeits its demand
         (hot set 0, a fall like any other): the VM keeps its floors (its used
