@@ -347,10 +347,16 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     s_share = _share(slow, s_limit, weight, s_cap)
     f_new = f_target.astype(np.float64)
     rest = need - f_new
+    # Without a fresh report the slow floor, like the fast one, keeps what is
+    # plugged up to the share: uncapped, a guest that went silent (or had its
+    # channel throttled on purpose) after claiming all it had as used kept
+    # 1,024 MiB of slow memory against a share of 220 for as long as it liked.
     s_floor_f = np.maximum(
         s_res,
         np.where(
-            known, np.minimum(np.maximum(keep_alive - f_new, 0.0), s_share), s_req
+            known,
+            np.minimum(np.maximum(keep_alive - f_new, 0.0), s_share),
+            np.minimum(s_req, s_share),
         ),
     )
     s_floor = np.minimum(_align_up(s_floor_f, slow.block), slow.limit)
