@@ -421,9 +421,9 @@ class Fleet:
         why = self._implausible(rep, r)
         # a flagged report's demand is none; it never enters the window
         hot = 0.0 if why else float(rep.report.hot_bytes)
-        fast_band, slow_band = band_bytes(self.limit[:, r], self.block[:, r], policy)
+        band = float(band_bytes(self.limit[:1, r], self.block[:1, r], policy)[0])
         self.hot[r] = st.demand.update(
-            rep.received_s, hot, float(fast_band), policy.demand_release_s
+            rep.received_s, hot, band, policy.demand_release_s
         )
         # A fall of used memory, like one of demand, counts once it has lasted
         # the window: a guest swinging it report by report moved its floors
@@ -434,7 +434,8 @@ class Fleet:
         # all it had made gold and silver resize 66 / 65 times in 30 min
         # (honest: 7 / 6), now 10 / 9.
         used, t = float(rep.used_bytes), rep.received_s
-        st.used_claims.update(t, used, float(slow_band), policy.demand_release_s)
+        slow_band = float(band_bytes(self.limit[1:, r], self.block[1:, r], policy)[0])
+        st.used_claims.update(t, used, slow_band, policy.demand_release_s)
         hold = st.used_claims.hold_s(t, policy.demand_release_s)
         self.used[r] = held_peak(st.used_recent, t, used, hold)
         return why
