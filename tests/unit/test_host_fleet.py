@@ -166,8 +166,9 @@ def _used_falls(period_s: int, top_mib: int, policy: PolicyConfig) -> list[int]:
     report each ``period_s`` and 11 MiB in the others; when the used memory
     the floors see fell."""
     fleet, vm = _one_vm()
-    falls, last = [], 0.0
-    for seq, t in enumerate(range(0, 1800, 5), 1):
+    falls, last, seq = [], 0.0, 0
+    for t in range(0, 1800, 5):
+        seq += 1
         _fast_used(vm, float(t), seq, top_mib if t % period_s < 5 else 11)
         fleet.store_report(vm, policy)
         if fleet.used[vm.row] < last:
