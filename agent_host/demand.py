@@ -91,23 +91,12 @@ class DemandFilter:
     retractions: int = 0
     retracted_total: int = 0
     retracted_s: float = -math.inf
-    # Whether a rise waits its confirmation after retractions. Used memory
-    # (the floors' measure) is judged without: a floor must never lag what
-    # the guest uses, so its falls wait longer instead (:meth:`hold_s`).
-    confirm_rises: bool = True
 
     def active_retractions(self, t: float, release_s: float) -> int:
         """Retractions not yet forgotten at ``t``."""
         if release_s <= 0 or t - self.retracted_s >= FORGET_WINDOWS * release_s:
             return 0
         return self.retractions
-
-    def hold_s(self, t: float, release_s: float) -> float:
-        """How long a fall waits at ``t`` when rises are not confirmed:
-        ``release_s`` plus the confirmation time of the retractions not yet
-        forgotten (:func:`confirm_s`), so a claim pulsed faster than that is
-        held as if it lasted."""
-        return release_s + confirm_s(self.active_retractions(t, release_s), release_s)
 
     def update(self, t: float, hot: float, band: float, release_s: float) -> float:
         """The demand after a report of ``hot`` received at ``t`` (the same
@@ -183,7 +172,7 @@ class DemandFilter:
     ) -> float:
         """``hot``, or the last hot set accepted while a rise of the claim
         above the demand waits to count."""
-        if math.isnan(prev) or hot <= prev + noise or not self.confirm_rises:
+        if math.isnan(prev) or hot <= prev + noise:
             self.waiting_s = None
         else:
             if self.waiting_s is None:

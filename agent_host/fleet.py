@@ -79,13 +79,8 @@ class VmState:
     # agent does not shed its peak nor its retracted rises.
     demand: DemandFilter = field(default_factory=DemandFilter)
     # (received_s, used_bytes) of the reports whose used memory may still be
-    # the largest within the window its falls wait (demand.held_peak).
+    # the largest within the release window (demand.held_peak).
     used_recent: deque[tuple[float, float]] = field(default_factory=deque)
-    # The guest's used-memory claims, judged for retractions like its hot
-    # sets; its rises count at once (Fleet.store_report).
-    used_claims: DemandFilter = field(
-        default_factory=lambda: DemandFilter(confirm_rises=False)
-    )
 
     def __post_init__(self) -> None:
         self.allot = _ordered(self.info)
@@ -425,19 +420,12 @@ class Fleet:
         self.hot[r] = st.demand.update(
             rep.received_s, hot, band, policy.demand_release_s
         )
-        # A fall of used memory, like one of demand, counts once it has lasted
+        # a fall of used memory, like one of demand, counts once it has lasted
         # the window: a guest swinging it report by report moved its floors
-        # and made its co-tenants resize (14 / 19 times in 30 min, against
-        # 5). A VM that gives back used-memory claims it made less than two
-        # windows before (retractions, as of hot sets) has its falls wait
-        # longer still; its rises count at once: one report a minute claiming
-        # all it had made gold and silver resize 66 / 65 times in 30 min
-        # (honest: 7 / 6), now 10 / 9.
-        used, t = float(rep.used_bytes), rep.received_s
-        slow_band = float(band_bytes(self.limit[1:, r], self.block[1:, r], policy)[0])
-        st.used_claims.update(t, used, slow_band, policy.demand_release_s)
-        hold = st.used_claims.hold_s(t, policy.demand_release_s)
-        self.used[r] = held_peak(st.used_recent, t, used, hold)
+        # and made its co-tenants resize (14 / 19 times in 30 min, against 5)
+        self.used[r] = held_peak(
+            st.used_recent, rep.received_s, rep.used_bytes, policy.demand_release_s
+        )
         return why
 
     def _implausible(self, rep: GuestReport, r: int) -> str:

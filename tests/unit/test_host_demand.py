@@ -234,25 +234,3 @@ def test_a_rise_after_a_pulse_counts_once_it_has_lasted_its_wait() -> None:
     assert seen == [10, 100, 100, 100, 10, 10, 10, 10, 100, 100, 100, 10]
     assert f.retracted_total == 2
     assert confirm_s(f.active_retractions(150.0, RELEASE), RELEASE) == RELEASE
-
-
-@given(
-    reports=hs.lists(
-        hs.tuples(hs.floats(0.5, 60.0), hs.floats(0.0, 1e3)), min_size=1, max_size=80
-    )
-)
-def test_without_confirmation_a_rise_counts_at_once_and_falls_wait_longer(
-    reports: list[tuple[float, float]],
-) -> None:
-    """Used memory's filter (``confirm_rises=False``): whatever came before,
-    the demand is never more than the noise below the report just received
-    (a floor never lags), and a fall waits the window plus the confirmation
-    time of the retractions not yet forgotten."""
-    f = DemandFilter(confirm_rises=False)
-    t = 0.0
-    for dt, hot in reports:
-        t += dt
-        demand = f.update(t, hot, NOISE, RELEASE)
-        assert demand >= hot - _noise(demand)
-        active = f.active_retractions(t, RELEASE)
-        assert f.hold_s(t, RELEASE) == RELEASE + confirm_s(active, RELEASE)

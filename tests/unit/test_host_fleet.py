@@ -161,56 +161,6 @@ def test_a_fall_of_used_memory_counts_once_it_has_lasted() -> None:
     assert seen == [131, 131, 131, 131, 131, 21]  # + 10 MiB on the slow node
 
 
-def _used_falls(period_s: int, top_mib: int, policy: PolicyConfig) -> list[int]:
-    """Reports every 5 s for 30 min: ``top_mib`` used on the fast node in one
-    report each ``period_s`` and 11 MiB in the others; when the used memory
-    the floors see fell."""
-    fleet, vm = _one_vm()
-    falls, last, seq = [], 0.0, 0
-    for t in range(0, 1800, 5):
-        seq += 1
-        _fast_used(vm, float(t), seq, top_mib if t % period_s < 5 else 11)
-        fleet.store_report(vm, policy)
-        if fleet.used[vm.row] < last:
-            falls.append(t)
-        last = float(fleet.used[vm.row])
-    return falls
-
-
-def test_a_used_memory_claim_pulsed_again_and_again_is_held() -> None:
-    """One report a minute claims the whole fast node as used. Each claim
-    given back within two windows is a retraction (as of hot sets), and the
-    VM's next falls wait the confirmation time on top of the window: the
-    floors fell 30 times in 30 minutes, now twice (each pulse is still
-    judged, so the retractions stay counted). The rise of a claim counts at
-    once, every time."""
-    policy = PolicyConfig(demand_release_s=30.0)
-    falls = _used_falls(60, 121, policy)
-    assert len(falls) <= 3, falls
-    fleet, vm = _one_vm()
-    for t, used_mib in ((0, 11), (5, 121), (10, 11), (60, 11), (65, 121)):
-        _fast_used(vm, float(t), t + 1, used_mib)
-        fleet.store_report(vm, policy)
-        if used_mib == 121:
-            assert fleet.used[vm.row] == 131 * MiB  # + 10 MiB on the slow node
-
-
-def test_honest_used_phases_count_no_retraction() -> None:
-    """Used memory in phases of two windows or more (a batch job) gives back
-    no claim it made less than two windows before: its falls count after
-    the window, as before."""
-    policy = PolicyConfig(demand_release_s=30.0)
-    fleet, vm = _one_vm()
-    falls, last = 0, 0.0
-    for seq, t in enumerate(range(0, 1800, 5), 1):
-        _fast_used(vm, float(t), seq, 121 if (t // 60) % 2 == 0 else 11)
-        fleet.store_report(vm, policy)
-        falls += int(fleet.used[vm.row] < last)
-        last = float(fleet.used[vm.row])
-    assert vm.used_claims.retracted_total == 0
-    assert falls == 15  # each phase's end, 30 s after its last report
-
-
 def _fast_used(
     vm: VmState, t: float, seq: int, used_mib: int, total_mib: int = 129
 ) -> None:
