@@ -323,13 +323,9 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
     keep_alive = np.minimum(need, plugged - f_boot - s_boot)
 
     # Fast tier: share, floor, demand, fair split, then change limits.
-    f_res = fast.reservation.astype(np.float64)
     f_cap = float(inputs.fast_capacity_bytes)
     f_share = _share(fast, f_limit, weight, f_cap)
-    alive = np.minimum(np.maximum(keep_alive - s_limit, 0.0), f_share)
-    keep = np.minimum(f_req, f_share)
-    f_floor_f = np.maximum(f_res, np.where(known, alive, keep))
-    f_floor = np.minimum(_align_up(f_floor_f, fast.block), fast.limit)
+    f_floor = _floor(fast, f_share, known, np.maximum(keep_alive - s_limit, 0.0))
     f_want_f = np.where(known, hot * (1.0 + cfg.hot_headroom_ratio) - f_boot, f_req)
     f_want = np.clip(f_want_f, f_floor, f_limit)
     f_fair = _fair(fast, f_floor, f_want, weight, f_cap)
@@ -342,24 +338,11 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
 
     # Slow tier: whatever the fast tier does not hold, plus headroom; shares
     # and floors as on the fast tier.
-    s_res = slow.reservation.astype(np.float64)
     s_cap = float(inputs.slow_capacity_bytes) * cfg.slow_overcommit_ratio
     s_share = _share(slow, s_limit, weight, s_cap)
     f_new = f_target.astype(np.float64)
     rest = need - f_new
-    # Without a fresh report the slow floor, like the fast one, keeps what is
-    # plugged up to the share: uncapped, a guest that went silent (or had its
-    # channel throttled on purpose) after claiming all it had as used kept
-    # 1,024 MiB of slow memory against a share of 220 for as long as it liked.
-    s_floor_f = np.maximum(
-        s_res,
-        np.where(
-            known,
-            np.minimum(np.maximum(keep_alive - f_new, 0.0), s_share),
-            np.minimum(s_req, s_share),
-        ),
-    )
-    s_floor = np.minimum(_align_up(s_floor_f, slow.block), slow.limit)
+    s_floor = _floor(slow, s_share, known, np.maximum(keep_alive - f_new, 0.0))
     s_want_f = np.where(known, rest * (1.0 + cfg.hot_headroom_ratio), s_req)
     s_want = np.clip(s_want_f, s_floor, s_limit)
     s_fair = _fair(slow, s_floor, s_want, weight, s_cap)
@@ -368,6 +351,19 @@ def plan(inputs: PolicyInputs, cfg: PolicyConfig) -> PolicyResult:
         _result(f_share, f_floor, f_want, f_target, inputs.fast_capacity_bytes),
         _result(s_share, s_floor, s_want, s_target, s_cap),
     )
+
+
+def _floor(tier: TierInputs, share: F64, known: BoolArray, needed: F64) -> I64:
+    """Rule 2 on one tier: what each VM with a fresh report (``known``) needs
+    there, and what each without one has, capped by its share, at least its
+    reservation, in whole blocks within the limit. The cap holds either way:
+    with the slow tier uncapped for VMs without a report, a guest that claimed
+    all it had as used and then went silent (or had its channel throttled on
+    purpose) kept 1,024 MiB of slow memory against a share of 220."""
+    held = np.where(known, needed, tier.requested.astype(np.float64))
+    floor = np.maximum(tier.reservation.astype(np.float64), np.minimum(held, share))
+    out: I64 = np.minimum(_align_up(floor, tier.block), tier.limit)
+    return out
 
 
 def _share(tier: TierInputs, limit: F64, weight: F64, cap: float) -> F64:
