@@ -79,7 +79,7 @@ class Harness:
 
 
 class EmuHarness(Harness):
-    """The emulator with no PMU, like this CI machine."""
+    """The emulator with no PMU, like a VM without a virtual PMU."""
 
     def __init__(self) -> None:
         from emu.backends.guest import EmuGuestBackend
