@@ -55,6 +55,17 @@ def _ratio(text: str) -> int:
     return int(slow)
 
 
+def trace_layout(text: str) -> str:
+    """A ``--trace-layout`` value: one of :data:`emu.workloads.trace.LAYOUTS`."""
+    from emu.workloads.trace import LAYOUTS
+
+    if text not in LAYOUTS:
+        raise argparse.ArgumentTypeError(
+            f"trace layout {text!r} is not one of {', '.join(LAYOUTS)}"
+        )
+    return text
+
+
 # The flags that override a field of the preset's Matrix, in --help order:
 # (flag, the Matrix field, the parser of its value, help).
 _OVERRIDES: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
@@ -92,6 +103,13 @@ _OVERRIDES: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
         int,
         "LLC misses per VM of trace workloads (default: the preset's; "
         "--accesses alone sets both)",
+    ),
+    (
+        "--trace-layout",
+        "trace_layout",
+        trace_layout,
+        "where a trace's pages sit in the replayed mapping: touch (first-touch "
+        "order, the default) or address (recorded address order, holes left out)",
     ),
     ("--epoch-s", "epoch_s", float, "policy epoch (virtual s)"),
     ("--max-s", "max_s", float, "virtual time limit per run"),

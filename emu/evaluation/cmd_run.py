@@ -7,13 +7,14 @@ import sys
 import time
 from pathlib import Path
 
+from emu.evaluation.cmd_compare import trace_layout
 from emu.evaluation.plots import write_plots
 from emu.evaluation.report import format_table, report_doc, run_entry, write_json
 from emu.evaluation.runner import RunResult, default_scenario, run_scenario
 from emu.machine import PAGE_SIZE
 from emu.machine.params import PROFILES, Params
 from emu.policies import VmSpec
-from emu.workloads import make_workload
+from emu.workloads import TRACE_PREFIX, make_workload
 
 __all__ = ["add_arguments", "main"]
 
@@ -68,6 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --workload: LLC misses to run (default: one pass of a trace, "
         "60 M x scale otherwise; a trace wraps around)",
     )
+    parser.add_argument(
+        "--trace-layout",
+        type=trace_layout,
+        default="touch",
+        help="with --workload trace:FILE: where its pages sit in the replayed "
+        "mapping: touch (first-touch order) or address (recorded address order, "
+        "holes left out) (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed")
     parser.add_argument(
         "--json",
@@ -104,6 +113,7 @@ def _one_vm(args: argparse.Namespace) -> VmSpec:
         accesses,
         seed=1,
         fast_max_bytes=2 * int(npages * PAGE_SIZE * args.fast_fraction),
+        trace_layout=args.trace_layout,
     )
 
 
@@ -181,6 +191,11 @@ def main(args: argparse.Namespace) -> int:
         "policies": names,
         "workload": args.workload,
         "fast_fraction": args.fast_fraction if args.workload else None,
+        "trace_layout": (
+            args.trace_layout
+            if args.workload and args.workload.startswith(TRACE_PREFIX)
+            else None
+        ),
         "wall_s": round(wall, 3),
     }
     setup = {"profile": args.profile, "vms": len(specs), "seed": args.seed}

@@ -69,6 +69,8 @@ class Matrix:
     # explicit VM sets (emu.evaluation.tenants.SCENARIOS); with any, the cells are
     # scenario x profile x policy and workloads, ratios and vms are unused
     scenarios: tuple[str, ...] = ()
+    # where a trace's pages sit in the replayed mapping (emu.workloads.trace.LAYOUTS)
+    trace_layout: str = "touch"
 
 
 SYNTHETIC = ("gups", "kv-zipf", "btree", "bfs", "pagerank", "xsbench", "liblinear")
@@ -142,6 +144,7 @@ class Cell:
     max_s: float
     seed: int
     scenario: str = ""  # an explicit VM set; then workload is unused
+    trace_layout: str = "touch"  # of a trace workload (emu.workloads.trace.LAYOUTS)
 
     @property
     def label(self) -> str:
@@ -177,7 +180,7 @@ def cells_of(matrix: Matrix) -> list[Cell]:
 
     return [
         Cell(w, p, prof, r, n, matrix.npages, accesses(w), matrix.epoch_s,
-             matrix.max_s, matrix.seed)
+             matrix.max_s, matrix.seed, trace_layout=matrix.trace_layout)
         for w in matrix.workloads
         for prof in matrix.profiles
         for r in matrix.ratios
@@ -210,6 +213,7 @@ def specs_of(cell: Cell) -> list[VmSpec]:
             slow_bytes=slow,
             total_accesses=cell.accesses,
             seed=i + 1,
+            trace_layout=cell.trace_layout,
         )
         for i in range(cell.vms)
     ]

@@ -120,6 +120,7 @@ def build_world(
     ``host_slow_bytes`` (default: twice the sum of the slow allotments).
     """
     from emu.workloads import make_workload
+    from emu.workloads.trace import TraceWorkload
 
     # VM nodes are whole virtio-mem blocks; the host holds exactly what they plug.
     blk = params.block_bytes
@@ -143,6 +144,8 @@ def build_world(
         wl = make_workload(
             s.workload, s.npages, seed=seed * 1000 + s.seed, **dict(s.workload_options)
         )
+        if isinstance(wl, TraceWorkload) and isinstance(s.workload, str):
+            wl = wl.laid_out(s.trace_layout)
         pids[s.name] = world.spawn(s.name, wl, s.total_accesses, prefault=wl.prefault)
     return world, pids
 

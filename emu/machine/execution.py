@@ -50,6 +50,15 @@ def _tlb_reach(vpn: np.ndarray, npages: int, entries: int) -> tuple[float, float
     return hits, distinct / nwin
 
 
+def _first_touch_order(vpn: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """The pages ``missing`` marks, in the order the accesses ``vpn`` first
+    touch them (first touch allocates in that order: the first ones get the
+    fast node while it has room)."""
+    pages, first = np.unique(vpn[missing[vpn]], return_index=True)
+    out: np.ndarray = pages[np.argsort(first, kind="stable")].astype(np.int64)
+    return out
+
+
 class Execution(Tracking):
     """The clock listener that runs every VM's processes."""
 
@@ -98,7 +107,7 @@ class Execution(Tracking):
         touched = counts > 0
         missing = touched & (proc.pt < 0)
         if missing.any():
-            self._fault_in(vm, proc, np.flatnonzero(missing).astype(np.int64))
+            self._fault_in(vm, proc, _first_touch_order(vpn, missing))
         tiers = self._page_tiers(vm, proc)
         fast_n = int(counts[tiers == FAST].sum())
         slow_n = n - fast_n

@@ -70,6 +70,8 @@ class VmSpec:
     fast_reservation_bytes: int | None = None
     # keyword arguments of the workload's constructor, e.g. (("hot_fraction", 0.5),)
     workload_options: tuple[tuple[str, float], ...] = ()
+    # where a trace workload's pages sit in its mapping (emu.workloads.trace.LAYOUTS)
+    trace_layout: str = "touch"
 
 
 class Policy(Protocol):

@@ -23,11 +23,13 @@ from hypertier_common.arrays import F64, I32, I64, U64, BoolArray
 
 __all__ = [
     "FORMAT",
+    "LAYOUTS",
     "VERSION",
     "LlcFilter",
     "PageNumbering",
     "Trace",
     "TraceWorkload",
+    "address_rank",
     "build_trace",
     "load_trace",
 ]
@@ -131,6 +133,21 @@ def _cached(path: str) -> Trace:
 
 
 # ------------------------------------------------------------------ replay
+# Where the replayed process's page i sits in its one emulated mapping:
+# "touch", at i (pages in first-touch order); "address", at the rank of the
+# page's recorded virtual address (the touched pages in address order, the
+# holes between them left out), which is the layout an agent that classifies
+# by address ranges sees in the real program.
+LAYOUTS = ("touch", "address")
+
+
+def address_rank(pages: U64) -> npt.NDArray[np.int32]:
+    """For each page index, its rank among ``pages`` in address order."""
+    rank = np.empty(len(pages), np.int32)
+    rank[np.argsort(pages, kind="stable")] = np.arange(len(pages), dtype=np.int32)
+    return rank
+
+
 class TraceWorkload(Workload, name="trace", mlp=2.0, write_fraction=0.0):
     """Replays a trace in recorded order, from the start, wrapping at its end.
 
@@ -142,15 +159,26 @@ class TraceWorkload(Workload, name="trace", mlp=2.0, write_fraction=0.0):
 
     prefault = False
 
-    def __init__(self, trace: Trace, name: str = "trace", mlp: float = 2.0) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        name: str = "trace",
+        mlp: float = 2.0,
+        layout: str = "touch",
+    ) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"trace layout {layout!r} not one of {LAYOUTS}")
         self.trace = trace
         self.name = name
         self.mlp = mlp
+        self.layout = layout
         self.npages = trace.npages
         self.phase = 0
         self.streams = []
         self.stream_share = 0.0
         self._acc = trace.accesses.astype(np.int32)  # generate returns views
+        if layout == "address":
+            self._acc = address_rank(trace.pages)[self._acc]
         self._writes = trace.writes
         w = trace.writes
         self.write_fraction = float(w.mean()) if w is not None else 0.0
@@ -167,8 +195,17 @@ class TraceWorkload(Workload, name="trace", mlp=2.0, write_fraction=0.0):
         p = Path(path)
         shipped = SHIPPED_DIR / f"{path}.npz"
         if not p.exists() and shipped.is_file():
-            return cls(_cached(str(shipped)), name=f"trace:{path}", mlp=mlp)
-        return cls(_cached(str(p.resolve())), name=f"trace:{p}", mlp=mlp)
+            trace, name = _cached(str(shipped)), f"trace:{path}"
+        else:
+            trace, name = _cached(str(p.resolve())), f"trace:{p}"
+        return cls(trace, name=name, mlp=mlp)
+
+    def laid_out(self, layout: str) -> TraceWorkload:
+        """This trace's replay with its pages laid out as ``layout`` (a new
+        replay from the start; itself if they already are)."""
+        if layout == self.layout:
+            return self
+        return TraceWorkload(self.trace, self.name, self.mlp, layout)
 
     def _segment_at(self, pos: int) -> int:
         return int(np.searchsorted(self._bounds, pos, side="right")) - 1
