@@ -350,21 +350,42 @@ def clearly_denser(
     min_gain: float,
     z: float | F64,
 ) -> BoolArray:
-    """Per pair: is the hot unit denser than ``(1 + min_gain)`` x the cold one's
-    plausible density, beyond Poisson noise?
+    """Per pair: is the hot unit denser than ``(1 + min_gain)`` x the cold one,
+    beyond sampling noise?
 
-    The cold side counts at its upper bound (``z`` standard errors); the hot
-    side's sample count is tested against the count that bound predicts, with
-    Anscombe's variance-stabilising transform (``2 sqrt(n + 3/8)`` is close to
-    unit-variance normal even for a handful of samples, where ``n +- sqrt(n)``
-    is not: 4 samples against ~0 expected are strong evidence).
+    Counts go through Anscombe's variance-stabilising transform (``2 sqrt(n +
+    3/8)`` is close to unit-variance normal even for a handful of samples,
+    where ``n +- sqrt(n)`` is not: 4 samples against ~0 expected are strong
+    evidence). With ``r`` one cold sample in the hot unit's samples
+    (``(1 + min_gain) s_cold / s_hot``, ``s`` the density of one sample), the
+    hot count ``2 sqrt(n_hot + 3/8)`` must exceed the cold one's
+    ``2 sqrt(r (n_cold + 3/8))`` by a margin:
+
+    - for a unit whose estimate may drift beyond Poisson noise (a range's
+      decayed count, a page whose range's pages differ only by chance), the
+      cold unit counts at its upper bound (``z`` standard errors) and the hot
+      count must exceed the count that bound predicts by ``z`` more;
+    - for a resolved page whose range's pages differ beyond Poisson noise
+      (``trust`` 1, :meth:`Candidates.trusted`), both counts are Poisson
+      evidence and their noises add in variance: ``z sqrt(1 + r (n_cold + 1)
+      / (n_cold + 3/8))`` (the cold estimate's ``sqrt(n + 1)`` carried through
+      the transform), where the first margin asks two pages of equal counts
+      for about ``z (1 + sqrt r)``;
+
+    in proportion between (as :func:`pair_z`).
     """
     n_hot, s_hot = _counts(hot)
     n_cold, s_cold = _counts(cold)
-    bound = s_cold * (n_cold + z * np.sqrt(n_cold + 1.0)) * (1.0 + min_gain)
-    expect = bound / s_hot  # in the hot unit's samples
-    stat = 2.0 * (np.sqrt(n_hot + 0.375) - np.sqrt(expect + 0.375))
-    ok: BoolArray = (stat > z) & (hot.density > (1.0 + min_gain) * cold.density)
+    r = (1.0 + min_gain) * s_cold / s_hot  # one cold sample, in hot samples
+    at_cold = 2.0 * np.sqrt(r * (n_cold + 0.375))
+    diff = 2.0 * np.sqrt(n_hot + 0.375) - at_cold
+    bound = r * (n_cold + z * np.sqrt(n_cold + 1.0))  # upper bound, hot samples
+    upper = z + 2.0 * np.sqrt(bound + 0.375) - at_cold
+    joint = z * np.sqrt(1.0 + r * (n_cold + 1.0) / (n_cold + 0.375))
+    trust = hot.trusted()
+    ok: BoolArray = (diff > (1.0 - trust) * upper + trust * joint) & (
+        hot.density > (1.0 + min_gain) * cold.density
+    )
     return ok
 
 

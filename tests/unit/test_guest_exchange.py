@@ -763,3 +763,22 @@ def test_pair_z_lies_between_the_plain_and_the_own_count_z(
     joined = hot.then(_unit(1.0))
     assert joined.trust is not None
     assert joined.trust[-1] == 0.0
+
+
+def test_trusted_page_counts_add_their_noise_in_variance() -> None:
+    """21 samples against a page's 8 (same unit, z 1.58): the two Poisson
+    noises add in variance where the hot page's range is overdispersed
+    (trust 1); a unit whose estimate may drift keeps the cold side's upper
+    bound plus z (trust 0); equal counts never pass either way."""
+    cold = _unit(8.0)
+    z = 1.58
+    assert clearly_denser(_unit(21.0, 1.0), cold, 0.25, z)[0]
+    assert not clearly_denser(_unit(21.0, 0.0), cold, 0.25, z)[0]
+    assert not clearly_denser(_unit(21.0), cold, 0.25, z)[0]
+    assert not clearly_denser(_unit(10.0, 1.0), cold, 0.25, z)[0]
+    # trust moves the margin monotonically between the two tests
+    passes = [
+        bool(clearly_denser(_unit(21.0, t), cold, 0.25, z)[0])
+        for t in np.linspace(0.0, 1.0, 11)
+    ]
+    assert passes == sorted(passes)
