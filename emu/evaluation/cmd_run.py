@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from emu.evaluation.cmd_compare import trace_layout
+from emu.evaluation.compare import PRESETS
 from emu.evaluation.plots import write_plots
 from emu.evaluation.report import format_table, report_doc, run_entry, write_json
 from emu.evaluation.runner import RunResult, default_scenario, run_scenario
@@ -19,6 +20,8 @@ from emu.workloads import TRACE_PREFIX, make_workload
 __all__ = ["add_arguments", "main"]
 
 DEFAULT_POLICIES = "none,all-fast,hypertier"
+# LLC misses of a --workload run at scale 1 (a trace: the default comparison's)
+SYNTHETIC_ACCESSES = 60_000_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--accesses",
         type=int,
-        help="with --workload: LLC misses to run (default: one pass of a trace, "
-        "60 M x scale otherwise; a trace wraps around)",
+        help="with --workload: LLC misses to run (default x scale: 60 M; for a "
+        "trace, as the default comparison runs it, 600 M, wrapping around: long "
+        "enough to pay migrations back, where one pass of a trace may last "
+        "tens of emulated ms)",
     )
     parser.add_argument(
         "--trace-layout",
@@ -95,11 +100,11 @@ def _one_vm(args: argparse.Namespace) -> VmSpec:
     wl = make_workload(args.workload, int(98_304 * args.scale), seed=args.seed)
     accesses = args.accesses
     if accesses is None:
-        accesses = (
-            len(wl.trace.accesses)
-            if isinstance(wl, TraceWorkload)
-            else int(60_000_000 * args.scale)
-        )
+        per_scale = SYNTHETIC_ACCESSES
+        if isinstance(wl, TraceWorkload):
+            preset = PRESETS["default"]
+            per_scale = preset.trace_accesses or preset.accesses
+        accesses = int(per_scale * args.scale)
     if accesses < 1:
         raise ValueError("--accesses must be >= 1")
     npages = wl.npages

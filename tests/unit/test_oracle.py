@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from emu.evaluation import cmd_run
 from emu.evaluation.cli import main as cli_main
-from emu.evaluation.compare import Cell, format_cells, run_cell
+from emu.evaluation.compare import PRESETS, Cell, format_cells, run_cell
 from emu.evaluation.report import summarize
 from emu.evaluation.runner import run_scenario
 from emu.machine import PAGE_SIZE
@@ -166,7 +168,7 @@ def test_run_report_shows_hit_vs_oracle_per_vm(
     assert rows["none"]["elapsed_s"] is not None
 
 
-def test_run_replays_a_trace_once_by_default(
+def test_run_replays_a_trace_for_the_misses_asked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rng = np.random.default_rng(1)
@@ -176,13 +178,34 @@ def test_run_replays_a_trace_once_by_default(
     )
     rc = cli_main(
         ["run", "--workload", f"trace:{tmp_path / 't.npz'}", "--policies", "none",
-         "--no-plots", "--json", "--out", str(tmp_path)]
+         "--no-plots", "--json", "--out", str(tmp_path), "--accesses", "250000"]
     )  # fmt: skip
     assert rc == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["workload"] == f"trace:{tmp_path / 't.npz'}"
     doc = json.loads((tmp_path / "report.json").read_text())
-    assert doc["runs"][0]["accesses"] == len(acc)
+    assert doc["runs"][0]["accesses"] == 250_000  # 2.4 passes: it wraps around
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_run_replays_a_trace_as_long_as_the_default_comparison(
+    tmp_path: Path, scale: float
+) -> None:
+    """One pass of a trace may last tens of emulated ms, in which no policy can
+    pay a migration back: by default ``run`` replays it as ``compare`` does."""
+    Trace(np.arange(64, dtype=np.uint64), np.arange(64, dtype=np.uint32)).save(
+        tmp_path / "t.npz"
+    )
+    parser = argparse.ArgumentParser()
+    cmd_run.add_arguments(parser)
+    args = parser.parse_args(
+        ["--workload", f"trace:{tmp_path / 't.npz'}", "--scale", str(scale)]
+    )
+    want = PRESETS["default"].trace_accesses
+    assert want is not None
+    assert cmd_run._one_vm(args).total_accesses == int(want * scale)
+    gups = parser.parse_args(["--workload", "gups", "--scale", str(scale)])
+    assert cmd_run._one_vm(gups).total_accesses == int(60_000_000 * scale)
 
 
 def test_compare_cells_report_hit_vs_oracle() -> None:

@@ -278,6 +278,8 @@ def test_run_replays_a_trace_in_address_order(
         "--no-plots",
         "--out",
         str(tmp_path / "out"),
+        "--accesses",
+        "100000",
         "--trace-layout",
     ]
     assert cli_main([*argv, "address"]) == 0
