@@ -32,6 +32,7 @@ from agent_guest.selection import select_hot
 from hypertier_common.errors import AccessDenied
 
 BASE = 0x7F0000000000
+COLD_BASE = BASE + (1 << 30)  # where the cold candidates' pages start
 
 
 class _Clock:
@@ -46,12 +47,21 @@ class _Clock:
         return event.is_set()
 
 
-def _cands(n: int, density: float, pid: int = 1, base: int = BASE) -> Candidates:
+def _cands(
+    n: int,
+    density: float | npt.ArrayLike,
+    *,
+    noise: float | npt.ArrayLike = 0.1,
+    pid: int = 1,
+    base: int = BASE,
+) -> Candidates:
+    """``n`` consecutive pages of ``pid`` from ``base`` with ``density`` and
+    ``noise`` (each one value for all pages or one per page)."""
     return Candidates(
         np.full(n, pid, np.int32),
         (base + np.arange(n, dtype=np.uint64) * 4096).astype(np.uint64),
-        np.full(n, density),
-        np.full(n, 0.1),
+        np.full(n, density, np.float64),
+        np.full(n, noise, np.float64),
     )
 
 
@@ -117,12 +127,8 @@ def test_a_round_goes_only_where_it_pays_for_its_calls_and_pages() -> None:
 def test_the_paying_prefix_stops_where_the_next_batch_costs_more() -> None:
     # 16 swaps worth 40 samples each, then 16 worth 1: the second batch's two
     # calls (200 us) and 32 pages cost more than its 16 us
-    hot = _cands(32, 1.0)
-    hot = Candidates(
-        hot.pid, hot.addr, np.r_[np.full(16, 40.0), np.full(16, 1.0)] / PER_PAGE,
-        hot.noise,
-    )  # fmt: skip
-    cold = _cands(32, 0.0, base=BASE + (1 << 30))
+    hot = _cands(32, np.r_[np.full(16, 40.0), np.full(16, 1.0)] / PER_PAGE)
+    cold = _cands(32, 0.0, base=COLD_BASE)
     assert paying_prefix(hot, cold, 0, 16, COST) == 16
     # into free room a move is one page and one call per batch
     assert paying_prefix(hot, cold, 32, 16, COST) == 16
@@ -141,12 +147,8 @@ def test_the_cost_gate_only_shortens_the_optional_moves(
     n_hot: int, n_cold: int, free: int, budget: int, sample_ns: float, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
-    hot = _cands(n_hot, 1.0)
-    hot = Candidates(hot.pid, hot.addr, np.sort(rng.uniform(0, 500, n_hot))[::-1],
-                     hot.noise)  # fmt: skip
-    cold = _cands(n_cold, 1.0, base=BASE + (1 << 30))
-    cold = Candidates(cold.pid, cold.addr, np.sort(rng.uniform(0, 50, n_cold)),
-                      cold.noise)  # fmt: skip
+    hot = _cands(n_hot, np.sort(rng.uniform(0, 500, n_hot))[::-1])
+    cold = _cands(n_cold, np.sort(rng.uniform(0, 50, n_cold)), base=COLD_BASE)
     cost = MoveCost(100e3, 1e3, sample_ns)
     plain = plan_exchange(hot, cold, free, budget, 8)
     gated = plan_exchange(hot, cold, free, budget, 8, cost=cost)
@@ -169,9 +171,8 @@ def test_only_candidates_more_samples_can_move_are_waiting() -> None:
     assert waiting_value(hot, Candidates.empty(), 4, 1, no, 0.25)[0] == 3
     # swaps: one clearly denser than its cold page waits, one lost in the noise
     # of a range that will not gather more evidence does not
-    cold = _cands(4, 0.0, base=BASE + (1 << 30))
-    noisy = Candidates(hot.pid, hot.addr, np.r_[500.0, 500.0, 1.0, 1.0],
-                       np.r_[0.1, 0.1, 5.0, 5.0])  # fmt: skip
+    cold = _cands(4, 0.0, base=COLD_BASE)
+    noisy = _cands(4, np.r_[500.0, 500.0, 1.0, 1.0], noise=np.r_[0.1, 0.1, 5.0, 5.0])
     assert waiting_value(noisy, cold, 0, 0, no, 0.25)[0] == 2
     # ... unless it is a resolved page, whose count grows with samples
     resolved = np.array([False, False, False, True])
@@ -187,9 +188,8 @@ def test_a_candidate_waits_only_if_its_move_would_pay_at_its_estimate() -> None:
     gate defers every round, and whose estimate, even exact, does not pay a
     round's two move_pages calls, held the sampler unsettled for 1.2 s."""
     resolved = np.ones(1, bool)
-    hot = Candidates(np.ones(1, np.int32), np.full(1, BASE, np.uint64),
-                     np.r_[10.2], np.r_[6.8])  # fmt: skip
-    cold = _cands(1, 0.2, base=BASE + (1 << 30))
+    hot = _cands(1, 10.2, noise=6.8)
+    cold = _cands(1, 0.2, base=COLD_BASE)
     assert waiting_value(hot, cold, 0, 0, resolved, 0.25)[0] == 1  # no cost: it waits
     # a sample of density moved is worth 12 µs; 10 of density per MiB is 0.04
     # samples a page: 0.5 ms saved against 1 ms of calls, even if exact
@@ -214,9 +214,8 @@ def test_a_candidate_waits_only_if_its_move_would_pay_at_its_estimate() -> None:
                          batch_pages=512) == (1, 0, 0.0)  # fmt: skip
     assert waiting_value(hot, cold, 0, 0, resolved, 0.25) == (1, 1, 0.0)
     # many such pages pay together where one alone does not
-    many = Candidates(np.ones(8, np.int32), BASE + np.arange(8, dtype=np.uint64)
-                      * np.uint64(4096), np.full(8, 10.2), np.full(8, 6.8))  # fmt: skip
-    colds = _cands(8, 0.2, base=BASE + (1 << 30))
+    many = _cands(8, 10.2, noise=6.8)
+    colds = _cands(8, 0.2, base=COLD_BASE)
     assert waiting_value(many, colds, 0, 0, np.ones(8, bool), 0.25, cost=cost,
                          batch_pages=512).paying == 8  # fmt: skip
 
@@ -227,7 +226,7 @@ def test_waiting_moves_are_worth_their_shrunk_estimates() -> None:
     boost on to the end of the run; shrunk toward their ranges' mean page
     they are worth less, and the count that waits is the same."""
     cost = MoveCost(500e3, 3e3, 4 * 12.2e6)
-    cold = _cands(1, 0.2, base=BASE + (1 << 30))
+    cold = _cands(1, 0.2, base=COLD_BASE)
     resolved = np.ones(1, bool)
 
     def page(shrunk: float | None) -> Candidates:
@@ -290,12 +289,13 @@ def test_waiting_candidates_are_unmoved_and_include_every_resolved_one(
     n: int, n_cold: int, free: int, moved: int, seed: int, priced: bool
 ) -> None:
     rng = np.random.default_rng(seed)
-    hot = _cands(n, 0.0)
-    hot = Candidates(hot.pid, hot.addr, np.sort(rng.uniform(0, 100, n))[::-1],
-                     rng.uniform(0, 10, n))  # fmt: skip
-    cold = _cands(n_cold, 0.0, base=BASE + (1 << 30))
-    cold = Candidates(cold.pid, cold.addr, np.sort(rng.uniform(0, 10, n_cold)),
-                      rng.uniform(0, 2, n_cold))  # fmt: skip
+    hot = _cands(n, np.sort(rng.uniform(0, 100, n))[::-1], noise=rng.uniform(0, 10, n))
+    cold = _cands(
+        n_cold,
+        np.sort(rng.uniform(0, 10, n_cold)),
+        noise=rng.uniform(0, 2, n_cold),
+        base=COLD_BASE,
+    )
     resolved = rng.random(n) < 0.3
     w, paying, _ = waiting_value(hot, cold, free, moved, resolved, 0.25)
     assert paying == w
@@ -312,25 +312,21 @@ def test_waiting_candidates_are_unmoved_and_include_every_resolved_one(
 
 def test_noisy_densities_never_swap() -> None:
     """~5 samples where a precise cold estimate predicts 2.5: Poisson noise."""
-    hot = _cands(4, 10.0)
+    noisy = _cands(4, 10.0, noise=5.0)
     cold = _cands(4, 5.0)
-    noisy = Candidates(hot.pid, hot.addr, hot.density, np.full(4, 5.0))
     assert plan_exchange(noisy, cold, 0, 100, 16, z=2.0) == []
 
 
 def test_a_few_samples_against_none_are_evidence() -> None:
     """4 samples where the cold side predicts ~0.1: swap, though 4 +- 2.2 at two
     standard errors would include zero."""
-    hot = _cands(4, 4.0)
-    few = Candidates(hot.pid, hot.addr, hot.density, np.full(4, np.sqrt(5.0)))
-    cold = Candidates(
-        hot.pid, hot.addr + np.uint64(1 << 30), np.zeros(4), np.full(4, 0.05)
-    )
+    few = _cands(4, 4.0, noise=np.sqrt(5.0))
+    cold = _cands(4, 0.0, noise=0.05, base=COLD_BASE)
     assert _sizes(plan_exchange(few, cold, 0, 100, 16, z=2.0)) == [
         ("slow", 4),
         ("fast", 4),
     ]
-    fewer = Candidates(hot.pid, hot.addr, np.full(4, 1.0), np.full(4, np.sqrt(2.0)))
+    fewer = _cands(4, 1.0, noise=np.sqrt(2.0))
     assert plan_exchange(fewer, cold, 0, 100, 16, z=2.0) == []
 
 
