@@ -1,11 +1,11 @@
 """Fuzz the host side of the wire format: decode, LineReader and GuestChannel.
 
 Hypothesis drives every test. Plain examples are too slow to reach 100 k inputs
-in CI time, so most examples expand into a batch: hypothesis draws a seed and a
-valid message, and a mutator (``random.Random(seed)``) derives ``BATCH``
-corrupted variants (bit flips, truncation, splices, junk fields, nesting,
-huge numbers). Total inputs per run: see ``INPUTS`` (>= 100 k). Nothing may raise
-anything but WireError, and buffers stay bounded by MAX_LINE_BYTES.
+in CI time, so most examples expand into a batch (:class:`_Batch`): hypothesis
+draws a seed and a valid message, and a mutator (``random.Random(seed)``) derives
+``BATCH`` corrupted variants (bit flips, truncation, splices, junk fields,
+nesting, huge numbers). Total inputs per run: see ``INPUTS`` (>= 100 k). Nothing
+may raise anything but WireError, and buffers stay bounded by MAX_LINE_BYTES.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import json
 import os
 import random
 import tracemalloc
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +25,7 @@ import hypertier_wire as wire
 from agent_host.channel import GuestChannel
 from agent_host.config import ChannelConfig
 
+T = TypeVar("T")
 GiB = 1 << 30
 BATCH = 100
 # HYPERTIER_FUZZ_SCALE shrinks the run for quick local iterations (CI runs 1.0).
@@ -99,6 +102,30 @@ _valid = st.one_of(
     ),
 )
 
+
+@dataclass(frozen=True)
+class _Batch(Generic[T]):
+    """``BATCH`` variants that ``derive(rng, line)`` makes of one valid message's
+    encoded line, ``rng`` being ``random.Random(seed)``. A failing example
+    prints as its message and seed, not as the variants."""
+
+    msg: wire.Message
+    seed: int
+    derive: Callable[[random.Random, bytes], T] = field(repr=False)
+
+    def __iter__(self) -> Iterator[T]:
+        rng = random.Random(self.seed)
+        line = wire.encode(self.msg)
+        for _ in range(BATCH):
+            yield self.derive(rng, line)
+
+
+def _batches(
+    derive: Callable[[random.Random, bytes], T],
+) -> st.SearchStrategy[_Batch[T]]:
+    return st.builds(_Batch, _valid, st.integers(0, 1 << 32), st.just(derive))
+
+
 _JUNK: list[Any] = [
     None, True, -1, 1 << 64, -(1 << 70), 1e308, -0.0, "x" * 100, "\u0000", "\ud800",
     [], {}, [[[[[]]]]], {"a": {"b": {"c": 1}}}, "fast", "slow", 1.5, "1",
@@ -106,7 +133,8 @@ _JUNK: list[Any] = [
 
 
 def _mutate(rng: random.Random, line: bytes) -> bytes:
-    """One corrupted variant of a valid message line."""
+    """One corrupted variant of a valid message's line (its newline dropped)."""
+    line = line.rstrip(b"\n")
     op = rng.randrange(9)
     b = bytearray(line)
     if op == 0 and b:  # flip bits
@@ -146,14 +174,10 @@ def test_decode_random_bytes_only_raises_wire_error(line: bytes) -> None:
 
 
 @_settings(EXAMPLES["mutants"])
-@given(_valid, st.integers(0, 1 << 32))
-def test_decode_mutated_messages_only_raises_wire_error(
-    msg: wire.Message, seed: int
-) -> None:
-    rng = random.Random(seed)
-    line = wire.encode(msg).rstrip(b"\n")
-    for _ in range(BATCH):
-        _decode_or_wire_error(_mutate(rng, line))
+@given(_batches(_mutate))
+def test_decode_mutated_messages_only_raises_wire_error(mutants: _Batch[bytes]) -> None:
+    for line in mutants:
+        _decode_or_wire_error(line)
 
 
 _scalars = (
@@ -222,14 +246,11 @@ def _stream(rng: random.Random, valid: bytes) -> list[bytes]:
 
 
 @_settings(EXAMPLES["streams"])
-@given(_valid, st.integers(0, 1 << 32))
+@given(_batches(_stream))
 def test_line_reader_is_bounded_and_lossless_for_short_lines(
-    msg: wire.Message, seed: int
+    streams: _Batch[list[bytes]],
 ) -> None:
-    rng = random.Random(seed)
-    valid = wire.encode(msg)
-    for _ in range(BATCH):
-        chunks = _stream(rng, valid)
+    for chunks in streams:
         reader = wire.LineReader()
         got: list[bytes] = []
         for chunk in chunks:
