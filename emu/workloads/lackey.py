@@ -45,6 +45,14 @@ _OPEN = re.compile(
 _ASYNC_DONE = re.compile(
     r"SYSCALL\[(\d+),(\d+)\]\((\d+)\) \.\.\. \[async\] --> Success\((0x[0-9a-fA-F]+)\)"
 )
+# valgrind's own note on a fork(2), vfork(2) or process-creating clone(2)
+_CHILD = re.compile(r"created child (\d+)")
+# execve(2)/execveat(2); a failed one has its "--> ...Failure(...)" on the same line,
+# a successful one nothing: the process image (valgrind included) is gone
+_EXEC = re.compile(
+    r"SYSCALL\[\d+,\d+\]\(\d+\) sys_execve(?:at)? "
+    r"\((?: *\d+,)? *0x[0-9a-fA-F]+\(([^)]*)\)"
+)
 
 
 @dataclass
@@ -65,6 +73,12 @@ class LackeyParser:
     pread64(2) and recvfrom(2) becomes stores of its cache lines at the point the
     syscall returned, since lackey does not see the kernel's writes. An open(2)
     or openat(2) of ``marker_path`` (successful or not) marks a phase boundary.
+
+    The log is the traced process's alone (``--child-silent-after-fork=yes``):
+    ``children`` lists the processes it started, whose accesses are not in it,
+    and ``exec_path`` the program it replaced itself with by a successful
+    execve(2), after which nothing is traced (valgrind does not follow exec
+    without ``--trace-children=yes``, and with it the children would log too).
     """
 
     def __init__(self, marker_path: str | None = None) -> None:
@@ -73,6 +87,9 @@ class LackeyParser:
         self._pending: dict[tuple[str, str, str], int] = {}
         self.accesses = 0
         self.kernel_bytes = 0
+        self.children: list[int] = []
+        self.exec_path: str | None = None
+        self._exec_line = -1  # line of exec_path's execve in the block parsed
 
     def feed(self, data: bytes) -> ParsedBlock:
         """Parse ``data`` (any split of the stream); a partial last line waits."""
@@ -80,6 +97,13 @@ class LackeyParser:
         cut = buf.rfind(b"\n") + 1
         self._tail = buf[cut:]
         return self._parse(buf[:cut])
+
+    def exec_pending(self) -> str | None:
+        """The program named by an execve(2) whose line still waits for its
+        result (the log's unfinished last line): a successful exec never ends
+        it, since the process image that would have is gone."""
+        m = _EXEC.match(self._tail.decode("latin-1"))
+        return m.group(1) if m is not None and b"-->" not in self._tail else None
 
     def finish(self) -> ParsedBlock:
         """Parse what is left (a last line without newline)."""
@@ -111,6 +135,13 @@ class LackeyParser:
         addrs = (digits << _SHIFTS).sum(axis=1, dtype=np.uint64)
         stores = a[ds + 1] != _L
         kernel, mark_lines = self._syscalls(buf, starts, ends, c0)
+        if (
+            self.exec_path is not None
+            and len(line_no)
+            and line_no[-1] > self._exec_line
+        ):
+            self.exec_path = None  # the process went on: the exec failed
+        self._exec_line = -1  # every line of a later block comes after
         keys_sorted = line_no
         if kernel:
             k_lines = np.concatenate([np.full(len(x), i) for i, x in kernel])
@@ -141,6 +172,7 @@ class LackeyParser:
             text = buf[int(starts[i]) : int(ends[i])].decode("latin-1")
             if not text.startswith("SYSCALL["):
                 continue
+            self._note_process(text, i)
             if self.marker_path is not None and self._opens_marker(text):
                 marks.append(i)
                 continue
@@ -151,6 +183,18 @@ class LackeyParser:
                 lines = np.arange(first, last + 1, dtype=np.uint64)
                 out.append((i, lines << np.uint64(LINE_SHIFT)))
         return out, marks
+
+    def _note_process(self, text: str, line: int) -> None:
+        """Count a child the process started; note an execve(2) with no failure
+        on its line (taken back by any later line: the exec failed)."""
+        self.exec_path = None
+        child = _CHILD.search(text)
+        if child is not None:
+            self.children.append(int(child.group(1)))
+            return
+        m = _EXEC.match(text)
+        if m is not None and "-->" not in text:
+            self.exec_path, self._exec_line = m.group(1), line
 
     def _opens_marker(self, text: str) -> bool:
         m = _OPEN.match(text)

@@ -1,9 +1,13 @@
 """Record a trace from a real program under valgrind's lackey (valgrind(1)).
 
 The program runs under ``valgrind --tool=lackey --trace-mem=yes
---trace-syscalls=yes``; its log arrives on a pipe and is parsed, LLC-filtered
-and numbered block by block (:mod:`emu.workloads.lackey`), so the raw stream
-is never held.
+--trace-syscalls=yes --child-silent-after-fork=yes``; its log arrives on a pipe
+and is parsed, LLC-filtered and numbered block by block
+(:mod:`emu.workloads.lackey`), so the raw stream is never held. The trace is the
+started process's own: children it forks run untraced (the count is in the
+metadata, and a warning says so), and a program that replaces itself by
+execve(2) (a wrapper: ``sh -c 'exec ...'``, ``taskset``, ``env``) is stopped
+with an error naming the program to record instead.
 Client commands (e.g. a benchmark driving a server) run one after the other,
 each starting a new phase; after the last one the program gets SIGTERM.
 """
@@ -65,6 +69,16 @@ def _wait_port(port: int, timeout_s: float, stop: threading.Event) -> bool:
     return False
 
 
+def _left_valgrind(pid: int) -> bool:
+    """Whether ``pid`` now runs a program other than valgrind's lackey (it
+    execve'd natively); False if it is gone or cannot be read."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    return not os.path.basename(exe).startswith("lackey-")
+
+
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Signal the program and every process it started (its own session)."""
     with contextlib.suppress(ProcessLookupError):
@@ -88,6 +102,7 @@ class _Recorder:
         self.max_accesses = max_accesses
         self.mark_request = threading.Event()
         self.mark_done = threading.Event()
+        self.stopped_exec = False  # killed what the program execve'd
 
     def consume(self, data: bytes, final: bool = False) -> None:
         blk = self.parser.feed(data) if not final else self.parser.finish()
@@ -128,6 +143,14 @@ class _Recorder:
             elif proc.poll() is not None:
                 # the program is gone; untraced children it left (valgrind does
                 # not follow them) may still hold the log pipe open
+                _signal_group(proc, signal.SIGKILL)
+            elif self.parser.exec_pending() is not None and _left_valgrind(proc.pid):
+                # it execve'd: what runs now is untraced, and holds the pipe
+                log.warning(
+                    "the program execve'd %s, which runs untraced: stopping it",
+                    self.parser.exec_pending(),
+                )
+                self.stopped_exec = True
                 _signal_group(proc, signal.SIGKILL)
             elif self.mark_request.is_set():
                 # the pipe is empty: everything logged so far is before the mark
@@ -171,6 +194,7 @@ def record(
         "--tool=lackey",
         "--trace-mem=yes",
         "--trace-syscalls=yes",
+        "--child-silent-after-fork=yes",  # a child's log would interleave
         f"--log-fd={w}",
         *command,
     ]
@@ -221,16 +245,39 @@ def record(
         driver.join()
     if failures:
         raise RecordError("; ".join(failures))
+    if rec.parser.exec_path is not None:
+        path, prog = rec.parser.exec_path, command[0]
+        fate = "ran untraced and was stopped" if rec.stopped_exec else "ran untraced"
+        raise RecordError(
+            f"{prog} replaced itself with {path} (execve): valgrind traces only the "
+            f"program it starts, so the trace would hold {prog}'s start-up alone; "
+            f"{path} {fate}. Record {path} itself (-- {path} ARGS...); put a "
+            "wrapper such as taskset, numactl or env in front of hypertier instead"
+        )
     if rec.misses == 0:
         raise RecordError(
             f"{shlex.join(command)} made no recorded accesses (exit status {status})"
         )
+    children = rec.parser.children
+    if children:
+        log.warning(
+            "%s started %d child process(es) (pids %s%s), which ran untraced: the "
+            "trace holds %s's own accesses only",
+            command[0],
+            len(children),
+            ", ".join(map(str, children[:5])),
+            ", ..." if len(children) > 5 else "",
+            command[0],
+        )
+    if status != 0 and not clients and not rec.full:
+        log.warning("%s exited with status %d", shlex.join(command), status)
     meta: dict[str, object] = {
         "program": command[0],
         "argv": list(command),
         "clients": list(clients),
         "phase_marker_path": marker_path,
         "exit_status": status,
+        "untraced_children": len(children),
         "page_size": 4096,
         "llc": {
             "size_bytes": rec.llc.size_bytes,
@@ -244,7 +291,8 @@ def record(
         + ", ".join(KERNEL_WRITE_SYSCALLS)
         + " stored at syscall return",
         "recorder": f"{_valgrind_version()} lackey --trace-mem=yes "
-        "--trace-syscalls=yes; instruction fetches left out",
+        "--trace-syscalls=yes --child-silent-after-fork=yes; instruction fetches "
+        "left out",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     return build_trace(rec.chunks, rec.numbering, rec.marks, meta)

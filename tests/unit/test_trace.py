@@ -123,6 +123,52 @@ def test_lackey_parser_reads_accesses_kernel_writes_and_marks(split: int) -> Non
     assert p.kernel_bytes == 3 * 64
 
 
+# valgrind 3.19's lines, as lackey wrote them for `sh -c 'ls; exec /usr/bin/seq'`
+# under --child-silent-after-fork=yes: the forks' notes, a failed and a successful
+# execve (its line never ends: the process image that would end it is gone)
+FORK_EXEC_LOG = (
+    b" L 1ffefff8a0,8\n"
+    b"SYSCALL[9097,1](58) sys_fork ( )   fork: process 9097 created child 9098\n"
+    b"SYSCALL[8754,1](56) sys_clone ( 1200011, 0x0, 0x0, 0x4b53590, 0x0 )   "
+    b"clone(fork): process 8754 created child 8876\n"
+    b"SYSCALL[8754,1](56) sys_clone ( 3d0f00, 0x5610f70, 0x5611990, 0x5611990, "
+    b"0x56116c0 ) --> [pre-success] Success(0x22ab) \n"
+    b" S 0000402000,4\n"
+    b"SYSCALL[9097,1](59) sys_execve ( 0x4035c68(/root/bin/seq), 0x129998, "
+    b"0x4035b28 ) --> [pre-fail] Failure(0x2) \n"
+    b" L 0000403000,8\n"
+    b"SYSCALL[9097,1](59) sys_execve ( 0x4035c50(/usr/bin/seq), 0x4035d48, "
+    b"0x4035d88 )"
+)
+
+
+@pytest.mark.parametrize("split", [0, 40, 200, 395, len(FORK_EXEC_LOG)])
+def test_lackey_parser_notes_children_and_a_successful_exec(split: int) -> None:
+    p = LackeyParser()
+    p.feed(FORK_EXEC_LOG[:split])
+    p.feed(FORK_EXEC_LOG[split:])
+    # a thread (clone with CLONE_THREAD) is no child; a failed execve no exec
+    assert p.children == [9098, 8876]
+    assert p.exec_pending() == "/usr/bin/seq"
+    p.finish()
+    assert p.exec_path == "/usr/bin/seq"
+    assert p.accesses == 3
+
+
+@pytest.mark.parametrize(
+    "after",
+    [b" L 0000404000,8\n", b"SYSCALL[9097,1](231) exit_group( 0 ) --> Success(0x0)\n"],
+    ids=["access", "syscall"],
+)
+def test_lackey_parser_takes_back_an_exec_the_process_outlived(after: bytes) -> None:
+    p = LackeyParser()
+    p.feed(FORK_EXEC_LOG + b"\n")
+    assert p.exec_path == "/usr/bin/seq"
+    p.feed(after)
+    p.finish()
+    assert p.exec_path is None
+
+
 def _trace(n: int = 50_000, npages: int = 2048, phases: bool = True) -> Trace:
     rng = np.random.default_rng(3)
     # first-touch order: page i first appears before page i + 1
@@ -418,6 +464,41 @@ def test_record_fails_when_the_port_never_opens(
     )  # fmt: skip
     assert rc == 1
     assert "port 1 did not open" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@needs_valgrind
+def test_record_counts_the_children_it_did_not_trace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "sh.npz"
+    rc = cli_main(
+        ["trace", "record", "-o", str(out), "--",
+         "sh", "-c", "seq 1 20000 | sort -r > /dev/null; true"]
+    )  # fmt: skip
+    assert rc == 0
+    tr = load_trace(out)
+    assert tr.meta["untraced_children"] == 2  # seq and sort: sh's children
+    assert "2 child process(es)" in caplog.text
+    # sort's 20,000 lines are not in the trace: sh's own start-up is (~80 k)
+    assert int(str(tr.meta["raw_accesses"])) < 1_000_000
+
+
+@pytest.mark.slow
+@needs_valgrind
+def test_record_refuses_a_program_that_execs_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x.npz"
+    rc = cli_main(
+        ["trace", "record", "-o", str(out), "--",
+         "sh", "-c", "exec /bin/sleep 600"]
+    )  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "replaced itself with /bin/sleep" in err
+    assert "ran untraced and was stopped" in err
+    assert not out.exists()
 
 
 @pytest.fixture
