@@ -53,6 +53,7 @@ def test_metrics_listen_accepts_ipv4_bracketed_ipv6_and_names(
         pytest.param("[::1]:99999", "port", id="port-range"),
         pytest.param("[::1]:0", "port", id="port-zero"),
         pytest.param(":9464", "address", id="no-address"),
+        pytest.param("9464", "address:port", id="no-port"),
     ],
 )
 def test_metrics_listen_rejects_what_cannot_be_bound(
