@@ -466,17 +466,18 @@ def test_record_fails_when_the_port_never_opens(
     assert "port 1 did not open" in capsys.readouterr().err
 
 
+def _record_sh(out: Path, script: str) -> int:
+    """``hypertier trace record -o OUT -- sh -c SCRIPT``'s exit code."""
+    return cli_main(["trace", "record", "-o", str(out), "--", "sh", "-c", script])
+
+
 @pytest.mark.slow
 @needs_valgrind
 def test_record_counts_the_children_it_did_not_trace(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "sh.npz"
-    rc = cli_main(
-        ["trace", "record", "-o", str(out), "--",
-         "sh", "-c", "seq 1 20000 | sort -r > /dev/null; true"]
-    )  # fmt: skip
-    assert rc == 0
+    assert _record_sh(out, "seq 1 20000 | sort -r > /dev/null; true") == 0
     tr = load_trace(out)
     assert tr.meta["untraced_children"] == 2  # seq and sort: sh's children
     assert "2 child process(es)" in caplog.text
@@ -490,11 +491,7 @@ def test_record_refuses_a_program_that_execs_another(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "x.npz"
-    rc = cli_main(
-        ["trace", "record", "-o", str(out), "--",
-         "sh", "-c", "exec /bin/sleep 600"]
-    )  # fmt: skip
-    assert rc == 1
+    assert _record_sh(out, "exec /bin/sleep 600") == 1
     err = capsys.readouterr().err
     assert "replaced itself with /bin/sleep" in err
     assert "ran untraced and was stopped" in err
