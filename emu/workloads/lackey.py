@@ -38,10 +38,18 @@ _CALL = re.compile(
     r"SYSCALL\[(\d+),(\d+)\]\((\d+)\) sys_(\w+) \( *(\d+), *(0x[0-9a-fA-F]+)"
 )
 _DONE = re.compile(r"--> (?:\[[\w-]+\] )?Success\((0x[0-9a-fA-F]+)\)")
-_OPEN = re.compile(
-    r"SYSCALL\[\d+,\d+\]\(\d+\) sys_open(?:at)? "
-    r"\((?: *\d+,)? *0x[0-9a-fA-F]+\(([^)]*)\)"
-)
+
+
+def _path_call(name: str) -> re.Pattern[str]:
+    """``name``(2) or ``name``at(2) with its path argument (lackey prints the
+    string after the pointer) as group 1."""
+    return re.compile(
+        rf"SYSCALL\[\d+,\d+\]\(\d+\) sys_{name}(?:at)? "
+        r"\((?: *\d+,)? *0x[0-9a-fA-F]+\(([^)]*)\)"
+    )
+
+
+_OPEN = _path_call("open")
 _ASYNC_DONE = re.compile(
     r"SYSCALL\[(\d+),(\d+)\]\((\d+)\) \.\.\. \[async\] --> Success\((0x[0-9a-fA-F]+)\)"
 )
@@ -49,10 +57,7 @@ _ASYNC_DONE = re.compile(
 _CHILD = re.compile(r"created child (\d+)")
 # execve(2)/execveat(2); a failed one has its "--> ...Failure(...)" on the same line,
 # a successful one nothing: the process image (valgrind included) is gone
-_EXEC = re.compile(
-    r"SYSCALL\[\d+,\d+\]\(\d+\) sys_execve(?:at)? "
-    r"\((?: *\d+,)? *0x[0-9a-fA-F]+\(([^)]*)\)"
-)
+_EXEC = _path_call("execve")
 
 
 @dataclass
