@@ -69,7 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rec.add_argument(
         "--max-accesses", type=int, help="stop the program after this many accesses"
     )
-    rec.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    rec.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="-- CMD ARGS...: the trace is CMD's own process (children it starts "
+        "run untraced; a CMD that execs another program, as taskset or env do, is "
+        "refused: record that program, wrappers go before hypertier)",
+    )
     rec.set_defaults(trace_func=_record)
     info = sub.add_parser(
         "info",
